@@ -1,0 +1,172 @@
+/**
+ * An in-memory set of block extents, always coalesced: no two extents overlap
+ * or touch. Indexed by start, and optionally by (length, start) for best fit.
+ *
+ * This is the allocator's working state for a transaction (the btrfs, LMDB and
+ * dm-thin pattern); the free-space B+-trees are its durable form.
+ */
+import sortedBTreeModule from "sorted-btree";
+import { assert } from "../kvstore/index.js";
+
+// sorted-btree is CommonJS with its class on `default`; ESM loaders disagree on which one they hand over.
+type BTreeClass = typeof sortedBTreeModule.default;
+type SortedMap<K, V> = InstanceType<typeof sortedBTreeModule.default<K, V>>;
+const BTree: BTreeClass = sortedBTreeModule.default ?? (sortedBTreeModule as unknown as BTreeClass);
+
+export interface Extent {
+  start: number;
+  length: number;
+}
+
+type LengthKey = [length: number, start: number];
+
+const compareLengthKeys = (a: LengthKey, b: LengthKey): number => a[0] - b[0] || a[1] - b[1];
+
+export class ExtentSet {
+  private readonly byStart: SortedMap<number, number> = new BTree<number, number>();
+  private readonly byLength: SortedMap<LengthKey, undefined> | null;
+  private total = 0;
+
+  constructor(options: { bestFit?: boolean } = {}) {
+    this.byLength = options.bestFit ? new BTree<LengthKey, undefined>(undefined, compareLengthKeys) : null;
+  }
+
+  /** Blocks in the set. */
+  get blocks(): number {
+    return this.total;
+  }
+
+  /** Extents in the set. */
+  get size(): number {
+    return this.byStart.size;
+  }
+
+  isEmpty(): boolean {
+    return this.byStart.size === 0;
+  }
+
+  /** Adds blocks that must not already be in the set; merges with touching neighbours. */
+  add(start: number, length: number): void {
+    assert(length > 0, "an extent has blocks");
+    let newStart = start;
+    let newLength = length;
+    const before = this.byStart.getPairOrNextLower(start);
+    if (before !== undefined) {
+      assert(before[0] + before[1] <= start, `extent ${start}+${length} overlaps ${before[0]}+${before[1]}`);
+      if (before[0] + before[1] === start) {
+        this.removeExact(before[0], before[1]);
+        newStart = before[0];
+        newLength += before[1];
+      }
+    }
+    const after = this.byStart.getPairOrNextHigher(start);
+    if (after !== undefined) {
+      assert(start + length <= after[0], `extent ${start}+${length} overlaps ${after[0]}+${after[1]}`);
+      if (start + length === after[0]) {
+        this.removeExact(after[0], after[1]);
+        newLength += after[1];
+      }
+    }
+    this.insertExact(newStart, newLength);
+    this.total += length;
+  }
+
+  /** Adds [start, start+length) whether or not parts of it are already in the set. */
+  cover(start: number, length: number): void {
+    for (const part of this.intersect(start, length)) this.remove(part.start, part.length);
+    this.add(start, length);
+  }
+
+  /** Removes blocks that must all lie in one extent of the set. */
+  remove(start: number, length: number): void {
+    const owner = this.byStart.getPairOrNextLower(start);
+    assert(owner !== undefined, `blocks ${start}+${length} are in the set`);
+    const [ownerStart, ownerLength] = owner;
+    assert(start + length <= ownerStart + ownerLength, `blocks ${start}+${length} lie in one extent`);
+    this.removeExact(ownerStart, ownerLength);
+    if (ownerStart < start) this.insertExact(ownerStart, start - ownerStart);
+    if (start + length < ownerStart + ownerLength) {
+      this.insertExact(start + length, ownerStart + ownerLength - (start + length));
+    }
+    this.total -= length;
+  }
+
+  /** The extent holding `lba`, if any. */
+  containing(lba: number): Extent | undefined {
+    const pair = this.byStart.getPairOrNextLower(lba);
+    if (pair === undefined || pair[0] + pair[1] <= lba) return undefined;
+    return { start: pair[0], length: pair[1] };
+  }
+
+  /** The first extent starting at or after `lba`. */
+  atOrAfter(lba: number): Extent | undefined {
+    const pair = this.byStart.getPairOrNextHigher(lba);
+    return pair === undefined ? undefined : { start: pair[0], length: pair[1] };
+  }
+
+  /** The smallest extent of at least `length` blocks; ties go to the lowest start. */
+  bestFit(length: number): Extent | undefined {
+    assert(this.byLength !== null, "best fit needs the length index");
+    const pair = this.byLength.getPairOrNextHigher([length, 0]);
+    return pair === undefined ? undefined : { start: pair[0][1], length: pair[0][0] };
+  }
+
+  /** Extents that overlap or touch [lo, hi). */
+  touching(lo: number, hi: number): Extent[] {
+    const out: Extent[] = [];
+    const first = this.byStart.getPairOrNextLower(lo);
+    const from = first !== undefined && first[0] + first[1] >= lo ? first[0] : lo;
+    this.byStart.forRange(from, hi, true, (start: number, length: number) => {
+      out.push({ start, length });
+    });
+    return out;
+  }
+
+  /** Blocks of [start, start+length) that are in the set, as extents. */
+  intersect(start: number, length: number): Extent[] {
+    const end = start + length;
+    const out: Extent[] = [];
+    for (const extent of this.touching(start, end)) {
+      const s = Math.max(start, extent.start);
+      const e = Math.min(end, extent.start + extent.length);
+      if (s < e) out.push({ start: s, length: e - s });
+    }
+    return out;
+  }
+
+  *extents(): Generator<Extent> {
+    for (const [start, length] of this.byStart.entries()) yield { start, length };
+  }
+
+  clear(): void {
+    this.byStart.clear();
+    this.byLength?.clear();
+    this.total = 0;
+  }
+
+  private insertExact(start: number, length: number): void {
+    this.byStart.set(start, length);
+    this.byLength?.set([length, start], undefined);
+  }
+
+  private removeExact(start: number, length: number): void {
+    this.byStart.delete(start);
+    this.byLength?.delete([length, start]);
+  }
+}
+
+/** Merges extents from several coalesced sets into one sorted, coalesced list. */
+export function unionExtents(lists: Extent[][]): Extent[] {
+  const all = lists.flat().sort((a, b) => a.start - b.start);
+  const out: Extent[] = [];
+  for (const extent of all) {
+    const last = out[out.length - 1];
+    if (last !== undefined && last.start + last.length >= extent.start) {
+      assert(last.start + last.length === extent.start, "the sets being merged are disjoint");
+      last.length += extent.length;
+    } else {
+      out.push({ ...extent });
+    }
+  }
+  return out;
+}

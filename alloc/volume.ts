@@ -1,0 +1,35 @@
+/**
+ * The open volume: the single place where a device, the store and the
+ * allocator are wired together. mkfs, mount, fsck and the tests all go
+ * through here (the snapshot layer will add reference counts at this point).
+ */
+import { BlockDevice, FormatOptions, SpaceProvider, Store, StoreOptions } from "../kvstore/index.js";
+import { FreeSpace } from "./free_space.js";
+
+export interface Volume {
+  store: Store;
+  space: FreeSpace;
+}
+
+function provider(): { provider: SpaceProvider; space: () => FreeSpace } {
+  let space: FreeSpace | null = null;
+  return {
+    provider: {
+      format: (store) => (space = FreeSpace.format(store)),
+      open: (store) => (space = FreeSpace.open(store)),
+    },
+    space: () => space!,
+  };
+}
+
+export function formatVolume(device: BlockDevice, options: FormatOptions = {}): Volume {
+  const p = provider();
+  const store = Store.format(device, p.provider, options);
+  return { store, space: p.space() };
+}
+
+export function openVolume(device: BlockDevice, options: StoreOptions = {}): Volume {
+  const p = provider();
+  const store = Store.open(device, p.provider, options);
+  return { store, space: p.space() };
+}

@@ -1,0 +1,502 @@
+/**
+ * The copy-on-write B+-tree: byte-string keys in memcmp order.
+ *
+ * Invariants:
+ * - Every leaf is at level 0 and every path from the root has the same length,
+ *   bounded by `treeDepthMax`.
+ * - In an internal node, child i holds exactly the keys k with
+ *   key[i] <= k < key[i+1]; key[0] is empty (minus infinity).
+ * - A committed node is never modified. A mutation first makes its whole path
+ *   writable (`NodeStore.shadow`), top-down; a node already shadowed in this
+ *   transaction is modified in place, so a node is copied at most once per
+ *   transaction.
+ * - Only the root may be empty or underfull after a delete; a non-root node
+ *   that falls below `nodeUnderflowBytes` is merged with, or refilled from, a
+ *   sibling. A tree emptied by deletes is a single empty leaf.
+ */
+import { keySizeMaxBytes, treeDepthMax, valueSizeMaxBytes } from "./constants.js";
+import { GroveError, assert } from "./errors.js";
+import type { ReservePurpose } from "./interfaces.js";
+import { Item, Node, childPointer, emptyKey, itemSize, nodePayloadBytes, nodeUnderflowBytes } from "./node.js";
+
+/** What a tree needs from the store: nodes by LBA, new nodes, and copy-on-write. */
+export interface NodeStore {
+  readNode(lba: number, level: number, owner: number): Node;
+  newNode(level: number, owner: number): Node;
+  /** The node itself if already writable in this transaction, else a writable copy. */
+  shadow(node: Node): Node;
+  freeNode(node: Node): void;
+  /** Checks the volume is healthy and reserves blocks before a mutation touches anything. */
+  beginMutation(blocks: number, purpose: ReservePurpose): void;
+  /** A mutation failed halfway: the in-memory state can no longer be trusted. */
+  poison(cause: unknown): never;
+}
+
+export interface TreeMeta {
+  rootLba: number;
+  level: number;
+  count: number;
+}
+
+interface PathStep {
+  node: Node;
+  /** The child followed (internal) or the item position (leaf). */
+  index: number;
+}
+
+export class Tree {
+  readonly id: number;
+  rootLba: number;
+  level: number;
+  count: number;
+  /** Root pointer or count changed since they were last recorded in the root tree. */
+  metaDirty = false;
+  /** Bumped by every mutation, so cursors know to re-seek. */
+  modCount = 0;
+  private readonly store: NodeStore;
+
+  constructor(store: NodeStore, id: number, meta: TreeMeta) {
+    this.store = store;
+    this.id = id;
+    this.rootLba = meta.rootLba;
+    this.level = meta.level;
+    this.count = meta.count;
+  }
+
+  meta(): TreeMeta {
+    return { rootLba: this.rootLba, level: this.level, count: this.count };
+  }
+
+  root(): Node {
+    return this.store.readNode(this.rootLba, this.level, this.id);
+  }
+
+  child(node: Node, i: number): Node {
+    return this.store.readNode(node.childAt(i), node.level - 1, this.id);
+  }
+
+  /** The leaf that would hold `key`. */
+  private findLeaf(key: Uint8Array): Node {
+    let node = this.root();
+    while (node.level > 0) node = this.child(node, node.childIndex(key));
+    return node;
+  }
+
+  /** A copy of the value stored under `key`. */
+  get(key: Uint8Array): Buffer | undefined {
+    const leaf = this.findLeaf(key);
+    const i = leaf.lowerBound(key);
+    if (i >= leaf.count || leaf.compareAt(i, key) !== 0) return undefined;
+    return Buffer.from(leaf.valueAt(i));
+  }
+
+  has(key: Uint8Array): boolean {
+    const leaf = this.findLeaf(key);
+    const i = leaf.lowerBound(key);
+    return i < leaf.count && leaf.compareAt(i, key) === 0;
+  }
+
+  /** Inserts or replaces. Returns true if the key is new. */
+  put(key: Uint8Array, value: Uint8Array): boolean {
+    checkItem(key, value);
+    const path = this.readPath(key);
+    this.store.beginMutation(this.worstCaseBlocks(), "grow");
+    try {
+      this.makePathWritable(path);
+      const leaf = path[path.length - 1]!.node;
+      const i = leaf.lowerBound(key);
+      this.modCount++;
+      if (i < leaf.count && leaf.compareAt(i, key) === 0) {
+        if (!leaf.replaceValueAt(i, value)) {
+          leaf.removeAt(i);
+          this.insert(path, path.length - 1, i, key, value);
+        }
+        return false;
+      }
+      this.insert(path, path.length - 1, i, key, value);
+      this.count++;
+      this.metaDirty = true;
+      return true;
+    } catch (error) {
+      this.store.poison(error);
+    }
+  }
+
+  /** Removes `key`. Returns true if it was present. */
+  delete(key: Uint8Array): boolean {
+    const path = this.readPath(key);
+    const found = path[path.length - 1]!.node;
+    const i = found.lowerBound(key);
+    if (i >= found.count || found.compareAt(i, key) !== 0) return false;
+    this.store.beginMutation(this.worstCaseBlocks(), "shrink");
+    try {
+      this.makePathWritable(path);
+      const leaf = path[path.length - 1]!.node;
+      this.modCount++;
+      leaf.removeAt(i);
+      this.count--;
+      this.metaDirty = true;
+      this.rebalance(path);
+      this.collapseRoot();
+      return true;
+    } catch (error) {
+      this.store.poison(error);
+    }
+  }
+
+  cursor(): Cursor {
+    return new Cursor(this);
+  }
+
+  /** Iterates [from, to) forward, or (to, from] backward when `reverse`; copies of keys and values. */
+  *range(options: { from?: Uint8Array; to?: Uint8Array; reverse?: boolean } = {}): Generator<[Buffer, Buffer]> {
+    const cursor = this.cursor();
+    let ok: boolean;
+    if (options.reverse) ok = options.from ? cursor.seekLE(options.from) : cursor.last();
+    else ok = options.from ? cursor.seek(options.from) : cursor.first();
+    while (ok) {
+      const key = cursor.key();
+      if (options.to) {
+        const c = Buffer.compare(key, options.to);
+        if (options.reverse ? c <= 0 : c >= 0) return;
+      }
+      yield [key, cursor.value()];
+      ok = options.reverse ? cursor.prev() : cursor.next();
+    }
+  }
+
+  /** A put shadows one node a level and may split each, plus a new root; a delete may shadow a sibling a level. */
+  private worstCaseBlocks(): number {
+    return 3 * (this.level + 1) + 1;
+  }
+
+  /** The nodes from the root down to the leaf for `key`, as they are now. */
+  private readPath(key: Uint8Array): PathStep[] {
+    const path: PathStep[] = [];
+    let node = this.root();
+    for (;;) {
+      assert(path.length < treeDepthMax, "descent is bounded by the depth limit");
+      if (node.level === 0) {
+        path.push({ node, index: 0 });
+        return path;
+      }
+      const index = node.childIndex(key);
+      path.push({ node, index });
+      node = this.child(node, index);
+    }
+  }
+
+  /** Shadows every node on the path, top-down, so each parent can take its child's new LBA. */
+  private makePathWritable(path: PathStep[]): void {
+    for (let k = 0; k < path.length; k++) this.makeWritable(path, k);
+  }
+
+  private makeWritable(path: PathStep[], k: number): void {
+    const step = path[k]!;
+    const copy = this.store.shadow(step.node);
+    if (copy === step.node) return;
+    step.node = copy;
+    if (k === 0) {
+      this.rootLba = copy.lba;
+      this.metaDirty = true;
+    } else {
+      const parent = path[k - 1]!;
+      parent.node.setChildAt(parent.index, copy.lba);
+    }
+  }
+
+  /** Inserts into path[k].node at `index`, splitting upward as needed. */
+  private insert(path: PathStep[], k: number, index: number, key: Uint8Array, value: Uint8Array): void {
+    const node = path[k]!.node;
+    if (node.insertAt(index, key, value)) return;
+    const items = node.items();
+    items.splice(index, 0, { key, value });
+    const right = this.store.newNode(node.level, this.id);
+    const separator = distribute(items, node, right);
+    if (k === 0) {
+      assert(this.level + 1 < treeDepthMax, "tree depth stays within the bound");
+      const root = this.store.newNode(node.level + 1, this.id);
+      root.setItems([
+        { key: emptyKey, value: childPointer(node.lba) },
+        { key: separator, value: childPointer(right.lba) },
+      ]);
+      this.rootLba = root.lba;
+      this.level = root.level;
+      this.metaDirty = true;
+      return;
+    }
+    this.insert(path, k - 1, path[k - 1]!.index + 1, separator, childPointer(right.lba));
+  }
+
+  /** Fixes underflow from the leaf upward after a delete. */
+  private rebalance(path: PathStep[]): void {
+    for (let k = path.length - 1; k > 0; k--) {
+      const node = path[k]!.node;
+      if (node.usedBytes() >= nodeUnderflowBytes) return;
+      if (!this.fixUnderflow(path, k)) return;
+    }
+  }
+
+  /**
+   * Merges path[k].node with a sibling, or refills it from one. Returns
+   * whether the parent may now underflow (false once the parent split, which
+   * leaves no underflow behind).
+   */
+  private fixUnderflow(path: PathStep[], k: number): boolean {
+    const parentStep = path[k - 1]!;
+    const parent = parentStep.node;
+    if (parent.count < 2) return true;
+    const nodeIndex = parentStep.index;
+    const leftIndex = nodeIndex + 1 < parent.count ? nodeIndex : nodeIndex - 1;
+    const rightIndex = leftIndex + 1;
+    const left = this.writableChild(parent, leftIndex);
+    const right = this.writableChild(parent, rightIndex);
+    const separator = Buffer.from(parent.keyAt(rightIndex));
+    const items = left.items();
+    const rightItems = right.items();
+    if (left.level > 0) rightItems[0] = { key: separator, value: rightItems[0]!.value };
+    items.push(...rightItems);
+    const total = items.reduce((sum, item) => sum + itemSize(item), 0);
+    if (total <= nodePayloadBytes) {
+      left.setItems(items);
+      parent.removeAt(rightIndex);
+      this.store.freeNode(right);
+      parentStep.index = leftIndex;
+      return true;
+    }
+    const newSeparator = distribute(items, left, right);
+    parent.removeAt(rightIndex);
+    const before = parent.count;
+    this.insert(path, k - 1, rightIndex, newSeparator, childPointer(right.lba));
+    return path[k - 1]!.node === parent && parent.count === before + 1;
+  }
+
+  private writableChild(parent: Node, i: number): Node {
+    const child = this.child(parent, i);
+    const copy = this.store.shadow(child);
+    if (copy !== child) parent.setChildAt(i, copy.lba);
+    return copy;
+  }
+
+  /** An internal root with a single child hands the root over to that child. */
+  private collapseRoot(): void {
+    for (;;) {
+      const root = this.root();
+      if (root.level === 0 || root.count !== 1) return;
+      const child = root.childAt(0);
+      this.store.freeNode(root);
+      this.rootLba = child;
+      this.level = root.level - 1;
+      this.metaDirty = true;
+    }
+  }
+}
+
+/**
+ * Splits `items` (in key order) between `left` and `right` at the byte
+ * midpoint and returns the separator: the first key of `right`. In an internal
+ * node that key moves up and right's first key becomes empty.
+ */
+function distribute(items: Item[], left: Node, right: Node): Buffer {
+  assert(items.length >= 2, "a split needs two items");
+  const total = items.reduce((sum, item) => sum + itemSize(item), 0);
+  let split = 0;
+  let leftBytes = 0;
+  while (split < items.length - 1 && leftBytes + itemSize(items[split]!) <= total / 2) {
+    leftBytes += itemSize(items[split]!);
+    split++;
+  }
+  if (split === 0) split = 1;
+  const separator = Buffer.from(items[split]!.key);
+  const rightItems = items.slice(split);
+  if (left.level > 0) rightItems[0] = { key: emptyKey, value: rightItems[0]!.value };
+  // Copy right's views first: left.setItems replaces the buffer they may alias.
+  right.setItems(rightItems);
+  left.setItems(items.slice(0, split));
+  return separator;
+}
+
+function checkItem(key: Uint8Array, value: Uint8Array): void {
+  if (key.length > keySizeMaxBytes) {
+    throw new GroveError("EINVAL", "EINVAL_key_too_large", `key of ${key.length} bytes exceeds ${keySizeMaxBytes}`);
+  }
+  if (value.length > valueSizeMaxBytes) {
+    throw new GroveError(
+      "EINVAL",
+      "EINVAL_value_too_large",
+      `value of ${value.length} bytes exceeds ${valueSizeMaxBytes}`,
+    );
+  }
+}
+
+/**
+ * A position in a tree. It survives mutations of the tree: when the tree has
+ * changed since the cursor last moved, the cursor re-seeks from its key.
+ */
+export class Cursor {
+  private readonly tree: Tree;
+  private path: PathStep[] = [];
+  private modCount = -1;
+  private currentKey: Buffer | null = null;
+
+  constructor(tree: Tree) {
+    this.tree = tree;
+  }
+
+  get valid(): boolean {
+    return this.currentKey !== null;
+  }
+
+  /** The current key (the cursor's own copy: it never changes under the caller). */
+  key(): Buffer {
+    assert(this.currentKey !== null, "cursor is positioned");
+    return this.currentKey;
+  }
+
+  /** A copy of the current value. */
+  value(): Buffer {
+    this.revalidate();
+    assert(!this.phantom, "the cursor's key still exists");
+    const step = this.path[this.path.length - 1]!;
+    return Buffer.from(step.node.valueAt(step.index));
+  }
+
+  first(): boolean {
+    return this.edge(false);
+  }
+
+  last(): boolean {
+    return this.edge(true);
+  }
+
+  /** The first key >= `key`. */
+  seek(key: Uint8Array): boolean {
+    this.descend(key);
+    const leaf = this.path[this.path.length - 1]!;
+    leaf.index = leaf.node.lowerBound(key);
+    if (leaf.index < leaf.node.count) return this.settle();
+    return this.step(true);
+  }
+
+  /** The last key <= `key`. */
+  seekLE(key: Uint8Array): boolean {
+    this.descend(key);
+    const leaf = this.path[this.path.length - 1]!;
+    const i = leaf.node.lowerBound(key);
+    if (i < leaf.node.count && leaf.node.compareAt(i, key) === 0) {
+      leaf.index = i;
+      return this.settle();
+    }
+    leaf.index = i;
+    return this.step(false);
+  }
+
+  next(): boolean {
+    if (!this.revalidate()) return false;
+    return this.step(true);
+  }
+
+  prev(): boolean {
+    if (!this.revalidate()) return false;
+    return this.step(false);
+  }
+
+  /** Re-seeks to the current key if the tree changed. False if the cursor is unpositioned. */
+  private revalidate(): boolean {
+    if (this.currentKey === null) return false;
+    if (this.modCount === this.tree.modCount) return true;
+    const key = this.currentKey;
+    this.descend(key);
+    const leaf = this.path[this.path.length - 1]!;
+    leaf.index = leaf.node.lowerBound(key);
+    // The key may have been deleted; stand just before its successor so that next() lands on it.
+    if (leaf.index >= leaf.node.count || leaf.node.compareAt(leaf.index, key) !== 0) {
+      this.phantom = true;
+    }
+    return true;
+  }
+
+  /** Set when the cursor's key was deleted under it: it sits between two keys. */
+  private phantom = false;
+
+  private descend(key: Uint8Array): void {
+    this.path = [];
+    this.phantom = false;
+    this.modCount = this.tree.modCount;
+    let node = this.tree.root();
+    while (node.level > 0) {
+      assert(this.path.length < treeDepthMax, "descent is bounded by the depth limit");
+      const index = node.childIndex(key);
+      this.path.push({ node, index });
+      node = this.tree.child(node, index);
+    }
+    this.path.push({ node, index: 0 });
+  }
+
+  private edge(fromEnd: boolean): boolean {
+    this.path = [];
+    this.phantom = false;
+    this.modCount = this.tree.modCount;
+    let node = this.tree.root();
+    for (;;) {
+      assert(this.path.length < treeDepthMax, "descent is bounded by the depth limit");
+      const index = fromEnd ? node.count - 1 : 0;
+      this.path.push({ node, index });
+      if (node.level === 0) break;
+      node = this.tree.child(node, index);
+    }
+    const leaf = this.path[this.path.length - 1]!;
+    if (leaf.node.count > 0) return this.settle();
+    this.currentKey = null;
+    return false;
+  }
+
+  /** Moves one item forward or backward across leaves. */
+  private step(forward: boolean): boolean {
+    const leaf = this.path[this.path.length - 1]!;
+    if (this.phantom) {
+      this.phantom = false;
+      // lowerBound left the index at the successor; forward means "take it".
+      if (forward && leaf.index < leaf.node.count) return this.settle();
+      if (forward) return this.climb(true);
+    }
+    const index = leaf.index + (forward ? 1 : -1);
+    if (index >= 0 && index < leaf.node.count) {
+      leaf.index = index;
+      return this.settle();
+    }
+    return this.climb(forward);
+  }
+
+  /** Leaves the current leaf for its neighbour through the nearest ancestor with one. */
+  private climb(forward: boolean): boolean {
+    let k = this.path.length - 2;
+    while (k >= 0) {
+      const step = this.path[k]!;
+      const index = step.index + (forward ? 1 : -1);
+      if (index >= 0 && index < step.node.count) {
+        step.index = index;
+        break;
+      }
+      k--;
+    }
+    if (k < 0) {
+      this.currentKey = null;
+      return false;
+    }
+    for (let j = k; j < this.path.length - 1; j++) {
+      const step = this.path[j]!;
+      const child = this.tree.child(step.node, step.index);
+      this.path[j + 1] = { node: child, index: forward ? 0 : child.count - 1 };
+    }
+    const leaf = this.path[this.path.length - 1]!;
+    if (leaf.node.count === 0) return this.climb(forward);
+    return this.settle();
+  }
+
+  private settle(): boolean {
+    const leaf = this.path[this.path.length - 1]!;
+    this.currentKey = Buffer.from(leaf.node.keyAt(leaf.index));
+    return true;
+  }
+}

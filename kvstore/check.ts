@@ -1,0 +1,201 @@
+/**
+ * The kvstore checker: walks the committed forest straight from the device
+ * (never the cache) and reports every problem it finds instead of stopping at
+ * the first.
+ *
+ * For every node reachable from the committed superblock it checks the
+ * checksum and header (magic, own LBA, owner, level), key order inside the
+ * node, that separator keys bound their subtrees, that levels step down by
+ * one to leaves at level 0, that depth is bounded, that no node is newer than
+ * its parent, and that each tree's item count matches its root-tree record.
+ * It returns the set of reachable blocks for the space checker.
+ */
+import { blockSizeBytes, treeDepthMax, treeIdRoot } from "./constants.js";
+import type { BlockDevice } from "./device.js";
+import { compareBytes, nodeGeneration, validateNodeBytes, decodeNode, type Node } from "./node.js";
+import { decodeMeta, readSuperblock } from "./store.js";
+import { GroveError } from "./errors.js";
+
+/** One bit a block. */
+export class Bitmap {
+  readonly bits: Uint8Array;
+  constructor(readonly size: number) {
+    this.bits = new Uint8Array(Math.ceil(size / 8));
+  }
+  get(i: number): boolean {
+    return (this.bits[i >>> 3]! & (1 << (i & 7))) !== 0;
+  }
+  set(i: number): void {
+    this.bits[i >>> 3]! |= 1 << (i & 7);
+  }
+}
+
+export interface TreeReport {
+  id: number;
+  nodes: number;
+  items: number;
+  depth: number;
+}
+
+export interface ForestReport {
+  problems: string[];
+  generation: number;
+  deviceBlocks: number;
+  /** Blocks holding reachable nodes. */
+  reachable: Bitmap;
+  reachableBlocks: number;
+  trees: TreeReport[];
+}
+
+/** Sees every leaf item of every tree, so upper layers can check their records in the same walk. */
+export type ItemVisitor = (treeId: number, key: Buffer, value: Buffer) => void;
+
+export function checkForest(device: BlockDevice, visitItem?: ItemVisitor): ForestReport {
+  const problems: string[] = [];
+  let sb;
+  try {
+    sb = readSuperblock(device);
+  } catch (error) {
+    if (!(error instanceof GroveError)) throw error;
+    return {
+      problems: [error.message],
+      generation: 0,
+      deviceBlocks: device.blockCount,
+      reachable: new Bitmap(device.blockCount),
+      reachableBlocks: 0,
+      trees: [],
+    };
+  }
+  const reachable = new Bitmap(sb.deviceBlocks);
+  const walker = new TreeWalker(device, sb.deviceBlocks, sb.generation, reachable, problems, visitItem);
+  const trees: TreeReport[] = [];
+  const metas: Array<{ id: number; rootLba: number; level: number; count: number }> = [];
+  const rootReport = walker.walk(treeIdRoot, sb.rootLba, sb.rootLevel, sb.rootCount, (key, value) => {
+    if (key.length !== 8) {
+      problems.push(`root tree: key of ${key.length} bytes is not a tree id`);
+      return;
+    }
+    const id = Number(key.readBigUInt64BE(0));
+    try {
+      metas.push({ id, ...decodeMeta(value, id, sb.deviceBlocks) });
+    } catch (error) {
+      problems.push((error as Error).message);
+    }
+  });
+  trees.push(rootReport);
+  for (const meta of metas) trees.push(walker.walk(meta.id, meta.rootLba, meta.level, meta.count));
+  return {
+    problems,
+    generation: sb.generation,
+    deviceBlocks: sb.deviceBlocks,
+    reachable,
+    reachableBlocks: walker.marked,
+    trees,
+  };
+}
+
+class TreeWalker {
+  marked = 0;
+
+  constructor(
+    private readonly device: BlockDevice,
+    private readonly deviceBlocks: number,
+    private readonly generation: number,
+    private readonly reachable: Bitmap,
+    private readonly problems: string[],
+    private readonly visitItem?: ItemVisitor,
+  ) {}
+
+  walk(
+    id: number,
+    rootLba: number,
+    level: number,
+    count: number,
+    onItem?: (key: Buffer, value: Buffer) => void,
+  ): TreeReport {
+    const report: TreeReport = { id, nodes: 0, items: 0, depth: level + 1 };
+    if (level >= treeDepthMax) {
+      this.problems.push(`tree ${id}: depth ${level + 1} exceeds ${treeDepthMax}`);
+      return report;
+    }
+    this.visit(id, rootLba, level, null, null, this.generation, report, onItem);
+    if (report.items !== count) {
+      this.problems.push(`tree ${id}: holds ${report.items} items but its record says ${count}`);
+    }
+    return report;
+  }
+
+  /** Visits the subtree at `lba`, whose keys must lie in [lo, hi). */
+  private visit(
+    id: number,
+    lba: number,
+    level: number,
+    lo: Buffer | null,
+    hi: Buffer | null,
+    parentGeneration: number,
+    report: TreeReport,
+    onItem?: (key: Buffer, value: Buffer) => void,
+  ): void {
+    const where = `tree ${id}, block ${lba}`;
+    if (!Number.isSafeInteger(lba) || lba < 2 || lba >= this.deviceBlocks) {
+      this.problems.push(`${where}: pointer outside the volume`);
+      return;
+    }
+    if (this.reachable.get(lba)) {
+      this.problems.push(`${where}: block is reachable twice`);
+      return;
+    }
+    this.reachable.set(lba);
+    this.marked++;
+    report.nodes++;
+    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
+    try {
+      this.device.read(lba, buf);
+    } catch (error) {
+      this.problems.push(`${where}: read failed: ${(error as Error).message}`);
+      return;
+    }
+    const reason = validateNodeBytes(buf, { lba, level, owner: id, deviceBlocks: this.deviceBlocks });
+    if (reason !== null) {
+      this.problems.push(`${where}: ${reason}`);
+      return;
+    }
+    const generation = nodeGeneration(buf);
+    if (generation > parentGeneration) {
+      this.problems.push(`${where}: generation ${generation} is newer than its parent's ${parentGeneration}`);
+    }
+    const node = decodeNode(buf, { lba, level, owner: id, deviceBlocks: this.deviceBlocks });
+    this.checkBounds(node, lo, hi, where);
+    if (level === 0) {
+      report.items += node.count;
+      for (let i = 0; i < node.count; i++) {
+        const key = Buffer.from(node.keyAt(i));
+        const value = Buffer.from(node.valueAt(i));
+        onItem?.(key, value);
+        this.visitItem?.(id, key, value);
+      }
+      return;
+    }
+    if (node.count === 0) this.problems.push(`${where}: internal node has no children`);
+    for (let i = 0; i < node.count; i++) {
+      const childLo = i === 0 ? lo : Buffer.from(node.keyAt(i));
+      const childHi = i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi;
+      this.visit(id, node.childAt(i), level - 1, childLo, childHi, generation, report, onItem);
+    }
+  }
+
+  private checkBounds(node: Node, lo: Buffer | null, hi: Buffer | null, where: string): void {
+    const first = node.level > 0 ? 1 : 0;
+    for (let i = first; i < node.count; i++) {
+      const key = node.keyAt(i);
+      if (lo !== null && compareBytes(key, lo) < 0) {
+        this.problems.push(`${where}: key ${i} lies below its separator`);
+        return;
+      }
+      if (hi !== null && compareBytes(key, hi) >= 0) {
+        this.problems.push(`${where}: key ${i} lies at or above the next separator`);
+        return;
+      }
+    }
+  }
+}

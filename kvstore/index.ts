@@ -1,0 +1,12 @@
+/** kvstore: block devices, nodes, the CoW B+-tree, transactions and the superblock. */
+export * from "./constants.js";
+export * from "./errors.js";
+export { type BlockDevice, FileDevice, checkDeviceSize } from "./device.js";
+export { SimDevice, SimulatedCrash, type RecoverOptions } from "./sim_device.js";
+export { Prng } from "./prng.js";
+export { compareBytes } from "./node.js";
+export { Tree, Cursor, type TreeMeta } from "./btree.js";
+export { Store, type StoreOptions, type FormatOptions, treeKey, readSuperblock } from "./store.js";
+export type { SpaceManager, SpaceProvider, NodeSharing, ReservePurpose } from "./interfaces.js";
+export { unshared } from "./interfaces.js";
+export { checkForest, type ForestReport, type TreeReport, type ItemVisitor, Bitmap } from "./check.js";

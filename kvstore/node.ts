@@ -1,0 +1,425 @@
+/**
+ * The B+-tree node: exactly one block, in a slotted layout.
+ *
+ * The in-memory node *is* its on-disk bytes: keys are compared, and items
+ * inserted, directly in the block buffer, so writing a node costs a header and
+ * a checksum, not a serialisation. A node is validated on every read from the
+ * device (`decodeNode`) and again before every write (`sealNode`).
+ *
+ * Layout (integers little-endian):
+ *
+ *   offset  size  field
+ *   ------  ----  -----------------------------------------------------
+ *        0     4  magic "GRVN"
+ *        4     4  crc32c of bytes [8, 4096)
+ *        8     8  this node's own LBA (catches misdirected writes)
+ *       16     8  generation that wrote it
+ *       24     8  owner tree id
+ *       32     1  level (0 = leaf)
+ *       33     1  flags (zero)
+ *       34     2  item count
+ *       36     2  heap start: items occupy [heap start, 4096)
+ *       38     2  garbage: heap bytes held by removed items
+ *       40   2*n  slot array: item offsets, in ascending key order
+ *            ...  free space
+ *   heap start    items, each: key length u16 | value length u16 | key | value
+ *
+ * In an internal node every value is a child LBA (u64), and the first key is
+ * empty: it stands for minus infinity, so child i holds the keys k with
+ * key[i] <= k < key[i+1].
+ */
+import { crc32c } from "./checksum.js";
+import { blockSizeBytes, keySizeMaxBytes, treeDepthMax, valueSizeMaxBytes } from "./constants.js";
+import { CorruptionError, assert } from "./errors.js";
+
+export const nodeMagic = 0x4e565247; // "GRVN" read little-endian
+
+const NODE_MAGIC = 0;
+const NODE_CRC = NODE_MAGIC + 4;
+const NODE_LBA = NODE_CRC + 4;
+const NODE_GENERATION = NODE_LBA + 8;
+const NODE_OWNER = NODE_GENERATION + 8;
+const NODE_LEVEL = NODE_OWNER + 8;
+const NODE_FLAGS = NODE_LEVEL + 1;
+const NODE_COUNT = NODE_FLAGS + 1;
+const NODE_HEAP_START = NODE_COUNT + 2;
+const NODE_GARBAGE = NODE_HEAP_START + 2;
+export const nodeHeaderBytes = NODE_GARBAGE + 2;
+
+const ITEM_KEY_LEN = 0;
+const ITEM_VALUE_LEN = ITEM_KEY_LEN + 2;
+const itemHeaderBytes = ITEM_VALUE_LEN + 2;
+const slotBytes = 2;
+const childPointerBytes = 8;
+
+/** Bytes available for slots and items. */
+export const nodePayloadBytes = blockSizeBytes - nodeHeaderBytes;
+/** A non-root node using fewer payload bytes than this is merged or refilled. */
+export const nodeUnderflowBytes = Math.floor(nodePayloadBytes / 4);
+const itemCountMax = Math.floor(nodePayloadBytes / (slotBytes + itemHeaderBytes));
+
+assert(4 * (slotBytes + itemHeaderBytes + keySizeMaxBytes + valueSizeMaxBytes) <= nodePayloadBytes, "four items fit");
+
+const emptyKey = new Uint8Array(0);
+
+/** memcmp order over byte strings. Written in JS: short keys usually differ in their first byte. */
+export function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = a.length < b.length ? a.length : b.length;
+  for (let i = 0; i < n; i++) {
+    const d = a[i]! - b[i]!;
+    if (d !== 0) return d;
+  }
+  return a.length - b.length;
+}
+
+/** One item as a pair of views, used when items move between nodes. */
+export interface Item {
+  key: Uint8Array;
+  value: Uint8Array;
+}
+
+export class Node {
+  buf: Buffer;
+  lba: number;
+  generation: number;
+  owner: number;
+  level: number;
+  count: number;
+  heapStart: number;
+  garbage: number;
+  /** Set on access; the cache's clock hand clears it. */
+  referenced = true;
+
+  constructor(buf: Buffer, lba: number, generation: number, owner: number, level: number) {
+    this.buf = buf;
+    this.lba = lba;
+    this.generation = generation;
+    this.owner = owner;
+    this.level = level;
+    this.count = 0;
+    this.heapStart = blockSizeBytes;
+    this.garbage = 0;
+  }
+
+  static empty(lba: number, generation: number, owner: number, level: number): Node {
+    return new Node(Buffer.alloc(blockSizeBytes), lba, generation, owner, level);
+  }
+
+  /** A writable copy of this node at a new LBA, for copy-on-write. */
+  copyTo(lba: number, generation: number): Node {
+    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
+    this.buf.copy(buf);
+    const node = new Node(buf, lba, generation, this.owner, this.level);
+    node.count = this.count;
+    node.heapStart = this.heapStart;
+    node.garbage = this.garbage;
+    return node;
+  }
+
+  get isLeaf(): boolean {
+    return this.level === 0;
+  }
+
+  private slot(i: number): number {
+    const p = nodeHeaderBytes + i * slotBytes;
+    return this.buf[p]! | (this.buf[p + 1]! << 8);
+  }
+
+  keyLength(i: number): number {
+    const off = this.slot(i);
+    return this.buf[off]! | (this.buf[off + 1]! << 8);
+  }
+
+  /** A view of key i; valid until this node is next modified. */
+  keyAt(i: number): Buffer {
+    const off = this.slot(i);
+    const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
+    return this.buf.subarray(off + itemHeaderBytes, off + itemHeaderBytes + keyLen);
+  }
+
+  /** A view of value i; valid until this node is next modified. */
+  valueAt(i: number): Buffer {
+    const off = this.slot(i);
+    const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
+    const valueLen = this.buf[off + 2]! | (this.buf[off + 3]! << 8);
+    const start = off + itemHeaderBytes + keyLen;
+    return this.buf.subarray(start, start + valueLen);
+  }
+
+  childAt(i: number): number {
+    const off = this.slot(i);
+    const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
+    const p = off + itemHeaderBytes + keyLen;
+    return this.buf.readUInt32LE(p) + this.buf.readUInt32LE(p + 4) * 4294967296;
+  }
+
+  setChildAt(i: number, lba: number): void {
+    const off = this.slot(i);
+    const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
+    writeU64(this.buf, off + itemHeaderBytes + keyLen, lba);
+  }
+
+  /** Compares key i with `key` without materialising a view. */
+  compareAt(i: number, key: Uint8Array): number {
+    const buf = this.buf;
+    const off = this.slot(i);
+    const keyLen = buf[off]! | (buf[off + 1]! << 8);
+    const start = off + itemHeaderBytes;
+    const n = keyLen < key.length ? keyLen : key.length;
+    for (let j = 0; j < n; j++) {
+      const d = buf[start + j]! - key[j]!;
+      if (d !== 0) return d;
+    }
+    return keyLen - key.length;
+  }
+
+  /** The first index whose key is >= `key` (count if none). */
+  lowerBound(key: Uint8Array): number {
+    let lo = 0;
+    let hi = this.count;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.compareAt(mid, key) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** In an internal node: the child whose range holds `key`. */
+  childIndex(key: Uint8Array): number {
+    let lo = 0;
+    let hi = this.count;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.compareAt(mid, key) <= 0) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo === 0 ? 0 : lo - 1;
+  }
+
+  itemBytes(i: number): number {
+    const off = this.slot(i);
+    const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
+    const valueLen = this.buf[off + 2]! | (this.buf[off + 3]! << 8);
+    return itemHeaderBytes + keyLen + valueLen;
+  }
+
+  /** Payload bytes in use: slots plus live items. */
+  usedBytes(): number {
+    return this.count * slotBytes + (blockSizeBytes - this.heapStart - this.garbage);
+  }
+
+  private freeBytes(): number {
+    return this.heapStart - nodeHeaderBytes - this.count * slotBytes;
+  }
+
+  /** Inserts at slot i if the item fits (compacting if that helps); false if the node is full. */
+  insertAt(i: number, key: Uint8Array, value: Uint8Array): boolean {
+    const need = itemHeaderBytes + key.length + value.length;
+    if (this.freeBytes() < need + slotBytes) {
+      if (this.freeBytes() + this.garbage < need + slotBytes) return false;
+      this.compact();
+    }
+    const buf = this.buf;
+    const off = this.heapStart - need;
+    buf[off] = key.length & 0xff;
+    buf[off + 1] = key.length >>> 8;
+    buf[off + 2] = value.length & 0xff;
+    buf[off + 3] = value.length >>> 8;
+    buf.set(key, off + itemHeaderBytes);
+    buf.set(value, off + itemHeaderBytes + key.length);
+    this.heapStart = off;
+    const slotPos = nodeHeaderBytes + i * slotBytes;
+    const slotEnd = nodeHeaderBytes + this.count * slotBytes;
+    if (i < this.count) buf.copyWithin(slotPos + slotBytes, slotPos, slotEnd);
+    buf[slotPos] = off & 0xff;
+    buf[slotPos + 1] = off >>> 8;
+    this.count++;
+    return true;
+  }
+
+  removeAt(i: number): void {
+    assert(i >= 0 && i < this.count, "remove within the node");
+    this.garbage += this.itemBytes(i);
+    const slotPos = nodeHeaderBytes + i * slotBytes;
+    const slotEnd = nodeHeaderBytes + this.count * slotBytes;
+    this.buf.copyWithin(slotPos, slotPos + slotBytes, slotEnd);
+    this.count--;
+    if (this.count === 0) {
+      this.heapStart = blockSizeBytes;
+      this.garbage = 0;
+    }
+  }
+
+  /** Replaces value i in place when the length matches, else through remove and insert. */
+  replaceValueAt(i: number, value: Uint8Array): boolean {
+    const off = this.slot(i);
+    const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
+    const valueLen = this.buf[off + 2]! | (this.buf[off + 3]! << 8);
+    if (valueLen === value.length) {
+      this.buf.set(value, off + itemHeaderBytes + keyLen);
+      return true;
+    }
+    if (this.freeBytes() + this.garbage + itemHeaderBytes + keyLen + valueLen < itemHeaderBytes + keyLen + value.length) {
+      return false;
+    }
+    const key = Buffer.from(this.keyAt(i));
+    this.removeAt(i);
+    assert(this.insertAt(i, key, value), "a replacement that was measured to fit does fit");
+    return true;
+  }
+
+  /** Rewrites the heap with no garbage. */
+  compact(): void {
+    const items = this.items();
+    this.setItems(items);
+  }
+
+  /** Views of every item (they alias this node's buffer). */
+  items(): Item[] {
+    const out: Item[] = new Array(this.count);
+    for (let i = 0; i < this.count; i++) out[i] = { key: this.keyAt(i), value: this.valueAt(i) };
+    return out;
+  }
+
+  /** Replaces the whole content; the items may alias the old buffer. */
+  setItems(items: readonly Item[]): void {
+    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
+    this.buf.copy(buf, 0, 0, nodeHeaderBytes);
+    let heap = blockSizeBytes;
+    for (let i = 0; i < items.length; i++) {
+      const { key, value } = items[i]!;
+      heap -= itemHeaderBytes + key.length + value.length;
+      buf.writeUInt16LE(key.length, heap + ITEM_KEY_LEN);
+      buf.writeUInt16LE(value.length, heap + ITEM_VALUE_LEN);
+      buf.set(key, heap + itemHeaderBytes);
+      buf.set(value, heap + itemHeaderBytes + key.length);
+      buf.writeUInt16LE(heap, nodeHeaderBytes + i * slotBytes);
+    }
+    const slotEnd = nodeHeaderBytes + items.length * slotBytes;
+    assert(slotEnd <= heap, "items given to a node fit it");
+    buf.fill(0, slotEnd, heap);
+    this.buf = buf;
+    this.count = items.length;
+    this.heapStart = heap;
+    this.garbage = 0;
+  }
+}
+
+export function itemSize(item: Item): number {
+  return slotBytes + itemHeaderBytes + item.key.length + item.value.length;
+}
+
+export function childPointer(lba: number): Buffer {
+  const value = Buffer.allocUnsafe(childPointerBytes);
+  writeU64(value, 0, lba);
+  return value;
+}
+
+export { emptyKey };
+
+function writeU64(buf: Uint8Array, offset: number, value: number): void {
+  const lo = value >>> 0;
+  const hi = Math.floor(value / 4294967296) >>> 0;
+  buf[offset] = lo & 0xff;
+  buf[offset + 1] = (lo >>> 8) & 0xff;
+  buf[offset + 2] = (lo >>> 16) & 0xff;
+  buf[offset + 3] = lo >>> 24;
+  buf[offset + 4] = hi & 0xff;
+  buf[offset + 5] = (hi >>> 8) & 0xff;
+  buf[offset + 6] = (hi >>> 16) & 0xff;
+  buf[offset + 7] = hi >>> 24;
+}
+
+function readU64(buf: Buffer, offset: number): number {
+  return buf.readUInt32LE(offset) + buf.readUInt32LE(offset + 4) * 4294967296;
+}
+
+/** What a reader expects of a node: where it was found and what points at it. */
+export interface NodeExpectation {
+  lba: number;
+  level: number;
+  owner: number;
+  deviceBlocks: number;
+}
+
+/**
+ * Checks the structure of a node's bytes. Returns a reason for the first
+ * problem found, or null. Shared by the read path and the checker.
+ */
+export function validateNodeBytes(buf: Buffer, expect: NodeExpectation): string | null {
+  if (buf.readUInt32LE(NODE_MAGIC) !== nodeMagic) return "bad node magic";
+  if (buf.readUInt32LE(NODE_CRC) !== crc32c(buf.subarray(NODE_LBA))) return "node checksum mismatch";
+  const lba = readU64(buf, NODE_LBA);
+  if (lba !== expect.lba) return `node claims LBA ${lba} (misdirected write?)`;
+  const owner = readU64(buf, NODE_OWNER);
+  if (owner !== expect.owner) return `node belongs to tree ${owner}, not ${expect.owner}`;
+  const level = buf[NODE_LEVEL]!;
+  if (level !== expect.level) return `node level ${level}, expected ${expect.level}`;
+  if (level >= treeDepthMax) return `node level ${level} exceeds the depth bound`;
+  if (buf[NODE_FLAGS] !== 0) return "unknown node flags";
+  const count = buf.readUInt16LE(NODE_COUNT);
+  const heapStart = buf.readUInt16LE(NODE_HEAP_START);
+  const garbage = buf.readUInt16LE(NODE_GARBAGE);
+  if (count > itemCountMax) return `item count ${count} is impossible`;
+  if (heapStart < nodeHeaderBytes + count * slotBytes || heapStart > blockSizeBytes) return "heap start out of bounds";
+  let live = 0;
+  let previous: Buffer | null = null;
+  for (let i = 0; i < count; i++) {
+    const off = buf.readUInt16LE(nodeHeaderBytes + i * slotBytes);
+    if (off < heapStart || off + itemHeaderBytes > blockSizeBytes) return `slot ${i} points outside the heap`;
+    const keyLen = buf.readUInt16LE(off + ITEM_KEY_LEN);
+    const valueLen = buf.readUInt16LE(off + ITEM_VALUE_LEN);
+    const end = off + itemHeaderBytes + keyLen + valueLen;
+    if (end > blockSizeBytes) return `item ${i} runs past the node`;
+    if (keyLen > keySizeMaxBytes || valueLen > valueSizeMaxBytes) return `item ${i} exceeds the size bounds`;
+    live += end - off;
+    const key = buf.subarray(off + itemHeaderBytes, off + itemHeaderBytes + keyLen);
+    if (level > 0) {
+      if (valueLen !== childPointerBytes) return `internal item ${i} is not a child pointer`;
+      const child = readU64(buf, off + itemHeaderBytes + keyLen);
+      if (child < 2 || child >= expect.deviceBlocks) return `child pointer ${child} is outside the volume`;
+      if (i === 0 && keyLen !== 0) return "first key of an internal node is not empty";
+    }
+    if (previous !== null && compareBytes(previous, key) >= 0) return `keys out of order at item ${i}`;
+    previous = key;
+  }
+  if (live + garbage !== blockSizeBytes - heapStart) return "heap accounting does not add up";
+  return null;
+}
+
+/** Builds a node from bytes read at `expect.lba`; any inconsistency is a CorruptionError. */
+export function decodeNode(buf: Buffer, expect: NodeExpectation): Node {
+  const reason = validateNodeBytes(buf, expect);
+  if (reason !== null) {
+    throw new CorruptionError("EIO_node_corrupt", `corrupt node at block ${expect.lba} (tree ${expect.owner}): ${reason}`);
+  }
+  const node = new Node(buf, expect.lba, readU64(buf, NODE_GENERATION), expect.owner, expect.level);
+  node.count = buf.readUInt16LE(NODE_COUNT);
+  node.heapStart = buf.readUInt16LE(NODE_HEAP_START);
+  node.garbage = buf.readUInt16LE(NODE_GARBAGE);
+  return node;
+}
+
+/** Writes the header and checksum into the node's buffer, then validates it: invalid bytes never reach the device. */
+export function sealNode(node: Node, deviceBlocks: number): Buffer {
+  const buf = node.buf;
+  buf.writeUInt32LE(nodeMagic, NODE_MAGIC);
+  writeU64(buf, NODE_LBA, node.lba);
+  writeU64(buf, NODE_GENERATION, node.generation);
+  writeU64(buf, NODE_OWNER, node.owner);
+  buf[NODE_LEVEL] = node.level;
+  buf[NODE_FLAGS] = 0;
+  buf.writeUInt16LE(node.count, NODE_COUNT);
+  buf.writeUInt16LE(node.heapStart, NODE_HEAP_START);
+  buf.writeUInt16LE(node.garbage, NODE_GARBAGE);
+  buf.writeUInt32LE(crc32c(buf.subarray(NODE_LBA)), NODE_CRC);
+  const reason = validateNodeBytes(buf, { lba: node.lba, level: node.level, owner: node.owner, deviceBlocks });
+  assert(reason === null, `node ${node.lba} is valid before it is written: ${reason}`);
+  return buf;
+}
+
+/** The generation recorded in a node's header, for the checker. */
+export function nodeGeneration(buf: Buffer): number {
+  return readU64(buf, NODE_GENERATION);
+}

@@ -1,0 +1,159 @@
+/**
+ * A simulated block device for crash and corruption tests.
+ *
+ * It keeps a durable image (what survives power loss) and the writes issued
+ * since the last flush. Reads see the live state. A crash can be armed at the
+ * Nth write or flush: that call throws `SimulatedCrash` and the device goes
+ * dead. `recover` then builds the image a real disk could hold after the crash:
+ * each unflushed write independently kept, dropped, or torn at a sector
+ * boundary. Bits can be flipped on read to test corruption handling.
+ *
+ * Blocks are stored sparsely, so a large simulated device costs only what is
+ * written to it.
+ */
+import { blockSizeBytes } from "./constants.js";
+import { BlockDevice, checkTransfer } from "./device.js";
+import { IoError } from "./errors.js";
+import { Prng } from "./prng.js";
+
+const sectorSizeBytes = 512;
+
+export class SimulatedCrash extends IoError {
+  constructor(op: number) {
+    super("EIO_simulated_crash", `simulated power loss at device operation ${op}`);
+    this.name = "SimulatedCrash";
+  }
+}
+
+export interface RecoverOptions {
+  /** Probability that an unflushed write survives whole; the rest are dropped or torn. */
+  keepProbability?: number;
+  tearProbability?: number;
+}
+
+export class SimDevice implements BlockDevice {
+  readonly blockCount: number;
+  private durable = new Map<number, Uint8Array>();
+  private unflushed: Array<{ lba: number; data: Uint8Array }> = [];
+  private live = new Map<number, Uint8Array>();
+  private flips = new Map<number, Array<{ offset: number; mask: number }>>();
+  /** Writes plus flushes issued so far. */
+  operations = 0;
+  writes = 0;
+  flushes = 0;
+  crashAtOperation = Number.POSITIVE_INFINITY;
+  private dead = false;
+  private closed = false;
+
+  constructor(blockCount: number) {
+    this.blockCount = blockCount;
+  }
+
+  /** A device holding a copy of another's durable image (what a reboot sees). */
+  static fromDurable(blocks: Map<number, Uint8Array>, blockCount: number): SimDevice {
+    const device = new SimDevice(blockCount);
+    for (const [lba, data] of blocks) {
+      device.durable.set(lba, data.slice());
+      device.live.set(lba, data.slice());
+    }
+    return device;
+  }
+
+  get crashed(): boolean {
+    return this.dead;
+  }
+
+  read(lba: number, buf: Uint8Array): void {
+    checkTransfer(this, lba, buf);
+    this.checkAlive();
+    const blocks = buf.length / blockSizeBytes;
+    for (let i = 0; i < blocks; i++) {
+      const target = buf.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes);
+      const data = this.live.get(lba + i);
+      if (data) target.set(data);
+      else target.fill(0);
+      for (const flip of this.flips.get(lba + i) ?? []) target[flip.offset]! ^= flip.mask;
+    }
+  }
+
+  write(lba: number, buf: Uint8Array): void {
+    checkTransfer(this, lba, buf);
+    this.tick();
+    this.writes++;
+    const blocks = buf.length / blockSizeBytes;
+    for (let i = 0; i < blocks; i++) {
+      const data = buf.slice(i * blockSizeBytes, (i + 1) * blockSizeBytes);
+      this.live.set(lba + i, data);
+      this.unflushed.push({ lba: lba + i, data });
+    }
+  }
+
+  flush(): void {
+    this.tick();
+    this.flushes++;
+    for (const { lba, data } of this.unflushed) this.durable.set(lba, data);
+    this.unflushed = [];
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+
+  /** The same disk after a clean shutdown: every write, flushed or not, made it. */
+  reopen(): SimDevice {
+    if (this.dead) throw new IoError("EIO_simulated_dead", "a crashed device is recovered, not reopened");
+    return SimDevice.fromDurable(this.live, this.blockCount);
+  }
+
+  /** Flips bits of a block whenever it is read, until cleared. */
+  flipOnRead(lba: number, offset: number, mask: number): void {
+    const list = this.flips.get(lba) ?? [];
+    list.push({ offset, mask });
+    this.flips.set(lba, list);
+  }
+
+  clearFlips(): void {
+    this.flips.clear();
+  }
+
+  /** The image after a crash now: durable blocks plus a random fate for each unflushed write. */
+  recover(prng: Prng, options: RecoverOptions = {}): SimDevice {
+    const keep = options.keepProbability ?? 0.4;
+    const tear = options.tearProbability ?? 0.3;
+    const image = new Map<number, Uint8Array>();
+    for (const [lba, data] of this.durable) image.set(lba, data.slice());
+    for (const { lba, data } of this.unflushed) {
+      const roll = prng.u32() / 4294967296;
+      if (roll < keep) {
+        image.set(lba, data.slice());
+      } else if (roll < keep + tear) {
+        const sectors = prng.between(1, blockSizeBytes / sectorSizeBytes - 1);
+        const torn = (image.get(lba) ?? new Uint8Array(blockSizeBytes)).slice();
+        torn.set(data.subarray(0, sectors * sectorSizeBytes));
+        image.set(lba, torn);
+      }
+    }
+    return SimDevice.fromDurable(image, this.blockCount);
+  }
+
+  /** A byte-exact copy of the live state, for tests that damage an image. */
+  snapshotLive(): Map<number, Uint8Array> {
+    const copy = new Map<number, Uint8Array>();
+    for (const [lba, data] of this.live) copy.set(lba, data.slice());
+    return copy;
+  }
+
+  private tick(): void {
+    this.checkAlive();
+    this.operations++;
+    if (this.operations >= this.crashAtOperation) {
+      this.dead = true;
+      throw new SimulatedCrash(this.operations);
+    }
+  }
+
+  private checkAlive(): void {
+    if (this.dead) throw new IoError("EIO_simulated_dead", "simulated device is powered off");
+    if (this.closed) throw new IoError("EIO_device_closed", "simulated device is closed");
+  }
+}

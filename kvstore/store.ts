@@ -1,0 +1,451 @@
+/**
+ * The store: a device, the node cache, the root tree and the running
+ * transaction.
+ *
+ * There is always exactly one running transaction, generation
+ * `committedGeneration + 1`. Mutations change nodes in memory; `commit` makes
+ * them durable with the protocol of DESIGN.md:
+ *   1. fixpoint: record tree roots in the root tree and the allocator's delta
+ *      in the free-space trees, until neither changes;
+ *   2. write every dirty node; 3. flush;
+ *   4. write the superblock slot of this generation; 5. flush.
+ * A crash at any point leaves either the old or the new generation on disk.
+ * A failed write or flush poisons the store: every later call fails with EIO
+ * until the device is opened again.
+ *
+ * The root tree maps a tree id (u64, big-endian) to that tree's root:
+ *
+ *   offset  size  field
+ *   ------  ----  ------------------------
+ *        0     8  root LBA
+ *        8     8  item count
+ *       16     1  level of the root
+ *       17     7  (zero)
+ */
+import { randomBytes } from "node:crypto";
+import {
+  blockSizeBytes,
+  commitFixpointRoundsMax,
+  firstAllocatableLba,
+  nodeCacheBytesDefault,
+  superblockSlotLbas,
+  treeDepthMax,
+  treeIdRoot,
+} from "./constants.js";
+import type { BlockDevice } from "./device.js";
+import { CorruptionError, GroveError, IoError, assert } from "./errors.js";
+import { NodeStore, Tree, TreeMeta } from "./btree.js";
+import { NodeSharing, ReservePurpose, SpaceManager, SpaceProvider, unshared } from "./interfaces.js";
+import { Node, decodeNode, sealNode } from "./node.js";
+import { NodeCache } from "./node_cache.js";
+import { Superblock, decodeSuperblock, encodeSuperblock, labelSizeMaxBytes, slotForGeneration } from "./superblock.js";
+
+const META_ROOT_LBA = 0;
+const META_COUNT = META_ROOT_LBA + 8;
+const META_LEVEL = META_COUNT + 8;
+const metaBytes = META_LEVEL + 8;
+
+/** Coalesced writes of adjacent dirty nodes stop at this many blocks. */
+const writeRunBlocksMax = 256;
+
+export interface StoreOptions {
+  /** Bound on clean cached nodes, in bytes. */
+  cacheBytes?: number;
+  sharing?: NodeSharing;
+  readOnly?: boolean;
+}
+
+export interface FormatOptions extends StoreOptions {
+  label?: string;
+  uuid?: Buffer;
+}
+
+export function treeKey(id: number): Buffer {
+  const key = Buffer.allocUnsafe(8);
+  key.writeBigUInt64BE(BigInt(id));
+  return key;
+}
+
+function encodeMeta(meta: TreeMeta): Buffer {
+  const value = Buffer.alloc(metaBytes);
+  value.writeBigUInt64LE(BigInt(meta.rootLba), META_ROOT_LBA);
+  value.writeBigUInt64LE(BigInt(meta.count), META_COUNT);
+  value.writeUInt8(meta.level, META_LEVEL);
+  return value;
+}
+
+/** Decodes a root-tree value; a malformed one is corruption. */
+export function decodeMeta(value: Buffer, id: number, deviceBlocks: number): TreeMeta {
+  const bad = (why: string): never => {
+    throw new CorruptionError("EIO_tree_meta", `root tree entry for tree ${id} is corrupt: ${why}`);
+  };
+  if (value.length !== metaBytes) bad(`length ${value.length}`);
+  const meta = {
+    rootLba: Number(value.readBigUInt64LE(META_ROOT_LBA)),
+    count: Number(value.readBigUInt64LE(META_COUNT)),
+    level: value.readUInt8(META_LEVEL),
+  };
+  if (meta.rootLba < firstAllocatableLba || meta.rootLba >= deviceBlocks) bad(`root LBA ${meta.rootLba}`);
+  if (meta.level >= treeDepthMax) bad(`level ${meta.level}`);
+  return meta;
+}
+
+/** Reads both slots and returns the valid one with the highest generation. */
+export function readSuperblock(device: BlockDevice): Superblock {
+  const reasons: string[] = [];
+  let best: Superblock | null = null;
+  for (const lba of superblockSlotLbas) {
+    const buf = Buffer.allocUnsafe(blockSizeBytes);
+    device.read(lba, buf);
+    const slot = decodeSuperblock(buf, device.blockCount);
+    if (!slot.ok) reasons.push(`slot ${lba}: ${slot.reason}`);
+    else if (best === null || slot.superblock.generation > best.generation) best = slot.superblock;
+  }
+  if (best === null) {
+    throw new CorruptionError("EIO_no_superblock", `not a grovefs volume, or both superblocks are damaged (${reasons.join("; ")})`);
+  }
+  return best;
+}
+
+export class Store implements NodeStore {
+  readonly device: BlockDevice;
+  readonly readOnly: boolean;
+  readonly sharing: NodeSharing;
+  /** The running transaction's generation; every node it writes carries it. */
+  generation: number;
+  rootTree!: Tree;
+  private space: SpaceManager | null = null;
+  private superblock: Superblock;
+  private readonly cache: NodeCache;
+  private readonly trees = new Map<number, Tree>();
+  private poisoned: unknown = null;
+  private committing = false;
+  private allocHint = firstAllocatableLba;
+
+  private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
+    this.device = device;
+    this.superblock = superblock;
+    this.generation = superblock.generation + 1;
+    this.readOnly = options.readOnly ?? false;
+    this.sharing = options.sharing ?? unshared;
+    this.cache = new NodeCache(options.cacheBytes ?? nodeCacheBytesDefault);
+  }
+
+  /** Writes an empty forest to `device`, destroying what it held. */
+  static format(device: BlockDevice, provider: SpaceProvider, options: FormatOptions = {}): Store {
+    const label = options.label ?? "";
+    if (Buffer.byteLength(label, "utf8") > labelSizeMaxBytes) {
+      throw new GroveError("EINVAL", "EINVAL_label_too_long", `label exceeds ${labelSizeMaxBytes} bytes`);
+    }
+    // Wipe both slots first, so that a crash mid-format cannot leave an old volume's superblock in charge.
+    device.write(superblockSlotLbas[0], Buffer.alloc(blockSizeBytes * superblockSlotLbas.length));
+    device.flush();
+    const superblock: Superblock = {
+      generation: 0,
+      rootLba: 0,
+      rootCount: 0,
+      rootLevel: 0,
+      deviceBlocks: device.blockCount,
+      uuid: options.uuid ?? randomBytes(16),
+      label,
+    };
+    const store = new Store(device, superblock, { ...options, readOnly: false });
+    store.space = provider.format(store);
+    const root = store.newNode(0, treeIdRoot);
+    store.rootTree = new Tree(store, treeIdRoot, { rootLba: root.lba, level: 0, count: 0 });
+    store.commit();
+    // A second generation fills the other slot, so that both are valid from the start.
+    store.commit({ force: true });
+    return store;
+  }
+
+  static open(device: BlockDevice, provider: SpaceProvider, options: StoreOptions = {}): Store {
+    const superblock = readSuperblock(device);
+    const store = new Store(device, superblock, options);
+    store.rootTree = new Tree(store, treeIdRoot, {
+      rootLba: superblock.rootLba,
+      level: superblock.rootLevel,
+      count: superblock.rootCount,
+    });
+    store.rootTree.root();
+    store.space = provider.open(store);
+    return store;
+  }
+
+  get committedGeneration(): number {
+    return this.superblock.generation;
+  }
+
+  get deviceBlocks(): number {
+    return this.superblock.deviceBlocks;
+  }
+
+  get label(): string {
+    return this.superblock.label;
+  }
+
+  get uuid(): Buffer {
+    return Buffer.from(this.superblock.uuid);
+  }
+
+  /** Memory held by the running transaction's nodes. */
+  get dirtyBytes(): number {
+    return this.cache.dirtyCount * blockSizeBytes;
+  }
+
+  get cachedCleanBytes(): number {
+    return this.cache.cleanBytes;
+  }
+
+  get isPoisoned(): boolean {
+    return this.poisoned !== null;
+  }
+
+  // ---- trees ----------------------------------------------------------------
+
+  hasTree(id: number): boolean {
+    this.checkHealthy();
+    return this.trees.has(id) || this.rootTree.has(treeKey(id));
+  }
+
+  openTree(id: number): Tree {
+    this.checkHealthy();
+    const open = this.trees.get(id);
+    if (open !== undefined) return open;
+    const value = this.rootTree.get(treeKey(id));
+    if (value === undefined) throw new GroveError("ENOENT", "ENOENT_tree", `tree ${id} does not exist`);
+    const tree = new Tree(this, id, decodeMeta(value, id, this.deviceBlocks));
+    this.trees.set(id, tree);
+    return tree;
+  }
+
+  createTree(id: number): Tree {
+    assert(id !== treeIdRoot, "the root tree is created by format");
+    if (this.hasTree(id)) throw new GroveError("EEXIST", "EEXIST_tree", `tree ${id} already exists`);
+    this.beginMutation(1, "grow");
+    const root = this.newNode(0, id);
+    const tree = new Tree(this, id, { rootLba: root.lba, level: 0, count: 0 });
+    tree.metaDirty = true;
+    this.trees.set(id, tree);
+    return tree;
+  }
+
+  /** Frees every block of a tree and forgets it. A shared subtree loses one reference instead. */
+  dropTree(id: number): void {
+    const tree = this.openTree(id);
+    this.beginMutation(this.rootTree.level * 3 + 4, "shrink");
+    try {
+      const visit = (node: Node, depth: number): void => {
+        assert(depth <= treeDepthMax, "tree depth is bounded");
+        if (node.generation !== this.generation && this.sharing.isShared(node.lba, node.generation)) {
+          this.sharing.dropRef(node.lba);
+          return;
+        }
+        const children: number[] = [];
+        if (node.level > 0) for (let i = 0; i < node.count; i++) children.push(node.childAt(i));
+        this.releaseNode(node);
+        for (const child of children) visit(this.readNode(child, node.level - 1, id), depth + 1);
+      };
+      visit(tree.root(), 1);
+      tree.modCount++;
+      this.trees.delete(id);
+      this.rootTree.delete(treeKey(id));
+    } catch (error) {
+      this.poison(error);
+    }
+  }
+
+  /** Ids of every tree but the root tree, ascending. */
+  treeIds(): number[] {
+    this.checkHealthy();
+    const ids = new Set<number>(this.trees.keys());
+    for (const [key] of this.rootTree.range()) ids.add(Number(key.readBigUInt64BE(0)));
+    return [...ids].sort((a, b) => a - b);
+  }
+
+  // ---- transactions ---------------------------------------------------------
+
+  /** Makes the running transaction durable. A no-op when nothing changed, unless forced. */
+  commit(options: { force?: boolean } = {}): void {
+    this.checkHealthy();
+    if (this.readOnly) throw new GroveError("EROFS", "EROFS_commit", "volume is open read-only");
+    if (!options.force && !this.hasChanges()) return;
+    assert(this.space !== null, "an allocator is attached before commit");
+    this.committing = true;
+    let next: Superblock;
+    try {
+      this.settleTrees();
+      this.writeDirtyNodes();
+      this.device.flush();
+      next = {
+        ...this.superblock,
+        generation: this.generation,
+        rootLba: this.rootTree.rootLba,
+        rootCount: this.rootTree.count,
+        rootLevel: this.rootTree.level,
+      };
+      this.device.write(slotForGeneration(this.generation), encodeSuperblock(next));
+      this.device.flush();
+    } catch (error) {
+      this.poison(error);
+    } finally {
+      this.committing = false;
+    }
+    this.superblock = next;
+    this.cache.markAllClean();
+    this.rootTree.metaDirty = false;
+    this.generation++;
+    this.space.committed();
+  }
+
+  /** Discards the running transaction: every tree returns to its committed state. */
+  abort(): void {
+    this.checkHealthy();
+    this.cache.dropDirty();
+    this.space?.aborted();
+    const sb = this.superblock;
+    this.resetTree(this.rootTree, { rootLba: sb.rootLba, level: sb.rootLevel, count: sb.rootCount });
+    for (const [id, tree] of this.trees) {
+      const value = this.rootTree.get(treeKey(id));
+      if (value === undefined) this.trees.delete(id);
+      else this.resetTree(tree, decodeMeta(value, id, this.deviceBlocks));
+    }
+  }
+
+  /** Closes the device. An uncommitted transaction is discarded, as a crash would. */
+  close(): void {
+    this.trees.clear();
+    this.device.close();
+  }
+
+  // ---- NodeStore ------------------------------------------------------------
+
+  readNode(lba: number, level: number, owner: number): Node {
+    const cached = this.cache.get(lba);
+    if (cached !== undefined) {
+      if (cached.level !== level || cached.owner !== owner) {
+        throw new CorruptionError("EIO_pointer", `block ${lba} is not a level-${level} node of tree ${owner}`);
+      }
+      return cached;
+    }
+    this.checkHealthy();
+    if (!Number.isSafeInteger(lba) || lba < firstAllocatableLba || lba >= this.deviceBlocks) {
+      throw new CorruptionError("EIO_pointer", `tree ${owner} points at block ${lba}, outside the volume`);
+    }
+    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
+    this.device.read(lba, buf);
+    const node = decodeNode(buf, { lba, level, owner, deviceBlocks: this.deviceBlocks });
+    this.cache.addClean(node);
+    return node;
+  }
+
+  newNode(level: number, owner: number): Node {
+    const node = Node.empty(this.allocateBlock(), this.generation, owner, level);
+    this.cache.addDirty(node);
+    return node;
+  }
+
+  shadow(node: Node): Node {
+    if (node.generation === this.generation) return node;
+    const shared = this.sharing.isShared(node.lba, node.generation);
+    const copy = node.copyTo(this.allocateBlock(), this.generation);
+    this.cache.addDirty(copy);
+    if (shared) {
+      // The copy is one more parent of every child; the original has one parent fewer.
+      if (node.level > 0) for (let i = 0; i < node.count; i++) this.sharing.addRef(node.childAt(i));
+      this.sharing.dropRef(node.lba);
+    } else {
+      this.space!.free(node.lba, 1);
+    }
+    return copy;
+  }
+
+  freeNode(node: Node): void {
+    assert(node.generation === this.generation, "only a node written in this transaction is freed directly");
+    this.releaseNode(node);
+  }
+
+  beginMutation(blocks: number, purpose: ReservePurpose): void {
+    this.checkHealthy();
+    if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
+    assert(this.space !== null, "an allocator is attached before any mutation");
+    if (!this.committing) this.space.reserve(blocks, purpose);
+  }
+
+  poison(cause: unknown): never {
+    if (this.poisoned === null) this.poisoned = cause;
+    throw cause;
+  }
+
+  // ---- internals ------------------------------------------------------------
+
+  private checkHealthy(): void {
+    if (this.poisoned !== null) {
+      throw new IoError("EIO_poisoned", "the volume failed earlier and must be reopened", { cause: this.poisoned });
+    }
+  }
+
+  private hasChanges(): boolean {
+    if (this.cache.dirtyCount > 0 || this.rootTree.metaDirty) return true;
+    for (const tree of this.trees.values()) if (tree.metaDirty) return true;
+    return false;
+  }
+
+  private allocateBlock(): number {
+    const lba = this.space!.allocate(1, this.allocHint);
+    this.allocHint = lba + 1;
+    return lba;
+  }
+
+  /** Gives a node's block back: freed if it has one reference, one reference dropped if shared. */
+  private releaseNode(node: Node): void {
+    this.cache.remove(node);
+    if (node.generation !== this.generation && this.sharing.isShared(node.lba, node.generation)) {
+      this.sharing.dropRef(node.lba);
+    } else {
+      this.space!.free(node.lba, 1);
+    }
+  }
+
+  private resetTree(tree: Tree, meta: TreeMeta): void {
+    tree.rootLba = meta.rootLba;
+    tree.level = meta.level;
+    tree.count = meta.count;
+    tree.metaDirty = false;
+    tree.modCount++;
+  }
+
+  /** The commit fixpoint: tree roots into the root tree, allocator delta into its trees, until stable. */
+  private settleTrees(): void {
+    for (let round = 0; ; round++) {
+      assert(round < commitFixpointRoundsMax, "the commit fixpoint converges");
+      let changed = false;
+      for (const tree of this.trees.values()) {
+        if (!tree.metaDirty) continue;
+        tree.metaDirty = false;
+        this.rootTree.put(treeKey(tree.id), encodeMeta(tree.meta()));
+        changed = true;
+      }
+      if (this.space!.flushToTrees()) changed = true;
+      if (!changed) return;
+    }
+  }
+
+  /** Seals every dirty node and writes them in LBA order, coalescing adjacent blocks. */
+  private writeDirtyNodes(): void {
+    const nodes = this.cache.dirtyNodes().sort((a, b) => a.lba - b.lba);
+    let i = 0;
+    while (i < nodes.length) {
+      let j = i + 1;
+      while (j < nodes.length && j - i < writeRunBlocksMax && nodes[j]!.lba === nodes[j - 1]!.lba + 1) j++;
+      if (j - i === 1) {
+        this.device.write(nodes[i]!.lba, sealNode(nodes[i]!, this.deviceBlocks));
+      } else {
+        const run = Buffer.allocUnsafe((j - i) * blockSizeBytes);
+        for (let k = i; k < j; k++) sealNode(nodes[k]!, this.deviceBlocks).copy(run, (k - i) * blockSizeBytes);
+        this.device.write(nodes[i]!.lba, run);
+      }
+      i = j;
+    }
+  }
+}

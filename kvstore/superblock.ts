@@ -1,0 +1,127 @@
+/**
+ * The superblock: two checksummed slots at LBA 0 and LBA 1, written alternately
+ * by generation parity (the LMDB and redb pattern).
+ *
+ * A commit writes the slot of its generation only after every node it points
+ * to is durable, so the slot with the highest valid generation always names a
+ * complete, consistent forest. If neither slot is valid we fail; we never guess.
+ *
+ * Slot layout (one 4096-byte block, integers little-endian):
+ *
+ *   offset  size  field
+ *   ------  ----  -----------------------------------------------
+ *        0     8  magic "GROVEFS\x01"
+ *        8     4  crc32c of bytes [12, 4096)
+ *       12     4  format version
+ *       16     8  incompatible feature flags
+ *       24     8  generation
+ *       32     8  root tree: root LBA
+ *       40     8  root tree: item count
+ *       48     1  root tree: level
+ *       49     7  (zero)
+ *       56     8  device size in blocks
+ *       64     4  block size in bytes
+ *       68     4  (zero)
+ *       72    16  volume uuid
+ *       88    64  label, UTF-8, NUL-padded
+ *      152  3944  (zero)
+ */
+import { crc32c } from "./checksum.js";
+import { blockSizeBytes, deviceBlocksMin, superblockSlotLbas, treeDepthMax } from "./constants.js";
+import { assert } from "./errors.js";
+
+export const superblockMagic = Buffer.from("GROVEFS\x01", "latin1");
+export const formatVersion = 1;
+/** No incompatible features are defined yet; an image with unknown bits is refused. */
+export const featuresIncompatKnown = 0n;
+
+const SLOT_MAGIC = 0;
+const SLOT_CRC = SLOT_MAGIC + 8;
+const SLOT_VERSION = SLOT_CRC + 4;
+const SLOT_FEATURES = SLOT_VERSION + 4;
+const SLOT_GENERATION = SLOT_FEATURES + 8;
+const SLOT_ROOT_LBA = SLOT_GENERATION + 8;
+const SLOT_ROOT_COUNT = SLOT_ROOT_LBA + 8;
+const SLOT_ROOT_LEVEL = SLOT_ROOT_COUNT + 8;
+const SLOT_DEVICE_BLOCKS = SLOT_ROOT_LEVEL + 8;
+const SLOT_BLOCK_SIZE = SLOT_DEVICE_BLOCKS + 8;
+const SLOT_UUID = SLOT_BLOCK_SIZE + 8;
+const SLOT_LABEL = SLOT_UUID + 16;
+const SLOT_END = SLOT_LABEL + 64;
+export const labelSizeMaxBytes = SLOT_END - SLOT_LABEL;
+
+export interface Superblock {
+  generation: number;
+  rootLba: number;
+  rootCount: number;
+  rootLevel: number;
+  deviceBlocks: number;
+  uuid: Buffer;
+  label: string;
+}
+
+export function slotForGeneration(generation: number): number {
+  return superblockSlotLbas[generation % 2]!;
+}
+
+export function encodeSuperblock(sb: Superblock): Buffer {
+  assert(sb.uuid.length === 16, "uuid is 16 bytes");
+  const label = Buffer.from(sb.label, "utf8");
+  assert(label.length <= labelSizeMaxBytes, "label fits its field");
+  const buf = Buffer.alloc(blockSizeBytes);
+  superblockMagic.copy(buf, SLOT_MAGIC);
+  buf.writeUInt32LE(formatVersion, SLOT_VERSION);
+  buf.writeBigUInt64LE(featuresIncompatKnown, SLOT_FEATURES);
+  buf.writeBigUInt64LE(BigInt(sb.generation), SLOT_GENERATION);
+  buf.writeBigUInt64LE(BigInt(sb.rootLba), SLOT_ROOT_LBA);
+  buf.writeBigUInt64LE(BigInt(sb.rootCount), SLOT_ROOT_COUNT);
+  buf.writeUInt8(sb.rootLevel, SLOT_ROOT_LEVEL);
+  buf.writeBigUInt64LE(BigInt(sb.deviceBlocks), SLOT_DEVICE_BLOCKS);
+  buf.writeUInt32LE(blockSizeBytes, SLOT_BLOCK_SIZE);
+  sb.uuid.copy(buf, SLOT_UUID);
+  label.copy(buf, SLOT_LABEL);
+  buf.writeUInt32LE(crc32c(buf.subarray(SLOT_VERSION)), SLOT_CRC);
+  return buf;
+}
+
+export type SlotDecode = { ok: true; superblock: Superblock } | { ok: false; reason: string };
+
+/** Decodes one slot; an invalid slot is a reason, not an exception, so the other slot can be tried. */
+export function decodeSuperblock(buf: Buffer, deviceBlocks: number): SlotDecode {
+  assert(buf.length === blockSizeBytes, "a slot is one block");
+  if (!buf.subarray(SLOT_MAGIC, SLOT_MAGIC + 8).equals(superblockMagic)) {
+    return { ok: false, reason: "no grovefs magic" };
+  }
+  if (buf.readUInt32LE(SLOT_CRC) !== crc32c(buf.subarray(SLOT_VERSION))) {
+    return { ok: false, reason: "checksum mismatch" };
+  }
+  const version = buf.readUInt32LE(SLOT_VERSION);
+  if (version !== formatVersion) return { ok: false, reason: `unsupported format version ${version}` };
+  const features = buf.readBigUInt64LE(SLOT_FEATURES);
+  if ((features & ~featuresIncompatKnown) !== 0n) {
+    return { ok: false, reason: `unknown incompatible features 0x${features.toString(16)}` };
+  }
+  const blockSize = buf.readUInt32LE(SLOT_BLOCK_SIZE);
+  if (blockSize !== blockSizeBytes) return { ok: false, reason: `unsupported block size ${blockSize}` };
+  const sb: Superblock = {
+    generation: Number(buf.readBigUInt64LE(SLOT_GENERATION)),
+    rootLba: Number(buf.readBigUInt64LE(SLOT_ROOT_LBA)),
+    rootCount: Number(buf.readBigUInt64LE(SLOT_ROOT_COUNT)),
+    rootLevel: buf.readUInt8(SLOT_ROOT_LEVEL),
+    deviceBlocks: Number(buf.readBigUInt64LE(SLOT_DEVICE_BLOCKS)),
+    uuid: Buffer.from(buf.subarray(SLOT_UUID, SLOT_UUID + 16)),
+    label: buf.subarray(SLOT_LABEL, SLOT_END).toString("utf8").replace(/\0+$/, ""),
+  };
+  if (sb.deviceBlocks < deviceBlocksMin) return { ok: false, reason: `volume of ${sb.deviceBlocks} blocks is too small` };
+  if (sb.deviceBlocks > deviceBlocks) {
+    return {
+      ok: false,
+      reason: `volume is ${sb.deviceBlocks} blocks but the device has only ${deviceBlocks} (truncated image?)`,
+    };
+  }
+  if (sb.rootLba < superblockSlotLbas.length || sb.rootLba >= sb.deviceBlocks) {
+    return { ok: false, reason: `root tree LBA ${sb.rootLba} is outside the volume` };
+  }
+  if (sb.rootLevel >= treeDepthMax) return { ok: false, reason: `root tree level ${sb.rootLevel} is too deep` };
+  return { ok: true, superblock: sb };
+}
