@@ -3,7 +3,7 @@
  *
  * It keeps a durable image (what survives power loss) and the writes issued
  * since the last flush. Reads see the live state. A crash can be armed at the
- * Nth write or flush: that call throws `SimulatedCrash` and the device goes
+ * Nth block written or flush: that call throws `SimulatedCrash` and the device goes
  * dead. `recover` then builds the image a real disk could hold after the crash:
  * each unflushed write independently kept, dropped, or torn at a sector
  * boundary. Bits can be flipped on read to test corruption handling.
@@ -17,6 +17,11 @@ import { IoError } from "./errors.js";
 import { Prng } from "./prng.js";
 
 const sectorSizeBytes = 512;
+
+/** A private copy. (Buffer#slice returns a view, so `.slice()` is not safe on a Buffer.) */
+function copyBytes(data: Uint8Array): Uint8Array {
+  return new Uint8Array(data);
+}
 
 export class SimulatedCrash extends IoError {
   constructor(op: number) {
@@ -37,7 +42,7 @@ export class SimDevice implements BlockDevice {
   private unflushed: Array<{ lba: number; data: Uint8Array }> = [];
   private live = new Map<number, Uint8Array>();
   private flips = new Map<number, Array<{ offset: number; mask: number }>>();
-  /** Writes plus flushes issued so far. */
+  /** Blocks written plus flushes issued so far: the points where power can fail. */
   operations = 0;
   writes = 0;
   flushes = 0;
@@ -53,8 +58,8 @@ export class SimDevice implements BlockDevice {
   static fromDurable(blocks: Map<number, Uint8Array>, blockCount: number): SimDevice {
     const device = new SimDevice(blockCount);
     for (const [lba, data] of blocks) {
-      device.durable.set(lba, data.slice());
-      device.live.set(lba, data.slice());
+      device.durable.set(lba, copyBytes(data));
+      device.live.set(lba, copyBytes(data));
     }
     return device;
   }
@@ -76,13 +81,14 @@ export class SimDevice implements BlockDevice {
     }
   }
 
+  /** Each block of a multi-block write is its own operation: power can fail halfway through a write. */
   write(lba: number, buf: Uint8Array): void {
     checkTransfer(this, lba, buf);
-    this.tick();
     this.writes++;
     const blocks = buf.length / blockSizeBytes;
     for (let i = 0; i < blocks; i++) {
-      const data = buf.slice(i * blockSizeBytes, (i + 1) * blockSizeBytes);
+      this.tick();
+      const data = copyBytes(buf.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes));
       this.live.set(lba + i, data);
       this.unflushed.push({ lba: lba + i, data });
     }
@@ -121,14 +127,14 @@ export class SimDevice implements BlockDevice {
     const keep = options.keepProbability ?? 0.4;
     const tear = options.tearProbability ?? 0.3;
     const image = new Map<number, Uint8Array>();
-    for (const [lba, data] of this.durable) image.set(lba, data.slice());
+    for (const [lba, data] of this.durable) image.set(lba, copyBytes(data));
     for (const { lba, data } of this.unflushed) {
       const roll = prng.u32() / 4294967296;
       if (roll < keep) {
-        image.set(lba, data.slice());
+        image.set(lba, copyBytes(data));
       } else if (roll < keep + tear) {
         const sectors = prng.between(1, blockSizeBytes / sectorSizeBytes - 1);
-        const torn = (image.get(lba) ?? new Uint8Array(blockSizeBytes)).slice();
+        const torn = copyBytes(image.get(lba) ?? new Uint8Array(blockSizeBytes));
         torn.set(data.subarray(0, sectors * sectorSizeBytes));
         image.set(lba, torn);
       }
@@ -139,7 +145,7 @@ export class SimDevice implements BlockDevice {
   /** A byte-exact copy of the live state, for tests that damage an image. */
   snapshotLive(): Map<number, Uint8Array> {
     const copy = new Map<number, Uint8Array>();
-    for (const [lba, data] of this.live) copy.set(lba, data.slice());
+    for (const [lba, data] of this.live) copy.set(lba, copyBytes(data));
     return copy;
   }
 

@@ -1,0 +1,70 @@
+/**
+ * Shared test machinery: a model of a forest of trees (Maps), replayable
+ * seeds, and the checkers every mutating test runs at the end.
+ */
+import { expect } from "vitest";
+import { BlockDevice, Store, Tree } from "../kvstore/index.js";
+import { FreeSpace, checkSpace } from "../alloc/index.js";
+
+/** Seeds for a randomised suite: GROVE_SEED replays one, otherwise the defaults. */
+export function seeds(defaults: number[]): number[] {
+  const replay = process.env.GROVE_SEED;
+  return replay ? [Number(replay)] : defaults;
+}
+
+/** Runs `body`; if it throws, the error names the seed and the command that replays it. */
+export function withSeed<T>(seed: number, testFile: string, body: () => T): T {
+  try {
+    return body();
+  } catch (error) {
+    const message = `seed ${seed} failed; replay with: GROVE_SEED=${seed} npx vitest run ${testFile}`;
+    console.error(message);
+    if (error instanceof Error) error.message = `${message}\n${error.message}`;
+    throw error;
+  }
+}
+
+export type TreeModel = Map<string, Buffer>;
+export type ForestModel = Map<number, TreeModel>;
+
+export function cloneForest(model: ForestModel): ForestModel {
+  const copy: ForestModel = new Map();
+  for (const [id, tree] of model) copy.set(id, new Map(tree));
+  return copy;
+}
+
+/** The tree holds exactly the model, in order, read forward and backward. */
+export function expectTreeEquals(tree: Tree, model: TreeModel): void {
+  const keys = [...model.keys()].sort();
+  const forward: string[] = [];
+  for (const [key, value] of tree.range()) {
+    const hex = key.toString("hex");
+    forward.push(hex);
+    const expected = model.get(hex);
+    if (expected === undefined || !expected.equals(value)) {
+      throw new Error(`tree ${tree.id}: key ${hex} holds ${value.toString("hex")}, model says ${expected?.toString("hex")}`);
+    }
+  }
+  expect(forward).toEqual(keys);
+  const backward: string[] = [];
+  for (const [key] of tree.range({ reverse: true })) backward.push(key.toString("hex"));
+  expect(backward).toEqual(keys.slice().reverse());
+  expect(tree.count).toBe(model.size);
+}
+
+export function expectForestEquals(store: Store, model: ForestModel): void {
+  const ids = store.treeIds().filter((id) => id >= 256);
+  expect(ids).toEqual([...model.keys()].sort((a, b) => a - b));
+  for (const [id, treeModel] of model) expectTreeEquals(store.openTree(id), treeModel);
+}
+
+/** Both checkers over the committed state on the device, plus the allocator against its trees. */
+export function expectClean(device: BlockDevice, space?: FreeSpace): void {
+  const report = checkSpace(device);
+  if (report.problems.length > 0) throw new Error(`checkers found problems:\n${report.problems.slice(0, 20).join("\n")}`);
+  if (space !== undefined) {
+    expect(report.free).toEqual(space.targetExtents());
+    expect(space.usage().freeBlocks).toBe(report.freeBlocks);
+    expect(space.usage().usedBlocks).toBe(report.forest.reachableBlocks + 2);
+  }
+}
