@@ -87,7 +87,7 @@ export class FreeSpace implements SpaceManager {
   private constructor(store: Store) {
     this.store = store;
     this.deviceBlocks = store.deviceBlocks;
-    this.growHeadroomBlocks = Math.max(32, Math.floor(this.deviceBlocks / 512));
+    this.growHeadroomBlocks = Math.max(16, Math.floor(this.deviceBlocks / 512));
   }
 
   /** Everything past the superblocks is free; the trees are created by the first commit. */
@@ -201,6 +201,10 @@ export class FreeSpace implements SpaceManager {
     this.changed.clear();
   }
 
+  private treeLevel(id: number): number {
+    return this.store.hasTree(id) ? this.store.openTree(id).level : 0;
+  }
+
   private byLba(): Tree {
     return this.store.openTree(treeIdFreeByLba);
   }
@@ -242,7 +246,8 @@ export class FreeSpace implements SpaceManager {
     const leaves = Math.ceil(entries / treeEntriesPerLeafMin) + 1;
     const touched = Math.min(2 * ranges, leaves);
     const splits = Math.ceil((2 * ranges) / treeEntriesPerLeafMin) + 1;
-    const depth = 6;
+    // A tree may grow a level during the commit.
+    const depth = Math.max(this.treeLevel(treeIdFreeByLba), this.treeLevel(treeIdFreeByLength)) + 2;
     return 2 * (2 * touched + splits + 2 * depth) + 4 * depth;
   }
 
