@@ -335,6 +335,16 @@ function readU64(buf: Buffer, offset: number): number {
   return buf.readUInt32LE(offset) + buf.readUInt32LE(offset + 4) * 4294967296;
 }
 
+/** memcmp order of two byte ranges of one buffer, without views. */
+function compareInBuffer(buf: Buffer, a: number, aLen: number, b: number, bLen: number): number {
+  const n = aLen < bLen ? aLen : bLen;
+  for (let j = 0; j < n; j++) {
+    const d = buf[a + j]! - buf[b + j]!;
+    if (d !== 0) return d;
+  }
+  return aLen - bLen;
+}
+
 /** What a reader expects of a node: where it was found and what points at it. */
 export interface NodeExpectation {
   lba: number;
@@ -364,7 +374,8 @@ export function validateNodeBytes(buf: Buffer, expect: NodeExpectation): string 
   if (count > itemCountMax) return `item count ${count} is impossible`;
   if (heapStart < nodeHeaderBytes + count * slotBytes || heapStart > blockSizeBytes) return "heap start out of bounds";
   let live = 0;
-  let previous: Buffer | null = null;
+  let previousStart = -1;
+  let previousLen = 0;
   for (let i = 0; i < count; i++) {
     const off = buf.readUInt16LE(nodeHeaderBytes + i * slotBytes);
     if (off < heapStart || off + itemHeaderBytes > blockSizeBytes) return `slot ${i} points outside the heap`;
@@ -374,15 +385,18 @@ export function validateNodeBytes(buf: Buffer, expect: NodeExpectation): string 
     if (end > blockSizeBytes) return `item ${i} runs past the node`;
     if (keyLen > keySizeMaxBytes || valueLen > valueSizeMaxBytes) return `item ${i} exceeds the size bounds`;
     live += end - off;
-    const key = buf.subarray(off + itemHeaderBytes, off + itemHeaderBytes + keyLen);
+    const keyStart = off + itemHeaderBytes;
     if (level > 0) {
       if (valueLen !== childPointerBytes) return `internal item ${i} is not a child pointer`;
       const child = readU64(buf, off + itemHeaderBytes + keyLen);
       if (child < 2 || child >= expect.deviceBlocks) return `child pointer ${child} is outside the volume`;
       if (i === 0 && keyLen !== 0) return "first key of an internal node is not empty";
     }
-    if (previous !== null && compareBytes(previous, key) >= 0) return `keys out of order at item ${i}`;
-    previous = key;
+    if (previousStart >= 0 && compareInBuffer(buf, previousStart, previousLen, keyStart, keyLen) >= 0) {
+      return `keys out of order at item ${i}`;
+    }
+    previousStart = keyStart;
+    previousLen = keyLen;
   }
   if (live + garbage !== blockSizeBytes - heapStart) return "heap accounting does not add up";
   return null;

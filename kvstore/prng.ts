@@ -1,5 +1,5 @@
 /**
- * A small seeded PRNG (xorshift128+ over 32-bit halves, seeded by splitmix32).
+ * A small seeded PRNG: xoshiro128** seeded through a splitmix-style mixer.
  *
  * Core code never calls Math.random: anything random takes one of these, so
  * that a failing seed replays exactly.
