@@ -115,8 +115,16 @@ class Scratch {
   }
 
   load(i: number): void {
-    this.w.keys.copy(this.key, 0, i * keyBytes, (i + 1) * keyBytes);
-    this.key.copy(this.value, 0);
+    // Byte loops rather than Buffer#copy: about 3x cheaper for 16 bytes, and this runs once per op.
+    const keys = this.w.keys;
+    const key = this.key;
+    const value = this.value;
+    const base = i * keyBytes;
+    for (let j = 0; j < keyBytes; j++) {
+      const b = keys[base + j]!;
+      key[j] = b;
+      value[j] = b;
+    }
   }
 
   /** Whether `v` is the value stored for the key now in `this.key`. */
