@@ -98,6 +98,14 @@ export class ExtentSet {
     return { start: pair[0], length: pair[1] };
   }
 
+  /** True if no block of [start, start+length) is in the set. */
+  disjoint(start: number, length: number): boolean {
+    const before = this.byStart.getPairOrNextLower(start);
+    if (before !== undefined && before[0] + before[1] > start) return false;
+    const after = this.byStart.nextHigherPair(start);
+    return after === undefined || after[0] >= start + length;
+  }
+
   /** The first extent starting at or after `lba`. */
   atOrAfter(lba: number): Extent | undefined {
     const pair = this.byStart.getPairOrNextHigher(lba);

@@ -214,8 +214,8 @@ export class FreeSpace implements SpaceManager {
   }
 
   private freeCommitted(lba: number, count: number): void {
-    assert(this.avail.intersect(lba, count).length === 0, `blocks ${lba}+${count} are not freed twice`);
-    assert(this.pending.intersect(lba, count).length === 0, `blocks ${lba}+${count} are not freed twice`);
+    assert(this.avail.disjoint(lba, count), `blocks ${lba}+${count} are not freed twice`);
+    // pending.add asserts that the blocks are not pending already.
     this.pending.add(lba, count);
   }
 

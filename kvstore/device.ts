@@ -16,6 +16,8 @@ export interface BlockDevice {
   read(lba: number, buf: Uint8Array): void;
   /** Writes `buf` (a whole number of blocks) at `lba`. Not durable until `flush`. */
   write(lba: number, buf: Uint8Array): void;
+  /** Writes `bufs` back to back from `lba` on, as one gathered write. */
+  writev(lba: number, bufs: readonly Uint8Array[]): void;
   /** Makes every earlier write durable. */
   flush(): void;
   close(): void;
@@ -143,6 +145,33 @@ export class FileDevice implements BlockDevice {
         }
         throw new IoError("EIO_device_write", `${this.path}: write at block ${lba} failed`, { cause });
       }
+    }
+  }
+
+  writev(lba: number, bufs: readonly Uint8Array[]): void {
+    let blocks = 0;
+    for (const buf of bufs) {
+      assert(buf.length % blockSizeBytes === 0, "a gathered write is whole blocks");
+      blocks += buf.length / blockSizeBytes;
+    }
+    assert(lba + blocks <= this.blockCount, `gathered write at ${lba} runs past the device end`);
+    let written: number;
+    try {
+      written = fs.writevSync(this.fd, bufs as Uint8Array[], lba * blockSizeBytes);
+    } catch (cause) {
+      throw new IoError("EIO_device_write", `${this.path}: write at block ${lba} failed`, { cause });
+    }
+    if (written === blocks * blockSizeBytes) return;
+    // A short gathered write: finish it buffer by buffer.
+    let position = 0;
+    for (const buf of bufs) {
+      const end = position + buf.length;
+      if (end > written) {
+        const skip = Math.max(0, written - position);
+        const rest = buf.subarray(skip - (skip % blockSizeBytes));
+        this.write(lba + (position + skip - (skip % blockSizeBytes)) / blockSizeBytes, rest);
+      }
+      position = end;
     }
   }
 

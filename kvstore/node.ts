@@ -360,6 +360,11 @@ export interface NodeExpectation {
 export function validateNodeBytes(buf: Buffer, expect: NodeExpectation): string | null {
   if (buf.readUInt32LE(NODE_MAGIC) !== nodeMagic) return "bad node magic";
   if (buf.readUInt32LE(NODE_CRC) !== crc32c(buf.subarray(NODE_LBA))) return "node checksum mismatch";
+  return validateNodeStructure(buf, expect);
+}
+
+/** Everything `validateNodeBytes` checks but magic and checksum. */
+function validateNodeStructure(buf: Buffer, expect: NodeExpectation): string | null {
   const lba = readU64(buf, NODE_LBA);
   if (lba !== expect.lba) return `node claims LBA ${lba} (misdirected write?)`;
   const owner = readU64(buf, NODE_OWNER);
@@ -427,9 +432,9 @@ export function sealNode(node: Node, deviceBlocks: number): Buffer {
   buf.writeUInt16LE(node.count, NODE_COUNT);
   buf.writeUInt16LE(node.heapStart, NODE_HEAP_START);
   buf.writeUInt16LE(node.garbage, NODE_GARBAGE);
-  buf.writeUInt32LE(crc32c(buf.subarray(NODE_LBA)), NODE_CRC);
-  const reason = validateNodeBytes(buf, { lba: node.lba, level: node.level, owner: node.owner, deviceBlocks });
+  const reason = validateNodeStructure(buf, { lba: node.lba, level: node.level, owner: node.owner, deviceBlocks });
   assert(reason === null, `node ${node.lba} is valid before it is written: ${reason}`);
+  buf.writeUInt32LE(crc32c(buf.subarray(NODE_LBA)), NODE_CRC);
   return buf;
 }
 

@@ -94,6 +94,14 @@ export class SimDevice implements BlockDevice {
     }
   }
 
+  writev(lba: number, bufs: readonly Uint8Array[]): void {
+    let at = lba;
+    for (const buf of bufs) {
+      this.write(at, buf);
+      at += buf.length / blockSizeBytes;
+    }
+  }
+
   flush(): void {
     this.tick();
     this.flushes++;

@@ -45,8 +45,8 @@ const META_COUNT = META_ROOT_LBA + 8;
 const META_LEVEL = META_COUNT + 8;
 const metaBytes = META_LEVEL + 8;
 
-/** Coalesced writes of adjacent dirty nodes stop at this many blocks. */
-const writeRunBlocksMax = 256;
+/** A gathered write of adjacent dirty nodes stops at this many blocks (IOV_MAX is 1024). */
+const writeRunBlocksMax = 1024;
 
 export interface StoreOptions {
   /** Bound on clean cached nodes, in bytes. */
@@ -292,6 +292,8 @@ export class Store implements NodeStore {
       this.committing = false;
     }
     this.superblock = next;
+    // Each transaction sweeps the volume from the start, so freed holes are reused before the tail grows.
+    this.allocHint = firstAllocatableLba;
     this.cache.markAllClean();
     this.rootTree.metaDirty = false;
     this.generation++;
@@ -355,6 +357,8 @@ export class Store implements NodeStore {
       if (node.level > 0) for (let i = 0; i < node.count; i++) this.sharing.addRef(node.childAt(i));
       this.sharing.dropRef(node.lba);
     } else {
+      // Nothing references the original any more: keep the cache for live nodes (abort rereads it).
+      this.cache.remove(node);
       this.space!.free(node.lba, 1);
     }
     return copy;
@@ -431,7 +435,7 @@ export class Store implements NodeStore {
     }
   }
 
-  /** Seals every dirty node and writes them in LBA order, coalescing adjacent blocks. */
+  /** Seals every dirty node and writes them in LBA order, gathering runs of adjacent blocks. */
   private writeDirtyNodes(): void {
     const nodes = this.cache.dirtyNodes().sort((a, b) => a.lba - b.lba);
     let i = 0;
@@ -441,9 +445,9 @@ export class Store implements NodeStore {
       if (j - i === 1) {
         this.device.write(nodes[i]!.lba, sealNode(nodes[i]!, this.deviceBlocks));
       } else {
-        const run = Buffer.allocUnsafe((j - i) * blockSizeBytes);
-        for (let k = i; k < j; k++) sealNode(nodes[k]!, this.deviceBlocks).copy(run, (k - i) * blockSizeBytes);
-        this.device.write(nodes[i]!.lba, run);
+        const run: Buffer[] = [];
+        for (let k = i; k < j; k++) run.push(sealNode(nodes[k]!, this.deviceBlocks));
+        this.device.writev(nodes[i]!.lba, run);
       }
       i = j;
     }
