@@ -71,12 +71,6 @@ export class ExtentSet {
     this.total += length;
   }
 
-  /** Adds [start, start+length) whether or not parts of it are already in the set. */
-  cover(start: number, length: number): void {
-    for (const part of this.intersect(start, length)) this.remove(part.start, part.length);
-    this.add(start, length);
-  }
-
   /** Removes blocks that must all lie in one extent of the set. */
   remove(start: number, length: number): void {
     const owner = this.byStart.getPairOrNextLower(start);
@@ -127,18 +121,6 @@ export class ExtentSet {
     this.byStart.forRange(from, hi, true, (start: number, length: number) => {
       out.push({ start, length });
     });
-    return out;
-  }
-
-  /** Blocks of [start, start+length) that are in the set, as extents. */
-  intersect(start: number, length: number): Extent[] {
-    const end = start + length;
-    const out: Extent[] = [];
-    for (const extent of this.touching(start, end)) {
-      const s = Math.max(start, extent.start);
-      const e = Math.min(end, extent.start + extent.length);
-      if (s < e) out.push({ start: s, length: e - s });
-    }
     return out;
   }
 

@@ -9,11 +9,16 @@
  * Working state, for the running transaction:
  *   avail    free in the last committed state and not yet taken: the only
  *            place allocations come from;
- *   pending  freed by this transaction but still referenced by the last
- *            committed generation: unusable until this commit is durable;
- *   fresh    allocated by this transaction: freeing these returns them to
- *            avail at once, since no committed state references them;
+ *   run      single blocks are handed out from a run taken from avail in one
+ *            piece, so the hot path (one CoW = one block) is a pointer bump;
+ *   pending  freed by this transaction: unusable until this commit is
+ *            durable, because the last committed generation may still
+ *            reference them (a block both allocated and freed in this
+ *            transaction waits too; that costs a little space, never safety);
+ *   taken    extents taken from avail by this transaction, given back on abort;
  *   changed  ranges whose tree entries may be stale.
+ * Frees and changes are logged as flat (start, count) pairs and folded into
+ * sets only at commit, so that a mutation costs no ordered-set work.
  *
  * Invariant: after every commit the trees hold exactly avail ∪ pending,
  * coalesced. The commit fixpoint gets there by rewriting the tree entries
@@ -29,12 +34,18 @@ import {
   ReservePurpose,
   assert,
   firstAllocatableLba,
+  readU64BE,
+  readU64LE,
+  writeU64BE,
+  writeU64LE,
 } from "../kvstore/index.js";
 import { Extent, ExtentSet, unionExtents } from "./extent_set.js";
 
 export const treeIdFreeByLba = 2;
 export const treeIdFreeByLength = 3;
 
+/** Single-block allocations are carved from runs of at most this many blocks. */
+const runBlocksMax = 256;
 /** How many extents past the hint an allocation looks at before it falls back to best fit. */
 const hintProbeExtents = 8;
 /** Free-space entries per leaf, at the least (a half-full leaf of 16-byte keys). */
@@ -42,20 +53,20 @@ const treeEntriesPerLeafMin = 64;
 
 export function freeByLbaKey(start: number): Buffer {
   const key = Buffer.allocUnsafe(8);
-  key.writeBigUInt64BE(BigInt(start));
+  writeU64BE(key, 0, start);
   return key;
 }
 
 export function freeByLengthKey(length: number, start: number): Buffer {
   const key = Buffer.allocUnsafe(16);
-  key.writeBigUInt64BE(BigInt(length), 0);
-  key.writeBigUInt64BE(BigInt(start), 8);
+  writeU64BE(key, 0, length);
+  writeU64BE(key, 8, start);
   return key;
 }
 
 export function encodeLength(length: number): Buffer {
   const value = Buffer.allocUnsafe(8);
-  value.writeBigUInt64LE(BigInt(length));
+  writeU64LE(value, 0, length);
   return value;
 }
 
@@ -78,8 +89,17 @@ export class FreeSpace implements SpaceManager {
   private readonly store: Store;
   private readonly avail = new ExtentSet({ bestFit: true });
   private readonly pending = new ExtentSet();
-  private readonly fresh = new ExtentSet();
-  private readonly changed = new ExtentSet();
+  /** Freed since the last fold into `pending`: flat (start, count) pairs. */
+  private freedLog: number[] = [];
+  private freedLogBlocks = 0;
+  /** Ranges whose tree entries may be stale: flat (start, count) pairs. */
+  private changedLog: number[] = [];
+  private taken: Extent[] = [];
+  private run: Extent | null = null;
+  private runNext = 0;
+  private runEnd = 0;
+  /** Inside the commit fixpoint: allocate exactly, with no run left open. */
+  private flushing = false;
   private readonly deviceBlocks: number;
   /** Kept back from growth so that deletes, which also copy on write, can always run. */
   private readonly growHeadroomBlocks: number;
@@ -95,7 +115,7 @@ export class FreeSpace implements SpaceManager {
     const space = new FreeSpace(store);
     const length = space.deviceBlocks - firstAllocatableLba;
     space.avail.add(firstAllocatableLba, length);
-    space.changed.add(firstAllocatableLba, length);
+    space.changedLog.push(firstAllocatableLba, length);
     return space;
   }
 
@@ -118,87 +138,95 @@ export class FreeSpace implements SpaceManager {
   }
 
   usage(): SpaceUsage {
-    const free = this.avail.blocks + this.pending.blocks;
+    const available = this.avail.blocks + (this.runEnd - this.runNext);
+    const pending = this.pending.blocks + this.freedLogBlocks;
     return {
       totalBlocks: this.deviceBlocks,
-      freeBlocks: free,
-      usedBlocks: this.deviceBlocks - free,
-      availableBlocks: this.avail.blocks,
-      pendingBlocks: this.pending.blocks,
+      freeBlocks: available + pending,
+      usedBlocks: this.deviceBlocks - available - pending,
+      availableBlocks: available,
+      pendingBlocks: pending,
     };
   }
 
   /** The free set as the trees should hold it after the next commit. */
   targetExtents(): Extent[] {
-    return unionExtents([[...this.avail.extents()], [...this.pending.extents()]]);
+    const lists: Extent[][] = [[...this.avail.extents()], [...this.pending.extents()], pairsToExtents(this.freedLog)];
+    if (this.runNext < this.runEnd) lists.push([{ start: this.runNext, length: this.runEnd - this.runNext }]);
+    return unionExtents(lists);
   }
 
   reserve(blocks: number, purpose: ReservePurpose): void {
     const needed = blocks + this.commitReserveBlocks() + (purpose === "grow" ? this.growHeadroomBlocks : 0);
-    if (this.avail.blocks < needed) {
+    const available = this.avail.blocks + (this.runEnd - this.runNext);
+    if (available < needed) {
       throw new GroveError(
         "ENOSPC",
         purpose === "grow" ? "ENOSPC_reserve" : "ENOSPC_reserve_shrink",
-        `no space left on device (${this.avail.blocks} blocks available, ${needed} needed)`,
+        `no space left on device (${available} blocks available, ${needed} needed)`,
       );
     }
   }
 
   allocate(count: number, hint?: number): number {
     assert(Number.isSafeInteger(count) && count > 0, "allocation of a positive block count");
-    const extent = (hint !== undefined ? this.nearHint(count, hint) : undefined) ?? this.avail.bestFit(count);
+    if (count === 1 && !this.flushing) {
+      if (this.runNext === this.runEnd) this.startRun(hint);
+      return this.runNext++;
+    }
+    const extent = this.pick(count, hint);
     if (extent === undefined) {
       throw new GroveError("ENOSPC", "ENOSPC_alloc", `no free extent of ${count} blocks`);
     }
-    this.avail.remove(extent.start, count);
-    this.fresh.add(extent.start, count);
-    this.changed.cover(extent.start, count);
+    this.take(extent.start, count);
     return extent.start;
   }
 
   free(lba: number, count: number): void {
     assert(Number.isSafeInteger(lba) && lba >= firstAllocatableLba, `freed block ${lba} is allocatable`);
-    assert(lba + count <= this.deviceBlocks, "freed blocks lie inside the device");
-    let cursor = lba;
-    for (const part of this.fresh.intersect(lba, count)) {
-      if (cursor < part.start) this.freeCommitted(cursor, part.start - cursor);
-      this.fresh.remove(part.start, part.length);
-      this.avail.add(part.start, part.length);
-      cursor = part.start + part.length;
-    }
-    if (cursor < lba + count) this.freeCommitted(cursor, lba + count - cursor);
-    this.changed.cover(lba, count);
+    assert(count > 0 && lba + count <= this.deviceBlocks, "freed blocks lie inside the device");
+    this.freedLog.push(lba, count);
+    this.freedLogBlocks += count;
+    this.changedLog.push(lba, count);
   }
 
   flushToTrees(): boolean {
+    this.closeRun();
+    this.flushing = true;
     let changedTrees = false;
     if (!this.store.hasTree(treeIdFreeByLba)) {
       this.store.createTree(treeIdFreeByLba);
       this.store.createTree(treeIdFreeByLength);
       changedTrees = true;
     }
-    while (!this.changed.isEmpty()) {
-      const ranges = [...this.changed.extents()];
-      this.changed.clear();
+    for (;;) {
+      this.foldFreed();
+      if (this.changedLog.length === 0) return changedTrees;
+      const ranges = coalescePairs(this.changedLog);
+      this.changedLog = [];
       for (const range of ranges) {
         if (this.syncWindow(range.start, range.start + range.length)) changedTrees = true;
       }
     }
-    return changedTrees;
   }
 
   committed(): void {
-    assert(this.changed.isEmpty(), "the fixpoint recorded every change");
+    assert(this.changedLog.length === 0 && this.freedLog.length === 0, "the fixpoint recorded every change");
     for (const extent of this.pending.extents()) this.avail.add(extent.start, extent.length);
     this.pending.clear();
-    this.fresh.clear();
+    this.taken = [];
+    this.flushing = false;
   }
 
   aborted(): void {
-    for (const extent of this.fresh.extents()) this.avail.add(extent.start, extent.length);
-    this.fresh.clear();
+    this.closeRun();
+    for (const extent of this.taken) if (extent.length > 0) this.avail.add(extent.start, extent.length);
+    this.taken = [];
     this.pending.clear();
-    this.changed.clear();
+    this.freedLog = [];
+    this.freedLogBlocks = 0;
+    this.changedLog = [];
+    this.flushing = false;
   }
 
   private treeLevel(id: number): number {
@@ -213,10 +241,47 @@ export class FreeSpace implements SpaceManager {
     return this.store.openTree(treeIdFreeByLength);
   }
 
-  private freeCommitted(lba: number, count: number): void {
-    assert(this.avail.disjoint(lba, count), `blocks ${lba}+${count} are not freed twice`);
-    // pending.add asserts that the blocks are not pending already.
-    this.pending.add(lba, count);
+  /** Moves logged frees into `pending`, checking that no block is freed twice. */
+  private foldFreed(): void {
+    const log = this.freedLog;
+    for (let i = 0; i < log.length; i += 2) {
+      assert(this.avail.disjoint(log[i]!, log[i + 1]!), `blocks ${log[i]}+${log[i + 1]} are not freed twice`);
+      this.pending.add(log[i]!, log[i + 1]!);
+    }
+    this.freedLog = [];
+    this.freedLogBlocks = 0;
+  }
+
+  private take(start: number, count: number): Extent {
+    this.avail.remove(start, count);
+    const extent = { start, length: count };
+    this.taken.push(extent);
+    this.changedLog.push(start, count);
+    return extent;
+  }
+
+  /** Takes up to `runBlocksMax` blocks near the hint as the source of single-block allocations. */
+  private startRun(hint: number | undefined): void {
+    const extent = this.pick(1, hint);
+    if (extent === undefined) throw new GroveError("ENOSPC", "ENOSPC_alloc", "no free block");
+    const holding = this.avail.containing(extent.start)!;
+    const length = Math.min(runBlocksMax, holding.start + holding.length - extent.start);
+    this.run = this.take(extent.start, length);
+    this.runNext = extent.start;
+    this.runEnd = extent.start + length;
+  }
+
+  /** Gives the unused tail of the run back to avail; the run's record keeps only what was used. */
+  private closeRun(): void {
+    if (this.run === null) return;
+    if (this.runNext < this.runEnd) {
+      this.avail.add(this.runNext, this.runEnd - this.runNext);
+      this.changedLog.push(this.runNext, this.runEnd - this.runNext);
+    }
+    this.run.length = this.runNext - this.run.start;
+    this.run = null;
+    this.runNext = 0;
+    this.runEnd = 0;
   }
 
   /** Continues the extent holding `hint`, else the first fitting extent shortly after it. */
@@ -235,14 +300,19 @@ export class FreeSpace implements SpaceManager {
     return undefined;
   }
 
+  /** Near the hint if it can be, else best fit. */
+  private pick(count: number, hint: number | undefined): Extent | undefined {
+    return (hint !== undefined ? this.nearHint(count, hint) : undefined) ?? this.avail.bestFit(count);
+  }
+
   /**
    * Worst case of blocks the commit needs to record this transaction: every
    * changed range may touch a leaf in each tree, plus the splits its entries
    * cause, plus the paths above them and the root tree's path.
    */
   private commitReserveBlocks(): number {
-    const ranges = this.changed.size + this.pending.size + 2;
-    const entries = this.avail.size + this.pending.size + 2 * ranges;
+    const ranges = this.changedLog.length / 2 + this.pending.size + 2;
+    const entries = this.avail.size + 2 * ranges;
     const leaves = Math.ceil(entries / treeEntriesPerLeafMin) + 1;
     const touched = Math.min(2 * ranges, leaves);
     const splits = Math.ceil((2 * ranges) / treeEntriesPerLeafMin) + 1;
@@ -288,14 +358,35 @@ export class FreeSpace implements SpaceManager {
     const cursor = this.byLba().cursor();
     let ok = cursor.seekLE(freeByLbaKey(lo)) || cursor.first();
     while (ok) {
-      const start = Number(cursor.key().readBigUInt64BE(0));
+      const start = readU64BE(cursor.key(), 0);
       if (start > hi) break;
-      const length = Number(cursor.value().readBigUInt64LE(0));
+      const length = readU64LE(cursor.value(), 0);
       if (start + length >= lo) out.push({ start, length });
       ok = cursor.next();
     }
     return out;
   }
+}
+
+function pairsToExtents(pairs: number[]): Extent[] {
+  const out: Extent[] = [];
+  for (let i = 0; i < pairs.length; i += 2) out.push({ start: pairs[i]!, length: pairs[i + 1]! });
+  return out;
+}
+
+/** Sorted, merged ranges from (start, count) pairs that may overlap. */
+function coalescePairs(pairs: number[]): Extent[] {
+  const ranges = pairsToExtents(pairs).sort((a, b) => a.start - b.start);
+  const out: Extent[] = [];
+  for (const range of ranges) {
+    const last = out[out.length - 1];
+    if (last !== undefined && last.start + last.length >= range.start) {
+      last.length = Math.max(last.length, range.start + range.length - last.start);
+    } else {
+      out.push({ ...range });
+    }
+  }
+  return out;
 }
 
 function sameExtents(a: Extent[], b: Extent[]): boolean {

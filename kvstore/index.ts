@@ -4,6 +4,7 @@ export * from "./errors.js";
 export { type BlockDevice, FileDevice, checkDeviceSize } from "./device.js";
 export { SimDevice, SimulatedCrash, type RecoverOptions } from "./sim_device.js";
 export { Prng } from "./prng.js";
+export { readU64BE, readU64LE, writeU64BE, writeU64LE } from "./bytes.js";
 export { compareBytes } from "./node.js";
 export { Tree, Cursor, type TreeMeta } from "./btree.js";
 export { Store, type StoreOptions, type FormatOptions, treeKey, readSuperblock } from "./store.js";

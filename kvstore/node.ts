@@ -28,6 +28,7 @@
  * empty: it stands for minus infinity, so child i holds the keys k with
  * key[i] <= k < key[i+1].
  */
+import { allocBlock, readU64LE, writeU64LE } from "./bytes.js";
 import { crc32c } from "./checksum.js";
 import { blockSizeBytes, keySizeMaxBytes, treeDepthMax, valueSizeMaxBytes } from "./constants.js";
 import { CorruptionError, assert } from "./errors.js";
@@ -107,7 +108,7 @@ export class Node {
 
   /** A writable copy of this node at a new LBA, for copy-on-write. */
   copyTo(lba: number, generation: number): Node {
-    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
+    const buf = allocBlock();
     this.buf.copy(buf);
     const node = new Node(buf, lba, generation, this.owner, this.level);
     node.count = this.count;
@@ -156,7 +157,7 @@ export class Node {
   setChildAt(i: number, lba: number): void {
     const off = this.slot(i);
     const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
-    writeU64(this.buf, off + itemHeaderBytes + keyLen, lba);
+    writeU64LE(this.buf, off + itemHeaderBytes + keyLen, lba);
   }
 
   /** Compares key i with `key` without materialising a view. */
@@ -284,7 +285,7 @@ export class Node {
 
   /** Replaces the whole content; the items may alias the old buffer. */
   setItems(items: readonly Item[]): void {
-    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
+    const buf = allocBlock();
     this.buf.copy(buf, 0, 0, nodeHeaderBytes);
     let heap = blockSizeBytes;
     for (let i = 0; i < items.length; i++) {
@@ -312,28 +313,11 @@ export function itemSize(item: Item): number {
 
 export function childPointer(lba: number): Buffer {
   const value = Buffer.allocUnsafe(childPointerBytes);
-  writeU64(value, 0, lba);
+  writeU64LE(value, 0, lba);
   return value;
 }
 
 export { emptyKey };
-
-function writeU64(buf: Uint8Array, offset: number, value: number): void {
-  const lo = value >>> 0;
-  const hi = Math.floor(value / 4294967296) >>> 0;
-  buf[offset] = lo & 0xff;
-  buf[offset + 1] = (lo >>> 8) & 0xff;
-  buf[offset + 2] = (lo >>> 16) & 0xff;
-  buf[offset + 3] = lo >>> 24;
-  buf[offset + 4] = hi & 0xff;
-  buf[offset + 5] = (hi >>> 8) & 0xff;
-  buf[offset + 6] = (hi >>> 16) & 0xff;
-  buf[offset + 7] = hi >>> 24;
-}
-
-function readU64(buf: Buffer, offset: number): number {
-  return buf.readUInt32LE(offset) + buf.readUInt32LE(offset + 4) * 4294967296;
-}
 
 /** memcmp order of two byte ranges of one buffer, without views. */
 function compareInBuffer(buf: Buffer, a: number, aLen: number, b: number, bLen: number): number {
@@ -365,9 +349,9 @@ export function validateNodeBytes(buf: Buffer, expect: NodeExpectation): string 
 
 /** Everything `validateNodeBytes` checks but magic and checksum. */
 function validateNodeStructure(buf: Buffer, expect: NodeExpectation): string | null {
-  const lba = readU64(buf, NODE_LBA);
+  const lba = readU64LE(buf, NODE_LBA);
   if (lba !== expect.lba) return `node claims LBA ${lba} (misdirected write?)`;
-  const owner = readU64(buf, NODE_OWNER);
+  const owner = readU64LE(buf, NODE_OWNER);
   if (owner !== expect.owner) return `node belongs to tree ${owner}, not ${expect.owner}`;
   const level = buf[NODE_LEVEL]!;
   if (level !== expect.level) return `node level ${level}, expected ${expect.level}`;
@@ -393,7 +377,7 @@ function validateNodeStructure(buf: Buffer, expect: NodeExpectation): string | n
     const keyStart = off + itemHeaderBytes;
     if (level > 0) {
       if (valueLen !== childPointerBytes) return `internal item ${i} is not a child pointer`;
-      const child = readU64(buf, off + itemHeaderBytes + keyLen);
+      const child = readU64LE(buf, off + itemHeaderBytes + keyLen);
       if (child < 2 || child >= expect.deviceBlocks) return `child pointer ${child} is outside the volume`;
       if (i === 0 && keyLen !== 0) return "first key of an internal node is not empty";
     }
@@ -413,7 +397,7 @@ export function decodeNode(buf: Buffer, expect: NodeExpectation): Node {
   if (reason !== null) {
     throw new CorruptionError("EIO_node_corrupt", `corrupt node at block ${expect.lba} (tree ${expect.owner}): ${reason}`);
   }
-  const node = new Node(buf, expect.lba, readU64(buf, NODE_GENERATION), expect.owner, expect.level);
+  const node = new Node(buf, expect.lba, readU64LE(buf, NODE_GENERATION), expect.owner, expect.level);
   node.count = buf.readUInt16LE(NODE_COUNT);
   node.heapStart = buf.readUInt16LE(NODE_HEAP_START);
   node.garbage = buf.readUInt16LE(NODE_GARBAGE);
@@ -424,9 +408,9 @@ export function decodeNode(buf: Buffer, expect: NodeExpectation): Node {
 export function sealNode(node: Node, deviceBlocks: number): Buffer {
   const buf = node.buf;
   buf.writeUInt32LE(nodeMagic, NODE_MAGIC);
-  writeU64(buf, NODE_LBA, node.lba);
-  writeU64(buf, NODE_GENERATION, node.generation);
-  writeU64(buf, NODE_OWNER, node.owner);
+  writeU64LE(buf, NODE_LBA, node.lba);
+  writeU64LE(buf, NODE_GENERATION, node.generation);
+  writeU64LE(buf, NODE_OWNER, node.owner);
   buf[NODE_LEVEL] = node.level;
   buf[NODE_FLAGS] = 0;
   buf.writeUInt16LE(node.count, NODE_COUNT);
@@ -440,5 +424,5 @@ export function sealNode(node: Node, deviceBlocks: number): Buffer {
 
 /** The generation recorded in a node's header, for the checker. */
 export function nodeGeneration(buf: Buffer): number {
-  return readU64(buf, NODE_GENERATION);
+  return readU64LE(buf, NODE_GENERATION);
 }

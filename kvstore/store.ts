@@ -33,6 +33,7 @@ import {
   treeIdRoot,
 } from "./constants.js";
 import type { BlockDevice } from "./device.js";
+import { allocBlock, writeU64BE, writeU64LE } from "./bytes.js";
 import { CorruptionError, GroveError, IoError, assert } from "./errors.js";
 import { NodeStore, Tree, TreeMeta } from "./btree.js";
 import { NodeSharing, ReservePurpose, SpaceManager, SpaceProvider, unshared } from "./interfaces.js";
@@ -62,14 +63,14 @@ export interface FormatOptions extends StoreOptions {
 
 export function treeKey(id: number): Buffer {
   const key = Buffer.allocUnsafe(8);
-  key.writeBigUInt64BE(BigInt(id));
+  writeU64BE(key, 0, id);
   return key;
 }
 
 function encodeMeta(meta: TreeMeta): Buffer {
   const value = Buffer.alloc(metaBytes);
-  value.writeBigUInt64LE(BigInt(meta.rootLba), META_ROOT_LBA);
-  value.writeBigUInt64LE(BigInt(meta.count), META_COUNT);
+  writeU64LE(value, META_ROOT_LBA, meta.rootLba);
+  writeU64LE(value, META_COUNT, meta.count);
   value.writeUInt8(meta.level, META_LEVEL);
   return value;
 }
@@ -334,7 +335,7 @@ export class Store implements NodeStore {
     if (!Number.isSafeInteger(lba) || lba < firstAllocatableLba || lba >= this.deviceBlocks) {
       throw new CorruptionError("EIO_pointer", `tree ${owner} points at block ${lba}, outside the volume`);
     }
-    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
+    const buf = allocBlock();
     this.device.read(lba, buf);
     const node = decodeNode(buf, { lba, level, owner, deviceBlocks: this.deviceBlocks });
     this.cache.addClean(node);
