@@ -38,12 +38,25 @@ export function readU64BE(buf: Buffer, offset: number): number {
 const slabBlocks = 64;
 let slab: ArrayBuffer | null = null;
 let slabNext = slabBlocks;
+/** Buffers of nodes whose blocks were freed, ready for the next copy-on-write. */
+const recycled: Buffer[] = [];
+const recycledMax = 8192;
 
 /** An uninitialised block buffer. A slab stays alive while any of its blocks does. */
 export function allocBlock(): Buffer {
+  const reused = recycled.pop();
+  if (reused !== undefined) return reused;
   if (slabNext === slabBlocks) {
     slab = new ArrayBuffer(slabBlocks * blockSizeBytes);
     slabNext = 0;
   }
   return Buffer.from(slab!, blockSizeBytes * slabNext++, blockSizeBytes);
+}
+
+/**
+ * Hands a block buffer back for reuse. Only for a buffer nothing will read
+ * again: the node that owned it is gone from the cache and from every live path.
+ */
+export function recycleBlock(buf: Buffer): void {
+  if (buf.length === blockSizeBytes && recycled.length < recycledMax) recycled.push(buf);
 }

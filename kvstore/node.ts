@@ -28,7 +28,7 @@
  * empty: it stands for minus infinity, so child i holds the keys k with
  * key[i] <= k < key[i+1].
  */
-import { allocBlock, readU64LE, writeU64LE } from "./bytes.js";
+import { allocBlock, readU64LE, recycleBlock, writeU64LE } from "./bytes.js";
 import { crc32c } from "./checksum.js";
 import { blockSizeBytes, keySizeMaxBytes, treeDepthMax, valueSizeMaxBytes } from "./constants.js";
 import { CorruptionError, assert } from "./errors.js";
@@ -62,6 +62,8 @@ const itemCountMax = Math.floor(nodePayloadBytes / (slotBytes + itemHeaderBytes)
 assert(4 * (slotBytes + itemHeaderBytes + keySizeMaxBytes + valueSizeMaxBytes) <= nodePayloadBytes, "four items fit");
 
 const emptyKey = new Uint8Array(0);
+/** A retired node's buffer: empty, so a stray read finds nothing rather than another node's bytes. */
+const retiredBuffer = Buffer.alloc(0);
 
 /** memcmp order over byte strings. Written in JS: short keys usually differ in their first byte. */
 export function compareBytes(a: Uint8Array, b: Uint8Array): number {
@@ -106,10 +108,18 @@ export class Node {
     return new Node(Buffer.alloc(blockSizeBytes), lba, generation, owner, level);
   }
 
+  /** The node's block was freed: its buffer goes back to the pool and the node must never be read again. */
+  retire(): void {
+    const buf = this.buf;
+    this.buf = retiredBuffer;
+    this.count = 0;
+    recycleBlock(buf);
+  }
+
   /** A writable copy of this node at a new LBA, for copy-on-write. */
   copyTo(lba: number, generation: number): Node {
     const buf = allocBlock();
-    this.buf.copy(buf);
+    buf.set(this.buf);
     const node = new Node(buf, lba, generation, this.owner, this.level);
     node.count = this.count;
     node.heapStart = this.heapStart;

@@ -358,9 +358,10 @@ export class Store implements NodeStore {
       if (node.level > 0) for (let i = 0; i < node.count; i++) this.sharing.addRef(node.childAt(i));
       this.sharing.dropRef(node.lba);
     } else {
-      // Nothing references the original any more: keep the cache for live nodes (abort rereads it).
+      // Nothing references the original any more (abort rereads it from the device).
       this.cache.remove(node);
       this.space!.free(node.lba, 1);
+      node.retire();
     }
     return copy;
   }
@@ -409,6 +410,7 @@ export class Store implements NodeStore {
       this.sharing.dropRef(node.lba);
     } else {
       this.space!.free(node.lba, 1);
+      node.retire();
     }
   }
 
