@@ -160,3 +160,23 @@ export function unionExtents(lists: Extent[][]): Extent[] {
   }
   return out;
 }
+
+/** Merges two sorted, coalesced, disjoint lists into one coalesced list. */
+export function mergeExtents(a: Extent[], b: Extent[]): Extent[] {
+  if (b.length === 0) return a;
+  if (a.length === 0) return b;
+  const out: Extent[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    const next = j >= b.length || (i < a.length && a[i]!.start < b[j]!.start) ? a[i++]! : b[j++]!;
+    const last = out[out.length - 1];
+    if (last !== undefined && last.start + last.length >= next.start) {
+      assert(last.start + last.length === next.start, "the lists being merged are disjoint");
+      last.length += next.length;
+    } else {
+      out.push({ start: next.start, length: next.length });
+    }
+  }
+  return out;
+}

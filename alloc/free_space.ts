@@ -39,7 +39,7 @@ import {
   writeU64BE,
   writeU64LE,
 } from "../kvstore/index.js";
-import { Extent, ExtentSet, unionExtents } from "./extent_set.js";
+import { Extent, ExtentSet, mergeExtents, unionExtents } from "./extent_set.js";
 
 export const treeIdFreeByLba = 2;
 export const treeIdFreeByLength = 3;
@@ -327,7 +327,7 @@ export class FreeSpace implements SpaceManager {
     let target: Extent[];
     for (;;) {
       inTrees = this.treeTouching(lo, hi);
-      target = unionExtents([this.avail.touching(lo, hi), this.pending.touching(lo, hi)]);
+      target = mergeExtents(this.avail.touching(lo, hi), this.pending.touching(lo, hi));
       let newLo = lo;
       let newHi = hi;
       for (const e of [...inTrees, ...target]) {
@@ -339,13 +339,19 @@ export class FreeSpace implements SpaceManager {
       hi = newHi;
     }
     if (sameExtents(inTrees, target)) return false;
+    // Apply the difference only: most windows hold one or two entries, and most of a wide one is unchanged.
     const byLba = this.byLba();
     const byLength = this.byLength();
     for (const e of inTrees) {
-      assert(byLba.delete(freeByLbaKey(e.start)), "a free extent read from the tree is deleted from it");
+      const kept = lengthAt(target, e.start);
+      if (kept === e.length) continue;
       assert(byLength.delete(freeByLengthKey(e.length, e.start)), "the two free-space trees agree");
+      if (kept === undefined) {
+        assert(byLba.delete(freeByLbaKey(e.start)), "a free extent read from the tree is deleted from it");
+      }
     }
     for (const e of target) {
+      if (lengthAt(inTrees, e.start) === e.length) continue;
       byLba.put(freeByLbaKey(e.start), encodeLength(e.length));
       byLength.put(freeByLengthKey(e.length, e.start), emptyValue);
     }
@@ -387,6 +393,11 @@ function coalescePairs(pairs: number[]): Extent[] {
     }
   }
   return out;
+}
+
+function lengthAt(extents: Extent[], start: number): number | undefined {
+  for (const e of extents) if (e.start === start) return e.length;
+  return undefined;
 }
 
 function sameExtents(a: Extent[], b: Extent[]): boolean {
