@@ -87,7 +87,7 @@ export class Tree {
     const leaf = this.findLeaf(key);
     const i = leaf.lowerBound(key);
     if (i >= leaf.count || leaf.compareAt(i, key) !== 0) return undefined;
-    return Buffer.from(leaf.valueAt(i));
+    return leaf.copyValue(i);
   }
 
   has(key: Uint8Array): boolean {
@@ -358,7 +358,7 @@ export class Cursor {
     this.revalidate();
     assert(!this.phantom, "the cursor's key still exists");
     const step = this.path[this.path.length - 1]!;
-    return Buffer.from(step.node.valueAt(step.index));
+    return step.node.copyValue(step.index);
   }
 
   first(): boolean {
@@ -496,7 +496,7 @@ export class Cursor {
 
   private settle(): boolean {
     const leaf = this.path[this.path.length - 1]!;
-    this.currentKey = Buffer.from(leaf.node.keyAt(leaf.index));
+    this.currentKey = leaf.node.copyKey(leaf.index);
     return true;
   }
 }

@@ -157,6 +157,26 @@ export class Node {
     return this.buf.subarray(start, start + valueLen);
   }
 
+  /** A copy of key i, in one allocation from Node.js's small-buffer pool. */
+  copyKey(i: number): Buffer {
+    const off = this.slot(i);
+    const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
+    const out = Buffer.allocUnsafe(keyLen);
+    this.buf.copy(out, 0, off + itemHeaderBytes, off + itemHeaderBytes + keyLen);
+    return out;
+  }
+
+  /** A copy of value i, in one allocation from Node.js's small-buffer pool. */
+  copyValue(i: number): Buffer {
+    const off = this.slot(i);
+    const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
+    const valueLen = this.buf[off + 2]! | (this.buf[off + 3]! << 8);
+    const start = off + itemHeaderBytes + keyLen;
+    const out = Buffer.allocUnsafe(valueLen);
+    this.buf.copy(out, 0, start, start + valueLen);
+    return out;
+  }
+
   childAt(i: number): number {
     const off = this.slot(i);
     const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
