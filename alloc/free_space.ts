@@ -156,8 +156,9 @@ export class FreeSpace implements SpaceManager {
     return unionExtents(lists);
   }
 
-  reserve(blocks: number, purpose: ReservePurpose): void {
-    const needed = blocks + this.commitReserveBlocks() + (purpose === "grow" ? this.growHeadroomBlocks : 0);
+  reserve(blocks: number, purpose: ReservePurpose, freedRanges = 0): void {
+    const needed =
+      blocks + this.commitReserveBlocks(freedRanges) + (purpose === "grow" ? this.growHeadroomBlocks : 0);
     const available = this.avail.blocks + (this.runEnd - this.runNext);
     if (available < needed) {
       throw new GroveError(
@@ -187,7 +188,15 @@ export class FreeSpace implements SpaceManager {
     assert(count > 0 && lba + count <= this.deviceBlocks, "freed blocks lie inside the device");
     this.freedLog.push(lba, count);
     this.freedLogBlocks += count;
-    this.changedLog.push(lba, count);
+    this.logChange(lba, count);
+  }
+
+  /** Records a changed range, extending the last one when they touch (runs and dropped trees are contiguous). */
+  private logChange(lba: number, count: number): void {
+    const log = this.changedLog;
+    const n = log.length;
+    if (n > 0 && log[n - 2]! + log[n - 1]! === lba) log[n - 1]! += count;
+    else log.push(lba, count);
   }
 
   flushToTrees(): boolean {
@@ -256,7 +265,7 @@ export class FreeSpace implements SpaceManager {
     this.avail.remove(start, count);
     const extent = { start, length: count };
     this.taken.push(extent);
-    this.changedLog.push(start, count);
+    this.logChange(start, count);
     return extent;
   }
 
@@ -276,7 +285,7 @@ export class FreeSpace implements SpaceManager {
     if (this.run === null) return;
     if (this.runNext < this.runEnd) {
       this.avail.add(this.runNext, this.runEnd - this.runNext);
-      this.changedLog.push(this.runNext, this.runEnd - this.runNext);
+      this.logChange(this.runNext, this.runEnd - this.runNext);
     }
     this.run.length = this.runNext - this.run.start;
     this.run = null;
@@ -310,8 +319,8 @@ export class FreeSpace implements SpaceManager {
    * changed range may touch a leaf in each tree, plus the splits its entries
    * cause, plus the paths above them and the root tree's path.
    */
-  private commitReserveBlocks(): number {
-    const ranges = this.changedLog.length / 2 + this.pending.size + 2;
+  private commitReserveBlocks(freedRanges: number): number {
+    const ranges = this.changedLog.length / 2 + this.pending.size + freedRanges + 2;
     const entries = this.avail.size + 2 * ranges;
     const leaves = Math.ceil(entries / treeEntriesPerLeafMin) + 1;
     const touched = Math.min(2 * ranges, leaves);

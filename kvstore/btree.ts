@@ -27,7 +27,7 @@ export interface NodeStore {
   shadow(node: Node): Node;
   freeNode(node: Node): void;
   /** Checks the volume is healthy and reserves blocks before a mutation touches anything. */
-  beginMutation(blocks: number, purpose: ReservePurpose): void;
+  beginMutation(blocks: number, purpose: ReservePurpose, freedRanges?: number): void;
   /** A mutation failed halfway: the in-memory state can no longer be trusted. */
   poison(cause: unknown): never;
 }
@@ -53,6 +53,8 @@ export class Tree {
   metaDirty = false;
   /** Bumped by every mutation, so cursors know to re-seek. */
   modCount = 0;
+  /** Set once the tree is dropped (or its creation aborted): the handle must not be used again. */
+  dropped = false;
   private readonly store: NodeStore;
 
   constructor(store: NodeStore, id: number, meta: TreeMeta) {
@@ -68,6 +70,7 @@ export class Tree {
   }
 
   root(): Node {
+    if (this.dropped) throw new GroveError("ENOENT", "ENOENT_tree_dropped", `tree ${this.id} was dropped`);
     return this.store.readNode(this.rootLba, this.level, this.id);
   }
 
@@ -343,20 +346,22 @@ export class Cursor {
     this.tree = tree;
   }
 
+  /** Positioned on a key that still exists. */
   get valid(): boolean {
-    return this.currentKey !== null;
+    return this.revalidate() && !this.phantom;
   }
 
   /** The current key (the cursor's own copy: it never changes under the caller). */
   key(): Buffer {
-    assert(this.currentKey !== null, "cursor is positioned");
+    if (this.currentKey === null) throw new GroveError("ENOENT", "ENOENT_cursor_unpositioned", "the cursor is not on a key");
     return this.currentKey;
   }
 
   /** A copy of the current value. */
   value(): Buffer {
-    this.revalidate();
-    assert(!this.phantom, "the cursor's key still exists");
+    if (!this.revalidate() || this.phantom) {
+      throw new GroveError("ENOENT", "ENOENT_cursor_key", "the cursor's key was deleted; move it first");
+    }
     const step = this.path[this.path.length - 1]!;
     return step.node.copyValue(step.index);
   }

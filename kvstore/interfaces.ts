@@ -12,9 +12,10 @@ export interface SpaceManager {
   /**
    * Fails with ENOSPC unless `blocks` single blocks can be allocated now while
    * leaving enough for the commit to record them. Called before a mutation
-   * touches anything, so a refused mutation changes nothing.
+   * touches anything, so a refused mutation changes nothing. `freedRanges`
+   * counts extents the mutation will free, whose recording the commit pays for.
    */
-  reserve(blocks: number, purpose: ReservePurpose): void;
+  reserve(blocks: number, purpose: ReservePurpose, freedRanges?: number): void;
   /** `count` contiguous blocks, near `hint` when one is given. */
   allocate(count: number, hint?: number): number;
   /** The running transaction no longer references these blocks. */

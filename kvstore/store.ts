@@ -119,6 +119,8 @@ export class Store implements NodeStore {
   private superblock: Superblock;
   private readonly cache: NodeCache;
   private readonly trees = new Map<number, Tree>();
+  /** Trees dropped by the running transaction: abort brings their handles back to life. */
+  private readonly droppedTrees = new Map<number, Tree>();
   private poisoned: unknown = null;
   private committing = false;
   private allocHint = firstAllocatableLba;
@@ -220,40 +222,73 @@ export class Store implements NodeStore {
     return tree;
   }
 
+  /** Creates an empty tree and records it in the root tree at once, so that a refusal (ENOSPC) changes nothing. */
   createTree(id: number): Tree {
     assert(id !== treeIdRoot, "the root tree is created by format");
     if (this.hasTree(id)) throw new GroveError("EEXIST", "EEXIST_tree", `tree ${id} already exists`);
     this.beginMutation(1, "grow");
     const root = this.newNode(0, id);
     const tree = new Tree(this, id, { rootLba: root.lba, level: 0, count: 0 });
-    tree.metaDirty = true;
+    try {
+      this.rootTree.put(treeKey(id), encodeMeta(tree.meta()));
+    } catch (error) {
+      // Refused before it changed the root tree: give the new root back and pass the refusal on.
+      if (this.poisoned === null) this.releaseNode(root);
+      throw error;
+    }
     this.trees.set(id, tree);
     return tree;
   }
 
-  /** Frees every block of a tree and forgets it. A shared subtree loses one reference instead. */
+  /**
+   * Frees every block of a tree and forgets it. A shared subtree loses one
+   * reference instead. The tree is walked read-only first, so that a refusal
+   * (ENOSPC: recording the frees costs the commit space) changes nothing.
+   */
   dropTree(id: number): void {
     const tree = this.openTree(id);
-    this.beginMutation(this.rootTree.level * 3 + 4, "shrink");
+    const { blocks, shared } = this.collectTreeBlocks(tree);
+    let ranges = 0;
+    for (let i = 0; i < blocks.length; i++) if (i === 0 || blocks[i] !== blocks[i - 1]! + 1) ranges++;
+    this.beginMutation(this.rootTree.level * 3 + 4, "shrink", ranges);
     try {
-      const visit = (node: Node, depth: number): void => {
-        assert(depth <= treeDepthMax, "tree depth is bounded");
-        if (node.generation !== this.generation && this.sharing.isShared(node.lba, node.generation)) {
-          this.sharing.dropRef(node.lba);
-          return;
+      this.rootTree.delete(treeKey(id));
+      for (const lba of shared) this.sharing.dropRef(lba);
+      for (const lba of blocks) {
+        const node = this.cache.get(lba);
+        if (node !== undefined) {
+          this.cache.remove(node);
+          node.retire();
         }
-        const children: number[] = [];
-        if (node.level > 0) for (let i = 0; i < node.count; i++) children.push(node.childAt(i));
-        this.releaseNode(node);
-        for (const child of children) visit(this.readNode(child, node.level - 1, id), depth + 1);
-      };
-      visit(tree.root(), 1);
+        this.space!.free(lba, 1);
+      }
+      tree.dropped = true;
       tree.modCount++;
       this.trees.delete(id);
-      this.rootTree.delete(treeKey(id));
+      this.droppedTrees.set(id, tree);
     } catch (error) {
       this.poison(error);
     }
+  }
+
+  /** The blocks a tree owns alone, ascending, and the roots of subtrees it shares. */
+  private collectTreeBlocks(tree: Tree): { blocks: number[]; shared: number[] } {
+    const blocks: number[] = [];
+    const shared: number[] = [];
+    const visit = (node: Node, depth: number): void => {
+      assert(depth <= treeDepthMax, "tree depth is bounded");
+      if (node.generation !== this.generation && this.sharing.isShared(node.lba, node.generation)) {
+        shared.push(node.lba);
+        return;
+      }
+      blocks.push(node.lba);
+      if (node.level === 0) return;
+      const children: number[] = [];
+      for (let i = 0; i < node.count; i++) children.push(node.childAt(i));
+      for (const child of children) visit(this.readNode(child, node.level - 1, tree.id), depth + 1);
+    };
+    visit(tree.root(), 1);
+    return { blocks: blocks.sort((a, b) => a - b), shared };
   }
 
   /** Ids of every tree but the root tree, ascending. */
@@ -293,6 +328,7 @@ export class Store implements NodeStore {
       this.committing = false;
     }
     this.superblock = next;
+    this.droppedTrees.clear();
     // Each transaction sweeps the volume from the start, so freed holes are reused before the tail grows.
     this.allocHint = firstAllocatableLba;
     this.cache.markAllClean();
@@ -308,10 +344,21 @@ export class Store implements NodeStore {
     this.space?.aborted();
     const sb = this.superblock;
     this.resetTree(this.rootTree, { rootLba: sb.rootLba, level: sb.rootLevel, count: sb.rootCount });
+    for (const [id, tree] of this.droppedTrees) {
+      const recreated = this.trees.get(id);
+      if (recreated !== undefined) recreated.dropped = true;
+      tree.dropped = false;
+      this.trees.set(id, tree);
+    }
+    this.droppedTrees.clear();
     for (const [id, tree] of this.trees) {
       const value = this.rootTree.get(treeKey(id));
-      if (value === undefined) this.trees.delete(id);
-      else this.resetTree(tree, decodeMeta(value, id, this.deviceBlocks));
+      if (value === undefined) {
+        tree.dropped = true;
+        this.trees.delete(id);
+      } else {
+        this.resetTree(tree, decodeMeta(value, id, this.deviceBlocks));
+      }
     }
   }
 
@@ -371,11 +418,11 @@ export class Store implements NodeStore {
     this.releaseNode(node);
   }
 
-  beginMutation(blocks: number, purpose: ReservePurpose): void {
+  beginMutation(blocks: number, purpose: ReservePurpose, freedRanges = 0): void {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
     assert(this.space !== null, "an allocator is attached before any mutation");
-    if (!this.committing) this.space.reserve(blocks, purpose);
+    if (!this.committing) this.space.reserve(blocks + this.rootTreeCommitBlocks(), purpose, freedRanges);
   }
 
   poison(cause: unknown): never {
@@ -389,6 +436,16 @@ export class Store implements NodeStore {
     if (this.poisoned !== null) {
       throw new IoError("EIO_poisoned", "the volume failed earlier and must be reopened", { cause: this.poisoned });
     }
+  }
+
+  /**
+   * What the commit may spend copying root-tree leaves to record changed tree
+   * roots: a leaf-to-root path for each open tree, at most one per root-tree
+   * leaf (a half-full leaf holds well over 32 records).
+   */
+  private rootTreeCommitBlocks(): number {
+    const leaves = Math.ceil(this.rootTree.count / 32) + 1;
+    return (this.rootTree.level + 2) * Math.min(this.trees.size + 2, leaves);
   }
 
   private hasChanges(): boolean {
