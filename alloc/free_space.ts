@@ -46,6 +46,8 @@ export const treeIdFreeByLength = 3;
 
 /** Single-block allocations are carved from runs of at most this many blocks. */
 const runBlocksMax = 256;
+/** A run prefers an extent at least this long, so that a commit's node writes stay contiguous. */
+const runBlocksPreferred = 64;
 /** How many extents past the hint an allocation looks at before it falls back to best fit. */
 const hintProbeExtents = 8;
 /** Free-space entries per leaf, at the least (a half-full leaf of 16-byte keys). */
@@ -271,7 +273,7 @@ export class FreeSpace implements SpaceManager {
 
   /** Takes up to `runBlocksMax` blocks near the hint as the source of single-block allocations. */
   private startRun(hint: number | undefined): void {
-    const extent = this.pick(1, hint);
+    const extent = this.pick(runBlocksPreferred, hint) ?? this.pick(1, hint);
     if (extent === undefined) throw new GroveError("ENOSPC", "ENOSPC_alloc", "no free block");
     const holding = this.avail.containing(extent.start)!;
     const length = Math.min(runBlocksMax, holding.start + holding.length - extent.start);
