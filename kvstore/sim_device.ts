@@ -47,6 +47,8 @@ export class SimDevice implements BlockDevice {
   writes = 0;
   flushes = 0;
   crashAtOperation = Number.POSITIVE_INFINITY;
+  /** The operation with this number fails with EIO and does nothing; the device stays up. */
+  failAtOperation = Number.POSITIVE_INFINITY;
   private dead = false;
   private closed = false;
 
@@ -160,6 +162,9 @@ export class SimDevice implements BlockDevice {
   private tick(): void {
     this.checkAlive();
     this.operations++;
+    if (this.operations === this.failAtOperation) {
+      throw new IoError("EIO_simulated_failure", `simulated I/O error at device operation ${this.operations}`);
+    }
     if (this.operations >= this.crashAtOperation) {
       this.dead = true;
       throw new SimulatedCrash(this.operations);

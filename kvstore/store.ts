@@ -371,6 +371,7 @@ export class Store implements NodeStore {
   // ---- NodeStore ------------------------------------------------------------
 
   readNode(lba: number, level: number, owner: number): Node {
+    if (this.poisoned !== null) this.checkHealthy();
     const cached = this.cache.get(lba);
     if (cached !== undefined) {
       if (cached.level !== level || cached.owner !== owner) {
@@ -378,7 +379,6 @@ export class Store implements NodeStore {
       }
       return cached;
     }
-    this.checkHealthy();
     if (!Number.isSafeInteger(lba) || lba < firstAllocatableLba || lba >= this.deviceBlocks) {
       throw new CorruptionError("EIO_pointer", `tree ${owner} points at block ${lba}, outside the volume`);
     }

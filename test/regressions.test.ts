@@ -127,3 +127,51 @@ describe("regressions", () => {
     expect(again.get(Buffer.from("a"))).toBeUndefined();
   });
 });
+
+describe("poisoning and the node cache", () => {
+  for (const failure of ["write", "flush"] as const) {
+    it(`a failed ${failure} during commit poisons the volume until it is reopened`, () => {
+      const device = new SimDevice(4096);
+      const { store } = formatVolume(device);
+      const tree = store.createTree(256);
+      tree.put(Buffer.from("kept"), Buffer.from("1"));
+      store.commit();
+      tree.put(Buffer.from("lost"), Buffer.from("2"));
+      // The first operation of the next commit is a node write; the one after all writes is the flush.
+      const before = device.operations;
+      device.failAtOperation = failure === "write" ? before + 1 : before + 1 + store.dirtyBytes / 4096;
+      expect(() => store.commit()).toThrow(expect.objectContaining({ code: "EIO" }));
+      expect(store.isPoisoned).toBe(true);
+      for (const call of [
+        () => tree.get(Buffer.from("kept")),
+        () => tree.put(Buffer.from("x"), Buffer.from("y")),
+        () => store.commit(),
+        () => store.openTree(256),
+      ]) {
+        expect(call).toThrow(expect.objectContaining({ code: "EIO", detail: "EIO_poisoned" }));
+      }
+      store.close();
+      const reopened = openVolume(device.reopen());
+      const again = reopened.store.openTree(256);
+      expect(again.get(Buffer.from("kept"))).toEqual(Buffer.from("1"));
+      expectClean(reopened.store.device, reopened.space);
+    });
+  }
+
+  it("keeps clean nodes within the configured bound", () => {
+    const device = new SimDevice(16384);
+    const { store } = formatVolume(device);
+    const tree = store.createTree(256);
+    const prng = new Prng(4);
+    for (let i = 0; i < 20_000; i++) tree.put(prng.bytes(16), prng.bytes(100));
+    store.commit();
+    store.close();
+    const bound = 256 * 1024;
+    const reopened = openVolume(device.reopen(), { cacheBytes: bound });
+    let count = 0;
+    for (const _ of reopened.store.openTree(256).range()) count++;
+    expect(count).toBe(20_000);
+    expect(reopened.store.cachedCleanBytes).toBeGreaterThan(0);
+    expect(reopened.store.cachedCleanBytes).toBeLessThanOrEqual(bound);
+  });
+});
