@@ -145,22 +145,6 @@ export class ExtentSet {
   }
 }
 
-/** Merges extents from several coalesced sets into one sorted, coalesced list. */
-export function unionExtents(lists: Extent[][]): Extent[] {
-  const all = lists.flat().sort((a, b) => a.start - b.start);
-  const out: Extent[] = [];
-  for (const extent of all) {
-    const last = out[out.length - 1];
-    if (last !== undefined && last.start + last.length >= extent.start) {
-      assert(last.start + last.length === extent.start, "the sets being merged are disjoint");
-      last.length += extent.length;
-    } else {
-      out.push({ ...extent });
-    }
-  }
-  return out;
-}
-
 /** Merges two sorted, coalesced, disjoint lists into one coalesced list. */
 export function mergeExtents(a: Extent[], b: Extent[]): Extent[] {
   if (b.length === 0) return a;

@@ -39,7 +39,7 @@ import {
   writeU64BE,
   writeU64LE,
 } from "../kvstore/index.js";
-import { Extent, ExtentSet, mergeExtents, unionExtents } from "./extent_set.js";
+import { Extent, ExtentSet, mergeExtents } from "./extent_set.js";
 
 export const treeIdFreeByLba = 2;
 export const treeIdFreeByLength = 3;
@@ -153,9 +153,9 @@ export class FreeSpace implements SpaceManager {
 
   /** The free set as the trees should hold it after the next commit. */
   targetExtents(): Extent[] {
-    const lists: Extent[][] = [[...this.avail.extents()], [...this.pending.extents()], pairsToExtents(this.freedLog)];
+    const lists: Extent[][] = [[...this.avail.extents()], [...this.pending.extents()], coalescePairs(this.freedLog)];
     if (this.runNext < this.runEnd) lists.push([{ start: this.runNext, length: this.runEnd - this.runNext }]);
-    return unionExtents(lists);
+    return lists.reduce(mergeExtents);
   }
 
   reserve(blocks: number, purpose: ReservePurpose, freedRanges = 0): void {
