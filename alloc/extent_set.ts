@@ -41,10 +41,6 @@ export class ExtentSet {
     return this.byStart.size;
   }
 
-  isEmpty(): boolean {
-    return this.byStart.size === 0;
-  }
-
   /** Adds blocks that must not already be in the set; merges with touching neighbours. */
   add(start: number, length: number): void {
     assert(length > 0, "an extent has blocks");

@@ -136,11 +136,6 @@ export class Node {
     return this.buf[p]! | (this.buf[p + 1]! << 8);
   }
 
-  keyLength(i: number): number {
-    const off = this.slot(i);
-    return this.buf[off]! | (this.buf[off + 1]! << 8);
-  }
-
   /** A view of key i; valid until this node is next modified. */
   keyAt(i: number): Buffer {
     const off = this.slot(i);

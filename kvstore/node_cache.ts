@@ -7,7 +7,6 @@
  * set only at commit (they become clean) or abort (they are dropped).
  */
 import { blockSizeBytes } from "./constants.js";
-import { assert } from "./errors.js";
 import type { Node } from "./node.js";
 
 export class NodeCache {
@@ -24,10 +23,6 @@ export class NodeCache {
     const node = this.nodes.get(lba);
     if (node !== undefined) node.referenced = true;
     return node;
-  }
-
-  isDirty(node: Node): boolean {
-    return this.dirty.has(node);
   }
 
   get dirtyCount(): number {
@@ -75,12 +70,6 @@ export class NodeCache {
       if (this.nodes.get(node.lba) === node) this.nodes.delete(node.lba);
     }
     this.dirty.clear();
-  }
-
-  clear(): void {
-    assert(this.dirty.size === 0, "only a clean cache is cleared");
-    this.nodes.clear();
-    this.cleanCount = 0;
   }
 
   private replace(node: Node): void {
