@@ -329,7 +329,7 @@ export class Store implements NodeStore {
     }
     this.superblock = next;
     this.droppedTrees.clear();
-    // Each transaction sweeps the volume from the start, so freed holes are reused before the tail grows.
+    // Each transaction looks for its first run from the start of the volume (see FreeSpace.startRun).
     this.allocHint = firstAllocatableLba;
     this.cache.markAllClean();
     this.rootTree.metaDirty = false;

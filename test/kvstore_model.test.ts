@@ -216,7 +216,7 @@ describe("B+-tree forest against a Map model", () => {
 
   it("a node is copied at most once per transaction", () => {
     const device = new SimDevice(16384);
-    const { store } = formatVolume(device);
+    const { store, space } = formatVolume(device);
     const tree = store.createTree(256);
     const prng = new Prng(8);
     for (let i = 0; i < 5_000; i++) tree.put(prng.bytes(16), prng.bytes(50));
@@ -229,5 +229,6 @@ describe("B+-tree forest against a Map model", () => {
     expect(dirty).toBe(tree.level + 1);
     store.commit();
     expect(device.writes - writesBefore).toBeLessThan(20);
+    expectClean(device, space);
   });
 });
