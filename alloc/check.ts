@@ -22,7 +22,7 @@ export function checkSpace(device: BlockDevice, visitItem?: ItemVisitor): SpaceR
   const byLba: Extent[] = [];
   const byLength = new Set<string>();
   const problems: string[] = [];
-  const forest = checkForest(device, (treeId, key, value) => {
+  const forest = checkForest(device, (treeId, key, value, edges) => {
     if (treeId === treeIdFreeByLba) {
       if (key.length !== 8 || value.length !== 8) problems.push(`free-by-LBA entry has a malformed key or value`);
       else byLba.push({ start: Number(key.readBigUInt64BE(0)), length: Number(value.readBigUInt64LE(0)) });
@@ -30,7 +30,7 @@ export function checkSpace(device: BlockDevice, visitItem?: ItemVisitor): SpaceR
       if (key.length !== 16 || value.length !== 0) problems.push(`free-by-length entry has a malformed key or value`);
       else byLength.add(`${Number(key.readBigUInt64BE(8))}+${Number(key.readBigUInt64BE(0))}`);
     }
-    visitItem?.(treeId, key, value);
+    visitItem?.(treeId, key, value, edges);
   });
   problems.unshift(...forest.problems);
   const deviceBlocks = forest.deviceBlocks;

@@ -109,6 +109,13 @@ export class ExtentSet {
     return pair === undefined ? undefined : { start: pair[0][1], length: pair[0][0] };
   }
 
+  /** The longest extent; ties go to the highest start. */
+  largest(): Extent | undefined {
+    assert(this.byLength !== null, "the largest extent needs the length index");
+    const key = this.byLength.maxKey();
+    return key === undefined ? undefined : { start: key[1], length: key[0] };
+  }
+
   /** Extents that overlap or touch [lo, hi). */
   touching(lo: number, hi: number): Extent[] {
     const out: Extent[] = [];

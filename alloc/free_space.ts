@@ -185,6 +185,19 @@ export class FreeSpace implements SpaceManager {
     return extent.start;
   }
 
+  /**
+   * Up to `count` contiguous blocks for file data: near `hint` or best fit,
+   * else the largest free extent, so that a fragmented volume still fills.
+   * Data never comes from the node run, which stays for tree nodes.
+   */
+  allocateExtent(count: number, hint?: number): Extent {
+    assert(Number.isSafeInteger(count) && count > 0, "allocation of a positive block count");
+    const fit = this.pick(count, hint);
+    const extent = fit !== undefined ? { start: fit.start, length: count } : this.avail.largest();
+    if (extent === undefined) throw new GroveError("ENOSPC", "ENOSPC_alloc", "no free block");
+    return this.take(extent.start, Math.min(count, extent.length));
+  }
+
   free(lba: number, count: number): void {
     assert(Number.isSafeInteger(lba) && lba >= firstAllocatableLba, `freed block ${lba} is allocatable`);
     assert(count > 0 && lba + count <= this.deviceBlocks, "freed blocks lie inside the device");

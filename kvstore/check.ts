@@ -15,6 +15,7 @@ import type { BlockDevice } from "./device.js";
 import { compareBytes, nodeGeneration, validateNodeBytes, decodeNode, type Node } from "./node.js";
 import { decodeMeta, readSuperblock } from "./store.js";
 import { GroveError } from "./errors.js";
+import type { TreeMeta } from "./btree.js";
 
 /** One bit a block. */
 export class Bitmap {
@@ -47,8 +48,20 @@ export interface ForestReport {
   trees: TreeReport[];
 }
 
+/**
+ * Edges of the forest held in leaf values (DESIGN.md): an upper layer that
+ * stores the root of a tree, or a data extent, in a record reports it here so
+ * that the walk follows it exactly like a child pointer.
+ */
+export interface ItemEdges {
+  /** A tree whose root lives in this record; it is walked after the current tree. */
+  tree(owner: number, meta: TreeMeta): void;
+  /** Data blocks this record owns. */
+  blocks(lba: number, count: number, what: string): void;
+}
+
 /** Sees every leaf item of every tree, so upper layers can check their records in the same walk. */
-export type ItemVisitor = (treeId: number, key: Buffer, value: Buffer) => void;
+export type ItemVisitor = (treeId: number, key: Buffer, value: Buffer, edges: ItemEdges) => void;
 
 export function checkForest(device: BlockDevice, visitItem?: ItemVisitor): ForestReport {
   const problems: string[] = [];
@@ -84,6 +97,11 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor): Fores
   });
   trees.push(rootReport);
   for (const meta of metas) trees.push(walker.walk(meta.id, meta.rootLba, meta.level, meta.count));
+  // Trees found in records are walked breadth-first, so nesting never deepens the stack.
+  for (let i = 0; i < walker.queued.length; i++) {
+    const next = walker.queued[i]!;
+    trees.push(walker.walk(next.owner, next.meta.rootLba, next.meta.level, next.meta.count));
+  }
   return {
     problems,
     generation: sb.generation,
@@ -94,8 +112,9 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor): Fores
   };
 }
 
-class TreeWalker {
+class TreeWalker implements ItemEdges {
   marked = 0;
+  readonly queued: Array<{ owner: number; meta: TreeMeta }> = [];
 
   constructor(
     private readonly device: BlockDevice,
@@ -105,6 +124,25 @@ class TreeWalker {
     private readonly problems: string[],
     private readonly visitItem?: ItemVisitor,
   ) {}
+
+  tree(owner: number, meta: TreeMeta): void {
+    this.queued.push({ owner, meta });
+  }
+
+  blocks(lba: number, count: number, what: string): void {
+    if (!Number.isSafeInteger(lba) || !Number.isSafeInteger(count) || count <= 0 || lba < 2 || lba + count > this.deviceBlocks) {
+      this.problems.push(`${what}: blocks ${lba}+${count} lie outside the volume`);
+      return;
+    }
+    for (let b = lba; b < lba + count; b++) {
+      if (this.reachable.get(b)) {
+        this.problems.push(`${what}: block ${b} is reachable twice`);
+        continue;
+      }
+      this.reachable.set(b);
+      this.marked++;
+    }
+  }
 
   walk(
     id: number,
@@ -172,7 +210,7 @@ class TreeWalker {
         const key = Buffer.from(node.keyAt(i));
         const value = Buffer.from(node.valueAt(i));
         onItem?.(key, value);
-        this.visitItem?.(id, key, value);
+        this.visitItem?.(id, key, value, this);
       }
       return;
     }

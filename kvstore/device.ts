@@ -6,6 +6,7 @@
  * API for cached 4 KiB reads). `flush` is the only durability point: it is
  * fdatasync, and the engine calls it only at commit.
  */
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { blockSizeBytes, deviceBlocksMax, deviceBlocksMin, deviceSizeMinBytes } from "./constants.js";
 import { GroveError, IoError, assert } from "./errors.js";
@@ -63,6 +64,36 @@ function blockDeviceSizeBytes(stat: fs.Stats, path: string): number {
 
 export interface FileDeviceOptions {
   readOnly?: boolean;
+  /**
+   * Holds a flock(2) on the image while the device is open: exclusive, or
+   * shared when read-only, so a second grovefs process that mounts or opens
+   * the image is refused with EBUSY.
+   */
+  lock?: boolean;
+}
+
+/**
+ * Takes a non-blocking flock(2) on `fd`'s open file description. Node has no
+ * flock, so flock(1) does it on the descriptor it inherits as fd 3: that is
+ * the same open file description, so the lock outlives the child and is held
+ * until our fd is closed, or the kernel drops it when this process dies (even
+ * by SIGKILL).
+ */
+export function lockImageFd(fd: number, path: string, mode: "shared" | "exclusive"): void {
+  const child = spawnSync("flock", ["-n", mode === "shared" ? "-s" : "-x", "3"], {
+    stdio: ["ignore", "ignore", "ignore", fd],
+  });
+  if (child.status === 0) return;
+  if (child.status === 1) {
+    throw new GroveError("EBUSY", "EBUSY_image_locked", `${path} is in use by another grovefs process (mounted or open)`, {
+      path,
+    });
+  }
+  const why = child.error ? child.error.message : `flock(1) exited with ${child.status ?? child.signal}`;
+  throw new GroveError("EIO", "EIO_image_lock", `${path}: cannot lock the image (${why}; flock comes with util-linux)`, {
+    path,
+    cause: child.error,
+  });
 }
 
 /** An image file or a block device such as /dev/loop0. */
@@ -91,7 +122,13 @@ export class FileDevice implements BlockDevice {
         cause,
       });
     }
+    return FileDevice.fromFd(path, fd, options);
+  }
+
+  /** Takes ownership of `fd`: closes it if the device cannot be made. */
+  private static fromFd(path: string, fd: number, options: FileDeviceOptions): FileDevice {
     try {
+      if (options.lock) lockImageFd(fd, path, options.readOnly ? "shared" : "exclusive");
       const stat = fs.fstatSync(fd);
       let sizeBytes: number;
       if (stat.isBlockDevice()) sizeBytes = blockDeviceSizeBytes(stat, path);
@@ -104,16 +141,24 @@ export class FileDevice implements BlockDevice {
     }
   }
 
-  /** Creates (or resizes) an image file; a sparse file takes no space until written. */
-  static createImage(path: string, sizeBytes: number): FileDevice {
+  /**
+   * Creates (or empties and resizes) an image file; a sparse file takes no
+   * space until written. With `lock`, the lock is taken before the file is
+   * emptied, so an image in use is refused untouched.
+   */
+  static createImage(path: string, sizeBytes: number, options: { lock?: boolean } = {}): FileDevice {
     checkDeviceSize(sizeBytes, path);
-    const fd = fs.openSync(path, "w+");
+    const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
     try {
+      if (options.lock) lockImageFd(fd, path, "exclusive");
+      fs.ftruncateSync(fd, 0);
       fs.ftruncateSync(fd, sizeBytes - (sizeBytes % blockSizeBytes));
-    } finally {
+    } catch (error) {
       fs.closeSync(fd);
+      throw error;
     }
-    return FileDevice.open(path);
+    // The lock, if any, is already held by this open file description.
+    return FileDevice.fromFd(path, fd, {});
   }
 
   read(lba: number, buf: Uint8Array): void {

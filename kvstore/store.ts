@@ -247,12 +247,45 @@ export class Store implements NodeStore {
    */
   dropTree(id: number): void {
     const tree = this.openTree(id);
+    this.releaseTreeBlocks(tree, () => this.rootTree.delete(treeKey(id)));
+    this.trees.delete(id);
+    this.droppedTrees.set(id, tree);
+  }
+
+  /**
+   * A tree whose root lives in a record of a layer above (a file's extents,
+   * a directory's names), not in the root tree. Its owner keeps the record
+   * current from `tree.meta()` after each mutation; on abort the owner must
+   * reopen it from the committed record.
+   */
+  createDetachedTree(owner: number): Tree {
+    assert(owner !== treeIdRoot, "the root tree is created by format");
+    this.beginMutation(1, "grow");
+    const root = this.newNode(0, owner);
+    return new Tree(this, owner, { rootLba: root.lba, level: 0, count: 0 });
+  }
+
+  openDetachedTree(owner: number, meta: TreeMeta): Tree {
+    this.checkHealthy();
+    if (meta.rootLba < firstAllocatableLba || meta.rootLba >= this.deviceBlocks || meta.level >= treeDepthMax) {
+      throw new CorruptionError("EIO_tree_meta", `tree ${owner} has root ${meta.rootLba} at level ${meta.level}`);
+    }
+    return new Tree(this, owner, meta);
+  }
+
+  /** Frees every block of a detached tree, as `dropTree` does for a recorded one. */
+  freeDetachedTree(tree: Tree): void {
+    this.releaseTreeBlocks(tree, () => {});
+  }
+
+  private releaseTreeBlocks(tree: Tree, unlink: () => void): void {
+    assert(!tree.dropped, "a dropped tree is not dropped again");
     const { blocks, shared } = this.collectTreeBlocks(tree);
     let ranges = 0;
     for (let i = 0; i < blocks.length; i++) if (i === 0 || blocks[i] !== blocks[i - 1]! + 1) ranges++;
     this.beginMutation(this.rootTree.level * 3 + 4, "shrink", ranges);
     try {
-      this.rootTree.delete(treeKey(id));
+      unlink();
       for (const lba of shared) this.sharing.dropRef(lba);
       for (const lba of blocks) {
         const node = this.cache.get(lba);
@@ -264,8 +297,6 @@ export class Store implements NodeStore {
       }
       tree.dropped = true;
       tree.modCount++;
-      this.trees.delete(id);
-      this.droppedTrees.set(id, tree);
     } catch (error) {
       this.poison(error);
     }

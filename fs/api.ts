@@ -1,0 +1,111 @@
+/**
+ * The filesystem's public contract: what the FUSE bridge, the CLI and the
+ * tests call. Paths are absolute ("/a/b"), as libfuse's high-level API gives
+ * them. Every method throws a GroveError (errno plus detail) on failure and
+ * never anything else for bad input; CorruptionError and IoError mean EIO.
+ *
+ * Times are nanoseconds since the epoch, as bigint. A file handle (`fh`) is a
+ * small integer returned by `open` or `create` and valid until `release`.
+ */
+
+/** Who is asking: the caller's credentials, for ownership of new files. */
+export interface Caller {
+  uid: number;
+  gid: number;
+}
+
+export interface Stat {
+  ino: number;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  size: number;
+  /** 512-byte units actually allocated, as st_blocks. */
+  blocks: number;
+  blksize: number;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  crtimeNs: bigint;
+}
+
+export interface DirEntry {
+  name: string;
+  ino: number;
+  /** The S_IFMT bits of the entry's mode. */
+  type: number;
+}
+
+export interface StatFs {
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  favail: number;
+  fsid: number;
+  flag: number;
+  namemax: number;
+}
+
+/** A time to set: nanoseconds, "now", or "omit" (UTIME_NOW and UTIME_OMIT). */
+export type TimeSpec = bigint | "now" | "omit";
+
+/** setxattr flags, as in <sys/xattr.h>. */
+export const xattrCreate = 1;
+export const xattrReplace = 2;
+
+/** rename flags, as in <linux/fs.h>. */
+export const renameNoReplace = 1;
+export const renameExchange = 2;
+
+export interface FileSystemOps {
+  getattr(path: string): Stat;
+  fgetattr(fh: number): Stat;
+  access(path: string, mode: number): void;
+  readdir(path: string): DirEntry[];
+  mkdir(path: string, mode: number, caller: Caller): Stat;
+  rmdir(path: string): void;
+  unlink(path: string): void;
+  rename(from: string, to: string, flags?: number): void;
+  link(existing: string, newPath: string): Stat;
+  symlink(target: string, path: string, caller: Caller): Stat;
+  readlink(path: string): string;
+  mknod(path: string, mode: number, rdev: number, caller: Caller): Stat;
+
+  /** Creates (O_CREAT) and opens a regular file; `flags` are open(2) flags. */
+  create(path: string, mode: number, flags: number, caller: Caller): number;
+  open(path: string, flags: number): number;
+  /** Reads up to `length` bytes at `position` into `buffer`; returns the count (0 at end of file). */
+  read(fh: number, buffer: Buffer, length: number, position: number): number;
+  /** Writes `length` bytes from `buffer`; returns the count. */
+  write(fh: number, buffer: Buffer, length: number, position: number): number;
+  truncate(path: string, size: number): void;
+  ftruncate(fh: number, size: number): void;
+  /** Called on every close(2) of a descriptor: nothing to make durable. */
+  flush(fh: number): void;
+  fsync(fh: number, dataOnly: boolean): void;
+  release(fh: number): void;
+  opendir(path: string): number;
+  releasedir(fh: number): void;
+  fsyncdir(fh: number, dataOnly: boolean): void;
+
+  chmod(path: string, mode: number): void;
+  chown(path: string, uid: number, gid: number): void;
+  utimens(path: string, atime: TimeSpec, mtime: TimeSpec): void;
+  statfs(): StatFs;
+
+  getxattr(path: string, name: string): Buffer;
+  setxattr(path: string, name: string, value: Buffer, flags: number): void;
+  listxattr(path: string): string[];
+  removexattr(path: string, name: string): void;
+
+  /** Commits everything: all data and metadata are durable when it returns. */
+  sync(): void;
+  /** Commits and closes the volume; every handle becomes invalid. */
+  close(): void;
+}

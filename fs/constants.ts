@@ -1,0 +1,44 @@
+/**
+ * Every limit of the filesystem layer, named once, with its unit last.
+ */
+import { blockSizeBytes, valueSizeMaxBytes } from "../kvstore/index.js";
+
+/** The default subvolume's inode tree. */
+export const treeIdDefaultSubvolume = 256;
+/** FUSE's root directory is inode 1. */
+export const rootIno = 1;
+export const firstFreeIno = 2;
+/** fuse-native passes st_ino as 32 bits. */
+export const inoMax = 2 ** 32 - 1;
+
+/** NAME_MAX. */
+export const nameSizeMaxBytes = 255;
+/** PATH_MAX, for symlink targets. */
+export const symlinkTargetSizeMaxBytes = 4095;
+/** 16 TiB: file offsets stay exact as JS numbers and block indices stay below 2^32. */
+export const fileSizeMaxBytes = 2 ** 44;
+export const fileBlocksMax = fileSizeMaxBytes / blockSizeBytes;
+/** Above this a hard link is refused with EMLINK. */
+export const linkCountMax = 65000;
+
+/** The fixed part of an inode record; the rest holds inline data or items. */
+export const inodeRecordFixedBytes = 108;
+/** Inline payload of an inode record: small files, symlink targets, small directories and extent lists. */
+export const inodeInlineBytesMax = valueSizeMaxBytes - inodeRecordFixedBytes;
+
+/** One data extent covers at most this many blocks (its record holds one crc32c a block). */
+export const extentBlocksMax = 128;
+
+/** Extended attributes: name (with namespace) and value bounds. */
+export const xattrNameSizeMaxBytes = 240;
+export const xattrValueSizeMaxBytes = 16 * 1024;
+export const xattrChunkBytes = 512;
+
+/** Commit at least this often while anything is dirty. */
+export const commitIntervalMs = 5000;
+/** Buffered file data is written out (delayed allocation) past this bound. */
+export const dirtyDataBytesMax = 64 * 1024 * 1024;
+/** The transaction is committed once its dirty tree nodes pass this bound. */
+export const dirtyNodeBytesMax = 64 * 1024 * 1024;
+/** Open file handles at once. */
+export const openFilesMax = 65536;

@@ -1,0 +1,380 @@
+/**
+ * A file's bytes: inline in the inode record while small, otherwise data
+ * extents in the file's extent map, with writes buffered per inode and
+ * allocated only when they are written out (delayed allocation), so that
+ * sequential writes become large contiguous extents.
+ *
+ * Invariants:
+ * - A data block is never overwritten in place: writing out a buffered block
+ *   allocates a new block and frees the old one (freed blocks stay pending
+ *   until the commit that stops referencing them is durable).
+ * - Every data block on disk has a crc32c in its extent record, checked on
+ *   every read; a mismatch is EIO, never wrong bytes.
+ * - Buffered blocks and extents never lie at or past the end of the file
+ *   (truncate drops them), and bytes past the end inside the last block are
+ *   zero, so growing a file always reveals zeros.
+ * - Buffered data has already been admitted against free space (`reserve`),
+ *   so writing it out does not run out of room.
+ */
+import { CorruptionError, IoError, assert, blockSizeBytes, crc32c } from "../kvstore/index.js";
+import type { FreeSpace } from "../alloc/index.js";
+import type { Store } from "../kvstore/index.js";
+import { dirtyDataBytesMax, extentBlocksMax, inodeInlineBytesMax } from "./constants.js";
+import { Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentKey } from "./format.js";
+import type { ItemMap } from "./item_map.js";
+
+export class FileData {
+  /** Buffered blocks per inode: file block index → a full block image. */
+  private readonly buffers = new Map<number, Map<number, Buffer>>();
+  private bufferedBlocks = 0;
+
+  constructor(
+    private readonly store: Store,
+    private readonly space: FreeSpace,
+  ) {}
+
+  get bufferedBytes(): number {
+    return this.bufferedBlocks * blockSizeBytes;
+  }
+
+  get overBound(): boolean {
+    return this.bufferedBytes > dirtyDataBytesMax;
+  }
+
+  inodesWithBuffers(): number[] {
+    return [...this.buffers.keys()];
+  }
+
+  hasBuffers(ino: number): boolean {
+    return this.buffers.has(ino);
+  }
+
+  /** Blocks that will be allocated once buffered data is written out (the kernel's view of st_blocks). */
+  bufferedBlocksOf(ino: number): number {
+    return this.buffers.get(ino)?.size ?? 0;
+  }
+
+  read(inode: Inode, map: ItemMap, out: Buffer, length: number, position: number): number {
+    if (position >= inode.size || length <= 0) return 0;
+    const end = Math.min(inode.size, position + length);
+    const count = end - position;
+    if (inode.kind === PayloadKind.Bytes) {
+      out.fill(0, 0, count);
+      if (position < inode.payload.length) inode.payload.copy(out, 0, position, Math.min(end, inode.payload.length));
+      return count;
+    }
+    out.fill(0, 0, count);
+    const firstBlock = Math.floor(position / blockSizeBytes);
+    const endBlock = Math.ceil(end / blockSizeBytes);
+    for (const extent of this.extentsIn(inode, map, firstBlock, endBlock)) {
+      const from = Math.max(extent.fileBlock, firstBlock);
+      const to = Math.min(extent.fileBlock + extent.blocks, endBlock);
+      const data = this.readExtentBlocks(inode.ino, extent, from - extent.fileBlock, to - from);
+      this.copyBlocks(data, from, to, out, position, end);
+    }
+    const buffered = this.buffers.get(inode.ino);
+    if (buffered !== undefined) {
+      for (let b = firstBlock; b < endBlock; b++) {
+        const block = buffered.get(b);
+        if (block !== undefined) this.copyBlocks(block, b, b + 1, out, position, end);
+      }
+    }
+    return count;
+  }
+
+  /**
+   * Refuses (ENOSPC) a write whose buffered blocks could not be written out.
+   * Called before the write changes anything.
+   */
+  admitWrite(inode: Inode, position: number, length: number): void {
+    const end = position + length;
+    if (length === 0 || this.fitsInline(inode, Math.max(inode.size, end))) return;
+    const inlineBlock = inode.kind === PayloadKind.Bytes && inode.size > 0 ? 1 : 0;
+    this.admit(inode.ino, Math.floor(position / blockSizeBytes), Math.ceil(end / blockSizeBytes), inlineBlock);
+  }
+
+  /** Stores `data` at `position` after `admitWrite`; the caller has checked limits and updates times. */
+  write(inode: Inode, map: ItemMap, data: Buffer, position: number): void {
+    const end = position + data.length;
+    if (data.length === 0) return;
+    if (this.fitsInline(inode, Math.max(inode.size, end))) {
+      const size = Math.max(inode.size, end);
+      const payload = Buffer.alloc(size);
+      if (inode.kind === PayloadKind.Bytes) inode.payload.copy(payload, 0, 0, Math.min(size, inode.payload.length));
+      data.copy(payload, position);
+      inode.kind = PayloadKind.Bytes;
+      inode.payload = payload;
+      inode.size = size;
+      return;
+    }
+    this.leaveInline(inode);
+    const firstBlock = Math.floor(position / blockSizeBytes);
+    const endBlock = Math.ceil(end / blockSizeBytes);
+    const buffered = this.bufferOf(inode.ino);
+    for (let b = firstBlock; b < endBlock; b++) {
+      const blockStart = b * blockSizeBytes;
+      let block = buffered.get(b);
+      if (block === undefined) {
+        const whole = position <= blockStart && end >= blockStart + blockSizeBytes;
+        block = whole ? Buffer.allocUnsafe(blockSizeBytes) : this.loadBlock(inode, map, b);
+        buffered.set(b, block);
+        this.bufferedBlocks++;
+      }
+      const from = Math.max(position, blockStart);
+      const to = Math.min(end, blockStart + blockSizeBytes);
+      data.copy(block, from - blockStart, from - position, to - position);
+    }
+    inode.size = Math.max(inode.size, end);
+  }
+
+  /** Sets the size: drops what lies past a shorter end and zeroes the rest of the last block. */
+  truncate(inode: Inode, map: ItemMap, size: number): void {
+    if (inode.kind === PayloadKind.Bytes || (inode.kind === PayloadKind.None && !this.buffers.has(inode.ino))) {
+      if (this.fitsInline(inode, size)) {
+        if (size < inode.payload.length) inode.payload = Buffer.from(inode.payload.subarray(0, size));
+        if (inode.kind === PayloadKind.Bytes && size === 0) inode.kind = PayloadKind.None;
+        inode.size = size;
+        return;
+      }
+      this.leaveInline(inode);
+    }
+    if (size < inode.size) {
+      const keepBlocks = Math.ceil(size / blockSizeBytes);
+      const buffered = this.buffers.get(inode.ino);
+      if (buffered !== undefined) {
+        for (const b of [...buffered.keys()]) {
+          if (b >= keepBlocks) {
+            buffered.delete(b);
+            this.bufferedBlocks--;
+          }
+        }
+        if (buffered.size === 0) this.buffers.delete(inode.ino);
+      }
+      this.punch(inode, map, keepBlocks, Number.MAX_SAFE_INTEGER);
+      if (size === 0 && map.count === 0) map.clear();
+      const tail = size % blockSizeBytes;
+      if (tail !== 0) {
+        const last = keepBlocks - 1;
+        const block = this.bufferOf(inode.ino).get(last);
+        if (block !== undefined) {
+          block.fill(0, tail);
+        } else if (this.hasExtentAt(inode, map, last)) {
+          this.admit(inode.ino, last, last + 1);
+          const loaded = this.loadBlock(inode, map, last);
+          loaded.fill(0, tail);
+          this.bufferOf(inode.ino).set(last, loaded);
+          this.bufferedBlocks++;
+        }
+        if (this.buffers.get(inode.ino)?.size === 0) this.buffers.delete(inode.ino);
+      }
+    }
+    inode.size = size;
+  }
+
+  /**
+   * Allocates and writes the inode's buffered blocks, then records them as
+   * extents. Runs of adjacent blocks become extents of up to extentBlocksMax.
+   */
+  writeOut(inode: Inode, map: ItemMap): void {
+    const buffered = this.buffers.get(inode.ino);
+    if (buffered === undefined) return;
+    const indices = [...buffered.keys()].sort((a, b) => a - b);
+    let hint = this.hintFor(inode, map, indices[0]!);
+    let i = 0;
+    while (i < indices.length) {
+      let j = i + 1;
+      while (j < indices.length && j - i < extentBlocksMax && indices[j] === indices[j - 1]! + 1) j++;
+      const got = this.space.allocateExtent(j - i, hint);
+      const blocks: Buffer[] = [];
+      const crcs = new Uint32Array(got.length);
+      for (let k = 0; k < got.length; k++) {
+        const block = buffered.get(indices[i + k]!)!;
+        blocks.push(block);
+        crcs[k] = crc32c(block);
+      }
+      try {
+        this.store.device.writev(got.start, blocks);
+      } catch (error) {
+        this.store.poison(error);
+      }
+      const fileBlock = indices[i]!;
+      const extent: Extent = { fileBlock, lba: got.start, blocks: got.length, diskBlocks: got.length, compression: 0, crcs };
+      try {
+        this.punch(inode, map, fileBlock, fileBlock + got.length);
+        map.put(extentKey(fileBlock), encodeExtent(extent));
+      } catch (error) {
+        // Admission leaves room for this; failing halfway would leave blocks referenced by nothing.
+        this.store.poison(error);
+      }
+      inode.blocks += got.length;
+      for (let k = 0; k < got.length; k++) buffered.delete(indices[i + k]!);
+      this.bufferedBlocks -= got.length;
+      hint = got.start + got.length;
+      i += got.length;
+    }
+    this.buffers.delete(inode.ino);
+  }
+
+  /** Frees every data block and buffer of an inode that is going away. */
+  discard(inode: Inode, map: ItemMap): void {
+    const buffered = this.buffers.get(inode.ino);
+    if (buffered !== undefined) {
+      this.bufferedBlocks -= buffered.size;
+      this.buffers.delete(inode.ino);
+    }
+    if (inode.kind !== PayloadKind.Bytes) {
+      this.punch(inode, map, 0, Number.MAX_SAFE_INTEGER);
+      map.clear();
+    }
+  }
+
+  /** Every extent of a file, for the checker and for tests. */
+  *extents(inode: Inode, map: ItemMap): Generator<Extent> {
+    if (inode.kind === PayloadKind.Bytes) return;
+    for (const item of map.range()) yield decodeExtent(inode.ino, item.key, item.value);
+  }
+
+  // ---- internals ------------------------------------------------------------
+
+  private fitsInline(inode: Inode, size: number): boolean {
+    if (size > inodeInlineBytesMax || this.buffers.has(inode.ino)) return false;
+    return inode.kind === PayloadKind.Bytes || (inode.kind === PayloadKind.None && inode.size <= inodeInlineBytesMax);
+  }
+
+  /** Moves inline bytes into a buffered first block, so the file can grow into extents. */
+  private leaveInline(inode: Inode): void {
+    if (inode.kind !== PayloadKind.Bytes) return;
+    const block = Buffer.alloc(blockSizeBytes);
+    inode.payload.copy(block, 0, 0, Math.min(inode.payload.length, blockSizeBytes));
+    inode.kind = PayloadKind.None;
+    inode.payload = Buffer.alloc(0);
+    if (inode.size > 0) {
+      this.bufferOf(inode.ino).set(0, block);
+      this.bufferedBlocks++;
+    }
+  }
+
+  /** Refuses (ENOSPC) buffering that could not be written out. */
+  admit(ino: number, firstBlock: number, endBlock: number, extra = 0): void {
+    const buffered = this.buffers.get(ino);
+    let fresh = extra;
+    for (let b = firstBlock; b < endBlock; b++) if (buffered === undefined || !buffered.has(b)) fresh++;
+    if (fresh === 0) return;
+    // Each extent of the write-out may need a record and a split of an old one.
+    const extents = Math.ceil((this.bufferedBlocks + fresh) / extentBlocksMax) + this.buffers.size;
+    this.space.reserve(this.bufferedBlocks + fresh + 2 * extents, "grow");
+  }
+
+  private bufferOf(ino: number): Map<number, Buffer> {
+    let buffered = this.buffers.get(ino);
+    if (buffered === undefined) {
+      buffered = new Map();
+      this.buffers.set(ino, buffered);
+    }
+    return buffered;
+  }
+
+  /** The current bytes of one block, from its extent or zeros for a hole. */
+  private loadBlock(inode: Inode, map: ItemMap, fileBlock: number): Buffer {
+    const block = Buffer.alloc(blockSizeBytes);
+    if (inode.kind === PayloadKind.Bytes) {
+      if (fileBlock === 0) inode.payload.copy(block);
+      return block;
+    }
+    for (const extent of this.extentsIn(inode, map, fileBlock, fileBlock + 1)) {
+      this.readExtentBlocks(inode.ino, extent, fileBlock - extent.fileBlock, 1).copy(block);
+    }
+    return block;
+  }
+
+  private hasExtentAt(inode: Inode, map: ItemMap, fileBlock: number): boolean {
+    for (const _ of this.extentsIn(inode, map, fileBlock, fileBlock + 1)) return true;
+    return false;
+  }
+
+  /** Extents overlapping file blocks [first, end), ascending. */
+  private *extentsIn(inode: Inode, map: ItemMap, first: number, end: number): Generator<Extent> {
+    if (inode.kind === PayloadKind.Bytes) return;
+    const before = map.floor(extentKey(first));
+    let from = extentKey(first);
+    if (before !== undefined) {
+      const extent = decodeExtent(inode.ino, before.key, before.value);
+      if (extent.fileBlock + extent.blocks > first) {
+        yield extent;
+        from = extentKey(extent.fileBlock + 1);
+      }
+    }
+    for (const item of map.range(from, extentKey(end))) yield decodeExtent(inode.ino, item.key, item.value);
+  }
+
+  /** Reads `count` blocks of an extent starting `skip` blocks in, checking each block's crc32c. */
+  private readExtentBlocks(ino: number, extent: Extent, skip: number, count: number): Buffer {
+    assert(extent.compression === 0, "only uncompressed extents exist yet");
+    const data = Buffer.allocUnsafe(count * blockSizeBytes);
+    try {
+      this.store.device.read(extent.lba + skip, data);
+    } catch (error) {
+      throw new IoError("EIO_data_read", `reading inode ${ino}'s data failed: ${(error as Error).message}`, { cause: error });
+    }
+    for (let k = 0; k < count; k++) {
+      const block = data.subarray(k * blockSizeBytes, (k + 1) * blockSizeBytes);
+      if (crc32c(block) !== extent.crcs[skip + k]) {
+        throw new CorruptionError(
+          "EIO_data_checksum",
+          `inode ${ino}: data block ${extent.lba + skip + k} (file block ${extent.fileBlock + skip + k}) fails its checksum`,
+        );
+      }
+    }
+    return data;
+  }
+
+  /** Copies file blocks [from, to), held in `data`, into the part of `out` that covers [position, end). */
+  private copyBlocks(data: Buffer, from: number, to: number, out: Buffer, position: number, end: number): void {
+    const lo = Math.max(from * blockSizeBytes, position);
+    const hi = Math.min(to * blockSizeBytes, end);
+    if (hi <= lo) return;
+    data.copy(out, lo - position, lo - from * blockSizeBytes, hi - from * blockSizeBytes);
+  }
+
+  /** Drops file blocks [start, end) from the extents, freeing their data blocks. */
+  private punch(inode: Inode, map: ItemMap, start: number, end: number): void {
+    if (inode.kind === PayloadKind.Bytes) return;
+    const hit = [...this.extentsIn(inode, map, start, end)];
+    for (const extent of hit) {
+      assert(extent.compression === 0, "only uncompressed extents are split");
+      map.delete(extentKey(extent.fileBlock));
+      const extentEnd = extent.fileBlock + extent.blocks;
+      if (extent.fileBlock < start) {
+        const keep = start - extent.fileBlock;
+        map.put(extentKey(extent.fileBlock), encodeExtent(slice(extent, 0, keep)));
+      }
+      if (extentEnd > end) {
+        const skip = end - extent.fileBlock;
+        map.put(extentKey(end), encodeExtent(slice(extent, skip, extent.blocks - skip)));
+      }
+      const from = Math.max(start, extent.fileBlock);
+      const to = Math.min(end, extentEnd);
+      this.space.free(extent.lba + (from - extent.fileBlock), to - from);
+      inode.blocks -= to - from;
+    }
+  }
+
+  private hintFor(inode: Inode, map: ItemMap, fileBlock: number): number | undefined {
+    if (inode.kind === PayloadKind.Bytes || fileBlock === 0) return undefined;
+    const before = map.floor(extentKey(fileBlock - 1));
+    if (before === undefined) return undefined;
+    const extent = decodeExtent(inode.ino, before.key, before.value);
+    return extent.lba + (fileBlock - extent.fileBlock);
+  }
+}
+
+function slice(extent: Extent, skip: number, blocks: number): Extent {
+  return {
+    fileBlock: extent.fileBlock + skip,
+    lba: extent.lba + skip,
+    blocks,
+    diskBlocks: blocks,
+    compression: extent.compression,
+    crcs: extent.crcs.slice(skip, skip + blocks),
+  };
+}

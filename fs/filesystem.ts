@@ -1,0 +1,1038 @@
+/**
+ * GroveFs: POSIX files and directories on one subvolume's inode tree.
+ *
+ * Every operation validates first and mutates second. Validation throws
+ * freely (ENOENT, EEXIST, ...) and changes nothing. A mutation is admitted
+ * against free space before it starts (`mutation`), so ENOSPC is refused up
+ * front; a failure halfway through a mutation poisons the volume, because the
+ * in-memory state could no longer be trusted.
+ *
+ * Invariants (checked by fs/check.ts):
+ * - Every inode's nlink equals the directory entries naming it, plus for a
+ *   directory its own "." and each subdirectory's "..".
+ * - A directory's parent field names the one directory that holds it.
+ * - An inode with nlink 0 exists only while open, and is listed as an orphan
+ *   so that a crash cannot leak it: the next read-write open frees it.
+ * - Inode records are written through: the record always holds the current
+ *   root of the inode's own map. Only file data is buffered (FileData).
+ */
+import { constants as C } from "node:fs";
+import {
+  BlockDevice,
+  GroveError,
+  Store,
+  Tree,
+  assert,
+  blockSizeBytes,
+  treeIdFirstDynamic,
+} from "../kvstore/index.js";
+import { FreeSpace, formatVolume, openVolume } from "../alloc/index.js";
+import type {
+  Caller,
+  DirEntry,
+  FileSystemOps,
+  Stat,
+  StatFs,
+  TimeSpec,
+} from "./api.js";
+import { renameExchange, renameNoReplace, xattrCreate, xattrReplace } from "./api.js";
+import {
+  commitIntervalMs,
+  dirtyNodeBytesMax,
+  fileSizeMaxBytes,
+  firstFreeIno,
+  inoMax,
+  linkCountMax,
+  nameSizeMaxBytes,
+  openFilesMax,
+  rootIno,
+  symlinkTargetSizeMaxBytes,
+  treeIdDefaultSubvolume,
+  xattrChunkBytes,
+  xattrNameSizeMaxBytes,
+  xattrValueSizeMaxBytes,
+} from "./constants.js";
+import {
+  Inode,
+  PayloadKind,
+  countersKey,
+  decodeCounters,
+  decodeDirent,
+  decodeInode,
+  encodeCounters,
+  encodeDirent,
+  encodeInode,
+  inodeKey,
+  orphanIno,
+  orphanKey,
+  orphanPrefix,
+  xattrChunkKey,
+  xattrNameOf,
+  xattrPrefix,
+} from "./format.js";
+import { FileData } from "./file_data.js";
+import { ItemMap, mapOwner } from "./item_map.js";
+
+assert(treeIdDefaultSubvolume >= treeIdFirstDynamic, "the subvolume tree id is a dynamic one");
+
+const S_IFMT = C.S_IFMT;
+const S_IFDIR = C.S_IFDIR;
+const S_IFREG = C.S_IFREG;
+const S_IFLNK = C.S_IFLNK;
+const S_ISGID = 0o2000;
+const S_ISVTX = 0o1000;
+const permissionBits = 0o7777;
+const O_ACCMODE = 3;
+const day = 86_400_000_000_000n;
+
+export interface GroveFsOptions {
+  readOnly?: boolean;
+  cacheBytes?: number;
+  /** Wall clock in ns since the epoch; tests pass their own. */
+  clock?: () => bigint;
+}
+
+export interface VolumeInfo {
+  label: string;
+  uuid: string;
+  sizeBytes: number;
+  usedBytes: number;
+  freeBytes: number;
+  generation: number;
+  trees: number;
+  inodes: number;
+  orphans: number;
+}
+
+interface Handle {
+  ino: number;
+  flags: number;
+  directory: boolean;
+}
+
+const wallClock = (): bigint => BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
+
+export class GroveFs implements FileSystemOps {
+  readonly store: Store;
+  readonly space: FreeSpace;
+  readonly readOnly: boolean;
+  private readonly inodes: Tree;
+  private readonly data: FileData;
+  private readonly clock: () => bigint;
+  private readonly handles = new Map<number, Handle>();
+  private readonly openCounts = new Map<number, number>();
+  private nextFh = 1;
+  private nextIno: number;
+  private countersDirty = false;
+  private lastCommitNs: bigint;
+  private closed = false;
+
+  /** Formats `device` with an empty root directory. */
+  static format(device: BlockDevice, options: { label?: string; clock?: () => bigint } = {}): void {
+    const { store } = formatVolume(device, { label: options.label });
+    const now = (options.clock ?? wallClock)();
+    const inodes = store.createTree(treeIdDefaultSubvolume);
+    const root = newInode(rootIno, S_IFDIR | 0o755, { uid: 0, gid: 0 }, now, store.generation);
+    root.nlink = 2;
+    root.parent = rootIno;
+    inodes.put(inodeKey(rootIno), encodeInode(root));
+    inodes.put(countersKey, encodeCounters(firstFreeIno));
+    store.commit();
+    store.close();
+  }
+
+  static open(device: BlockDevice, options: GroveFsOptions = {}): GroveFs {
+    const volume = openVolume(device, { readOnly: options.readOnly, cacheBytes: options.cacheBytes });
+    try {
+      return new GroveFs(volume.store, volume.space, options);
+    } catch (error) {
+      volume.store.close();
+      throw error;
+    }
+  }
+
+  private constructor(store: Store, space: FreeSpace, options: GroveFsOptions) {
+    this.store = store;
+    this.space = space;
+    this.readOnly = options.readOnly ?? false;
+    this.clock = options.clock ?? wallClock;
+    if (!store.hasTree(treeIdDefaultSubvolume)) {
+      throw new GroveError("EINVAL", "EINVAL_no_filesystem", "the volume holds no filesystem (no default subvolume)");
+    }
+    this.inodes = store.openTree(treeIdDefaultSubvolume);
+    this.data = new FileData(store, space);
+    const counters = this.inodes.get(countersKey);
+    if (counters === undefined) throw new GroveError("EIO", "EIO_counters", "the inode counter record is missing");
+    this.nextIno = decodeCounters(counters);
+    this.loadInode(rootIno);
+    this.lastCommitNs = this.clock();
+    if (!this.readOnly) this.freeOrphans();
+  }
+
+  // ---- volume ---------------------------------------------------------------
+
+  info(): VolumeInfo {
+    this.checkOpen();
+    const usage = this.space.usage();
+    let orphans = 0;
+    for (const _ of this.inodes.range({ from: orphanPrefix, to: inodeKey(1) })) orphans++;
+    let inodes = 0;
+    for (const [key] of this.inodes.range({ from: inodeKey(1) })) if (key.length === 8) inodes++;
+    return {
+      label: this.store.label,
+      uuid: this.store.uuid.toString("hex"),
+      sizeBytes: usage.totalBlocks * blockSizeBytes,
+      usedBytes: (usage.usedBlocks + this.data.bufferedBytes / blockSizeBytes) * blockSizeBytes,
+      freeBytes: Math.max(0, usage.freeBlocks * blockSizeBytes - this.data.bufferedBytes),
+      generation: this.store.committedGeneration,
+      trees: this.store.treeIds().length,
+      inodes,
+      orphans,
+    };
+  }
+
+  statfs(): StatFs {
+    this.checkOpen();
+    const usage = this.space.usage();
+    const free = Math.max(0, usage.freeBlocks - this.data.bufferedBytes / blockSizeBytes);
+    const ffree = Math.max(0, Math.min(inoMax - this.nextIno, free * 4));
+    return {
+      bsize: blockSizeBytes,
+      frsize: blockSizeBytes,
+      blocks: usage.totalBlocks,
+      bfree: free,
+      bavail: free,
+      files: ffree + this.inodes.count,
+      ffree,
+      favail: ffree,
+      fsid: this.store.uuid.readUInt32LE(0),
+      flag: this.readOnly ? 1 : 0,
+      namemax: nameSizeMaxBytes,
+    };
+  }
+
+  /** Writes out buffered data and commits: everything is durable when this returns. */
+  sync(): void {
+    this.checkOpen();
+    if (this.readOnly) return;
+    this.writeOutAll();
+    if (this.countersDirty) {
+      this.mutation(1, () => this.inodes.put(countersKey, encodeCounters(this.nextIno)));
+      this.countersDirty = false;
+    }
+    this.store.commit();
+    this.lastCommitNs = this.clock();
+  }
+
+  /** Called about once a second: commits when the interval has passed or memory bounds are near. */
+  maintenance(): void {
+    if (this.closed || this.readOnly || this.store.isPoisoned) return;
+    const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
+    if (due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    try {
+      if (!this.readOnly && !this.store.isPoisoned) this.sync();
+    } finally {
+      this.closed = true;
+      this.handles.clear();
+      this.store.close();
+    }
+  }
+
+  // ---- attributes -----------------------------------------------------------
+
+  getattr(path: string): Stat {
+    return this.stat(this.resolve(path));
+  }
+
+  fgetattr(fh: number): Stat {
+    return this.stat(this.loadInode(this.handle(fh).ino));
+  }
+
+  access(path: string, mode: number): void {
+    const inode = this.resolve(path);
+    if ((mode & C.W_OK) !== 0 && this.readOnly) {
+      throw new GroveError("EROFS", "EROFS_access", "the filesystem is mounted read-only", { path });
+    }
+    if ((mode & C.X_OK) !== 0 && (inode.mode & 0o111) === 0 && (inode.mode & S_IFMT) !== S_IFDIR) {
+      throw new GroveError("EACCES", "EACCES_exec", "no execute permission", { path });
+    }
+  }
+
+  chmod(path: string, mode: number): void {
+    const inode = this.resolve(path);
+    this.mutation(1, () => {
+      inode.mode = (inode.mode & S_IFMT) | (mode & permissionBits);
+      inode.ctimeNs = this.clock();
+      this.saveInode(inode);
+    });
+  }
+
+  chown(path: string, uid: number, gid: number): void {
+    const inode = this.resolve(path);
+    this.mutation(1, () => {
+      if (uid !== -1 && uid !== 0xffffffff) inode.uid = uid;
+      if (gid !== -1 && gid !== 0xffffffff) inode.gid = gid;
+      inode.ctimeNs = this.clock();
+      this.saveInode(inode);
+    });
+  }
+
+  utimens(path: string, atime: TimeSpec, mtime: TimeSpec): void {
+    const inode = this.resolve(path);
+    if (atime === "omit" && mtime === "omit") return;
+    this.mutation(1, () => {
+      const now = this.clock();
+      if (atime !== "omit") inode.atimeNs = atime === "now" ? now : checkTime(atime);
+      if (mtime !== "omit") inode.mtimeNs = mtime === "now" ? now : checkTime(mtime);
+      inode.ctimeNs = now;
+      this.saveInode(inode);
+    });
+  }
+
+  // ---- directories ----------------------------------------------------------
+
+  readdir(path: string): DirEntry[] {
+    const dir = this.resolveDir(path);
+    const out: DirEntry[] = [
+      { name: ".", ino: dir.ino, type: S_IFDIR },
+      { name: "..", ino: dir.parent, type: S_IFDIR },
+    ];
+    for (const item of this.mapOf(dir).range()) {
+      const entry = decodeDirent(dir.ino, item.value);
+      out.push({ name: item.key.toString("utf8"), ino: entry.ino, type: entry.type << 12 });
+    }
+    this.touchAtime(dir);
+    return out;
+  }
+
+  mkdir(path: string, mode: number, caller: Caller): Stat {
+    const { dir, name } = this.parentFor(path, "create");
+    const inode = this.mutation(4, () => {
+      const child = this.createInode(dir, S_IFDIR | (mode & permissionBits & ~0o7000) | (mode & S_ISVTX), caller);
+      child.nlink = 2;
+      child.parent = dir.ino;
+      if ((dir.mode & S_ISGID) !== 0) child.mode |= S_ISGID;
+      this.saveInode(child);
+      dir.nlink++;
+      this.addEntry(dir, name, child);
+      return child;
+    });
+    return this.stat(inode);
+  }
+
+  rmdir(path: string): void {
+    const { dir, name } = this.parentFor(path, "remove-dir");
+    const target = this.entryInode(dir, name, path);
+    if ((target.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_rmdir", "not a directory", { path });
+    if (this.mapOf(target).count > 0) {
+      throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rmdir", "directory not empty", { path });
+    }
+    this.mutation(4, () => {
+      this.removeEntry(dir, name);
+      dir.nlink--;
+      this.touchDir(dir);
+      this.freeInode(target);
+    });
+  }
+
+  opendir(path: string): number {
+    const dir = this.resolveDir(path);
+    return this.newHandle({ ino: dir.ino, flags: 0, directory: true });
+  }
+
+  releasedir(fh: number): void {
+    this.closeHandle(fh);
+  }
+
+  fsyncdir(fh: number, _dataOnly: boolean): void {
+    this.handle(fh);
+    this.sync();
+  }
+
+  // ---- names ----------------------------------------------------------------
+
+  unlink(path: string): void {
+    const { dir, name } = this.parentFor(path, "remove");
+    const target = this.entryInode(dir, name, path);
+    if ((target.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_unlink", "is a directory", { path });
+    this.mutation(4, () => {
+      this.removeEntry(dir, name);
+      this.touchDir(dir);
+      this.dropLink(target);
+    });
+  }
+
+  link(existing: string, newPath: string): Stat {
+    const inode = this.resolve(existing);
+    if ((inode.mode & S_IFMT) === S_IFDIR) {
+      throw new GroveError("EPERM", "EPERM_link_dir", "hard links to directories are not allowed", { path: existing });
+    }
+    if (inode.nlink >= linkCountMax) throw new GroveError("EMLINK", "EMLINK_link", "too many links", { path: existing });
+    const { dir, name } = this.parentFor(newPath, "create");
+    this.mutation(3, () => {
+      inode.nlink++;
+      inode.ctimeNs = this.clock();
+      this.saveInode(inode);
+      this.addEntry(dir, name, inode);
+    });
+    return this.stat(inode);
+  }
+
+  symlink(target: string, path: string, caller: Caller): Stat {
+    const bytes = Buffer.from(target, "utf8");
+    if (bytes.length === 0) throw new GroveError("ENOENT", "ENOENT_symlink_empty", "empty symlink target", { path });
+    if (bytes.length > symlinkTargetSizeMaxBytes) {
+      throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_symlink", "symlink target too long", { path });
+    }
+    if (bytes.includes(0)) throw new GroveError("EINVAL", "EINVAL_symlink_nul", "symlink target contains NUL", { path });
+    const { dir, name } = this.parentFor(path, "create");
+    this.data.admit(0, 0, Math.ceil(bytes.length / blockSizeBytes));
+    const inode = this.mutation(4, () => {
+      const link = this.createInode(dir, S_IFLNK | 0o777, caller);
+      this.data.write(link, this.mapOf(link), bytes, 0);
+      this.saveInode(link);
+      this.addEntry(dir, name, link);
+      return link;
+    });
+    return this.stat(inode);
+  }
+
+  readlink(path: string): string {
+    const inode = this.resolve(path);
+    if ((inode.mode & S_IFMT) !== S_IFLNK) throw new GroveError("EINVAL", "EINVAL_readlink", "not a symlink", { path });
+    const out = Buffer.alloc(inode.size);
+    const n = this.data.read(inode, this.mapOf(inode), out, inode.size, 0);
+    return out.toString("utf8", 0, n);
+  }
+
+  mknod(path: string, mode: number, rdev: number, caller: Caller): Stat {
+    const type = mode & S_IFMT;
+    const allowed = [S_IFREG, C.S_IFIFO, C.S_IFSOCK, C.S_IFCHR, C.S_IFBLK];
+    if (!allowed.includes(type === 0 ? S_IFREG : type)) {
+      throw new GroveError("EINVAL", "EINVAL_mknod_type", "mknod cannot create this file type", { path });
+    }
+    const { dir, name } = this.parentFor(path, "create");
+    const inode = this.mutation(3, () => {
+      const node = this.createInode(dir, (type === 0 ? S_IFREG : type) | (mode & permissionBits), caller);
+      if (type === C.S_IFCHR || type === C.S_IFBLK) node.rdev = rdev;
+      this.saveInode(node);
+      this.addEntry(dir, name, node);
+      return node;
+    });
+    return this.stat(inode);
+  }
+
+  rename(from: string, to: string, flags = 0): void {
+    if ((flags & ~(renameNoReplace | renameExchange)) !== 0 || flags === (renameNoReplace | renameExchange)) {
+      throw new GroveError("EINVAL", "EINVAL_rename_flags", "invalid rename flags");
+    }
+    const src = this.parentFor(from, "remove");
+    const dst = this.parentFor(to, "rename-target");
+    const moving = this.entryInode(src.dir, src.name, from);
+    const existingEntry = this.mapOf(dst.dir).get(dst.name);
+    const existing = existingEntry === undefined ? undefined : this.loadInode(decodeDirent(dst.dir.ino, existingEntry).ino);
+    if ((flags & renameExchange) !== 0) {
+      if (existing === undefined) throw new GroveError("ENOENT", "ENOENT_rename_exchange", "no such file", { path: to });
+      this.exchange(src, dst, moving, existing);
+      return;
+    }
+    if (existing !== undefined) {
+      if ((flags & renameNoReplace) !== 0) throw new GroveError("EEXIST", "EEXIST_rename", "file exists", { path: to });
+      if (existing.ino === moving.ino) return;
+      this.checkReplace(moving, existing, to);
+    }
+    this.checkNotIntoItself(moving, dst.dir, to);
+    this.mutation(8, () => {
+      const srcDir = src.dir;
+      const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
+      if (existing !== undefined) {
+        this.removeEntry(dstDir, dst.name);
+        if ((existing.mode & S_IFMT) === S_IFDIR) {
+          dstDir.nlink--;
+          this.freeInode(existing);
+        } else {
+          this.dropLink(existing);
+        }
+      }
+      this.removeEntry(srcDir, src.name);
+      this.addEntry(dstDir, dst.name, moving);
+      if ((moving.mode & S_IFMT) === S_IFDIR && srcDir.ino !== dstDir.ino) {
+        srcDir.nlink--;
+        dstDir.nlink++;
+        moving.parent = dstDir.ino;
+      }
+      moving.ctimeNs = this.clock();
+      this.saveInode(moving);
+      this.touchDir(srcDir);
+      if (dstDir !== srcDir) this.touchDir(dstDir);
+    });
+  }
+
+  // ---- files ----------------------------------------------------------------
+
+  create(path: string, mode: number, flags: number, caller: Caller): number {
+    const { dir, name } = this.parentFor(path, "open-create");
+    const entry = this.mapOf(dir).get(name);
+    if (entry !== undefined) {
+      if ((flags & C.O_EXCL) !== 0) throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
+      return this.open(path, flags & ~C.O_CREAT);
+    }
+    this.checkOpenSlots();
+    const inode = this.mutation(3, () => {
+      const file = this.createInode(dir, S_IFREG | (mode & permissionBits), caller);
+      this.saveInode(file);
+      this.addEntry(dir, name, file);
+      return file;
+    });
+    return this.newHandle({ ino: inode.ino, flags, directory: false });
+  }
+
+  open(path: string, flags: number): number {
+    const inode = this.resolve(path);
+    const type = inode.mode & S_IFMT;
+    const writable = (flags & O_ACCMODE) !== C.O_RDONLY;
+    if (type === S_IFDIR && writable) throw new GroveError("EISDIR", "EISDIR_open", "is a directory", { path });
+    if (type === S_IFLNK) throw new GroveError("ELOOP", "ELOOP_open", "is a symlink", { path });
+    if (writable && this.readOnly) throw new GroveError("EROFS", "EROFS_open", "read-only filesystem", { path });
+    this.checkOpenSlots();
+    if ((flags & C.O_TRUNC) !== 0 && writable && type === S_IFREG && inode.size > 0) this.setSize(inode, 0);
+    return this.newHandle({ ino: inode.ino, flags, directory: type === S_IFDIR });
+  }
+
+  read(fh: number, buffer: Buffer, length: number, position: number): number {
+    const handle = this.handle(fh);
+    if ((handle.flags & O_ACCMODE) === C.O_WRONLY) throw new GroveError("EBADF", "EBADF_read", "not open for reading");
+    checkRange(length, position);
+    const inode = this.loadInode(handle.ino);
+    if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_read", "is a directory");
+    const n = this.data.read(inode, this.mapOf(inode), buffer, Math.min(length, buffer.length), position);
+    this.touchAtime(inode);
+    return n;
+  }
+
+  write(fh: number, buffer: Buffer, length: number, position: number): number {
+    const handle = this.handle(fh);
+    if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_write", "not open for writing");
+    checkRange(length, position);
+    const inode = this.loadInode(handle.ino);
+    const at = (handle.flags & C.O_APPEND) !== 0 ? inode.size : position;
+    const count = Math.min(length, buffer.length);
+    if (at + count > fileSizeMaxBytes) {
+      throw new GroveError("EFBIG", "EFBIG_write", `file would exceed ${fileSizeMaxBytes} bytes`);
+    }
+    if (count === 0) return 0;
+    this.data.admitWrite(inode, at, count);
+    this.mutation(2, () => {
+      this.data.write(inode, this.mapOf(inode), buffer.subarray(0, count), at);
+      const now = this.clock();
+      inode.mtimeNs = now;
+      inode.ctimeNs = now;
+      this.saveInode(inode);
+    });
+    this.afterWrite();
+    return count;
+  }
+
+  truncate(path: string, size: number): void {
+    const inode = this.resolve(path);
+    if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory", { path });
+    if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file", { path });
+    this.setSize(inode, size);
+  }
+
+  ftruncate(fh: number, size: number): void {
+    const handle = this.handle(fh);
+    if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_truncate", "not open for writing");
+    const inode = this.loadInode(handle.ino);
+    if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
+    this.setSize(inode, size);
+  }
+
+  flush(fh: number): void {
+    this.handle(fh);
+  }
+
+  fsync(fh: number, _dataOnly: boolean): void {
+    this.handle(fh);
+    this.sync();
+  }
+
+  release(fh: number): void {
+    const handle = this.closeHandle(fh);
+    if (handle.directory || (this.openCounts.get(handle.ino) ?? 0) > 0) return;
+    const inode = this.tryLoadInode(handle.ino);
+    if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
+      this.mutation(3, () => this.freeInode(inode));
+    }
+  }
+
+  // ---- extended attributes ----------------------------------------------------
+
+  getxattr(path: string, name: string): Buffer {
+    const inode = this.resolve(path);
+    const key = xattrName(name);
+    const chunks: Buffer[] = [];
+    const prefix = xattrPrefix(inode.ino, key);
+    for (const [, value] of this.inodes.range({ from: prefix, to: xattrChunkKey(prefix, 255) })) chunks.push(value);
+    if (chunks.length === 0) throw new GroveError("ENODATA", "ENODATA_xattr", `no attribute ${name}`, { path });
+    return Buffer.concat(chunks);
+  }
+
+  setxattr(path: string, name: string, value: Buffer, flags: number): void {
+    const inode = this.resolve(path);
+    const key = xattrName(name);
+    if ((flags & ~(xattrCreate | xattrReplace)) !== 0 || flags === (xattrCreate | xattrReplace)) {
+      throw new GroveError("EINVAL", "EINVAL_xattr_flags", "invalid setxattr flags", { path });
+    }
+    if (value.length > xattrValueSizeMaxBytes) {
+      throw new GroveError("E2BIG", "E2BIG_xattr", `attribute values are limited to ${xattrValueSizeMaxBytes} bytes`, { path });
+    }
+    checkUserXattr(inode, name, path);
+    const prefix = xattrPrefix(inode.ino, key);
+    const exists = this.inodes.get(xattrChunkKey(prefix, 0)) !== undefined;
+    if (exists && (flags & xattrCreate) !== 0) throw new GroveError("EEXIST", "EEXIST_xattr", "attribute exists", { path });
+    if (!exists && (flags & xattrReplace) !== 0) throw new GroveError("ENODATA", "ENODATA_xattr", "no such attribute", { path });
+    const chunks = Math.max(1, Math.ceil(value.length / xattrChunkBytes));
+    this.mutation(chunks * 2 + 1, () => {
+      this.deleteXattr(prefix);
+      for (let i = 0; i < chunks; i++) {
+        this.inodes.put(xattrChunkKey(prefix, i), value.subarray(i * xattrChunkBytes, (i + 1) * xattrChunkBytes));
+      }
+      inode.ctimeNs = this.clock();
+      this.saveInode(inode);
+    });
+  }
+
+  listxattr(path: string): string[] {
+    const inode = this.resolve(path);
+    const names: string[] = [];
+    const prefix = xattrPrefix(inode.ino);
+    for (const [key] of this.inodes.range({ from: prefix, to: inodeKey(inode.ino + 1) })) {
+      const name = xattrNameOf(key);
+      if (name !== undefined && key[key.length - 1] === 0) names.push(name.toString("utf8"));
+    }
+    return names;
+  }
+
+  removexattr(path: string, name: string): void {
+    const inode = this.resolve(path);
+    const prefix = xattrPrefix(inode.ino, xattrName(name));
+    if (this.inodes.get(xattrChunkKey(prefix, 0)) === undefined) {
+      throw new GroveError("ENODATA", "ENODATA_xattr", `no attribute ${name}`, { path });
+    }
+    this.mutation(xattrValueSizeMaxBytes / xattrChunkBytes + 1, () => {
+      this.deleteXattr(prefix);
+      inode.ctimeNs = this.clock();
+      this.saveInode(inode);
+    });
+  }
+
+  // ---- for the checker and tests ------------------------------------------------
+
+  /** Inode number of a path, without following a final symlink. */
+  inoOf(path: string): number {
+    return this.resolve(path).ino;
+  }
+
+  /** Whether inode `ino` still exists (an unlinked, open file does). */
+  hasInode(ino: number): boolean {
+    return this.tryLoadInode(ino) !== undefined;
+  }
+
+  // ---- internals: paths -------------------------------------------------------
+
+  private resolve(path: string): Inode {
+    this.checkOpen();
+    let inode = this.loadInode(rootIno);
+    for (const part of splitPath(path)) {
+      if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_path", "not a directory", { path });
+      if (part === ".") continue;
+      if (part === "..") {
+        inode = this.loadInode(inode.parent);
+        continue;
+      }
+      const entry = this.mapOf(inode).get(Buffer.from(part, "utf8"));
+      if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
+      inode = this.loadInode(decodeDirent(inode.ino, entry).ino);
+    }
+    return inode;
+  }
+
+  private resolveDir(path: string): Inode {
+    const inode = this.resolve(path);
+    if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_path", "not a directory", { path });
+    return inode;
+  }
+
+  /** The directory that holds (or will hold) the last component of `path`, and that component. */
+  private parentFor(
+    path: string,
+    purpose: "create" | "open-create" | "remove" | "remove-dir" | "rename-target",
+  ): { dir: Inode; name: Buffer } {
+    const parts = splitPath(path);
+    const last = parts.pop();
+    if (last === undefined) {
+      const code = purpose === "create" ? "EEXIST" : "EBUSY";
+      throw new GroveError(code, `${code}_root`, "the root directory cannot be changed this way", { path });
+    }
+    if (last === "." || last === "..") {
+      if (purpose === "create") throw new GroveError("EEXIST", "EEXIST_dot", "file exists", { path });
+      if (purpose === "remove-dir" && last === "..") {
+        throw new GroveError("ENOTEMPTY", "ENOTEMPTY_dotdot", "directory not empty", { path });
+      }
+      throw new GroveError("EINVAL", "EINVAL_dot", `"${last}" cannot be used here`, { path });
+    }
+    const dir = this.resolveDir("/" + parts.join("/"));
+    const name = Buffer.from(last, "utf8");
+    if (purpose === "create" && this.mapOf(dir).get(name) !== undefined) {
+      throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
+    }
+    if (purpose !== "remove" && purpose !== "remove-dir") this.checkWritable();
+    return { dir, name };
+  }
+
+  private entryInode(dir: Inode, name: Buffer, path: string): Inode {
+    const entry = this.mapOf(dir).get(name);
+    if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
+    return this.loadInode(decodeDirent(dir.ino, entry).ino);
+  }
+
+  private checkReplace(moving: Inode, existing: Inode, to: string): void {
+    const movingDir = (moving.mode & S_IFMT) === S_IFDIR;
+    const existingDir = (existing.mode & S_IFMT) === S_IFDIR;
+    if (movingDir && !existingDir) throw new GroveError("ENOTDIR", "ENOTDIR_rename", "not a directory", { path: to });
+    if (!movingDir && existingDir) throw new GroveError("EISDIR", "EISDIR_rename", "is a directory", { path: to });
+    if (existingDir && this.mapOf(existing).count > 0) {
+      throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rename", "directory not empty", { path: to });
+    }
+  }
+
+  /** EINVAL when a directory would move into its own subtree. */
+  private checkNotIntoItself(moving: Inode, target: Inode, to: string): void {
+    if ((moving.mode & S_IFMT) !== S_IFDIR) return;
+    let at = target;
+    for (let depth = 0; ; depth++) {
+      if (at.ino === moving.ino) {
+        throw new GroveError("EINVAL", "EINVAL_rename_subtree", "cannot move a directory into itself", { path: to });
+      }
+      if (at.ino === rootIno) return;
+      if (depth > 1_000_000) throw new GroveError("EIO", "EIO_parent_loop", "directory parents form a loop");
+      at = this.loadInode(at.parent);
+    }
+  }
+
+  private exchange(
+    src: { dir: Inode; name: Buffer },
+    dst: { dir: Inode; name: Buffer },
+    a: Inode,
+    b: Inode,
+  ): void {
+    if (a.ino === b.ino) return;
+    this.checkNotIntoItself(a, dst.dir, "");
+    this.checkNotIntoItself(b, src.dir, "");
+    this.mutation(8, () => {
+      const srcDir = src.dir;
+      const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
+      this.mapOf(srcDir).put(src.name, encodeDirent(b.ino, b.mode));
+      this.mapOf(dstDir).put(dst.name, encodeDirent(a.ino, a.mode));
+      const aDir = (a.mode & S_IFMT) === S_IFDIR;
+      const bDir = (b.mode & S_IFMT) === S_IFDIR;
+      if (srcDir !== dstDir && aDir !== bDir) {
+        srcDir.nlink += aDir ? -1 : 1;
+        dstDir.nlink += aDir ? 1 : -1;
+      }
+      if (aDir) a.parent = dstDir.ino;
+      if (bDir) b.parent = srcDir.ino;
+      const now = this.clock();
+      for (const inode of [a, b]) {
+        inode.ctimeNs = now;
+        this.saveInode(inode);
+      }
+      this.touchDir(srcDir);
+      if (dstDir !== srcDir) this.touchDir(dstDir);
+    });
+  }
+
+  // ---- internals: inodes --------------------------------------------------------
+
+  private loadInode(ino: number): Inode {
+    const inode = this.tryLoadInode(ino);
+    if (inode === undefined) throw new GroveError("EIO", "EIO_dangling", `inode ${ino} is referenced but missing`);
+    return inode;
+  }
+
+  private tryLoadInode(ino: number): Inode | undefined {
+    const value = this.inodes.get(inodeKey(ino));
+    return value === undefined ? undefined : decodeInode(ino, value);
+  }
+
+  private saveInode(inode: Inode): void {
+    this.inodes.put(inodeKey(inode.ino), encodeInode(inode));
+  }
+
+  mapOf(inode: Inode): ItemMap {
+    return new ItemMap(this.store, inode, mapOwner(treeIdDefaultSubvolume, inode.ino));
+  }
+
+  private createInode(dir: Inode, mode: number, caller: Caller): Inode {
+    if (this.nextIno > inoMax) throw new GroveError("ENOSPC", "ENOSPC_inodes", "no inode numbers left");
+    const inode = newInode(this.nextIno++, mode, caller, this.clock(), this.store.generation);
+    this.countersDirty = true;
+    if ((dir.mode & S_ISGID) !== 0) inode.gid = dir.gid;
+    return inode;
+  }
+
+  private addEntry(dir: Inode, name: Buffer, child: Inode): void {
+    this.mapOf(dir).put(name, encodeDirent(child.ino, child.mode));
+    this.touchDir(dir);
+  }
+
+  private removeEntry(dir: Inode, name: Buffer): void {
+    const removed = this.mapOf(dir).delete(name);
+    assert(removed, "a validated entry exists");
+  }
+
+  /** mtime and ctime of a changed directory, and its record (whose map may have moved). */
+  private touchDir(dir: Inode): void {
+    const now = this.clock();
+    dir.mtimeNs = now;
+    dir.ctimeNs = now;
+    this.saveInode(dir);
+  }
+
+  /** One name fewer: free the inode at zero links, or keep it as an orphan while open. */
+  private dropLink(inode: Inode): void {
+    inode.nlink--;
+    inode.ctimeNs = this.clock();
+    if (inode.nlink > 0) {
+      this.saveInode(inode);
+    } else if ((this.openCounts.get(inode.ino) ?? 0) > 0) {
+      this.saveInode(inode);
+      this.inodes.put(orphanKey(inode.ino), Buffer.alloc(0));
+    } else {
+      this.freeInode(inode);
+    }
+  }
+
+  private freeInode(inode: Inode): void {
+    const map = this.mapOf(inode);
+    if ((inode.mode & S_IFMT) === S_IFDIR) map.clear();
+    else this.data.discard(inode, map);
+    this.deleteXattr(xattrPrefix(inode.ino));
+    this.inodes.delete(inodeKey(inode.ino));
+    this.inodes.delete(orphanKey(inode.ino));
+  }
+
+  /** Deletes every xattr chunk under `prefix` (one attribute, or all of an inode's). */
+  private deleteXattr(prefix: Buffer): void {
+    const end = Buffer.concat([prefix, Buffer.from([0xff])]);
+    const keys: Buffer[] = [];
+    for (const [key] of this.inodes.range({ from: prefix, to: end })) keys.push(key);
+    for (const key of keys) this.inodes.delete(key);
+  }
+
+  private freeOrphans(): void {
+    const orphans: number[] = [];
+    for (const [key] of this.inodes.range({ from: orphanPrefix, to: inodeKey(1) })) {
+      const ino = orphanIno(key);
+      if (ino !== undefined) orphans.push(ino);
+    }
+    if (orphans.length === 0) return;
+    for (const ino of orphans) {
+      const inode = this.tryLoadInode(ino);
+      this.mutation(3, () => {
+        if (inode !== undefined) this.freeInode(inode);
+        else this.inodes.delete(orphanKey(ino));
+      });
+    }
+    this.sync();
+  }
+
+  private setSize(inode: Inode, size: number): void {
+    if (!Number.isSafeInteger(size) || size < 0) throw new GroveError("EINVAL", "EINVAL_size", "invalid size");
+    if (size > fileSizeMaxBytes) throw new GroveError("EFBIG", "EFBIG_truncate", `files are limited to ${fileSizeMaxBytes} bytes`);
+    this.checkWritable();
+    this.data.admit(inode.ino, 0, 1);
+    this.mutation(4, () => {
+      this.data.truncate(inode, this.mapOf(inode), size);
+      const now = this.clock();
+      inode.mtimeNs = now;
+      inode.ctimeNs = now;
+      this.saveInode(inode);
+    });
+    this.afterWrite();
+  }
+
+  /** relatime: atime moves when it is older than mtime or ctime, or a day old. */
+  private touchAtime(inode: Inode): void {
+    if (this.readOnly) return;
+    const now = this.clock();
+    if (inode.atimeNs > inode.mtimeNs && inode.atimeNs > inode.ctimeNs && now - inode.atimeNs < day) return;
+    this.mutation(1, () => {
+      inode.atimeNs = now;
+      this.saveInode(inode);
+    });
+  }
+
+  private stat(inode: Inode): Stat {
+    return {
+      ino: inode.ino,
+      mode: inode.mode,
+      nlink: inode.nlink,
+      uid: inode.uid,
+      gid: inode.gid,
+      rdev: inode.rdev,
+      size: inode.size,
+      blocks: (inode.blocks + this.data.bufferedBlocksOf(inode.ino)) * (blockSizeBytes / 512),
+      blksize: blockSizeBytes,
+      atimeNs: inode.atimeNs,
+      mtimeNs: inode.mtimeNs,
+      ctimeNs: inode.ctimeNs,
+      crtimeNs: inode.crtimeNs,
+    };
+  }
+
+  // ---- internals: data and transactions ------------------------------------------
+
+  private writeOutAll(): void {
+    for (const ino of this.data.inodesWithBuffers()) {
+      const inode = this.loadInode(ino);
+      this.mutation(0, () => {
+        this.data.writeOut(inode, this.mapOf(inode));
+        this.saveInode(inode);
+      });
+    }
+  }
+
+  private afterWrite(): void {
+    if (this.data.overBound) this.writeOutAll();
+    if (this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
+  }
+
+  /**
+   * Runs a mutation of about `puts` tree updates: refused up front (EROFS,
+   * ENOSPC) or carried out whole; a failure halfway poisons the volume.
+   */
+  private mutation<T>(puts: number, apply: () => T): T {
+    this.checkWritable();
+    if (puts > 0) this.space.reserve(puts * 2 * (this.inodes.level + 3), "grow");
+    try {
+      return apply();
+    } catch (error) {
+      return this.store.poison(error);
+    }
+  }
+
+  private checkWritable(): void {
+    this.checkOpen();
+    if (this.readOnly) throw new GroveError("EROFS", "EROFS_fs", "the filesystem is mounted read-only");
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new GroveError("EBADF", "EBADF_closed", "the filesystem is closed");
+  }
+
+  private checkOpenSlots(): void {
+    if (this.handles.size >= openFilesMax) throw new GroveError("ENOSPC", "ENOSPC_handles", "too many open files");
+  }
+
+  private handle(fh: number): Handle {
+    this.checkOpen();
+    const handle = this.handles.get(fh);
+    if (handle === undefined) throw new GroveError("EBADF", "EBADF_handle", `bad file handle ${fh}`);
+    return handle;
+  }
+
+  private newHandle(handle: Handle): number {
+    const fh = this.nextFh++;
+    this.handles.set(fh, handle);
+    this.openCounts.set(handle.ino, (this.openCounts.get(handle.ino) ?? 0) + 1);
+    return fh;
+  }
+
+  private closeHandle(fh: number): Handle {
+    const handle = this.handle(fh);
+    this.handles.delete(fh);
+    const count = (this.openCounts.get(handle.ino) ?? 1) - 1;
+    if (count === 0) this.openCounts.delete(handle.ino);
+    else this.openCounts.set(handle.ino, count);
+    return handle;
+  }
+}
+
+function newInode(ino: number, mode: number, caller: Caller, now: bigint, generation: number): Inode {
+  return {
+    ino,
+    mode,
+    uid: caller.uid,
+    gid: caller.gid,
+    nlink: 1,
+    size: 0,
+    atimeNs: now,
+    mtimeNs: now,
+    ctimeNs: now,
+    crtimeNs: now,
+    flags: 0,
+    rdev: 0,
+    generation,
+    blocks: 0,
+    parent: 0,
+    kind: PayloadKind.None,
+    payload: Buffer.alloc(0),
+    treeRoot: 0,
+    treeLevel: 0,
+    treeCount: 0,
+  };
+}
+
+/** Components of an absolute path; "/" and "" name the root. */
+export function splitPath(path: string): string[] {
+  if (typeof path !== "string" || !path.startsWith("/")) {
+    throw new GroveError("EINVAL", "EINVAL_path", `path must be absolute: ${String(path)}`);
+  }
+  const parts = path.split("/").filter((part) => part.length > 0);
+  for (const part of parts) {
+    if (part.includes("\0")) throw new GroveError("EINVAL", "EINVAL_name_nul", "a name cannot contain NUL", { path });
+    if (Buffer.byteLength(part, "utf8") > nameSizeMaxBytes) {
+      throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_name", `a name is limited to ${nameSizeMaxBytes} bytes`, { path });
+    }
+  }
+  return parts;
+}
+
+function checkRange(length: number, position: number): void {
+  if (!Number.isSafeInteger(length) || length < 0 || !Number.isSafeInteger(position) || position < 0) {
+    throw new GroveError("EINVAL", "EINVAL_range", "invalid offset or length");
+  }
+}
+
+function checkTime(ns: bigint): bigint {
+  if (ns < 0n || ns >= 2n ** 64n) throw new GroveError("EINVAL", "EINVAL_time", "time out of range");
+  return ns;
+}
+
+const xattrNamespaces = ["user.", "trusted.", "security.", "system."];
+
+function xattrName(name: string): Buffer {
+  const bytes = Buffer.from(name, "utf8");
+  if (bytes.length === 0 || bytes.length > xattrNameSizeMaxBytes) {
+    throw new GroveError("ERANGE", "ERANGE_xattr_name", `attribute names are 1 to ${xattrNameSizeMaxBytes} bytes`);
+  }
+  if (bytes.includes(0)) throw new GroveError("EINVAL", "EINVAL_xattr_name", "attribute name contains NUL");
+  if (!xattrNamespaces.some((ns) => name.startsWith(ns) && name.length > ns.length)) {
+    throw new GroveError("EOPNOTSUPP", "EOPNOTSUPP_xattr_namespace", `unsupported attribute namespace: ${name}`);
+  }
+  return bytes;
+}
+
+/** user.* attributes exist only on regular files and directories (xattr(7)). */
+function checkUserXattr(inode: Inode, name: string, path: string): void {
+  const type = inode.mode & S_IFMT;
+  if (name.startsWith("user.") && type !== S_IFREG && type !== S_IFDIR) {
+    throw new GroveError("EPERM", "EPERM_xattr_user", "user attributes need a regular file or directory", { path });
+  }
+}

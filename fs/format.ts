@@ -1,0 +1,344 @@
+/**
+ * The filesystem's bytes: keys of a subvolume's inode tree, the inode record,
+ * directory entries and data extents. Nothing outside this module touches
+ * their offsets.
+ *
+ * Inode tree keys (big-endian, so memcmp order is numeric order):
+ *
+ *   [ino u64]                         inode record
+ *   [ino u64][0x02][name][0x00][i u8] chunk i of extended attribute `name`
+ *   [0 u64]                           volume counters (next inode number)
+ *   [0 u64][0x03][ino u64]            orphan: unlinked while open, freed on mount
+ *
+ * Inode record (little-endian):
+ *
+ *   offset  size  field
+ *   ------  ----  -----------------------------------------------
+ *        0     4  mode (S_IFMT and permission bits)
+ *        4     4  uid
+ *        8     4  gid
+ *       12     4  nlink
+ *       16     8  size in bytes
+ *       24     8  atime, ns since the epoch
+ *       32     8  mtime, ns
+ *       40     8  ctime, ns
+ *       48     8  crtime, ns
+ *       56     4  flags (reserved, zero)
+ *       60     4  rdev
+ *       64     8  generation (the transaction that created the inode)
+ *       72     8  data blocks owned (for st_blocks)
+ *       80     8  parent inode (directories; 0 otherwise)
+ *       88     1  payload kind (none, inline bytes, inline items, tree)
+ *       89     1  tree level
+ *       90     2  payload length
+ *       92     8  tree root LBA
+ *      100     8  tree item count
+ *      108     -  payload: inline bytes or items, up to inodeInlineBytesMax
+ *
+ * Inline items are [key length u16][value length u16][key][value], ascending
+ * by key: the same items a directory or extent tree would hold.
+ *
+ * Directory entry: key = name; value = [ino u64][type u8 = mode >> 12].
+ *
+ * Extent: key = [file block index u64 BE]; value:
+ *
+ *   offset  size  field
+ *   ------  ----  -----------------------------------------------
+ *        0     8  LBA of the first data block
+ *        8     2  logical blocks
+ *       10     2  blocks on disk
+ *       12     1  compression (0 = none)
+ *       13     3  (zero)
+ *       16   4×n  crc32c of each block on disk
+ */
+import { CorruptionError, writeU64BE } from "../kvstore/index.js";
+import { inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
+
+const I_MODE = 0;
+const I_UID = I_MODE + 4;
+const I_GID = I_UID + 4;
+const I_NLINK = I_GID + 4;
+const I_SIZE = I_NLINK + 4;
+const I_ATIME = I_SIZE + 8;
+const I_MTIME = I_ATIME + 8;
+const I_CTIME = I_MTIME + 8;
+const I_CRTIME = I_CTIME + 8;
+const I_FLAGS = I_CRTIME + 8;
+const I_RDEV = I_FLAGS + 4;
+const I_GENERATION = I_RDEV + 4;
+const I_BLOCKS = I_GENERATION + 8;
+const I_PARENT = I_BLOCKS + 8;
+const I_KIND = I_PARENT + 8;
+const I_TREE_LEVEL = I_KIND + 1;
+const I_PAYLOAD_LENGTH = I_TREE_LEVEL + 1;
+const I_TREE_ROOT = I_PAYLOAD_LENGTH + 2;
+const I_TREE_COUNT = I_TREE_ROOT + 8;
+const I_PAYLOAD = I_TREE_COUNT + 8;
+
+export const enum PayloadKind {
+  None = 0,
+  Bytes = 1,
+  Items = 2,
+  Tree = 3,
+}
+
+export interface Inode {
+  ino: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  size: number;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  crtimeNs: bigint;
+  flags: number;
+  rdev: number;
+  generation: number;
+  blocks: number;
+  parent: number;
+  kind: PayloadKind;
+  /** Inline bytes or encoded inline items (kinds Bytes and Items). */
+  payload: Buffer;
+  treeRoot: number;
+  treeLevel: number;
+  treeCount: number;
+}
+
+export function inodeKey(ino: number): Buffer {
+  const key = Buffer.allocUnsafe(8);
+  writeU64BE(key, 0, ino);
+  return key;
+}
+
+export const countersKey = inodeKey(0);
+
+const tagXattr = 0x02;
+const tagOrphan = 0x03;
+
+export function orphanKey(ino: number): Buffer {
+  const key = Buffer.allocUnsafe(17);
+  writeU64BE(key, 0, 0);
+  key[8] = tagOrphan;
+  writeU64BE(key, 9, ino);
+  return key;
+}
+
+export const orphanPrefix = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, tagOrphan]);
+
+export function orphanIno(key: Buffer): number | undefined {
+  if (key.length !== 17 || key.compare(orphanPrefix, 0, 9, 0, 9) !== 0) return undefined;
+  return Number(key.readBigUInt64BE(9));
+}
+
+/** Every xattr chunk of inode `ino` starts with this; with a name, every chunk of that attribute. */
+export function xattrPrefix(ino: number, name?: Buffer): Buffer {
+  const head = Buffer.allocUnsafe(9);
+  writeU64BE(head, 0, ino);
+  head[8] = tagXattr;
+  return name === undefined ? head : Buffer.concat([head, name, Buffer.from([0])]);
+}
+
+export function xattrChunkKey(prefix: Buffer, chunk: number): Buffer {
+  return Buffer.concat([prefix, Buffer.from([chunk])]);
+}
+
+/** The attribute name of an xattr chunk key, or undefined if the key is not one. */
+export function xattrNameOf(key: Buffer): Buffer | undefined {
+  if (key.length < 11 || key[8] !== tagXattr || key[key.length - 2] !== 0) return undefined;
+  return key.subarray(9, key.length - 2);
+}
+
+export function encodeCounters(nextIno: number): Buffer {
+  const value = Buffer.alloc(8);
+  value.writeBigUInt64LE(BigInt(nextIno), 0);
+  return value;
+}
+
+export function decodeCounters(value: Buffer): number {
+  if (value.length !== 8) throw new CorruptionError("EIO_counters", "the inode counter record is malformed");
+  return Number(value.readBigUInt64LE(0));
+}
+
+export function encodeInode(inode: Inode): Buffer {
+  const buf = Buffer.alloc(I_PAYLOAD + inode.payload.length);
+  buf.writeUInt32LE(inode.mode >>> 0, I_MODE);
+  buf.writeUInt32LE(inode.uid >>> 0, I_UID);
+  buf.writeUInt32LE(inode.gid >>> 0, I_GID);
+  buf.writeUInt32LE(inode.nlink, I_NLINK);
+  buf.writeBigUInt64LE(BigInt(inode.size), I_SIZE);
+  buf.writeBigUInt64LE(inode.atimeNs, I_ATIME);
+  buf.writeBigUInt64LE(inode.mtimeNs, I_MTIME);
+  buf.writeBigUInt64LE(inode.ctimeNs, I_CTIME);
+  buf.writeBigUInt64LE(inode.crtimeNs, I_CRTIME);
+  buf.writeUInt32LE(inode.flags, I_FLAGS);
+  buf.writeUInt32LE(inode.rdev >>> 0, I_RDEV);
+  buf.writeBigUInt64LE(BigInt(inode.generation), I_GENERATION);
+  buf.writeBigUInt64LE(BigInt(inode.blocks), I_BLOCKS);
+  buf.writeBigUInt64LE(BigInt(inode.parent), I_PARENT);
+  buf.writeUInt8(inode.kind, I_KIND);
+  buf.writeUInt8(inode.treeLevel, I_TREE_LEVEL);
+  buf.writeUInt16LE(inode.payload.length, I_PAYLOAD_LENGTH);
+  buf.writeBigUInt64LE(BigInt(inode.treeRoot), I_TREE_ROOT);
+  buf.writeBigUInt64LE(BigInt(inode.treeCount), I_TREE_COUNT);
+  inode.payload.copy(buf, I_PAYLOAD);
+  return buf;
+}
+
+export function decodeInode(ino: number, value: Buffer): Inode {
+  const bad = (why: string): never => {
+    throw new CorruptionError("EIO_inode_record", `inode ${ino} has a corrupt record: ${why}`);
+  };
+  if (value.length < inodeRecordFixedBytes) bad(`${value.length} bytes`);
+  const payloadLength = value.readUInt16LE(I_PAYLOAD_LENGTH);
+  if (payloadLength > inodeInlineBytesMax || I_PAYLOAD + payloadLength !== value.length) bad("payload length");
+  const kind = value.readUInt8(I_KIND) as PayloadKind;
+  if (kind > PayloadKind.Tree) bad(`payload kind ${kind}`);
+  return {
+    ino,
+    mode: value.readUInt32LE(I_MODE),
+    uid: value.readUInt32LE(I_UID),
+    gid: value.readUInt32LE(I_GID),
+    nlink: value.readUInt32LE(I_NLINK),
+    size: Number(value.readBigUInt64LE(I_SIZE)),
+    atimeNs: value.readBigUInt64LE(I_ATIME),
+    mtimeNs: value.readBigUInt64LE(I_MTIME),
+    ctimeNs: value.readBigUInt64LE(I_CTIME),
+    crtimeNs: value.readBigUInt64LE(I_CRTIME),
+    flags: value.readUInt32LE(I_FLAGS),
+    rdev: value.readUInt32LE(I_RDEV),
+    generation: Number(value.readBigUInt64LE(I_GENERATION)),
+    blocks: Number(value.readBigUInt64LE(I_BLOCKS)),
+    parent: Number(value.readBigUInt64LE(I_PARENT)),
+    kind,
+    payload: Buffer.from(value.subarray(I_PAYLOAD, I_PAYLOAD + payloadLength)),
+    treeRoot: Number(value.readBigUInt64LE(I_TREE_ROOT)),
+    treeLevel: value.readUInt8(I_TREE_LEVEL),
+    treeCount: Number(value.readBigUInt64LE(I_TREE_COUNT)),
+  };
+}
+
+// ---- inline items -----------------------------------------------------------
+
+export interface Item {
+  key: Buffer;
+  value: Buffer;
+}
+
+export function encodeItems(items: readonly Item[]): Buffer {
+  let size = 0;
+  for (const item of items) size += 4 + item.key.length + item.value.length;
+  const buf = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const item of items) {
+    buf.writeUInt16LE(item.key.length, at);
+    buf.writeUInt16LE(item.value.length, at + 2);
+    item.key.copy(buf, at + 4);
+    item.value.copy(buf, at + 4 + item.key.length);
+    at += 4 + item.key.length + item.value.length;
+  }
+  return buf;
+}
+
+export function encodedItemsBytes(items: readonly Item[]): number {
+  let size = 0;
+  for (const item of items) size += 4 + item.key.length + item.value.length;
+  return size;
+}
+
+export function decodeItems(ino: number, payload: Buffer): Item[] {
+  const items: Item[] = [];
+  let at = 0;
+  while (at < payload.length) {
+    if (at + 4 > payload.length) break;
+    const keyLength = payload.readUInt16LE(at);
+    const valueLength = payload.readUInt16LE(at + 2);
+    const end = at + 4 + keyLength + valueLength;
+    if (end > payload.length) break;
+    const key = Buffer.from(payload.subarray(at + 4, at + 4 + keyLength));
+    if (items.length > 0 && Buffer.compare(items[items.length - 1]!.key, key) >= 0) {
+      throw new CorruptionError("EIO_inline_items", `inode ${ino}: inline items are out of order`);
+    }
+    items.push({ key, value: Buffer.from(payload.subarray(at + 4 + keyLength, end)) });
+    at = end;
+  }
+  if (at !== payload.length) throw new CorruptionError("EIO_inline_items", `inode ${ino}: inline items are truncated`);
+  return items;
+}
+
+// ---- directory entries -------------------------------------------------------
+
+export interface Dirent {
+  ino: number;
+  /** mode >> 12 */
+  type: number;
+}
+
+export function encodeDirent(ino: number, mode: number): Buffer {
+  const value = Buffer.allocUnsafe(9);
+  writeU64BE(value, 0, ino);
+  value[8] = mode >>> 12;
+  return value;
+}
+
+export function decodeDirent(dirIno: number, value: Buffer): Dirent {
+  if (value.length !== 9) throw new CorruptionError("EIO_dirent", `directory ${dirIno} has a malformed entry`);
+  return { ino: Number(value.readBigUInt64BE(0)), type: value[8]! };
+}
+
+// ---- extents -------------------------------------------------------------------
+
+const E_LBA = 0;
+const E_BLOCKS = E_LBA + 8;
+const E_DISK_BLOCKS = E_BLOCKS + 2;
+const E_COMPRESSION = E_DISK_BLOCKS + 2;
+const E_CRCS = E_COMPRESSION + 4;
+
+export interface Extent {
+  /** File block index of the first block. */
+  fileBlock: number;
+  lba: number;
+  blocks: number;
+  diskBlocks: number;
+  compression: number;
+  /** One crc32c per block on disk. */
+  crcs: Uint32Array;
+}
+
+export function extentKey(fileBlock: number): Buffer {
+  const key = Buffer.allocUnsafe(8);
+  writeU64BE(key, 0, fileBlock);
+  return key;
+}
+
+export function encodeExtent(extent: Extent): Buffer {
+  const value = Buffer.alloc(E_CRCS + 4 * extent.diskBlocks);
+  value.writeBigUInt64LE(BigInt(extent.lba), E_LBA);
+  value.writeUInt16LE(extent.blocks, E_BLOCKS);
+  value.writeUInt16LE(extent.diskBlocks, E_DISK_BLOCKS);
+  value.writeUInt8(extent.compression, E_COMPRESSION);
+  for (let i = 0; i < extent.diskBlocks; i++) value.writeUInt32LE(extent.crcs[i]!, E_CRCS + 4 * i);
+  return value;
+}
+
+export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
+  const bad = (why: string): never => {
+    throw new CorruptionError("EIO_extent", `inode ${ino} has a corrupt extent: ${why}`);
+  };
+  if (key.length !== 8) bad("key length");
+  if (value.length < E_CRCS) bad("value length");
+  const diskBlocks = value.readUInt16LE(E_DISK_BLOCKS);
+  const blocks = value.readUInt16LE(E_BLOCKS);
+  if (value.length !== E_CRCS + 4 * diskBlocks || blocks === 0 || diskBlocks === 0) bad("block counts");
+  const crcs = new Uint32Array(diskBlocks);
+  for (let i = 0; i < diskBlocks; i++) crcs[i] = value.readUInt32LE(E_CRCS + 4 * i);
+  return {
+    fileBlock: Number(key.readBigUInt64BE(0)),
+    lba: Number(value.readBigUInt64LE(E_LBA)),
+    blocks,
+    diskBlocks,
+    compression: value.readUInt8(E_COMPRESSION),
+    crcs,
+  };
+}
