@@ -23,6 +23,21 @@ import { dirtyDataBytesMax, extentBlocksMax, inodeInlineBytesMax } from "./const
 import { Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentKey } from "./format.js";
 import type { ItemMap } from "./item_map.js";
 
+/** Buffered blocks are carved from slabs: one allocation per 256 blocks instead of one per block. */
+const slabBlocks = 256;
+let slab = Buffer.alloc(0);
+let slabNext = slabBlocks;
+
+function newBlock(): Buffer {
+  if (slabNext === slabBlocks) {
+    slab = Buffer.allocUnsafeSlow(slabBlocks * blockSizeBytes);
+    slabNext = 0;
+  }
+  const block = slab.subarray(slabNext * blockSizeBytes, (slabNext + 1) * blockSizeBytes);
+  slabNext++;
+  return block;
+}
+
 export class FileData {
   /** Buffered blocks per inode: file block index → a full block image. */
   private readonly buffers = new Map<number, Map<number, Buffer>>();
@@ -116,7 +131,7 @@ export class FileData {
       let block = buffered.get(b);
       if (block === undefined) {
         const whole = position <= blockStart && end >= blockStart + blockSizeBytes;
-        block = whole ? Buffer.allocUnsafe(blockSizeBytes) : this.loadBlock(inode, map, b);
+        block = whole ? newBlock() : this.loadBlock(inode, map, b);
         buffered.set(b, block);
         this.bufferedBlocks++;
       }
