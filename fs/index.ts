@@ -3,3 +3,4 @@ export * from "./api.js";
 export * from "./constants.js";
 export { GroveFs, type GroveFsOptions, type VolumeInfo, splitPath } from "./filesystem.js";
 export { checkFilesystem, type FsReport } from "./check.js";
+export * from "./fuse_bridge.js";

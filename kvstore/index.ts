@@ -1,7 +1,7 @@
 /** kvstore: block devices, nodes, the CoW B+-tree, transactions and the superblock. */
 export * from "./constants.js";
 export * from "./errors.js";
-export { type BlockDevice, FileDevice, checkDeviceSize } from "./device.js";
+export { type BlockDevice, FileDevice, checkDeviceSize, lockImageFd } from "./device.js";
 export { SimDevice, SimulatedCrash, type RecoverOptions } from "./sim_device.js";
 export { Prng } from "./prng.js";
 export { readU64BE, readU64LE, writeU64BE, writeU64LE } from "./bytes.js";

@@ -1,0 +1,322 @@
+/**
+ * grovefs mount IMAGE MOUNTPOINT [-f|--foreground] [-o ro,...]
+ *
+ * The serving process opens the image with an exclusive lock (shared when
+ * read-only), mounts it, writes a pid record, and serves until SIGINT, SIGTERM
+ * or SIGHUP (commit, unmount, exit 0) or until the kernel mount disappears
+ * under it (umount by anyone: commit, close, exit 0).
+ *
+ * Daemon mode (the default): the parent checks what it can, then starts the
+ * same CLI detached (own session, cwd /) with --foreground and
+ * GROVEFS_READY_FD=3, a pipe. The child writes "ready" there once the mount is
+ * usable, or "error <the one-line report>" if it fails; the parent exits 0
+ * only after "ready" and a look at the mount table. The daemon's stdin is
+ * /dev/null and its stdout and stderr go to a log file beside its pid record
+ * (/run/grovefs/<name>-<hash>.log as root). It holds only reports of trouble,
+ * so it is removed after a clean run if empty.
+ */
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { findMount, groveFsType, mountGrove, type MountHandle } from "../fs/index.js";
+import { GroveFs } from "../fs/index.js";
+import { FileDevice } from "../kvstore/index.js";
+import { CliError, ReportedError } from "./errors.js";
+
+export interface MountOptions {
+  foreground?: boolean;
+  options?: string[];
+}
+
+const readyTimeoutMs = 60_000;
+const readyFdEnv = "GROVEFS_READY_FD";
+
+// ---- where mounts are recorded ----------------------------------------------
+
+/** /run/grovefs as root; otherwise a per-user directory. GROVEFS_RUN_DIR overrides both. */
+export function runDir(): string {
+  if (process.env.GROVEFS_RUN_DIR) return process.env.GROVEFS_RUN_DIR;
+  const uid = process.getuid?.() ?? 0;
+  if (uid === 0) return "/run/grovefs";
+  return path.join(process.env.XDG_RUNTIME_DIR ?? os.tmpdir(), `grovefs-${uid}`);
+}
+
+function recordBase(mountpoint: string): string {
+  const key = createHash("sha256").update(mountpoint).digest("hex").slice(0, 16);
+  return path.join(runDir(), `${path.basename(mountpoint) || "root"}-${key}`);
+}
+
+export interface PidRecord {
+  pid: number;
+  image: string;
+  mountpoint: string;
+}
+
+export function readPidRecord(mountpoint: string): PidRecord | null {
+  try {
+    const record = JSON.parse(fs.readFileSync(`${recordBase(mountpoint)}.pid`, "utf8")) as PidRecord;
+    return record.mountpoint === mountpoint && Number.isSafeInteger(record.pid) ? record : null;
+  } catch {
+    return null;
+  }
+}
+
+function writePidRecord(record: PidRecord): void {
+  fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
+  fs.writeFileSync(`${recordBase(record.mountpoint)}.pid`, `${JSON.stringify(record)}\n`);
+}
+
+function removePidRecord(mountpoint: string): void {
+  const record = readPidRecord(mountpoint);
+  if (record?.pid === process.pid) fs.rmSync(`${recordBase(mountpoint)}.pid`, { force: true });
+}
+
+/** Alive and not a zombie (a zombie has closed everything already). */
+export function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** The process serving `mountpoint`: its pid record, if that process still runs and was started to mount. */
+export function servingPid(mountpoint: string): number | null {
+  const record = readPidRecord(mountpoint);
+  if (record === null || !isRunning(record.pid)) return null;
+  try {
+    const cmdline = fs.readFileSync(`/proc/${record.pid}/cmdline`, "utf8").split("\0");
+    return cmdline.includes("mount") ? record.pid : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The path as /proc/self/mountinfo spells it, without a stat of the path
+ * itself (it may be a dead FUSE mount, or served by this very process).
+ */
+export function canonicalMountpoint(mountpoint: string): string {
+  const absolute = path.resolve(mountpoint);
+  let dir = path.dirname(absolute);
+  try {
+    dir = fs.realpathSync(dir);
+  } catch {
+    // Keep the resolved path; the caller reports what is missing.
+  }
+  return path.join(dir, path.basename(absolute));
+}
+
+// ---- option parsing and checks ------------------------------------------------
+
+/** Kernel mount flags libfuse passes through unchanged; anything else is refused before mounting. */
+const passThroughOptions = new Set(["noatime", "nodiratime", "nosuid", "nodev", "noexec"]);
+const ignoredOptions = new Set(["defaults", "rw", "async"]);
+
+export interface ParsedMountOptions {
+  readOnly: boolean;
+  extra: string[];
+}
+
+export function parseMountOptions(lists: readonly string[]): ParsedMountOptions {
+  const parsed: ParsedMountOptions = { readOnly: false, extra: [] };
+  for (const option of lists.flatMap((list) => list.split(",")).map((o) => o.trim())) {
+    if (option === "") continue;
+    if (option === "ro") parsed.readOnly = true;
+    else if (option === "rw") parsed.readOnly = false;
+    else if (passThroughOptions.has(option)) {
+      if (!parsed.extra.includes(option)) parsed.extra.push(option);
+    } else if (!ignoredOptions.has(option)) {
+      const known = new Set(["ro", "rw", ...ignoredOptions, ...passThroughOptions]);
+      throw new CliError(`unknown mount option '${option}'`, `known options: ${[...known].join(", ")}`);
+    }
+  }
+  return parsed;
+}
+
+function checkImage(image: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(image);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new CliError(`${image}: no such image or device`, "check the path, or create one with: grovefs mkfs IMAGE --size 1G");
+    }
+    throw error;
+  }
+  if (!stat.isFile() && !stat.isBlockDevice()) {
+    throw new CliError(`${image} is not an image file or block device`, "give the image that grovefs mkfs formatted");
+  }
+}
+
+function checkMountpoint(mountpoint: string, shown: string): void {
+  const entry = findMount(mountpoint);
+  if (entry?.fstype === groveFsType && servingPid(mountpoint) === null) {
+    throw new CliError(`${shown} is a stale grovefs mount (its process is gone)`, `clean it up with: grovefs umount ${shown}`);
+  }
+  if (entry !== undefined) {
+    throw new CliError(`${shown} is already a mount point`, `unmount it first (grovefs umount ${shown}), or use an empty directory`);
+  }
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(mountpoint);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new CliError(`mount point ${shown} does not exist`, `create it first: mkdir ${shown}`);
+    }
+    throw error;
+  }
+  if (!stat.isDirectory()) throw new CliError(`mount point ${shown} is not a directory`, "give a directory");
+}
+
+// ---- serving in this process -------------------------------------------------
+
+/** In a daemon child, tells the parent how the mount went. */
+export function notifyParent(message: string): void {
+  const fd = Number(process.env[readyFdEnv]);
+  if (!Number.isInteger(fd) || fd < 0) return;
+  delete process.env[readyFdEnv];
+  try {
+    fs.writeSync(fd, `${message}\n`);
+    fs.closeSync(fd);
+  } catch {
+    // The parent gave up waiting; nothing else to tell.
+  }
+}
+
+async function openAndMount(image: string, mountpoint: string, options: ParsedMountOptions): Promise<MountHandle> {
+  const device = FileDevice.open(image, { readOnly: options.readOnly, lock: true });
+  let volume: GroveFs;
+  try {
+    volume = GroveFs.open(device, { readOnly: options.readOnly });
+  } catch (error) {
+    device.close();
+    throw error;
+  }
+  try {
+    return await mountGrove(volume, mountpoint, { readOnly: options.readOnly, imagePath: image, extraOptions: options.extra });
+  } catch (error) {
+    try {
+      volume.close();
+    } finally {
+      device.close();
+    }
+    throw error;
+  }
+}
+
+/** Serves until a signal or an external umount; resolves once the volume is committed and closed. */
+async function serveForeground(image: string, mountpoint: string, options: ParsedMountOptions): Promise<void> {
+  const handle = await openAndMount(image, mountpoint, options);
+  const daemon = process.env[readyFdEnv] !== undefined;
+  writePidRecord({ pid: process.pid, image, mountpoint });
+  const stop = () => {
+    handle.unmount().catch(() => {});
+  };
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, stop);
+  if (daemon) notifyParent("ready");
+  else process.stdout.write(`grovefs: serving ${image} at ${mountpoint}; Ctrl-C or grovefs umount ${mountpoint} unmounts it\n`);
+  try {
+    await handle.closed;
+  } finally {
+    removePidRecord(mountpoint);
+  }
+  if (daemon) removeEmptyLog(mountpoint);
+}
+
+/** A daemon's log holds only reports of trouble: after a clean run it is empty and goes. */
+function removeEmptyLog(mountpoint: string): void {
+  const log = `${recordBase(mountpoint)}.log`;
+  try {
+    if (fs.statSync(log).size === 0) fs.rmSync(log);
+  } catch {
+    // Nothing to tidy.
+  }
+}
+
+// ---- daemon mode ----------------------------------------------------------------
+
+function waitForChild(child: ReturnType<typeof spawn>, logPath: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    let settled = false;
+    const settle = (error: Error | null) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      child.stdio[3]?.removeAllListeners();
+      child.stdio[3]?.destroy();
+      child.removeAllListeners("exit");
+      if (error) reject(error);
+      else resolve();
+    };
+    const timer = setTimeout(() => {
+      child.kill("SIGTERM");
+      settle(new CliError(`the mount did not become ready within ${readyTimeoutMs / 1000} s`, `see ${logPath}`));
+    }, readyTimeoutMs);
+    const pipe = child.stdio[3]!;
+    pipe.on("data", (chunk: Buffer) => {
+      text += chunk.toString("utf8");
+      const line = text.split("\n")[0]!;
+      if (!text.includes("\n")) return;
+      if (line === "ready") settle(null);
+      else settle(new ReportedError(line.replace(/^error /, "")));
+    });
+    pipe.on("error", () => {});
+    child.on("exit", (code, signal) => {
+      // Give a last message in the pipe a moment to arrive.
+      setTimeout(
+        () => settle(new CliError(`the mount process exited unexpectedly (${signal ?? `code ${code}`})`, `see ${logPath}`)),
+        100,
+      );
+    });
+  });
+}
+
+async function daemonize(image: string, mountpoint: string, optionLists: readonly string[]): Promise<void> {
+  fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
+  const logPath = `${recordBase(mountpoint)}.log`;
+  const log = fs.openSync(logPath, "w", 0o644);
+  const args = [...process.execArgv, process.argv[1]!, "mount", "--foreground", image, mountpoint];
+  for (const list of optionLists) args.push("-o", list);
+  let child: ReturnType<typeof spawn>;
+  try {
+    child = spawn(process.execPath, args, {
+      cwd: "/",
+      detached: true,
+      stdio: ["ignore", log, log, "pipe"],
+      env: { ...process.env, [readyFdEnv]: "3" },
+    });
+  } finally {
+    fs.closeSync(log);
+  }
+  try {
+    await waitForChild(child, logPath);
+  } catch (error) {
+    // The child's one-line report is in its log too; the log is only worth keeping if it says more.
+    if (error instanceof ReportedError && fs.readFileSync(logPath, "utf8").trim() === error.message) fs.rmSync(logPath);
+    throw error;
+  }
+  child.unref();
+  if (findMount(mountpoint) === undefined) {
+    throw new CliError(`the mount process reported ready but ${mountpoint} is not mounted`, `see ${logPath}`);
+  }
+}
+
+export async function mountCommand(imageArg: string, mountpointArg: string, options: MountOptions): Promise<void> {
+  const parsed = parseMountOptions(options.options ?? []);
+  const image = path.resolve(imageArg);
+  const mountpoint = canonicalMountpoint(mountpointArg);
+  checkImage(image);
+  checkMountpoint(mountpoint, mountpointArg);
+  if (options.foreground) await serveForeground(image, mountpoint, parsed);
+  else await daemonize(image, mountpoint, options.options ?? []);
+}

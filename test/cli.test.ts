@@ -1,0 +1,438 @@
+/**
+ * The grovefs command line, run as child processes (`node bin/grovefs.mjs`):
+ * mkfs, info, errors (one line, no stack, non-zero exit), image locking, and
+ * one mount round trip through the kernel (skipped without root and
+ * /dev/fuse). This process never touches a mount itself: every file access on
+ * one runs in a child (`sh -c`), so a hung daemon cannot hang the worker.
+ */
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { dir as tmpDir, type DirectoryResult } from "tmp-promise";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { formatSize, parseSize } from "../cli/size.js";
+import { identifyContents } from "../cli/mkfs.js";
+import { parseMountOptions } from "../cli/mount.js";
+import { fuseHandlers, parseMountinfo, type BridgedFs } from "../fs/fuse_bridge.js";
+import { GroveError, IoError } from "../kvstore/index.js";
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const bin = path.join(repoRoot, "bin", "grovefs.mjs");
+const commandTimeoutMs = 60_000;
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    execFile(
+      cmd,
+      args,
+      { env: { ...process.env, ...env }, timeout: commandTimeoutMs, killSignal: "SIGKILL", encoding: "utf8" },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === "number" ? error.code : -1;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+function grovefs(...args: string[]): Promise<RunResult> {
+  return run(process.execPath, [bin, ...args]);
+}
+
+/** A failure as the CLI must report it: exit status non-zero, one line on stderr, no stack trace. */
+function expectOneLineError(r: RunResult, pattern: RegExp): void {
+  expect(r.code, r.stderr).not.toBe(0);
+  const lines = r.stderr.split("\n").filter((line) => line !== "");
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(/^grovefs: .+ — .+$/);
+  expect(lines[0]).toMatch(pattern);
+  expect(r.stderr).not.toMatch(/^\s+at /m);
+}
+
+describe("size parsing", () => {
+  it("accepts bytes and binary suffixes", () => {
+    expect(parseSize("1048576")).toBe(1048576);
+    expect(parseSize("4096B")).toBe(4096);
+    expect(parseSize("512K")).toBe(512 * 1024);
+    expect(parseSize("512k")).toBe(512 * 1024);
+    expect(parseSize("64M")).toBe(64 * 2 ** 20);
+    expect(parseSize("4G")).toBe(4 * 2 ** 30);
+    expect(parseSize("4GiB")).toBe(4 * 2 ** 30);
+    expect(parseSize("1T")).toBe(2 ** 40);
+    expect(parseSize("1.5G")).toBe(1.5 * 2 ** 30);
+    expect(parseSize(" 2M ")).toBe(2 * 2 ** 20);
+  });
+
+  it("rejects garbage, fractions of a byte and overflow", () => {
+    for (const bad of ["", "G", "4X", "-1G", "4 G B", "1e9", "0x100", "4iB", "1.5", "0.1K", "99999999999P", "4G4"]) {
+      expect(() => parseSize(bad), bad).toThrow(/invalid size/);
+    }
+  });
+
+  it("formats sizes for people", () => {
+    expect(formatSize(512)).toBe("512 bytes");
+    expect(formatSize(64 * 2 ** 20)).toBe("64.0 MiB");
+    expect(formatSize(2 ** 40)).toBe("1.0 TiB");
+  });
+});
+
+describe("mount options", () => {
+  it("knows ro, rw and a few kernel flags, and refuses the rest before mounting", () => {
+    expect(parseMountOptions([])).toEqual({ readOnly: false, extra: [] });
+    expect(parseMountOptions(["ro,noatime", "nosuid"])).toEqual({ readOnly: true, extra: ["noatime", "nosuid"] });
+    expect(parseMountOptions(["ro,rw,defaults"])).toEqual({ readOnly: false, extra: [] });
+    expect(() => parseMountOptions(["ro,sync"])).toThrow(/unknown mount option 'sync'/);
+    expect(() => parseMountOptions(["allow_other"])).toThrow(/unknown mount option/);
+  });
+});
+
+describe("fuse bridge handlers", () => {
+  /** A filesystem whose every method throws what `failure` says. */
+  function failing(failure: () => never): BridgedFs {
+    return new Proxy({} as BridgedFs, { get: () => () => failure() });
+  }
+
+  it("answers a GroveError's errno, EIO for corruption and I/O, and EIO (logged) for bugs", () => {
+    const answers: number[] = [];
+    const cb = (code: number) => answers.push(code);
+    fuseHandlers(failing(() => { throw new GroveError("ENOENT", "ENOENT_test", "missing"); })).getattr!("/x", cb);
+    fuseHandlers(failing(() => { throw new IoError("EIO_test", "disk gone"); })).unlink!("/x", cb);
+    const stderr = process.stderr.write;
+    let logged = "";
+    process.stderr.write = ((text: string) => ((logged += text), true)) as typeof process.stderr.write;
+    try {
+      fuseHandlers(failing(() => { throw new TypeError("a bug"); })).read!("/x", 1, Buffer.alloc(4), 4, 0, cb);
+    } finally {
+      process.stderr.write = stderr;
+    }
+    expect(answers).toEqual([-2, -5, -5]);
+    expect(logged).toMatch(/read threw a non-GroveError[\s\S]*TypeError: a bug[\s\S]*\n\s+at /);
+  });
+
+  it("maps results: byte counts, stats with ns times, names with . and ..", () => {
+    const stat = {
+      ino: 7, mode: 0o100644, nlink: 1, uid: 0, gid: 0, rdev: 0, size: 3, blocks: 8, blksize: 4096,
+      atimeNs: 1n, mtimeNs: 2n, ctimeNs: 3n, crtimeNs: 4n,
+    };
+    const fs = {
+      getattr: () => stat,
+      read: (_fh: number, buf: Buffer) => buf.write("abc"),
+      readdir: () => [{ name: "f", ino: 7, type: 0o100000 }],
+    } as unknown as BridgedFs;
+    const handlers = fuseHandlers(fs);
+    const seen: unknown[][] = [];
+    handlers.getattr!("/f", (...args: unknown[]) => seen.push(args));
+    handlers.read!("/f", 1, Buffer.alloc(8), 8, 0, (...args: unknown[]) => seen.push(args));
+    handlers.readdir!("/", (...args: unknown[]) => seen.push(args));
+    expect(seen[0]![0]).toBe(0);
+    expect(seen[0]![1]).toMatchObject({ ino: 7, mode: 0o100644, size: 3, atime: 1n, mtime: 2n, ctime: 3n });
+    expect(seen[1]).toEqual([3]);
+    expect(seen[2]![1]).toEqual([".", "..", "f"]);
+  });
+
+  it("reads the mount table, unescaping paths", () => {
+    const text =
+      "36 35 98:0 / /mnt/with\\040space rw,relatime shared:1 - fuse.grovefs /img\\040a rw,user_id=0\n" +
+      "37 35 0:5 / /proc rw - proc proc rw\n";
+    expect(parseMountinfo(text)).toEqual([
+      { device: "98:0", mountpoint: "/mnt/with space", fstype: "fuse.grovefs", source: "/img a" },
+      { device: "0:5", mountpoint: "/proc", fstype: "proc", source: "proc" },
+    ]);
+  });
+});
+
+describe("content detection", () => {
+  it("names known signatures and reports any other data", () => {
+    const head = Buffer.alloc(68 * 1024);
+    expect(identifyContents(head)).toBeNull();
+    const ext = Buffer.from(head);
+    ext.writeUInt16LE(0xef53, 1024 + 0x38);
+    ext.writeUInt32LE(0x40, 1024 + 0x60);
+    expect(identifyContents(ext)).toBe("an ext4 filesystem");
+    const xfs = Buffer.from(head);
+    xfs.write("XFSB", 0);
+    expect(identifyContents(xfs)).toBe("an XFS filesystem");
+    const data = Buffer.from(head);
+    data[40000] = 1;
+    expect(identifyContents(data)).toBe("data");
+  });
+});
+
+describe("grovefs mkfs and info", () => {
+  let tmp: DirectoryResult;
+  beforeEach(async () => {
+    tmp = await tmpDir({ unsafeCleanup: true });
+  });
+  afterEach(async () => {
+    await tmp.cleanup();
+  });
+
+  it("lists every command, and each has --help", async () => {
+    const help = await grovefs("--help");
+    expect(help.code).toBe(0);
+    for (const command of ["mkfs", "mount", "umount", "info"]) {
+      expect(help.stdout).toContain(command);
+      const sub = await grovefs(command, "--help");
+      expect(sub.code, sub.stderr).toBe(0);
+      expect(sub.stdout).toContain(`Usage: grovefs ${command}`);
+    }
+  });
+
+  it("creates a sparse image of the given size and reports it", async () => {
+    const image = path.join(tmp.path, "a.img");
+    const r = await grovefs("mkfs", image, "--size", "64M", "--label", "alpha");
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain("alpha");
+    expect(r.stdout).toMatch(/uuid:\s+[0-9a-f]{32}/);
+    expect(fs.statSync(image).size).toBe(64 * 2 ** 20);
+
+    const info = await grovefs("info", image);
+    expect(info.code, info.stderr).toBe(0);
+    for (const field of ["label:", "uuid:", "size:", "used:", "free:", "generation:", "trees:", "inodes:"]) {
+      expect(info.stdout).toContain(field);
+    }
+    expect(info.stdout).toContain("alpha");
+    expect(info.stdout).toContain("(67108864 bytes)");
+
+    const json = await grovefs("info", image, "--json");
+    expect(json.code, json.stderr).toBe(0);
+    const report = JSON.parse(json.stdout) as Record<string, unknown>;
+    expect(report).toMatchObject({ label: "alpha", sizeBytes: 64 * 2 ** 20, inUse: false, inodes: 1 });
+    expect(report.uuid).toMatch(/^[0-9a-f]{32}$/);
+    expect(report.usedBytes as number).toBeGreaterThan(0);
+    expect((report.usedBytes as number) + (report.freeBytes as number)).toBe(64 * 2 ** 20);
+    expect(typeof report.generation).toBe("number");
+    expect(typeof report.trees).toBe("number");
+  });
+
+  it("formats a 1 TiB sparse image in a few blocks", async () => {
+    const image = path.join(tmp.path, "huge.img");
+    const started = performance.now();
+    const r = await grovefs("mkfs", image, "--size", "1T");
+    expect(r.code, r.stderr).toBe(0);
+    expect(performance.now() - started).toBeLessThan(10_000);
+    const stat = fs.statSync(image);
+    expect(stat.size).toBe(2 ** 40);
+    expect(stat.blocks * 512).toBeLessThan(16 * 2 ** 20);
+  });
+
+  it("formats an existing empty (sparse) file at its own size, and resizes with --size", async () => {
+    const image = path.join(tmp.path, "sparse.img");
+    fs.closeSync(fs.openSync(image, "w"));
+    fs.truncateSync(image, 8 * 2 ** 20);
+    const r = await grovefs("mkfs", image);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain("(8388608 bytes)");
+    const again = await grovefs("mkfs", image, "--size", "16M", "--force");
+    expect(again.code, again.stderr).toBe(0);
+    expect(fs.statSync(image).size).toBe(16 * 2 ** 20);
+  });
+
+  it("refuses to overwrite a grovefs volume or data without --force", async () => {
+    const image = path.join(tmp.path, "a.img");
+    expect((await grovefs("mkfs", image, "--size", "8M", "--label", "first")).code).toBe(0);
+    expectOneLineError(await grovefs("mkfs", image), /contains a grovefs volume labelled "first".*--force/);
+    expectOneLineError(await grovefs("mkfs", image, "--size", "16M"), /contains a grovefs volume/);
+    expect(fs.statSync(image).size).toBe(8 * 2 ** 20);
+
+    const forced = await grovefs("mkfs", image, "--force", "--label", "second");
+    expect(forced.code, forced.stderr).toBe(0);
+    expect((await grovefs("info", image)).stdout).toContain("second");
+
+    const data = path.join(tmp.path, "notes.txt");
+    fs.writeFileSync(data, "precious\n");
+    expectOneLineError(await grovefs("mkfs", data, "--size", "8M"), /contains data.*--force/);
+    expect(fs.readFileSync(data, "utf8")).toBe("precious\n");
+
+    const ext = path.join(tmp.path, "ext.img");
+    const head = Buffer.alloc(4096);
+    head.writeUInt16LE(0xef53, 1024 + 0x38);
+    head.writeUInt32LE(0x40, 1024 + 0x60);
+    fs.writeFileSync(ext, head);
+    fs.truncateSync(ext, 8 * 2 ** 20);
+    expectOneLineError(await grovefs("mkfs", ext), /contains an ext4 filesystem/);
+  });
+
+  it("reports bad input in one line without a stack trace", async () => {
+    const image = path.join(tmp.path, "x.img");
+    expectOneLineError(await grovefs("mkfs", image, "--size", "4X"), /invalid size '4X'/);
+    expectOneLineError(await grovefs("mkfs", image, "--size", "1.5"), /invalid size/);
+    expectOneLineError(await grovefs("mkfs", image, "--size", "512K"), /too small/);
+    expectOneLineError(await grovefs("mkfs", image), /does not exist.*--size/);
+    expectOneLineError(await grovefs("mkfs", path.join(tmp.path, "no", "such", "dir", "x.img"), "--size", "8M"), /directory .* does not exist/);
+    expectOneLineError(await grovefs("mkfs", tmp.path), /is a directory/);
+    expectOneLineError(await grovefs("info", image), /no such image/);
+    fs.writeFileSync(image, Buffer.alloc(2 * 2 ** 20));
+    expectOneLineError(await grovefs("info", image), /not a grovefs volume/);
+    expectOneLineError(await grovefs("frobnicate"), /unknown command 'frobnicate'/);
+    expectOneLineError(await grovefs("mkfs"), /missing required argument/);
+    expectOneLineError(await grovefs("info", image, "--bogus"), /unknown option '--bogus'/);
+    expectOneLineError(await grovefs("umount", path.join(tmp.path, "nowhere")), /does not exist/);
+    expectOneLineError(await grovefs("umount", tmp.path), /is not mounted/);
+    const mnt = path.join(tmp.path, "mnt");
+    fs.mkdirSync(mnt);
+    expectOneLineError(await grovefs("mount", path.join(tmp.path, "none.img"), mnt), /no such image/);
+    expectOneLineError(await grovefs("mount", image, path.join(tmp.path, "nomnt")), /mount point .* does not exist/);
+    expectOneLineError(await grovefs("mount", image, image), /not a directory/);
+    expectOneLineError(await grovefs("mount", "-o", "ro,sync", image, mnt), /unknown mount option 'sync'/);
+  });
+});
+
+describe("image locking", () => {
+  let tmp: DirectoryResult;
+  let holder: ChildProcess | null = null;
+
+  beforeEach(async () => {
+    tmp = await tmpDir({ unsafeCleanup: true });
+  });
+  afterEach(async () => {
+    holder?.kill("SIGKILL");
+    holder = null;
+    await tmp.cleanup();
+  });
+
+  /** Another process that opens the image as grovefs does and holds it until killed. */
+  function holdImage(image: string): Promise<ChildProcess> {
+    const script = path.join(tmp.path, "hold.ts");
+    const device = path.join(repoRoot, "kvstore", "device.ts");
+    fs.writeFileSync(
+      script,
+      `import { FileDevice } from ${JSON.stringify(device)};\n` +
+        `FileDevice.open(${JSON.stringify(image)}, { lock: true });\n` +
+        `process.stdout.write("locked\\n");\n` +
+        `setInterval(() => {}, 1000);\n`,
+    );
+    const child = spawn(process.execPath, ["--import", "tsx", script], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
+    holder = child;
+    return new Promise((resolve, reject) => {
+      child.stdout!.on("data", (chunk: Buffer) => {
+        if (chunk.toString().includes("locked")) resolve(child);
+      });
+      child.on("exit", (code) => reject(new Error(`holder exited with ${code}`)));
+    });
+  }
+
+  it("refuses an image open in another process, and a SIGKILL releases it", async () => {
+    const image = path.join(tmp.path, "a.img");
+    expect((await grovefs("mkfs", image, "--size", "8M", "--label", "held")).code).toBe(0);
+    const child = await holdImage(image);
+
+    expectOneLineError(await grovefs("mkfs", image, "--force"), /is in use by another grovefs process/);
+    const mnt = path.join(tmp.path, "mnt");
+    fs.mkdirSync(mnt);
+    expectOneLineError(await grovefs("mount", "--foreground", image, mnt), /is in use by another grovefs process/);
+
+    // info still shows the committed superblock, marked as in use.
+    const info = await grovefs("info", image, "--json");
+    expect(info.code, info.stderr).toBe(0);
+    expect(JSON.parse(info.stdout)).toMatchObject({ inUse: true, label: "held", sizeBytes: 8 * 2 ** 20 });
+
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    child.kill("SIGKILL");
+    await exited;
+    holder = null;
+    const forced = await grovefs("mkfs", image, "--force", "--label", "free");
+    expect(forced.code, forced.stderr).toBe(0);
+  });
+});
+
+// ---- through the kernel ---------------------------------------------------------
+
+const canMount = process.getuid?.() === 0 && fs.existsSync("/dev/fuse");
+
+describe.skipIf(!canMount)("grovefs mount and umount (daemon mode)", () => {
+  let tmp: DirectoryResult;
+  const mounted = new Set<string>();
+
+  beforeEach(async () => {
+    tmp = await tmpDir({ unsafeCleanup: true });
+  });
+  afterEach(async () => {
+    // Never leave a mount behind, whatever failed.
+    for (const mountpoint of mounted) await run("umount", ["-l", mountpoint]);
+    mounted.clear();
+    await tmp.cleanup();
+  });
+  afterAll(() => {
+    expect(mounted.size).toBe(0);
+  });
+
+  const isMountpoint = async (mountpoint: string) => (await run("mountpoint", ["-q", mountpoint])).code === 0;
+  const sh = (script: string) => run("sh", ["-c", script]);
+
+  it("mounts in the background, serves files, and keeps them across a remount", async () => {
+    const image = path.join(tmp.path, "vol.img");
+    const mnt = path.join(tmp.path, "mnt");
+    fs.mkdirSync(mnt);
+    expect((await grovefs("mkfs", image, "--size", "64M")).code).toBe(0);
+
+    const mount = await grovefs("mount", image, mnt);
+    mounted.add(mnt);
+    expect(mount.code, mount.stderr).toBe(0);
+    expect(await isMountpoint(mnt)).toBe(true);
+
+    const write = await sh(`printf 'hello grove\\n' > '${mnt}/greeting' && mkdir '${mnt}/dir' && cat '${mnt}/greeting'`);
+    expect(write.code, write.stderr).toBe(0);
+    expect(write.stdout).toBe("hello grove\n");
+
+    expectOneLineError(await grovefs("mount", image, mnt), /already a mount point/);
+    const other = path.join(tmp.path, "other");
+    fs.mkdirSync(other);
+    expectOneLineError(await grovefs("mount", image, other), /is in use by another grovefs process/);
+
+    const umount = await grovefs("umount", mnt);
+    expect(umount.code, umount.stderr).toBe(0);
+    expect(await isMountpoint(mnt)).toBe(false);
+    mounted.delete(mnt);
+    // umount returned only after the daemon closed the image: it is unlocked and committed.
+    const info = await grovefs("info", image, "--json");
+    expect(JSON.parse(info.stdout)).toMatchObject({ inUse: false, inodes: 3 });
+
+    const remount = await grovefs("mount", image, mnt);
+    expect(remount.code, remount.stderr).toBe(0);
+    mounted.add(mnt);
+    const read = await sh(`cat '${mnt}/greeting' && ls '${mnt}'`);
+    expect(read.stdout).toBe("hello grove\ndir\ngreeting\n");
+    expect((await grovefs("umount", mnt)).code).toBe(0);
+    mounted.delete(mnt);
+    expect(await isMountpoint(mnt)).toBe(false);
+  });
+
+  it("exits cleanly when unmounted by plain umount, and mounts read-only with -o ro", async () => {
+    const image = path.join(tmp.path, "vol.img");
+    const mnt = path.join(tmp.path, "mnt");
+    fs.mkdirSync(mnt);
+    expect((await grovefs("mkfs", image, "--size", "16M")).code).toBe(0);
+    const mount = await grovefs("mount", image, mnt);
+    expect(mount.code, mount.stderr).toBe(0);
+    mounted.add(mnt);
+    expect((await sh(`echo kept > '${mnt}/f'`)).code).toBe(0);
+    expect((await run("umount", [mnt])).code).toBe(0);
+    mounted.delete(mnt);
+    // The daemon notices within its one-second tick, commits and releases the image.
+    let info: RunResult | null = null;
+    for (let attempt = 0; attempt < 50; attempt++) {
+      info = await grovefs("info", image, "--json");
+      if (JSON.parse(info.stdout).inUse === false) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(JSON.parse(info!.stdout)).toMatchObject({ inUse: false, inodes: 2 });
+
+    const mountRo = await grovefs("mount", "-o", "ro", image, mnt);
+    expect(mountRo.code, mountRo.stderr).toBe(0);
+    mounted.add(mnt);
+    const read = await sh(`cat '${mnt}/f'`);
+    expect(read.stdout).toBe("kept\n");
+    const write = await sh(`echo no > '${mnt}/g'`);
+    expect(write.code).not.toBe(0);
+    expect(write.stderr).toMatch(/Read-only file system/);
+    expect((await grovefs("umount", mnt)).code).toBe(0);
+    mounted.delete(mnt);
+  });
+});
