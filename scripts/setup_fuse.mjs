@@ -245,6 +245,31 @@ const jsPatches = [
       "    this.ops.utimens(path, atime, mtime, err => {\n",
   },
   {
+    what: "_op_getxattr size query and ERANGE",
+    from:
+      "        if (!value) return signal(IS_OSX ? -93 : -61, valueBuf.buffer)\n" +
+      "        value.copy(valueBuf)\n",
+    to:
+      "        if (!value) return signal(IS_OSX ? -93 : -61, valueBuf.buffer)\n" +
+      `        // ${MARK}: a zero-sized buffer asks for the size; a short one is ERANGE (getxattr(2)).\n` +
+      "        if (!valueBuf.length) return signal(value.length, valueBuf.buffer)\n" +
+      "        if (value.length > valueBuf.length) return signal(-34, valueBuf.buffer)\n" +
+      "        value.copy(valueBuf)\n",
+  },
+  {
+    what: "_op_listxattr ERANGE",
+    from:
+      "        let ptr = 0\n" +
+      "        for (const name of list) {\n",
+    to:
+      `        // ${MARK}: a buffer too short for the list is ERANGE (listxattr(2)).\n` +
+      "        let needed = 0\n" +
+      "        for (const name of list) needed += Buffer.byteLength(name) + 1\n" +
+      "        if (needed > listBuf.length) return signal(-34, listBuf.buffer)\n" +
+      "        let ptr = 0\n" +
+      "        for (const name of list) {\n",
+  },
+  {
     what: "export of the native binding",
     from: "\nmodule.exports = Fuse\n",
     to: `\nFuse.binding = binding // ${MARK}\n\nmodule.exports = Fuse\n`,
