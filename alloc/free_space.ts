@@ -193,7 +193,12 @@ export class FreeSpace implements SpaceManager {
   allocateExtent(count: number, hint?: number): Extent {
     assert(Number.isSafeInteger(count) && count > 0, "allocation of a positive block count");
     const fit = this.pick(count, hint);
-    const extent = fit !== undefined ? { start: fit.start, length: count } : this.avail.largest();
+    let extent = fit !== undefined ? { start: fit.start, length: count } : this.avail.largest();
+    if (extent === undefined && this.runNext < this.runEnd) {
+      // The node run holds the last free blocks: data may have them (reserve counted them).
+      this.closeRun();
+      extent = this.avail.largest();
+    }
     if (extent === undefined) throw new GroveError("ENOSPC", "ENOSPC_alloc", "no free block");
     return this.take(extent.start, Math.min(count, extent.length));
   }

@@ -91,8 +91,12 @@ class FsWalk {
       this.orphans.add(orphan);
       return;
     }
-    if (key.length !== 8) return; // an extended attribute chunk
     const ino = Number(key.readBigUInt64BE(0));
+    if (key.length !== 8) {
+      // An extended attribute chunk: it sorts after its inode's record, which must exist.
+      if (!this.seen.has(ino)) this.problems.push(`extended attribute of inode ${ino}, which does not exist`);
+      return;
+    }
     const inode = decodeInode(ino, value);
     this.seen.set(ino, { inode, names: 0, subdirs: 0, parents: [], extentBlocks: 0, extentEnd: 0 });
     if ((inode.mode & C.S_IFMT) === C.S_IFDIR) this.directories++;

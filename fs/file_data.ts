@@ -41,6 +41,8 @@ function newBlock(): Buffer {
 export class FileData {
   /** Buffered blocks per inode: file block index → a full block image. */
   private readonly buffers = new Map<number, Map<number, Buffer>>();
+  /** Buffered blocks that were holes when buffered: what write-out will add to the file's blocks. */
+  private readonly holes = new Map<number, Set<number>>();
   private bufferedBlocks = 0;
   /**
    * Read-ahead: a sequential reader gets the rest of an extent in one device
@@ -54,6 +56,8 @@ export class FileData {
   constructor(
     private readonly store: Store,
     private readonly space: FreeSpace,
+    /** Blocks growth must leave free for deletes (the filesystem's shrink reserve). */
+    private readonly shrinkReserveBlocks: () => number,
   ) {}
 
   get bufferedBytes(): number {
@@ -72,9 +76,27 @@ export class FileData {
     return this.buffers.has(ino);
   }
 
-  /** Blocks that will be allocated once buffered data is written out (the kernel's view of st_blocks). */
+  /** Blocks that buffered data adds to the file once written out (so st_blocks is right before then). */
   bufferedBlocksOf(ino: number): number {
-    return this.buffers.get(ino)?.size ?? 0;
+    return this.holes.get(ino)?.size ?? 0;
+  }
+
+  /**
+   * Buffers the current bytes of the partial blocks at `start` and `end`, so
+   * that the write or truncate that follows reads nothing: a read error
+   * (EIO) then refuses the operation before it changes anything.
+   */
+  preloadEdges(inode: Inode, map: ItemMap, start: number, end: number): void {
+    if (inode.kind === PayloadKind.Bytes || this.fitsInline(inode, Math.max(inode.size, end))) return;
+    const fileBlocks = Math.ceil(inode.size / blockSizeBytes);
+    for (const at of new Set([start, end])) {
+      const b = Math.floor(at / blockSizeBytes);
+      if (at % blockSizeBytes === 0 || b >= fileBlocks || this.buffers.get(inode.ino)?.has(b)) continue;
+      const block = this.loadBlock(inode, map, b);
+      this.bufferOf(inode.ino).set(b, block);
+      this.bufferedBlocks++;
+      if (!this.hasExtentAt(inode, map, b)) this.holesOf(inode.ino).add(b);
+    }
   }
 
   read(inode: Inode, map: ItemMap, out: Buffer, length: number, position: number): number {
@@ -92,13 +114,22 @@ export class FileData {
     const last = this.lastRead;
     const sequential = last.ino === inode.ino && firstBlock >= last.endBlock - 1 && firstBlock <= last.endBlock;
     this.lastRead = { ino: inode.ino, endBlock };
-    for (const extent of this.extentsIn(inode, map, firstBlock, endBlock)) {
-      const from = Math.max(extent.fileBlock, firstBlock);
-      const to = Math.min(extent.fileBlock + extent.blocks, endBlock);
-      const data = this.readExtentBlocks(inode.ino, extent, from - extent.fileBlock, to - from, sequential);
-      this.copyBlocks(data, from, to, out, position, end);
-    }
     const buffered = this.buffers.get(inode.ino);
+    for (const extent of this.extentsIn(inode, map, firstBlock, endBlock)) {
+      let from = Math.max(extent.fileBlock, firstBlock);
+      const to = Math.min(extent.fileBlock + extent.blocks, endBlock);
+      // Only the blocks no buffered block replaces are read (and checked).
+      while (from < to) {
+        while (from < to && buffered?.has(from)) from++;
+        let stop = from;
+        while (stop < to && !buffered?.has(stop)) stop++;
+        if (stop > from) {
+          const data = this.readExtentBlocks(inode.ino, extent, from - extent.fileBlock, stop - from, sequential);
+          this.copyBlocks(data, from, stop, out, position, end);
+        }
+        from = stop;
+      }
+    }
     if (buffered !== undefined) {
       for (let b = firstBlock; b < endBlock; b++) {
         const block = buffered.get(b);
@@ -137,6 +168,7 @@ export class FileData {
     const firstBlock = Math.floor(position / blockSizeBytes);
     const endBlock = Math.ceil(end / blockSizeBytes);
     const buffered = this.bufferOf(inode.ino);
+    const mapped = this.mappedBlocks(inode, map, firstBlock, endBlock);
     for (let b = firstBlock; b < endBlock; b++) {
       const blockStart = b * blockSizeBytes;
       let block = buffered.get(b);
@@ -145,6 +177,7 @@ export class FileData {
         block = whole ? newBlock() : this.loadBlock(inode, map, b);
         buffered.set(b, block);
         this.bufferedBlocks++;
+        if (!mapped(b)) this.holesOf(inode.ino).add(b);
       }
       const from = Math.max(position, blockStart);
       const to = Math.min(end, blockStart + blockSizeBytes);
@@ -168,13 +201,15 @@ export class FileData {
       const keepBlocks = Math.ceil(size / blockSizeBytes);
       const buffered = this.buffers.get(inode.ino);
       if (buffered !== undefined) {
+        const holes = this.holes.get(inode.ino);
         for (const b of [...buffered.keys()]) {
           if (b >= keepBlocks) {
             buffered.delete(b);
+            holes?.delete(b);
             this.bufferedBlocks--;
           }
         }
-        if (buffered.size === 0) this.buffers.delete(inode.ino);
+        if (buffered.size === 0) this.dropBuffer(inode.ino);
       }
       this.punch(inode, map, keepBlocks, Number.MAX_SAFE_INTEGER);
       if (size === 0 && map.count === 0) map.clear();
@@ -191,7 +226,7 @@ export class FileData {
           this.bufferOf(inode.ino).set(last, loaded);
           this.bufferedBlocks++;
         }
-        if (this.buffers.get(inode.ino)?.size === 0) this.buffers.delete(inode.ino);
+        if (this.buffers.get(inode.ino)?.size === 0) this.dropBuffer(inode.ino);
       }
     }
     inode.size = size;
@@ -239,7 +274,7 @@ export class FileData {
       hint = got.start + got.length;
       i += got.length;
     }
-    this.buffers.delete(inode.ino);
+    this.dropBuffer(inode.ino);
   }
 
   /** Frees every data block and buffer of an inode that is going away. */
@@ -247,7 +282,7 @@ export class FileData {
     const buffered = this.buffers.get(inode.ino);
     if (buffered !== undefined) {
       this.bufferedBlocks -= buffered.size;
-      this.buffers.delete(inode.ino);
+      this.dropBuffer(inode.ino);
     }
     if (inode.kind !== PayloadKind.Bytes) {
       this.punch(inode, map, 0, Number.MAX_SAFE_INTEGER);
@@ -277,6 +312,7 @@ export class FileData {
     inode.payload = Buffer.alloc(0);
     if (inode.size > 0) {
       this.bufferOf(inode.ino).set(0, block);
+      this.holesOf(inode.ino).add(0);
       this.bufferedBlocks++;
     }
   }
@@ -289,7 +325,28 @@ export class FileData {
     if (fresh === 0) return;
     // Each extent of the write-out may need a record and a split of an old one.
     const extents = Math.ceil((this.bufferedBlocks + fresh) / extentBlocksMax) + this.buffers.size;
-    this.space.reserve(this.bufferedBlocks + fresh + 2 * extents, "grow");
+    this.space.reserve(this.bufferedBlocks + fresh + 2 * extents + this.shrinkReserveBlocks(), "grow");
+  }
+
+  private holesOf(ino: number): Set<number> {
+    let holes = this.holes.get(ino);
+    if (holes === undefined) {
+      holes = new Set();
+      this.holes.set(ino, holes);
+    }
+    return holes;
+  }
+
+  private dropBuffer(ino: number): void {
+    this.buffers.delete(ino);
+    this.holes.delete(ino);
+  }
+
+  /** Whether each file block in [first, end) lies in an extent, from one scan of the map. */
+  private mappedBlocks(inode: Inode, map: ItemMap, first: number, end: number): (block: number) => boolean {
+    const ranges: Array<[number, number]> = [];
+    for (const extent of this.extentsIn(inode, map, first, end)) ranges.push([extent.fileBlock, extent.fileBlock + extent.blocks]);
+    return (block) => ranges.some(([lo, hi]) => block >= lo && block < hi);
   }
 
   private bufferOf(ino: number): Map<number, Buffer> {

@@ -160,7 +160,7 @@ export class GroveFs implements FileSystemOps {
       throw new GroveError("EINVAL", "EINVAL_no_filesystem", "the volume holds no filesystem (no default subvolume)");
     }
     this.inodes = store.openTree(treeIdDefaultSubvolume);
-    this.data = new FileData(store, space);
+    this.data = new FileData(store, space, () => this.shrinkReserveBlocks());
     const counters = this.inodes.get(countersKey);
     if (counters === undefined) throw new GroveError("EIO", "EIO_counters", "the inode counter record is missing");
     this.nextIno = decodeCounters(counters);
@@ -217,7 +217,7 @@ export class GroveFs implements FileSystemOps {
     if (this.readOnly) return;
     this.writeOutAll();
     if (this.countersDirty) {
-      this.mutation(1, () => this.inodes.put(countersKey, encodeCounters(this.nextIno)));
+      this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.put(countersKey, encodeCounters(this.nextIno))));
       this.countersDirty = false;
     }
     this.store.commit();
@@ -283,11 +283,13 @@ export class GroveFs implements FileSystemOps {
 
   utimens(path: string, atime: TimeSpec, mtime: TimeSpec): void {
     const inode = this.resolve(path);
+    if (typeof atime === "bigint") checkTime(atime);
+    if (typeof mtime === "bigint") checkTime(mtime);
     if (atime === "omit" && mtime === "omit") return;
     this.mutation(1, () => {
       const now = this.clock();
-      if (atime !== "omit") inode.atimeNs = atime === "now" ? now : checkTime(atime);
-      if (mtime !== "omit") inode.mtimeNs = mtime === "now" ? now : checkTime(mtime);
+      if (atime !== "omit") inode.atimeNs = atime === "now" ? now : atime;
+      if (mtime !== "omit") inode.mtimeNs = mtime === "now" ? now : mtime;
       inode.ctimeNs = now;
       this.saveInode(inode);
     });
@@ -331,12 +333,16 @@ export class GroveFs implements FileSystemOps {
     if (this.mapOf(target).count > 0) {
       throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rmdir", "directory not empty", { path });
     }
-    this.mutation(4, () => {
-      this.removeEntry(dir, name);
-      dir.nlink--;
-      this.touchDir(dir);
-      this.freeInode(target);
-    });
+    this.mutation(
+      4,
+      () => {
+        this.removeEntry(dir, name);
+        dir.nlink--;
+        this.touchDir(dir);
+        this.freeInode(target);
+      },
+      "shrink",
+    );
   }
 
   opendir(path: string): number {
@@ -359,11 +365,15 @@ export class GroveFs implements FileSystemOps {
     const { dir, name } = this.parentFor(path, "remove");
     const target = this.entryInode(dir, name, path);
     if ((target.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_unlink", "is a directory", { path });
-    this.mutation(4, () => {
-      this.removeEntry(dir, name);
-      this.touchDir(dir);
-      this.dropLink(target);
-    });
+    this.mutation(
+      4,
+      () => {
+        this.removeEntry(dir, name);
+        this.touchDir(dir);
+        this.dropLink(target);
+      },
+      "shrink",
+    );
   }
 
   link(existing: string, newPath: string): Stat {
@@ -430,7 +440,7 @@ export class GroveFs implements FileSystemOps {
     if ((flags & ~(renameNoReplace | renameExchange)) !== 0 || flags === (renameNoReplace | renameExchange)) {
       throw new GroveError("EINVAL", "EINVAL_rename_flags", "invalid rename flags");
     }
-    const src = this.parentFor(from, "remove");
+    const src = this.parentFor(from, "rename-source");
     const dst = this.parentFor(to, "rename-target");
     const moving = this.entryInode(src.dir, src.name, from);
     const existingEntry = this.mapOf(dst.dir).get(dst.name);
@@ -526,6 +536,7 @@ export class GroveFs implements FileSystemOps {
     }
     if (count === 0) return 0;
     this.data.admitWrite(inode, at, count);
+    this.data.preloadEdges(inode, this.mapOf(inode), at, at + count);
     this.mutation(2, () => {
       this.data.write(inode, this.mapOf(inode), buffer.subarray(0, count), at);
       const now = this.clock();
@@ -566,7 +577,7 @@ export class GroveFs implements FileSystemOps {
     if (handle.directory || (this.openCounts.get(handle.ino) ?? 0) > 0) return;
     const inode = this.tryLoadInode(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
-      this.mutation(3, () => this.freeInode(inode));
+      this.mutation(3, () => this.freeInode(inode), "shrink");
     }
   }
 
@@ -624,11 +635,15 @@ export class GroveFs implements FileSystemOps {
     if (this.inodes.get(xattrChunkKey(prefix, 0)) === undefined) {
       throw new GroveError("ENODATA", "ENODATA_xattr", `no attribute ${name}`, { path });
     }
-    this.mutation(xattrValueSizeMaxBytes / xattrChunkBytes + 1, () => {
-      this.deleteXattr(prefix);
-      inode.ctimeNs = this.clock();
-      this.saveInode(inode);
-    });
+    this.mutation(
+      xattrValueSizeMaxBytes / xattrChunkBytes + 1,
+      () => {
+        this.deleteXattr(prefix);
+        inode.ctimeNs = this.clock();
+        this.saveInode(inode);
+      },
+      "shrink",
+    );
   }
 
   // ---- for the checker and tests ------------------------------------------------
@@ -671,12 +686,12 @@ export class GroveFs implements FileSystemOps {
   /** The directory that holds (or will hold) the last component of `path`, and that component. */
   private parentFor(
     path: string,
-    purpose: "create" | "open-create" | "remove" | "remove-dir" | "rename-target",
+    purpose: "create" | "open-create" | "remove" | "remove-dir" | "rename-source" | "rename-target",
   ): { dir: Inode; name: Buffer } {
     const parts = splitPath(path);
     const last = parts.pop();
     if (last === undefined) {
-      const code = purpose === "create" ? "EEXIST" : "EBUSY";
+      const code = purpose === "create" ? "EEXIST" : purpose === "remove" || purpose === "open-create" ? "EISDIR" : "EBUSY";
       throw new GroveError(code, `${code}_root`, "the root directory cannot be changed this way", { path });
     }
     if (last === "." || last === "..") {
@@ -691,7 +706,10 @@ export class GroveFs implements FileSystemOps {
     if (purpose === "create" && this.mapOf(dir).get(name) !== undefined) {
       throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
     }
-    if (purpose !== "remove" && purpose !== "remove-dir") this.checkWritable();
+    if ((purpose === "create" || purpose === "open-create") && this.nextIno > inoMax) {
+      throw new GroveError("ENOSPC", "ENOSPC_inodes", "no inode numbers left", { path });
+    }
+    if (purpose !== "remove" && purpose !== "remove-dir" && purpose !== "rename-source") this.checkWritable();
     return { dir, name };
   }
 
@@ -779,7 +797,7 @@ export class GroveFs implements FileSystemOps {
   }
 
   private createInode(dir: Inode, mode: number, caller: Caller): Inode {
-    if (this.nextIno > inoMax) throw new GroveError("ENOSPC", "ENOSPC_inodes", "no inode numbers left");
+    assert(this.nextIno <= inoMax, "inode numbers are checked before a mutation");
     const inode = newInode(this.nextIno++, mode, caller, this.clock(), this.store.generation);
     this.countersDirty = true;
     if ((dir.mode & S_ISGID) !== 0) inode.gid = dir.gid;
@@ -844,10 +862,14 @@ export class GroveFs implements FileSystemOps {
     if (orphans.length === 0) return;
     for (const ino of orphans) {
       const inode = this.tryLoadInode(ino);
-      this.mutation(3, () => {
-        if (inode !== undefined) this.freeInode(inode);
-        else this.inodes.delete(orphanKey(ino));
-      });
+      this.mutation(
+        3,
+        () => {
+          if (inode !== undefined) this.freeInode(inode);
+          else this.inodes.delete(orphanKey(ino));
+        },
+        "shrink",
+      );
     }
     this.sync();
   }
@@ -857,13 +879,18 @@ export class GroveFs implements FileSystemOps {
     if (size > fileSizeMaxBytes) throw new GroveError("EFBIG", "EFBIG_truncate", `files are limited to ${fileSizeMaxBytes} bytes`);
     this.checkWritable();
     this.data.admit(inode.ino, 0, 1);
-    this.mutation(4, () => {
-      this.data.truncate(inode, this.mapOf(inode), size);
-      const now = this.clock();
-      inode.mtimeNs = now;
-      inode.ctimeNs = now;
-      this.saveInode(inode);
-    });
+    if (size < inode.size) this.data.preloadEdges(inode, this.mapOf(inode), size, size);
+    this.mutation(
+      4,
+      () => {
+        this.data.truncate(inode, this.mapOf(inode), size);
+        const now = this.clock();
+        inode.mtimeNs = now;
+        inode.ctimeNs = now;
+        this.saveInode(inode);
+      },
+      size < inode.size ? "shrink" : "grow",
+    );
     this.afterWrite();
   }
 
@@ -872,10 +899,15 @@ export class GroveFs implements FileSystemOps {
     if (this.readOnly) return;
     const now = this.clock();
     if (inode.atimeNs > inode.mtimeNs && inode.atimeNs > inode.ctimeNs && now - inode.atimeNs < day) return;
-    this.mutation(1, () => {
-      inode.atimeNs = now;
-      this.saveInode(inode);
-    });
+    try {
+      this.mutation(1, () => {
+        inode.atimeNs = now;
+        this.saveInode(inode);
+      });
+    } catch (error) {
+      // A full volume still reads: the access time simply stays.
+      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.store.isPoisoned) throw error;
+    }
   }
 
   private stat(inode: Inode): Stat {
@@ -901,10 +933,12 @@ export class GroveFs implements FileSystemOps {
   private writeOutAll(): void {
     for (const ino of this.data.inodesWithBuffers()) {
       const inode = this.loadInode(ino);
-      this.mutation(0, () => {
-        this.data.writeOut(inode, this.mapOf(inode));
-        this.saveInode(inode);
-      });
+      this.mutation(0, () =>
+        this.store.spendingHeadroom(() => {
+          this.data.writeOut(inode, this.mapOf(inode));
+          this.saveInode(inode);
+        }),
+      );
     }
   }
 
@@ -917,14 +951,30 @@ export class GroveFs implements FileSystemOps {
    * Runs a mutation of about `puts` tree updates: refused up front (EROFS,
    * ENOSPC) or carried out whole; a failure halfway poisons the volume.
    */
-  private mutation<T>(puts: number, apply: () => T): T {
+  private mutation<T>(puts: number, apply: () => T, purpose: "grow" | "shrink" = "grow"): T {
     this.checkWritable();
-    if (puts > 0) this.space.reserve(puts * 2 * (this.inodes.level + 3), "grow");
+    if (puts > 0) {
+      const extra = purpose === "grow" ? this.shrinkReserveBlocks() : 0;
+      this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose);
+    }
     try {
       return apply();
     } catch (error) {
       return this.store.poison(error);
     }
+  }
+
+  /** What one inode-tree update may copy: a path of nodes, with splits. */
+  private blocksPerPut(): number {
+    return 2 * (this.inodes.level + 3);
+  }
+
+  /**
+   * Growth leaves this much behind, so that a full volume can still unlink,
+   * rmdir and truncate (each a few tree updates) to make room.
+   */
+  private shrinkReserveBlocks(): number {
+    return 4 * this.blocksPerPut();
   }
 
   private checkWritable(): void {

@@ -123,6 +123,7 @@ export class Store implements NodeStore {
   private readonly droppedTrees = new Map<number, Tree>();
   private poisoned: unknown = null;
   private committing = false;
+  private headroomSpender = false;
   private allocHint = firstAllocatableLba;
 
   private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
@@ -453,7 +454,23 @@ export class Store implements NodeStore {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
     assert(this.space !== null, "an allocator is attached before any mutation");
-    if (!this.committing) this.space.reserve(blocks + this.rootTreeCommitBlocks(), purpose, freedRanges);
+    if (this.committing) return;
+    this.space.reserve(blocks + this.rootTreeCommitBlocks(), this.headroomSpender ? "shrink" : purpose, freedRanges);
+  }
+
+  /**
+   * Runs `apply` with the growth headroom open to it: for work that was
+   * admitted earlier as growth and must now complete, such as writing out
+   * buffered file data that a write already accepted.
+   */
+  spendingHeadroom<T>(apply: () => T): T {
+    const before = this.headroomSpender;
+    this.headroomSpender = true;
+    try {
+      return apply();
+    } finally {
+      this.headroomSpender = before;
+    }
   }
 
   poison(cause: unknown): never {
