@@ -1065,7 +1065,12 @@ function checkTime(ns: bigint): bigint {
   return ns;
 }
 
-const xattrNamespaces = ["user.", "trusted.", "security.", "system."];
+/**
+ * system.* holds POSIX ACLs, which grovefs does not implement: answering
+ * EOPNOTSUPP makes tools such as cp -a fall back to chmod, where storing
+ * the ACL as a plain attribute would silently lose the mode.
+ */
+const xattrNamespaces = ["user.", "trusted.", "security."];
 
 function xattrName(name: string): Buffer {
   const bytes = Buffer.from(name, "utf8");

@@ -348,8 +348,16 @@ function guard(op: string, fn: (...args: unknown[]) => unknown, self: object, re
     let done = false;
     args[args.length - 1] = (err: unknown, ...rest: unknown[]) => {
       if (done) return;
+      // fuse-native's reply callback sends the reply last: if it throws,
+      // nothing was sent, and the caller would wait forever unless `fail`
+      // still answers EIO. So `done` is set only once it returned.
+      try {
+        cb(errnoOf(err), ...rest);
+      } catch (replyError) {
+        fail(replyError);
+        return;
+      }
       done = true;
-      cb(errnoOf(err), ...rest);
     };
     const fail = (err: unknown) => {
       report(op, err);
