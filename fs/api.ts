@@ -100,6 +100,8 @@ export interface FileSystemOps {
   statfs(): StatFs;
 
   getxattr(path: string, name: string): Buffer;
+  /** getxattr, but undefined for a missing attribute instead of ENODATA (the kernel's hot miss). */
+  findXattr(path: string, name: string): Buffer | undefined;
   setxattr(path: string, name: string, value: Buffer, flags: number): void;
   listxattr(path: string): string[];
   removexattr(path: string, name: string): void;

@@ -26,6 +26,7 @@ import {
   decodeExtent,
   decodeInode,
   decodeItems,
+  extentCrc,
   orphanIno,
 } from "./format.js";
 import { mapOwner } from "./item_map.js";
@@ -134,7 +135,7 @@ class FsWalk {
       return;
     }
     for (let i = 0; i < extent.diskBlocks; i++) {
-      if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extent.crcs[i]) {
+      if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extentCrc(extent, i)) {
         this.problems.push(`inode ${ino}: data block ${extent.lba + i} fails its checksum`);
       }
     }

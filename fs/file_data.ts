@@ -20,8 +20,14 @@ import { CorruptionError, IoError, assert, blockSizeBytes, crc32c } from "../kvs
 import type { FreeSpace } from "../alloc/index.js";
 import type { Store } from "../kvstore/index.js";
 import { dirtyDataBytesMax, extentBlocksMax, inodeInlineBytesMax } from "./constants.js";
-import { Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentKey } from "./format.js";
+import { Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentCrc, extentKey } from "./format.js";
 import type { ItemMap } from "./item_map.js";
+
+/** A streaming reader has the next 2 MiB of the device read in the background. */
+const prefetchBlocks = 512;
+
+/** A read of at least this many blocks (64 KiB) is taken as streaming and read ahead. */
+const streamingReadBlocksMin = 16;
 
 /** Buffered blocks are carved from slabs: one allocation per 256 blocks instead of one per block. */
 const slabBlocks = 256;
@@ -52,6 +58,7 @@ export class FileData {
    */
   private readAhead: { lba: number; blocks: number; data: Buffer } | null = null;
   private lastRead = { ino: -1, endBlock: -1 };
+  private readonly readAheadBuffer = Buffer.allocUnsafeSlow(extentBlocksMax * blockSizeBytes);
 
   constructor(
     private readonly store: Store,
@@ -112,7 +119,9 @@ export class FileData {
     const firstBlock = Math.floor(position / blockSizeBytes);
     const endBlock = Math.ceil(end / blockSizeBytes);
     const last = this.lastRead;
-    const sequential = last.ino === inode.ino && firstBlock >= last.endBlock - 1 && firstBlock <= last.endBlock;
+    // The kernel's own read-ahead sends large reads, not always in order: treat those as streaming too.
+    const streaming = endBlock - firstBlock >= streamingReadBlocksMin;
+    const sequential = streaming || (last.ino === inode.ino && firstBlock >= last.endBlock - 1 && firstBlock <= last.endBlock);
     this.lastRead = { ino: inode.ino, endBlock };
     const buffered = this.buffers.get(inode.ino);
     for (const extent of this.extentsIn(inode, map, firstBlock, endBlock)) {
@@ -248,11 +257,11 @@ export class FileData {
       while (j < indices.length && j - i < extentBlocksMax && indices[j] === indices[j - 1]! + 1) j++;
       const got = this.space.allocateExtent(j - i, hint);
       const blocks: Buffer[] = [];
-      const crcs = new Uint32Array(got.length);
+      const crcs = Buffer.allocUnsafe(4 * got.length);
       for (let k = 0; k < got.length; k++) {
         const block = buffered.get(indices[i + k]!)!;
         blocks.push(block);
-        crcs[k] = crc32c(block);
+        crcs.writeUInt32LE(crc32c(block), 4 * k);
       }
       try {
         this.store.device.writev(got.start, blocks);
@@ -400,13 +409,17 @@ export class FileData {
       return ahead.data.subarray((lba - ahead.lba) * blockSizeBytes, (lba - ahead.lba + count) * blockSizeBytes);
     }
     const blocks = sequential ? extent.diskBlocks - skip : count;
-    const data = this.readVerified(ino, extent, skip, blocks);
+    // The read-ahead buffer is reused: at most one extent's worth, replaced on every fill.
+    if (sequential) this.readAhead = null;
+    const data = this.readVerified(ino, extent, skip, blocks, sequential ? this.readAheadBuffer : undefined);
     if (sequential && blocks > count) this.readAhead = { lba, blocks, data };
+    // Data is laid out in file order, so what follows on disk is what a streaming reader wants next.
+    if (sequential) this.store.device.prefetch?.(lba + blocks, prefetchBlocks);
     return data.subarray(0, count * blockSizeBytes);
   }
 
-  private readVerified(ino: number, extent: Extent, skip: number, count: number): Buffer {
-    const data = Buffer.allocUnsafe(count * blockSizeBytes);
+  private readVerified(ino: number, extent: Extent, skip: number, count: number, into?: Buffer): Buffer {
+    const data = into !== undefined ? into.subarray(0, count * blockSizeBytes) : Buffer.allocUnsafe(count * blockSizeBytes);
     try {
       this.store.device.read(extent.lba + skip, data);
     } catch (error) {
@@ -414,7 +427,7 @@ export class FileData {
     }
     for (let k = 0; k < count; k++) {
       const block = data.subarray(k * blockSizeBytes, (k + 1) * blockSizeBytes);
-      if (crc32c(block) !== extent.crcs[skip + k]) {
+      if (crc32c(block) !== extentCrc(extent, skip + k)) {
         throw new CorruptionError(
           "EIO_data_checksum",
           `inode ${ino}: data block ${extent.lba + skip + k} (file block ${extent.fileBlock + skip + k}) fails its checksum`,
@@ -472,6 +485,6 @@ function slice(extent: Extent, skip: number, blocks: number): Extent {
     blocks,
     diskBlocks: blocks,
     compression: extent.compression,
-    crcs: extent.crcs.slice(skip, skip + blocks),
+    crcs: Buffer.from(extent.crcs.subarray(4 * skip, 4 * (skip + blocks))),
   };
 }

@@ -584,13 +584,21 @@ export class GroveFs implements FileSystemOps {
   // ---- extended attributes ----------------------------------------------------
 
   getxattr(path: string, name: string): Buffer {
+    const value = this.findXattr(path, name);
+    if (value === undefined) throw new GroveError("ENODATA", "ENODATA_xattr", `no attribute ${name}`, { path });
+    return value;
+  }
+
+  /**
+   * getxattr without an error for a missing attribute: the kernel asks for
+   * security.capability before every write, so the miss is the hot case.
+   */
+  findXattr(path: string, name: string): Buffer | undefined {
     const inode = this.resolve(path);
-    const key = xattrName(name);
+    const prefix = xattrPrefix(inode.ino, xattrName(name));
     const chunks: Buffer[] = [];
-    const prefix = xattrPrefix(inode.ino, key);
     for (const [, value] of this.inodes.range({ from: prefix, to: xattrChunkKey(prefix, 255) })) chunks.push(value);
-    if (chunks.length === 0) throw new GroveError("ENODATA", "ENODATA_xattr", `no attribute ${name}`, { path });
-    return Buffer.concat(chunks);
+    return chunks.length === 0 ? undefined : Buffer.concat(chunks);
   }
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {

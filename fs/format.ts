@@ -302,8 +302,12 @@ export interface Extent {
   blocks: number;
   diskBlocks: number;
   compression: number;
-  /** One crc32c per block on disk. */
-  crcs: Uint32Array;
+  /** One crc32c per block on disk, little-endian u32s (a view into the record; read with `extentCrc`). */
+  crcs: Buffer;
+}
+
+export function extentCrc(extent: Extent, block: number): number {
+  return extent.crcs.readUInt32LE(4 * block);
 }
 
 export function extentKey(fileBlock: number): Buffer {
@@ -318,7 +322,7 @@ export function encodeExtent(extent: Extent): Buffer {
   value.writeUInt16LE(extent.blocks, E_BLOCKS);
   value.writeUInt16LE(extent.diskBlocks, E_DISK_BLOCKS);
   value.writeUInt8(extent.compression, E_COMPRESSION);
-  for (let i = 0; i < extent.diskBlocks; i++) value.writeUInt32LE(extent.crcs[i]!, E_CRCS + 4 * i);
+  extent.crcs.copy(value, E_CRCS, 0, 4 * extent.diskBlocks);
   return value;
 }
 
@@ -331,8 +335,7 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
   const diskBlocks = value.readUInt16LE(E_DISK_BLOCKS);
   const blocks = value.readUInt16LE(E_BLOCKS);
   if (value.length !== E_CRCS + 4 * diskBlocks || blocks === 0 || diskBlocks === 0) bad("block counts");
-  const crcs = new Uint32Array(diskBlocks);
-  for (let i = 0; i < diskBlocks; i++) crcs[i] = value.readUInt32LE(E_CRCS + 4 * i);
+  const crcs = value.subarray(E_CRCS, E_CRCS + 4 * diskBlocks);
   return {
     fileBlock: Number(key.readBigUInt64BE(0)),
     lba: Number(value.readBigUInt64LE(E_LBA)),

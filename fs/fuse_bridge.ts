@@ -227,7 +227,8 @@ export function fuseHandlers(fs: BridgedFs, state: BridgeState = { closed: false
     utimens: (path, atime, mtime, cb) =>
       serve(state, "utimens", cb, () => fs.utimens(path, ...utimensFromFuse(atime, mtime)), () => cb(0)),
     // The binding copies the value out (what fits) and answers its full length.
-    getxattr: (path, name, _position, cb) => serve(state, "getxattr", cb, () => fs.getxattr(path, name), (v) => cb(0, v)),
+    // fuse-native answers ENODATA for an undefined value; no error object is built for the common miss.
+    getxattr: (path, name, _position, cb) => serve(state, "getxattr", cb, () => fs.findXattr(path, name), (v) => cb(0, v)),
     setxattr: (path, name, value, _position, flags, cb) =>
       serve(state, "setxattr", cb, () => fs.setxattr(path, name, Buffer.from(value), flags), () => cb(0)),
     listxattr: (path, cb) => serve(state, "listxattr", cb, () => fs.listxattr(path), (names) => cb(0, names)),

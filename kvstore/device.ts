@@ -22,7 +22,16 @@ export interface BlockDevice {
   /** Makes every earlier write durable. */
   flush(): void;
   close(): void;
+  /**
+   * A hint that blocks [lba, lba + count) will be read soon: the device may
+   * start reading them in the background. It changes nothing and may do nothing.
+   */
+  prefetch?(lba: number, count: number): void;
 }
+
+/** Background reads that warm the page cache ahead of a streaming reader. */
+const prefetchInflightMax = 2;
+
 
 export function checkTransfer(device: BlockDevice, lba: number, buf: Uint8Array): void {
   assert(Number.isSafeInteger(lba) && lba >= 0, `lba ${lba} is not a block index`);
@@ -101,6 +110,9 @@ export class FileDevice implements BlockDevice {
   readonly blockCount: number;
   readonly path: string;
   private fd: number;
+  private prefetchFd = -1;
+  private prefetchInflight = 0;
+  private prefetchScratch = Buffer.alloc(0);
 
   private constructor(path: string, fd: number, blockCount: number) {
     this.path = path;
@@ -232,5 +244,35 @@ export class FileDevice implements BlockDevice {
     if (this.fd < 0) return;
     fs.closeSync(this.fd);
     this.fd = -1;
+    if (this.prefetchFd >= 0 && this.prefetchInflight === 0) fs.closeSync(this.prefetchFd);
+    this.prefetchFd = -1;
+  }
+
+  /**
+   * Reads ahead with Node's asynchronous I/O, through a descriptor of its own
+   * (so closing the device never races a background read on a reused fd
+   * number, and the image lock is not involved). The data is thrown away:
+   * the point is that the synchronous read that follows finds the page cache
+   * warm instead of waiting for the disk with the event loop blocked.
+   */
+  prefetch(lba: number, count: number): void {
+    if (this.fd < 0 || this.prefetchInflight >= prefetchInflightMax) return;
+    const blocks = Math.min(count, this.blockCount - lba);
+    if (blocks <= 0) return;
+    if (this.prefetchFd < 0) {
+      try {
+        this.prefetchFd = fs.openSync(this.path, "r");
+      } catch {
+        return;
+      }
+    }
+    const fd = this.prefetchFd;
+    this.prefetchInflight++;
+    // One scratch buffer serves every background read: what lands in it is never looked at.
+    if (this.prefetchScratch.length < blocks * blockSizeBytes) this.prefetchScratch = Buffer.allocUnsafeSlow(blocks * blockSizeBytes);
+    fs.read(fd, this.prefetchScratch, 0, blocks * blockSizeBytes, lba * blockSizeBytes, () => {
+      this.prefetchInflight--;
+      if (this.prefetchInflight === 0 && this.prefetchFd !== fd) fs.closeSync(fd);
+    });
   }
 }
