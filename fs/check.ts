@@ -95,7 +95,9 @@ class FsWalk {
     const ino = Number(key.readBigUInt64BE(0));
     if (key.length !== 8) {
       // An extended attribute chunk: it sorts after its inode's record, which must exist.
-      if (!this.seen.has(ino)) this.problems.push(`extended attribute of inode ${ino}, which does not exist`);
+      const owner = this.seen.get(ino);
+      if (owner === undefined) this.problems.push(`extended attribute of inode ${ino}, which does not exist`);
+      else if ((owner.inode.flags & 1) === 0) this.problems.push(`inode ${ino} has extended attributes but not the flag that says so`);
       return;
     }
     const inode = decodeInode(ino, value);

@@ -82,6 +82,8 @@ const S_IFLNK = C.S_IFLNK;
 const S_ISGID = 0o2000;
 const S_ISVTX = 0o1000;
 const permissionBits = 0o7777;
+/** Inode flag: an extended attribute was set at some point, so freeing the inode must look for them. */
+const inodeFlagHadXattrs = 1;
 const O_ACCMODE = 3;
 const day = 86_400_000_000_000n;
 
@@ -577,7 +579,7 @@ export class GroveFs implements FileSystemOps {
     if (handle.directory || (this.openCounts.get(handle.ino) ?? 0) > 0) return;
     const inode = this.tryLoadInode(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
-      this.mutation(3, () => this.freeInode(inode), "shrink");
+      this.mutation(3, () => this.freeInode(inode, true), "shrink");
     }
   }
 
@@ -621,6 +623,7 @@ export class GroveFs implements FileSystemOps {
       for (let i = 0; i < chunks; i++) {
         this.inodes.put(xattrChunkKey(prefix, i), value.subarray(i * xattrChunkBytes, (i + 1) * xattrChunkBytes));
       }
+      inode.flags |= inodeFlagHadXattrs;
       inode.ctimeNs = this.clock();
       this.saveInode(inode);
     });
@@ -844,13 +847,14 @@ export class GroveFs implements FileSystemOps {
     }
   }
 
-  private freeInode(inode: Inode): void {
+  /** Frees an inode and all it owns; `orphan` when it was listed as one (unlinked while open). */
+  private freeInode(inode: Inode, orphan = false): void {
     const map = this.mapOf(inode);
     if ((inode.mode & S_IFMT) === S_IFDIR) map.clear();
     else this.data.discard(inode, map);
-    this.deleteXattr(xattrPrefix(inode.ino));
+    if ((inode.flags & inodeFlagHadXattrs) !== 0) this.deleteXattr(xattrPrefix(inode.ino));
     this.inodes.delete(inodeKey(inode.ino));
-    this.inodes.delete(orphanKey(inode.ino));
+    if (orphan) this.inodes.delete(orphanKey(inode.ino));
   }
 
   /** Deletes every xattr chunk under `prefix` (one attribute, or all of an inode's). */
@@ -873,7 +877,7 @@ export class GroveFs implements FileSystemOps {
       this.mutation(
         3,
         () => {
-          if (inode !== undefined) this.freeInode(inode);
+          if (inode !== undefined) this.freeInode(inode, true);
           else this.inodes.delete(orphanKey(ino));
         },
         "shrink",

@@ -23,7 +23,7 @@
  *       32     8  mtime, ns
  *       40     8  ctime, ns
  *       48     8  crtime, ns
- *       56     4  flags (reserved, zero)
+ *       56     4  flags (bit 0: has had extended attributes)
  *       60     4  rdev
  *       64     8  generation (the transaction that created the inode)
  *       72     8  data blocks owned (for st_blocks)
