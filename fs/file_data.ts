@@ -23,8 +23,9 @@ import { dirtyDataBytesMax, extentBlocksMax, inodeInlineBytesMax } from "./const
 import { Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentCrc, extentKey } from "./format.js";
 import type { ItemMap } from "./item_map.js";
 
-/** A streaming reader has the next 2 MiB of the device read in the background. */
-const prefetchBlocks = 512;
+/** A streaming reader has up to 8 MiB past it read in the background, 1 MiB a request. */
+const prefetchWindowBlocks = 2048;
+const prefetchChunkBlocks = 256;
 
 /** A read of at least this many blocks (64 KiB) is taken as streaming and read ahead. */
 const streamingReadBlocksMin = 16;
@@ -58,6 +59,8 @@ export class FileData {
    */
   private readAhead: { lba: number; blocks: number; data: Buffer } | null = null;
   private lastRead = { ino: -1, endBlock: -1 };
+  /** The device LBA up to which background reads have been started. */
+  private prefetchedEnd = 0;
   private readonly readAheadBuffer = Buffer.allocUnsafeSlow(extentBlocksMax * blockSizeBytes);
 
   constructor(
@@ -413,9 +416,22 @@ export class FileData {
     if (sequential) this.readAhead = null;
     const data = this.readVerified(ino, extent, skip, blocks, sequential ? this.readAheadBuffer : undefined);
     if (sequential && blocks > count) this.readAhead = { lba, blocks, data };
-    // Data is laid out in file order, so what follows on disk is what a streaming reader wants next.
-    if (sequential) this.store.device.prefetch?.(lba + blocks, prefetchBlocks);
+    if (sequential) this.prefetchAfter(lba + blocks);
     return data.subarray(0, count * blockSizeBytes);
+  }
+
+  /**
+   * Data is laid out in file order, so what follows on disk is what a
+   * streaming reader wants next: keep the device reading up to a window
+   * ahead of `lba`, one chunk at a time.
+   */
+  private prefetchAfter(lba: number): void {
+    const device = this.store.device;
+    if (device.prefetch === undefined) return;
+    if (this.prefetchedEnd < lba || this.prefetchedEnd > lba + prefetchWindowBlocks) this.prefetchedEnd = lba;
+    while (this.prefetchedEnd - lba < prefetchWindowBlocks && device.prefetch(this.prefetchedEnd, prefetchChunkBlocks)) {
+      this.prefetchedEnd += prefetchChunkBlocks;
+    }
   }
 
   private readVerified(ino: number, extent: Extent, skip: number, count: number, into?: Buffer): Buffer {

@@ -24,13 +24,14 @@ export interface BlockDevice {
   close(): void;
   /**
    * A hint that blocks [lba, lba + count) will be read soon: the device may
-   * start reading them in the background. It changes nothing and may do nothing.
+   * start reading them in the background. It changes nothing and may do
+   * nothing; it says whether it started.
    */
-  prefetch?(lba: number, count: number): void;
+  prefetch?(lba: number, count: number): boolean;
 }
 
 /** Background reads that warm the page cache ahead of a streaming reader. */
-const prefetchInflightMax = 2;
+const prefetchInflightMax = 4;
 
 
 export function checkTransfer(device: BlockDevice, lba: number, buf: Uint8Array): void {
@@ -255,15 +256,15 @@ export class FileDevice implements BlockDevice {
    * the point is that the synchronous read that follows finds the page cache
    * warm instead of waiting for the disk with the event loop blocked.
    */
-  prefetch(lba: number, count: number): void {
-    if (this.fd < 0 || this.prefetchInflight >= prefetchInflightMax) return;
+  prefetch(lba: number, count: number): boolean {
+    if (this.fd < 0 || this.prefetchInflight >= prefetchInflightMax) return false;
     const blocks = Math.min(count, this.blockCount - lba);
-    if (blocks <= 0) return;
+    if (blocks <= 0) return false;
     if (this.prefetchFd < 0) {
       try {
         this.prefetchFd = fs.openSync(this.path, "r");
       } catch {
-        return;
+        return false;
       }
     }
     const fd = this.prefetchFd;
@@ -274,5 +275,6 @@ export class FileDevice implements BlockDevice {
       this.prefetchInflight--;
       if (this.prefetchInflight === 0 && this.prefetchFd !== fd) fs.closeSync(fd);
     });
+    return true;
   }
 }
