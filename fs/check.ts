@@ -163,7 +163,9 @@ class FsWalk {
     if (root === undefined) problems.push("the root directory is missing");
     for (const [ino, seen] of this.seen) this.checkInode(ino, seen, problems);
     for (const ino of this.orphans) {
-      if (!this.seen.has(ino)) problems.push(`orphan ${ino} names no inode`);
+      const seen = this.seen.get(ino);
+      if (seen === undefined) problems.push(`orphan ${ino} names no inode`);
+      else if (seen.inode.nlink !== 0) problems.push(`orphan ${ino} still has ${seen.inode.nlink} links`);
     }
   }
 

@@ -289,17 +289,40 @@ export class FileData {
     this.dropBuffer(inode.ino);
   }
 
-  /** Frees every data block and buffer of an inode that is going away. */
+  /**
+   * Block ranges that freeing file blocks from `fromBlock` on will hand back,
+   * for admission. It reads every such extent (and, from block 0, the whole
+   * extent tree), so a corrupt one refuses the operation before it changes anything.
+   */
+  freedRanges(inode: Inode, map: ItemMap, fromBlock: number): number {
+    if (inode.kind === PayloadKind.Bytes) return 0;
+    let ranges = fromBlock === 0 ? map.treeRanges() : 0;
+    for (const _ of this.extentsIn(inode, map, fromBlock, Number.MAX_SAFE_INTEGER)) ranges++;
+    return ranges;
+  }
+
+  /** Blocks that buffered data will take when written out, records included. */
+  promisedBlocks(): number {
+    return this.bufferedBlocks + 2 * (Math.ceil(this.bufferedBlocks / extentBlocksMax) + this.buffers.size);
+  }
+
+  /**
+   * Frees every data block and buffer of an inode that is going away: the
+   * extents are freed as they are, then the extent tree whole, without
+   * copying a leaf that is about to be freed.
+   */
   discard(inode: Inode, map: ItemMap): void {
     const buffered = this.buffers.get(inode.ino);
     if (buffered !== undefined) {
       this.bufferedBlocks -= buffered.size;
       this.dropBuffer(inode.ino);
     }
-    if (inode.kind !== PayloadKind.Bytes) {
-      this.punch(inode, map, 0, Number.MAX_SAFE_INTEGER);
-      map.clear();
-    }
+    if (inode.kind === PayloadKind.Bytes) return;
+    const extents = [...this.extents(inode, map)];
+    if (extents.length > 0) this.readAhead = null;
+    for (const extent of extents) this.space.free(extent.lba, extent.diskBlocks);
+    inode.blocks = 0;
+    map.clear();
   }
 
   /** Every extent of a file, for the checker and for tests. */
@@ -414,7 +437,14 @@ export class FileData {
     const blocks = sequential ? extent.diskBlocks - skip : count;
     // The read-ahead buffer is reused: at most one extent's worth, replaced on every fill.
     if (sequential) this.readAhead = null;
-    const data = this.readVerified(ino, extent, skip, blocks, sequential ? this.readAheadBuffer : undefined);
+    let data: Buffer;
+    try {
+      data = this.readVerified(ino, extent, skip, blocks, sequential ? this.readAheadBuffer : undefined);
+    } catch (error) {
+      // A bad block past what was asked for must not fail this read: it fails when it is read itself.
+      if (!(error instanceof CorruptionError) || blocks === count) throw error;
+      return this.readVerified(ino, extent, skip, count);
+    }
     if (sequential && blocks > count) this.readAhead = { lba, blocks, data };
     if (sequential) this.prefetchAfter(lba + blocks);
     return data.subarray(0, count * blockSizeBytes);

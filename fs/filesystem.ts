@@ -314,6 +314,7 @@ export class GroveFs implements FileSystemOps {
   }
 
   mkdir(path: string, mode: number, caller: Caller): Stat {
+    this.makeRoom(16);
     const { dir, name } = this.parentFor(path, "create");
     const inode = this.mutation(4, () => {
       const child = this.createInode(dir, S_IFDIR | (mode & permissionBits & ~0o7000) | (mode & S_ISVTX), caller);
@@ -335,6 +336,7 @@ export class GroveFs implements FileSystemOps {
     if (this.mapOf(target).count > 0) {
       throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rmdir", "directory not empty", { path });
     }
+    const freed = this.mapOf(target).treeRanges();
     this.mutation(
       4,
       () => {
@@ -344,6 +346,7 @@ export class GroveFs implements FileSystemOps {
         this.freeInode(target);
       },
       "shrink",
+      freed,
     );
   }
 
@@ -367,6 +370,7 @@ export class GroveFs implements FileSystemOps {
     const { dir, name } = this.parentFor(path, "remove");
     const target = this.entryInode(dir, name, path);
     if ((target.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_unlink", "is a directory", { path });
+    const freed = this.freedRangesIfLast(target);
     this.mutation(
       4,
       () => {
@@ -375,10 +379,12 @@ export class GroveFs implements FileSystemOps {
         this.dropLink(target);
       },
       "shrink",
+      freed,
     );
   }
 
   link(existing: string, newPath: string): Stat {
+    this.makeRoom(16);
     const inode = this.resolve(existing);
     if ((inode.mode & S_IFMT) === S_IFDIR) {
       throw new GroveError("EPERM", "EPERM_link_dir", "hard links to directories are not allowed", { path: existing });
@@ -395,6 +401,7 @@ export class GroveFs implements FileSystemOps {
   }
 
   symlink(target: string, path: string, caller: Caller): Stat {
+    this.makeRoom(16);
     const bytes = Buffer.from(target, "utf8");
     if (bytes.length === 0) throw new GroveError("ENOENT", "ENOENT_symlink_empty", "empty symlink target", { path });
     if (bytes.length > symlinkTargetSizeMaxBytes) {
@@ -422,6 +429,7 @@ export class GroveFs implements FileSystemOps {
   }
 
   mknod(path: string, mode: number, rdev: number, caller: Caller): Stat {
+    this.makeRoom(16);
     const type = mode & S_IFMT;
     const allowed = [S_IFREG, C.S_IFIFO, C.S_IFSOCK, C.S_IFCHR, C.S_IFBLK];
     if (!allowed.includes(type === 0 ? S_IFREG : type)) {
@@ -442,6 +450,8 @@ export class GroveFs implements FileSystemOps {
     if ((flags & ~(renameNoReplace | renameExchange)) !== 0 || flags === (renameNoReplace | renameExchange)) {
       throw new GroveError("EINVAL", "EINVAL_rename_flags", "invalid rename flags");
     }
+    // Before anything is loaded: a commit here writes out buffered inodes.
+    this.makeRoom(16);
     const src = this.parentFor(from, "rename-source");
     const dst = this.parentFor(to, "rename-target");
     const moving = this.entryInode(src.dir, src.name, from);
@@ -458,6 +468,7 @@ export class GroveFs implements FileSystemOps {
       this.checkReplace(moving, existing, to);
     }
     this.checkNotIntoItself(moving, dst.dir, to);
+    const freed = existing === undefined ? 0 : this.freedRangesIfLast(existing);
     this.mutation(8, () => {
       const srcDir = src.dir;
       const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
@@ -481,12 +492,20 @@ export class GroveFs implements FileSystemOps {
       this.saveInode(moving);
       this.touchDir(srcDir);
       if (dstDir !== srcDir) this.touchDir(dstDir);
-    });
+    }, "grow", freed);
+  }
+
+  /** What freeing `inode` would hand back, if this name is its last and it is not open (read-only). */
+  private freedRangesIfLast(inode: Inode): number {
+    if ((inode.mode & S_IFMT) === S_IFDIR) return this.mapOf(inode).treeRanges();
+    if (inode.nlink > 1 || (this.openCounts.get(inode.ino) ?? 0) > 0) return 0;
+    return this.data.freedRanges(inode, this.mapOf(inode), 0);
   }
 
   // ---- files ----------------------------------------------------------------
 
   create(path: string, mode: number, flags: number, caller: Caller): number {
+    this.makeRoom(16);
     const { dir, name } = this.parentFor(path, "open-create");
     const entry = this.mapOf(dir).get(name);
     if (entry !== undefined) {
@@ -528,16 +547,25 @@ export class GroveFs implements FileSystemOps {
 
   write(fh: number, buffer: Buffer, length: number, position: number): number {
     const handle = this.handle(fh);
+    this.makeRoom(Math.ceil(Math.min(length, buffer.length) / blockSizeBytes) + 1);
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_write", "not open for writing");
     checkRange(length, position);
-    const inode = this.loadInode(handle.ino);
+    let inode = this.loadInode(handle.ino);
     const at = (handle.flags & C.O_APPEND) !== 0 ? inode.size : position;
     const count = Math.min(length, buffer.length);
     if (at + count > fileSizeMaxBytes) {
       throw new GroveError("EFBIG", "EFBIG_write", `file would exceed ${fileSizeMaxBytes} bytes`);
     }
     if (count === 0) return 0;
-    this.data.admitWrite(inode, at, count);
+    try {
+      this.data.admitWrite(inode, at, count);
+    } catch (error) {
+      // Space this transaction freed becomes usable once it commits: commit and try once more.
+      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
+      this.sync();
+      inode = this.loadInode(handle.ino);
+      this.data.admitWrite(inode, at, count);
+    }
     this.data.preloadEdges(inode, this.mapOf(inode), at, at + count);
     this.mutation(2, () => {
       this.data.write(inode, this.mapOf(inode), buffer.subarray(0, count), at);
@@ -579,7 +607,8 @@ export class GroveFs implements FileSystemOps {
     if (handle.directory || (this.openCounts.get(handle.ino) ?? 0) > 0) return;
     const inode = this.tryLoadInode(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
-      this.mutation(3, () => this.freeInode(inode, true), "shrink");
+      const freed = this.data.freedRanges(inode, this.mapOf(inode), 0);
+      this.mutation(3, () => this.freeInode(inode, true), "shrink", freed);
     }
   }
 
@@ -604,6 +633,7 @@ export class GroveFs implements FileSystemOps {
   }
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {
+    this.makeRoom(16);
     const inode = this.resolve(path);
     const key = xattrName(name);
     if ((flags & ~(xattrCreate | xattrReplace)) !== 0 || flags === (xattrCreate | xattrReplace)) {
@@ -874,13 +904,17 @@ export class GroveFs implements FileSystemOps {
     if (orphans.length === 0) return;
     for (const ino of orphans) {
       const inode = this.tryLoadInode(ino);
+      // An orphan key on an inode that still has names is stale: drop the key, keep the inode.
+      const free = inode !== undefined && inode.nlink === 0;
+      const freed = free ? this.data.freedRanges(inode, this.mapOf(inode), 0) : 0;
       this.mutation(
         3,
         () => {
-          if (inode !== undefined) this.freeInode(inode, true);
+          if (free) this.freeInode(inode, true);
           else this.inodes.delete(orphanKey(ino));
         },
         "shrink",
+        freed,
       );
     }
     this.sync();
@@ -890,7 +924,9 @@ export class GroveFs implements FileSystemOps {
     if (!Number.isSafeInteger(size) || size < 0) throw new GroveError("EINVAL", "EINVAL_size", "invalid size");
     if (size > fileSizeMaxBytes) throw new GroveError("EFBIG", "EFBIG_truncate", `files are limited to ${fileSizeMaxBytes} bytes`);
     this.checkWritable();
-    this.data.admit(inode.ino, 0, 1);
+    const tail = Math.floor(size / blockSizeBytes);
+    if (size % blockSizeBytes !== 0) this.data.admit(inode.ino, tail, tail + 1);
+    const freed = size < inode.size ? this.data.freedRanges(inode, this.mapOf(inode), Math.ceil(size / blockSizeBytes)) : 0;
     if (size < inode.size) this.data.preloadEdges(inode, this.mapOf(inode), size, size);
     this.mutation(
       4,
@@ -902,6 +938,7 @@ export class GroveFs implements FileSystemOps {
         this.saveInode(inode);
       },
       size < inode.size ? "shrink" : "grow",
+      freed,
     );
     this.afterWrite();
   }
@@ -963,11 +1000,12 @@ export class GroveFs implements FileSystemOps {
    * Runs a mutation of about `puts` tree updates: refused up front (EROFS,
    * ENOSPC) or carried out whole; a failure halfway poisons the volume.
    */
-  private mutation<T>(puts: number, apply: () => T, purpose: "grow" | "shrink" = "grow"): T {
+  private mutation<T>(puts: number, apply: () => T, purpose: "grow" | "shrink" = "grow", freedRanges = 0): T {
     this.checkWritable();
     if (puts > 0) {
-      const extra = purpose === "grow" ? this.shrinkReserveBlocks() : 0;
-      this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose);
+      // Growth must leave room for what buffered writes were promised, and for deletes after it.
+      const extra = purpose === "grow" ? this.shrinkReserveBlocks() + this.data.promisedBlocks() : 0;
+      this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose, freedRanges);
     }
     try {
       return apply();
@@ -987,6 +1025,20 @@ export class GroveFs implements FileSystemOps {
    */
   private shrinkReserveBlocks(): number {
     return 4 * this.blocksPerPut();
+  }
+
+  /**
+   * Blocks freed by the running transaction are reusable only after it
+   * commits: when growth of about `blocks` would not fit in what is
+   * available but would with them, commit first. Called at the start of an
+   * operation, before it loads anything it might keep across the commit.
+   */
+  private makeRoom(blocks: number): void {
+    if (this.readOnly || this.closed || this.store.isPoisoned) return;
+    const usage = this.space.usage();
+    const margin = 256 + Math.floor(usage.totalBlocks / 256);
+    const needed = blocks + this.data.promisedBlocks() + this.shrinkReserveBlocks() + margin;
+    if (usage.availableBlocks < needed && usage.pendingBlocks > 0) this.sync();
   }
 
   private checkWritable(): void {
@@ -1073,7 +1125,7 @@ function checkRange(length: number, position: number): void {
 }
 
 function checkTime(ns: bigint): bigint {
-  if (ns < 0n || ns >= 2n ** 64n) throw new GroveError("EINVAL", "EINVAL_time", "time out of range");
+  if (ns < -(2n ** 63n) || ns >= 2n ** 63n) throw new GroveError("EINVAL", "EINVAL_time", "time out of range");
   return ns;
 }
 

@@ -19,7 +19,7 @@
  *        8     4  gid
  *       12     4  nlink
  *       16     8  size in bytes
- *       24     8  atime, ns since the epoch
+ *       24     8  atime, ns since the epoch (signed: before 1970 is negative)
  *       32     8  mtime, ns
  *       40     8  ctime, ns
  *       48     8  crtime, ns
@@ -52,7 +52,7 @@
  *       16   4×n  crc32c of each block on disk
  */
 import { CorruptionError, writeU64BE } from "../kvstore/index.js";
-import { inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
+import { extentBlocksMax, inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
 
 const I_MODE = 0;
 const I_UID = I_MODE + 4;
@@ -168,10 +168,10 @@ export function encodeInode(inode: Inode): Buffer {
   buf.writeUInt32LE(inode.gid >>> 0, I_GID);
   buf.writeUInt32LE(inode.nlink, I_NLINK);
   buf.writeBigUInt64LE(BigInt(inode.size), I_SIZE);
-  buf.writeBigUInt64LE(inode.atimeNs, I_ATIME);
-  buf.writeBigUInt64LE(inode.mtimeNs, I_MTIME);
-  buf.writeBigUInt64LE(inode.ctimeNs, I_CTIME);
-  buf.writeBigUInt64LE(inode.crtimeNs, I_CRTIME);
+  buf.writeBigInt64LE(inode.atimeNs, I_ATIME);
+  buf.writeBigInt64LE(inode.mtimeNs, I_MTIME);
+  buf.writeBigInt64LE(inode.ctimeNs, I_CTIME);
+  buf.writeBigInt64LE(inode.crtimeNs, I_CRTIME);
   buf.writeUInt32LE(inode.flags, I_FLAGS);
   buf.writeUInt32LE(inode.rdev >>> 0, I_RDEV);
   buf.writeBigUInt64LE(BigInt(inode.generation), I_GENERATION);
@@ -202,10 +202,10 @@ export function decodeInode(ino: number, value: Buffer): Inode {
     gid: value.readUInt32LE(I_GID),
     nlink: value.readUInt32LE(I_NLINK),
     size: Number(value.readBigUInt64LE(I_SIZE)),
-    atimeNs: value.readBigUInt64LE(I_ATIME),
-    mtimeNs: value.readBigUInt64LE(I_MTIME),
-    ctimeNs: value.readBigUInt64LE(I_CTIME),
-    crtimeNs: value.readBigUInt64LE(I_CRTIME),
+    atimeNs: value.readBigInt64LE(I_ATIME),
+    mtimeNs: value.readBigInt64LE(I_MTIME),
+    ctimeNs: value.readBigInt64LE(I_CTIME),
+    crtimeNs: value.readBigInt64LE(I_CRTIME),
     flags: value.readUInt32LE(I_FLAGS),
     rdev: value.readUInt32LE(I_RDEV),
     generation: Number(value.readBigUInt64LE(I_GENERATION)),
@@ -335,13 +335,15 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
   const diskBlocks = value.readUInt16LE(E_DISK_BLOCKS);
   const blocks = value.readUInt16LE(E_BLOCKS);
   if (value.length !== E_CRCS + 4 * diskBlocks || blocks === 0 || diskBlocks === 0) bad("block counts");
+  const compression = value.readUInt8(E_COMPRESSION);
+  if (blocks > extentBlocksMax || diskBlocks > blocks || (compression === 0 && diskBlocks !== blocks)) bad("block counts");
   const crcs = value.subarray(E_CRCS, E_CRCS + 4 * diskBlocks);
   return {
     fileBlock: Number(key.readBigUInt64BE(0)),
     lba: Number(value.readBigUInt64LE(E_LBA)),
     blocks,
     diskBlocks,
-    compression: value.readUInt8(E_COMPRESSION),
+    compression,
     crcs,
   };
 }

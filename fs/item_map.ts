@@ -103,6 +103,11 @@ export class ItemMap {
     return i >= 0 ? items[i] : undefined;
   }
 
+  /** Block ranges that `clear` will free (read-only). */
+  treeRanges(): number {
+    return this.isTree ? this.store.detachedTreeRanges(this.tree()) : 0;
+  }
+
   /** Frees the tree, if any, and empties the map. */
   clear(): void {
     if (this.isTree) this.store.freeDetachedTree(this.tree());

@@ -274,6 +274,17 @@ export class Store implements NodeStore {
     return new Tree(this, owner, meta);
   }
 
+  /**
+   * Runs of adjacent blocks a detached tree owns: what freeing it adds to the
+   * commit's work (a read-only walk, so a corrupt node is found before any change).
+   */
+  detachedTreeRanges(tree: Tree): number {
+    const { blocks } = this.collectTreeBlocks(tree);
+    let ranges = 0;
+    for (let i = 0; i < blocks.length; i++) if (i === 0 || blocks[i] !== blocks[i - 1]! + 1) ranges++;
+    return ranges;
+  }
+
   /** Frees every block of a detached tree, as `dropTree` does for a recorded one. */
   freeDetachedTree(tree: Tree): void {
     this.releaseTreeBlocks(tree, () => {});

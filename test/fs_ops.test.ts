@@ -884,8 +884,12 @@ describe("symlinks, special files, attributes", () => {
       st = fs.getattr("/f");
       expect(st.atimeNs).toBe(st.mtimeNs);
       expect(st.mtimeNs).toBe(st.ctimeNs);
-      fs.utimens("/f", 0n, 2n ** 64n - 1n);
-      expect(fs.getattr("/f").mtimeNs).toBe(2n ** 64n - 1n);
+      // Times are signed 64-bit ns: both ends, and before 1970, round-trip.
+      fs.utimens("/f", -(2n ** 63n), 2n ** 63n - 1n);
+      expect(fs.getattr("/f").atimeNs).toBe(-(2n ** 63n));
+      expect(fs.getattr("/f").mtimeNs).toBe(2n ** 63n - 1n);
+      fs.utimens("/f", "omit", -315_619_200_000_000_000n);
+      expect(fs.getattr("/f").mtimeNs).toBe(-315_619_200_000_000_000n);
       expectErrno(() => fs.utimens("/missing", 1n, 1n), "ENOENT");
       fs.utimens("/f", a, m);
       const fresh = h.reopen();
@@ -1618,9 +1622,9 @@ describe("refusals leave the volume usable", () => {
     withFs((fs) => {
       writeFile(fs, "/f", Buffer.from("x"));
       const before = fs.getattr("/f");
-      expectErrno(() => fs.utimens("/f", -1n, "omit"), "EINVAL");
-      expectErrno(() => fs.utimens("/f", "omit", 2n ** 64n), "EINVAL");
-      expectErrno(() => fs.utimens("/f", 5n, -5n), "EINVAL");
+      expectErrno(() => fs.utimens("/f", -(2n ** 63n) - 1n, "omit"), "EINVAL");
+      expectErrno(() => fs.utimens("/f", "omit", 2n ** 63n), "EINVAL");
+      expectErrno(() => fs.utimens("/f", 5n, 2n ** 64n), "EINVAL");
       expect(fs.getattr("/f")).toEqual(before);
       fs.utimens("/f", 1n, 2n);
       expect(fs.getattr("/f").mtimeNs).toBe(2n);
