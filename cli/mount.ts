@@ -20,7 +20,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { findMount, groveFsType, mountGrove, type MountHandle } from "../fs/index.js";
+import { canonicalMountpoint, findMount, groveFsType, mountGrove, type MountHandle } from "../fs/index.js";
 import { GroveFs } from "../fs/index.js";
 import { FileDevice } from "../kvstore/index.js";
 import { CliError, ReportedError } from "./errors.js";
@@ -100,20 +100,6 @@ export function servingPid(mountpoint: string): number | null {
   }
 }
 
-/**
- * The path as /proc/self/mountinfo spells it, without a stat of the path
- * itself (it may be a dead FUSE mount, or served by this very process).
- */
-export function canonicalMountpoint(mountpoint: string): string {
-  const absolute = path.resolve(mountpoint);
-  let dir = path.dirname(absolute);
-  try {
-    dir = fs.realpathSync(dir);
-  } catch {
-    // Keep the resolved path; the caller reports what is missing.
-  }
-  return path.join(dir, path.basename(absolute));
-}
 
 // ---- option parsing and checks ------------------------------------------------
 

@@ -10,9 +10,9 @@
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
-import { findMount, groveFsType, unmountPath } from "../fs/index.js";
+import { canonicalMountpoint, findMount, groveFsType, unmountPath } from "../fs/index.js";
 import { CliError } from "./errors.js";
-import { canonicalMountpoint, isRunning, servingPid } from "./mount.js";
+import { isRunning, servingPid } from "./mount.js";
 
 const exitWaitMs = 120_000;
 const exitPollMs = 50;

@@ -1,7 +1,7 @@
 /**
  * Every limit of the filesystem layer, named once, with its unit last.
  */
-import { blockSizeBytes, valueSizeMaxBytes } from "../kvstore/index.js";
+import { valueSizeMaxBytes } from "../kvstore/index.js";
 
 /** The default subvolume's inode tree. */
 export const treeIdDefaultSubvolume = 256;
@@ -17,7 +17,6 @@ export const nameSizeMaxBytes = 255;
 export const symlinkTargetSizeMaxBytes = 4095;
 /** 16 TiB: file offsets stay exact as JS numbers and block indices stay below 2^32. */
 export const fileSizeMaxBytes = 2 ** 44;
-export const fileBlocksMax = fileSizeMaxBytes / blockSizeBytes;
 /** Above this a hard link is refused with EMLINK. */
 export const linkCountMax = 65000;
 

@@ -82,10 +82,6 @@ export class FileData {
     return [...this.buffers.keys()];
   }
 
-  hasBuffers(ino: number): boolean {
-    return this.buffers.has(ino);
-  }
-
   /** Blocks that buffered data adds to the file once written out (so st_blocks is right before then). */
   bufferedBlocksOf(ino: number): number {
     return this.holes.get(ino)?.size ?? 0;

@@ -36,6 +36,7 @@
  * supplementary groups; create gets no open flags;
  * fgetattr is routed to getattr (so it is not in `FuseHandlers`).
  */
+import type { StatFs } from "./api.js";
 import { execFile } from "node:child_process";
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
@@ -78,20 +79,8 @@ export interface FuseStat {
   ctime?: FuseTime;
 }
 
-/** statfs result; every field is a uint32. */
-export interface FuseStatfs {
-  bsize: number;
-  frsize: number;
-  blocks: number;
-  bfree: number;
-  bavail: number;
-  files: number;
-  ffree: number;
-  favail: number;
-  fsid: number;
-  flag: number;
-  namemax: number;
-}
+/** statfs result, as the library API gives it; every field is a uint32. */
+export type FuseStatfs = StatFs;
 
 /** Calls back with 0 or a negative errno. */
 export type DoneCb = (err: number) => void;
@@ -432,14 +421,17 @@ interface MountEntry {
   fstype: string;
 }
 
-/** The path as /proc/self/mountinfo spells it. Never stats the mountpoint itself (it may be ours, or stale). */
-function canonical(mountpoint: string): string {
+/**
+ * The path as /proc/self/mountinfo spells it. Never stats the mountpoint
+ * itself: it may be a dead FUSE mount, or served by this very process.
+ */
+export function canonicalMountpoint(mountpoint: string): string {
   const abs = path.resolve(mountpoint);
   let dir = path.dirname(abs);
   try {
     dir = fs.realpathSync(dir);
   } catch {
-    // keep the resolved path
+    // Keep the resolved path; the caller reports what is missing.
   }
   return path.join(dir, path.basename(abs));
 }
@@ -458,7 +450,7 @@ function mountsAt(target: string): MountEntry[] {
 
 /** True when something is mounted at `mountpoint` (from /proc/self/mountinfo). */
 export function isMounted(mountpoint: string): boolean {
-  return mountsAt(canonical(mountpoint)).length > 0;
+  return mountsAt(canonicalMountpoint(mountpoint)).length > 0;
 }
 
 function run(cmd: string, args: string[]): Promise<void> {
@@ -480,7 +472,7 @@ function run(cmd: string, args: string[]): Promise<void> {
  * the mount can call it without deadlocking.
  */
 export async function unmountPath(mountpoint: string): Promise<void> {
-  const target = canonical(mountpoint);
+  const target = canonicalMountpoint(mountpoint);
   const top = mountsAt(target).pop();
   if (!top) return;
   if (!top.fstype.startsWith("fuse")) throw new Error(`${target} is a ${top.fstype} mount, not FUSE; not unmounting it`);

@@ -35,7 +35,7 @@ import {
   type FuseTimespec,
 } from "./fuse_binding.js";
 
-export { isMounted, unmountPath } from "./fuse_binding.js";
+export { canonicalMountpoint, isMounted, unmountPath } from "./fuse_binding.js";
 
 /** What the bridge needs: the contract plus the periodic commit check. */
 export interface BridgedFs extends FileSystemOps {
