@@ -4,7 +4,7 @@
  * of superblock, reachable from the committed root, or free. It reports
  * leaked blocks (none of these) and blocks owned twice (more than one), by LBA.
  */
-import { ForestReport, ItemVisitor, checkForest, firstAllocatableLba } from "../kvstore/index.js";
+import { ForestOptions, ForestReport, ItemVisitor, checkForest, firstAllocatableLba } from "../kvstore/index.js";
 import type { BlockDevice } from "../kvstore/index.js";
 import type { Extent } from "./extent_set.js";
 import { treeIdFreeByLba, treeIdFreeByLength } from "./free_space.js";
@@ -18,7 +18,7 @@ export interface SpaceReport {
   ownedTwice: Extent[];
 }
 
-export function checkSpace(device: BlockDevice, visitItem?: ItemVisitor): SpaceReport {
+export function checkSpace(device: BlockDevice, visitItem?: ItemVisitor, options: ForestOptions = {}): SpaceReport {
   const byLba: Extent[] = [];
   const byLength = new Set<string>();
   const problems: string[] = [];
@@ -31,7 +31,7 @@ export function checkSpace(device: BlockDevice, visitItem?: ItemVisitor): SpaceR
       else byLength.add(`${Number(key.readBigUInt64BE(8))}+${Number(key.readBigUInt64BE(0))}`);
     }
     visitItem?.(treeId, key, value, edges);
-  });
+  }, options);
   problems.unshift(...forest.problems);
   const deviceBlocks = forest.deviceBlocks;
   if (forest.trees.length > 0) {

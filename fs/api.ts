@@ -63,6 +63,46 @@ export const xattrReplace = 2;
 export const renameNoReplace = 1;
 export const renameExchange = 2;
 
+/** A subvolume: the default one made by mkfs, a read-only snapshot, or a writable clone. */
+export interface SubvolumeInfo {
+  name: string;
+  /** Its inode tree's id (256 for the default subvolume). */
+  id: number;
+  readOnly: boolean;
+  /** The subvolume it was taken from (0 for one made by mkfs). */
+  parentId: number;
+  /** That subvolume's name, or null if it is gone. */
+  parentName: string | null;
+  /** The transaction that created it. */
+  generation: number;
+  createdNs: bigint;
+}
+
+/** Snapshots and clones, on an open filesystem (library, CLI on an image, or the mount daemon). */
+export interface SubvolumeOps {
+  /** The subvolume this filesystem serves. */
+  readonly subvolumeName: string;
+  /**
+   * Commits, then takes an O(1) snapshot (`readOnly`) or writable clone of
+   * `from` (default: the served subvolume), and commits again.
+   * EEXIST for a taken name; EINVAL for an invalid one; ENOENT for a missing source.
+   */
+  createSubvolume(name: string, options: { from?: string; readOnly: boolean }): SubvolumeInfo;
+  /**
+   * Removes the name at once and frees the subvolume's blocks incrementally
+   * (resumed after a crash or remount). EBUSY for the served subvolume.
+   */
+  deleteSubvolume(name: string): void;
+  /** Live subvolumes, by name. */
+  listSubvolumes(): SubvolumeInfo[];
+  /** Subvolumes whose deletion has not finished. */
+  pendingDeletions(): number;
+  /** Runs pending deletions to the end, committing as it goes (CLI on an unmounted image). */
+  finishDeletions(): void;
+  /** A read-only view of a snapshot, for /.snapshots/NAME (ENOENT if none; EINVAL for a clone). */
+  snapshotView(name: string): FileSystemOps;
+}
+
 export interface FileSystemOps {
   getattr(path: string): Stat;
   fgetattr(fh: number): Stat;

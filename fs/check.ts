@@ -1,20 +1,25 @@
 /**
- * The filesystem checker: runs the space checker (which runs the tree
- * checker) and, in the same walk, checks every inode, directory entry and
- * extent. It follows the forest's edges held in records (the roots of
- * directory and extent trees, and data extents), so that free space is
- * checked against everything the filesystem references.
+ * The filesystem checker. Two passes:
+ * - physical: the snapshot checker (which runs the space and tree checkers)
+ *   walks every block once, following the edges held in records (the roots
+ *   of directory and extent trees, and data extents, via `fsEdges`), so free
+ *   space and reference counts are checked against everything the
+ *   filesystem references;
+ * - logical: each live subvolume's inode tree is read in key order, shared
+ *   parts included, and its inodes, entries and extents are checked.
  *
- * Checks: link counts equal the entries naming each inode (plus "." and
- * subdirectories' ".." for a directory); a directory is named exactly once,
- * by its parent; entry types match inode modes; no entry dangles; an inode
- * with no links is an orphan; extents lie inside the file, do not overlap,
- * and add up to the inode's block count; inode numbers lie below the counter.
- * With `verifyData`, every data block is read and its crc32c checked.
+ * Logical checks: link counts equal the entries naming each inode (plus "."
+ * and subdirectories' ".." for a directory); a directory is named exactly
+ * once, by its parent; entry types match inode modes; no entry dangles; an
+ * inode with no links is an orphan; extents lie inside the file, do not
+ * overlap, and add up to the inode's block count; inode numbers lie below
+ * the counter. With `verifyData`, every data block is read once and its
+ * crc32c checked.
  */
 import { constants as C } from "node:fs";
-import { BlockDevice, ItemEdges, blockSizeBytes, crc32c } from "../kvstore/index.js";
-import { SpaceReport, checkSpace } from "../alloc/index.js";
+import { BlockDevice, Store, Tree, blockSizeBytes, crc32c } from "../kvstore/index.js";
+import type { SpaceReport } from "../alloc/index.js";
+import { SnapshotReport, checkSnapshots, openVolume } from "../snapshot/index.js";
 import { rootIno, treeIdDefaultSubvolume } from "./constants.js";
 import {
   Extent,
@@ -29,14 +34,19 @@ import {
   extentCrc,
   orphanIno,
 } from "./format.js";
+import { fsEdges } from "./edges.js";
 import { mapOwner } from "./item_map.js";
 
 export interface FsReport {
   problems: string[];
+  snapshots: SnapshotReport;
   space: SpaceReport;
+  /** Inodes and directories over every live subvolume. */
   inodes: number;
   directories: number;
+  /** Blocks of reachable data extents. */
   dataBlocks: number;
+  subvolumes: number;
 }
 
 interface Seen {
@@ -50,47 +60,98 @@ interface Seen {
 }
 
 export function checkFilesystem(device: BlockDevice, options: { verifyData?: boolean } = {}): FsReport {
-  const walk = new FsWalk(device, options.verifyData ?? false);
-  const space = checkSpace(device, (treeId, key, value, edges) => walk.visit(treeId, key, value, edges));
-  const problems = [...space.problems, ...walk.problems];
-  if (space.forest.trees.length > 0) walk.finish(problems);
-  return { problems, space, inodes: walk.seen.size, directories: walk.directories, dataBlocks: walk.dataBlocks };
+  const edgeProblems: string[] = [];
+  const snapshots = checkSnapshots(device, (treeId, key, value, edges) => {
+    try {
+      fsEdges(treeId, key, value, edges);
+    } catch (error) {
+      edgeProblems.push((error as Error).message);
+    }
+  });
+  const problems = [...snapshots.problems, ...edgeProblems];
+  const report: FsReport = {
+    problems,
+    snapshots,
+    space: snapshots.space,
+    inodes: 0,
+    directories: 0,
+    dataBlocks: 0,
+    subvolumes: snapshots.live.length,
+  };
+  for (const blocks of snapshots.space.forest.extents.values()) report.dataBlocks += blocks;
+  if (snapshots.space.forest.trees.length === 0) return report;
+  let store: Store;
+  try {
+    // The caller owns the device: this store is never closed, only dropped.
+    store = openVolume(device, { readOnly: true, edges: fsEdges }).store;
+  } catch (error) {
+    problems.push(`cannot open the volume for the logical check: ${(error as Error).message}`);
+    return report;
+  }
+  const verified = new Set<string>();
+  for (const record of snapshots.live) {
+    const prefix = record.id === treeIdDefaultSubvolume ? "" : `subvolume ${JSON.stringify(record.name)}: `;
+    const walk = new FsWalk(device, options.verifyData ?? false, verified, record.id);
+    const found: string[] = [];
+    try {
+      walk.run(store);
+      walk.finish(found);
+    } catch (error) {
+      found.push(`cannot be walked: ${(error as Error).message}`);
+    }
+    found.unshift(...walk.problems);
+    for (const problem of found) problems.push(prefix + problem);
+    report.inodes += walk.seen.size;
+    report.directories += walk.directories;
+  }
+  return report;
 }
 
 class FsWalk {
   readonly problems: string[] = [];
   readonly seen = new Map<number, Seen>();
-  /** Detached tree owner → inode. */
-  private readonly owners = new Map<number, number>();
   private readonly orphans = new Set<number>();
   private readonly entries: Array<{ dir: number; name: string; ino: number; type: number }> = [];
   private nextIno = 0;
   directories = 0;
-  dataBlocks = 0;
 
   constructor(
     private readonly device: BlockDevice,
     private readonly verifyData: boolean,
+    /** Data slices already verified (shared by snapshots: read once). */
+    private readonly verified: Set<string>,
+    private readonly subvolumeId: number,
   ) {}
 
-  visit(treeId: number, key: Buffer, value: Buffer, edges: ItemEdges): void {
-    try {
-      if (treeId === treeIdDefaultSubvolume) this.visitInodeTree(key, value, edges);
-      else if (this.owners.has(treeId)) this.visitMapItem(this.owners.get(treeId)!, key, value, edges);
-    } catch (error) {
-      this.problems.push((error as Error).message);
+  run(store: Store): void {
+    const tree = store.openTree(this.subvolumeId);
+    for (const [key, value] of tree.range()) {
+      try {
+        const spilled = this.visitInodeTree(key, value);
+        if (spilled !== null) {
+          const map: Tree = store.openDetachedTree(mapOwner(this.subvolumeId, spilled.ino), {
+            rootLba: spilled.treeRoot,
+            level: spilled.treeLevel,
+            count: spilled.treeCount,
+          });
+          for (const [k, v] of map.range()) this.visitMapItem(spilled.ino, k, v);
+        }
+      } catch (error) {
+        this.problems.push((error as Error).message);
+      }
     }
   }
 
-  private visitInodeTree(key: Buffer, value: Buffer, edges: ItemEdges): void {
+  /** Checks one item of the inode tree; returns an inode whose map is a tree, for the caller to walk. */
+  private visitInodeTree(key: Buffer, value: Buffer): Inode | null {
     if (key.equals(countersKey)) {
       this.nextIno = decodeCounters(value);
-      return;
+      return null;
     }
     const orphan = orphanIno(key);
     if (orphan !== undefined) {
       this.orphans.add(orphan);
-      return;
+      return null;
     }
     const ino = Number(key.readBigUInt64BE(0));
     if (key.length !== 8) {
@@ -98,21 +159,19 @@ class FsWalk {
       const owner = this.seen.get(ino);
       if (owner === undefined) this.problems.push(`extended attribute of inode ${ino}, which does not exist`);
       else if ((owner.inode.flags & 1) === 0) this.problems.push(`inode ${ino} has extended attributes but not the flag that says so`);
-      return;
+      return null;
     }
     const inode = decodeInode(ino, value);
     this.seen.set(ino, { inode, names: 0, subdirs: 0, parents: [], extentBlocks: 0, extentEnd: 0 });
     if ((inode.mode & C.S_IFMT) === C.S_IFDIR) this.directories++;
-    if (inode.kind === PayloadKind.Tree) {
-      const owner = mapOwner(treeIdDefaultSubvolume, ino);
-      this.owners.set(owner, ino);
-      edges.tree(owner, { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount });
-    } else if (inode.kind === PayloadKind.Items) {
-      for (const item of decodeItems(ino, inode.payload)) this.visitMapItem(ino, item.key, item.value, edges);
+    if (inode.kind === PayloadKind.Tree) return inode;
+    if (inode.kind === PayloadKind.Items) {
+      for (const item of decodeItems(ino, inode.payload)) this.visitMapItem(ino, item.key, item.value);
     }
+    return null;
   }
 
-  private visitMapItem(ino: number, key: Buffer, value: Buffer, edges: ItemEdges): void {
+  private visitMapItem(ino: number, key: Buffer, value: Buffer): void {
     const seen = this.seen.get(ino)!;
     if ((seen.inode.mode & C.S_IFMT) === C.S_IFDIR) {
       const entry = decodeDirent(ino, value);
@@ -120,15 +179,16 @@ class FsWalk {
       return;
     }
     const extent = decodeExtent(ino, key, value);
-    edges.blocks(extent.lba, extent.diskBlocks, `inode ${ino} extent at file block ${extent.fileBlock}`);
     if (extent.fileBlock < seen.extentEnd) this.problems.push(`inode ${ino}: extent at file block ${extent.fileBlock} overlaps the one before`);
     seen.extentEnd = extent.fileBlock + extent.blocks;
     seen.extentBlocks += extent.diskBlocks;
-    this.dataBlocks += extent.diskBlocks;
     if (this.verifyData) this.verifyExtent(ino, extent);
   }
 
   private verifyExtent(ino: number, extent: Extent): void {
+    const slice = `${extent.lba}+${extent.diskBlocks}`;
+    if (this.verified.has(slice)) return;
+    this.verified.add(slice);
     const data = Buffer.allocUnsafe(extent.diskBlocks * blockSizeBytes);
     try {
       this.device.read(extent.lba, data);

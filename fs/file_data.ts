@@ -268,7 +268,16 @@ export class FileData {
         this.store.poison(error);
       }
       const fileBlock = indices[i]!;
-      const extent: Extent = { fileBlock, lba: got.start, blocks: got.length, diskBlocks: got.length, compression: 0, crcs };
+      const extent: Extent = {
+        fileBlock,
+        extentLba: got.start,
+        extentBlocks: got.length,
+        lba: got.start,
+        blocks: got.length,
+        diskBlocks: got.length,
+        compression: 0,
+        crcs,
+      };
       try {
         this.punch(inode, map, fileBlock, fileBlock + got.length);
         map.put(extentKey(fileBlock), encodeExtent(extent));
@@ -292,7 +301,8 @@ export class FileData {
    */
   freedRanges(inode: Inode, map: ItemMap, fromBlock: number): number {
     if (inode.kind === PayloadKind.Bytes) return 0;
-    let ranges = fromBlock === 0 ? map.treeRanges() : 0;
+    if (fromBlock === 0 && map.isTree) return map.treeRanges();
+    let ranges = 0;
     for (const _ of this.extentsIn(inode, map, fromBlock, Number.MAX_SAFE_INTEGER)) ranges++;
     return ranges;
   }
@@ -303,9 +313,10 @@ export class FileData {
   }
 
   /**
-   * Frees every data block and buffer of an inode that is going away: the
-   * extents are freed as they are, then the extent tree whole, without
-   * copying a leaf that is about to be freed.
+   * Releases every data extent and buffer of an inode that is going away.
+   * Inline extents are released one by one; an extent tree is released whole
+   * (with the extents its unshared leaves hold), without copying a leaf that
+   * is about to go.
    */
   discard(inode: Inode, map: ItemMap): void {
     const buffered = this.buffers.get(inode.ino);
@@ -314,9 +325,9 @@ export class FileData {
       this.dropBuffer(inode.ino);
     }
     if (inode.kind === PayloadKind.Bytes) return;
-    const extents = [...this.extents(inode, map)];
-    if (extents.length > 0) this.readAhead = null;
-    for (const extent of extents) this.space.free(extent.lba, extent.diskBlocks);
+    this.readAhead = null;
+    map.pin();
+    if (!map.isTree) for (const extent of [...this.extents(inode, map)]) this.releaseExtent(extent);
     inode.blocks = 0;
     map.clear();
   }
@@ -487,7 +498,11 @@ export class FileData {
     data.copy(out, lo - position, lo - from * blockSizeBytes, hi - from * blockSizeBytes);
   }
 
-  /** Drops file blocks [start, end) from the extents, freeing their data blocks. */
+  /**
+   * Drops file blocks [start, end) from the extents. A record cut in two
+   * makes one more reference to its physical extent; a record gone drops one
+   * (freeing the extent with the last).
+   */
   private punch(inode: Inode, map: ItemMap, start: number, end: number): void {
     if (inode.kind === PayloadKind.Bytes) return;
     const hit = [...this.extentsIn(inode, map, start, end)];
@@ -496,19 +511,30 @@ export class FileData {
       assert(extent.compression === 0, "only uncompressed extents are split");
       map.delete(extentKey(extent.fileBlock));
       const extentEnd = extent.fileBlock + extent.blocks;
+      let pieces = 0;
       if (extent.fileBlock < start) {
         const keep = start - extent.fileBlock;
         map.put(extentKey(extent.fileBlock), encodeExtent(slice(extent, 0, keep)));
+        pieces++;
       }
       if (extentEnd > end) {
         const skip = end - extent.fileBlock;
         map.put(extentKey(end), encodeExtent(slice(extent, skip, extent.blocks - skip)));
+        pieces++;
       }
+      if (pieces === 2) this.store.sharing.addRef(extent.extentLba, extent.extentBlocks);
+      else if (pieces === 0) this.releaseExtent(extent);
       const from = Math.max(start, extent.fileBlock);
       const to = Math.min(end, extentEnd);
-      this.space.free(extent.lba + (from - extent.fileBlock), to - from);
       inode.blocks -= to - from;
     }
+  }
+
+  /** One record of a physical extent is gone: drop its reference, freeing the extent with the last. */
+  private releaseExtent(extent: Extent): void {
+    const sharing = this.store.sharing;
+    if (sharing.refCount(extent.extentLba) >= 2) sharing.dropRef(extent.extentLba);
+    else this.space.free(extent.extentLba, extent.extentBlocks);
   }
 
   private hintFor(inode: Inode, map: ItemMap, fileBlock: number): number | undefined {
@@ -523,6 +549,8 @@ export class FileData {
 function slice(extent: Extent, skip: number, blocks: number): Extent {
   return {
     fileBlock: extent.fileBlock + skip,
+    extentLba: extent.extentLba,
+    extentBlocks: extent.extentBlocks,
     lba: extent.lba + skip,
     blocks,
     diskBlocks: blocks,

@@ -26,13 +26,23 @@ import {
   blockSizeBytes,
   treeIdFirstDynamic,
 } from "../kvstore/index.js";
-import { FreeSpace, formatVolume, openVolume } from "../alloc/index.js";
+import type { FreeSpace } from "../alloc/index.js";
+import {
+  SubvolumeRecord,
+  Volume,
+  defaultSubvolumeName,
+  deletionStepNodes,
+  formatVolume,
+  openVolume,
+} from "../snapshot/index.js";
 import type {
   Caller,
   DirEntry,
   FileSystemOps,
   Stat,
   StatFs,
+  SubvolumeInfo,
+  SubvolumeOps,
   TimeSpec,
 } from "./api.js";
 import { renameExchange, renameNoReplace, xattrCreate, xattrReplace } from "./api.js";
@@ -71,9 +81,13 @@ import {
   xattrPrefix,
 } from "./format.js";
 import { FileData } from "./file_data.js";
+import { fsEdges } from "./edges.js";
 import { ItemMap, mapOwner } from "./item_map.js";
 
 assert(treeIdDefaultSubvolume >= treeIdFirstDynamic, "the subvolume tree id is a dynamic one");
+
+/** Nodes a pending subvolume deletion may release per maintenance call while mounted. */
+const deletionNodesPerTick = 4096;
 
 const S_IFMT = C.S_IFMT;
 const S_IFDIR = C.S_IFDIR;
@@ -89,6 +103,8 @@ const day = 86_400_000_000_000n;
 
 export interface GroveFsOptions {
   readOnly?: boolean;
+  /** The subvolume to serve (default: the one mkfs made). A snapshot is always served read-only. */
+  subvolume?: string;
   cacheBytes?: number;
   /** Wall clock in ns since the epoch; tests pass their own. */
   clock?: () => bigint;
@@ -114,10 +130,17 @@ interface Handle {
 
 const wallClock = (): bigint => BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
 
-export class GroveFs implements FileSystemOps {
+export class GroveFs implements FileSystemOps, SubvolumeOps {
   readonly store: Store;
   readonly space: FreeSpace;
+  /** Nothing in this subvolume may change: a read-only open, or a snapshot. */
   readonly readOnly: boolean;
+  /** The served subvolume's inode tree. */
+  readonly subvolumeId: number;
+  private readonly volume: Volume;
+  private subvolume: SubvolumeRecord;
+  /** Read-only views of snapshots (/.snapshots), sharing this volume; null in a view itself. */
+  private readonly views: Map<string, GroveFs> | null;
   private readonly inodes: Tree;
   private readonly data: FileData;
   private readonly clock: () => bigint;
@@ -131,9 +154,9 @@ export class GroveFs implements FileSystemOps {
 
   /** Formats `device` with an empty root directory. */
   static format(device: BlockDevice, options: { label?: string; clock?: () => bigint } = {}): void {
-    const { store } = formatVolume(device, { label: options.label });
     const now = (options.clock ?? wallClock)();
-    const inodes = store.createTree(treeIdDefaultSubvolume);
+    const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now });
+    assert(inodes.id === treeIdDefaultSubvolume, "mkfs makes the default subvolume");
     const root = newInode(rootIno, S_IFDIR | 0o755, { uid: 0, gid: 0 }, now, store.generation);
     root.nlink = 2;
     root.parent = rootIno;
@@ -144,25 +167,37 @@ export class GroveFs implements FileSystemOps {
   }
 
   static open(device: BlockDevice, options: GroveFsOptions = {}): GroveFs {
-    const volume = openVolume(device, { readOnly: options.readOnly, cacheBytes: options.cacheBytes });
+    const volume = openVolume(device, { readOnly: options.readOnly, cacheBytes: options.cacheBytes, edges: fsEdges });
     try {
-      return new GroveFs(volume.store, volume.space, options);
+      const record = volume.subvolumes.get(options.subvolume ?? defaultSubvolumeName);
+      if (record === undefined) {
+        throw new GroveError(
+          "ENOENT",
+          "ENOENT_subvolume",
+          options.subvolume === undefined
+            ? `the default subvolume "${defaultSubvolumeName}" was deleted: name one to serve`
+            : `no subvolume named ${JSON.stringify(options.subvolume)}`,
+        );
+      }
+      return new GroveFs(volume, record, options, false);
     } catch (error) {
       volume.store.close();
       throw error;
     }
   }
 
-  private constructor(store: Store, space: FreeSpace, options: GroveFsOptions) {
-    this.store = store;
-    this.space = space;
-    this.readOnly = options.readOnly ?? false;
+  private constructor(volume: Volume, subvolume: SubvolumeRecord, options: GroveFsOptions, isView: boolean) {
+    this.volume = volume;
+    this.store = volume.store;
+    this.space = volume.space;
+    this.subvolume = subvolume;
+    this.subvolumeId = subvolume.id;
+    this.views = isView ? null : new Map();
+    this.readOnly = (options.readOnly ?? false) || subvolume.readOnly || volume.store.readOnly;
     this.clock = options.clock ?? wallClock;
-    if (!store.hasTree(treeIdDefaultSubvolume)) {
-      throw new GroveError("EINVAL", "EINVAL_no_filesystem", "the volume holds no filesystem (no default subvolume)");
-    }
-    this.inodes = store.openTree(treeIdDefaultSubvolume);
-    this.data = new FileData(store, space, () => this.shrinkReserveBlocks());
+    const store = this.store;
+    this.inodes = store.openTree(subvolume.id);
+    this.data = new FileData(store, this.space, () => this.shrinkReserveBlocks());
     const counters = this.inodes.get(countersKey);
     if (counters === undefined) throw new GroveError("EIO", "EIO_counters", "the inode counter record is missing");
     this.nextIno = decodeCounters(counters);
@@ -216,7 +251,7 @@ export class GroveFs implements FileSystemOps {
   /** Writes out buffered data and commits: everything is durable when this returns. */
   sync(): void {
     this.checkOpen();
-    if (this.readOnly) return;
+    if (this.store.readOnly || this.views === null) return;
     this.writeOutAll();
     if (this.countersDirty) {
       this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.put(countersKey, encodeCounters(this.nextIno))));
@@ -228,19 +263,141 @@ export class GroveFs implements FileSystemOps {
 
   /** Called about once a second: commits when the interval has passed or memory bounds are near. */
   maintenance(): void {
-    if (this.closed || this.readOnly || this.store.isPoisoned) return;
+    if (this.closed || this.store.readOnly || this.store.isPoisoned || this.views === null) return;
+    if (this.deletionsRunning()) this.deletionWork(deletionNodesPerTick);
     const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
     if (due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
   }
 
   close(): void {
     if (this.closed) return;
+    if (this.views === null) {
+      // A view shares its volume with the filesystem that made it.
+      this.closed = true;
+      this.handles.clear();
+      return;
+    }
     try {
-      if (!this.readOnly && !this.store.isPoisoned) this.sync();
+      if (!this.store.readOnly && !this.store.isPoisoned) this.sync();
     } finally {
       this.closed = true;
       this.handles.clear();
+      for (const view of this.views.values()) view.close();
+      this.views.clear();
       this.store.close();
+    }
+  }
+
+  // ---- subvolumes ------------------------------------------------------------
+
+  get subvolumeName(): string {
+    return this.subvolume.name;
+  }
+
+  createSubvolume(name: string, options: { from?: string; readOnly: boolean }): SubvolumeInfo {
+    this.checkVolumeWritable();
+    const subvolumes = this.volume.subvolumes;
+    const source = options.from ?? this.subvolume.name;
+    // Refused before anything is written: a bad or taken name, a missing source.
+    if (subvolumes.get(name) !== undefined) {
+      throw new GroveError("EEXIST", "EEXIST_subvolume", `a subvolume named ${JSON.stringify(name)} exists`);
+    }
+    subvolumes.require(source);
+    // Everything written before this call belongs in the snapshot; and a committed source is never modified in place.
+    this.sync();
+    const record = subvolumes.create(name, source, options.readOnly, this.clock());
+    this.store.commit();
+    this.lastCommitNs = this.clock();
+    if (source === this.subvolume.name) this.subvolume = subvolumes.require(source);
+    return this.infoOf(record);
+  }
+
+  deleteSubvolume(name: string): void {
+    this.checkVolumeWritable();
+    const record = this.volume.subvolumes.require(name);
+    if (record.id === this.subvolumeId) {
+      throw new GroveError("EBUSY", "EBUSY_subvolume_mounted", `subvolume ${JSON.stringify(name)} is the one being served; it cannot be deleted`);
+    }
+    const view = this.views?.get(name);
+    if (view !== undefined) {
+      view.close();
+      this.views!.delete(name);
+    }
+    this.volume.subvolumes.delete(name);
+    this.sync();
+  }
+
+  listSubvolumes(): SubvolumeInfo[] {
+    this.checkOpen();
+    return this.volume.subvolumes.list().map((r) => this.infoOf(r));
+  }
+
+  pendingDeletions(): number {
+    this.checkOpen();
+    return this.volume.subvolumes.deleting().length;
+  }
+
+  finishDeletions(): void {
+    this.checkVolumeWritable();
+    while (this.deletionWork(Number.MAX_SAFE_INTEGER)) {
+      /* each step commits */
+    }
+  }
+
+  snapshotView(name: string): FileSystemOps {
+    this.checkOpen();
+    if (this.views === null) throw new GroveError("EINVAL", "EINVAL_view", "a snapshot view has no views");
+    const record = this.volume.subvolumes.get(name);
+    const cached = this.views.get(name);
+    if (cached !== undefined && record?.id === cached.subvolumeId) return cached;
+    if (cached !== undefined) {
+      cached.close();
+      this.views.delete(name);
+    }
+    if (record === undefined) throw new GroveError("ENOENT", "ENOENT_subvolume", `no snapshot named ${JSON.stringify(name)}`);
+    if (!record.readOnly) throw new GroveError("EINVAL", "EINVAL_not_snapshot", `${JSON.stringify(name)} is a writable clone, not a snapshot`);
+    const view = new GroveFs(this.volume, record, { readOnly: true, clock: this.clock }, true);
+    this.views.set(name, view);
+    return view;
+  }
+
+  private infoOf(record: SubvolumeRecord): SubvolumeInfo {
+    return {
+      name: record.name,
+      id: record.id,
+      readOnly: record.readOnly,
+      parentId: record.parent,
+      parentName: this.volume.subvolumes.byId(record.parent)?.name ?? null,
+      generation: record.generation,
+      createdNs: record.createdNs,
+    };
+  }
+
+  private deletionsRunning(): boolean {
+    return this.volume.subvolumes.deleting().length > 0;
+  }
+
+  /**
+   * Releases up to `nodes` nodes of pending deletions, one step at a time,
+   * and commits after each step when the volume is short of space or the
+   * work is done. Returns whether deletions remain.
+   */
+  private deletionWork(nodes: number): boolean {
+    let spent = 0;
+    let more = true;
+    while (more && spent < nodes) {
+      more = this.volume.subvolumes.deletionStep(deletionStepNodes);
+      spent += deletionStepNodes;
+      // Freed blocks come back only with a commit, and dirty nodes are bounded: commit often.
+      if (!more || this.store.dirtyBytes > dirtyNodeBytesMax / 4 || nodes === Number.MAX_SAFE_INTEGER) this.sync();
+    }
+    return more;
+  }
+
+  private checkVolumeWritable(): void {
+    this.checkOpen();
+    if (this.views === null || this.store.readOnly) {
+      throw new GroveError("EROFS", "EROFS_volume", "the volume is open read-only");
     }
   }
 
@@ -834,7 +991,8 @@ export class GroveFs implements FileSystemOps {
   }
 
   mapOf(inode: Inode): ItemMap {
-    return new ItemMap(this.store, inode, mapOwner(treeIdDefaultSubvolume, inode.ino));
+    const key = inodeKey(inode.ino);
+    return new ItemMap(this.store, inode, mapOwner(this.subvolumeId, inode.ino), () => this.inodes.touch(key));
   }
 
   private createInode(dir: Inode, mode: number, caller: Caller): Inode {

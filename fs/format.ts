@@ -44,12 +44,22 @@
  *
  *   offset  size  field
  *   ------  ----  -----------------------------------------------
- *        0     8  LBA of the first data block
- *        8     2  logical blocks
- *       10     2  blocks on disk
+ *        0     8  LBA of the physical extent's first block
+ *        8     2  logical blocks of this record
+ *       10     2  blocks on disk of this record (n)
  *       12     1  compression (0 = none)
- *       13     3  (zero)
- *       16   4×n  crc32c of each block on disk
+ *       13     1  (zero)
+ *       14     2  blocks in the physical extent
+ *       16     2  offset of this record's first block in the physical extent
+ *       18     2  (zero)
+ *       20   4×n  crc32c of each block on disk
+ *
+ * A record references a slice of a physical extent. The physical extent is
+ * allocated, reference-counted and freed as a whole (Rodeh): after a partial
+ * overwrite, the records left keep all of it until none references it.
+ *
+ * In a detached tree, a 9-byte value is a directory entry; an extent value is
+ * at least 24 bytes (the edge reader tells them apart by that).
  */
 import { CorruptionError, writeU64BE } from "../kvstore/index.js";
 import { extentBlocksMax, inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
@@ -283,21 +293,29 @@ export function encodeDirent(ino: number, mode: number): Buffer {
 }
 
 export function decodeDirent(dirIno: number, value: Buffer): Dirent {
-  if (value.length !== 9) throw new CorruptionError("EIO_dirent", `directory ${dirIno} has a malformed entry`);
+  if (value.length !== direntValueBytes) throw new CorruptionError("EIO_dirent", `directory ${dirIno} has a malformed entry`);
   return { ino: Number(value.readBigUInt64BE(0)), type: value[8]! };
 }
 
 // ---- extents -------------------------------------------------------------------
 
-const E_LBA = 0;
-const E_BLOCKS = E_LBA + 8;
+const E_EXTENT_LBA = 0;
+const E_BLOCKS = E_EXTENT_LBA + 8;
 const E_DISK_BLOCKS = E_BLOCKS + 2;
 const E_COMPRESSION = E_DISK_BLOCKS + 2;
-const E_CRCS = E_COMPRESSION + 4;
+const E_EXTENT_BLOCKS = E_COMPRESSION + 2;
+const E_OFFSET = E_EXTENT_BLOCKS + 2;
+const E_CRCS = E_OFFSET + 4;
+
+export const direntValueBytes = 9;
 
 export interface Extent {
   /** File block index of the first block. */
   fileBlock: number;
+  /** The physical extent this record is a slice of: the unit of allocation and reference counting. */
+  extentLba: number;
+  extentBlocks: number;
+  /** The slice's first block on disk (extentLba + its offset). */
   lba: number;
   blocks: number;
   diskBlocks: number;
@@ -318,10 +336,12 @@ export function extentKey(fileBlock: number): Buffer {
 
 export function encodeExtent(extent: Extent): Buffer {
   const value = Buffer.alloc(E_CRCS + 4 * extent.diskBlocks);
-  value.writeBigUInt64LE(BigInt(extent.lba), E_LBA);
+  value.writeBigUInt64LE(BigInt(extent.extentLba), E_EXTENT_LBA);
   value.writeUInt16LE(extent.blocks, E_BLOCKS);
   value.writeUInt16LE(extent.diskBlocks, E_DISK_BLOCKS);
   value.writeUInt8(extent.compression, E_COMPRESSION);
+  value.writeUInt16LE(extent.extentBlocks, E_EXTENT_BLOCKS);
+  value.writeUInt16LE(extent.lba - extent.extentLba, E_OFFSET);
   extent.crcs.copy(value, E_CRCS, 0, 4 * extent.diskBlocks);
   return value;
 }
@@ -338,9 +358,15 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
   const compression = value.readUInt8(E_COMPRESSION);
   if (blocks > extentBlocksMax || diskBlocks > blocks || (compression === 0 && diskBlocks !== blocks)) bad("block counts");
   const crcs = value.subarray(E_CRCS, E_CRCS + 4 * diskBlocks);
+  const extentLba = Number(value.readBigUInt64LE(E_EXTENT_LBA));
+  const extentBlocks = value.readUInt16LE(E_EXTENT_BLOCKS);
+  const offset = value.readUInt16LE(E_OFFSET);
+  if (extentBlocks === 0 || extentBlocks > extentBlocksMax || offset + diskBlocks > extentBlocks) bad("slice outside its extent");
   return {
     fileBlock: Number(key.readBigUInt64BE(0)),
-    lba: Number(value.readBigUInt64LE(E_LBA)),
+    extentLba,
+    extentBlocks,
+    lba: extentLba + offset,
     blocks,
     diskBlocks,
     compression,

@@ -23,6 +23,12 @@ export class ItemMap {
     private readonly store: Store,
     private readonly inode: Inode,
     private readonly owner: number,
+    /**
+     * Makes the node holding the inode's record writable before the map
+     * changes: the record holds the map's root and extents, so its node must
+     * pass its references on first if it is shared (parents before children).
+     */
+    readonly pin: () => void,
   ) {}
 
   get isTree(): boolean {
@@ -42,6 +48,7 @@ export class ItemMap {
   }
 
   put(key: Buffer, value: Buffer): void {
+    this.pin();
     if (this.isTree) {
       this.tree().put(key, value);
       this.syncMeta();
@@ -64,6 +71,7 @@ export class ItemMap {
   }
 
   delete(key: Buffer): boolean {
+    this.pin();
     if (this.isTree) {
       const deleted = this.tree().delete(key);
       this.syncMeta();
@@ -103,13 +111,14 @@ export class ItemMap {
     return i >= 0 ? items[i] : undefined;
   }
 
-  /** Block ranges that `clear` will free (read-only). */
+  /** Block ranges that `clear` will free, extents held by the tree's records included (read-only). */
   treeRanges(): number {
     return this.isTree ? this.store.detachedTreeRanges(this.tree()) : 0;
   }
 
-  /** Frees the tree, if any, and empties the map. */
+  /** Releases the tree, if any (and the extents its records hold), and empties the map. */
   clear(): void {
+    this.pin();
     if (this.isTree) this.store.freeDetachedTree(this.tree());
     this.treeHandle = null;
     this.inode.kind = PayloadKind.None;

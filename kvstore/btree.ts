@@ -24,7 +24,7 @@ export interface NodeStore {
   readNode(lba: number, level: number, owner: number): Node;
   newNode(level: number, owner: number): Node;
   /** The node itself if already writable in this transaction, else a writable copy. */
-  shadow(node: Node): Node;
+  shadow(node: Node, treeId: number): Node;
   freeNode(node: Node): void;
   /** Checks the volume is healthy and reserves blocks before a mutation touches anything. */
   beginMutation(blocks: number, purpose: ReservePurpose, freedRanges?: number): void;
@@ -147,6 +147,24 @@ export class Tree {
     }
   }
 
+  /**
+   * Makes the path to `key` writable in this transaction without changing
+   * anything: for a record whose edges are about to change (the tree held in
+   * it, its extents), whose node must be copied, and pass its references on,
+   * before what it points to is (Rodeh: parents before children).
+   */
+  touch(key: Uint8Array): void {
+    const path = this.readPath(key);
+    const before = path.map((step) => step.node);
+    this.store.beginMutation(this.worstCaseBlocks(), "shrink");
+    try {
+      this.makePathWritable(path);
+    } catch (error) {
+      this.store.poison(error);
+    }
+    if (path.some((step, k) => step.node !== before[k])) this.modCount++;
+  }
+
   cursor(): Cursor {
     return new Cursor(this);
   }
@@ -196,7 +214,7 @@ export class Tree {
 
   private makeWritable(path: PathStep[], k: number): void {
     const step = path[k]!;
-    const copy = this.store.shadow(step.node);
+    const copy = this.store.shadow(step.node, this.id);
     if (copy === step.node) return;
     step.node = copy;
     if (k === 0) {
@@ -276,7 +294,7 @@ export class Tree {
 
   private writableChild(parent: Node, i: number): Node {
     const child = this.child(parent, i);
-    const copy = this.store.shadow(child);
+    const copy = this.store.shadow(child, this.id);
     if (copy !== child) parent.setChildAt(i, copy.lba);
     return copy;
   }

@@ -16,6 +16,7 @@ import { compareBytes, nodeGeneration, validateNodeBytes, decodeNode, type Node 
 import { decodeMeta, readSuperblock } from "./store.js";
 import { GroveError } from "./errors.js";
 import type { TreeMeta } from "./btree.js";
+import type { ItemEdges } from "./interfaces.js";
 
 /** One bit a block. */
 export class Bitmap {
@@ -46,24 +47,32 @@ export interface ForestReport {
   reachable: Bitmap;
   reachableBlocks: number;
   trees: TreeReport[];
+  /**
+   * References found to each block reached more than once (a node shared by
+   * snapshots, a data extent held by several records): what the refcount
+   * tree must record. Blocks reached once are absent (one reference is implicit).
+   */
+  references: Map<number, number>;
+  /** Data extents reached: first LBA → blocks. */
+  extents: Map<number, number>;
 }
 
-/**
- * Edges of the forest held in leaf values (DESIGN.md): an upper layer that
- * stores the root of a tree, or a data extent, in a record reports it here so
- * that the walk follows it exactly like a child pointer.
- */
-export interface ItemEdges {
-  /** A tree whose root lives in this record; it is walked after the current tree. */
-  tree(owner: number, meta: TreeMeta): void;
-  /** Data blocks this record owns. */
-  blocks(lba: number, count: number, what: string): void;
-}
+export type { ItemEdges } from "./interfaces.js";
 
 /** Sees every leaf item of every tree, so upper layers can check their records in the same walk. */
 export type ItemVisitor = (treeId: number, key: Buffer, value: Buffer, edges: ItemEdges) => void;
 
-export function checkForest(device: BlockDevice, visitItem?: ItemVisitor): ForestReport {
+export interface ForestOptions {
+  /**
+   * Where the walk of tree `id` starts: a tree being dropped incrementally has
+   * released every key below this one (its blocks may be reused), so only the
+   * rest is walked, and its item count is not checked. Asked when the tree's
+   * walk begins, after every tree with a smaller id was walked.
+   */
+  walkFrom?: (id: number) => Buffer | null;
+}
+
+export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, options: ForestOptions = {}): ForestReport {
   const problems: string[] = [];
   let sb;
   try {
@@ -77,6 +86,8 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor): Fores
       reachable: new Bitmap(device.blockCount),
       reachableBlocks: 0,
       trees: [],
+      references: new Map(),
+      extents: new Map(),
     };
   }
   const reachable = new Bitmap(sb.deviceBlocks);
@@ -96,7 +107,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor): Fores
     }
   });
   trees.push(rootReport);
-  for (const meta of metas) trees.push(walker.walk(meta.id, meta.rootLba, meta.level, meta.count));
+  for (const meta of metas) trees.push(walker.walk(meta.id, meta.rootLba, meta.level, meta.count, undefined, options.walkFrom?.(meta.id) ?? null));
   // Trees found in records are walked breadth-first, so nesting never deepens the stack.
   for (let i = 0; i < walker.queued.length; i++) {
     const next = walker.queued[i]!;
@@ -109,12 +120,21 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor): Fores
     reachable,
     reachableBlocks: walker.marked,
     trees,
+    references: walker.references,
+    extents: walker.extents,
   };
 }
 
 class TreeWalker implements ItemEdges {
   marked = 0;
   readonly queued: Array<{ owner: number; meta: TreeMeta }> = [];
+  readonly references = new Map<number, number>();
+  readonly extents = new Map<number, number>();
+  private readonly nodes: Bitmap;
+  /** Items under each node walked, so a shared subtree counts toward every tree that reaches it. */
+  private readonly subtreeItems = new Map<number, number>();
+  /** The current walk skips subtrees whose keys all lie below this. */
+  private from: Buffer | null = null;
 
   constructor(
     private readonly device: BlockDevice,
@@ -123,7 +143,13 @@ class TreeWalker implements ItemEdges {
     private readonly reachable: Bitmap,
     private readonly problems: string[],
     private readonly visitItem?: ItemVisitor,
-  ) {}
+  ) {
+    this.nodes = new Bitmap(deviceBlocks);
+  }
+
+  private referenceAgain(lba: number): void {
+    this.references.set(lba, (this.references.get(lba) ?? 1) + 1);
+  }
 
   tree(owner: number, meta: TreeMeta): void {
     this.queued.push({ owner, meta });
@@ -134,6 +160,16 @@ class TreeWalker implements ItemEdges {
       this.problems.push(`${what}: blocks ${lba}+${count} lie outside the volume`);
       return;
     }
+    const known = this.extents.get(lba);
+    if (known === count) {
+      this.referenceAgain(lba);
+      return;
+    }
+    if (known !== undefined) {
+      this.problems.push(`${what}: extent ${lba}+${count} overlaps extent ${lba}+${known}`);
+      return;
+    }
+    this.extents.set(lba, count);
     for (let b = lba; b < lba + count; b++) {
       if (this.reachable.get(b)) {
         this.problems.push(`${what}: block ${b} is reachable twice`);
@@ -150,14 +186,17 @@ class TreeWalker implements ItemEdges {
     level: number,
     count: number,
     onItem?: (key: Buffer, value: Buffer) => void,
+    from: Buffer | null = null,
   ): TreeReport {
     const report: TreeReport = { id, nodes: 0, items: 0, depth: level + 1 };
+    this.from = from;
     if (level >= treeDepthMax) {
       this.problems.push(`tree ${id}: depth ${level + 1} exceeds ${treeDepthMax}`);
       return report;
     }
     this.visit(id, rootLba, level, null, null, this.generation, report, onItem);
-    if (report.items !== count) {
+    this.from = null;
+    if (from === null && report.items !== count) {
       this.problems.push(`tree ${id}: holds ${report.items} items but its record says ${count}`);
     }
     return report;
@@ -179,11 +218,36 @@ class TreeWalker implements ItemEdges {
       this.problems.push(`${where}: pointer outside the volume`);
       return;
     }
+    if (this.nodes.get(lba)) {
+      this.referenceAgain(lba);
+      report.items += this.subtreeItems.get(lba) ?? 0;
+      return;
+    }
+    const itemsBefore = report.items;
+    try {
+      this.visitNode(id, lba, level, lo, hi, parentGeneration, report, where, onItem);
+    } finally {
+      this.subtreeItems.set(lba, report.items - itemsBefore);
+    }
+  }
+
+  private visitNode(
+    id: number,
+    lba: number,
+    level: number,
+    lo: Buffer | null,
+    hi: Buffer | null,
+    parentGeneration: number,
+    report: TreeReport,
+    where: string,
+    onItem?: (key: Buffer, value: Buffer) => void,
+  ): void {
     if (this.reachable.get(lba)) {
       this.problems.push(`${where}: block is reachable twice`);
       return;
     }
     this.reachable.set(lba);
+    this.nodes.set(lba);
     this.marked++;
     report.nodes++;
     const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
@@ -218,6 +282,7 @@ class TreeWalker implements ItemEdges {
     for (let i = 0; i < node.count; i++) {
       const childLo = i === 0 ? lo : Buffer.from(node.keyAt(i));
       const childHi = i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi;
+      if (this.from !== null && childHi !== null && compareBytes(childHi, this.from) <= 0) continue;
       this.visit(id, node.childAt(i), level - 1, childLo, childHi, generation, report, onItem);
     }
   }

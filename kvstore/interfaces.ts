@@ -1,8 +1,10 @@
 /**
  * What kvstore needs from the layers above, as interfaces (dependency
- * inversion, not an upward import): blocks from an allocator (`alloc/`), and
- * whether a node is shared (`snapshot/`, later).
+ * inversion, not an upward import): blocks from an allocator (`alloc/`),
+ * whether a block is shared (`snapshot/`), and which leaf values hold block
+ * pointers (`fs/`).
  */
+import type { TreeMeta } from "./btree.js";
 import type { Store } from "./store.js";
 
 /** Why space is being reserved: growing must leave headroom so that shrinking can still proceed. */
@@ -39,24 +41,62 @@ export interface SpaceProvider {
 }
 
 /**
- * Reference counts on nodes (Rodeh). A node with one reference is copied on
- * write normally; a shared one must pass a reference to each child when it is
- * copied, and is never freed while others hold it.
+ * Edges of the forest held in leaf values (DESIGN.md): a record that holds
+ * the root of a tree, or a data extent, reports it here, so that sharing,
+ * freeing and the checker follow it exactly like a child pointer.
+ */
+export interface ItemEdges {
+  /** A tree whose root lives in this record. */
+  tree(owner: number, meta: TreeMeta): void;
+  /** A data extent this record references: the whole physical extent, `count` blocks from `lba`. */
+  blocks(lba: number, count: number, what: string): void;
+}
+
+/** Reports the edges held in one leaf item of tree `treeId` (none for most items). */
+export type EdgeReader = (treeId: number, key: Buffer, value: Buffer, edges: ItemEdges) => void;
+
+export const noEdges: EdgeReader = () => {};
+
+/**
+ * Reference counts on blocks (Rodeh). Every allocated block has one
+ * reference implicitly; a shared one (a node reachable from two parents, a
+ * data extent held by two records) has more. A node with one reference is
+ * copied on write normally; a shared one passes a reference to each child
+ * when it is copied, and is never freed while others hold it.
  */
 export interface NodeSharing {
-  isShared(lba: number, generation: number): boolean;
-  addRef(lba: number): void;
-  /** Drops one reference from a shared block; the block stays allocated. */
+  /**
+   * Whether the node at `lba`, written at `generation`, read as part of tree
+   * `treeId`, may have another reference. A node written after the last
+   * snapshot of its subvolume cannot, and needs no lookup.
+   */
+  isShared(lba: number, generation: number, treeId: number): boolean;
+  /** References to the block or extent starting at `lba` (1 when none are recorded). */
+  refCount(lba: number): number;
+  /** One more reference to the block or extent of `blocks` blocks at `lba`. */
+  addRef(lba: number, blocks: number): void;
+  /** Drops one reference from a block whose count is at least 2; the block stays allocated. */
   dropRef(lba: number): void;
+  /** Blocks the commit may spend recording the counts changed so far. */
+  commitBlocks(): number;
+  /** One round of the commit fixpoint: record changed counts in their tree. Returns whether it changed anything. */
+  flushToTrees(): boolean;
+  committed(): void;
+  aborted(): void;
 }
 
 /** The default before snapshots exist: every block has exactly one reference. */
 export const unshared: NodeSharing = {
   isShared: () => false,
+  refCount: () => 1,
   addRef: () => {
     throw new Error("unshared volume: addRef is never needed");
   },
   dropRef: () => {
     throw new Error("unshared volume: dropRef is never needed");
   },
+  commitBlocks: () => 0,
+  flushToTrees: () => false,
+  committed: () => {},
+  aborted: () => {},
 };

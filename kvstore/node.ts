@@ -30,7 +30,7 @@
  */
 import { allocBlock, readU64LE, recycleBlock, writeU64LE } from "./bytes.js";
 import { crc32c } from "./checksum.js";
-import { blockSizeBytes, keySizeMaxBytes, treeDepthMax, valueSizeMaxBytes } from "./constants.js";
+import { blockSizeBytes, keySizeMaxBytes, treeDepthMax, treeIdFirstDynamic, valueSizeMaxBytes } from "./constants.js";
 import { CorruptionError, assert } from "./errors.js";
 
 export const nodeMagic = 0x4e565247; // "GRVN" read little-endian
@@ -117,10 +117,11 @@ export class Node {
   }
 
   /** A writable copy of this node at a new LBA, for copy-on-write. */
-  copyTo(lba: number, generation: number): Node {
+  /** A writable copy at `lba`, owned by `owner` (the tree that copies it: with snapshots, not always the writer). */
+  copyTo(lba: number, generation: number, owner = this.owner): Node {
     const buf = allocBlock();
     buf.set(this.buf);
-    const node = new Node(buf, lba, generation, this.owner, this.level);
+    const node = new Node(buf, lba, generation, owner, this.level);
     node.count = this.count;
     node.heapStart = this.heapStart;
     node.garbage = this.garbage;
@@ -354,6 +355,23 @@ function compareInBuffer(buf: Buffer, a: number, aLen: number, b: number, bLen: 
   return aLen - bLen;
 }
 
+/**
+ * Whether a node written by tree `actual` may be read as part of tree
+ * `expected`. Fixed trees (ids below treeIdFirstDynamic) own their nodes
+ * alone. Dynamic trees share nodes through snapshots and clones, so a node
+ * keeps the id of the tree that wrote it and any tree of the same family may
+ * read it: ids below 2^32 are one family (subvolume trees), and an id
+ * `tree × 2^32 + object` (a per-object tree, such as a file's extents)
+ * matches every id with the same object.
+ */
+export function ownerMatches(expected: number, actual: number): boolean {
+  if (expected === actual) return true;
+  if (expected < treeIdFirstDynamic || actual < treeIdFirstDynamic) return false;
+  const objectTrees = expected >= 2 ** 32;
+  if (objectTrees !== actual >= 2 ** 32) return false;
+  return !objectTrees || expected % 2 ** 32 === actual % 2 ** 32;
+}
+
 /** What a reader expects of a node: where it was found and what points at it. */
 export interface NodeExpectation {
   lba: number;
@@ -377,7 +395,7 @@ function validateNodeStructure(buf: Buffer, expect: NodeExpectation): string | n
   const lba = readU64LE(buf, NODE_LBA);
   if (lba !== expect.lba) return `node claims LBA ${lba} (misdirected write?)`;
   const owner = readU64LE(buf, NODE_OWNER);
-  if (owner !== expect.owner) return `node belongs to tree ${owner}, not ${expect.owner}`;
+  if (!ownerMatches(expect.owner, owner)) return `node belongs to tree ${owner}, not ${expect.owner}`;
   const level = buf[NODE_LEVEL]!;
   if (level !== expect.level) return `node level ${level}, expected ${expect.level}`;
   if (level >= treeDepthMax) return `node level ${level} exceeds the depth bound`;
@@ -422,7 +440,7 @@ export function decodeNode(buf: Buffer, expect: NodeExpectation): Node {
   if (reason !== null) {
     throw new CorruptionError("EIO_node_corrupt", `corrupt node at block ${expect.lba} (tree ${expect.owner}): ${reason}`);
   }
-  const node = new Node(buf, expect.lba, readU64LE(buf, NODE_GENERATION), expect.owner, expect.level);
+  const node = new Node(buf, expect.lba, readU64LE(buf, NODE_GENERATION), readU64LE(buf, NODE_OWNER), expect.level);
   node.count = buf.readUInt16LE(NODE_COUNT);
   node.heapStart = buf.readUInt16LE(NODE_HEAP_START);
   node.garbage = buf.readUInt16LE(NODE_GARBAGE);

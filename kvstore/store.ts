@@ -36,8 +36,17 @@ import type { BlockDevice } from "./device.js";
 import { allocBlock, writeU64BE, writeU64LE } from "./bytes.js";
 import { CorruptionError, GroveError, IoError, assert } from "./errors.js";
 import { NodeStore, Tree, TreeMeta } from "./btree.js";
-import { NodeSharing, ReservePurpose, SpaceManager, SpaceProvider, unshared } from "./interfaces.js";
-import { Node, decodeNode, sealNode } from "./node.js";
+import {
+  EdgeReader,
+  ItemEdges,
+  NodeSharing,
+  ReservePurpose,
+  SpaceManager,
+  SpaceProvider,
+  noEdges,
+  unshared,
+} from "./interfaces.js";
+import { Node, decodeNode, ownerMatches, sealNode } from "./node.js";
 import { NodeCache } from "./node_cache.js";
 import { Superblock, decodeSuperblock, encodeSuperblock, labelSizeMaxBytes, slotForGeneration } from "./superblock.js";
 
@@ -53,6 +62,8 @@ export interface StoreOptions {
   /** Bound on clean cached nodes, in bytes. */
   cacheBytes?: number;
   sharing?: NodeSharing;
+  /** Which leaf values hold block pointers (the roots of trees, data extents). */
+  edges?: EdgeReader;
   readOnly?: boolean;
 }
 
@@ -112,6 +123,7 @@ export class Store implements NodeStore {
   readonly device: BlockDevice;
   readonly readOnly: boolean;
   readonly sharing: NodeSharing;
+  readonly edges: EdgeReader;
   /** The running transaction's generation; every node it writes carries it. */
   generation: number;
   rootTree!: Tree;
@@ -132,6 +144,7 @@ export class Store implements NodeStore {
     this.generation = superblock.generation + 1;
     this.readOnly = options.readOnly ?? false;
     this.sharing = options.sharing ?? unshared;
+    this.edges = options.edges ?? noEdges;
     this.cache = new NodeCache(options.cacheBytes ?? nodeCacheBytesDefault);
   }
 
@@ -242,13 +255,52 @@ export class Store implements NodeStore {
   }
 
   /**
-   * Frees every block of a tree and forgets it. A shared subtree loses one
-   * reference instead. The tree is walked read-only first, so that a refusal
-   * (ENOSPC: recording the frees costs the commit space) changes nothing.
+   * Drops the tree's reference to its root and forgets it: every block only
+   * it references is freed, a shared subtree loses one reference instead.
+   * The tree is walked read-only first, so that a refusal (ENOSPC: recording
+   * the frees costs the commit space) changes nothing.
    */
   dropTree(id: number): void {
     const tree = this.openTree(id);
-    this.releaseTreeBlocks(tree, () => this.rootTree.delete(treeKey(id)));
+    this.releaseTree(tree, () => this.rootTree.delete(treeKey(id)));
+    this.trees.delete(id);
+    this.droppedTrees.set(id, tree);
+  }
+
+  /**
+   * A new tree `id` that shares tree `source`'s root (a snapshot or clone):
+   * O(1), one more reference on the root. The source must be committed
+   * (no node of it written in the running transaction), so that its nodes
+   * are never again modified in place.
+   */
+  cloneTree(source: number, id: number): Tree {
+    const from = this.openTree(source);
+    if (this.hasTree(id)) throw new GroveError("EEXIST", "EEXIST_tree", `tree ${id} already exists`);
+    const root = from.root();
+    assert(root.generation < this.generation && !from.metaDirty, "a tree is cloned only once it is committed");
+    this.beginMutation(1, "grow");
+    try {
+      this.rootTree.put(treeKey(id), encodeMeta(from.meta()));
+      this.sharing.addRef(root.lba, 1);
+    } catch (error) {
+      this.poison(error);
+    }
+    const tree = new Tree(this, id, from.meta());
+    this.trees.set(id, tree);
+    return tree;
+  }
+
+  /** Forgets tree `id` without touching its blocks: the caller has released them (an incremental drop). */
+  forgetTree(id: number): void {
+    const tree = this.openTree(id);
+    this.beginMutation(0, "shrink");
+    try {
+      this.rootTree.delete(treeKey(id));
+    } catch (error) {
+      this.poison(error);
+    }
+    tree.dropped = true;
+    tree.modCount++;
     this.trees.delete(id);
     this.droppedTrees.set(id, tree);
   }
@@ -275,63 +327,57 @@ export class Store implements NodeStore {
   }
 
   /**
-   * Runs of adjacent blocks a detached tree owns: what freeing it adds to the
-   * commit's work (a read-only walk, so a corrupt node is found before any change).
+   * What releasing a detached tree adds to the commit's work, in ranges (a
+   * read-only walk, so a corrupt node is found before any change).
    */
   detachedTreeRanges(tree: Tree): number {
-    const { blocks } = this.collectTreeBlocks(tree);
-    let ranges = 0;
-    for (let i = 0; i < blocks.length; i++) if (i === 0 || blocks[i] !== blocks[i - 1]! + 1) ranges++;
-    return ranges;
+    const plan = this.planRelease();
+    plan.node(tree.rootLba, tree.level, tree.id);
+    return plan.ranges();
   }
 
-  /** Frees every block of a detached tree, as `dropTree` does for a recorded one. */
+  /** Releases a detached tree, as `dropTree` does for a recorded one: blocks only it references are freed. */
   freeDetachedTree(tree: Tree): void {
-    this.releaseTreeBlocks(tree, () => {});
+    this.releaseTree(tree, () => {});
   }
 
-  private releaseTreeBlocks(tree: Tree, unlink: () => void): void {
-    assert(!tree.dropped, "a dropped tree is not dropped again");
-    const { blocks, shared } = this.collectTreeBlocks(tree);
-    let ranges = 0;
-    for (let i = 0; i < blocks.length; i++) if (i === 0 || blocks[i] !== blocks[i - 1]! + 1) ranges++;
-    this.beginMutation(this.rootTree.level * 3 + 4, "shrink", ranges);
+  /** An empty plan of references to drop: fill it (read-only), then `applyRelease`. */
+  planRelease(): ReleasePlan {
+    this.checkHealthy();
+    return new ReleasePlan(this);
+  }
+
+  /**
+   * Carries out a plan: admitted first (a refusal changes nothing), then every
+   * shared block loses a reference and every other one is freed.
+   */
+  applyRelease(plan: ReleasePlan, alsoApply: () => void = () => {}): void {
+    this.beginMutation(this.rootTree.level * 3 + 4, "shrink", plan.ranges() + plan.drops.length);
     try {
-      unlink();
-      for (const lba of shared) this.sharing.dropRef(lba);
-      for (const lba of blocks) {
-        const node = this.cache.get(lba);
-        if (node !== undefined) {
-          this.cache.remove(node);
-          node.retire();
+      alsoApply();
+      for (const lba of plan.drops) this.sharing.dropRef(lba);
+      for (const [lba, count] of plan.frees) {
+        if (count === 1) {
+          const node = this.cache.get(lba);
+          if (node !== undefined) {
+            this.cache.remove(node);
+            node.retire();
+          }
         }
-        this.space!.free(lba, 1);
+        this.space!.free(lba, count);
       }
-      tree.dropped = true;
-      tree.modCount++;
     } catch (error) {
       this.poison(error);
     }
   }
 
-  /** The blocks a tree owns alone, ascending, and the roots of subtrees it shares. */
-  private collectTreeBlocks(tree: Tree): { blocks: number[]; shared: number[] } {
-    const blocks: number[] = [];
-    const shared: number[] = [];
-    const visit = (node: Node, depth: number): void => {
-      assert(depth <= treeDepthMax, "tree depth is bounded");
-      if (node.generation !== this.generation && this.sharing.isShared(node.lba, node.generation)) {
-        shared.push(node.lba);
-        return;
-      }
-      blocks.push(node.lba);
-      if (node.level === 0) return;
-      const children: number[] = [];
-      for (let i = 0; i < node.count; i++) children.push(node.childAt(i));
-      for (const child of children) visit(this.readNode(child, node.level - 1, tree.id), depth + 1);
-    };
-    visit(tree.root(), 1);
-    return { blocks: blocks.sort((a, b) => a - b), shared };
+  private releaseTree(tree: Tree, unlink: () => void): void {
+    assert(!tree.dropped, "a dropped tree is not dropped again");
+    const plan = this.planRelease();
+    plan.node(tree.rootLba, tree.level, tree.id);
+    this.applyRelease(plan, unlink);
+    tree.dropped = true;
+    tree.modCount++;
   }
 
   /** Ids of every tree but the root tree, ascending. */
@@ -378,6 +424,7 @@ export class Store implements NodeStore {
     this.rootTree.metaDirty = false;
     this.generation++;
     this.space.committed();
+    this.sharing.committed();
   }
 
   /** Discards the running transaction: every tree returns to its committed state. */
@@ -385,6 +432,7 @@ export class Store implements NodeStore {
     this.checkHealthy();
     this.cache.dropDirty();
     this.space?.aborted();
+    this.sharing.aborted();
     const sb = this.superblock;
     this.resetTree(this.rootTree, { rootLba: sb.rootLba, level: sb.rootLevel, count: sb.rootCount });
     for (const [id, tree] of this.droppedTrees) {
@@ -417,7 +465,7 @@ export class Store implements NodeStore {
     if (this.poisoned !== null) this.checkHealthy();
     const cached = this.cache.get(lba);
     if (cached !== undefined) {
-      if (cached.level !== level || cached.owner !== owner) {
+      if (cached.level !== level || !ownerMatches(owner, cached.owner)) {
         throw new CorruptionError("EIO_pointer", `block ${lba} is not a level-${level} node of tree ${owner}`);
       }
       return cached;
@@ -438,14 +486,22 @@ export class Store implements NodeStore {
     return node;
   }
 
-  shadow(node: Node): Node {
+  shadow(node: Node, treeId: number): Node {
     if (node.generation === this.generation) return node;
-    const shared = this.sharing.isShared(node.lba, node.generation);
-    const copy = node.copyTo(this.allocateBlock(), this.generation);
+    const shared = this.sharing.isShared(node.lba, node.generation, treeId);
+    const copy = node.copyTo(this.allocateBlock(), this.generation, treeId);
     this.cache.addDirty(copy);
     if (shared) {
-      // The copy is one more parent of every child; the original has one parent fewer.
-      if (node.level > 0) for (let i = 0; i < node.count; i++) this.sharing.addRef(node.childAt(i));
+      // The copy is one more parent of every child, and of every block its records point at; the original has one parent fewer.
+      if (node.level > 0) {
+        for (let i = 0; i < node.count; i++) this.sharing.addRef(node.childAt(i), 1);
+      } else {
+        const edges: ItemEdges = {
+          tree: (_owner, meta) => this.sharing.addRef(meta.rootLba, 1),
+          blocks: (lba, count) => this.sharing.addRef(lba, count),
+        };
+        for (let i = 0; i < node.count; i++) this.edges(treeId, Buffer.from(node.keyAt(i)), node.copyValue(i), edges);
+      }
       this.sharing.dropRef(node.lba);
     } else {
       // Nothing references the original any more (abort rereads it from the device).
@@ -466,7 +522,8 @@ export class Store implements NodeStore {
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
     assert(this.space !== null, "an allocator is attached before any mutation");
     if (this.committing) return;
-    this.space.reserve(blocks + this.rootTreeCommitBlocks(), this.headroomSpender ? "shrink" : purpose, freedRanges);
+    const commitBlocks = this.rootTreeCommitBlocks() + this.sharing.commitBlocks();
+    this.space.reserve(blocks + commitBlocks, this.headroomSpender ? "shrink" : purpose, freedRanges);
   }
 
   /**
@@ -519,15 +576,11 @@ export class Store implements NodeStore {
     return lba;
   }
 
-  /** Gives a node's block back: freed if it has one reference, one reference dropped if shared. */
+  /** Gives back the block of a node written in this transaction (never shared). */
   private releaseNode(node: Node): void {
     this.cache.remove(node);
-    if (node.generation !== this.generation && this.sharing.isShared(node.lba, node.generation)) {
-      this.sharing.dropRef(node.lba);
-    } else {
-      this.space!.free(node.lba, 1);
-      node.retire();
-    }
+    this.space!.free(node.lba, 1);
+    node.retire();
   }
 
   private resetTree(tree: Tree, meta: TreeMeta): void {
@@ -549,6 +602,7 @@ export class Store implements NodeStore {
         this.rootTree.put(treeKey(tree.id), encodeMeta(tree.meta()));
         changed = true;
       }
+      if (this.sharing.flushToTrees()) changed = true;
       if (this.space!.flushToTrees()) changed = true;
       if (!changed) return;
     }
@@ -570,5 +624,70 @@ export class Store implements NodeStore {
       }
       i = j;
     }
+  }
+}
+
+/**
+ * References to drop, planned by a read-only walk (Rodeh): a block with other
+ * references loses one and is not descended into; a block with one is freed,
+ * with everything it points to (children, and the trees and extents its
+ * records hold) released the same way. Counts planned to drop are taken into
+ * account, so two records of one extent in a plan free it once.
+ */
+export class ReleasePlan {
+  /** Blocks losing one reference. */
+  readonly drops: number[] = [];
+  /** [lba, count] runs to free. */
+  readonly frees: Array<[number, number]> = [];
+  /** Nodes read by the walk, a measure of its work. */
+  nodesRead = 0;
+  private readonly planned = new Map<number, number>();
+
+  constructor(private readonly store: Store) {}
+
+  /** Drops one reference to the node at `lba`, of tree `owner` at `level`. */
+  node(lba: number, level: number, owner: number, depth = 0): void {
+    assert(depth <= 2 * treeDepthMax, "release depth is bounded");
+    if (this.takeShared(lba)) return;
+    const node = this.store.readNode(lba, level, owner);
+    this.nodesRead++;
+    this.frees.push([lba, 1]);
+    if (node.level > 0) {
+      const children: number[] = [];
+      for (let i = 0; i < node.count; i++) children.push(node.childAt(i));
+      for (const child of children) this.node(child, level - 1, owner, depth + 1);
+      return;
+    }
+    for (let i = 0; i < node.count; i++) this.item(owner, Buffer.from(node.keyAt(i)), node.copyValue(i), depth);
+  }
+
+  /** Drops the references held by one record (a leaf item). */
+  item(owner: number, key: Buffer, value: Buffer, depth = 0): void {
+    this.store.edges(owner, key, value, {
+      tree: (treeOwner, meta) => this.node(meta.rootLba, meta.level, treeOwner, depth + 1),
+      blocks: (lba, count) => this.extent(lba, count),
+    });
+  }
+
+  /** Drops one reference to the data extent of `count` blocks at `lba`. */
+  extent(lba: number, count: number): void {
+    if (!this.takeShared(lba)) this.frees.push([lba, count]);
+  }
+
+  /** Runs of adjacent blocks to free: what recording them costs the commit. */
+  ranges(): number {
+    if (this.frees.length === 0) return 0;
+    const sorted = [...this.frees].sort((a, b) => a[0] - b[0]);
+    let ranges = 1;
+    for (let i = 1; i < sorted.length; i++) if (sorted[i]![0] !== sorted[i - 1]![0] + sorted[i - 1]![1]) ranges++;
+    return ranges;
+  }
+
+  private takeShared(lba: number): boolean {
+    const already = this.planned.get(lba) ?? 0;
+    if (this.store.sharing.refCount(lba) - already < 2) return false;
+    this.planned.set(lba, already + 1);
+    this.drops.push(lba);
+    return true;
   }
 }

@@ -31,7 +31,7 @@ import { blockSizeBytes, deviceBlocksMin, superblockSlotLbas, treeDepthMax } fro
 import { assert } from "./errors.js";
 
 export const superblockMagic = Buffer.from("GROVEFS\x01", "latin1");
-export const formatVersion = 1;
+export const formatVersion = 2;
 /** No incompatible features are defined yet; an image with unknown bits is refused. */
 export const featuresIncompatKnown = 0n;
 

@@ -1,0 +1,242 @@
+/**
+ * Subvolumes, snapshots and clones: the subvolume table, O(1) creation, and
+ * incremental, resumable deletion.
+ *
+ * Creation adds a record and a tree that shares the source's root (one more
+ * reference on it), whatever the subvolume's size. The caller commits before
+ * (so the source has no node written in the running transaction, which would
+ * otherwise be modified in place) and after.
+ *
+ * Deletion (Rodeh's drop, as btrfs's drop_snapshot): the name goes at once;
+ * the record moves to the deleting range. Each step walks the tree from the
+ * root toward the saved progress key: a node with other references loses one
+ * and is skipped whole; a node referenced only here is descended into, its
+ * leaves' records release what they point at (file trees, data extents), and
+ * it is freed once all its children are done. The progress key (every key
+ * below it is released) is written in the same transaction as the frees, so
+ * a crash or unmount resumes exactly where the last commit left off. Nodes on
+ * the path to the progress key stay allocated until their subtree is done, so
+ * the walk can always descend again.
+ */
+import { GroveError, ReleasePlan, Store, Tree, assert, compareBytes, treeDepthMax } from "../kvstore/index.js";
+import {
+  SubvolumeRecord,
+  decodeCounters,
+  decodeSubvolume,
+  deletingKey,
+  deletingRange,
+  encodeCounters,
+  encodeSubvolume,
+  liveKey,
+  liveRange,
+  subvolumeCountersKey,
+  subvolumeIdMax,
+  treeIdSubvolumes,
+  validateSubvolumeName,
+} from "./format.js";
+
+export const defaultSubvolumeId = 256;
+export const defaultSubvolumeName = "default";
+/** Nodes one deletion step reads before it stops and records its progress. */
+export const deletionStepNodes = 512;
+
+export class Subvolumes {
+  private tableHandle: Tree | null = null;
+  /** Last snapshot generation by subvolume id, from the table (reloaded after an abort). */
+  private lastSnapshots: Map<number, number> | null = null;
+
+  constructor(private readonly store: Store) {}
+
+  /** Creates the table and the default subvolume's (empty) inode tree; the caller fills it. */
+  static format(store: Store, nowNs: bigint): Tree {
+    const table = store.createTree(treeIdSubvolumes);
+    table.put(subvolumeCountersKey, encodeCounters(defaultSubvolumeId + 1));
+    const tree = store.createTree(defaultSubvolumeId);
+    const record: SubvolumeRecord = {
+      id: defaultSubvolumeId,
+      parent: 0,
+      generation: store.generation,
+      createdNs: nowNs,
+      lastSnapshotGeneration: 0,
+      readOnly: false,
+      name: defaultSubvolumeName,
+      progress: Buffer.alloc(0),
+    };
+    table.put(liveKey(defaultSubvolumeName), encodeSubvolume(record));
+    return tree;
+  }
+
+  lastSnapshotOf(id: number): number | undefined {
+    if (this.lastSnapshots === null) {
+      const map = new Map<number, number>();
+      for (const record of this.list()) map.set(record.id, record.lastSnapshotGeneration);
+      for (const record of this.deleting()) map.set(record.id, record.lastSnapshotGeneration);
+      this.lastSnapshots = map;
+    }
+    return this.lastSnapshots.get(id);
+  }
+
+  /** The transaction was discarded: cached records may be gone. */
+  forgetCache(): void {
+    this.lastSnapshots = null;
+  }
+
+  get(name: string): SubvolumeRecord | undefined {
+    validateSubvolumeName(name);
+    const value = this.table().get(liveKey(name));
+    return value === undefined ? undefined : decodeSubvolume(value);
+  }
+
+  /** The live subvolume `name`, or ENOENT. */
+  require(name: string): SubvolumeRecord {
+    const record = this.get(name);
+    if (record === undefined) throw new GroveError("ENOENT", "ENOENT_subvolume", `no subvolume named ${JSON.stringify(name)}`);
+    return record;
+  }
+
+  byId(id: number): SubvolumeRecord | undefined {
+    return this.list().find((r) => r.id === id);
+  }
+
+  /** Live subvolumes, by name. */
+  list(): SubvolumeRecord[] {
+    const records: SubvolumeRecord[] = [];
+    for (const [, value] of this.table().range(liveRange)) records.push(decodeSubvolume(value));
+    return records;
+  }
+
+  /** Subvolumes whose deletion has not finished, by id. */
+  deleting(): SubvolumeRecord[] {
+    const records: SubvolumeRecord[] = [];
+    for (const [, value] of this.table().range(deletingRange)) records.push(decodeSubvolume(value));
+    return records;
+  }
+
+  /**
+   * A snapshot (read-only) or clone of `sourceName` called `name`: O(1). The
+   * caller commits before and after.
+   */
+  create(name: string, sourceName: string, readOnly: boolean, nowNs: bigint): SubvolumeRecord {
+    validateSubvolumeName(name);
+    if (this.get(name) !== undefined) throw new GroveError("EEXIST", "EEXIST_subvolume", `a subvolume named ${JSON.stringify(name)} exists`);
+    const source = this.require(sourceName);
+    const counters = this.table().get(subvolumeCountersKey);
+    if (counters === undefined) throw new GroveError("EIO", "EIO_subvolume_counters", "the subvolume counter is missing");
+    const id = decodeCounters(counters);
+    if (id > subvolumeIdMax) throw new GroveError("ENOSPC", "ENOSPC_subvolume_ids", "no subvolume ids are left");
+    const generation = this.store.generation;
+    const record: SubvolumeRecord = {
+      id,
+      parent: source.id,
+      generation,
+      createdNs: nowNs,
+      lastSnapshotGeneration: generation,
+      readOnly,
+      name,
+      progress: Buffer.alloc(0),
+    };
+    // Admitted as one unit: three records and one root-tree entry.
+    this.store.beginMutation(4 * (this.table().level + 3) + 2 * (this.store.rootTree.level + 3), "grow");
+    this.store.cloneTree(source.id, id);
+    try {
+      this.table().put(subvolumeCountersKey, encodeCounters(id + 1));
+      this.table().put(liveKey(name), encodeSubvolume(record));
+      this.table().put(liveKey(source.name), encodeSubvolume({ ...source, lastSnapshotGeneration: generation }));
+    } catch (error) {
+      this.store.poison(error);
+    }
+    this.lastSnapshots = null;
+    return record;
+  }
+
+  /** Unlinks `name` and queues its blocks for release (see `deletionStep`). */
+  delete(name: string): SubvolumeRecord {
+    const record = this.require(name);
+    this.store.beginMutation(2 * (this.table().level + 3), "shrink");
+    try {
+      this.table().delete(liveKey(name));
+      this.table().put(deletingKey(record.id), encodeSubvolume({ ...record, progress: Buffer.alloc(0) }));
+    } catch (error) {
+      this.store.poison(error);
+    }
+    return record;
+  }
+
+  /**
+   * Releases up to about `budget` nodes of the oldest pending deletion.
+   * Returns whether deletions remain. The changes join the running
+   * transaction; the caller commits on its own schedule.
+   */
+  deletionStep(budget = deletionStepNodes): boolean {
+    const pending = this.deleting();
+    if (pending.length === 0) return false;
+    const record = pending[0]!;
+    const tree = this.store.openTree(record.id);
+    const walk = new DropWalk(this.store, record.id, record.progress, budget);
+    const plan = this.store.planRelease();
+    const done = walk.run(plan, tree.rootLba, tree.level);
+    if (done) {
+      this.store.applyRelease(plan, () => this.table().delete(deletingKey(record.id)));
+      this.store.forgetTree(record.id);
+      this.lastSnapshots = null;
+      return pending.length > 1;
+    }
+    this.store.applyRelease(plan, () =>
+      this.table().put(deletingKey(record.id), encodeSubvolume({ ...record, progress: walk.progress })),
+    );
+    return true;
+  }
+
+  private table(): Tree {
+    if (this.tableHandle === null || this.tableHandle.dropped) this.tableHandle = this.store.openTree(treeIdSubvolumes);
+    return this.tableHandle;
+  }
+}
+
+/** One step of a subvolume drop: plans releases from `progress` on, until the budget is spent. */
+class DropWalk {
+  constructor(
+    private readonly store: Store,
+    private readonly id: number,
+    public progress: Buffer,
+    private readonly budget: number,
+  ) {}
+
+  /** Plans the subtree at `lba`, whose keys lie below `hi` (null: unbounded). True once all of it is planned. */
+  run(plan: ReleasePlan, lba: number, level: number, hi: Buffer | null = null, depth = 0): boolean {
+    assert(depth < treeDepthMax, "the drop's descent is bounded");
+    if (this.store.sharing.refCount(lba) >= 2) {
+      plan.drops.push(lba);
+      this.advance(hi);
+      return true;
+    }
+    const node = this.store.readNode(lba, level, this.id);
+    plan.nodesRead++;
+    if (level === 0) {
+      for (let i = 0; i < node.count; i++) {
+        const key = Buffer.from(node.keyAt(i));
+        if (compareBytes(key, this.progress) >= 0) plan.item(this.id, key, node.copyValue(i));
+      }
+      plan.frees.push([lba, 1]);
+      this.advance(hi);
+      return true;
+    }
+    const children: Array<{ lba: number; hi: Buffer | null }> = [];
+    for (let i = 0; i < node.count; i++) {
+      children.push({ lba: node.childAt(i), hi: i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi });
+    }
+    for (let i = 0; i < children.length; i++) {
+      const child = children[i]!;
+      if (child.hi !== null && compareBytes(child.hi, this.progress) <= 0) continue;
+      if (!this.run(plan, child.lba, level - 1, child.hi, depth + 1)) return false;
+      if (plan.nodesRead >= this.budget && i + 1 < children.length) return false;
+    }
+    plan.frees.push([lba, 1]);
+    this.advance(hi);
+    return true;
+  }
+
+  private advance(hi: Buffer | null): void {
+    if (hi !== null) this.progress = hi;
+  }
+}
