@@ -108,6 +108,8 @@ export interface GroveFsOptions {
   cacheBytes?: number;
   /** Wall clock in ns since the epoch; tests pass their own. */
   clock?: () => bigint;
+  /** Nodes one deletion step releases before it records its progress (tests make it small). */
+  deletionStepNodes?: number;
 }
 
 export interface VolumeInfo {
@@ -144,6 +146,7 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   private readonly inodes: Tree;
   private readonly data: FileData;
   private readonly clock: () => bigint;
+  private readonly deletionStepNodes: number;
   private readonly handles = new Map<number, Handle>();
   private readonly openCounts = new Map<number, number>();
   private nextFh = 1;
@@ -195,6 +198,7 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     this.views = isView ? null : new Map();
     this.readOnly = (options.readOnly ?? false) || subvolume.readOnly || volume.store.readOnly;
     this.clock = options.clock ?? wallClock;
+    this.deletionStepNodes = options.deletionStepNodes ?? deletionStepNodes;
     const store = this.store;
     this.inodes = store.openTree(subvolume.id);
     this.data = new FileData(store, this.space, () => this.shrinkReserveBlocks());
@@ -264,7 +268,7 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   /** Called about once a second: commits when the interval has passed or memory bounds are near. */
   maintenance(): void {
     if (this.closed || this.store.readOnly || this.store.isPoisoned || this.views === null) return;
-    if (this.deletionsRunning()) this.deletionWork(deletionNodesPerTick);
+    if (this.deletionsRunning()) this.runDeletions(deletionNodesPerTick);
     const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
     if (due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
   }
@@ -339,7 +343,7 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
 
   finishDeletions(): void {
     this.checkVolumeWritable();
-    while (this.deletionWork(Number.MAX_SAFE_INTEGER)) {
+    while (this.runDeletions(Number.MAX_SAFE_INTEGER)) {
       /* each step commits */
     }
   }
@@ -378,16 +382,17 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   /**
-   * Releases up to `nodes` nodes of pending deletions, one step at a time,
-   * and commits after each step when the volume is short of space or the
-   * work is done. Returns whether deletions remain.
+   * Releases about `nodes` nodes of pending deletions, a step at a time,
+   * committing when done, when dirty nodes pile up, or after every step for
+   * an unbounded run. Returns whether deletions remain.
    */
-  private deletionWork(nodes: number): boolean {
+  runDeletions(nodes: number): boolean {
+    this.checkVolumeWritable();
     let spent = 0;
-    let more = true;
+    let more = this.deletionsRunning();
     while (more && spent < nodes) {
-      more = this.volume.subvolumes.deletionStep(deletionStepNodes);
-      spent += deletionStepNodes;
+      more = this.volume.subvolumes.deletionStep(this.deletionStepNodes);
+      spent += this.deletionStepNodes;
       // Freed blocks come back only with a commit, and dirty nodes are bounded: commit often.
       if (!more || this.store.dirtyBytes > dirtyNodeBytesMax / 4 || nodes === Number.MAX_SAFE_INTEGER) this.sync();
     }

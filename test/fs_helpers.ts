@@ -6,7 +6,7 @@
 import { expect } from "vitest";
 import { constants as C } from "node:fs";
 import { BlockDevice, GroveError, Prng, SimDevice, blockSizeBytes } from "../kvstore/index.js";
-import { Caller, GroveFs, GroveFsOptions, checkFilesystem, FsReport } from "../fs/index.js";
+import { Caller, FileSystemOps, GroveFs, GroveFsOptions, checkFilesystem, FsReport } from "../fs/index.js";
 
 export const root: Caller = { uid: 0, gid: 0 };
 export const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND } = C;
@@ -112,7 +112,7 @@ export function readAt(fs: GroveFs, fh: number, length: number, position = 0): B
 }
 
 /** The whole file at `path`, read through a fresh read-only handle in chunks. */
-export function readFile(fs: GroveFs, path: string): Buffer {
+export function readFile(fs: FileSystemOps, path: string): Buffer {
   const fh = fs.open(path, O_RDONLY);
   try {
     const size = fs.fgetattr(fh).size;
