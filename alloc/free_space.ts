@@ -219,6 +219,21 @@ export class FreeSpace implements SpaceManager {
     else log.push(lba, count);
   }
 
+  /**
+   * fsck's repair: the free set becomes exactly `free` (the complement of
+   * what a full walk reached), and both trees are dropped and rebuilt from
+   * it by the next commit. Call before anything else in the transaction.
+   */
+  rebuild(free: readonly Extent[]): void {
+    assert(this.changedLog.length === 0 && this.freedLog.length === 0 && this.run === null, "a rebuild starts a transaction");
+    this.avail.clear();
+    for (const e of free) this.avail.add(e.start, e.length);
+    // Dropping the old trees frees their nodes (pending until the commit); the fixpoint recreates them whole.
+    this.store.dropTree(treeIdFreeByLba);
+    this.store.dropTree(treeIdFreeByLength);
+    this.logChange(firstAllocatableLba, this.deviceBlocks - firstAllocatableLba);
+  }
+
   flushToTrees(): boolean {
     this.closeRun();
     this.flushing = true;

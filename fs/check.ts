@@ -37,8 +37,24 @@ import {
 import { fsEdges } from "./edges.js";
 import { mapOwner } from "./item_map.js";
 
+/** A problem the repair can fix in one subvolume's inode tree (see repair.ts). */
+export interface InodeFix {
+  subvolume: number;
+  ino: number;
+  /** nlink: set the link count; addOrphanKey: list the inode as an orphan; dropOrphanKey: unlist it. */
+  kind: "nlink" | "addOrphanKey" | "dropOrphanKey";
+  nlink?: number;
+}
+
 export interface FsReport {
   problems: string[];
+  /** The part of `problems` the repair knows how to fix, inode by inode. */
+  fixes: InodeFix[];
+  /**
+   * Every tree was walked whole and every record's block pointers were read:
+   * the reachability the walk computed is complete (a repair may trust it).
+   */
+  walkComplete: boolean;
   snapshots: SnapshotReport;
   space: SpaceReport;
   /** Inodes and directories over every live subvolume. */
@@ -71,6 +87,8 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
   const problems = [...snapshots.problems, ...edgeProblems];
   const report: FsReport = {
     problems,
+    fixes: [],
+    walkComplete: snapshots.space.forest.problems.length === 0 && edgeProblems.length === 0 && snapshots.space.forest.trees.length > 0,
     snapshots,
     space: snapshots.space,
     inodes: 0,
@@ -101,6 +119,7 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
     }
     found.unshift(...walk.problems);
     for (const problem of found) problems.push(prefix + problem);
+    report.fixes.push(...walk.fixes);
     report.inodes += walk.seen.size;
     report.directories += walk.directories;
   }
@@ -109,6 +128,7 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
 
 class FsWalk {
   readonly problems: string[] = [];
+  readonly fixes: InodeFix[] = [];
   readonly seen = new Map<number, Seen>();
   private readonly orphans = new Set<number>();
   private readonly entries: Array<{ dir: number; name: string; ino: number; type: number }> = [];
@@ -225,8 +245,14 @@ class FsWalk {
     for (const ino of this.orphans) {
       const seen = this.seen.get(ino);
       if (seen === undefined) problems.push(`orphan ${ino} names no inode`);
-      else if (seen.inode.nlink !== 0) problems.push(`orphan ${ino} still has ${seen.inode.nlink} links`);
+      else if (seen.inode.nlink !== 0 && seen.names > 0) problems.push(`orphan ${ino} still has ${seen.inode.nlink} links`);
+      else continue;
+      this.fix(ino, "dropOrphanKey");
     }
+  }
+
+  private fix(ino: number, kind: InodeFix["kind"], nlink?: number): void {
+    this.fixes.push({ subvolume: this.subvolumeId, ino, kind, nlink });
   }
 
   private checkInode(ino: number, seen: Seen, problems: string[]): void {
@@ -235,7 +261,10 @@ class FsWalk {
     if (ino >= this.nextIno && ino !== rootIno) problems.push(`${where}: number is not below the counter ${this.nextIno}`);
     if ((inode.mode & C.S_IFMT) === C.S_IFDIR) {
       const expected = 2 + seen.subdirs;
-      if (inode.nlink !== expected) problems.push(`${where}: nlink ${inode.nlink}, but ${expected} links exist`);
+      if (inode.nlink !== expected) {
+        problems.push(`${where}: nlink ${inode.nlink}, but ${expected} links exist`);
+        this.fix(ino, "nlink", expected);
+      }
       if (ino === rootIno) {
         if (seen.parents.length !== 0 || inode.parent !== rootIno) problems.push(`${where}: the root has a parent`);
       } else if (seen.parents.length !== 1) {
@@ -245,8 +274,15 @@ class FsWalk {
       }
       return;
     }
-    if (inode.nlink !== seen.names) problems.push(`${where}: nlink ${inode.nlink}, but ${seen.names} entries name it`);
-    if (seen.names === 0 && !this.orphans.has(ino)) problems.push(`${where}: has no name and is not an orphan`);
+    if (inode.nlink !== seen.names) {
+      problems.push(`${where}: nlink ${inode.nlink}, but ${seen.names} entries name it`);
+      this.fix(ino, "nlink", seen.names);
+    }
+    if (seen.names === 0 && !this.orphans.has(ino)) {
+      // An inode nothing names is listed as an orphan, so the next read-write mount frees it.
+      problems.push(`${where}: has no name and is not an orphan`);
+      this.fix(ino, "addOrphanKey");
+    }
     if (inode.blocks !== seen.extentBlocks) {
       problems.push(`${where}: records ${inode.blocks} data blocks, but its extents hold ${seen.extentBlocks}`);
     }

@@ -2,5 +2,6 @@
 export * from "./api.js";
 export * from "./constants.js";
 export { GroveFs, type GroveFsOptions, type VolumeInfo } from "./filesystem.js";
-export { checkFilesystem, type FsReport } from "./check.js";
+export { checkFilesystem, type FsReport, type InodeFix } from "./check.js";
 export * from "./fuse_bridge.js";
+export { repairFilesystem, type RepairResult } from "./repair.js";

@@ -1,0 +1,101 @@
+/**
+ * fsck's repair: fixes what the checker found and can be fixed safely, as
+ * one new committed generation (never in place: the commit protocol keeps the
+ * previous generation intact until the new superblock is durable).
+ *
+ * Repaired:
+ * - free space: both free-space trees are rebuilt from the walk's
+ *   reachability, which fixes leaked blocks, blocks both reachable and free,
+ *   and trees that disagree with each other;
+ * - reference counts: set to what the walk counted;
+ * - link counts: set to the entries found;
+ * - orphans: an inode nothing names is listed as an orphan (the next
+ *   read-write mount frees it, as after a crash); an orphan key on an inode
+ *   that has names, or on none, is removed.
+ *
+ * Not repaired (reported as remaining): damaged nodes or trees (a failed
+ * checksum, broken order), data blocks whose checksum fails, dangling
+ * entries, and anything found in a volume whose trees could not be walked
+ * whole — rebuilding free space from a partial walk would free live blocks.
+ */
+import { BlockDevice, GroveError, firstAllocatableLba } from "../kvstore/index.js";
+import type { Extent } from "../alloc/index.js";
+import { openVolume } from "../snapshot/index.js";
+import type { FsReport } from "./check.js";
+import { fsEdges } from "./edges.js";
+import { decodeInode, encodeInode, inodeKey, orphanKey } from "./format.js";
+
+export interface RepairResult {
+  fixed: string[];
+  /**
+   * Problems not attempted: all of them when the walk was incomplete. A
+   * second check is what tells whether the volume is clean now.
+   */
+  remaining: string[];
+}
+
+/** Repairs `device` from a fresh `report` of it; closes the device. Run the checker again to confirm. */
+export function repairFilesystem(device: BlockDevice, report: FsReport): RepairResult {
+  const forest = report.space.forest;
+  if (!report.walkComplete) {
+    device.close();
+    return { fixed: [], remaining: [...report.problems] };
+  }
+  const volume = openVolume(device, { edges: fsEdges });
+  const { store } = volume;
+  const fixed: string[] = [];
+  try {
+    // Free space first: every block allocated from here on must really be free.
+    const free: Extent[] = [];
+    for (let lba = firstAllocatableLba; lba < forest.deviceBlocks; lba++) {
+      if (forest.reachable.get(lba)) continue;
+      const last = free[free.length - 1];
+      if (last !== undefined && last.start + last.length === lba) last.length++;
+      else free.push({ start: lba, length: 1 });
+    }
+    const spaceProblems = report.space.problems.length - forest.problems.length;
+    volume.space.rebuild(free);
+    if (spaceProblems > 0) fixed.push(`rebuilt the free-space trees from reachability (${spaceProblems} problems)`);
+
+    for (const m of report.snapshots.refcountMismatches) {
+      volume.refcounts.setCount(m.lba, m.blocks, Math.max(1, m.found));
+      fixed.push(`block ${m.lba}: refcount ${m.recorded} set to ${m.found}`);
+    }
+
+    for (const fix of report.fixes) {
+      const tree = store.openTree(fix.subvolume);
+      const where = `subvolume ${fix.subvolume}, inode ${fix.ino}`;
+      if (fix.kind === "nlink") {
+        const value = tree.get(inodeKey(fix.ino));
+        if (value === undefined) continue;
+        const inode = decodeInode(fix.ino, value);
+        const was = inode.nlink;
+        inode.nlink = fix.nlink!;
+        tree.put(inodeKey(fix.ino), encodeInode(inode));
+        fixed.push(`${where}: nlink ${was} set to ${fix.nlink}`);
+      } else if (fix.kind === "addOrphanKey") {
+        const value = tree.get(inodeKey(fix.ino));
+        if (value === undefined) continue;
+        const inode = decodeInode(fix.ino, value);
+        if (inode.nlink !== 0) {
+          inode.nlink = 0;
+          tree.put(inodeKey(fix.ino), encodeInode(inode));
+        }
+        tree.put(orphanKey(fix.ino), Buffer.alloc(0));
+        fixed.push(`${where}: unnamed, listed as an orphan (freed by the next read-write mount)`);
+      } else {
+        tree.delete(orphanKey(fix.ino));
+        fixed.push(`${where}: stale orphan key removed`);
+      }
+    }
+    store.commit({ force: true });
+  } catch (error) {
+    store.close();
+    if (error instanceof GroveError) {
+      return { fixed: [], remaining: [...report.problems, `the repair failed and changed nothing: ${error.message}`] };
+    }
+    throw error;
+  }
+  store.close();
+  return { fixed, remaining: [] };
+}
