@@ -90,7 +90,7 @@ export interface SubvolumeOps {
   createSubvolume(name: string, options: { from?: string; readOnly: boolean }): SubvolumeInfo;
   /**
    * Removes the name at once and frees the subvolume's blocks incrementally
-   * (resumed after a crash or remount). EBUSY for the served subvolume.
+   * (resumed after a crash or remount). EBUSY for the served subvolume, EPERM for the default one.
    */
   deleteSubvolume(name: string): void;
   /** Live subvolumes, by name. */

@@ -30,6 +30,7 @@ import type { FreeSpace } from "../alloc/index.js";
 import {
   SubvolumeRecord,
   Volume,
+  defaultSubvolumeId,
   defaultSubvolumeName,
   deletionStepNodes,
   formatVolume,
@@ -321,6 +322,10 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     const record = this.volume.subvolumes.require(name);
     if (record.id === this.subvolumeId) {
       throw new GroveError("EBUSY", "EBUSY_subvolume_mounted", `subvolume ${JSON.stringify(name)} is the one being served; it cannot be deleted`);
+    }
+    if (record.id === defaultSubvolumeId) {
+      // As in btrfs: the subvolume a plain mount serves stays (roll back by cloning a snapshot and mounting it with --subvol).
+      throw new GroveError("EPERM", "EPERM_default_subvolume", `"${defaultSubvolumeName}" is the default subvolume; it cannot be deleted`);
     }
     const view = this.views?.get(name);
     if (view !== undefined) {

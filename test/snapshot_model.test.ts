@@ -201,7 +201,7 @@ class Runner {
   }
 
   remove(): void {
-    const names = [...this.models.keys()].filter((n) => n !== this.active);
+    const names = [...this.models.keys()].filter((n) => n !== this.active && n !== "default");
     if (names.length === 0) return;
     const name = pick(this.rng, names);
     this.note(`delete ${name}`);
@@ -312,8 +312,16 @@ class Runner {
     const report = expectFsClean(this.device);
     expect(report.subvolumes).toBe(this.models.size);
 
-    // Delete every subvolume but one (possibly a snapshot) and let the deletions finish.
-    const keep = pick(this.rng, [...this.models.keys()]);
+    // Delete every subvolume but one and let the deletions finish. The default subvolume cannot be
+    // deleted, so it is the one kept (served from a clone, it must refuse with EPERM).
+    const keep = "default";
+    const clone = [...this.models].find(([, m]) => !m.readOnly && m !== this.models.get(keep))?.[0];
+    if (clone !== undefined) {
+      this.fs = GroveFs.open(this.device, { ...this.options, subvolume: clone });
+      expectErrno(() => this.fs.deleteSubvolume(keep), "EPERM");
+      this.fs.close();
+      this.device = this.device.reopen();
+    }
     this.fs = GroveFs.open(this.device, { ...this.options, subvolume: keep });
     for (const name of [...this.models.keys()]) if (name !== keep) this.fs.deleteSubvolume(name);
     this.fs.finishDeletions();
