@@ -87,8 +87,8 @@ import { ItemMap, mapOwner } from "./item_map.js";
 
 assert(treeIdDefaultSubvolume >= treeIdFirstDynamic, "the subvolume tree id is a dynamic one");
 
-/** Nodes a pending subvolume deletion may release per maintenance call while mounted. */
-const deletionNodesPerTick = 4096;
+/** Time a pending subvolume deletion may take of each maintenance call (about one a second) while mounted. */
+const deletionMsPerTick = 100;
 
 const S_IFMT = C.S_IFMT;
 const S_IFDIR = C.S_IFDIR;
@@ -269,7 +269,13 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   /** Called about once a second: commits when the interval has passed or memory bounds are near. */
   maintenance(): void {
     if (this.closed || this.store.readOnly || this.store.isPoisoned || this.views === null) return;
-    if (this.deletionsRunning()) this.runDeletions(deletionNodesPerTick);
+    if (this.deletionsRunning()) {
+      // A slice of each tick: FUSE requests wait while it runs (the volume stays usable).
+      const until = performance.now() + deletionMsPerTick;
+      while (performance.now() < until && this.runDeletions(this.deletionStepNodes)) {
+        /* one step at a time */
+      }
+    }
     const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
     if (due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
   }
