@@ -174,6 +174,36 @@ describe("subvolume API", () => {
     closeAndCheck(fs, device);
   });
 
+  it("a full volume held by a snapshot refuses overwrites with ENOSPC, cleanly, and deleting the snapshot makes room", () => {
+    const { device, fs } = fresh(2048);
+    const data = pattern(5 * 1024 * 1024, 3);
+    put(fs, "/big", data);
+    fs.createSubvolume("s", { readOnly: true });
+    // The snapshot holds the old blocks, so rewriting the file needs room the volume does not have.
+    let refused = false;
+    const fh = fs.open("/big", O_RDWR);
+    try {
+      for (let at = 0; at < data.length; at += 256 * 1024) {
+        fs.write(fh, pattern(256 * 1024, 4, at), 256 * 1024, at);
+        fs.fsync(fh, false);
+      }
+    } catch (error) {
+      expect((error as { code?: string }).code).toBe("ENOSPC");
+      refused = true;
+    }
+    fs.release(fh);
+    expect(refused).toBe(true);
+    expect(fs.store.isPoisoned).toBe(false);
+    expectBytes(readFile(fs.snapshotView("s"), "/big"), data);
+    fs.deleteSubvolume("s");
+    fs.finishDeletions();
+    const again = fs.open("/big", O_RDWR);
+    for (let at = 0; at < data.length; at += 256 * 1024) fs.write(again, pattern(256 * 1024, 5, at), 256 * 1024, at);
+    fs.release(again);
+    fs.sync();
+    closeAndCheck(fs, device);
+  });
+
   it("a read-only open lists subvolumes and serves views but creates and deletes nothing", () => {
     const { device, fs } = fresh();
     put(fs, "/a", pattern(10, 1));
