@@ -3,17 +3,29 @@
  *
  * Every failure ends as one line on stderr, `grovefs: <what went wrong> — <what
  * to do>`, and a non-zero exit status; never a stack trace (GROVEFS_DEBUG=1
- * adds one for unexpected errors). Usage errors exit 2, everything else 1.
+ * adds one for unexpected errors). Usage errors exit 2, everything else 1;
+ * fsck exits as e2fsck does (cli/fsck.ts), usage errors included (8).
  */
 import { Command, CommanderError } from "commander";
 import { createRequire } from "node:module";
 import { debugDetail, formatError } from "./errors.js";
+import { fsckCommand, fsckExit, type FsckOptions } from "./fsck.js";
 import { infoCommand } from "./info.js";
 import { mkfsCommand } from "./mkfs.js";
 import { mountCommand, notifyParent } from "./mount.js";
+import {
+  cloneCommand,
+  snapshotCreateCommand,
+  snapshotDeleteCommand,
+  snapshotListCommand,
+  subvolumeDeleteCommand,
+  subvolumeListCommand,
+} from "./snapshot.js";
 import { umountCommand } from "./umount.js";
 
 const usageExitCode = 2;
+/** Set by a command whose exit status says more than success (fsck's e2fsck-style codes). */
+let commandExitCode = 0;
 
 function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
@@ -21,7 +33,9 @@ function collect(value: string, previous: string[] | undefined): string[] {
 
 /** Commander's own errors (unknown option, missing argument) in our one-line form. */
 function oneLineErrors(command: Command): Command {
-  const name = command.name() === "grovefs" ? "grovefs" : `grovefs ${command.name()}`;
+  const names: string[] = [];
+  for (let c: Command | null = command; c !== null; c = c.parent) names.unshift(c.name());
+  const name = names[0] === "grovefs" ? names.join(" ") : ["grovefs", ...names].join(" ");
   return command.exitOverride().configureOutput({
     outputError: (message, write) => write(`grovefs: ${message.replace(/^error: /, "").trim()} — see ${name} --help\n`),
   });
@@ -55,7 +69,8 @@ export function buildProgram(): Command {
     .argument("<mountpoint>", "an existing, empty directory")
     .option("-f, --foreground", "serve in this process until Ctrl-C, SIGTERM or umount")
     .option("-o, --options <list>", "comma-separated: ro, rw, noatime, nodiratime, nosuid, nodev, noexec", collect)
-    .action((image: string, mountpoint: string, options: { foreground?: boolean; options?: string[] }) =>
+    .option("--subvol <name>", "mount this subvolume instead of the default (a snapshot is mounted read-only)")
+    .action((image: string, mountpoint: string, options: { foreground?: boolean; options?: string[]; subvol?: string }) =>
       mountCommand(image, mountpoint, options),
     );
 
@@ -71,17 +86,76 @@ export function buildProgram(): Command {
     .option("--json", "print JSON")
     .action((image: string, options: { json?: boolean }) => infoCommand(image, options));
 
+  oneLineErrors(program.command("fsck"))
+    .description("check an image, and with -y repair what can be repaired safely; exit 0 clean, 1 repaired, 4 problems left, 8 error")
+    .argument("<image>", "image file or block device (not mounted)")
+    .option("-n, --readonly", "only report, change nothing (the default)")
+    .option("-y, --repair", "repair as a new committed generation, then check again")
+    .option("--json", "print one JSON object")
+    .option("--progress", "show a progress bar on stderr (the default when stderr is a terminal, without --json)")
+    .exitOverride((error) => {
+      // A usage error is fsck's operational error, 8, as e2fsck's.
+      throw error.exitCode === 0 ? error : new CommanderError(fsckExit.operational, error.code, error.message);
+    })
+    .action((image: string, options: FsckOptions) => {
+      commandExitCode = fsckCommand(image, options);
+    });
+
+  addSubvolumeCommands(program);
   return program;
+}
+
+const targetHelp = "an unmounted image, or the mount point of a running grovefs mount";
+
+function addSubvolumeCommands(program: Command): void {
+  const snapshot = oneLineErrors(program.command("snapshot")).description("create, list and delete read-only snapshots");
+  oneLineErrors(snapshot.command("create"))
+    .description("take a read-only snapshot of the mounted subvolume (or of the default one, or of --from)")
+    .argument("<target>", targetHelp)
+    .argument("<name>", "the snapshot's name")
+    .option("--from <subvol>", "the subvolume or snapshot to take it of")
+    .action((target: string, name: string, options: { from?: string }) => snapshotCreateCommand(target, name, options));
+  oneLineErrors(snapshot.command("list"))
+    .description("list the snapshots: name, id, source, creation time")
+    .argument("<target>", targetHelp)
+    .option("--json", "print JSON")
+    .action((target: string, options: { json?: boolean }) => snapshotListCommand(target, options));
+  oneLineErrors(snapshot.command("delete"))
+    .description("delete a snapshot; its space is freed (in the background on a mount)")
+    .argument("<target>", targetHelp)
+    .argument("<name>", "the snapshot to delete")
+    .action((target: string, name: string) => snapshotDeleteCommand(target, name));
+
+  oneLineErrors(program.command("clone"))
+    .description("make a writable clone of a subvolume or snapshot (mount it with mount --subvol)")
+    .argument("<target>", targetHelp)
+    .argument("<source>", "the subvolume or snapshot to clone")
+    .argument("<name>", "the clone's name")
+    .action((target: string, source: string, name: string) => cloneCommand(target, source, name));
+
+  const subvolume = oneLineErrors(program.command("subvolume")).description("list and delete subvolumes (snapshots and clones)");
+  oneLineErrors(subvolume.command("list"))
+    .description("list every subvolume: name, id, ro/rw, parent, creation time")
+    .argument("<target>", targetHelp)
+    .option("--json", "print JSON")
+    .action((target: string, options: { json?: boolean }) => subvolumeListCommand(target, options));
+  oneLineErrors(subvolume.command("delete"))
+    .description("delete a snapshot or a writable clone; its space is freed (in the background on a mount)")
+    .argument("<target>", targetHelp)
+    .argument("<name>", "the subvolume to delete")
+    .action((target: string, name: string) => subvolumeDeleteCommand(target, name));
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
   try {
+    commandExitCode = 0;
     await buildProgram().parseAsync([...argv]);
-    return 0;
+    return commandExitCode;
   } catch (error) {
     if (error instanceof CommanderError) {
       // Commander has printed help, the version, or its one-line error.
-      return error.exitCode === 0 ? 0 : usageExitCode;
+      if (error.exitCode === 0) return 0;
+      return error.exitCode === fsckExit.operational ? fsckExit.operational : usageExitCode;
     }
     const line = formatError(error);
     process.stderr.write(`${line}\n`);

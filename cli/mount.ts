@@ -1,10 +1,13 @@
 /**
- * grovefs mount IMAGE MOUNTPOINT [-f|--foreground] [-o ro,...]
+ * grovefs mount IMAGE MOUNTPOINT [-f|--foreground] [-o ro,...] [--subvol NAME]
  *
  * The serving process opens the image with an exclusive lock (shared when
  * read-only), mounts it, writes a pid record, and serves until SIGINT, SIGTERM
  * or SIGHUP (commit, unmount, exit 0) or until the kernel mount disappears
- * under it (umount by anyone: commit, close, exit 0).
+ * under it (umount by anyone: commit, close, exit 0). It serves the default
+ * subvolume, or the one --subvol names: a snapshot is mounted read-only. While
+ * it serves, it answers snapshot and clone requests on a control socket
+ * beside its pid record (cli/control.ts).
  *
  * Daemon mode (the default): the parent checks what it can, then starts the
  * same CLI detached (own session, cwd /) with --foreground and
@@ -22,12 +25,15 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { canonicalMountpoint, findMount, groveFsType, mountGrove, type MountHandle } from "../fs/index.js";
 import { GroveFs } from "../fs/index.js";
-import { FileDevice } from "../kvstore/index.js";
+import { FileDevice, GroveError } from "../kvstore/index.js";
+import { printable, startControlServer, type ControlServer } from "./control.js";
 import { CliError, ReportedError } from "./errors.js";
 
 export interface MountOptions {
   foreground?: boolean;
   options?: string[];
+  /** The subvolume to serve (default: the one mkfs made). */
+  subvol?: string;
 }
 
 const readyTimeoutMs = 60_000;
@@ -52,6 +58,37 @@ export interface PidRecord {
   pid: number;
   image: string;
   mountpoint: string;
+}
+
+/**
+ * The daemon's control socket. A unix socket path holds at most 107 bytes, so
+ * a long mountpoint name falls back to the hash alone.
+ */
+export function controlSocketPath(mountpoint: string): string {
+  const beside = `${recordBase(mountpoint)}.sock`;
+  if (Buffer.byteLength(beside) <= unixSocketPathBytesMax) return beside;
+  return path.join(runDir(), `${path.basename(recordBase(mountpoint)).slice(-16)}.sock`);
+}
+
+const unixSocketPathBytesMax = 107;
+
+/** Where a running grovefs process serves `image` (absolute), from the pid records; null if none does. */
+export function mountpointOfImage(image: string): string | null {
+  let names: string[];
+  try {
+    names = fs.readdirSync(runDir()).filter((name) => name.endsWith(".pid"));
+  } catch {
+    return null;
+  }
+  for (const name of names) {
+    try {
+      const record = JSON.parse(fs.readFileSync(path.join(runDir(), name), "utf8")) as PidRecord;
+      if (record.image === image && servingPid(record.mountpoint) === record.pid) return record.mountpoint;
+    } catch {
+      // Not a record of ours, or one being written: skip it.
+    }
+  }
+  return null;
 }
 
 export function readPidRecord(mountpoint: string): PidRecord | null {
@@ -178,17 +215,34 @@ export function notifyParent(message: string): void {
   }
 }
 
-async function openAndMount(image: string, mountpoint: string, options: ParsedMountOptions): Promise<MountHandle> {
+/** GroveFs.open, with a missing or invalid --subvol said in the CLI's terms. */
+function openVolume(device: FileDevice, image: string, readOnly: boolean, subvolume: string | undefined): GroveFs {
+  try {
+    return GroveFs.open(device, { readOnly, subvolume });
+  } catch (error) {
+    if (subvolume !== undefined && error instanceof GroveError && (error.code === "ENOENT" || error.code === "EINVAL")) {
+      throw new CliError(
+        `cannot mount subvolume '${printable(subvolume)}' of ${image}: ${error.message}`,
+        `grovefs subvolume list ${image} lists the subvolumes`,
+      );
+    }
+    throw error;
+  }
+}
+
+async function openAndMount(image: string, mountpoint: string, options: ParsedMountOptions, subvolume?: string): Promise<MountHandle> {
   const device = FileDevice.open(image, { readOnly: options.readOnly, lock: true });
   let volume: GroveFs;
   try {
-    volume = GroveFs.open(device, { readOnly: options.readOnly });
+    volume = openVolume(device, image, options.readOnly, subvolume);
   } catch (error) {
     device.close();
     throw error;
   }
   try {
-    return await mountGrove(volume, mountpoint, { readOnly: options.readOnly, imagePath: image, extraOptions: options.extra });
+    // A snapshot opens read-only whatever was asked: the kernel mount must say so too.
+    const readOnly = options.readOnly || volume.readOnly;
+    return await mountGrove(volume, mountpoint, { readOnly, imagePath: image, extraOptions: options.extra });
   } catch (error) {
     try {
       volume.close();
@@ -200,9 +254,16 @@ async function openAndMount(image: string, mountpoint: string, options: ParsedMo
 }
 
 /** Serves until a signal or an external umount; resolves once the volume is committed and closed. */
-async function serveForeground(image: string, mountpoint: string, options: ParsedMountOptions): Promise<void> {
-  const handle = await openAndMount(image, mountpoint, options);
+async function serveForeground(image: string, mountpoint: string, options: ParsedMountOptions, subvolume?: string): Promise<void> {
+  const handle = await openAndMount(image, mountpoint, options, subvolume);
   const daemon = process.env[readyFdEnv] !== undefined;
+  let control: ControlServer | null = null;
+  try {
+    control = await startControl(handle, mountpoint);
+  } catch (error) {
+    await handle.unmount().catch(() => {});
+    throw error;
+  }
   writePidRecord({ pid: process.pid, image, mountpoint });
   const stop = () => {
     handle.unmount().catch(() => {});
@@ -213,9 +274,25 @@ async function serveForeground(image: string, mountpoint: string, options: Parse
   try {
     await handle.closed;
   } finally {
+    control?.close();
     removePidRecord(mountpoint);
   }
   if (daemon) removeEmptyLog(mountpoint);
+}
+
+/** The control socket for snapshot and clone commands on this mount (cli/control.ts). */
+async function startControl(handle: MountHandle, mountpoint: string): Promise<ControlServer | null> {
+  if (handle.subvolumes === null) return null;
+  fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
+  const report = (error: unknown) => {
+    const text = error instanceof Error ? (error.stack ?? error.message) : String(error);
+    try {
+      process.stderr.write(`grovefs: bug: control request failed:\n${text}\n`);
+    } catch {
+      // No log to write to.
+    }
+  };
+  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report);
 }
 
 /** A daemon's log holds only reports of trouble: after a clean run it is empty and goes. */
@@ -267,12 +344,13 @@ function waitForChild(child: ReturnType<typeof spawn>, logPath: string): Promise
   });
 }
 
-async function daemonize(image: string, mountpoint: string, optionLists: readonly string[]): Promise<void> {
+async function daemonize(image: string, mountpoint: string, optionLists: readonly string[], subvolume?: string): Promise<void> {
   fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
   const logPath = `${recordBase(mountpoint)}.log`;
   const log = fs.openSync(logPath, "w", 0o644);
   const args = [...process.execArgv, process.argv[1]!, "mount", "--foreground", image, mountpoint];
   for (const list of optionLists) args.push("-o", list);
+  if (subvolume !== undefined) args.push(`--subvol=${subvolume}`);
   let child: ReturnType<typeof spawn>;
   try {
     child = spawn(process.execPath, args, {
@@ -303,6 +381,6 @@ export async function mountCommand(imageArg: string, mountpointArg: string, opti
   const mountpoint = canonicalMountpoint(mountpointArg);
   checkImage(image);
   checkMountpoint(mountpoint, mountpointArg);
-  if (options.foreground) await serveForeground(image, mountpoint, parsed);
-  else await daemonize(image, mountpoint, options.options ?? []);
+  if (options.foreground) await serveForeground(image, mountpoint, parsed, options.subvol);
+  else await daemonize(image, mountpoint, options.options ?? [], options.subvol);
 }

@@ -23,7 +23,7 @@
 import { readFileSync } from "node:fs";
 import { resolve as resolvePath } from "node:path";
 import { errnos, GroveError } from "../kvstore/index.js";
-import type { Caller, DirEntry, FileSystemOps, Stat, TimeSpec } from "./api.js";
+import type { Caller, DirEntry, FileSystemOps, Stat, SubvolumeOps, TimeSpec } from "./api.js";
 import {
   callerContext,
   createMount,
@@ -34,6 +34,7 @@ import {
   type FuseStat,
   type FuseTimespec,
 } from "./fuse_binding.js";
+import { servesSnapshots, SnapshotDirFs } from "./snapshot_dir.js";
 
 export { canonicalMountpoint, isMounted, unmountPath } from "./fuse_binding.js";
 
@@ -49,6 +50,11 @@ export interface MountHandle {
   unmount(): Promise<void>;
   /** Settles once the volume is closed: by `unmount`, or because the kernel mount went away. */
   readonly closed: Promise<void>;
+  /**
+   * Snapshots and clones of the served volume, through the /.snapshots wrapper
+   * (which must see deletions); null for a filesystem without subvolumes.
+   */
+  readonly subvolumes: SubvolumeOps | null;
 }
 
 export interface MountGroveOptions {
@@ -298,9 +304,11 @@ function logOnce(seen: Set<string>, text: string): void {
  * Mounts `fs` at `mountpoint` (absolute) and serves it until `unmount` or until
  * the kernel mount disappears (umount by another process), then commits and
  * closes the volume. A one-second timer, unref'd, runs `fs.maintenance()` and
- * watches the mount table.
+ * watches the mount table. A filesystem with snapshots (GroveFs) is served
+ * through `SnapshotDirFs`, which adds the hidden /.snapshots.
  */
-export async function mountGrove(fs: BridgedFs, mountpoint: string, options: MountGroveOptions): Promise<MountHandle> {
+export async function mountGrove(volume: BridgedFs, mountpoint: string, options: MountGroveOptions): Promise<MountHandle> {
+  const fs: BridgedFs = servesSnapshots(volume) ? new SnapshotDirFs(volume) : volume;
   const absolute = resolvePath(mountpoint);
   const state: BridgeState = { closed: false };
   let fuse: ReturnType<typeof createMount>;
@@ -368,5 +376,5 @@ export async function mountGrove(fs: BridgedFs, mountpoint: string, options: Mou
     if (failure !== null) throw failure;
   }
 
-  return { mountpoint: absolute, unmount: finish, closed };
+  return { mountpoint: absolute, unmount: finish, closed, subvolumes: fs instanceof SnapshotDirFs ? fs : null };
 }

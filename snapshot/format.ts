@@ -174,7 +174,11 @@ export function decodeCounters(value: Buffer): number {
   return Number(value.readBigUInt64LE(0));
 }
 
-/** A subvolume name is a directory name under /.snapshots: 1–255 bytes, no "/" or NUL, not "." or "..". */
+/**
+ * A subvolume name is a directory name under /.snapshots: 1–255 bytes, no
+ * "/", NUL or other control character (names are printed in tables and
+ * one-line errors), not "." or "..".
+ */
 export function validateSubvolumeName(name: string): void {
   const bytes = Buffer.byteLength(name, "utf8");
   const bad = (why: string): never => {
@@ -186,5 +190,7 @@ export function validateSubvolumeName(name: string): void {
   }
   if (name.includes("/")) bad('it contains "/"');
   if (name.includes("\0")) bad("it contains NUL");
+  // eslint-disable-next-line no-control-regex
+  if (/[\x01-\x1f\x7f]/.test(name)) bad("it contains a control character");
   if (name === "." || name === "..") bad("it is reserved");
 }

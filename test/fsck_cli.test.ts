@@ -1,0 +1,321 @@
+/**
+ * `grovefs fsck`, run as a child process (`node bin/grovefs.mjs`): exit codes
+ * (e2fsck's: 0 clean, 1 corrected, 4 left uncorrected, 8 operational error),
+ * the summary line, the JSON report, one-line errors, refusing an image in use
+ * (locked by another process, or mounted: the mount test needs root and
+ * /dev/fuse), and the progress bar on stderr. The damage kinds themselves are
+ * in corruption_matrix.test.ts.
+ */
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { dir as tmpDir, type DirectoryResult } from "tmp-promise";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { formatFsckText, type FsckResult } from "../cli/fsck.js";
+import { GroveFs } from "../fs/index.js";
+import { fsEdges } from "../fs/edges.js";
+import { decodeInode, encodeInode, inodeKey } from "../fs/format.js";
+import { FileDevice, blockSizeBytes } from "../kvstore/index.js";
+import { openVolume } from "../snapshot/index.js";
+import { pattern, root, writeFile } from "./fs_helpers.js";
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const bin = path.join(repoRoot, "bin", "grovefs.mjs");
+const commandTimeoutMs = 120_000;
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+let tmp: DirectoryResult;
+let holder: ChildProcess | null = null;
+
+beforeEach(async () => {
+  tmp = await tmpDir({ unsafeCleanup: true });
+});
+afterEach(async () => {
+  holder?.kill("SIGKILL");
+  holder = null;
+  await tmp.cleanup();
+});
+
+function run(cmd: string, args: string[]): Promise<RunResult> {
+  return new Promise((resolve) => {
+    execFile(
+      cmd,
+      args,
+      {
+        env: { ...process.env, GROVEFS_RUN_DIR: path.join(tmp.path, "run") },
+        timeout: commandTimeoutMs,
+        killSignal: "SIGKILL",
+        encoding: "utf8",
+      },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === "number" ? error.code : -1;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+function grovefs(...args: string[]): Promise<RunResult> {
+  return run(process.execPath, [bin, ...args]);
+}
+
+/** An operational error: exit 8, one line on stderr in the CLI's form, no stack trace. */
+function expectOperationalError(r: RunResult, pattern: RegExp): void {
+  expect(r.code, r.stderr).toBe(8);
+  const lines = r.stderr.split("\n").filter((line) => line !== "");
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(/^grovefs: .+ — .+$/);
+  expect(lines[0]).toMatch(pattern);
+  expect(r.stderr).not.toMatch(/^\s+at /m);
+  expect(r.stderr).not.toMatch(/internal error/);
+}
+
+/** A formatted image with a few files and a snapshot. */
+function makeImage(name = "vol.img"): string {
+  const image = path.join(tmp.path, name);
+  let device = FileDevice.createImage(image, 16 * 1024 * 1024);
+  GroveFs.format(device, { label: "fsck" });
+  device = FileDevice.open(image);
+  const g = GroveFs.open(device);
+  g.mkdir("/dir", 0o755, root);
+  writeFile(g, "/dir/a", pattern(20_000, 1));
+  writeFile(g, "/b", pattern(100, 2));
+  g.createSubvolume("snap", { readOnly: true });
+  g.close();
+  return image;
+}
+
+/** Raises the link count of /b: a problem the repair fixes. */
+function damageNlink(image: string): void {
+  const g = GroveFs.open(FileDevice.open(image, { readOnly: true }), { readOnly: true });
+  const ino = g.inoOf("/b");
+  g.close();
+  const v = openVolume(FileDevice.open(image), { edges: fsEdges });
+  const tree = v.store.openTree(256);
+  const inode = decodeInode(ino, tree.get(inodeKey(ino))!);
+  inode.nlink += 1;
+  tree.put(inodeKey(ino), encodeInode(inode));
+  v.store.commit({ force: true });
+  v.store.close();
+}
+
+/** Damages both superblock slots past their magic: still a grovefs image, but no committed root to start from. */
+function damageBothSuperblocks(image: string): void {
+  const fd = fs.openSync(image, "r+");
+  for (const slot of [0, 1]) fs.writeSync(fd, Buffer.from([0xff, 0xee]), 0, 2, slot * blockSizeBytes + 100);
+  fs.closeSync(fd);
+}
+
+/** Another process holding the image's lock (shared for a read-only open) until killed. */
+function holdImage(image: string, readOnly: boolean): Promise<ChildProcess> {
+  const script = path.join(tmp.path, "hold.ts");
+  const device = path.join(repoRoot, "kvstore", "device.ts");
+  fs.writeFileSync(
+    script,
+    `import { FileDevice } from ${JSON.stringify(device)};\n` +
+      `FileDevice.open(${JSON.stringify(image)}, { lock: true, readOnly: ${readOnly} });\n` +
+      `process.stdout.write("locked\\n");\n` +
+      `setInterval(() => {}, 1000);\n`,
+  );
+  const child = spawn(process.execPath, ["--import", "tsx", script], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
+  holder = child;
+  return new Promise((resolve, reject) => {
+    child.stdout!.on("data", (chunk: Buffer) => {
+      if (chunk.toString().includes("locked")) resolve(child);
+    });
+    child.on("exit", (code) => reject(new Error(`holder exited with ${code}`)));
+  });
+}
+
+describe("grovefs fsck", () => {
+  it("says clean with exit 0 and an e2fsck-like summary; -y on a clean image changes nothing", async () => {
+    const image = makeImage();
+    const r = await grovefs("fsck", image);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toMatch(new RegExp(`^${image}: clean, \\d+ inodes, 2 subvolumes, \\d+/4096 blocks\\n$`));
+    const before = fs.readFileSync(image);
+    const y = await grovefs("fsck", "-y", image);
+    expect(y.code, y.stderr).toBe(0);
+    expect(y.stdout).toBe(r.stdout);
+    expect(fs.readFileSync(image).equals(before)).toBe(true);
+  });
+
+  it("prints one JSON object with --json", async () => {
+    const image = makeImage();
+    const r = await grovefs("fsck", "--json", image);
+    expect(r.code, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout) as FsckResult;
+    expect(report).toMatchObject({ image, mode: "check", exitCode: 0, problems: [], repaired: [], remaining: [] });
+    expect(report.counts).toMatchObject({ subvolumes: 2, totalBlocks: 4096 });
+    expect(report.counts!.inodes).toBeGreaterThanOrEqual(6);
+    expect(report.counts!.usedBlocks).toBeGreaterThan(0);
+    expect(report.counts!.dataBlocks).toBeGreaterThan(0);
+  });
+
+  it("reports damage with exit 4 under -n, and by default (no -n, no -y), without changing the image", async () => {
+    const image = makeImage();
+    damageNlink(image);
+    const before = fs.readFileSync(image);
+    for (const args of [["-n"], ["--readonly"], []]) {
+      const r = await grovefs("fsck", ...args, image);
+      expect(r.code, r.stdout + r.stderr).toBe(4);
+      expect(r.stderr).toBe("");
+      const lines = r.stdout.trimEnd().split("\n");
+      expect(lines[0]).toMatch(/^inode \d+: nlink 2, but 1 entries name it$/);
+      expect(lines[lines.length - 1]).toMatch(new RegExp(`^${image}: 1 problem found \\(checked read-only; grovefs fsck -y .+\\)$`));
+    }
+    const json = JSON.parse((await grovefs("fsck", "-n", "--json", image)).stdout) as FsckResult;
+    expect(json).toMatchObject({ mode: "check", exitCode: 4, repaired: [] });
+    expect(json.problems).toHaveLength(1);
+    expect(json.remaining).toEqual(json.problems);
+    expect(fs.readFileSync(image).equals(before)).toBe(true);
+  });
+
+  it("repairs with -y: exit 1, what it found and did, then a clean check", async () => {
+    const image = makeImage();
+    damageNlink(image);
+    const r = await grovefs("fsck", "-y", image);
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    expect(r.stdout).toMatch(/^problem: inode \d+: nlink 2, but 1 entries name it$/m);
+    expect(r.stdout).toMatch(/^repaired: .*nlink 2 set to 1$/m);
+    expect(r.stdout).toMatch(new RegExp(`^${image}: 1 problem found and repaired; now clean, \\d+ inodes, 2 subvolumes, \\d+/4096 blocks$`, "m"));
+    expect((await grovefs("fsck", "-n", image)).code).toBe(0);
+  });
+
+  it("refuses a missing image, a directory, a non-grovefs file and a tiny file with exit 8", async () => {
+    expectOperationalError(await grovefs("fsck", path.join(tmp.path, "missing.img")), /missing\.img: no such image/);
+    expectOperationalError(await grovefs("fsck", "-y", path.join(tmp.path, "missing.img")), /no such image/);
+    expectOperationalError(await grovefs("fsck", tmp.path), /is not an image file or block device/);
+    const data = path.join(tmp.path, "data.img");
+    fs.writeFileSync(data, pattern(2 * 1024 * 1024, 3));
+    expectOperationalError(await grovefs("fsck", data), /is not a grovefs image \(it holds data\)/);
+    const zeros = path.join(tmp.path, "zeros.img");
+    fs.writeFileSync(zeros, Buffer.alloc(2 * 1024 * 1024));
+    expectOperationalError(await grovefs("fsck", "-y", zeros), /is not a grovefs image/);
+    const tiny = path.join(tmp.path, "tiny.img");
+    fs.writeFileSync(tiny, "hello");
+    expectOperationalError(await grovefs("fsck", tiny), /too small/);
+    // --json still prints one object, with the error and exit code 8.
+    const json = await grovefs("fsck", "--json", data);
+    expect(json.code).toBe(8);
+    expect(JSON.parse(json.stdout)).toMatchObject({ exitCode: 8, error: expect.stringMatching(/not a grovefs image/) });
+  });
+
+  it("treats a grovefs image whose superblocks are both damaged as a finding: exit 4, even with -y", async () => {
+    const image = makeImage();
+    damageBothSuperblocks(image);
+    const n = await grovefs("fsck", "-n", "--json", image);
+    expect(n.code, n.stderr).toBe(4);
+    const report = JSON.parse(n.stdout) as FsckResult;
+    expect(report.problems.join("\n")).toMatch(/both superblocks are damaged/);
+    expect(report.counts).toBeNull();
+    const before = fs.readFileSync(image);
+    const y = await grovefs("fsck", "-y", image);
+    expect(y.code, y.stderr).toBe(4);
+    expect(y.stdout).toMatch(/left unrepaired$/m);
+    expect(fs.readFileSync(image).equals(before)).toBe(true);
+  });
+
+  it("exits 8 on bad usage: -n with -y, an unknown option, no image", async () => {
+    const image = makeImage();
+    expectOperationalError(await grovefs("fsck", "-n", "-y", image), /-n \(--readonly\) and -y \(--repair\) contradict each other/);
+    expectOperationalError(await grovefs("fsck", "--readonly", "--repair", "--json", image), /contradict/);
+    expectOperationalError(await grovefs("fsck", "--bogus", image), /unknown option '--bogus'/);
+    expectOperationalError(await grovefs("fsck"), /missing required argument 'image'/);
+    const help = await grovefs("fsck", "--help");
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/--readonly/);
+  });
+
+  it("refuses -y on an image another process holds, and -n unless that hold is shared (read-only)", async () => {
+    const image = makeImage();
+    damageNlink(image);
+    const exclusive = await holdImage(image, false);
+    expectOperationalError(await grovefs("fsck", "-y", image), /in use by another grovefs process: fsck does not repair an image in use/);
+    expectOperationalError(await grovefs("fsck", "-n", image), /in use by another grovefs process: fsck cannot check an image in use/);
+    const exited = new Promise((resolve) => exclusive.once("exit", resolve));
+    exclusive.kill("SIGKILL");
+    await exited;
+
+    await holdImage(image, true);
+    expectOperationalError(await grovefs("fsck", "-y", image), /does not repair an image in use/);
+    const n = await grovefs("fsck", "-n", image);
+    expect(n.code, n.stderr).toBe(4);
+  });
+
+  it("draws a progress bar on stderr with --progress, cleared at the end, and stdout is unchanged", async () => {
+    const image = makeImage();
+    const plain = await grovefs("fsck", image);
+    const withBar = await grovefs("fsck", "--progress", image);
+    expect(withBar.code).toBe(0);
+    expect(withBar.stdout).toBe(plain.stdout);
+    expect(withBar.stderr).toMatch(/^\rfsck: checking \[[#-]+\] \d+%/);
+    // Every redraw starts with a carriage return, and the last one blanks the line.
+    const frames = withBar.stderr.split("\r").slice(1);
+    expect(frames[frames.length - 1]).toBe("");
+    expect(frames[frames.length - 2]).toMatch(/^ +$/);
+    expect(withBar.stderr).not.toMatch(/\n/);
+
+    const json = await grovefs("fsck", "--progress", "--json", image);
+    expect(json.code).toBe(0);
+    expect(JSON.parse(json.stdout)).toMatchObject({ exitCode: 0 });
+
+    damageNlink(image);
+    const repaired = await grovefs("fsck", "-y", "--progress", image);
+    expect(repaired.code).toBe(1);
+    expect(repaired.stderr).toMatch(/fsck: repairing/);
+    expect(repaired.stderr).toMatch(/fsck: checking again/);
+    expect(repaired.stdout).not.toMatch(/\r/);
+  });
+
+  it("formats its report as one line a problem and an e2fsck-like summary", () => {
+    const base: FsckResult = { image: "x.img", mode: "check", exitCode: 4, problems: ["p1", "p2"], repaired: [], remaining: ["p1", "p2"], counts: null };
+    expect(formatFsckText(base)).toBe("p1\np2\nx.img: 2 problems found (checked read-only; grovefs fsck -y x.img repairs what can be repaired safely)\n");
+    const repair: FsckResult = { ...base, mode: "repair", repaired: ["fixed p1"], remaining: ["p2"] };
+    expect(formatFsckText(repair)).toBe("problem: p1\nproblem: p2\nrepaired: fixed p1\nremaining: p2\nx.img: 2 problems found, 1 problem left unrepaired\n");
+    const clean: FsckResult = {
+      ...base,
+      exitCode: 0,
+      problems: [],
+      remaining: [],
+      counts: { inodes: 1, directories: 1, subvolumes: 1, dataBlocks: 0, usedBlocks: 10, totalBlocks: 256, generation: 2 },
+    };
+    expect(formatFsckText(clean)).toBe("x.img: clean, 1 inode, 1 subvolume, 10/256 blocks\n");
+  });
+});
+
+// ---- through the kernel ---------------------------------------------------------
+
+// CI runs as root with /dev/fuse: there the mount test must run.
+const canMount = process.env.CI === "true" || (process.getuid?.() === 0 && fs.existsSync("/dev/fuse"));
+
+describe.skipIf(!canMount)("grovefs fsck on a mounted image", () => {
+  it("refuses -y on a mounted image (read-write or read-only) with exit 8; -n runs beside a read-only mount only", async () => {
+    const image = makeImage();
+    const mnt = path.join(tmp.path, "mnt");
+    fs.mkdirSync(mnt);
+    try {
+      for (const options of [[], ["-o", "ro"]]) {
+        const mount = await grovefs("mount", ...options, image, mnt);
+        expect(mount.code, mount.stderr).toBe(0);
+        // The mount table names the image: the refusal says where it is mounted.
+        expectOperationalError(await grovefs("fsck", "-y", image), new RegExp(`is mounted at ${mnt}: fsck does not repair a mounted image`));
+        const n = await grovefs("fsck", "-n", image);
+        if (options.length === 0) expectOperationalError(n, new RegExp(`is mounted at ${mnt}: fsck cannot check an image in use`));
+        else expect(n.code, n.stderr).toBe(0);
+        const umount = await grovefs("umount", mnt);
+        expect(umount.code, umount.stderr).toBe(0);
+      }
+      expect((await grovefs("fsck", "-y", image)).code).toBe(0);
+    } finally {
+      await run("umount", ["-l", mnt]);
+    }
+  });
+});
