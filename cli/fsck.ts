@@ -70,6 +70,8 @@ export interface FsckResult {
   exitCode: number;
   /** Problems the first check found. */
   problems: string[];
+  /** Worth telling but not problems (an unreadable superblock slot beside a valid one); no effect on the exit code. */
+  notes: string[];
   /** What the repair changed (-y only). */
   repaired: string[];
   /** Problems left: the second check's after a repair, else the first check's. */
@@ -305,6 +307,7 @@ export function runFsck(
     mode: repair ? "repair" : "check",
     exitCode: fsckExit.operational,
     problems: [],
+    notes: [],
     repaired: [],
     remaining: [],
     counts: null,
@@ -319,6 +322,7 @@ export function runFsck(
     const c = checker(inner, bar);
     const first = c.check("checking");
     result.problems = first.problems;
+    result.notes = first.notes;
     result.remaining = first.problems;
     result.counts = counts(first);
     if (first.problems.length === 0) result.exitCode = fsckExit.clean;
@@ -348,7 +352,7 @@ function countsText(c: FsckCounts | null): string {
 
 /** The human-readable report: one line per problem, then a summary line (e2fsck's form). */
 export function formatFsckText(r: FsckResult): string {
-  const lines: string[] = [];
+  const lines: string[] = r.notes.map((n) => `note: ${n}`);
   const found = plural(r.problems.length, "problem");
   if (r.mode === "repair" && r.problems.length > 0) {
     lines.push(...r.problems.map((p) => `problem: ${p}`));

@@ -17,7 +17,7 @@
  * crc32c checked.
  */
 import { constants as C } from "node:fs";
-import { BlockDevice, Store, Tree, blockSizeBytes, crc32c } from "../kvstore/index.js";
+import { BlockDevice, Store, Tree, blockSizeBytes, crc32c, unreadableSlots } from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
 import { SnapshotReport, checkSnapshots, openVolume } from "../snapshot/index.js";
 import { rootIno, treeIdDefaultSubvolume } from "./constants.js";
@@ -48,6 +48,13 @@ export interface InodeFix {
 
 export interface FsReport {
   problems: string[];
+  /**
+   * What is worth telling but is not a problem: a superblock slot that does
+   * not decode beside a valid one (torn by power loss during a commit, which
+   * is expected, or damaged, in which case the newest commit may be lost).
+   * The next commit (any write, or fsck -y) rewrites that slot.
+   */
+  notes: string[];
   /** The part of `problems` the repair knows how to fix, inode by inode. */
   fixes: InodeFix[];
   /**
@@ -87,6 +94,7 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
   const problems = [...snapshots.problems, ...edgeProblems];
   const report: FsReport = {
     problems,
+    notes: [],
     fixes: [],
     walkComplete: snapshots.space.forest.problems.length === 0 && edgeProblems.length === 0 && snapshots.space.forest.trees.length > 0,
     snapshots,
@@ -98,6 +106,9 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
   };
   for (const blocks of snapshots.space.forest.extents.values()) report.dataBlocks += blocks;
   if (snapshots.space.forest.trees.length === 0) return report;
+  for (const note of unreadableSlots(device)) {
+    report.notes.push(`${note}; generation ${snapshots.space.forest.generation} in the other slot is in use`);
+  }
   let store: Store;
   try {
     // The caller owns the device: this store is never closed, only dropped.

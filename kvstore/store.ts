@@ -102,6 +102,23 @@ export function decodeMeta(value: Buffer, id: number, deviceBlocks: number): Tre
   return meta;
 }
 
+/**
+ * Slots that do not decode beside a valid one. After power loss during a
+ * commit that is expected (the slot being written was torn); otherwise the
+ * slot was damaged, and if it held the newest generation, that commit is lost.
+ * The two cannot be told apart, so the checker reports it as a note.
+ */
+export function unreadableSlots(device: BlockDevice): string[] {
+  const notes: string[] = [];
+  for (const lba of superblockSlotLbas) {
+    const buf = Buffer.allocUnsafe(blockSizeBytes);
+    device.read(lba, buf);
+    const slot = decodeSuperblock(buf, device.blockCount);
+    if (!slot.ok) notes.push(`superblock slot ${lba} is unreadable (${slot.reason})`);
+  }
+  return notes;
+}
+
 /** Reads both slots and returns the valid one with the highest generation. */
 export function readSuperblock(device: BlockDevice): Superblock {
   const reasons: string[] = [];

@@ -223,6 +223,29 @@ describe("grovefs fsck", () => {
     expect(fs.readFileSync(image).equals(before)).toBe(true);
   });
 
+  it("notes one unreadable superblock slot (a torn or damaged commit) without failing; the next commit rewrites it", async () => {
+    const image = makeImage();
+    // Damage the slot of the newest generation: the other, older one is used.
+    const fd = fs.openSync(image, "r+");
+    const slots = [0, 1].map((slot) => {
+      const buf = Buffer.alloc(8);
+      fs.readSync(fd, buf, 0, 8, slot * blockSizeBytes + 24);
+      return buf.readBigUInt64LE(0);
+    });
+    const newest = slots[0]! > slots[1]! ? 0 : 1;
+    fs.writeSync(fd, Buffer.from([0xff, 0xee]), 0, 2, newest * blockSizeBytes + 200);
+    fs.closeSync(fd);
+    const n = await grovefs("fsck", "-n", image);
+    expect(n.code, n.stderr).toBe(0);
+    expect(n.stdout).toMatch(new RegExp(`^note: superblock slot ${newest} is unreadable \\(checksum mismatch\\); generation \\d+ in the other slot is in use$`, "m"));
+    expect(n.stdout).toMatch(/: clean, /);
+    // Any commit writes the next generation into the damaged slot: a snapshot is one.
+    expect((await grovefs("snapshot", "create", image, "s")).code).toBe(0);
+    const again = await grovefs("fsck", "-n", image);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).not.toMatch(/note:/);
+  });
+
   it("exits 8 on bad usage: -n with -y, an unknown option, no image", async () => {
     const image = makeImage();
     expectOperationalError(await grovefs("fsck", "-n", "-y", image), /-n \(--readonly\) and -y \(--repair\) contradict each other/);
@@ -276,7 +299,7 @@ describe("grovefs fsck", () => {
   });
 
   it("formats its report as one line a problem and an e2fsck-like summary", () => {
-    const base: FsckResult = { image: "x.img", mode: "check", exitCode: 4, problems: ["p1", "p2"], repaired: [], remaining: ["p1", "p2"], counts: null };
+    const base: FsckResult = { image: "x.img", mode: "check", exitCode: 4, problems: ["p1", "p2"], notes: [], repaired: [], remaining: ["p1", "p2"], counts: null };
     expect(formatFsckText(base)).toBe("p1\np2\nx.img: 2 problems found (checked read-only; grovefs fsck -y x.img repairs what can be repaired safely)\n");
     const repair: FsckResult = { ...base, mode: "repair", repaired: ["fixed p1"], remaining: ["p2"] };
     expect(formatFsckText(repair)).toBe("problem: p1\nproblem: p2\nrepaired: fixed p1\nremaining: p2\nx.img: 2 problems found, 1 problem left unrepaired\n");
