@@ -26,13 +26,20 @@ interface Report {
   usedBytes?: number;
   freeBytes?: number;
   trees?: number;
+  /** Inodes of the default subvolume. */
   inodes?: number;
+  /** Live subvolumes (the default one, clones and snapshots), and how many of them are snapshots. */
+  subvolumes?: number;
+  snapshots?: number;
+  /** Subvolumes deleted whose space is still being freed. */
+  pendingDeletions?: number;
 }
 
 function fullReport(image: string, device: FileDevice): Report {
   const volume = GroveFs.open(device, { readOnly: true });
   try {
     const info = volume.info();
+    const subvolumes = volume.listSubvolumes();
     return {
       image,
       inUse: false,
@@ -44,6 +51,9 @@ function fullReport(image: string, device: FileDevice): Report {
       freeBytes: info.freeBytes,
       trees: info.trees,
       inodes: info.inodes,
+      subvolumes: subvolumes.length,
+      snapshots: subvolumes.filter((s) => s.readOnly).length,
+      pendingDeletions: volume.pendingDeletions(),
     };
   } finally {
     volume.close();
@@ -100,6 +110,10 @@ function text(report: Report): string {
   rows.push(["generation", String(report.generation)]);
   if (report.trees !== undefined) rows.push(["trees", String(report.trees)]);
   if (report.inodes !== undefined) rows.push(["inodes", String(report.inodes)]);
+  if (report.subvolumes !== undefined) {
+    const deleting = report.pendingDeletions ? `, ${report.pendingDeletions} being deleted` : "";
+    rows.push(["subvolumes", `${report.subvolumes} (${report.snapshots} snapshots${deleting})`]);
+  }
   return rows.map(([key, value]) => `${`${key}:`.padEnd(12)}${value}\n`).join("");
 }
 

@@ -194,7 +194,7 @@ describe("grovefs mkfs and info", () => {
 
     const info = await grovefs("info", image);
     expect(info.code, info.stderr).toBe(0);
-    for (const field of ["label:", "uuid:", "size:", "used:", "free:", "generation:", "trees:", "inodes:"]) {
+    for (const field of ["label:", "uuid:", "size:", "used:", "free:", "generation:", "trees:", "inodes:", "subvolumes:"]) {
       expect(info.stdout).toContain(field);
     }
     expect(info.stdout).toContain("alpha");
@@ -203,7 +203,7 @@ describe("grovefs mkfs and info", () => {
     const json = await grovefs("info", image, "--json");
     expect(json.code, json.stderr).toBe(0);
     const report = JSON.parse(json.stdout) as Record<string, unknown>;
-    expect(report).toMatchObject({ label: "alpha", sizeBytes: 64 * 2 ** 20, inUse: false, inodes: 1 });
+    expect(report).toMatchObject({ label: "alpha", sizeBytes: 64 * 2 ** 20, inUse: false, inodes: 1, subvolumes: 1, snapshots: 0, pendingDeletions: 0 });
     expect(report.uuid).toMatch(/^[0-9a-f]{32}$/);
     expect(report.usedBytes as number).toBeGreaterThan(0);
     expect((report.usedBytes as number) + (report.freeBytes as number)).toBe(64 * 2 ** 20);

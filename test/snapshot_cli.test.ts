@@ -141,6 +141,7 @@ describe("grovefs snapshot, clone and subvolume on an image", () => {
     const created = await grovefsOk("snapshot", "create", img, "s1");
     expect(created).toMatch(/^snapshot 's1' of 'default' created \(id \d+\)\n$/);
     const afterSnapshot = await usedBytes(img);
+    expect(JSON.parse(await grovefsOk("info", img, "--json"))).toMatchObject({ subvolumes: 2, snapshots: 1, pendingDeletions: 0 });
     withVolume(img, {}, (volume) => {
       writeFile(volume, "/f", pattern(8 * MiB, 2));
       volume.unlink("/dir/g");
