@@ -270,9 +270,10 @@ class TreeWalker implements ItemEdges {
     this.checkBounds(node, lo, hi, where);
     if (level === 0) {
       report.items += node.count;
+      // Views into this node's own buffer, which the walk never reuses: visitors may keep them.
       for (let i = 0; i < node.count; i++) {
-        const key = Buffer.from(node.keyAt(i));
-        const value = Buffer.from(node.valueAt(i));
+        const key = node.keyAt(i);
+        const value = node.valueAt(i);
         onItem?.(key, value);
         this.visitItem?.(id, key, value, this);
       }
