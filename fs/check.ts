@@ -256,7 +256,7 @@ class FsWalk {
     for (const ino of this.orphans) {
       const seen = this.seen.get(ino);
       if (seen === undefined) problems.push(`orphan ${ino} names no inode`);
-      else if (seen.inode.nlink !== 0 && seen.names > 0) problems.push(`orphan ${ino} still has ${seen.inode.nlink} links`);
+      else if (seen.names > 0) problems.push(`orphan ${ino} still has ${seen.names} names (nlink ${seen.inode.nlink})`);
       else continue;
       this.fix(ino, "dropOrphanKey");
     }

@@ -272,8 +272,14 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     if (this.deletionsRunning()) {
       // A slice of each tick: FUSE requests wait while it runs (the volume stays usable).
       const until = performance.now() + deletionMsPerTick;
-      while (performance.now() < until && this.runDeletions(this.deletionStepNodes)) {
-        /* one step at a time */
+      try {
+        while (performance.now() < until && this.runDeletions(this.deletionStepNodes)) {
+          /* one step at a time */
+        }
+      } catch (error) {
+        // Refused for space (nothing changed): the commit below makes what was freed usable; retried next tick.
+        if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.store.isPoisoned) throw error;
+        this.sync();
       }
     }
     const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
@@ -503,6 +509,7 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   rmdir(path: string): void {
+    this.makeRoom(16);
     const { dir, name } = this.parentFor(path, "remove-dir");
     const target = this.entryInode(dir, name, path);
     if ((target.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_rmdir", "not a directory", { path });
@@ -540,6 +547,8 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   // ---- names ----------------------------------------------------------------
 
   unlink(path: string): void {
+    // On a full volume a delete still copies a path (more with snapshots): commit first if only pending frees would fit it.
+    this.makeRoom(16);
     const { dir, name } = this.parentFor(path, "remove");
     const target = this.entryInode(dir, name, path);
     if ((target.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_unlink", "is a directory", { path });
@@ -1182,7 +1191,10 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
       this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose, freedRanges);
     }
     try {
-      return apply();
+      // A shrinking mutation was admitted whole: the tree updates inside it
+      // must not be refused one by one for want of the growth headroom (with
+      // snapshots, a delete copies shared nodes and grows the refcount tree).
+      return purpose === "shrink" ? this.store.spendingHeadroom(apply) : apply();
     } catch (error) {
       return this.store.poison(error);
     }

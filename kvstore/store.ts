@@ -55,6 +55,9 @@ const META_COUNT = META_ROOT_LBA + 8;
 const META_LEVEL = META_COUNT + 8;
 const metaBytes = META_LEVEL + 8;
 
+/** Dropped references charged like one freed range at admission (refcount entries sharing a leaf). */
+const dropsPerRange = 32;
+
 /** A gathered write of adjacent dirty nodes stops at this many blocks (IOV_MAX is 1024). */
 const writeRunBlocksMax = 1024;
 
@@ -153,6 +156,8 @@ export class Store implements NodeStore {
   private poisoned: unknown = null;
   private committing = false;
   private headroomSpender = false;
+  /** Inside `admitted`: the whole unit was reserved once, so its steps are not checked one by one. */
+  private admittedScope = false;
   private allocHint = firstAllocatableLba;
 
   private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
@@ -369,8 +374,11 @@ export class Store implements NodeStore {
    * shared block loses a reference and every other one is freed.
    */
   applyRelease(plan: ReleasePlan, alsoApply: () => void = () => {}): void {
-    this.beginMutation(this.rootTree.level * 3 + 4, "shrink", plan.ranges() + plan.drops.length);
-    try {
+    // Freed runs each cost the commit a free-space record; dropped references cost the refcount
+    // tree about a leaf per few dozen (many share a leaf), so they are charged as such.
+    const dropRanges = Math.ceil(plan.drops.length / dropsPerRange);
+    // The records changed beside (a table entry, a root-tree entry) copy a path or two each.
+    this.admitted(4 * (this.rootTree.level + 4), "shrink", plan.ranges() + dropRanges, () => {
       alsoApply();
       for (const lba of plan.drops) this.sharing.dropRef(lba);
       for (const [lba, count] of plan.frees) {
@@ -383,9 +391,7 @@ export class Store implements NodeStore {
         }
         this.space!.free(lba, count);
       }
-    } catch (error) {
-      this.poison(error);
-    }
+    });
   }
 
   private releaseTree(tree: Tree, unlink: () => void): void {
@@ -538,9 +544,28 @@ export class Store implements NodeStore {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
     assert(this.space !== null, "an allocator is attached before any mutation");
-    if (this.committing) return;
+    if (this.committing || this.admittedScope) return;
     const commitBlocks = this.rootTreeCommitBlocks() + this.sharing.commitBlocks();
     this.space.reserve(blocks + commitBlocks, this.headroomSpender ? "shrink" : purpose, freedRanges);
+  }
+
+  /**
+   * Reserves `blocks` once for a unit of several tree updates, then runs
+   * `apply` without checking each update again: a later check could refuse
+   * after earlier updates changed things, leaving the unit half done. The
+   * caller's estimate must cover the whole unit; a failure inside poisons.
+   */
+  admitted<T>(blocks: number, purpose: ReservePurpose, freedRanges: number, apply: () => T): T {
+    this.beginMutation(blocks, purpose, freedRanges);
+    if (this.admittedScope) return apply();
+    this.admittedScope = true;
+    try {
+      return apply();
+    } catch (error) {
+      return this.poison(error);
+    } finally {
+      this.admittedScope = false;
+    }
   }
 
   /**

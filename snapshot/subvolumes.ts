@@ -136,15 +136,12 @@ export class Subvolumes {
       progress: Buffer.alloc(0),
     };
     // Admitted as one unit: three records and one root-tree entry.
-    this.store.beginMutation(4 * (this.table().level + 3) + 2 * (this.store.rootTree.level + 3), "grow");
-    this.store.cloneTree(source.id, id);
-    try {
+    this.store.admitted(4 * (this.table().level + 3) + 2 * (this.store.rootTree.level + 3), "grow", 0, () => {
+      this.store.cloneTree(source.id, id);
       this.table().put(subvolumeCountersKey, encodeCounters(id + 1));
       this.table().put(liveKey(name), encodeSubvolume(record));
       this.table().put(liveKey(source.name), encodeSubvolume({ ...source, lastSnapshotGeneration: generation }));
-    } catch (error) {
-      this.store.poison(error);
-    }
+    });
     this.lastSnapshots = null;
     return record;
   }
@@ -152,13 +149,10 @@ export class Subvolumes {
   /** Unlinks `name` and queues its blocks for release (see `deletionStep`). */
   delete(name: string): SubvolumeRecord {
     const record = this.require(name);
-    this.store.beginMutation(2 * (this.table().level + 3), "shrink");
-    try {
+    this.store.admitted(2 * (this.table().level + 3), "shrink", 0, () => {
       this.table().delete(liveKey(name));
       this.table().put(deletingKey(record.id), encodeSubvolume({ ...record, progress: Buffer.alloc(0) }));
-    } catch (error) {
-      this.store.poison(error);
-    }
+    });
     return record;
   }
 
@@ -168,6 +162,17 @@ export class Subvolumes {
    * transaction; the caller commits on its own schedule.
    */
   deletionStep(budget = deletionStepNodes): boolean {
+    // On a nearly full volume a step may be refused for space: a smaller one may still fit.
+    for (let nodes = Math.max(1, budget); ; nodes = Math.floor(nodes / 4)) {
+      try {
+        return this.tryDeletionStep(Math.max(1, nodes));
+      } catch (error) {
+        if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.store.isPoisoned || nodes <= 1) throw error;
+      }
+    }
+  }
+
+  private tryDeletionStep(budget: number): boolean {
     const pending = this.deleting();
     if (pending.length === 0) return false;
     const record = pending[0]!;
@@ -176,8 +181,11 @@ export class Subvolumes {
     const plan = this.store.planRelease();
     const done = walk.run(plan, tree.rootLba, tree.level);
     if (done) {
-      this.store.applyRelease(plan, () => this.table().delete(deletingKey(record.id)));
-      this.store.forgetTree(record.id);
+      // The record and the root-tree entry go in the same admitted unit as the last frees.
+      this.store.applyRelease(plan, () => {
+        this.table().delete(deletingKey(record.id));
+        this.store.forgetTree(record.id);
+      });
       this.lastSnapshots = null;
       return pending.length > 1;
     }

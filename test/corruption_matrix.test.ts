@@ -406,7 +406,7 @@ const logicalDamages: LogicalDamage[] = [
   {
     name: "an orphan key on a file that has links",
     damage: (v) => v.store.openTree(treeIdDefault).put(orphanKey(base.ino.small), Buffer.alloc(0)),
-    problem: /orphan \d+ still has 1 links/,
+    problem: /orphan \d+ still has 1 names/,
     repaired: true,
   },
   {

@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { SimDevice } from "../kvstore/index.js";
 import { openVolume } from "../snapshot/index.js";
 import { GroveFs, checkFilesystem, repairFilesystem } from "../fs/index.js";
-import { decodeInode, encodeInode, inodeKey } from "../fs/format.js";
+import { decodeInode, encodeInode, inodeKey, orphanKey } from "../fs/format.js";
 import { fsEdges } from "../fs/edges.js";
 import { O_CREAT, O_RDWR, expectBytes, expectFsClean, pattern, readFile, testClock } from "./fs_helpers.js";
 
@@ -81,5 +81,17 @@ describe("fsck repair (library)", () => {
       inode.nlink += 1;
       tree.put(inodeKey(2), encodeInode(inode));
     }, /nlink/);
+  });
+});
+
+describe("fsck repair (library): orphans", () => {
+  it("an orphan key on an inode that still has a name is reported and dropped in one repair, with nlink set back", () => {
+    damageAndRepair((v) => {
+      const tree = v.store.openTree(256);
+      const inode = decodeInode(2, tree.get(inodeKey(2))!);
+      inode.nlink = 0;
+      tree.put(inodeKey(2), encodeInode(inode));
+      tree.put(orphanKey(2), Buffer.alloc(0));
+    }, /orphan 2 still has 1 names/);
   });
 });

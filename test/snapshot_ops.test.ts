@@ -206,6 +206,84 @@ describe("subvolume API", () => {
     closeAndCheck(fs, device);
   });
 
+  it("on a volume held full by a snapshot, deletes are refused cleanly (ENOSPC, never a poisoned volume) until the snapshot goes", () => {
+    const { device, fs } = fresh(2048);
+    fs.mkdir("/d", 0o755, caller);
+    let files = 0;
+    try {
+      for (;; files++) put(fs, `/d/f${files}`, Buffer.alloc(100, 7));
+    } catch (error) {
+      expect((error as { code?: string }).code).toBe("ENOSPC");
+    }
+    fs.sync();
+    fs.createSubvolume("s", { readOnly: true });
+    let unlinked = 0;
+    let refused = 0;
+    for (let i = 0; i < files; i++) {
+      try {
+        fs.unlink(`/d/f${i}`);
+        fs.sync();
+        unlinked++;
+      } catch (error) {
+        expect((error as { code?: string }).code).toBe("ENOSPC");
+        expect(fs.store.isPoisoned).toBe(false);
+        refused++;
+        if (refused > 20) break;
+      }
+    }
+    expect(refused).toBeGreaterThan(0);
+    // Deleting the snapshot is the way out, even on a full volume.
+    fs.deleteSubvolume("s");
+    fs.finishDeletions();
+    for (let i = 0; i < files; i++) {
+      try {
+        fs.unlink(`/d/f${i}`);
+      } catch (error) {
+        expect((error as { code?: string }).code).toBe("ENOENT");
+      }
+    }
+    expect(fs.readdir("/d").filter((e) => e.name !== "." && e.name !== "..")).toHaveLength(0);
+    expect(unlinked + refused).toBeGreaterThan(0);
+    closeAndCheck(fs, device);
+  });
+
+  it("a deletion on a nearly full volume makes progress in smaller steps, and a refused step never stops the periodic commit", () => {
+    let clockNs = 1_700_000_000_000_000_000n;
+    const clock = (): bigint => (clockNs += 1_000n);
+    let { device, fs } = fresh(4096, { clock });
+    // Files of six one-block extents held inline; after the snapshot every record is rewritten,
+    // so the snapshot holds its leaves alone but shares every extent: its drop is all dropped references.
+    for (let f = 0; f < 200; f++) {
+      const fh = fs.create(`/f${f}`, 0o644, O_CREAT | O_RDWR, caller);
+      for (let b = 0; b < 6; b++) fs.write(fh, Buffer.alloc(10, 1), 10, b * 2 * 4096);
+      fs.release(fh);
+    }
+    fs.createSubvolume("s", { readOnly: true });
+    for (let f = 0; f < 200; f++) fs.chmod(`/f${f}`, 0o600);
+    fs.sync();
+    fs.deleteSubvolume("s");
+    try {
+      for (let n = 0; ; n++) {
+        put(fs, `/e${n}`, Buffer.alloc(100, 2));
+        if (n % 100 === 0) fs.sync();
+      }
+    } catch (error) {
+      expect((error as { code?: string }).code).toBe("ENOSPC");
+    }
+    fs.sync();
+    expect(fs.pendingDeletions()).toBe(1);
+    fs.chmod("/e0", 0o600);
+    const before = fs.store.committedGeneration;
+    clockNs += 60_000_000_000n;
+    fs.maintenance();
+    expect(fs.store.committedGeneration).toBeGreaterThan(before);
+    fs.finishDeletions();
+    expect(fs.pendingDeletions()).toBe(0);
+    fs.close();
+    device = device.reopen();
+    expectFsClean(device);
+  });
+
   it("a read-only open lists subvolumes and serves views but creates and deletes nothing", () => {
     const { device, fs } = fresh();
     put(fs, "/a", pattern(10, 1));
