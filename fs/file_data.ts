@@ -35,6 +35,9 @@ const slabBlocks = 256;
 let slab = Buffer.alloc(0);
 let slabNext = slabBlocks;
 
+/** Blocks one inode's write-out may copy beyond its extents: paths in the inode tree and its extent tree, with splits. */
+const writeOutPathBlocks = 12;
+
 function newBlock(): Buffer {
   if (slabNext === slabBlocks) {
     slab = Buffer.allocUnsafeSlow(slabBlocks * blockSizeBytes);
@@ -309,7 +312,8 @@ export class FileData {
 
   /** Blocks that buffered data will take when written out, records included. */
   promisedBlocks(): number {
-    return this.bufferedBlocks + 2 * (Math.ceil(this.bufferedBlocks / extentBlocksMax) + this.buffers.size);
+    // Data, two records an extent, and per inode the paths its write-out may copy (more when a snapshot shares them).
+    return this.bufferedBlocks + 2 * Math.ceil(this.bufferedBlocks / extentBlocksMax) + writeOutPathBlocks * this.buffers.size;
   }
 
   /**

@@ -1165,7 +1165,10 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   private writeOutAll(): void {
     for (const ino of this.data.inodesWithBuffers()) {
       const inode = this.loadInode(ino);
-      this.mutation(0, () =>
+      this.checkWritable();
+      // Admitted when write() took the data (its promise, kept free from growth since): the tree
+      // updates of the write-out, copies of snapshot-shared nodes included, are not refused.
+      this.store.alreadyAdmitted(() =>
         this.store.spendingHeadroom(() => {
           this.data.writeOut(inode, this.mapOf(inode));
           this.saveInode(inode);

@@ -557,6 +557,17 @@ export class Store implements NodeStore {
    */
   admitted<T>(blocks: number, purpose: ReservePurpose, freedRanges: number, apply: () => T): T {
     this.beginMutation(blocks, purpose, freedRanges);
+    return this.alreadyAdmitted(apply);
+  }
+
+  /**
+   * Runs `apply`, admitted earlier (file data a write accepted, now written
+   * out), without checks: only a truly exhausted device refuses it, and that
+   * poisons.
+   */
+  alreadyAdmitted<T>(apply: () => T): T {
+    this.checkHealthy();
+    if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
     if (this.admittedScope) return apply();
     this.admittedScope = true;
     try {
