@@ -408,6 +408,8 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     let spent = 0;
     let more = this.deletionsRunning();
     while (more && spent < nodes) {
+      // Blocks an earlier step freed are usable only once committed: on a full volume, commit first.
+      this.makeRoom(64);
       more = this.volume.subvolumes.deletionStep(this.deletionStepNodes);
       spent += this.deletionStepNodes;
       // Freed blocks come back only with a commit, and dirty nodes are bounded: commit often.
