@@ -112,7 +112,7 @@ function text(report: Report): string {
   if (report.inodes !== undefined) rows.push(["inodes", String(report.inodes)]);
   if (report.subvolumes !== undefined) {
     const deleting = report.pendingDeletions ? `, ${report.pendingDeletions} being deleted` : "";
-    rows.push(["subvolumes", `${report.subvolumes} (${report.snapshots} snapshots${deleting})`]);
+    rows.push(["subvolumes", `${report.subvolumes} (${report.snapshots} snapshot${report.snapshots === 1 ? "" : "s"}${deleting})`]);
   }
   return rows.map(([key, value]) => `${`${key}:`.padEnd(12)}${value}\n`).join("");
 }

@@ -166,4 +166,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-process.exit(await main(process.argv));
+const exitCode = await main(process.argv);
+// Output to a pipe is written asynchronously: let it drain before exiting, or the tail is lost.
+await Promise.all([process.stdout, process.stderr].map((stream) => new Promise<void>((resolve) => stream.write("", () => resolve()))));
+process.exit(exitCode);

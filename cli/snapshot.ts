@@ -136,21 +136,34 @@ function explain(error: unknown, target: Target, request: ControlRequest): unkno
     const source = request.from === undefined ? "" : ` from '${printable(request.from)}'`;
     if (error.code === "EEXIST") return new CliError(`a subvolume named '${name}' already exists in ${target.shown}`, `choose another name; ${listing}`);
     if (error.code === "ENOENT") return new CliError(`cannot create '${name}'${source}: ${error.message}`, listing);
-    if (error.code === "EINVAL" || error.code === "ENAMETOOLONG") {
+    if (error.detail === "EINVAL_subvolume_name" || error.code === "ENAMETOOLONG") {
       return new CliError(`cannot create '${name}'${source}: ${error.message}`, "choose another name");
     }
   } else {
+    if (request.name === defaultName && (error.code === "EPERM" || error.code === "EBUSY" || error.detail === "EINVAL_not_snapshot")) {
+      return defaultRefused(name);
+    }
     if (error.detail === "EINVAL_not_snapshot") {
       return new CliError(`'${name}' is a writable clone, not a snapshot`, `delete it with: grovefs subvolume delete ${target.shown} ${name}`);
     }
     if (error.code === "ENOENT") return new CliError(`cannot delete '${name}': ${error.message}`, listing);
     if (error.code === "EBUSY") return busy(target, name);
-    if (error.code === "EINVAL") return new CliError(`cannot delete '${name}': ${error.message}`, listing);
+    if (error.detail === "EINVAL_subvolume_name") return new CliError(`cannot delete '${name}': ${error.message}`, listing);
   }
   if (error.code === "EROFS" && target.kind === "mount") {
     return new CliError(`${target.shown} is mounted read-only: ${error.message}`, "unmount it and run the command on the image, or mount it read-write");
   }
   return error;
+}
+
+const defaultName = "default";
+
+/** The default subvolume is never deleted (as in btrfs): a plain mount always has it to serve. */
+function defaultRefused(name: string): CliError {
+  return new CliError(
+    `cannot delete '${name}': it is the default subvolume, which grovefs mounts when no --subvol is given`,
+    "delete snapshots and clones instead; to roll back, clone a snapshot and mount the clone with --subvol",
+  );
 }
 
 /** The served subvolume cannot be deleted: on an image that is the default one (what a plain mount serves). */

@@ -422,8 +422,10 @@ interface MountEntry {
 }
 
 /**
- * The path as /proc/self/mountinfo spells it. Never stats the mountpoint
- * itself: it may be a dead FUSE mount, or served by this very process.
+ * The path as /proc/self/mountinfo spells it (the kernel records resolved
+ * paths). Never stats a mountpoint itself: it may be a dead FUSE mount, or
+ * served by this very process. A path that is not a mountpoint may be a
+ * symlink to a directory, so it is resolved whole.
  */
 export function canonicalMountpoint(mountpoint: string): string {
   const abs = path.resolve(mountpoint);
@@ -433,7 +435,13 @@ export function canonicalMountpoint(mountpoint: string): string {
   } catch {
     // Keep the resolved path; the caller reports what is missing.
   }
-  return path.join(dir, path.basename(abs));
+  const joined = path.join(dir, path.basename(abs));
+  if (mountsAt(joined).length > 0) return joined;
+  try {
+    return fs.realpathSync(joined);
+  } catch {
+    return joined;
+  }
 }
 
 function mountsAt(target: string): MountEntry[] {

@@ -357,8 +357,10 @@ export class SnapshotDirFs implements FileSystemOps, SubvolumeOps {
   }
 
   flush(fh: number): void {
-    const entry = this.entry(fh);
-    if (entry.ops !== null) entry.ops.flush(entry.fh);
+    const entry = this.handles.get(fh);
+    if (entry === undefined) throw new GroveError("EBADF", "EBADF_handle", `bad file handle ${fh}`);
+    // close(2) of a handle in a deleted snapshot succeeds: there is nothing to flush there.
+    if (entry.ops !== null && entry.view?.dead !== true) entry.ops.flush(entry.fh);
   }
 
   fsync(fh: number, dataOnly: boolean): void {

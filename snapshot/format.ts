@@ -192,5 +192,6 @@ export function validateSubvolumeName(name: string): void {
   if (name.includes("\0")) bad("it contains NUL");
   // eslint-disable-next-line no-control-regex
   if (/[\x01-\x1f\x7f]/.test(name)) bad("it contains a control character");
+  if (name.includes("\ufffd")) bad("it is not valid UTF-8");
   if (name === "." || name === "..") bad("it is reserved");
 }

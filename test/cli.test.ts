@@ -405,6 +405,28 @@ describe.skipIf(!canMount)("grovefs mount and umount (daemon mode)", () => {
     expect(await isMountpoint(mnt)).toBe(false);
   });
 
+  it("mounts through a symlink to the mountpoint, and umount through either path waits for the daemon", async () => {
+    const image = path.join(tmp.path, "vol.img");
+    const mnt = path.join(tmp.path, "mnt");
+    const link = path.join(tmp.path, "link");
+    fs.mkdirSync(mnt);
+    fs.symlinkSync(mnt, link);
+    expect((await grovefs("mkfs", image, "--size", "64M")).code).toBe(0);
+    const mount = await grovefs("mount", image, link);
+    mounted.add(mnt);
+    expect(mount.code, mount.stderr).toBe(0);
+    expect(await isMountpoint(mnt)).toBe(true);
+    expect((await sh(`printf 'via link\\n' > '${link}/f'`)).code).toBe(0);
+    const snapshot = await grovefs("snapshot", "create", link, "s");
+    expect(snapshot.code, snapshot.stderr).toBe(0);
+    const umount = await grovefs("umount", link);
+    expect(umount.code, umount.stderr).toBe(0);
+    mounted.delete(mnt);
+    // umount returned after the daemon committed and released the image.
+    const info = await grovefs("info", image, "--json");
+    expect(JSON.parse(info.stdout)).toMatchObject({ inUse: false, inodes: 2, snapshots: 1 });
+  });
+
   it("exits cleanly when unmounted by plain umount, and mounts read-only with -o ro", async () => {
     const image = path.join(tmp.path, "vol.img");
     const mnt = path.join(tmp.path, "mnt");

@@ -188,6 +188,28 @@ describe("grovefs snapshot, clone and subvolume on an image", () => {
     expectImageClean(img);
   });
 
+  it("prints long listings whole through a pipe (hundreds of snapshots, --json and tables)", async () => {
+    const img = await image(8 * MiB);
+    withVolume(img, {}, (volume) => {
+      for (let i = 0; i < 400; i++) volume.createSubvolume(`snapshot-with-a-longish-name-${i}`, { readOnly: true });
+    });
+    // A reader that starts late: the pipe (64 KiB) fills, and grovefs must wait for it before it exits.
+    const throughPipe = (args: string): Promise<string> =>
+      new Promise((resolve, reject) => {
+        execFile(
+          "sh",
+          ["-c", `'${process.execPath}' '${bin}' ${args} | (sleep 0.5; cat)`],
+          { env: { ...process.env, GROVEFS_RUN_DIR: path.join(tmp.path, "run") }, maxBuffer: 16 * MiB, encoding: "utf8" },
+          (error, stdout) => (error === null ? resolve(stdout) : reject(error)),
+        );
+      });
+    const json = await throughPipe(`subvolume list --json '${img}'`);
+    expect(json.length).toBeGreaterThan(65536);
+    expect((JSON.parse(json) as unknown[]).length).toBe(401);
+    const table = await throughPipe(`snapshot list '${img}'`);
+    expect(table.trimEnd().split("\n")).toHaveLength(401);
+  });
+
   it("snapshot create --from, clone of a subvolume and of a snapshot: clones are writable and independent", async () => {
     const img = await image();
     await grovefsOk("snapshot", "create", img, "s1");
@@ -251,7 +273,12 @@ describe("grovefs snapshot, clone and subvolume on an image", () => {
     expectOneLineError(await grovefs("snapshot", "delete", img, "nope"), /cannot delete 'nope'/);
     expectOneLineError(await grovefs("subvolume", "delete", img, "nope"), /cannot delete 'nope'/);
     expectOneLineError(await grovefs("snapshot", "delete", img, "c1"), /'c1' is a writable clone, not a snapshot — delete it with: grovefs subvolume delete/);
-    expectOneLineError(await grovefs("snapshot", "delete", img, "default"), /not a snapshot/);
+    expectOneLineError(await grovefs("snapshot", "delete", img, "default"), /cannot delete .default.: it is the default subvolume.*clone a snapshot/);
+    expectOneLineError(await grovefs("subvolume", "delete", img, "default"), /cannot delete .default.: it is the default subvolume.*clone a snapshot/);
+    // A file that is not an image is reported as such, not as a bad name.
+    const notImage = path.join(tmp.path, "not-an-image.txt");
+    fs.writeFileSync(notImage, "hello\n");
+    expectOneLineError(await grovefs("snapshot", "create", notImage, "x"), /too small for a grovefs volume.*check the path/);
     expectOneLineError(await grovefs("subvolume", "delete", img, "default"), /cannot delete 'default': it is the default subvolume, which grovefs mounts when no --subvol is given — /);
 
     expectOneLineError(await grovefs("snapshot", "create", img), /missing required argument 'name'/, 2);

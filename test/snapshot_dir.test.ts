@@ -240,8 +240,9 @@ describe("/.snapshots", () => {
     expectErrno(() => snap.open("/.snapshots/s1/a", O_RDONLY), "ENOENT");
     expect(names(snap.readdir("/.snapshots"))).toEqual([]);
     expect(snap.getattr("/.snapshots").nlink).toBe(2);
-    // The live volume is untouched, and the dead handles close cleanly.
+    // The live volume is untouched, and the dead handles close cleanly (close(2) flushes, then releases).
     expect(snap.read(live, Buffer.alloc(4), 4, 0)).toBe(4);
+    snap.flush(file);
     snap.release(file);
     snap.releasedir(dir);
     snap.release(live);
