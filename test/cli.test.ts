@@ -5,10 +5,9 @@
  * /dev/fuse). This process never touches a mount itself: every file access on
  * one runs in a child (`sh -c`), so a hung daemon cannot hang the worker.
  */
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { dir as tmpDir, type DirectoryResult } from "tmp-promise";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { formatSize, parseSize } from "../cli/size.js";
@@ -16,43 +15,10 @@ import { identifyContents } from "../cli/mkfs.js";
 import { parseMountOptions } from "../cli/mount.js";
 import { fuseHandlers, parseMountinfo, type BridgedFs } from "../fs/fuse_bridge.js";
 import { GroveError, IoError } from "../kvstore/index.js";
-
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const bin = path.join(repoRoot, "bin", "grovefs.mjs");
-const commandTimeoutMs = 60_000;
-
-interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
-  return new Promise((resolve) => {
-    execFile(
-      cmd,
-      args,
-      { env: { ...process.env, ...env }, timeout: commandTimeoutMs, killSignal: "SIGKILL", encoding: "utf8" },
-      (error, stdout, stderr) => {
-        const code = error === null ? 0 : typeof error.code === "number" ? error.code : -1;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
+import { expectOneLineError, holdImage as holdImageIn, run, runGrovefs, type RunResult } from "./cli_helpers.js";
 
 function grovefs(...args: string[]): Promise<RunResult> {
-  return run(process.execPath, [bin, ...args]);
-}
-
-/** A failure as the CLI must report it: exit status non-zero, one line on stderr, no stack trace. */
-function expectOneLineError(r: RunResult, pattern: RegExp): void {
-  expect(r.code, r.stderr).not.toBe(0);
-  const lines = r.stderr.split("\n").filter((line) => line !== "");
-  expect(lines, r.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^grovefs: .+ — .+$/);
-  expect(lines[0]).toMatch(pattern);
-  expect(r.stderr).not.toMatch(/^\s+at /m);
+  return runGrovefs(args);
 }
 
 describe("size parsing", () => {
@@ -298,24 +264,10 @@ describe("image locking", () => {
   });
 
   /** Another process that opens the image as grovefs does and holds it until killed. */
-  function holdImage(image: string): Promise<ChildProcess> {
-    const script = path.join(tmp.path, "hold.ts");
-    const device = path.join(repoRoot, "kvstore", "device.ts");
-    fs.writeFileSync(
-      script,
-      `import { FileDevice } from ${JSON.stringify(device)};\n` +
-        `FileDevice.open(${JSON.stringify(image)}, { lock: true });\n` +
-        `process.stdout.write("locked\\n");\n` +
-        `setInterval(() => {}, 1000);\n`,
-    );
-    const child = spawn(process.execPath, ["--import", "tsx", script], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
+  async function holdImage(image: string): Promise<ChildProcess> {
+    const child = await holdImageIn(image, tmp.path);
     holder = child;
-    return new Promise((resolve, reject) => {
-      child.stdout!.on("data", (chunk: Buffer) => {
-        if (chunk.toString().includes("locked")) resolve(child);
-      });
-      child.on("exit", (code) => reject(new Error(`holder exited with ${code}`)));
-    });
+    return child;
   }
 
   it("refuses an image open in another process, and a SIGKILL releases it", async () => {

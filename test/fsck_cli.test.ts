@@ -6,10 +6,9 @@
  * /dev/fuse), and the progress bar on stderr. The damage kinds themselves are
  * in corruption_matrix.test.ts.
  */
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { dir as tmpDir, type DirectoryResult } from "tmp-promise";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { formatFsckText, type FsckResult } from "../cli/fsck.js";
@@ -19,16 +18,7 @@ import { decodeInode, encodeInode, inodeKey } from "../fs/format.js";
 import { FileDevice, blockSizeBytes } from "../kvstore/index.js";
 import { openVolume } from "../snapshot/index.js";
 import { pattern, root, writeFile } from "./fs_helpers.js";
-
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const bin = path.join(repoRoot, "bin", "grovefs.mjs");
-const commandTimeoutMs = 120_000;
-
-interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+import { expectOneLineError, holdImage as holdImageIn, run, runGrovefs, type RunResult } from "./cli_helpers.js";
 
 let tmp: DirectoryResult;
 let holder: ChildProcess | null = null;
@@ -42,38 +32,13 @@ afterEach(async () => {
   await tmp.cleanup();
 });
 
-function run(cmd: string, args: string[]): Promise<RunResult> {
-  return new Promise((resolve) => {
-    execFile(
-      cmd,
-      args,
-      {
-        env: { ...process.env, GROVEFS_RUN_DIR: path.join(tmp.path, "run") },
-        timeout: commandTimeoutMs,
-        killSignal: "SIGKILL",
-        encoding: "utf8",
-      },
-      (error, stdout, stderr) => {
-        const code = error === null ? 0 : typeof error.code === "number" ? error.code : -1;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
-
 function grovefs(...args: string[]): Promise<RunResult> {
-  return run(process.execPath, [bin, ...args]);
+  return runGrovefs(args, { GROVEFS_RUN_DIR: path.join(tmp.path, "run") });
 }
 
 /** An operational error: exit 8, one line on stderr in the CLI's form, no stack trace. */
 function expectOperationalError(r: RunResult, pattern: RegExp): void {
-  expect(r.code, r.stderr).toBe(8);
-  const lines = r.stderr.split("\n").filter((line) => line !== "");
-  expect(lines, r.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^grovefs: .+ — .+$/);
-  expect(lines[0]).toMatch(pattern);
-  expect(r.stderr).not.toMatch(/^\s+at /m);
-  expect(r.stderr).not.toMatch(/internal error/);
+  expectOneLineError(r, pattern, 8);
 }
 
 /** A formatted image with a few files and a snapshot. */
@@ -113,24 +78,10 @@ function damageBothSuperblocks(image: string): void {
 }
 
 /** Another process holding the image's lock (shared for a read-only open) until killed. */
-function holdImage(image: string, readOnly: boolean): Promise<ChildProcess> {
-  const script = path.join(tmp.path, "hold.ts");
-  const device = path.join(repoRoot, "kvstore", "device.ts");
-  fs.writeFileSync(
-    script,
-    `import { FileDevice } from ${JSON.stringify(device)};\n` +
-      `FileDevice.open(${JSON.stringify(image)}, { lock: true, readOnly: ${readOnly} });\n` +
-      `process.stdout.write("locked\\n");\n` +
-      `setInterval(() => {}, 1000);\n`,
-  );
-  const child = spawn(process.execPath, ["--import", "tsx", script], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
+async function holdImage(image: string, readOnly: boolean): Promise<ChildProcess> {
+  const child = await holdImageIn(image, tmp.path, readOnly);
   holder = child;
-  return new Promise((resolve, reject) => {
-    child.stdout!.on("data", (chunk: Buffer) => {
-      if (chunk.toString().includes("locked")) resolve(child);
-    });
-    child.on("exit", (code) => reject(new Error(`holder exited with ${code}`)));
-  });
+  return child;
 }
 
 describe("grovefs fsck", () => {

@@ -11,24 +11,15 @@ import { execFile, spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { dir as tmpDir, type DirectoryResult } from "tmp-promise";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { runRequest, sendRequest, startControlServer, type SubvolumeRecord } from "../cli/control.js";
 import { checkFilesystem, GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { FsHarness, pattern, readFile, root, writeFile } from "./fs_helpers.js";
+import { bin, expectOneLineError as expectOneLine, holdImage as holdImageIn, runGrovefs, type RunResult } from "./cli_helpers.js";
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const bin = path.join(repoRoot, "bin", "grovefs.mjs");
-const commandTimeoutMs = 120_000;
 const MiB = 1 << 20;
-
-interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let tmp: DirectoryResult;
 let holder: ChildProcess | null = null;
@@ -43,22 +34,7 @@ afterEach(async () => {
 });
 
 function grovefs(...args: string[]): Promise<RunResult> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [bin, ...args],
-      {
-        env: { ...process.env, GROVEFS_RUN_DIR: path.join(tmp.path, "run") },
-        timeout: commandTimeoutMs,
-        killSignal: "SIGKILL",
-        encoding: "utf8",
-      },
-      (error, stdout, stderr) => {
-        const code = error === null ? 0 : typeof error.code === "number" ? error.code : -1;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
+  return runGrovefs(args, { GROVEFS_RUN_DIR: path.join(tmp.path, "run") });
 }
 
 async function grovefsOk(...args: string[]): Promise<string> {
@@ -68,15 +44,9 @@ async function grovefsOk(...args: string[]): Promise<string> {
   return r.stdout;
 }
 
-/** A failure as the CLI must report it: this exit status, one line on stderr, no stack trace. */
+/** A failure as the CLI must report it: this exit status (1 unless given), one line on stderr, no stack trace. */
 function expectOneLineError(r: RunResult, pattern: RegExp, code = 1): void {
-  expect(r.code, r.stderr).toBe(code);
-  const lines = r.stderr.split("\n").filter((line) => line !== "");
-  expect(lines, r.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^grovefs: .+ — .+$/);
-  expect(lines[0]).toMatch(pattern);
-  expect(r.stderr).not.toMatch(/^\s+at /m);
-  expect(r.stderr).not.toMatch(/internal error|bug/);
+  expectOneLine(r, pattern, code);
 }
 
 /** Opens the image as the CLI does (locked), runs `body`, commits and closes. */
@@ -318,23 +288,10 @@ describe("grovefs snapshot, clone and subvolume on an image", () => {
 });
 
 /** Another process that opens the image as grovefs does and holds its lock until killed. */
-function holdImage(image: string): Promise<ChildProcess> {
-  const script = path.join(tmp.path, "hold.ts");
-  const device = path.join(repoRoot, "kvstore", "device.ts");
-  fs.writeFileSync(
-    script,
-    `import { FileDevice } from ${JSON.stringify(device)};\n` +
-      `FileDevice.open(${JSON.stringify(image)}, { lock: true });\n` +
-      `process.stdout.write("locked\\n");\n` +
-      `setInterval(() => {}, 1000);\n`,
-  );
-  const child = spawn(process.execPath, ["--import", "tsx", script], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
-  return new Promise((resolve, reject) => {
-    child.stdout!.on("data", (chunk: Buffer) => {
-      if (chunk.toString().includes("locked")) resolve(child);
-    });
-    child.on("exit", (code) => reject(new Error(`holder exited with ${code}`)));
-  });
+async function holdImage(image: string): Promise<ChildProcess> {
+  const child = await holdImageIn(image, tmp.path);
+  holder = child;
+  return child;
 }
 
 // ---- the control socket, in this process ------------------------------------------
