@@ -44,6 +44,10 @@ function resolveTarget(arg: string): Target {
     const pid = servingPid(mountpoint);
     if (pid !== null) return { kind: "mount", mountpoint, shown: arg, pid };
     if (entry.fstype === groveFsType) {
+      // Mount records live in a directory per user: another user's mount (root's, shared) has none here.
+      if ((process.getuid?.() ?? 0) !== 0) {
+        throw new CliError(`${arg} is not served by a grovefs process of this user`, "run the command as the user who mounted it (root for a shared mount)");
+      }
       throw new CliError(`${arg} is a stale grovefs mount (its process is gone)`, `clean it up with: grovefs umount ${arg}`);
     }
     throw new CliError(`${arg} is not a grovefs mount (it is ${entry.fstype})`, "give a grovefs image, or the mount point of a running grovefs mount");
