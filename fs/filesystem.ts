@@ -316,17 +316,14 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     const subvolumes = this.volume.subvolumes;
     const source = options.from ?? this.subvolume.name;
     // Refused before anything is written: a bad or taken name, a missing source.
-    if (subvolumes.get(name) !== undefined) {
-      throw new GroveError("EEXIST", "EEXIST_subvolume", `a subvolume named ${JSON.stringify(name)} exists`);
-    }
-    subvolumes.require(source);
+    subvolumes.checkCreate(name, source);
     // Everything written before this call belongs in the snapshot; and a committed source is never modified in place.
     this.sync();
     const record = subvolumes.create(name, source, options.readOnly, this.clock());
     this.store.commit();
     this.lastCommitNs = this.clock();
     if (source === this.subvolume.name) this.subvolume = subvolumes.require(source);
-    return this.infoOf(record);
+    return this.listSubvolumes().find((s) => s.id === record.id)!;
   }
 
   deleteSubvolume(name: string): void {
@@ -350,7 +347,17 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
 
   listSubvolumes(): SubvolumeInfo[] {
     this.checkOpen();
-    return this.volume.subvolumes.list().map((r) => this.infoOf(r));
+    const records = this.volume.subvolumes.list();
+    const names = new Map(records.map((r) => [r.id, r.name]));
+    return records.map((r) => ({
+      name: r.name,
+      id: r.id,
+      readOnly: r.readOnly,
+      parentId: r.parent,
+      parentName: names.get(r.parent) ?? null,
+      generation: r.generation,
+      createdNs: r.createdNs,
+    }));
   }
 
   pendingDeletions(): number {
@@ -380,18 +387,6 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     const view = new GroveFs(this.volume, record, { readOnly: true, clock: this.clock }, true);
     this.views.set(name, view);
     return view;
-  }
-
-  private infoOf(record: SubvolumeRecord): SubvolumeInfo {
-    return {
-      name: record.name,
-      id: record.id,
-      readOnly: record.readOnly,
-      parentId: record.parent,
-      parentName: this.volume.subvolumes.byId(record.parent)?.name ?? null,
-      generation: record.generation,
-      createdNs: record.createdNs,
-    };
   }
 
   private deletionsRunning(): boolean {

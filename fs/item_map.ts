@@ -18,6 +18,8 @@ export function mapOwner(subvolumeTreeId: number, ino: number): number {
 
 export class ItemMap {
   private treeHandle: Tree | null = null;
+  /** The record's node was made writable: it stays so until the commit, which no operation spans. */
+  private pinned = false;
 
   constructor(
     private readonly store: Store,
@@ -28,8 +30,15 @@ export class ItemMap {
      * changes: the record holds the map's root and extents, so its node must
      * pass its references on first if it is shared (parents before children).
      */
-    readonly pin: () => void,
+    private readonly pinRecord: () => void,
   ) {}
+
+  /** Makes the inode record's node writable, once per map (an ItemMap lives for one operation). */
+  pin(): void {
+    if (this.pinned) return;
+    this.pinRecord();
+    this.pinned = true;
+  }
 
   get isTree(): boolean {
     return this.inode.kind === PayloadKind.Tree;

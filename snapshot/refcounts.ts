@@ -95,7 +95,7 @@ export class Refcounts implements NodeSharing {
     this.onAbort();
   }
 
-  /** Every recorded count, ascending (the checker compares them with a full walk). */
+  /** Every recorded count, pending changes included (for tests and the repair; not in LBA order). */
   *entries(): Generator<[number, RefcountEntry]> {
     const pending = new Map(this.changed);
     for (const [key, value] of this.tree().range()) {

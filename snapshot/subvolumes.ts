@@ -94,10 +94,6 @@ export class Subvolumes {
     return record;
   }
 
-  byId(id: number): SubvolumeRecord | undefined {
-    return this.list().find((r) => r.id === id);
-  }
-
   /** Live subvolumes, by name. */
   list(): SubvolumeRecord[] {
     const records: SubvolumeRecord[] = [];
@@ -117,9 +113,7 @@ export class Subvolumes {
    * caller commits before and after.
    */
   create(name: string, sourceName: string, readOnly: boolean, nowNs: bigint): SubvolumeRecord {
-    validateSubvolumeName(name);
-    if (this.get(name) !== undefined) throw new GroveError("EEXIST", "EEXIST_subvolume", `a subvolume named ${JSON.stringify(name)} exists`);
-    const source = this.require(sourceName);
+    const source = this.checkCreate(name, sourceName);
     const counters = this.table().get(subvolumeCountersKey);
     if (counters === undefined) throw new GroveError("EIO", "EIO_subvolume_counters", "the subvolume counter is missing");
     const id = decodeCounters(counters);
@@ -144,6 +138,13 @@ export class Subvolumes {
     });
     this.lastSnapshots = null;
     return record;
+  }
+
+  /** Refuses a bad or taken `name` (EINVAL, EEXIST) or a missing source (ENOENT); returns the source. */
+  checkCreate(name: string, sourceName: string): SubvolumeRecord {
+    validateSubvolumeName(name);
+    if (this.get(name) !== undefined) throw new GroveError("EEXIST", "EEXIST_subvolume", `a subvolume named ${JSON.stringify(name)} exists`);
+    return this.require(sourceName);
   }
 
   /** Unlinks `name` and queues its blocks for release (see `deletionStep`). */
