@@ -233,6 +233,25 @@ export class E2eVolume {
     return new E2eVolume(dir, path.join(dir, "image.grove"), mnt, tmp.cleanup);
   }
 
+  /** A fresh volume, formatted (`mkfs --size size`) and mounted. */
+  static async mounted(prefix: string, size = "2G"): Promise<E2eVolume> {
+    const volume = await E2eVolume.create(prefix);
+    try {
+      await volume.mkfs(size);
+      await volume.mount();
+    } catch (error) {
+      await volume.cleanup();
+      throw error;
+    }
+    return volume;
+  }
+
+  /** Unmounts with the CLI, then runs the full checker over the image. */
+  async finish(): Promise<void> {
+    await this.umount();
+    this.check();
+  }
+
   /** A path in the tmp dir, outside the mount. */
   out(...parts: string[]): string {
     return path.join(this.dir, ...parts);

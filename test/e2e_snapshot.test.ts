@@ -28,6 +28,7 @@ import {
   asObject,
   type RunResult,
 } from "./e2e_helpers.js";
+import { expectOneLineError as expectOneLine } from "./cli_helpers.js";
 
 let volume: E2eVolume | null = null;
 
@@ -41,26 +42,15 @@ const chunkBytes = 4096;
 /** Generous bounds for background work to show (not timed assertions: the state is checked after). */
 const settleMs = 120_000;
 
+/** A fresh, formatted, mounted volume, cleaned up after the test. */
 async function mounted(name: string, size = "2G"): Promise<E2eVolume> {
-  volume = await E2eVolume.create(name);
-  await volume.mkfs(size);
-  await volume.mount();
+  volume = await E2eVolume.mounted(name, size);
   return volume;
 }
 
-async function finish(v: E2eVolume): Promise<void> {
-  await v.umount();
-  v.check();
-}
-
-/** A CLI failure as the CLI promises it: non-zero, exactly one line on stderr, "grovefs: ... — ...", no stack. */
+/** A CLI failure as the CLI promises it: exit 1, exactly one line on stderr, "grovefs: ... — ...", no stack. */
 function expectOneLineError(r: RunResult, mentions: RegExp): void {
-  expect(r.code, `stdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(1);
-  const text = r.stderr.trim();
-  expect(text.split("\n"), `stderr: ${r.stderr}`).toHaveLength(1);
-  expect(text).toMatch(/^grovefs: .+ — .+$/);
-  expect(text).not.toMatch(/\n\s+at |internal error/);
-  expect(text).toMatch(mentions);
+  expectOneLine(r, mentions, 1);
 }
 
 /** Chunk i of the writer's log: its number, 8 digits, repeated to 4 KiB. */
@@ -212,7 +202,7 @@ describe.skipIf(e2eSkipReason !== null)("e2e: snapshots and clones through a ker
     expect(onImage.map((s) => s.name)).toEqual(["snap1"]);
     await v.mount();
     expect(asObject(await checksums(v.in(".snapshots", "snap1", "data")))).toEqual(asObject(sums));
-    await finish(v);
+    await v.finish();
   });
 
   it("a clone mounted with --subvol is writable and independent; a snapshot mounts read-only; an unknown one mounts nothing", async () => {
@@ -312,7 +302,7 @@ except OSError as e:
     }, settleMs);
     expect(freed, `used ${now.used} bytes, ${base.used} before the 200 MiB file`).toBe(true);
     expect(await v.groveOk(["snapshot", "list", v.mnt])).toMatchObject({ stdout: "no snapshots\n" });
-    await finish(v);
+    await v.finish();
     const info = JSON.parse((await v.groveOk(["info", v.image, "--json"])).stdout) as { usedBytes: number };
     expect(info.usedBytes).toBeLessThan(base.used + 16 * MiB);
   });
@@ -356,7 +346,7 @@ except OSError as e:
     await v.mount();
     expect(await ok("ls", [v.in(".snapshots")])).toBe("s1\n");
     await v.groveOk(["snapshot", "delete", v.mnt, "s1"]);
-    await finish(v);
+    await v.finish();
     expect((await fsp.readdir(v.out("run"))).filter((name) => name.endsWith(".sock"))).toEqual([]);
   });
 });

@@ -8,6 +8,7 @@
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { ContentGenerator, E2eVolume, type RunResult, checksums, mountsAt, ok, pidsHolding, sh, shRun, e2eSkipReason } from "./e2e_helpers.js";
+import { expectOneLineError as expectOneLine } from "./cli_helpers.js";
 
 let volume: E2eVolume | null = null;
 
@@ -16,28 +17,15 @@ afterEach(async () => {
   volume = null;
 });
 
-/** A fresh, formatted, mounted volume. */
+/** A fresh, formatted, mounted volume, cleaned up after the test. */
 async function mounted(name: string, size = "2G"): Promise<E2eVolume> {
-  volume = await E2eVolume.create(name);
-  await volume.mkfs(size);
-  await volume.mount();
+  volume = await E2eVolume.mounted(name, size);
   return volume;
 }
 
-/** Unmounts with the CLI and runs the checker. */
-async function finish(v: E2eVolume): Promise<void> {
-  await v.umount();
-  v.check();
-}
-
-/** A CLI failure as the CLI promises it: non-zero, exactly one line on stderr, "grovefs: ...", no stack. */
+/** A CLI failure as the CLI promises it: non-zero, exactly one line on stderr, "grovefs: ... — ...", no stack. */
 function expectOneLineError(r: RunResult, mentions: RegExp): void {
-  expect(r.code, `stdout: ${r.stdout}\nstderr: ${r.stderr}`).not.toBe(0);
-  const text = r.stderr.trim();
-  expect(text.split("\n"), `stderr: ${r.stderr}`).toHaveLength(1);
-  expect(text).toMatch(/^grovefs: /);
-  expect(text).not.toMatch(/\n\s+at /);
-  expect(text).toMatch(mentions);
+  expectOneLine(r, mentions);
 }
 
 const gitEnv = {
@@ -91,7 +79,7 @@ describe.skipIf(e2eSkipReason !== null)("e2e: tools through a kernel mount", () 
     const [a, b] = [await checksums(repo), await checksums(v.in("clone"))];
     for (const map of [a, b]) for (const key of [...map.keys()]) if (key.startsWith("./.git/")) map.delete(key);
     expect(b).toEqual(a);
-    await finish(v);
+    await v.finish();
   });
 
   it("tar round trip: tar c from the mount, extract into the mount, diff -r", async () => {
@@ -121,7 +109,7 @@ describe.skipIf(e2eSkipReason !== null)("e2e: tools through a kernel mount", () 
     const listing = await sh(`tar -C "$1" -cf - orig | tar -tvf - | awk '{print $1, $3, $6}' | sort`, [v.mnt]);
     const listingOut = await sh(`tar -tvf "$1" | awk '{print $1, $3, $6}' | sort`, [v.out("orig.tar")]);
     expect(listing).toBe(listingOut);
-    await finish(v);
+    await v.finish();
   });
 
   it("mkdir -p, mv (rename, replace, across directories), ln -s, rm -r", async () => {
@@ -175,7 +163,7 @@ describe.skipIf(e2eSkipReason !== null)("e2e: tools through a kernel mount", () 
     await v.mount();
     const again = await sh(`cd "$1" && find . -mindepth 1 -printf '%p %y\\n' | LC_ALL=C sort && cat x/f3`, [v.mnt]);
     expect(again.trim().split("\n")).toEqual([...out.slice(0, 14), "two"]);
-    await finish(v);
+    await v.finish();
   });
 
   it("df shows the image size and used space that grows by what was written", async () => {
@@ -203,7 +191,7 @@ describe.skipIf(e2eSkipReason !== null)("e2e: tools through a kernel mount", () 
     await sh(`rm "$1/fifty" && sync`, [v.mnt]);
     const freed = await df();
     expect(freed.used).toBeLessThan(before.used + 4 * 1024 ** 2);
-    await finish(v);
+    await v.finish();
   });
 
   it("xattrs: set, get, list, remove, on files and directories, persistent", async () => {
@@ -256,7 +244,7 @@ except OSError as e:
     await v.umount();
     await v.mount();
     expect((await ok("python3", ["-c", py, v.mnt, "get"])).trim().split("\n")).toEqual(expected);
-    await finish(v);
+    await v.finish();
   });
 
   it("ls -la lists . and .. in the root and in subdirectories", async () => {
@@ -273,7 +261,7 @@ except OSError as e:
     expect(names(sub!).sort()).toEqual([".", "..", "file", "inner"]);
     // The root is a directory with mode drwx...; nlink counts sub.
     expect(root!.split("\n").find((line) => line.endsWith(" ."))).toMatch(/^d[rwx-]{9}\.?\s+3 /);
-    await finish(v);
+    await v.finish();
   });
 
   it("a read-only mount reads, and refuses every write with 'Read-only file system'", async () => {
@@ -323,7 +311,7 @@ except OSError as e:
     // Mounting it again on the same mountpoint is refused too.
     expectOneLineError(await v.grove(["mount", v.image, v.mnt]), /already|in use|busy/i);
     expect(await sh(`cat "$1/f" && echo after >> "$1/f" && cat "$1/f"`, [v.mnt])).toBe("before\nbefore\nafter\n");
-    await finish(v);
+    await v.finish();
   });
 
   it("mounting on a mountpoint that does not exist fails in one line and leaves nothing behind", async () => {
@@ -342,6 +330,6 @@ except OSError as e:
     // The image is still perfectly mountable.
     await v.mount();
     await sh(`echo ok > "$1/f"`, [v.mnt]);
-    await finish(v);
+    await v.finish();
   });
 });

@@ -217,13 +217,11 @@ describe("subvolume API", () => {
     }
     fs.sync();
     fs.createSubvolume("s", { readOnly: true });
-    let unlinked = 0;
     let refused = 0;
     for (let i = 0; i < files; i++) {
       try {
         fs.unlink(`/d/f${i}`);
         fs.sync();
-        unlinked++;
       } catch (error) {
         expect((error as { code?: string }).code).toBe("ENOSPC");
         expect(fs.store.isPoisoned).toBe(false);
@@ -243,7 +241,6 @@ describe("subvolume API", () => {
       }
     }
     expect(fs.readdir("/d").filter((e) => e.name !== "." && e.name !== "..")).toHaveLength(0);
-    expect(unlinked + refused).toBeGreaterThan(0);
     closeAndCheck(fs, device);
   });
 
