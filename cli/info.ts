@@ -2,15 +2,21 @@
  * grovefs info IMAGE [--json]
  *
  * Opens the image read-only under a shared lock and prints the volume's
- * label, uuid, size, used and free space, generation, tree count and inode
- * count. While another grovefs process holds the image (mounted read-write,
- * or being formatted), the full numbers would need its uncommitted state, so
- * only the committed superblock's fields are shown, marked "in use"; df on the
+ * label, uuid, size, default compression, used and free space, generation,
+ * tree count and inode count. Used space is shown twice: on disk (physical,
+ * what df shows) and logical (as if compressed data were stored
+ * uncompressed), with the compressed data extents counted once each. While
+ * another grovefs process holds the image (mounted read-write, or being
+ * formatted), the full numbers would need its uncommitted state, so only the
+ * committed superblock's fields are shown, marked "in use"; df on the
  * mountpoint gives the live space figures.
  */
 import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError, readSuperblock, blockSizeBytes } from "../kvstore/index.js";
 import { formatSize } from "./size.js";
+
+/** The superblock's compression byte, by name (0 none, 1 lz4: kvstore/superblock.ts). */
+const compressionBySuperblockCode: readonly string[] = ["none", "lz4"];
 
 export interface InfoOptions {
   json?: boolean;
@@ -23,7 +29,14 @@ interface Report {
   uuid: string;
   sizeBytes: number;
   generation: number;
+  /** How new file data is compressed by default (mkfs --compress); a mount may override it. */
+  compression: string;
+  /** Physical: blocks allocated on the device. */
   usedBytes?: number;
+  /** As if compressed data were stored uncompressed: usedBytes plus what compression saved. */
+  logicalUsedBytes?: number;
+  /** Compressed data extents, each counted once: their size on disk and decompressed. */
+  compressed?: { extents: number; diskBytes: number; logicalBytes: number };
   freeBytes?: number;
   trees?: number;
   /** Inodes of the default subvolume. */
@@ -47,7 +60,10 @@ function fullReport(image: string, device: FileDevice): Report {
       uuid: info.uuid,
       sizeBytes: info.sizeBytes,
       generation: info.generation,
+      compression: info.compression,
       usedBytes: info.usedBytes,
+      logicalUsedBytes: info.logicalUsedBytes,
+      compressed: { ...info.compressed },
       freeBytes: info.freeBytes,
       trees: info.trees,
       inodes: info.inodes,
@@ -72,6 +88,7 @@ function superblockReport(image: string): Report {
       uuid: sb.uuid.toString("hex"),
       sizeBytes: sb.deviceBlocks * blockSizeBytes,
       generation: sb.generation,
+      compression: compressionBySuperblockCode[sb.compression] ?? `unknown (${sb.compression})`,
     };
   } finally {
     device.close();
@@ -93,20 +110,39 @@ function readReport(image: string): Report {
   }
 }
 
+/** "2.58x": how many times larger `logical` is than `disk`. */
+function ratio(logical: number, disk: number): string {
+  return disk > 0 ? `${(logical / disk).toFixed(2)}x` : "—";
+}
+
+function usageRows(report: Report): [string, string][] {
+  const { usedBytes, logicalUsedBytes, freeBytes, compressed, sizeBytes } = report;
+  if (usedBytes === undefined || freeBytes === undefined) return [["used", "unknown while in use (df on the mount point shows it)"]];
+  const percent = sizeBytes > 0 ? ((100 * usedBytes) / sizeBytes).toFixed(1) : "0";
+  let used = `${formatSize(usedBytes)} on disk (${usedBytes} bytes, ${percent}%)`;
+  if (logicalUsedBytes !== undefined) used += `, ${formatSize(logicalUsedBytes)} logical (ratio ${ratio(logicalUsedBytes, usedBytes)})`;
+  const rows: [string, string][] = [["used", used], ["free", `${formatSize(freeBytes)} (${freeBytes} bytes)`]];
+  if (compressed !== undefined) {
+    const { extents, diskBytes, logicalBytes } = compressed;
+    rows.push([
+      "compressed",
+      extents === 0
+        ? "0 data extents"
+        : `${extents} data extent${extents === 1 ? "" : "s"}, ${formatSize(diskBytes)} on disk, ${formatSize(logicalBytes)} decompressed (ratio ${ratio(logicalBytes, diskBytes)})`,
+    ]);
+  }
+  return rows;
+}
+
 function text(report: Report): string {
   const rows: [string, string][] = [
     ["image", report.image + (report.inUse ? " (in use by another grovefs process: committed state only)" : "")],
     ["label", report.label === "" ? "(none)" : report.label],
     ["uuid", report.uuid],
     ["size", `${formatSize(report.sizeBytes)} (${report.sizeBytes} bytes)`],
+    ["compression", `${report.compression} (the default for new writes)`],
+    ...usageRows(report),
   ];
-  if (report.usedBytes !== undefined && report.freeBytes !== undefined) {
-    const percent = report.sizeBytes > 0 ? ((100 * report.usedBytes) / report.sizeBytes).toFixed(1) : "0";
-    rows.push(["used", `${formatSize(report.usedBytes)} (${report.usedBytes} bytes, ${percent}%)`]);
-    rows.push(["free", `${formatSize(report.freeBytes)} (${report.freeBytes} bytes)`]);
-  } else {
-    rows.push(["used", "unknown while in use (df on the mount point shows it)"]);
-  }
   rows.push(["generation", String(report.generation)]);
   if (report.trees !== undefined) rows.push(["trees", String(report.trees)]);
   if (report.inodes !== undefined) rows.push(["inodes", String(report.inodes)]);
@@ -114,7 +150,8 @@ function text(report: Report): string {
     const deleting = report.pendingDeletions ? `, ${report.pendingDeletions} being deleted` : "";
     rows.push(["subvolumes", `${report.subvolumes} (${report.snapshots} snapshot${report.snapshots === 1 ? "" : "s"}${deleting})`]);
   }
-  return rows.map(([key, value]) => `${`${key}:`.padEnd(12)}${value}\n`).join("");
+  const width = Math.max(...rows.map(([key]) => key.length)) + 2;
+  return rows.map(([key, value]) => `${`${key}:`.padEnd(width)}${value}\n`).join("");
 }
 
 export function infoCommand(image: string, options: InfoOptions): void {

@@ -11,7 +11,7 @@ import { createRequire } from "node:module";
 import { debugDetail, formatError } from "./errors.js";
 import { fsckCommand, fsckExit, type FsckOptions } from "./fsck.js";
 import { infoCommand } from "./info.js";
-import { mkfsCommand } from "./mkfs.js";
+import { mkfsCommand, type MkfsOptions } from "./mkfs.js";
 import { mountCommand, notifyParent } from "./mount.js";
 import {
   cloneCommand,
@@ -60,15 +60,16 @@ export function buildProgram(): Command {
     .argument("<image>", "image file or block device")
     .option("-s, --size <size>", "size in bytes or with K, M, G, T (powers of 1024); creates or resizes an image file")
     .option("-L, --label <name>", "volume label (up to 64 bytes)")
+    .option("--compress <algorithm>", "compress new file data by default: lz4 or none (the default); mount -o compress= overrides it")
     .option("-F, --force", "overwrite an existing filesystem or data")
-    .action((image: string, options: { size?: string; label?: string; force?: boolean }) => mkfsCommand(image, options));
+    .action((image: string, options: MkfsOptions) => mkfsCommand(image, options));
 
   oneLineErrors(program.command("mount"))
     .description("mount an image; runs in the background unless --foreground")
     .argument("<image>", "image file or block device")
     .argument("<mountpoint>", "an existing, empty directory")
     .option("-f, --foreground", "serve in this process until Ctrl-C, SIGTERM or umount")
-    .option("-o, --options <list>", "comma-separated: ro, rw, noatime, nodiratime, nosuid, nodev, noexec", collect)
+    .option("-o, --options <list>", "comma-separated: ro, rw, noatime, nodiratime, nosuid, nodev, noexec, compress=lz4|none", collect)
     .option("--subvol <name>", "mount this subvolume instead of the default (a snapshot is mounted read-only)")
     .action((image: string, mountpoint: string, options: { foreground?: boolean; options?: string[]; subvol?: string }) =>
       mountCommand(image, mountpoint, options),
@@ -81,7 +82,7 @@ export function buildProgram(): Command {
     .action((mountpoint: string) => umountCommand(mountpoint));
 
   oneLineErrors(program.command("info"))
-    .description("show label, uuid, size, used and free space, generation, trees and inodes")
+    .description("show label, uuid, size, compression, used (on disk and logical) and free space, generation, trees and inodes")
     .argument("<image>", "image file or block device")
     .option("--json", "print JSON")
     .action((image: string, options: { json?: boolean }) => infoCommand(image, options));

@@ -1,7 +1,9 @@
 /**
- * grovefs mkfs IMAGE [--size N] [--label NAME] [--force]
+ * grovefs mkfs IMAGE [--size N] [--label NAME] [--compress lz4|none] [--force]
  *
  * Formats an image file (created sparse when missing) or a block device.
+ * --compress sets how new file data is compressed by default (none unless
+ * given); a mount overrides it with -o compress=.
  * Careful by default, like mkfs.ext4: without --force it refuses anything that
  * holds data — an existing grovefs volume, another filesystem's signature (named
  * when known), any non-zero byte in the first 64 KiB, or a regular file with
@@ -13,12 +15,14 @@ import * as path from "node:path";
 import { GroveFs } from "../fs/index.js";
 import { lockImageFd } from "../kvstore/index.js";
 import { blockSizeBytes, FileDevice, readSuperblock, type BlockDevice } from "../kvstore/index.js";
+import { parseCompression } from "./compression.js";
 import { CliError } from "./errors.js";
 import { formatSize, parseSize } from "./size.js";
 
 export interface MkfsOptions {
   size?: string;
   label?: string;
+  compress?: string;
   force?: boolean;
 }
 
@@ -179,9 +183,10 @@ function targetDevice(image: string, sizeBytes: number | undefined, force: boole
 
 export function mkfsCommand(image: string, options: MkfsOptions): void {
   const sizeBytes = options.size === undefined ? undefined : parseSize(options.size);
+  const compression = parseCompression(options.compress ?? "none", "--compress", (name) => `--compress ${name}`);
   const device = targetDevice(image, sizeBytes, options.force ?? false);
   try {
-    GroveFs.format(device, { label: options.label });
+    GroveFs.format(device, { label: options.label, compression });
   } finally {
     device.close();
   }
@@ -189,12 +194,13 @@ export function mkfsCommand(image: string, options: MkfsOptions): void {
   const volume = GroveFs.open(check, { readOnly: true });
   try {
     const info = volume.info();
-    process.stdout.write(
-      `formatted ${image} as grovefs\n` +
-        `  label: ${info.label === "" ? "(none)" : info.label}\n` +
-        `  size:  ${formatSize(info.sizeBytes)} (${info.sizeBytes} bytes)\n` +
-        `  uuid:  ${info.uuid}\n`,
-    );
+    const rows: [string, string][] = [
+      ["label", info.label === "" ? "(none)" : info.label],
+      ["size", `${formatSize(info.sizeBytes)} (${info.sizeBytes} bytes)`],
+      ["uuid", info.uuid],
+      ["compression", `${info.compression}${info.compression === "none" ? "" : " (new file data by default)"}`],
+    ];
+    process.stdout.write(`formatted ${image} as grovefs\n${rows.map(([key, value]) => `  ${`${key}:`.padEnd(13)}${value}\n`).join("")}`);
   } finally {
     volume.close();
     check.close();

@@ -1,5 +1,5 @@
 /**
- * grovefs mount IMAGE MOUNTPOINT [-f|--foreground] [-o ro,...] [--subvol NAME]
+ * grovefs mount IMAGE MOUNTPOINT [-f|--foreground] [-o ro,compress=lz4,...] [--subvol NAME]
  *
  * The serving process opens the image with an exclusive lock (shared when
  * read-only), mounts it, writes a pid record, and serves until SIGINT, SIGTERM
@@ -7,7 +7,9 @@
  * under it (umount by anyone: commit, close, exit 0). It serves the default
  * subvolume, or the one --subvol names: a snapshot is mounted read-only. While
  * it serves, it answers snapshot and clone requests on a control socket
- * beside its pid record (cli/control.ts).
+ * beside its pid record (cli/control.ts). -o compress=lz4|none overrides the
+ * volume's default compression (mkfs --compress) for what this mount writes;
+ * with ro it is accepted and has nothing to do.
  *
  * Daemon mode (the default): the parent checks what it can, then starts the
  * same CLI detached (own session, cwd /) with --foreground and
@@ -26,6 +28,7 @@ import * as path from "node:path";
 import { canonicalMountpoint, findMount, groveFsType, mountGrove, type MountHandle } from "../fs/index.js";
 import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
+import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
 import { printable, startControlServer, type ControlServer } from "./control.js";
 import { CliError, ReportedError } from "./errors.js";
 
@@ -147,7 +150,12 @@ const ignoredOptions = new Set(["defaults", "rw", "async"]);
 export interface ParsedMountOptions {
   readOnly: boolean;
   extra: string[];
+  /** compress=: overrides the volume's default for new writes; absent when not given. */
+  compression?: CompressionName;
 }
+
+const compressOption = "compress";
+const compressSpelled = (name: string) => `-o ${compressOption}=${name}`;
 
 export function parseMountOptions(lists: readonly string[]): ParsedMountOptions {
   const parsed: ParsedMountOptions = { readOnly: false, extra: [] };
@@ -157,9 +165,14 @@ export function parseMountOptions(lists: readonly string[]): ParsedMountOptions 
     else if (option === "rw") parsed.readOnly = false;
     else if (passThroughOptions.has(option)) {
       if (!parsed.extra.includes(option)) parsed.extra.push(option);
+    } else if (option.startsWith(`${compressOption}=`)) {
+      parsed.compression = parseCompression(option.slice(compressOption.length + 1), `-o ${compressOption}`, compressSpelled);
+    } else if (option === compressOption || option.startsWith(`${compressOption}-`)) {
+      // btrfs's bare "compress" (its default algorithm) and compress-force: grovefs wants the algorithm named.
+      throw new CliError(`mount option '${printable(option)}' is not supported`, `accepted: ${compressionNames.map(compressSpelled).join(", ")}`);
     } else if (!ignoredOptions.has(option)) {
-      const known = new Set(["ro", "rw", ...ignoredOptions, ...passThroughOptions]);
-      throw new CliError(`unknown mount option '${option}'`, `known options: ${[...known].join(", ")}`);
+      const known = new Set(["ro", "rw", ...ignoredOptions, ...passThroughOptions, `${compressOption}=${compressionNames.join("|")}`]);
+      throw new CliError(`unknown mount option '${printable(option)}'`, `known options: ${[...known].join(", ")}`);
     }
   }
   return parsed;
@@ -216,9 +229,12 @@ export function notifyParent(message: string): void {
 }
 
 /** GroveFs.open, with a missing or invalid --subvol said in the CLI's terms. */
-function openVolume(device: FileDevice, image: string, readOnly: boolean, subvolume: string | undefined): GroveFs {
+function openVolume(device: FileDevice, image: string, options: ParsedMountOptions, subvolume: string | undefined): GroveFs {
+  const { readOnly } = options;
+  // A read-only mount writes nothing: compress= is accepted and left out.
+  const compression = readOnly ? undefined : options.compression;
   try {
-    return GroveFs.open(device, { readOnly, subvolume });
+    return GroveFs.open(device, { readOnly, subvolume, ...(compression === undefined ? {} : { compression }) });
   } catch (error) {
     if (subvolume !== undefined && error instanceof GroveError && (error.code === "ENOENT" || error.code === "EINVAL")) {
       throw new CliError(
@@ -234,7 +250,7 @@ async function openAndMount(image: string, mountpoint: string, options: ParsedMo
   const device = FileDevice.open(image, { readOnly: options.readOnly, lock: true });
   let volume: GroveFs;
   try {
-    volume = openVolume(device, image, options.readOnly, subvolume);
+    volume = openVolume(device, image, options, subvolume);
   } catch (error) {
     device.close();
     throw error;

@@ -50,6 +50,10 @@ export interface StatFs {
   fsid: number;
   flag: number;
   namemax: number;
+  /** Blocks in use on disk (blocks - bfree): what the kernel's statfs reports. */
+  usedBlocks?: number;
+  /** Blocks in use if compressed data were stored uncompressed (not passed to the kernel). */
+  logicalUsedBlocks?: number;
 }
 
 /** A time to set: nanoseconds, "now", or "omit" (UTIME_NOW and UTIME_OMIT). */

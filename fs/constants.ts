@@ -27,6 +27,10 @@ export const inodeInlineBytesMax = valueSizeMaxBytes - inodeRecordFixedBytes;
 
 /** One data extent covers at most this many blocks (its record holds one crc32c a block). */
 export const extentBlocksMax = 128;
+/** Compressed data is stored in units of at most this many blocks (128 KiB), each its own extent. */
+export const compressionUnitBlocksMax = 32;
+/** Decompressed units kept for reads (sequential readers and small reads of one unit). */
+export const decompressedCacheUnits = 32;
 
 /** Extended attributes: name (with namespace) and value bounds. */
 export const xattrNameSizeMaxBytes = 240;

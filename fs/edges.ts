@@ -19,7 +19,7 @@ export function fsEdges(treeId: number, key: Buffer, value: Buffer, edges: ItemE
     if (value.length === direntValueBytes) return;
     const ino = treeId % 2 ** 32;
     const extent = decodeExtent(ino, key, value);
-    edges.blocks(extent.extentLba, extent.extentBlocks, `inode ${ino} extent at file block ${extent.fileBlock}`);
+    edges.blocks(extent.extentLba, extent.extentBlocks, `inode ${ino} extent at file block ${extent.fileBlock}`, extent.unitBlocks);
     return;
   }
   if (treeId < 256 || key.length !== 8) return;
@@ -31,7 +31,7 @@ export function fsEdges(treeId: number, key: Buffer, value: Buffer, edges: ItemE
   } else if (inode.kind === PayloadKind.Items && (inode.mode & C.S_IFMT) !== C.S_IFDIR) {
     for (const item of decodeItems(ino, inode.payload)) {
       const extent = decodeExtent(ino, item.key, item.value);
-      edges.blocks(extent.extentLba, extent.extentBlocks, `inode ${ino} extent at file block ${extent.fileBlock}`);
+      edges.blocks(extent.extentLba, extent.extentBlocks, `inode ${ino} extent at file block ${extent.fileBlock}`, extent.unitBlocks);
     }
   }
 }

@@ -15,12 +15,25 @@
  *   zero, so growing a file always reveals zeros.
  * - Buffered data has already been admitted against free space (`reserve`),
  *   so writing it out does not run out of room.
+ * - With compression on, write-out cuts runs into units of at most
+ *   compressionUnitBlocksMax blocks (aligned to multiples of it in the
+ *   file), and stores a unit lz4-compressed only if that saves a block;
+ *   runs of units that stay raw are written as ordinary extents. Reading
+ *   any block of an lz4 extent checks the crcs of all its disk blocks, then
+ *   decompresses the unit (kept in a small cache).
  */
-import { CorruptionError, IoError, assert, blockSizeBytes, crc32c } from "../kvstore/index.js";
+import { CorruptionError, IoError, blockSizeBytes, crc32c, featureCompressLz4 } from "../kvstore/index.js";
 import type { FreeSpace } from "../alloc/index.js";
 import type { Store } from "../kvstore/index.js";
-import { dirtyDataBytesMax, extentBlocksMax, inodeInlineBytesMax } from "./constants.js";
-import { Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentCrc, extentKey } from "./format.js";
+import {
+  compressionUnitBlocksMax,
+  decompressedCacheUnits,
+  dirtyDataBytesMax,
+  extentBlocksMax,
+  inodeInlineBytesMax,
+} from "./constants.js";
+import { Compression, Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentCrc, extentKey, sliceExtent } from "./format.js";
+import { DecompressedCache, compressUnit, decompressUnit } from "./compression.js";
 import type { ItemMap } from "./item_map.js";
 
 /** A streaming reader has up to 8 MiB past it read in the background, 1 MiB a request. */
@@ -65,12 +78,15 @@ export class FileData {
   /** The device LBA up to which background reads have been started. */
   private prefetchedEnd = 0;
   private readonly readAheadBuffer = Buffer.allocUnsafeSlow(extentBlocksMax * blockSizeBytes);
+  private readonly decompressed = new DecompressedCache(decompressedCacheUnits);
 
   constructor(
     private readonly store: Store,
     private readonly space: FreeSpace,
     /** Blocks growth must leave free for deletes (the filesystem's shrink reserve). */
     private readonly shrinkReserveBlocks: () => number,
+    /** How data written out from now on is compressed. */
+    public compression: Compression = Compression.None,
   ) {}
 
   get bufferedBytes(): number {
@@ -256,8 +272,62 @@ export class FileData {
     let i = 0;
     while (i < indices.length) {
       let j = i + 1;
-      while (j < indices.length && j - i < extentBlocksMax && indices[j] === indices[j - 1]! + 1) j++;
-      const got = this.space.allocateExtent(j - i, hint);
+      while (j < indices.length && indices[j] === indices[j - 1]! + 1) j++;
+      // [i, j) is a run of adjacent blocks.
+      if (this.compression === Compression.None) {
+        hint = this.writeRaw(inode, map, buffered, indices, i, j, hint);
+        i = j;
+        continue;
+      }
+      let rawFrom = i;
+      let u = i;
+      while (u < j) {
+        const unitEnd = Math.min(j, u + compressionUnitBlocksMax - (indices[u]! % compressionUnitBlocksMax));
+        const blocks: Buffer[] = [];
+        for (let k = u; k < unitEnd; k++) blocks.push(buffered.get(indices[k]!)!);
+        const packed = compressUnit(blocks);
+        if (packed !== null) {
+          hint = this.writeRaw(inode, map, buffered, indices, rawFrom, u, hint);
+          const got = this.space.allocateExtent(packed.diskBlocks, hint);
+          if (got.length === packed.diskBlocks) {
+            this.writeCompressed(inode, map, indices[u]!, unitEnd - u, got.start, packed);
+            hint = got.start + got.length;
+            rawFrom = unitEnd;
+          } else {
+            // A fragmented volume has no room for it in one piece: store the unit raw, starting in what was found.
+            hint = this.writeRaw(inode, map, buffered, indices, u, unitEnd, hint, got);
+            rawFrom = unitEnd;
+          }
+        }
+        u = unitEnd;
+      }
+      hint = this.writeRaw(inode, map, buffered, indices, rawFrom, j, hint);
+      i = j;
+    }
+    this.bufferedBlocks -= buffered.size;
+    this.dropBuffer(inode.ino);
+  }
+
+  /**
+   * Writes buffered file blocks indices[from, to) (adjacent) as uncompressed
+   * extents of up to extentBlocksMax, the first one into `first` if given.
+   * Returns the hint for what follows.
+   */
+  private writeRaw(
+    inode: Inode,
+    map: ItemMap,
+    buffered: Map<number, Buffer>,
+    indices: readonly number[],
+    from: number,
+    to: number,
+    hint: number | undefined,
+    first?: { start: number; length: number },
+  ): number | undefined {
+    let i = from;
+    while (i < to) {
+      const want = Math.min(to - i, extentBlocksMax);
+      const got = first ?? this.space.allocateExtent(want, hint);
+      first = undefined;
       const blocks: Buffer[] = [];
       const crcs = Buffer.allocUnsafe(4 * got.length);
       for (let k = 0; k < got.length; k++) {
@@ -265,36 +335,79 @@ export class FileData {
         blocks.push(block);
         crcs.writeUInt32LE(crc32c(block), 4 * k);
       }
-      try {
-        this.store.device.writev(got.start, blocks);
-      } catch (error) {
-        this.store.poison(error);
-      }
+      this.writeBlocks(got.start, blocks);
       const fileBlock = indices[i]!;
-      const extent: Extent = {
+      this.record(inode, map, {
         fileBlock,
         extentLba: got.start,
         extentBlocks: got.length,
+        offset: 0,
         lba: got.start,
         blocks: got.length,
         diskBlocks: got.length,
-        compression: 0,
+        compression: Compression.None,
+        unitBlocks: got.length,
+        compressedBytes: 0,
         crcs,
-      };
-      try {
-        this.punch(inode, map, fileBlock, fileBlock + got.length);
-        map.put(extentKey(fileBlock), encodeExtent(extent));
-      } catch (error) {
-        // Admission leaves room for this; failing halfway would leave blocks referenced by nothing.
-        this.store.poison(error);
-      }
-      inode.blocks += got.length;
-      for (let k = 0; k < got.length; k++) buffered.delete(indices[i + k]!);
-      this.bufferedBlocks -= got.length;
+      });
       hint = got.start + got.length;
       i += got.length;
     }
-    this.dropBuffer(inode.ino);
+    return hint;
+  }
+
+  /** Writes one compressed unit of `blocks` file blocks from `fileBlock` into the extent at `lba`. */
+  private writeCompressed(
+    inode: Inode,
+    map: ItemMap,
+    fileBlock: number,
+    blocks: number,
+    lba: number,
+    packed: { data: Buffer; diskBlocks: number; compressedBytes: number },
+  ): void {
+    const disk: Buffer[] = [];
+    const crcs = Buffer.allocUnsafe(4 * packed.diskBlocks);
+    for (let k = 0; k < packed.diskBlocks; k++) {
+      const block = packed.data.subarray(k * blockSizeBytes, (k + 1) * blockSizeBytes);
+      disk.push(block);
+      crcs.writeUInt32LE(crc32c(block), 4 * k);
+    }
+    if (!this.store.hasFeature(featureCompressLz4)) this.store.enableFeature(featureCompressLz4);
+    this.writeBlocks(lba, disk);
+    this.record(inode, map, {
+      fileBlock,
+      extentLba: lba,
+      extentBlocks: packed.diskBlocks,
+      offset: 0,
+      lba,
+      blocks,
+      diskBlocks: packed.diskBlocks,
+      compression: Compression.Lz4,
+      unitBlocks: blocks,
+      compressedBytes: packed.compressedBytes,
+      crcs,
+    });
+    this.store.countCompressed(1, packed.diskBlocks, blocks);
+  }
+
+  private writeBlocks(lba: number, blocks: Buffer[]): void {
+    try {
+      this.store.device.writev(lba, blocks);
+    } catch (error) {
+      this.store.poison(error);
+    }
+  }
+
+  /** Records a written extent in place of what the file had there. */
+  private record(inode: Inode, map: ItemMap, extent: Extent): void {
+    try {
+      this.punch(inode, map, extent.fileBlock, extent.fileBlock + extent.blocks);
+      map.put(extentKey(extent.fileBlock), encodeExtent(extent));
+    } catch (error) {
+      // Admission leaves room for this; failing halfway would leave blocks referenced by nothing.
+      this.store.poison(error);
+    }
+    inode.blocks += extent.blocks;
   }
 
   /**
@@ -313,7 +426,7 @@ export class FileData {
   /** Blocks that buffered data will take when written out, records included. */
   promisedBlocks(): number {
     // Data, two records an extent, and per inode the paths its write-out may copy (more when a snapshot shares them).
-    return this.bufferedBlocks + 2 * Math.ceil(this.bufferedBlocks / extentBlocksMax) + writeOutPathBlocks * this.buffers.size;
+    return this.bufferedBlocks + 2 * Math.ceil(this.bufferedBlocks / this.extentBlocksMin()) + writeOutPathBlocks * this.buffers.size;
   }
 
   /**
@@ -344,6 +457,11 @@ export class FileData {
 
   // ---- internals ------------------------------------------------------------
 
+  /** The fewest blocks a full extent of write-out holds: a compressed unit, or an uncompressed extent. */
+  private extentBlocksMin(): number {
+    return this.compression === Compression.None ? extentBlocksMax : compressionUnitBlocksMax;
+  }
+
   private fitsInline(inode: Inode, size: number): boolean {
     if (size > inodeInlineBytesMax || this.buffers.has(inode.ino)) return false;
     return inode.kind === PayloadKind.Bytes || (inode.kind === PayloadKind.None && inode.size <= inodeInlineBytesMax);
@@ -370,7 +488,7 @@ export class FileData {
     for (let b = firstBlock; b < endBlock; b++) if (buffered === undefined || !buffered.has(b)) fresh++;
     if (fresh === 0) return;
     // Each extent of the write-out may need a record and a split of an old one.
-    const extents = Math.ceil((this.bufferedBlocks + fresh) / extentBlocksMax) + this.buffers.size;
+    const extents = Math.ceil((this.bufferedBlocks + fresh) / this.extentBlocksMin()) + this.buffers.size;
     this.space.reserve(this.bufferedBlocks + fresh + 2 * extents + this.shrinkReserveBlocks(), "grow");
   }
 
@@ -439,7 +557,12 @@ export class FileData {
 
   /** Reads `count` blocks of an extent starting `skip` blocks in, checking each block's crc32c. */
   private readExtentBlocks(ino: number, extent: Extent, skip: number, count: number, sequential = false): Buffer {
-    assert(extent.compression === 0, "only uncompressed extents exist yet");
+    if (extent.compression !== Compression.None) {
+      const unit = this.readUnit(ino, extent);
+      if (sequential) this.prefetchAfter(extent.extentLba + extent.extentBlocks);
+      const first = extent.offset + skip;
+      return unit.subarray(first * blockSizeBytes, (first + count) * blockSizeBytes);
+    }
     const lba = extent.lba + skip;
     const ahead = this.readAhead;
     if (ahead !== null && lba >= ahead.lba && lba + count <= ahead.lba + ahead.blocks) {
@@ -475,6 +598,15 @@ export class FileData {
     }
   }
 
+  /** The whole decompressed unit of an lz4 extent: every disk block checked, then decompressed (cached). */
+  private readUnit(ino: number, extent: Extent): Buffer {
+    const cached = this.decompressed.get(extent);
+    if (cached !== undefined) return cached;
+    const unit = decompressUnit(ino, extent, this.readVerified(ino, extent, 0, extent.extentBlocks));
+    this.decompressed.put(extent, unit);
+    return unit;
+  }
+
   private readVerified(ino: number, extent: Extent, skip: number, count: number, into?: Buffer): Buffer {
     const data = into !== undefined ? into.subarray(0, count * blockSizeBytes) : Buffer.allocUnsafe(count * blockSizeBytes);
     try {
@@ -487,7 +619,9 @@ export class FileData {
       if (crc32c(block) !== extentCrc(extent, skip + k)) {
         throw new CorruptionError(
           "EIO_data_checksum",
-          `inode ${ino}: data block ${extent.lba + skip + k} (file block ${extent.fileBlock + skip + k}) fails its checksum`,
+          extent.compression === Compression.None
+            ? `inode ${ino}: data block ${extent.lba + skip + k} (file block ${extent.fileBlock + skip + k}) fails its checksum`
+            : `inode ${ino}: block ${extent.lba + skip + k} of the compressed extent at file block ${extent.fileBlock - extent.offset} fails its checksum`,
         );
       }
     }
@@ -512,18 +646,17 @@ export class FileData {
     const hit = [...this.extentsIn(inode, map, start, end)];
     if (hit.length > 0) this.readAhead = null;
     for (const extent of hit) {
-      assert(extent.compression === 0, "only uncompressed extents are split");
       map.delete(extentKey(extent.fileBlock));
       const extentEnd = extent.fileBlock + extent.blocks;
       let pieces = 0;
       if (extent.fileBlock < start) {
         const keep = start - extent.fileBlock;
-        map.put(extentKey(extent.fileBlock), encodeExtent(slice(extent, 0, keep)));
+        map.put(extentKey(extent.fileBlock), encodeExtent(sliceExtent(extent, 0, keep)));
         pieces++;
       }
       if (extentEnd > end) {
         const skip = end - extent.fileBlock;
-        map.put(extentKey(end), encodeExtent(slice(extent, skip, extent.blocks - skip)));
+        map.put(extentKey(end), encodeExtent(sliceExtent(extent, skip, extent.blocks - skip)));
         pieces++;
       }
       if (pieces === 2) this.store.sharing.addRef(extent.extentLba, extent.extentBlocks);
@@ -537,8 +670,12 @@ export class FileData {
   /** One record of a physical extent is gone: drop its reference, freeing the extent with the last. */
   private releaseExtent(extent: Extent): void {
     const sharing = this.store.sharing;
-    if (sharing.refCount(extent.extentLba) >= 2) sharing.dropRef(extent.extentLba);
-    else this.space.free(extent.extentLba, extent.extentBlocks);
+    if (sharing.refCount(extent.extentLba) >= 2) {
+      sharing.dropRef(extent.extentLba);
+      return;
+    }
+    this.space.free(extent.extentLba, extent.extentBlocks);
+    if (extent.compression !== Compression.None) this.store.countCompressed(-1, extent.extentBlocks, extent.unitBlocks);
   }
 
   private hintFor(inode: Inode, map: ItemMap, fileBlock: number): number | undefined {
@@ -546,19 +683,7 @@ export class FileData {
     const before = map.floor(extentKey(fileBlock - 1));
     if (before === undefined) return undefined;
     const extent = decodeExtent(inode.ino, before.key, before.value);
+    if (extent.compression !== Compression.None) return extent.extentLba + extent.extentBlocks;
     return extent.lba + (fileBlock - extent.fileBlock);
   }
-}
-
-function slice(extent: Extent, skip: number, blocks: number): Extent {
-  return {
-    fileBlock: extent.fileBlock + skip,
-    extentLba: extent.extentLba,
-    extentBlocks: extent.extentBlocks,
-    lba: extent.lba + skip,
-    blocks,
-    diskBlocks: blocks,
-    compression: extent.compression,
-    crcs: Buffer.from(extent.crcs.subarray(4 * skip, 4 * (skip + blocks))),
-  };
 }

@@ -82,6 +82,7 @@ import {
   xattrPrefix,
 } from "./format.js";
 import { FileData } from "./file_data.js";
+import { Compression } from "./format.js";
 import { fsEdges } from "./edges.js";
 import { ItemMap, mapOwner } from "./item_map.js";
 
@@ -111,6 +112,20 @@ export interface GroveFsOptions {
   clock?: () => bigint;
   /** Nodes one deletion step releases before it records its progress (tests make it small). */
   deletionStepNodes?: number;
+  /** How new file data is compressed, overriding the volume's default (mount -o compress=). */
+  compression?: CompressionName;
+}
+
+export type CompressionName = "lz4" | "none";
+
+export const compressionNames: readonly CompressionName[] = ["lz4", "none"];
+
+function compressionOf(name: CompressionName): Compression {
+  return name === "lz4" ? Compression.Lz4 : Compression.None;
+}
+
+function compressionName(compression: number): CompressionName {
+  return compression === Compression.Lz4 ? "lz4" : "none";
 }
 
 export interface VolumeInfo {
@@ -123,6 +138,14 @@ export interface VolumeInfo {
   trees: number;
   inodes: number;
   orphans: number;
+  /** The volume's default compression of new data (mkfs --compress). */
+  compression: CompressionName;
+  /** What this open compresses new data with (the default, or the mount's override). */
+  compressionInUse: CompressionName;
+  /** usedBytes as if compressed data were stored uncompressed. */
+  logicalUsedBytes: number;
+  /** Compressed data extents, each counted once however many files and snapshots share it. */
+  compressed: { extents: number; diskBytes: number; logicalBytes: number };
 }
 
 interface Handle {
@@ -157,9 +180,10 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   private closed = false;
 
   /** Formats `device` with an empty root directory. */
-  static format(device: BlockDevice, options: { label?: string; clock?: () => bigint } = {}): void {
+  static format(device: BlockDevice, options: { label?: string; clock?: () => bigint; compression?: CompressionName } = {}): void {
     const now = (options.clock ?? wallClock)();
-    const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now });
+    const compression = compressionOf(options.compression ?? "none");
+    const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now, compression });
     assert(inodes.id === treeIdDefaultSubvolume, "mkfs makes the default subvolume");
     const root = newInode(rootIno, S_IFDIR | 0o755, { uid: 0, gid: 0 }, now, store.generation);
     root.nlink = 2;
@@ -202,7 +226,8 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     this.deletionStepNodes = options.deletionStepNodes ?? deletionStepNodes;
     const store = this.store;
     this.inodes = store.openTree(subvolume.id);
-    this.data = new FileData(store, this.space, () => this.shrinkReserveBlocks());
+    const compression = options.compression !== undefined ? compressionOf(options.compression) : (store.compression as Compression);
+    this.data = new FileData(store, this.space, () => this.shrinkReserveBlocks(), compression);
     const counters = this.inodes.get(countersKey);
     if (counters === undefined) throw new GroveError("EIO", "EIO_counters", "the inode counter record is missing");
     this.nextIno = decodeCounters(counters);
@@ -220,6 +245,8 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     for (const _ of this.inodes.range({ from: orphanPrefix, to: inodeKey(1) })) orphans++;
     let inodes = 0;
     for (const [key] of this.inodes.range({ from: inodeKey(1) })) if (key.length === 8) inodes++;
+    const compressed = this.store.compressedUsage;
+    const saved = compressed.logicalBlocks - compressed.diskBlocks;
     return {
       label: this.store.label,
       uuid: this.store.uuid.toString("hex"),
@@ -230,6 +257,14 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
       trees: this.store.treeIds().length,
       inodes,
       orphans,
+      compression: compressionName(this.store.compression),
+      compressionInUse: compressionName(this.data.compression),
+      logicalUsedBytes: (usage.usedBlocks + this.data.bufferedBytes / blockSizeBytes + saved) * blockSizeBytes,
+      compressed: {
+        extents: compressed.extents,
+        diskBytes: compressed.diskBlocks * blockSizeBytes,
+        logicalBytes: compressed.logicalBlocks * blockSizeBytes,
+      },
     };
   }
 
@@ -238,7 +273,10 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     const usage = this.space.usage();
     const free = Math.max(0, usage.freeBlocks - this.data.bufferedBytes / blockSizeBytes);
     const ffree = Math.max(0, Math.min(inoMax - this.nextIno, free * 4));
+    const compressed = this.store.compressedUsage;
     return {
+      usedBlocks: usage.totalBlocks - free,
+      logicalUsedBlocks: usage.totalBlocks - free + compressed.logicalBlocks - compressed.diskBlocks,
       bsize: blockSizeBytes,
       frsize: blockSizeBytes,
       blocks: usage.totalBlocks,

@@ -46,23 +46,30 @@
  *   ------  ----  -----------------------------------------------
  *        0     8  LBA of the physical extent's first block
  *        8     2  logical blocks of this record
- *       10     2  blocks on disk of this record (n)
- *       12     1  compression (0 = none)
- *       13     1  (zero)
- *       14     2  blocks in the physical extent
- *       16     2  offset of this record's first block in the physical extent
- *       18     2  (zero)
+ *       10     2  blocks on disk this record's checksums cover (n)
+ *       12     1  compression (0 none, 1 lz4)
+ *       13     1  lz4: blocks the physical extent decompresses to (its unit); else 0
+ *       14     2  blocks in the physical extent (on disk)
+ *       16     2  offset of this record's first block: on disk when
+ *                 uncompressed, in the decompressed unit when lz4
+ *       18     2  lz4: bytes of compressed data in the extent's last block; else 0
  *       20   4×n  crc32c of each block on disk
  *
  * A record references a slice of a physical extent. The physical extent is
  * allocated, reference-counted and freed as a whole (Rodeh): after a partial
  * overwrite, the records left keep all of it until none references it.
  *
+ * An lz4 extent holds one unit of 2 … unitBlocksMax blocks, compressed
+ * (lz4-napi's block format: the decompressed length as u32 LE, then an lz4
+ * block), zero-padded to whole blocks, and stored only when that saves at
+ * least one block. Any slice of it needs the whole unit, so its records
+ * carry the crcs of every block of the extent (n = blocks on disk).
+ *
  * In a detached tree, a 9-byte value is a directory entry; an extent value is
  * at least 24 bytes (the edge reader tells them apart by that).
  */
-import { CorruptionError, writeU64BE } from "../kvstore/index.js";
-import { extentBlocksMax, inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
+import { CorruptionError, blockSizeBytes, writeU64BE } from "../kvstore/index.js";
+import { compressionUnitBlocksMax, extentBlocksMax, inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
 
 const I_MODE = 0;
 const I_UID = I_MODE + 4;
@@ -303,23 +310,39 @@ const E_EXTENT_LBA = 0;
 const E_BLOCKS = E_EXTENT_LBA + 8;
 const E_DISK_BLOCKS = E_BLOCKS + 2;
 const E_COMPRESSION = E_DISK_BLOCKS + 2;
-const E_EXTENT_BLOCKS = E_COMPRESSION + 2;
+const E_UNIT_BLOCKS = E_COMPRESSION + 1;
+const E_EXTENT_BLOCKS = E_UNIT_BLOCKS + 1;
 const E_OFFSET = E_EXTENT_BLOCKS + 2;
-const E_CRCS = E_OFFSET + 4;
+const E_LAST_BYTES = E_OFFSET + 2;
+const E_CRCS = E_LAST_BYTES + 2;
 
 export const direntValueBytes = 9;
+
+export const enum Compression {
+  None = 0,
+  Lz4 = 1,
+}
 
 export interface Extent {
   /** File block index of the first block. */
   fileBlock: number;
   /** The physical extent this record is a slice of: the unit of allocation and reference counting. */
   extentLba: number;
+  /** Blocks of the physical extent on disk. */
   extentBlocks: number;
-  /** The slice's first block on disk (extentLba + its offset). */
+  /** Where the slice starts: blocks into the extent on disk, or into the decompressed unit (lz4). */
+  offset: number;
+  /** Uncompressed: the slice's first block on disk (extentLba + offset). lz4: extentLba. */
   lba: number;
+  /** Logical blocks of this record. */
   blocks: number;
+  /** Blocks on disk the crcs cover: the slice's (uncompressed) or the whole extent's (lz4). */
   diskBlocks: number;
-  compression: number;
+  compression: Compression;
+  /** Blocks the physical extent holds once decompressed (extentBlocks when uncompressed). */
+  unitBlocks: number;
+  /** lz4: bytes of compressed data at the start of the extent (0 when uncompressed). */
+  compressedBytes: number;
   /** One crc32c per block on disk, little-endian u32s (a view into the record; read with `extentCrc`). */
   crcs: Buffer;
 }
@@ -341,7 +364,11 @@ export function encodeExtent(extent: Extent): Buffer {
   value.writeUInt16LE(extent.diskBlocks, E_DISK_BLOCKS);
   value.writeUInt8(extent.compression, E_COMPRESSION);
   value.writeUInt16LE(extent.extentBlocks, E_EXTENT_BLOCKS);
-  value.writeUInt16LE(extent.lba - extent.extentLba, E_OFFSET);
+  value.writeUInt16LE(extent.offset, E_OFFSET);
+  if (extent.compression !== Compression.None) {
+    value.writeUInt8(extent.unitBlocks, E_UNIT_BLOCKS);
+    value.writeUInt16LE(extent.compressedBytes - (extent.extentBlocks - 1) * blockSizeBytes, E_LAST_BYTES);
+  }
   extent.crcs.copy(value, E_CRCS, 0, 4 * extent.diskBlocks);
   return value;
 }
@@ -356,20 +383,68 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
   const blocks = value.readUInt16LE(E_BLOCKS);
   if (value.length !== E_CRCS + 4 * diskBlocks || blocks === 0 || diskBlocks === 0) bad("block counts");
   const compression = value.readUInt8(E_COMPRESSION);
-  if (blocks > extentBlocksMax || diskBlocks > blocks || (compression === 0 && diskBlocks !== blocks)) bad("block counts");
   const crcs = value.subarray(E_CRCS, E_CRCS + 4 * diskBlocks);
   const extentLba = Number(value.readBigUInt64LE(E_EXTENT_LBA));
   const extentBlocks = value.readUInt16LE(E_EXTENT_BLOCKS);
   const offset = value.readUInt16LE(E_OFFSET);
-  if (extentBlocks === 0 || extentBlocks > extentBlocksMax || offset + diskBlocks > extentBlocks) bad("slice outside its extent");
+  const unitField = value.readUInt8(E_UNIT_BLOCKS);
+  const lastBytes = value.readUInt16LE(E_LAST_BYTES);
+  const fileBlock = Number(key.readBigUInt64BE(0));
+  if (compression === Compression.None) {
+    if (blocks > extentBlocksMax || diskBlocks !== blocks) bad("block counts");
+    if (unitField !== 0 || lastBytes !== 0) bad("compression fields set on an uncompressed extent");
+    if (extentBlocks === 0 || extentBlocks > extentBlocksMax || offset + diskBlocks > extentBlocks) bad("slice outside its extent");
+    return {
+      fileBlock,
+      extentLba,
+      extentBlocks,
+      offset,
+      lba: extentLba + offset,
+      blocks,
+      diskBlocks,
+      compression,
+      unitBlocks: extentBlocks,
+      compressedBytes: 0,
+      crcs,
+    };
+  }
+  if (compression !== Compression.Lz4) bad(`unknown compression ${compression}`);
+  // A unit is stored compressed only if that saves a block, so it takes fewer blocks on disk than it holds.
+  if (unitField < 2 || unitField > compressionUnitBlocksMax) bad(`compressed unit of ${unitField} blocks`);
+  if (extentBlocks === 0 || extentBlocks >= unitField || diskBlocks !== extentBlocks) bad("compressed extent size");
+  if (offset + blocks > unitField) bad("slice outside its compressed unit");
+  if (lastBytes === 0 || lastBytes > blockSizeBytes) bad("compressed length");
   return {
-    fileBlock: Number(key.readBigUInt64BE(0)),
+    fileBlock,
     extentLba,
     extentBlocks,
-    lba: extentLba + offset,
+    offset,
+    lba: extentLba,
     blocks,
     diskBlocks,
     compression,
+    unitBlocks: unitField,
+    compressedBytes: (extentBlocks - 1) * blockSizeBytes + lastBytes,
     crcs,
+  };
+}
+
+/**
+ * The record for file blocks [skip, skip + blocks) of `extent`: the same
+ * physical extent, a shorter slice (with only its own crcs when uncompressed;
+ * an lz4 slice keeps them all, since reading it needs the whole unit).
+ */
+export function sliceExtent(extent: Extent, skip: number, blocks: number): Extent {
+  if (extent.compression !== Compression.None) {
+    return { ...extent, fileBlock: extent.fileBlock + skip, offset: extent.offset + skip, blocks, crcs: Buffer.from(extent.crcs) };
+  }
+  return {
+    ...extent,
+    fileBlock: extent.fileBlock + skip,
+    offset: extent.offset + skip,
+    lba: extent.lba + skip,
+    blocks,
+    diskBlocks: blocks,
+    crcs: Buffer.from(extent.crcs.subarray(4 * skip, 4 * (skip + blocks))),
   };
 }

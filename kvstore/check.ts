@@ -17,6 +17,7 @@ import { decodeMeta, readSuperblock } from "./store.js";
 import { GroveError } from "./errors.js";
 import type { TreeMeta } from "./btree.js";
 import type { ItemEdges } from "./interfaces.js";
+import { type CompressedUsage, featureCompressLz4, noCompressedUsage } from "./superblock.js";
 
 /** One bit a block. */
 export class Bitmap {
@@ -55,6 +56,8 @@ export interface ForestReport {
   references: Map<number, number>;
   /** Data extents reached: first LBA → blocks. */
   extents: Map<number, number>;
+  /** Compressed data extents reached, each counted once: what the superblock's counters must say. */
+  compressed: CompressedUsage;
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -88,6 +91,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       trees: [],
       references: new Map(),
       extents: new Map(),
+      compressed: { ...noCompressedUsage },
     };
   }
   const reachable = new Bitmap(sb.deviceBlocks);
@@ -113,6 +117,16 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     const next = walker.queued[i]!;
     trees.push(walker.walk(next.owner, next.meta.rootLba, next.meta.level, next.meta.count));
   }
+  const found = walker.compressed;
+  const claimed = sb.compressed;
+  if (found.extents !== claimed.extents || found.diskBlocks !== claimed.diskBlocks || found.logicalBlocks !== claimed.logicalBlocks) {
+    problems.push(
+      `superblock: compressed extent counters say ${usageText(claimed)} but the walk found ${usageText(found)}`,
+    );
+  }
+  if (found.extents > 0 && (sb.features & featureCompressLz4) === 0n) {
+    problems.push(`superblock: ${found.extents} compressed extents exist but the lz4 feature is not set`);
+  }
   return {
     problems,
     generation: sb.generation,
@@ -122,7 +136,12 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     trees,
     references: walker.references,
     extents: walker.extents,
+    compressed: found,
   };
+}
+
+function usageText(usage: CompressedUsage): string {
+  return `${usage.extents} extents, ${usage.diskBlocks} blocks on disk, ${usage.logicalBlocks} decompressed`;
 }
 
 class TreeWalker implements ItemEdges {
@@ -130,6 +149,7 @@ class TreeWalker implements ItemEdges {
   readonly queued: Array<{ owner: number; meta: TreeMeta }> = [];
   readonly references = new Map<number, number>();
   readonly extents = new Map<number, number>();
+  readonly compressed: CompressedUsage = { ...noCompressedUsage };
   private readonly nodes: Bitmap;
   /** Items under each node walked, so a shared subtree counts toward every tree that reaches it. */
   private readonly subtreeItems = new Map<number, number>();
@@ -155,7 +175,7 @@ class TreeWalker implements ItemEdges {
     this.queued.push({ owner, meta });
   }
 
-  blocks(lba: number, count: number, what: string): void {
+  blocks(lba: number, count: number, what: string, logicalBlocks = count): void {
     if (!Number.isSafeInteger(lba) || !Number.isSafeInteger(count) || count <= 0 || lba < 2 || lba + count > this.deviceBlocks) {
       this.problems.push(`${what}: blocks ${lba}+${count} lie outside the volume`);
       return;
@@ -170,6 +190,11 @@ class TreeWalker implements ItemEdges {
       return;
     }
     this.extents.set(lba, count);
+    if (logicalBlocks !== count) {
+      this.compressed.extents++;
+      this.compressed.diskBlocks += count;
+      this.compressed.logicalBlocks += logicalBlocks;
+    }
     for (let b = lba; b < lba + count; b++) {
       if (this.reachable.get(b)) {
         this.problems.push(`${what}: block ${b} is reachable twice`);

@@ -48,8 +48,12 @@ export interface SpaceProvider {
 export interface ItemEdges {
   /** A tree whose root lives in this record. */
   tree(owner: number, meta: TreeMeta): void;
-  /** A data extent this record references: the whole physical extent, `count` blocks from `lba`. */
-  blocks(lba: number, count: number, what: string): void;
+  /**
+   * A data extent this record references: the whole physical extent, `count`
+   * blocks from `lba`. A compressed extent also says how many blocks it
+   * decompresses to (`logicalBlocks`), for the volume's usage counters.
+   */
+  blocks(lba: number, count: number, what: string, logicalBlocks?: number): void;
 }
 
 /** Reports the edges held in one leaf item of tree `treeId` (none for most items). */

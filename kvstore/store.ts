@@ -48,7 +48,16 @@ import {
 } from "./interfaces.js";
 import { Node, decodeNode, ownerMatches, sealNode } from "./node.js";
 import { NodeCache } from "./node_cache.js";
-import { Superblock, decodeSuperblock, encodeSuperblock, labelSizeMaxBytes, slotForGeneration } from "./superblock.js";
+import {
+  CompressedUsage,
+  Superblock,
+  decodeSuperblock,
+  encodeSuperblock,
+  featureCompressLz4,
+  labelSizeMaxBytes,
+  noCompressedUsage,
+  slotForGeneration,
+} from "./superblock.js";
 
 const META_ROOT_LBA = 0;
 const META_COUNT = META_ROOT_LBA + 8;
@@ -73,6 +82,8 @@ export interface StoreOptions {
 export interface FormatOptions extends StoreOptions {
   label?: string;
   uuid?: Buffer;
+  /** Default compression of new file data (0 none, 1 lz4). */
+  compression?: number;
 }
 
 export function treeKey(id: number): Buffer {
@@ -159,10 +170,15 @@ export class Store implements NodeStore {
   /** Inside `admitted`: the whole unit was reserved once, so its steps are not checked one by one. */
   private admittedScope = false;
   private allocHint = firstAllocatableLba;
+  /** The running transaction's feature bits and compressed-extent counters (the superblock holds the committed ones). */
+  private features: bigint;
+  private compressed: CompressedUsage;
 
   private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
     this.device = device;
     this.superblock = superblock;
+    this.features = superblock.features;
+    this.compressed = { ...superblock.compressed };
     this.generation = superblock.generation + 1;
     this.readOnly = options.readOnly ?? false;
     this.sharing = options.sharing ?? unshared;
@@ -187,6 +203,9 @@ export class Store implements NodeStore {
       deviceBlocks: device.blockCount,
       uuid: options.uuid ?? randomBytes(16),
       label,
+      features: (options.compression ?? 0) !== 0 ? featureCompressLz4 : 0n,
+      compression: options.compression ?? 0,
+      compressed: { ...noCompressedUsage },
     };
     const store = new Store(device, superblock, { ...options, readOnly: false });
     store.space = provider.format(store);
@@ -225,6 +244,37 @@ export class Store implements NodeStore {
 
   get uuid(): Buffer {
     return Buffer.from(this.superblock.uuid);
+  }
+
+  /** Default compression of new file data, set by format (0 none, 1 lz4). */
+  get compression(): number {
+    return this.superblock.compression;
+  }
+
+  /** The running transaction's compressed data extents (each counted once). */
+  get compressedUsage(): CompressedUsage {
+    return { ...this.compressed };
+  }
+
+  /** Sets an incompatible feature bit; the next commit records it (before anything that needs it is reachable). */
+  enableFeature(bit: bigint): void {
+    this.features |= bit;
+  }
+
+  hasFeature(bit: bigint): boolean {
+    return (this.features & bit) !== 0n;
+  }
+
+  /** A compressed data extent was written (`sign` 1) or freed (-1). */
+  countCompressed(sign: 1 | -1, diskBlocks: number, logicalBlocks: number): void {
+    this.compressed.extents += sign;
+    this.compressed.diskBlocks += sign * diskBlocks;
+    this.compressed.logicalBlocks += sign * logicalBlocks;
+  }
+
+  /** Repair: the counters as a full walk found them. */
+  setCompressedUsage(usage: CompressedUsage): void {
+    this.compressed = { ...usage };
   }
 
   /** Memory held by the running transaction's nodes. */
@@ -381,6 +431,12 @@ export class Store implements NodeStore {
     this.admitted(4 * (this.rootTree.level + 4), "shrink", plan.ranges() + dropRanges, () => {
       alsoApply();
       for (const lba of plan.drops) this.sharing.dropRef(lba);
+      const c = plan.compressedFreed;
+      if (c.extents > 0) {
+        this.compressed.extents -= c.extents;
+        this.compressed.diskBlocks -= c.diskBlocks;
+        this.compressed.logicalBlocks -= c.logicalBlocks;
+      }
       for (const [lba, count] of plan.frees) {
         if (count === 1) {
           const node = this.cache.get(lba);
@@ -431,6 +487,8 @@ export class Store implements NodeStore {
         rootLba: this.rootTree.rootLba,
         rootCount: this.rootTree.count,
         rootLevel: this.rootTree.level,
+        features: this.features,
+        compressed: { ...this.compressed },
       };
       this.device.write(slotForGeneration(this.generation), encodeSuperblock(next));
       this.device.flush();
@@ -457,6 +515,8 @@ export class Store implements NodeStore {
     this.space?.aborted();
     this.sharing.aborted();
     const sb = this.superblock;
+    this.features = sb.features;
+    this.compressed = { ...sb.compressed };
     this.resetTree(this.rootTree, { rootLba: sb.rootLba, level: sb.rootLevel, count: sb.rootCount });
     for (const [id, tree] of this.droppedTrees) {
       const recreated = this.trees.get(id);
@@ -619,6 +679,10 @@ export class Store implements NodeStore {
 
   private hasChanges(): boolean {
     if (this.cache.dirtyCount > 0 || this.rootTree.metaDirty) return true;
+    if (this.features !== this.superblock.features) return true;
+    const c = this.compressed;
+    const committed = this.superblock.compressed;
+    if (c.extents !== committed.extents || c.diskBlocks !== committed.diskBlocks || c.logicalBlocks !== committed.logicalBlocks) return true;
     for (const tree of this.trees.values()) if (tree.metaDirty) return true;
     return false;
   }
@@ -692,6 +756,8 @@ export class ReleasePlan {
   readonly drops: number[] = [];
   /** [lba, count] runs to free. */
   readonly frees: Array<[number, number]> = [];
+  /** Compressed extents among the frees, for the volume's counters. */
+  readonly compressedFreed: CompressedUsage = { extents: 0, diskBlocks: 0, logicalBlocks: 0 };
   /** Nodes read by the walk, a measure of its work. */
   nodesRead = 0;
   private readonly planned = new Map<number, number>();
@@ -718,13 +784,19 @@ export class ReleasePlan {
   item(owner: number, key: Buffer, value: Buffer, depth = 0): void {
     this.store.edges(owner, key, value, {
       tree: (treeOwner, meta) => this.node(meta.rootLba, meta.level, treeOwner, depth + 1),
-      blocks: (lba, count) => this.extent(lba, count),
+      blocks: (lba, count, _what, logicalBlocks) => this.extent(lba, count, logicalBlocks),
     });
   }
 
-  /** Drops one reference to the data extent of `count` blocks at `lba`. */
-  extent(lba: number, count: number): void {
-    if (!this.takeShared(lba)) this.frees.push([lba, count]);
+  /** Drops one reference to the data extent of `count` blocks at `lba` (decompressing to `logicalBlocks`). */
+  extent(lba: number, count: number, logicalBlocks = count): void {
+    if (this.takeShared(lba)) return;
+    this.frees.push([lba, count]);
+    if (logicalBlocks !== count) {
+      this.compressedFreed.extents++;
+      this.compressedFreed.diskBlocks += count;
+      this.compressedFreed.logicalBlocks += logicalBlocks;
+    }
   }
 
   /** Runs of adjacent blocks to free: what recording them costs the commit. */

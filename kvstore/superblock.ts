@@ -21,10 +21,18 @@
  *       49     7  (zero)
  *       56     8  device size in blocks
  *       64     4  block size in bytes
- *       68     4  (zero)
+ *       68     1  compression of new file data by default (0 none, 1 lz4)
+ *       69     3  (zero)
  *       72    16  volume uuid
  *       88    64  label, UTF-8, NUL-padded
- *      152  3944  (zero)
+ *      152     8  compressed data extents: count
+ *      160     8  compressed data extents: blocks on disk
+ *      168     8  compressed data extents: blocks they decompress to
+ *      176  3920  (zero)
+ *
+ * Incompatible features: bit 0, lz4-compressed data extents may exist (set
+ * by mkfs --compress lz4 or by the first compressed extent written). An
+ * image without it holds no compressed extent, so older code reads it.
  */
 import { crc32c } from "./checksum.js";
 import { blockSizeBytes, deviceBlocksMin, superblockSlotLbas, treeDepthMax } from "./constants.js";
@@ -32,8 +40,10 @@ import { assert } from "./errors.js";
 
 export const superblockMagic = Buffer.from("GROVEFS\x01", "latin1");
 export const formatVersion = 2;
-/** No incompatible features are defined yet; an image with unknown bits is refused. */
-export const featuresIncompatKnown = 0n;
+/** Data extents may be lz4-compressed. */
+export const featureCompressLz4 = 1n;
+/** An image with other incompatible feature bits is refused. */
+export const featuresIncompatKnown = featureCompressLz4;
 
 const SLOT_MAGIC = 0;
 const SLOT_CRC = SLOT_MAGIC + 8;
@@ -45,9 +55,13 @@ const SLOT_ROOT_COUNT = SLOT_ROOT_LBA + 8;
 const SLOT_ROOT_LEVEL = SLOT_ROOT_COUNT + 8;
 const SLOT_DEVICE_BLOCKS = SLOT_ROOT_LEVEL + 8;
 const SLOT_BLOCK_SIZE = SLOT_DEVICE_BLOCKS + 8;
+const SLOT_COMPRESSION = SLOT_BLOCK_SIZE + 4;
 const SLOT_UUID = SLOT_BLOCK_SIZE + 8;
 const SLOT_LABEL = SLOT_UUID + 16;
 const SLOT_END = SLOT_LABEL + 64;
+const SLOT_COMPRESSED_EXTENTS = SLOT_END;
+const SLOT_COMPRESSED_DISK = SLOT_COMPRESSED_EXTENTS + 8;
+const SLOT_COMPRESSED_LOGICAL = SLOT_COMPRESSED_DISK + 8;
 export const labelSizeMaxBytes = SLOT_END - SLOT_LABEL;
 
 export interface Superblock {
@@ -58,7 +72,23 @@ export interface Superblock {
   deviceBlocks: number;
   uuid: Buffer;
   label: string;
+  /** Incompatible feature bits (`featuresIncompatKnown`). */
+  features: bigint;
+  /** How new file data is compressed unless the mount says otherwise (0 none, 1 lz4). */
+  compression: number;
+  compressed: CompressedUsage;
 }
+
+/** The volume's compressed data extents, each counted once however many records share it. */
+export interface CompressedUsage {
+  extents: number;
+  /** Blocks they take on disk. */
+  diskBlocks: number;
+  /** Blocks they hold once decompressed. */
+  logicalBlocks: number;
+}
+
+export const noCompressedUsage: CompressedUsage = { extents: 0, diskBlocks: 0, logicalBlocks: 0 };
 
 export function slotForGeneration(generation: number): number {
   return superblockSlotLbas[generation % 2]!;
@@ -71,15 +101,20 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   const buf = Buffer.alloc(blockSizeBytes);
   superblockMagic.copy(buf, SLOT_MAGIC);
   buf.writeUInt32LE(formatVersion, SLOT_VERSION);
-  buf.writeBigUInt64LE(featuresIncompatKnown, SLOT_FEATURES);
+  assert((sb.features & ~featuresIncompatKnown) === 0n, "only known features are written");
+  buf.writeBigUInt64LE(sb.features, SLOT_FEATURES);
   buf.writeBigUInt64LE(BigInt(sb.generation), SLOT_GENERATION);
   buf.writeBigUInt64LE(BigInt(sb.rootLba), SLOT_ROOT_LBA);
   buf.writeBigUInt64LE(BigInt(sb.rootCount), SLOT_ROOT_COUNT);
   buf.writeUInt8(sb.rootLevel, SLOT_ROOT_LEVEL);
   buf.writeBigUInt64LE(BigInt(sb.deviceBlocks), SLOT_DEVICE_BLOCKS);
   buf.writeUInt32LE(blockSizeBytes, SLOT_BLOCK_SIZE);
+  buf.writeUInt8(sb.compression, SLOT_COMPRESSION);
   sb.uuid.copy(buf, SLOT_UUID);
   label.copy(buf, SLOT_LABEL);
+  buf.writeBigUInt64LE(BigInt(sb.compressed.extents), SLOT_COMPRESSED_EXTENTS);
+  buf.writeBigUInt64LE(BigInt(sb.compressed.diskBlocks), SLOT_COMPRESSED_DISK);
+  buf.writeBigUInt64LE(BigInt(sb.compressed.logicalBlocks), SLOT_COMPRESSED_LOGICAL);
   buf.writeUInt32LE(crc32c(buf.subarray(SLOT_VERSION)), SLOT_CRC);
   return buf;
 }
@@ -111,7 +146,18 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number): SlotDecode 
     deviceBlocks: Number(buf.readBigUInt64LE(SLOT_DEVICE_BLOCKS)),
     uuid: Buffer.from(buf.subarray(SLOT_UUID, SLOT_UUID + 16)),
     label: buf.subarray(SLOT_LABEL, SLOT_END).toString("utf8").replace(/\0+$/, ""),
+    features,
+    compression: buf.readUInt8(SLOT_COMPRESSION),
+    compressed: {
+      extents: Number(buf.readBigUInt64LE(SLOT_COMPRESSED_EXTENTS)),
+      diskBlocks: Number(buf.readBigUInt64LE(SLOT_COMPRESSED_DISK)),
+      logicalBlocks: Number(buf.readBigUInt64LE(SLOT_COMPRESSED_LOGICAL)),
+    },
   };
+  if (sb.compression > 1) return { ok: false, reason: `unknown default compression ${sb.compression}` };
+  if (sb.compression !== 0 && (features & featureCompressLz4) === 0n) {
+    return { ok: false, reason: "default compression is set but the lz4 feature is not" };
+  }
   if (sb.deviceBlocks < deviceBlocksMin) return { ok: false, reason: `volume of ${sb.deviceBlocks} blocks is too small` };
   if (sb.deviceBlocks > deviceBlocks) {
     return {

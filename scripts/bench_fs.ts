@@ -5,7 +5,12 @@
  *   npm run bench:fs -- [--size 1G] [--image-size 4G] [--rand-size 256M]
  *                       [--files 10000] [--only grovefs,fuse2fs,ceiling]
  *                       [--quick] [--verbose]
+ *   npm run bench:fs -- --compress [--size 1G] [--tree-size 300M]
+ *                       [--tree node_modules] [--runs 3] [--image-size ...]
+ *                       [--quick] [--verbose]
  *
+ * With --compress it runs the compression benchmark instead of the groups
+ * below (see "Compression benchmark" further down); without it, this: 
  * Targets (each FUSE server is a child process of this script):
  *   grovefs  `grovefs mkfs IMG --size BYTES`, then `grovefs mount IMG MNT -f`
  *            (see grovefsCommands below; the one place to adjust the CLI).
@@ -56,6 +61,32 @@
  * ≥ 3× fuse2fs and ≥ 0.7× ceiling; metadata ≥ 0.7× ceiling). It is a
  * benchmark, not a test: a missed goal does not fail the run; a target that
  * errors does (exit 1, after the table).
+ *
+ * Compression benchmark (--compress): grovefs formatted with
+ * `mkfs --compress lz4` ("lz4") against `mkfs --compress none` ("none"), both
+ * through the real FUSE mount. Every measurement formats a fresh image and
+ * mounts it; each is run --runs times (at least 3) alternating the two
+ * targets (lz4 none lz4 none ...), and the table shows medians.
+ *   tree     a real source tree: --tree (default the repo's node_modules),
+ *            symlinks dereferenced, staged once into the temp dir and capped
+ *            at --tree-size bytes of file data (files in sorted path order;
+ *            one that would pass the cap is skipped). Timed: `cp -r` into
+ *            the mount followed by `sync DIR`, an fsync of the copied
+ *            directory, which makes grovefs write out and commit everything
+ *            (`sync -f` does not reach a libfuse 2.9 filesystem); before it,
+ *            caches are dropped and the staged tree is read once, so the
+ *            source comes from the page cache for both targets. Then the
+ *            target is unmounted, `grovefs info --json` gives the space used
+ *            (minus what the freshly formatted image used), and after a
+ *            remount and a cache drop `tar cf - | cat >/dev/null` reads the
+ *            tree back (cat because tar skips reading files when its archive
+ *            is /dev/null).
+ *   random   fio writes a --size file of random bytes (`--refill_buffers`:
+ *            fresh random contents for every write, so nothing compresses)
+ *            in 1 MiB blocks with an fsync at the end; space as above; then a
+ *            cold sequential read.
+ * Goals: tree space none/lz4 ≥ 1.5×, tree write lz4/none ≥ 0.8×, random
+ * write lz4/none ≥ 0.95×; the other ratios are shown without a goal.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
@@ -81,10 +112,16 @@ const fioCommon = ["--ioengine=psync", "--direct=0", "--numjobs=1", "--fallocate
  * How grovefs is formatted and mounted: the one place to adjust if its CLI
  * changes. Same as `npx tsx cli/main.ts ...`, minus the wrappers.
  */
-function grovefsCommands(img: string, mnt: string, imageBytes: number): { mkfs: string[]; mount: string[] } {
+function grovefsCommands(
+  img: string,
+  mnt: string,
+  imageBytes: number,
+  compress?: "lz4" | "none",
+): { mkfs: string[]; mount: string[]; info: string[] } {
   return {
-    mkfs: [...tsNode, grovefsCli, "mkfs", img, "--size", String(imageBytes)],
+    mkfs: [...tsNode, grovefsCli, "mkfs", img, "--size", String(imageBytes), ...(compress ? ["--compress", compress] : [])],
     mount: [...tsNode, grovefsCli, "mount", img, mnt, "-f"],
+    info: [...tsNode, grovefsCli, "info", img, "--json"],
   };
 }
 

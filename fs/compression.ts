@@ -1,0 +1,148 @@
+/**
+ * lz4 for file data (lz4-napi): compressing a unit of whole blocks, a cheap
+ * guess at whether that is worth trying, and decompressing with every
+ * length checked before the decompressor sees the bytes.
+ *
+ * The bytes on disk are lz4-napi's block format: the decompressed length as
+ * u32 LE, then one lz4 block. The record holds the compressed length and the
+ * unit's size; both are checked against the prefix first, so a damaged
+ * prefix can neither make the decompressor allocate a huge buffer nor pass.
+ * The crcs of the disk blocks are checked before decompressing (the caller
+ * does), so only a record that lies about a valid extent reaches lz4 with
+ * bad input, and lz4_flex's safe decoder then returns an error, mapped to EIO.
+ */
+import lz4 from "lz4-napi";
+import { CorruptionError, blockSizeBytes } from "../kvstore/index.js";
+import { Compression, Extent } from "./format.js";
+
+/** Bytes sampled from each block by the incompressibility guess. */
+const sampleBytesPerBlock = 64;
+const sampleSliceBytes = 16;
+/** Above this many bits per byte, a sample is taken as random (lz4 has no entropy coder; this only skips near-random data). */
+const incompressibleBitsPerByte = 7.5;
+
+/**
+ * Whether `blocks` look like random data (already compressed, encrypted),
+ * from a sample of 64 bytes a block, in four slices spread over it: a byte
+ * histogram's entropy, unless the sample repeats itself (copies of one
+ * random block compress well).
+ */
+export function looksIncompressible(blocks: readonly Buffer[]): boolean {
+  const sampleBytes = blocks.length * sampleBytesPerBlock;
+  const sample = Buffer.allocUnsafe(sampleBytes);
+  const stride = blockSizeBytes / (sampleBytesPerBlock / sampleSliceBytes);
+  let at = 0;
+  for (const block of blocks) {
+    for (let from = 0; from < blockSizeBytes; from += stride) {
+      block.copy(sample, at, from, from + sampleSliceBytes);
+      at += sampleSliceBytes;
+    }
+  }
+  if (blocks.length >= 2 && sampleBytes % 2 === 0) {
+    const half = sampleBytes / 2;
+    if (sample.compare(sample, 0, half, half, sampleBytes) === 0) return false;
+  }
+  const counts = new Uint32Array(256);
+  for (let i = 0; i < sampleBytes; i++) counts[sample[i]!]!++;
+  let sum = 0;
+  for (let v = 0; v < 256; v++) {
+    const c = counts[v]!;
+    if (c > 0) sum += c * Math.log2(c);
+  }
+  const bitsPerByte = Math.log2(sampleBytes) - sum / sampleBytes;
+  return bitsPerByte > incompressibleBitsPerByte;
+}
+
+/** A unit compressed to fewer blocks than it holds. */
+export interface PackedUnit {
+  /** Compressed bytes, zero-padded to `diskBlocks` whole blocks. */
+  data: Buffer;
+  diskBlocks: number;
+  compressedBytes: number;
+}
+
+/**
+ * Compresses `blocks` (one unit) if that saves at least one block; null when
+ * the data looks random or does not shrink enough.
+ */
+export function compressUnit(blocks: readonly Buffer[]): PackedUnit | null {
+  if (blocks.length < 2 || looksIncompressible(blocks)) return null;
+  const packed = lz4.compressSync(Buffer.concat(blocks as Buffer[]));
+  const diskBlocks = Math.ceil(packed.length / blockSizeBytes);
+  if (diskBlocks >= blocks.length) return null;
+  const data = Buffer.allocUnsafe(diskBlocks * blockSizeBytes);
+  packed.copy(data);
+  data.fill(0, packed.length);
+  return { data, diskBlocks, compressedBytes: packed.length };
+}
+
+/**
+ * The unit an lz4 extent holds, from its disk blocks (already checked
+ * against their crcs). Anything inconsistent is EIO, never wrong bytes.
+ */
+export function decompressUnit(ino: number, extent: Extent, disk: Buffer): Buffer {
+  const unitBytes = extent.unitBlocks * blockSizeBytes;
+  const bad = (why: string): never => {
+    throw new CorruptionError(
+      "EIO_data_decompress",
+      `inode ${ino}: compressed extent at block ${extent.extentLba} (file block ${extent.fileBlock - extent.offset}) ${why}`,
+    );
+  };
+  if (extent.compression !== Compression.Lz4) bad(`has unknown compression ${extent.compression}`);
+  const packed = disk.subarray(0, extent.compressedBytes);
+  if (packed.length < 4 || packed.readUInt32LE(0) !== unitBytes) bad("does not decompress to its recorded length");
+  let unit: Buffer;
+  try {
+    unit = lz4.uncompressSync(packed);
+  } catch (error) {
+    return bad(`does not decompress (${(error as Error).message})`);
+  }
+  if (unit.length !== unitBytes) bad(`decompresses to ${unit.length} bytes, not ${unitBytes}`);
+  return unit;
+}
+
+interface CachedUnit {
+  /** What identifies the extent's contents: its crcs and lengths (a freed and reused LBA has others). */
+  crcs: Buffer;
+  compressedBytes: number;
+  unitBlocks: number;
+  unit: Buffer;
+}
+
+/**
+ * Recently decompressed units, least recently used first out. An entry is
+ * found by LBA but used only if the record's crcs and lengths match the
+ * ones it was decompressed under, so it needs no invalidation when blocks
+ * are freed and reused. Units are never modified once cached.
+ */
+export class DecompressedCache {
+  private readonly units = new Map<number, CachedUnit>();
+
+  constructor(private readonly capacity: number) {}
+
+  get(extent: Extent): Buffer | undefined {
+    const hit = this.units.get(extent.extentLba);
+    if (hit === undefined) return undefined;
+    if (hit.compressedBytes !== extent.compressedBytes || hit.unitBlocks !== extent.unitBlocks || !hit.crcs.equals(extent.crcs)) {
+      return undefined;
+    }
+    this.units.delete(extent.extentLba);
+    this.units.set(extent.extentLba, hit);
+    return hit.unit;
+  }
+
+  put(extent: Extent, unit: Buffer): void {
+    this.units.delete(extent.extentLba);
+    this.units.set(extent.extentLba, {
+      crcs: Buffer.from(extent.crcs),
+      compressedBytes: extent.compressedBytes,
+      unitBlocks: extent.unitBlocks,
+      unit,
+    });
+    while (this.units.size > this.capacity) this.units.delete(this.units.keys().next().value!);
+  }
+
+  clear(): void {
+    this.units.clear();
+  }
+}
