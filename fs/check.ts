@@ -17,7 +17,16 @@
  * crc32c checked.
  */
 import { constants as C } from "node:fs";
-import { BlockDevice, GroveError, Store, Tree, blockSizeBytes, crc32c, unreadableSlots } from "../kvstore/index.js";
+import {
+  BlockDevice,
+  GroveError,
+  Store,
+  Tree,
+  blockSizeBytes,
+  compressedUsageProblems,
+  crc32c,
+  unreadableSlots,
+} from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
 import { SnapshotReport, checkSnapshots, openVolume } from "../snapshot/index.js";
 import { rootIno, treeIdDefaultSubvolume } from "./constants.js";
@@ -93,7 +102,7 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
       edgeProblems.push((error as Error).message);
     }
   });
-  const problems = [...snapshots.problems, ...edgeProblems];
+  const problems = [...snapshots.problems, ...edgeProblems, ...compressedUsageProblems(snapshots.space.forest)];
   const report: FsReport = {
     problems,
     notes: [],

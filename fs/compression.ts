@@ -67,9 +67,30 @@ export interface PackedUnit {
  */
 export function compressUnit(blocks: readonly Buffer[]): PackedUnit | null {
   if (blocks.length < 2 || looksIncompressible(blocks)) return null;
-  const packed = lz4.compressSync(Buffer.concat(blocks as Buffer[]));
+  return padded(lz4.compressSync(Buffer.concat(blocks as Buffer[])), blocks.length);
+}
+
+/**
+ * `compressUnit` on libuv's thread pool, so that compression runs beside
+ * the thread serving requests: `done` gets the result (null: store it raw),
+ * or undefined if compressing failed (then write-out compresses it itself).
+ * The blocks are copied first, so they may change meanwhile.
+ */
+export function compressUnitInBackground(blocks: readonly Buffer[], done: (packed: PackedUnit | null | undefined) => void): void {
+  if (blocks.length < 2 || looksIncompressible(blocks)) {
+    done(null);
+    return;
+  }
+  lz4.compress(Buffer.concat(blocks as Buffer[])).then(
+    (packed) => done(padded(packed, blocks.length)),
+    () => done(undefined),
+  );
+}
+
+/** The compressed bytes zero-padded to whole blocks, if they take fewer blocks than the unit. */
+function padded(packed: Buffer, unitBlocks: number): PackedUnit | null {
   const diskBlocks = Math.ceil(packed.length / blockSizeBytes);
-  if (diskBlocks >= blocks.length) return null;
+  if (diskBlocks >= unitBlocks) return null;
   const data = Buffer.allocUnsafe(diskBlocks * blockSizeBytes);
   packed.copy(data);
   data.fill(0, packed.length);

@@ -33,7 +33,13 @@ import {
   inodeInlineBytesMax,
 } from "./constants.js";
 import { Compression, Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentCrc, extentKey, sliceExtent } from "./format.js";
-import { DecompressedCache, compressUnit, decompressUnit } from "./compression.js";
+import { DecompressedCache, PackedUnit, compressUnit, compressUnitInBackground, decompressUnit } from "./compression.js";
+
+/** A full unit of buffered blocks, compressed in the background since a write filled it. */
+interface Precompressed {
+  done: boolean;
+  packed: PackedUnit | null;
+}
 import type { ItemMap } from "./item_map.js";
 
 /** A streaming reader has up to 8 MiB past it read in the background, 1 MiB a request. */
@@ -78,7 +84,24 @@ export class FileData {
   /** The device LBA up to which background reads have been started. */
   private prefetchedEnd = 0;
   private readonly readAheadBuffer = Buffer.allocUnsafeSlow(extentBlocksMax * blockSizeBytes);
+  /**
+   * Disk blocks read ahead for a sequential reader of compressed extents
+   * (each a few blocks): one device read covers many. Not checked when
+   * read: each extent taken from it is checked against its crcs, and read
+   * again from the device if they fail (the window may be stale).
+   */
+  private compressedWindow: { lba: number; blocks: number; data: Buffer } | null = null;
+  private readonly compressedWindowBuffer = Buffer.allocUnsafeSlow(extentBlocksMax * blockSizeBytes);
   private readonly decompressed = new DecompressedCache(decompressedCacheUnits);
+  /**
+   * Per inode, full units (by unit index) being compressed or compressed in
+   * the background. Any change to a unit's buffered blocks forgets its entry
+   * (and a result arriving for a forgotten entry is dropped), so write-out
+   * uses a result only for the bytes it was computed from.
+   */
+  private readonly precompressed = new Map<number, Map<number, Precompressed>>();
+  /** Units write-out took from background compression (for tests and the benchmark). */
+  unitsCompressedInBackground = 0;
 
   constructor(
     private readonly store: Store,
@@ -196,10 +219,14 @@ export class FileData {
     const endBlock = Math.ceil(end / blockSizeBytes);
     const buffered = this.bufferOf(inode.ino);
     const mapped = this.mappedBlocks(inode, map, firstBlock, endBlock);
+    let grewFrom = -1;
+    let grewTo = -1;
     for (let b = firstBlock; b < endBlock; b++) {
       const blockStart = b * blockSizeBytes;
       let block = buffered.get(b);
       if (block === undefined) {
+        if (grewFrom < 0) grewFrom = b;
+        grewTo = b + 1;
         const whole = position <= blockStart && end >= blockStart + blockSizeBytes;
         block = whole ? newBlock() : this.loadBlock(inode, map, b);
         buffered.set(b, block);
@@ -211,6 +238,49 @@ export class FileData {
       data.copy(block, from - blockStart, from - position, to - position);
     }
     inode.size = Math.max(inode.size, end);
+    this.forgetUnits(inode.ino, firstBlock, endBlock);
+    // Only a write that completes a unit starts it (rewrites of a full unit leave it to write-out).
+    if (this.compression !== Compression.None && grewFrom >= 0) this.precompressUnits(inode.ino, buffered, grewFrom, grewTo);
+  }
+
+  /** Starts compressing, in the background, every unit among file blocks [first, end) whose blocks are all buffered. */
+  private precompressUnits(ino: number, buffered: Map<number, Buffer>, first: number, end: number): void {
+    const unitBlocks = compressionUnitBlocksMax;
+    for (let unit = Math.floor(first / unitBlocks); unit * unitBlocks < end; unit++) {
+      const blocks: Buffer[] = [];
+      for (let b = unit * unitBlocks; b < (unit + 1) * unitBlocks; b++) {
+        const block = buffered.get(b);
+        if (block === undefined) break;
+        blocks.push(block);
+      }
+      if (blocks.length < unitBlocks) continue;
+      let units = this.precompressed.get(ino);
+      if (units === undefined) {
+        units = new Map();
+        this.precompressed.set(ino, units);
+      }
+      const entry: Precompressed = { done: false, packed: null };
+      units.set(unit, entry);
+      compressUnitInBackground(blocks, (packed) => {
+        if (this.precompressed.get(ino)?.get(unit) !== entry) return;
+        if (packed === undefined) {
+          this.precompressed.get(ino)!.delete(unit);
+          return;
+        }
+        entry.done = true;
+        entry.packed = packed;
+      });
+    }
+  }
+
+  /** Forgets background results for units overlapping file blocks [first, end): their bytes changed. */
+  private forgetUnits(ino: number, first: number, end: number): void {
+    const units = this.precompressed.get(ino);
+    if (units === undefined) return;
+    for (const unit of [...units.keys()]) {
+      if ((unit + 1) * compressionUnitBlocksMax > first && unit * compressionUnitBlocksMax < end) units.delete(unit);
+    }
+    if (units.size === 0) this.precompressed.delete(ino);
   }
 
   /** Sets the size: drops what lies past a shorter end and zeroes the rest of the last block. */
@@ -226,6 +296,7 @@ export class FileData {
     }
     if (size < inode.size) {
       const keepBlocks = Math.ceil(size / blockSizeBytes);
+      this.forgetUnits(inode.ino, Math.max(0, keepBlocks - 1), Number.MAX_SAFE_INTEGER);
       const buffered = this.buffers.get(inode.ino);
       if (buffered !== undefined) {
         const holes = this.holes.get(inode.ino);
@@ -268,6 +339,7 @@ export class FileData {
     if (buffered === undefined) return;
     const indices = [...buffered.keys()].sort((a, b) => a - b);
     this.readAhead = null;
+    this.compressedWindow = null;
     let hint = this.hintFor(inode, map, indices[0]!);
     let i = 0;
     while (i < indices.length) {
@@ -283,9 +355,7 @@ export class FileData {
       let u = i;
       while (u < j) {
         const unitEnd = Math.min(j, u + compressionUnitBlocksMax - (indices[u]! % compressionUnitBlocksMax));
-        const blocks: Buffer[] = [];
-        for (let k = u; k < unitEnd; k++) blocks.push(buffered.get(indices[k]!)!);
-        const packed = compressUnit(blocks);
+        const packed = this.packUnit(inode.ino, buffered, indices, u, unitEnd);
         if (packed !== null) {
           hint = this.writeRaw(inode, map, buffered, indices, rawFrom, u, hint);
           const got = this.space.allocateExtent(packed.diskBlocks, hint);
@@ -306,6 +376,20 @@ export class FileData {
     }
     this.bufferedBlocks -= buffered.size;
     this.dropBuffer(inode.ino);
+  }
+
+  /** Buffered blocks indices[from, to) (one unit) compressed: the background result if it is ready, else now. */
+  private packUnit(ino: number, buffered: Map<number, Buffer>, indices: readonly number[], from: number, to: number): PackedUnit | null {
+    if (to - from === compressionUnitBlocksMax) {
+      const ready = this.precompressed.get(ino)?.get(indices[from]! / compressionUnitBlocksMax);
+      if (ready?.done) {
+        this.unitsCompressedInBackground++;
+        return ready.packed;
+      }
+    }
+    const blocks: Buffer[] = [];
+    for (let k = from; k < to; k++) blocks.push(buffered.get(indices[k]!)!);
+    return compressUnit(blocks);
   }
 
   /**
@@ -504,6 +588,7 @@ export class FileData {
   private dropBuffer(ino: number): void {
     this.buffers.delete(ino);
     this.holes.delete(ino);
+    this.precompressed.delete(ino);
   }
 
   /** Whether each file block in [first, end) lies in an extent, from one scan of the map. */
@@ -558,7 +643,7 @@ export class FileData {
   /** Reads `count` blocks of an extent starting `skip` blocks in, checking each block's crc32c. */
   private readExtentBlocks(ino: number, extent: Extent, skip: number, count: number, sequential = false): Buffer {
     if (extent.compression !== Compression.None) {
-      const unit = this.readUnit(ino, extent);
+      const unit = this.readUnit(ino, extent, sequential);
       if (sequential) this.prefetchAfter(extent.extentLba + extent.extentBlocks);
       const first = extent.offset + skip;
       return unit.subarray(first * blockSizeBytes, (first + count) * blockSizeBytes);
@@ -599,12 +684,38 @@ export class FileData {
   }
 
   /** The whole decompressed unit of an lz4 extent: every disk block checked, then decompressed (cached). */
-  private readUnit(ino: number, extent: Extent): Buffer {
+  private readUnit(ino: number, extent: Extent, sequential = false): Buffer {
     const cached = this.decompressed.get(extent);
     if (cached !== undefined) return cached;
-    const unit = decompressUnit(ino, extent, this.readVerified(ino, extent, 0, extent.extentBlocks));
+    const disk = this.fromCompressedWindow(extent, sequential) ?? this.readVerified(ino, extent, 0, extent.extentBlocks);
+    const unit = decompressUnit(ino, extent, disk);
     this.decompressed.put(extent, unit);
     return unit;
+  }
+
+  /** The extent's disk blocks from the read-ahead window (filled now for a sequential reader), if they pass their crcs. */
+  private fromCompressedWindow(extent: Extent, sequential: boolean): Buffer | undefined {
+    const inWindow = (w: { lba: number; blocks: number } | null): boolean =>
+      w !== null && extent.extentLba >= w.lba && extent.extentLba + extent.extentBlocks <= w.lba + w.blocks;
+    if (!inWindow(this.compressedWindow)) {
+      if (!sequential) return undefined;
+      const blocks = Math.min(extentBlocksMax, this.store.deviceBlocks - extent.extentLba);
+      const data = this.compressedWindowBuffer.subarray(0, blocks * blockSizeBytes);
+      this.compressedWindow = null;
+      try {
+        this.store.device.read(extent.extentLba, data);
+      } catch {
+        return undefined;
+      }
+      this.compressedWindow = { lba: extent.extentLba, blocks, data };
+    }
+    const w = this.compressedWindow!;
+    const at = (extent.extentLba - w.lba) * blockSizeBytes;
+    const disk = w.data.subarray(at, at + extent.extentBlocks * blockSizeBytes);
+    for (let k = 0; k < extent.extentBlocks; k++) {
+      if (crc32c(disk.subarray(k * blockSizeBytes, (k + 1) * blockSizeBytes)) !== extentCrc(extent, k)) return undefined;
+    }
+    return disk;
   }
 
   private readVerified(ino: number, extent: Extent, skip: number, count: number, into?: Buffer): Buffer {

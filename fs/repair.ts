@@ -18,7 +18,7 @@
  * entries, and anything found in a volume whose trees could not be walked
  * whole — rebuilding free space from a partial walk would free live blocks.
  */
-import { BlockDevice, GroveError, firstAllocatableLba } from "../kvstore/index.js";
+import { BlockDevice, GroveError, compressedUsageProblems, featureCompressLz4, firstAllocatableLba } from "../kvstore/index.js";
 import type { Extent } from "../alloc/index.js";
 import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
@@ -56,6 +56,11 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
     const spaceProblems = report.space.problems.length - forest.problems.length;
     volume.space.rebuild(free);
     if (spaceProblems > 0) fixed.push(`rebuilt the free-space trees from reachability (${spaceProblems} problems)`);
+
+    const usageProblems = compressedUsageProblems(forest);
+    store.setCompressedUsage(forest.compressed);
+    if (forest.compressed.extents > 0) store.enableFeature(featureCompressLz4);
+    for (const problem of usageProblems) fixed.push(`${problem}: set from the walk`);
 
     for (const m of report.snapshots.refcountMismatches) {
       volume.refcounts.setCount(m.lba, m.blocks, Math.max(1, m.found));

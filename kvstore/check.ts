@@ -58,6 +58,10 @@ export interface ForestReport {
   extents: Map<number, number>;
   /** Compressed data extents reached, each counted once: what the superblock's counters must say. */
   compressed: CompressedUsage;
+  /** What the superblock's counters say. */
+  compressedRecorded: CompressedUsage;
+  /** Whether the superblock has the lz4 feature bit. */
+  lz4Feature: boolean;
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -92,6 +96,8 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       references: new Map(),
       extents: new Map(),
       compressed: { ...noCompressedUsage },
+      compressedRecorded: { ...noCompressedUsage },
+      lz4Feature: false,
     };
   }
   const reachable = new Bitmap(sb.deviceBlocks);
@@ -117,16 +123,6 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     const next = walker.queued[i]!;
     trees.push(walker.walk(next.owner, next.meta.rootLba, next.meta.level, next.meta.count));
   }
-  const found = walker.compressed;
-  const claimed = sb.compressed;
-  if (found.extents !== claimed.extents || found.diskBlocks !== claimed.diskBlocks || found.logicalBlocks !== claimed.logicalBlocks) {
-    problems.push(
-      `superblock: compressed extent counters say ${usageText(claimed)} but the walk found ${usageText(found)}`,
-    );
-  }
-  if (found.extents > 0 && (sb.features & featureCompressLz4) === 0n) {
-    problems.push(`superblock: ${found.extents} compressed extents exist but the lz4 feature is not set`);
-  }
   return {
     problems,
     generation: sb.generation,
@@ -136,8 +132,28 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     trees,
     references: walker.references,
     extents: walker.extents,
-    compressed: found,
+    compressed: walker.compressed,
+    compressedRecorded: sb.compressed,
+    lz4Feature: (sb.features & featureCompressLz4) !== 0n,
   };
+}
+
+/**
+ * Where the superblock's compressed-extent counters and lz4 feature bit
+ * disagree with the walk. Kept apart from the walk's problems: the walk is
+ * still complete, and a repair rewrites them from it.
+ */
+export function compressedUsageProblems(report: ForestReport): string[] {
+  const problems: string[] = [];
+  const found = report.compressed;
+  const recorded = report.compressedRecorded;
+  if (found.extents !== recorded.extents || found.diskBlocks !== recorded.diskBlocks || found.logicalBlocks !== recorded.logicalBlocks) {
+    problems.push(`superblock: compressed extent counters say ${usageText(recorded)} but the walk found ${usageText(found)}`);
+  }
+  if (found.extents > 0 && !report.lz4Feature) {
+    problems.push(`superblock: ${found.extents} compressed extents exist but the lz4 feature is not set`);
+  }
+  return problems;
 }
 
 function usageText(usage: CompressedUsage): string {

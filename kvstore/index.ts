@@ -13,4 +13,4 @@ export type { SpaceManager, SpaceProvider, NodeSharing, ReservePurpose, ItemEdge
 export { unshared, noEdges } from "./interfaces.js";
 export { ownerMatches } from "./node.js";
 export { type CompressedUsage, featureCompressLz4, noCompressedUsage } from "./superblock.js";
-export { checkForest, type ForestOptions, type ForestReport, type TreeReport, type ItemVisitor, Bitmap } from "./check.js";
+export { checkForest, compressedUsageProblems, type ForestOptions, type ForestReport, type TreeReport, type ItemVisitor, Bitmap } from "./check.js";
