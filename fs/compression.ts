@@ -28,22 +28,18 @@ const incompressibleBitsPerByte = 7.5;
  * random block compress well).
  */
 export function looksIncompressible(blocks: readonly Buffer[]): boolean {
-  const sampleBytes = blocks.length * sampleBytesPerBlock;
-  const sample = Buffer.allocUnsafe(sampleBytes);
-  const stride = blockSizeBytes / (sampleBytesPerBlock / sampleSliceBytes);
-  let at = 0;
+  const slicesPerBlock = sampleBytesPerBlock / sampleSliceBytes;
+  const stride = blockSizeBytes / slicesPerBlock;
+  const half = blocks.length >> 1;
+  if (half > 0 && samplesRepeat(blocks, half, stride)) return false;
+  const counts = histogram;
+  counts.fill(0);
   for (const block of blocks) {
     for (let from = 0; from < blockSizeBytes; from += stride) {
-      block.copy(sample, at, from, from + sampleSliceBytes);
-      at += sampleSliceBytes;
+      for (let i = from; i < from + sampleSliceBytes; i++) counts[block[i]!]!++;
     }
   }
-  if (blocks.length >= 2 && sampleBytes % 2 === 0) {
-    const half = sampleBytes / 2;
-    if (sample.compare(sample, 0, half, half, sampleBytes) === 0) return false;
-  }
-  const counts = new Uint32Array(256);
-  for (let i = 0; i < sampleBytes; i++) counts[sample[i]!]!++;
+  const sampleBytes = blocks.length * sampleBytesPerBlock;
   let sum = 0;
   for (let v = 0; v < 256; v++) {
     const c = counts[v]!;
@@ -51,6 +47,20 @@ export function looksIncompressible(blocks: readonly Buffer[]): boolean {
   }
   const bitsPerByte = Math.log2(sampleBytes) - sum / sampleBytes;
   return bitsPerByte > incompressibleBitsPerByte;
+}
+
+const histogram = new Uint32Array(256);
+
+/** Whether the samples of the first `half` blocks equal those of the next `half` (copies of one block compress well). */
+function samplesRepeat(blocks: readonly Buffer[], half: number, stride: number): boolean {
+  for (let b = 0; b < half; b++) {
+    const x = blocks[b]!;
+    const y = blocks[b + half]!;
+    for (let from = 0; from < blockSizeBytes; from += stride) {
+      if (x.compare(y, from, from + sampleSliceBytes, from, from + sampleSliceBytes) !== 0) return false;
+    }
+  }
+  return true;
 }
 
 /** A unit compressed to fewer blocks than it holds. */

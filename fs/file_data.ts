@@ -277,8 +277,12 @@ export class FileData {
   private forgetUnits(ino: number, first: number, end: number): void {
     const units = this.precompressed.get(ino);
     if (units === undefined) return;
-    for (const unit of [...units.keys()]) {
-      if ((unit + 1) * compressionUnitBlocksMax > first && unit * compressionUnitBlocksMax < end) units.delete(unit);
+    const firstUnit = Math.floor(first / compressionUnitBlocksMax);
+    const endUnit = Math.ceil(end / compressionUnitBlocksMax);
+    if (endUnit - firstUnit <= units.size) {
+      for (let unit = firstUnit; unit < endUnit; unit++) units.delete(unit);
+    } else {
+      for (const unit of [...units.keys()]) if (unit >= firstUnit && unit < endUnit) units.delete(unit);
     }
     if (units.size === 0) this.precompressed.delete(ino);
   }

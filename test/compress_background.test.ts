@@ -9,7 +9,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
 import { GroveFs } from "../fs/index.js";
-import { FsHarness, expectBytes, readFile, writeAt } from "./fs_helpers.js";
+import { FsHarness, expectBytes, readFile, root, writeAt } from "./fs_helpers.js";
 
 const unitBytes = 128 * 1024;
 
@@ -29,7 +29,7 @@ describe("background compression", () => {
     const h = new FsHarness(16384, { compression: "lz4" });
     const fs = h.fs;
     const model = text(8 * unitBytes + 5000, 1);
-    const fh = fs.create("/f", 0o644, 0o102, { uid: 0, gid: 0, pid: 0, umask: 0 });
+    const fh = fs.create("/f", 0o644, 0o102, root);
     for (let at = 0; at < model.length; at += unitBytes) {
       writeAt(fs, fh, model.subarray(at, at + unitBytes), at);
       await sleep(5);
@@ -47,7 +47,7 @@ describe("background compression", () => {
     const h = new FsHarness(16384, { compression: "lz4" });
     const fs = h.fs;
     const model = text(4 * unitBytes, 2);
-    const fh = fs.create("/f", 0o644, 0o102, { uid: 0, gid: 0, pid: 0, umask: 0 });
+    const fh = fs.create("/f", 0o644, 0o102, root);
     writeAt(fs, fh, model, 0);
     // Unit 0 changes at once (its compression is in flight); unit 2 once its result is in.
     model.write("CHANGED-IN-FLIGHT", 100);
@@ -73,7 +73,7 @@ describe("background compression", () => {
     const h = new FsHarness(16384, { compression: "none" });
     const fs = h.fs;
     const model = text(2 * unitBytes, 3);
-    const fh = fs.create("/f", 0o644, 0o102, { uid: 0, gid: 0, pid: 0, umask: 0 });
+    const fh = fs.create("/f", 0o644, 0o102, root);
     writeAt(fs, fh, model, 0);
     await sleep(50);
     fs.sync();
@@ -87,7 +87,7 @@ describe("background compression", () => {
     const h = new FsHarness(16384, { compression: "lz4" });
     const fs = h.fs;
     const model = text(unitBytes, 4);
-    const fh = fs.create("/f", 0o644, 0o102, { uid: 0, gid: 0, pid: 0, umask: 0 });
+    const fh = fs.create("/f", 0o644, 0o102, root);
     writeAt(fs, fh, model, 0);
     await sleep(50);
     for (let i = 0; i < 20; i++) {
