@@ -265,11 +265,16 @@ export class Store implements NodeStore {
     return (this.features & bit) !== 0n;
   }
 
-  /** A compressed data extent was written (`sign` 1) or freed (-1). */
-  countCompressed(sign: 1 | -1, diskBlocks: number, logicalBlocks: number): void {
-    this.compressed.extents += sign;
-    this.compressed.diskBlocks += sign * diskBlocks;
-    this.compressed.logicalBlocks += sign * logicalBlocks;
+  /**
+   * Compressed data extents were written (`sign` 1) or freed (-1). The
+   * counters stop at zero: counters that a damaged image left too low must
+   * not stop commits (fsck finds and resets them).
+   */
+  countCompressed(sign: 1 | -1, diskBlocks: number, logicalBlocks: number, extents = 1): void {
+    const c = this.compressed;
+    c.extents = Math.max(0, c.extents + sign * extents);
+    c.diskBlocks = Math.max(0, c.diskBlocks + sign * diskBlocks);
+    c.logicalBlocks = Math.max(0, c.logicalBlocks + sign * logicalBlocks);
   }
 
   /** Repair: the counters as a full walk found them. */
@@ -432,11 +437,7 @@ export class Store implements NodeStore {
       alsoApply();
       for (const lba of plan.drops) this.sharing.dropRef(lba);
       const c = plan.compressedFreed;
-      if (c.extents > 0) {
-        this.compressed.extents -= c.extents;
-        this.compressed.diskBlocks -= c.diskBlocks;
-        this.compressed.logicalBlocks -= c.logicalBlocks;
-      }
+      if (c.extents > 0) this.countCompressed(-1, c.diskBlocks, c.logicalBlocks, c.extents);
       for (const [lba, count] of plan.frees) {
         if (count === 1) {
           const node = this.cache.get(lba);
