@@ -15,19 +15,28 @@
  * The expected trees are snapshots the workload itself takes after each of
  * its syncs, through the same calls in every run, so a crashed run does
  * exactly what the full run did up to the crash point.
+ *
+ * A compression variant runs the same workload on a volume formatted with
+ * lz4 as its default, writing mostly compressible bytes in larger pieces
+ * over files that span several 128 KiB units, so that syncs write
+ * compressed extents, and later writes, truncates and unlinks cut and free
+ * them (the checker then also compares the superblock's compressed-extent
+ * counters with a walk, and decompresses every compressed extent).
  */
 import { constants as C } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { GroveError, Prng, SimDevice, SimulatedCrash, readSuperblock } from "../kvstore/index.js";
-import { GroveFs } from "../fs/index.js";
+import { GroveError, Prng, SimDevice, SimulatedCrash, crc32c, readSuperblock } from "../kvstore/index.js";
+import { GroveFs, type GroveFsOptions } from "../fs/index.js";
 import { seeds, withSeed } from "./helpers.js";
 import {
   O_CREAT,
   O_RDONLY,
   O_RDWR,
   O_WRONLY,
+  compressionCensus,
   durableImage,
   expectFsClean,
+  mixedCompressible,
   pattern,
   readFile,
   root,
@@ -44,14 +53,62 @@ const crashPointsPerSeed = Number(process.env.GROVE_CRASH_POINTS ?? 300);
 const dirs = ["/", "/a", "/b", "/a/c"];
 const files = ["f0", "f1", "f2", "f3", "f4", "f5"];
 
+/** What a run writes, and where: the plain workload's, or the compression variant's. */
+interface Variant {
+  name: string;
+  /** The volume's default compression, given to format. */
+  compression: NonNullable<GroveFsOptions["compression"]>;
+  /** The bytes a write puts at `at`. */
+  data: (prng: Prng, length: number, seed: number, at: number) => Buffer;
+  /** Writes start below this offset. */
+  writeAtMax: number;
+  writeLengths: readonly number[];
+  truncateSizes: readonly number[];
+}
+
+const plain: Variant = {
+  name: "plain",
+  compression: "none",
+  data: (_prng, length, seed, at) => pattern(length, seed, at),
+  writeAtMax: 60_000,
+  writeLengths: [1, 100, 600, 4096, 5000, 9000, 30_000],
+  truncateSizes: [0, 10, 4095, 4096, 5000, 20_000, 70_000],
+};
+
+/** Compressible writes, kept across runs: every run of a seed writes the same ones (generating them is slow). */
+const compressibleWrites = new Map<string, Buffer>();
+
+/**
+ * Files of up to about 400 KiB (units at 0, 128 and 256 KiB), written in
+ * pieces of up to 200 KiB, mostly compressible (a fifth `pattern`'s random
+ * bytes, which stay raw); truncates land inside units.
+ */
+const lz4: Variant = {
+  name: "lz4",
+  compression: "lz4",
+  data: (prng, length, seed, at) => {
+    if (prng.chance(0.2)) return pattern(length, seed, at);
+    const key = `${length}:${seed}:${at}`;
+    let data = compressibleWrites.get(key);
+    if (data === undefined) {
+      data = mixedCompressible(length, seed * 1_000_003 + at);
+      compressibleWrites.set(key, data);
+    }
+    return data;
+  },
+  writeAtMax: 200_000,
+  writeLengths: [1, 600, 4096, 9000, 30_000, 70_000, 131_072, 200_000],
+  truncateSizes: [0, 10, 4096, 20_000, 70_000, 131_072, 140_000, 300_000],
+};
+
 /** A formatted, empty volume: the durable image every run starts from. */
-function baseImage(): Map<number, Uint8Array> {
+function baseImage(variant: Variant): Map<number, Uint8Array> {
   const device = new SimDevice(deviceBlocks);
-  GroveFs.format(device, { clock: testClock() });
+  GroveFs.format(device, { clock: testClock(), compression: variant.compression });
   return device.snapshotLive();
 }
 
-/** Every name in the tree with what a user could observe of it, as sorted lines. */
+/** Every name in the tree with what a user could observe of it (file bytes by crc32c), as sorted lines. */
 function snapshotTree(fs: GroveFs): string[] {
   const lines: string[] = [];
   const walk = (dir: string): void => {
@@ -61,7 +118,7 @@ function snapshotTree(fs: GroveFs): string[] {
       const st = fs.getattr(path);
       const type = st.mode & C.S_IFMT;
       let body = "";
-      if (type === C.S_IFREG) body = readFile(fs, path).toString("base64");
+      if (type === C.S_IFREG) body = crc32c(readFile(fs, path)).toString(16);
       else if (type === C.S_IFLNK) body = fs.readlink(path);
       const xattrs = fs
         .listxattr(path)
@@ -92,16 +149,25 @@ interface RunResult {
   inflight: string[] | null;
   crashed: boolean;
   orphansHeld: number;
+  /** Compressed extents the run wrote out and freed (counted as the volume's counters move). */
+  compressedSeen: { written: number; freed: number };
 }
 
 /**
  * The workload. With `crashAt` finite, the device dies at that operation and
  * the run stops there.
  */
-function runWorkload(seed: number, base: Map<number, Uint8Array>, crashAt: number): RunResult {
+function runWorkload(variant: Variant, seed: number, base: Map<number, Uint8Array>, crashAt: number): RunResult {
   const device = SimDevice.fromDurable(base, deviceBlocks);
   const fs = GroveFs.open(device, { clock: testClock(2_000_000_000_000_000_000n), cacheBytes: 512 * 1024 });
   device.crashAtOperation = crashAt;
+  const compressedSeen = { written: 0, freed: 0 };
+  const countCompressed = fs.store.countCompressed.bind(fs.store);
+  fs.store.countCompressed = (sign, diskBlocks, logicalBlocks) => {
+    if (sign > 0) compressedSeen.written++;
+    else compressedSeen.freed++;
+    countCompressed(sign, diskBlocks, logicalBlocks);
+  };
   const prng = new Prng(seed);
   const synced: SyncPoint[] = [{ generation: readSuperblock(device).generation, tree: snapshotTree(fs) }];
   // The directories are made in the first transaction, and committed by the first sync.
@@ -128,9 +194,9 @@ function runWorkload(seed: number, base: Map<number, Uint8Array>, crashAt: numbe
       if (roll < 30) {
         // Write somewhere in a file, through a handle that may stay open.
         const path = file();
-        const at = prng.chance(0.3) ? 0 : prng.below(60_000);
-        const length = prng.pick([1, 100, 600, 4096, 5000, 9000, 30_000]);
-        const data = pattern(length, seed + step, at);
+        const at = prng.chance(0.3) ? 0 : prng.below(variant.writeAtMax);
+        const length = prng.pick(variant.writeLengths);
+        const data = variant.data(prng, length, seed + step, at);
         attempt(() => {
           const fh = fs.create(path, 0o644, O_CREAT | O_RDWR, root);
           fs.write(fh, data, length, at);
@@ -138,7 +204,7 @@ function runWorkload(seed: number, base: Map<number, Uint8Array>, crashAt: numbe
           else fs.release(fh);
         });
       } else if (roll < 38) {
-        attempt(() => fs.truncate(file(), prng.pick([0, 10, 4095, 4096, 5000, 20_000, 70_000])));
+        attempt(() => fs.truncate(file(), prng.pick(variant.truncateSizes)));
       } else if (roll < 48) {
         const path = file();
         attempt(() => {
@@ -170,8 +236,8 @@ function runWorkload(seed: number, base: Map<number, Uint8Array>, crashAt: numbe
         // Writes through a held handle, orphan or not.
         if (handles.length > 0) {
           const fh = prng.pick(handles);
-          const at = prng.below(80_000);
-          const data = pattern(prng.pick([1, 3000, 8192]), seed * 7 + step, at);
+          const at = prng.below(variant.writeAtMax + 20_000);
+          const data = variant.data(prng, prng.pick([1, 3000, 8192]), seed * 7 + step, at);
           attempt(() => fs.write(fh, data, data.length, at));
         }
       } else {
@@ -188,7 +254,7 @@ function runWorkload(seed: number, base: Map<number, Uint8Array>, crashAt: numbe
             fs.releasedir(dfh);
           }
         } catch (error) {
-          if (error instanceof SimulatedCrash) return { device, synced, inflight: tree, crashed: true, orphansHeld };
+          if (error instanceof SimulatedCrash) return { device, synced, inflight: tree, crashed: true, orphansHeld, compressedSeen };
           throw error;
         }
         synced.push({ generation: readSuperblock(device).generation, tree });
@@ -199,7 +265,7 @@ function runWorkload(seed: number, base: Map<number, Uint8Array>, crashAt: numbe
     try {
       fs.sync();
     } catch (error) {
-      if (error instanceof SimulatedCrash) return { device, synced, inflight: tree, crashed: true, orphansHeld };
+      if (error instanceof SimulatedCrash) return { device, synced, inflight: tree, crashed: true, orphansHeld, compressedSeen };
       throw error;
     }
     synced.push({ generation: readSuperblock(device).generation, tree });
@@ -208,7 +274,7 @@ function runWorkload(seed: number, base: Map<number, Uint8Array>, crashAt: numbe
     if (error instanceof SimulatedCrash) throw new Error(`device written outside a sync: ${error.message}`);
     throw error;
   }
-  return { device, synced, inflight: null, crashed: false, orphansHeld };
+  return { device, synced, inflight: null, crashed: false, orphansHeld, compressedSeen };
 }
 
 /** The first line where two trees differ, for a readable failure. */
@@ -221,8 +287,13 @@ function expectSameTree(actual: string[], expected: string[], what: string): voi
   throw new Error(`${what}: tree differs\nmissing:\n${missing.slice(0, 5).join("\n")}\nunexpected:\n${extra.slice(0, 5).join("\n")}`);
 }
 
-/** Reopens the crashed device and checks it. Returns which sync survived. */
-function verifyRecovery(seed: number, crashAt: number, run: RunResult): "old" | "new" {
+/** Reopens the crashed device and checks it. Returns which sync survived, and the compressed extents it holds. */
+function verifyRecovery(
+  variant: Variant,
+  seed: number,
+  crashAt: number,
+  run: RunResult,
+): { survived: "old" | "new"; compressedExtents: number } {
   const recovered = run.device.recover(new Prng(seed * 1_000_003 + crashAt));
   // The committed generation decides which tree must be there; the superblock is read before open frees orphans.
   const generation = readSuperblock(recovered).generation;
@@ -240,56 +311,88 @@ function verifyRecovery(seed: number, crashAt: number, run: RunResult): "old" | 
   }
   let fs = GroveFs.open(recovered, { clock: testClock(3_000_000_000_000_000_000n) });
   expect(fs.info().orphans, `crash at ${crashAt}: orphans after open`).toBe(0);
-  expectFsClean(recovered);
+  const report = expectFsClean(recovered);
   expectSameTree(snapshotTree(fs), expected, `crash at ${crashAt} (${survived} state)`);
-  // The recovered volume takes new writes and commits them cleanly.
-  writeFile(fs, "/after-crash", pattern(9000, crashAt));
+  // The recovered volume takes new writes (compressed ones in the lz4 variant) and commits them cleanly.
+  const after = variant.compression === "lz4" ? mixedCompressible(40_000, crashAt) : pattern(9000, crashAt);
+  writeFile(fs, "/after-crash", after);
   fs.mkdir("/after-dir", 0o755, root);
   fs.sync();
   expectFsClean(recovered);
   fs.close();
   const again = recovered.reopen();
   fs = GroveFs.open(again);
-  expect(readFile(fs, "/after-crash").equals(pattern(9000, crashAt))).toBe(true);
+  expect(readFile(fs, "/after-crash").equals(after)).toBe(true);
   fs.close();
-  return survived;
+  return { survived, compressedExtents: report.space.forest.compressed.extents };
+}
+
+/**
+ * Runs the whole workload once, then again crashing at each crash point (at
+ * most `pointsMax`, spread evenly), and checks every recovery. Returns the
+ * crash points tested.
+ */
+function crashEverywhere(variant: Variant, seed: number, base: Map<number, Uint8Array>, pointsMax: number): number {
+  const full = runWorkload(variant, seed, base, Number.POSITIVE_INFINITY);
+  expect(full.crashed).toBe(false);
+  const operations = full.device.operations;
+  // The full run itself ends clean, with its orphans still open, and reopens to its last tree.
+  expectFsClean(full.device);
+  const reopened = GroveFs.open(SimDevice.fromDurable(durableImage(full.device), deviceBlocks));
+  expect(reopened.info().orphans).toBe(0);
+  expectSameTree(snapshotTree(reopened), full.synced[full.synced.length - 1]!.tree, "after the full run");
+  reopened.close();
+
+  const stride = Math.max(1, operations / pointsMax);
+  const points = new Set<number>();
+  for (let p = 1; p <= operations; p += stride) points.add(Math.floor(p));
+  points.add(operations);
+  let survivedNew = 0;
+  let compressedRecovered = 0;
+  for (const crashAt of points) {
+    const run = runWorkload(variant, seed, base, crashAt);
+    expect(run.crashed, `crash at ${crashAt}`).toBe(true);
+    const recovery = verifyRecovery(variant, seed, crashAt, run);
+    if (recovery.survived === "new") survivedNew++;
+    if (recovery.compressedExtents > 0) compressedRecovered++;
+  }
+  console.log(
+    `${variant.name} seed ${seed}: ${operations} device operations, ${full.synced.length - 1} syncs, ` +
+      `${full.orphansHeld} files unlinked while open; ${points.size} crash points tested, ` +
+      `${survivedNew} kept the sync in flight, ${compressedRecovered} recovered with compressed extents`,
+  );
+  expect(survivedNew).toBeGreaterThan(0);
+  expect(survivedNew).toBeLessThan(points.size);
+  if (variant.compression === "lz4") {
+    // The variant did what it is for: compressed units written, cut by later writes and truncates, and freed.
+    const census = compressionCensus(SimDevice.fromDurable(durableImage(full.device), deviceBlocks));
+    console.log(`${variant.name} seed ${seed}: at the end ${JSON.stringify(census)}; ${JSON.stringify(full.compressedSeen)}`);
+    expect(census.extents).toBeGreaterThan(0);
+    expect(census.rawExtents).toBeGreaterThan(0);
+    expect(census.slices).toBeGreaterThan(0);
+    expect(full.compressedSeen.freed).toBeGreaterThan(0);
+    expect(compressedRecovered).toBeGreaterThan(points.size / 2);
+  }
+  return points.size;
 }
 
 describe("crash simulation through GroveFs", () => {
-  const base = baseImage();
+  const base = baseImage(plain);
   let crashPointsTested = 0;
 
   for (const seed of seeds([7, 8, 9, 10])) {
     it(`seed ${seed}: power loss at write and flush points of a file workload`, () => {
       withSeed(seed, testFile, () => {
-        const full = runWorkload(seed, base, Number.POSITIVE_INFINITY);
-        expect(full.crashed).toBe(false);
-        const operations = full.device.operations;
-        // The full run itself ends clean, with its orphans still open, and reopens to its last tree.
-        expectFsClean(full.device);
-        const reopened = GroveFs.open(SimDevice.fromDurable(durableImage(full.device), deviceBlocks));
-        expect(reopened.info().orphans).toBe(0);
-        expectSameTree(snapshotTree(reopened), full.synced[full.synced.length - 1]!.tree, "after the full run");
-        reopened.close();
+        crashPointsTested += crashEverywhere(plain, seed, base, crashPointsPerSeed);
+      });
+    });
+  }
 
-        const stride = Math.max(1, operations / crashPointsPerSeed);
-        const points = new Set<number>();
-        for (let p = 1; p <= operations; p += stride) points.add(Math.floor(p));
-        points.add(operations);
-        let survivedNew = 0;
-        for (const crashAt of points) {
-          const run = runWorkload(seed, base, crashAt);
-          expect(run.crashed, `crash at ${crashAt}`).toBe(true);
-          if (verifyRecovery(seed, crashAt, run) === "new") survivedNew++;
-          crashPointsTested++;
-        }
-        console.log(
-          `seed ${seed}: ${operations} device operations, ${full.synced.length - 1} syncs, ` +
-            `${full.orphansHeld} files unlinked while open; ${points.size} crash points tested, ` +
-            `${survivedNew} kept the sync in flight`,
-        );
-        expect(survivedNew).toBeGreaterThan(0);
-        expect(survivedNew).toBeLessThan(points.size);
+  // One seed with compression on: a third of the plain seeds' crash points, over a heavier workload.
+  for (const seed of seeds([11])) {
+    it(`lz4 seed ${seed}: power loss at write and flush points of a workload of compressible files`, () => {
+      withSeed(seed, testFile, () => {
+        crashPointsTested += crashEverywhere(lz4, seed, baseImage(lz4), Math.ceil(crashPointsPerSeed / 3));
       });
     });
   }

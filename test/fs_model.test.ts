@@ -10,8 +10,17 @@
  * Where POSIX allows more than one errno for a call (say rename of a
  * directory into its own subtree over a non-empty one), the model accepts
  * any of them; otherwise the errno must match exactly.
+ *
+ * With compression on (the lz4 seeds), the volume is formatted with lz4 as
+ * its default, writes are mostly compressible and sometimes large, and each
+ * reopen or crash picks lz4 or none for what is written next, so that raw
+ * writes land in compressed units and the other way round. The event loop
+ * runs between operations, as between FUSE requests, so that units filled
+ * by a write are compressed in the background while later operations
+ * change them or not, and write-out takes the results it may.
  */
 import { constants as C } from "node:fs";
+import { setImmediate as yieldToEventLoop, setTimeout as sleep } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
 import { GroveError, Prng } from "../kvstore/index.js";
 import {
@@ -22,7 +31,7 @@ import {
   xattrCreate,
   xattrReplace,
 } from "../fs/index.js";
-import { seeds, withSeed } from "./helpers.js";
+import { seeds, withSeedAsync } from "./helpers.js";
 import {
   FsHarness,
   O_APPEND,
@@ -32,8 +41,11 @@ import {
   O_RDWR,
   O_TRUNC,
   O_WRONLY,
+  compressedHarness,
+  compressionCensus,
   expectBytes,
   expectFsClean,
+  mixedCompressible,
   readFile,
 } from "./fs_helpers.js";
 
@@ -218,10 +230,19 @@ class Runner {
   stats = new Map<string, number>();
   opIndex = 0;
 
-  constructor(seed: number) {
+  /** Compression on: compressible data, and lz4 or none chosen at every reopen. */
+  readonly lz4: boolean;
+  /** The most compressed extents the volume held at a periodic check. */
+  compressedPeak = 0;
+  /** Units write-out took from background compression, over every open so far. */
+  backgroundUnits = 0;
+
+  constructor(seed: number, compression: "none" | "lz4" = "none") {
     this.prng = new Prng(seed);
+    this.lz4 = compression === "lz4";
     // Odd seeds run with a small node cache, so that tree nodes are evicted and read back.
-    this.h = new FsHarness(16384, seed % 2 === 1 ? { cacheBytes: 64 * 1024 } : {});
+    const options = seed % 2 === 1 ? { cacheBytes: 64 * 1024 } : {};
+    this.h = this.lz4 ? compressedHarness("lz4", 16384, options) : new FsHarness(16384, options);
   }
 
   get fs(): GroveFs {
@@ -265,8 +286,9 @@ class Runner {
     const roll = this.prng.below(10);
     if (roll < 4) return this.prng.between(1, 100);
     if (roll < 7) return this.prng.between(100, 5000);
-    if (roll < 9) return this.prng.pick([4095, 4096, 4097, 8192, 12288]);
-    return this.prng.between(5000, 70_000);
+    // With compression on, one write in five is large, up to a few whole 128 KiB units.
+    if (roll < (this.lz4 ? 8 : 9)) return this.prng.pick([4095, 4096, 4097, 8192, 12288]);
+    return this.prng.between(5000, this.lz4 ? 400_000 : 70_000);
   }
 
   // ---- operations ----------------------------------------------------------------
@@ -398,7 +420,7 @@ class Runner {
       at = 0;
       length = 1;
     }
-    const data = this.prng.bytes(length);
+    const data = this.lz4 && this.prng.chance(0.8) ? mixedCompressible(length, this.prng.u32()) : this.prng.bytes(length);
     this.note(`write fh=${handle.fh} at=${at} length=${length} (size ${inode.data.length})`);
     const expected = new Set<string>();
     if ((handle.flags & 3) === O_RDONLY) expected.add("EBADF");
@@ -761,14 +783,31 @@ class Runner {
 
   reopen(): void {
     this.note("close and reopen");
-    this.h.reopen();
+    this.tallyBackground();
+    this.h.reopen(this.restartOptions());
     this.afterRestart(this.model.root);
   }
 
   crash(): void {
     this.note("crash and reopen");
-    this.h.crashAndReopen();
+    this.tallyBackground();
+    this.h.crashAndReopen(this.restartOptions());
     this.afterRestart(cloneTree(this.model.durable));
+  }
+
+  /** Counts what this open's write-outs took from background compression (an open starts from 0). */
+  tallyBackground(): void {
+    const data = (this.fs as unknown as { data: { unitsCompressedInBackground: number } }).data;
+    this.backgroundUnits += data.unitsCompressedInBackground;
+  }
+
+  /** With compression on, a restart picks what new data is written with; lz4 stays the volume's default. */
+  private restartOptions(): { compression?: "lz4" | "none" } {
+    if (!this.lz4) return {};
+    const compression = this.prng.pick(["lz4", "lz4", "none"] as const);
+    this.note(`  (compression ${compression} from here)`);
+    expect(this.fs.info().compression).toBe("lz4");
+    return { compression };
   }
 
   private afterRestart(root: MInode): void {
@@ -828,6 +867,7 @@ class Runner {
       this.model.handles.splice(this.model.handles.indexOf(handle), 1);
     }
     expect(this.fs.info().orphans).toBe(0);
+    this.tallyBackground();
     this.h.reopen();
     this.compareTree(true);
     const report = this.h.closeAndCheck();
@@ -836,30 +876,51 @@ class Runner {
   }
 }
 
+async function runSeed(seed: number, compression: "none" | "lz4"): Promise<void> {
+  await withSeedAsync(seed, testFile, async () => {
+    const runner = new Runner(seed, compression);
+    let spilled = 0;
+    try {
+      for (let i = 0; i < opsPerSeed; i++) {
+        runner.step(i);
+        // With compression on, background compressions finish (and are taken or dropped) between operations.
+        if (runner.lz4) await (i % 20 === 19 ? sleep(1) : yieldToEventLoop());
+        if (i % 250 === 249) {
+          runner.fs.sync();
+          runner.compareTree(true);
+          runner.model.durable = cloneTree(runner.model.root);
+          const report = expectFsClean(runner.h.device);
+          runner.compressedPeak = Math.max(runner.compressedPeak, report.space.forest.compressed.extents);
+        }
+      }
+      spilled = runner.finish();
+    } catch (error) {
+      console.error(`last operations of seed ${seed}:\n${runner.log.join("\n")}`);
+      throw error;
+    }
+    const counts = [...runner.stats].map(([k, v]) => `${k} ${v}`).join(", ");
+    console.log(`${compression} seed ${seed}: ${counts}; ${spilled} inode maps spilled to trees at the end`);
+    if (compression === "lz4") {
+      // Compressed units were written (some compressed in the background), and overwrites and truncates cut them into slices.
+      const census = compressionCensus(runner.h.device);
+      console.log(
+        `lz4 seed ${seed}: at most ${runner.compressedPeak} compressed extents at a check, ` +
+          `${runner.backgroundUnits} units compressed in the background; at the end ${JSON.stringify(census)}`,
+      );
+      expect(runner.compressedPeak).toBeGreaterThan(0);
+      expect(runner.backgroundUnits).toBeGreaterThan(0);
+      expect(census.extents).toBeGreaterThan(0);
+      expect(census.slices).toBeGreaterThan(0);
+      expect(census.records).toBeGreaterThan(census.extents);
+    }
+  });
+}
+
 describe("GroveFs against an in-memory model", () => {
   for (const seed of seeds([101, 202, 303, 404])) {
-    it(`seed ${seed}: ${opsPerSeed} random operations`, () => {
-      withSeed(seed, testFile, () => {
-        const runner = new Runner(seed);
-        let spilled = 0;
-        try {
-          for (let i = 0; i < opsPerSeed; i++) {
-            runner.step(i);
-            if (i % 250 === 249) {
-              runner.fs.sync();
-              runner.compareTree(true);
-              runner.model.durable = cloneTree(runner.model.root);
-              expectFsClean(runner.h.device);
-            }
-          }
-          spilled = runner.finish();
-        } catch (error) {
-          console.error(`last operations of seed ${seed}:\n${runner.log.join("\n")}`);
-          throw error;
-        }
-        const counts = [...runner.stats].map(([k, v]) => `${k} ${v}`).join(", ");
-        console.log(`seed ${seed}: ${counts}; ${spilled} inode maps spilled to trees at the end`);
-      });
-    });
+    it(`seed ${seed}: ${opsPerSeed} random operations`, () => runSeed(seed, "none"));
+  }
+  for (const seed of seeds([505])) {
+    it(`lz4 seed ${seed}: ${opsPerSeed} random operations on compressible data`, () => runSeed(seed, "lz4"));
   }
 });

@@ -24,6 +24,17 @@ export function withSeed<T>(seed: number, testFile: string, body: () => T): T {
   }
 }
 
+/** `withSeed` for a body that awaits (say, to let background work land between operations). */
+export async function withSeedAsync<T>(seed: number, testFile: string, body: () => Promise<T>): Promise<T> {
+  try {
+    return await body();
+  } catch (error) {
+    return withSeed(seed, testFile, () => {
+      throw error;
+    });
+  }
+}
+
 export type TreeModel = Map<string, Buffer>;
 export type ForestModel = Map<number, TreeModel>;
 

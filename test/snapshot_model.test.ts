@@ -10,6 +10,11 @@
  * block must be reachable from the one left (what a copy of it alone would
  * hold), no node may still be shared, and the checker must be clean.
  *
+ * The lz4 seed formats the volume with lz4 as its default and writes
+ * compressible bytes (a reopen sometimes turns compression off for what
+ * follows), so that snapshots and clones share compressed extents, writes
+ * cut them, and deletions free them.
+ *
  * Replay a seed with GROVE_SEED=n; GROVE_OPS sets the operations per seed.
  */
 import { constants as C } from "node:fs";
@@ -17,7 +22,18 @@ import { describe, expect, it } from "vitest";
 import { Prng, SimDevice } from "../kvstore/index.js";
 import { GroveFs, type FileSystemOps, type GroveFsOptions } from "../fs/index.js";
 import { seeds, withSeed } from "./helpers.js";
-import { O_CREAT, O_RDWR, durableImage, expectBytes, expectErrno, expectFsClean, readFile, testClock } from "./fs_helpers.js";
+import {
+  O_CREAT,
+  O_RDWR,
+  compressionCensus,
+  durableImage,
+  expectBytes,
+  expectErrno,
+  expectFsClean,
+  mixedCompressible,
+  readFile,
+  testClock,
+} from "./fs_helpers.js";
 
 const testFile = "test/snapshot_model.test.ts";
 const opsPerSeed = Number(process.env.GROVE_OPS ?? 1500);
@@ -58,11 +74,16 @@ class Runner {
   readonly log: string[] = [];
   private counter = 0;
   private readonly options: GroveFsOptions;
+  /** Compression on: lz4 is the volume's default, and half the writes are `mixedCompressible`. */
+  readonly lz4: boolean;
+  /** The most compressed extents the volume held at a periodic check. */
+  compressedPeak = 0;
 
-  constructor(seed: number) {
+  constructor(seed: number, compression: "none" | "lz4" = "none") {
     this.rng = new Prng(seed);
+    this.lz4 = compression === "lz4";
     this.options = { clock: testClock(), deletionStepNodes: 1 + this.rng.below(6) };
-    GroveFs.format(this.device, { clock: this.options.clock });
+    GroveFs.format(this.device, { clock: this.options.clock, compression });
     this.device = this.device.reopen();
     this.fs = GroveFs.open(this.device, this.options);
     for (const dir of dirs) this.fs.mkdir(dir, 0o755, caller);
@@ -124,9 +145,14 @@ class Runner {
     const size = this.rng.below(4) === 0 ? this.rng.below(600_000) : this.rng.below(80_000);
     const at = old.length > 0 && this.rng.below(3) === 0 ? this.rng.below(old.length) : this.rng.below(size + 1);
     const length = 1 + this.rng.below(this.rng.below(5) === 0 ? 300_000 : 20_000);
-    const data = Buffer.alloc(length, 0);
-    for (let i = 0; i < length; i += 4096) data[i] = this.rng.below(256);
-    data[length - 1] = this.rng.below(256);
+    let data: Buffer;
+    if (this.lz4 && this.rng.chance(0.5)) {
+      data = mixedCompressible(length, this.rng.u32());
+    } else {
+      data = Buffer.alloc(length, 0);
+      for (let i = 0; i < length; i += 4096) data[i] = this.rng.below(256);
+      data[length - 1] = this.rng.below(256);
+    }
     this.note(`${this.active}: write ${path} at ${at} length ${length}`);
     const fh = this.model.files.has(path) ? this.fs.open(path, O_RDWR) : this.fs.create(path, 0o644, O_CREAT | O_RDWR, caller);
     expect(this.fs.write(fh, data, length, at)).toBe(length);
@@ -256,11 +282,13 @@ class Runner {
   }
 
   reopen(): void {
-    this.note("close and reopen");
+    // With compression on, what follows is written with lz4 or, now and then, uncompressed.
+    const compression = this.lz4 ? this.rng.pick(["lz4", "lz4", "none"] as const) : undefined;
+    this.note(`close and reopen${compression === undefined ? "" : ` (compression ${compression})`}`);
     this.fs.close();
     this.commitPoint();
     this.device = this.device.reopen();
-    this.fs = GroveFs.open(this.device, { ...this.options, subvolume: this.active });
+    this.fs = GroveFs.open(this.device, { ...this.options, subvolume: this.active, compression });
   }
 
   crash(): void {
@@ -311,6 +339,13 @@ class Runner {
     this.device = this.device.reopen();
     const report = expectFsClean(this.device);
     expect(report.subvolumes).toBe(this.models.size);
+    if (this.lz4) {
+      // Compressed extents were written, and overwrites and truncates cut them.
+      const census = compressionCensus(this.device);
+      console.log(`lz4: at most ${this.compressedPeak} compressed extents at a check; before the deletions ${JSON.stringify(census)}`);
+      expect(census.extents).toBeGreaterThan(0);
+      expect(census.slices).toBeGreaterThan(0);
+    }
 
     // Delete every subvolume but one and let the deletions finish. The default subvolume cannot be
     // deleted, so it is the one kept (served from a clone, it must refuse with EPERM).
@@ -340,12 +375,14 @@ class Runner {
     // The data blocks left are the kept files' own: each file's blocks (st_blocks) lie in extents
     // reachable from it, and what the extents hold beyond that is only the unreferenced tails of
     // extents split by partial overwrites (whole-extent counting), never another subvolume's data.
+    // st_blocks counts compressed data decompressed, so the extents are measured the same way.
     const source = GroveFs.open(this.device, { subvolume: keep, readOnly: true });
     let logicalBlocks = 0;
     for (const path of this.models.get(keep)!.files.keys()) logicalBlocks += source.getattr(path).blocks / 8;
     source.close();
     this.device = this.device.reopen();
-    expect(after.dataBlocks).toBeGreaterThanOrEqual(logicalBlocks);
+    const compressed = after.space.forest.compressed;
+    expect(after.dataBlocks + compressed.logicalBlocks - compressed.diskBlocks).toBeGreaterThanOrEqual(logicalBlocks);
   }
 
   private pickFile(): string | undefined {
@@ -354,26 +391,35 @@ class Runner {
   }
 }
 
+function runSeed(seed: number, compression: "none" | "lz4", ops: number): void {
+  withSeed(seed, testFile, () => {
+    const runner = new Runner(seed, compression);
+    try {
+      for (let i = 0; i < ops; i++) {
+        runner.step();
+        if (i % 200 === 199) {
+          runner.fs.sync();
+          runner.commitPoint();
+          const report = expectFsClean(runner.device);
+          runner.compressedPeak = Math.max(runner.compressedPeak, report.space.forest.compressed.extents);
+        }
+      }
+      runner.finish();
+    } catch (error) {
+      console.error(`last operations of seed ${seed}:\n${runner.log.join("\n")}`);
+      throw error;
+    }
+  });
+}
+
 describe("snapshots and clones against a model of every subvolume", () => {
   for (const seed of seeds([1, 2, 3])) {
-    it(`seed ${seed}: ${opsPerSeed} random operations, then delete all subvolumes but one`, () => {
-      withSeed(seed, testFile, () => {
-        const runner = new Runner(seed);
-        try {
-          for (let i = 0; i < opsPerSeed; i++) {
-            runner.step();
-            if (i % 200 === 199) {
-              runner.fs.sync();
-              runner.commitPoint();
-              expectFsClean(runner.device);
-            }
-          }
-          runner.finish();
-        } catch (error) {
-          console.error(`last operations of seed ${seed}:\n${runner.log.join("\n")}`);
-          throw error;
-        }
-      });
-    });
+    it(`seed ${seed}: ${opsPerSeed} random operations, then delete all subvolumes but one`, () => runSeed(seed, "none", opsPerSeed));
+  }
+  // One seed with compression on, at half the operations.
+  const lz4Ops = Math.ceil(opsPerSeed / 2);
+  for (const seed of seeds([4])) {
+    it(`lz4 seed ${seed}: ${lz4Ops} random operations on compressible data, then delete all subvolumes but one`, () =>
+      runSeed(seed, "lz4", lz4Ops));
   }
 });
