@@ -166,6 +166,8 @@ class TreeWalker implements ItemEdges {
   readonly references = new Map<number, number>();
   readonly extents = new Map<number, number>();
   readonly compressed: CompressedUsage = { ...noCompressedUsage };
+  /** Decompressed blocks of each compressed extent reached, so every record of it must agree. */
+  private readonly logical = new Map<number, number>();
   private readonly nodes: Bitmap;
   /** Items under each node walked, so a shared subtree counts toward every tree that reaches it. */
   private readonly subtreeItems = new Map<number, number>();
@@ -198,6 +200,10 @@ class TreeWalker implements ItemEdges {
     }
     const known = this.extents.get(lba);
     if (known === count) {
+      const unit = this.logical.get(lba) ?? count;
+      if (unit !== logicalBlocks) {
+        this.problems.push(`${what}: extent ${lba}+${count} holds ${logicalBlocks} blocks decompressed, but another record says ${unit}`);
+      }
       this.referenceAgain(lba);
       return;
     }
@@ -207,6 +213,7 @@ class TreeWalker implements ItemEdges {
     }
     this.extents.set(lba, count);
     if (logicalBlocks !== count) {
+      this.logical.set(lba, logicalBlocks);
       this.compressed.extents++;
       this.compressed.diskBlocks += count;
       this.compressed.logicalBlocks += logicalBlocks;

@@ -400,6 +400,26 @@ describe("a compressed extent whose record lies", () => {
     );
   });
 
+  it("about its unit, against another record of the same extent", () => {
+    // A 1-byte write in the middle of unit 1 cuts its record in two slices of one extent.
+    const img = image((fs) => {
+      const fh = fs.open("/f", O_RDWR);
+      writeAt(fs, fh, Buffer.from("x"), U + 16 * B);
+      fs.release(fh);
+      fs.sync();
+    });
+    const slices = img.extents.filter((e) => e.compression === Compression.Lz4 && e.fileBlock >= compressionUnitBlocksMax && e.fileBlock < 2 * compressionUnitBlocksMax);
+    expect(slices.map((e) => [e.offset, e.blocks])).toEqual([
+      [0, 16],
+      [17, 15],
+    ]);
+    expect(slices[0]!.extentLba).toBe(slices[1]!.extentLba);
+    const device = img.device.reopen();
+    rewriteRecord(device, img.ino, slices[0]!.fileBlock, (e) => ({ ...e, unitBlocks: 31 }));
+    const problems = problemsOf(device.reopen());
+    expect(problems.some((p) => /holds \d+ blocks decompressed, but another record says \d+/.test(p)), problems.join("\n")).toBe(true);
+  });
+
   it("with valid crcs over bytes that are not lz4", () => {
     const img = image();
     const extent = unitExtent(img, 1);
