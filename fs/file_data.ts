@@ -37,6 +37,8 @@ import { DecompressedCache, PackedUnit, compressUnit, compressUnitInBackground, 
 
 /** A full unit of buffered blocks, compressed in the background since a write filled it. */
 interface Precompressed {
+  /** Blocks from the unit's start: a full unit, or a closed file's last unit. */
+  blocks: number;
   done: boolean;
   packed: PackedUnit | null;
 }
@@ -247,30 +249,55 @@ export class FileData {
   private precompressUnits(ino: number, buffered: Map<number, Buffer>, first: number, end: number): void {
     const unitBlocks = compressionUnitBlocksMax;
     for (let unit = Math.floor(first / unitBlocks); unit * unitBlocks < end; unit++) {
-      const blocks: Buffer[] = [];
-      for (let b = unit * unitBlocks; b < (unit + 1) * unitBlocks; b++) {
-        const block = buffered.get(b);
-        if (block === undefined) break;
-        blocks.push(block);
-      }
-      if (blocks.length < unitBlocks) continue;
-      let units = this.precompressed.get(ino);
-      if (units === undefined) {
-        units = new Map();
-        this.precompressed.set(ino, units);
-      }
-      const entry: Precompressed = { done: false, packed: null };
-      units.set(unit, entry);
-      compressUnitInBackground(blocks, (packed) => {
-        if (this.precompressed.get(ino)?.get(unit) !== entry) return;
-        if (packed === undefined) {
-          this.precompressed.get(ino)!.delete(unit);
-          return;
-        }
-        entry.done = true;
-        entry.packed = packed;
-      });
+      const blocks = this.bufferedRun(buffered, unit * unitBlocks, (unit + 1) * unitBlocks);
+      if (blocks !== null) this.precompress(ino, unit, blocks);
     }
+  }
+
+  /**
+   * The last handle of a file was closed: its last unit, if partial and all
+   * buffered, is most likely final, so it is compressed in the background
+   * too (most files of a source tree are a single partial unit).
+   */
+  precompressTail(inode: Inode): void {
+    if (this.compression === Compression.None) return;
+    const buffered = this.buffers.get(inode.ino);
+    const endBlock = Math.ceil(inode.size / blockSizeBytes);
+    if (buffered === undefined || endBlock % compressionUnitBlocksMax === 0) return;
+    const unit = Math.floor(endBlock / compressionUnitBlocksMax);
+    if (this.precompressed.get(inode.ino)?.has(unit)) return;
+    const blocks = this.bufferedRun(buffered, unit * compressionUnitBlocksMax, endBlock);
+    if (blocks !== null) this.precompress(inode.ino, unit, blocks);
+  }
+
+  /** The buffered blocks [first, end), or null if any is not buffered. */
+  private bufferedRun(buffered: Map<number, Buffer>, first: number, end: number): Buffer[] | null {
+    const blocks: Buffer[] = [];
+    for (let b = first; b < end; b++) {
+      const block = buffered.get(b);
+      if (block === undefined) return null;
+      blocks.push(block);
+    }
+    return blocks;
+  }
+
+  private precompress(ino: number, unit: number, blocks: Buffer[]): void {
+    let units = this.precompressed.get(ino);
+    if (units === undefined) {
+      units = new Map();
+      this.precompressed.set(ino, units);
+    }
+    const entry: Precompressed = { blocks: blocks.length, done: false, packed: null };
+    units.set(unit, entry);
+    compressUnitInBackground(blocks, (packed) => {
+      if (this.precompressed.get(ino)?.get(unit) !== entry) return;
+      if (packed === undefined) {
+        this.precompressed.get(ino)!.delete(unit);
+        return;
+      }
+      entry.done = true;
+      entry.packed = packed;
+    });
   }
 
   /** Forgets background results for units overlapping file blocks [first, end): their bytes changed. */
@@ -384,9 +411,9 @@ export class FileData {
 
   /** Buffered blocks indices[from, to) (one unit) compressed: the background result if it is ready, else now. */
   private packUnit(ino: number, buffered: Map<number, Buffer>, indices: readonly number[], from: number, to: number): PackedUnit | null {
-    if (to - from === compressionUnitBlocksMax) {
+    if (indices[from]! % compressionUnitBlocksMax === 0) {
       const ready = this.precompressed.get(ino)?.get(indices[from]! / compressionUnitBlocksMax);
-      if (ready?.done) {
+      if (ready?.done && ready.blocks === to - from) {
         this.unitsCompressedInBackground++;
         return ready.packed;
       }

@@ -826,6 +826,8 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
       const freed = this.data.freedRanges(inode, this.mapOf(inode), 0);
       this.mutation(3, () => this.freeInode(inode, true), "shrink", freed);
+    } else if (inode !== undefined && !this.readOnly) {
+      this.data.precompressTail(inode);
     }
   }
 

@@ -102,4 +102,31 @@ describe("background compression", () => {
     fs.release(fh);
     h.closeAndCheck();
   });
+
+  it("compresses a closed file's last, partial unit in the background, and drops it when the file changes again", async () => {
+    const h = new FsHarness(16384, { compression: "lz4" });
+    const fs = h.fs;
+    const small = text(10 * 4096 + 100, 5);
+    const grown = text(3 * unitBytes + 20 * 4096, 6);
+    const cut = text(unitBytes + 9 * 4096, 7);
+    for (const [path, data] of [["/small", small], ["/grown", grown], ["/cut", cut]] as const) {
+      const fh = fs.create(path, 0o644, 0o102, root);
+      writeAt(fs, fh, data, 0);
+      fs.release(fh);
+    }
+    await sleep(100);
+    // /grown gets more bytes in its last unit, /cut loses some: their tail results are stale.
+    const more = text(5000, 8);
+    const fh = fs.open("/grown", 2);
+    writeAt(fs, fh, more, grown.length);
+    fs.release(fh);
+    fs.truncate("/cut", unitBytes + 4 * 4096 + 7);
+    fs.sync();
+    // /small's tail, /grown's three full units and /cut's full unit came from the background (/grown's new tail had no time to).
+    expect(backgroundUnits(fs)).toBe(5);
+    expectBytes(readFile(fs, "/small"), small);
+    expectBytes(readFile(fs, "/grown"), Buffer.concat([grown, more]));
+    expectBytes(readFile(fs, "/cut"), cut.subarray(0, unitBytes + 4 * 4096 + 7));
+    h.closeAndCheck();
+  });
 });
