@@ -93,6 +93,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
+import { compressSync } from "lz4-napi";
 
 const repoRoot = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
 const workerScript = path.join(repoRoot, "scripts", "bench_fs_worker.ts");
@@ -137,6 +138,17 @@ interface Config {
   files: number;
   targets: TargetName[];
   verbose: boolean;
+  /** Set by --compress: the compression benchmark runs instead of the workload groups. */
+  compress: CompressConfig | null;
+}
+
+interface CompressConfig {
+  /** The source tree to copy (symlinks followed). */
+  treeSource: string;
+  /** At most this many bytes of file data are staged from it. */
+  treeCapBytes: number;
+  /** Runs of each measurement per target (at least 3). */
+  runs: number;
 }
 
 /** "1G", "64M", "512k", "1GiB", or a plain byte count. */
@@ -151,6 +163,15 @@ function parseBytes(name: string, text: string): number {
   return bytes;
 }
 
+const usage =
+  "usage: npm run bench:fs -- [--size 1G] [--image-size 4×size] [--rand-size 256M] [--files 10000]\n" +
+  "                          [--only grovefs,fuse2fs,ceiling] [--quick] [--verbose]\n" +
+  "       npm run bench:fs -- --compress [--size 1G] [--tree-size 300M] [--tree node_modules] [--runs 3]\n" +
+  "                          [--image-size 4×max(size,tree-size)] [--quick] [--verbose]\n" +
+  "--quick: --size 64M --rand-size 16M --files 1000 (--compress: --size 64M --tree-size 64M) unless given\n" +
+  "--compress: grovefs with mkfs --compress lz4 against --compress none: a source tree (cp -r, space, read)\n" +
+  "            and a --size file of random bytes, medians of --runs runs alternating the two";
+
 function parseConfig(): Config {
   const { values } = parseArgs({
     options: {
@@ -158,7 +179,11 @@ function parseConfig(): Config {
       "image-size": { type: "string" },
       "rand-size": { type: "string" },
       files: { type: "string" },
-      only: { type: "string", default: targetNames.join(",") },
+      only: { type: "string" },
+      compress: { type: "boolean", default: false },
+      tree: { type: "string" },
+      "tree-size": { type: "string" },
+      runs: { type: "string" },
       quick: { type: "boolean", default: false },
       verbose: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
@@ -166,15 +191,15 @@ function parseConfig(): Config {
     strict: true,
   });
   if (values.help) {
-    console.log(
-      "usage: npm run bench:fs -- [--size 1G] [--image-size 4×size] [--rand-size 256M] [--files 10000]\n" +
-        "                          [--only grovefs,fuse2fs,ceiling] [--quick] [--verbose]\n" +
-        "--quick: --size 64M --rand-size 16M --files 1000 unless given",
-    );
+    console.log(usage);
     process.exit(0);
   }
   const quick = values.quick!;
   const dataBytes = parseBytes("size", values.size ?? (quick ? "64M" : "1G"));
+  if (values.compress) return parseCompressConfig(values, dataBytes, quick);
+  for (const flag of ["tree", "tree-size", "runs"] as const) {
+    if (values[flag] !== undefined) throw new Error(`--${flag} applies only with --compress`);
+  }
   const imageBytes = values["image-size"] ? parseBytes("image-size", values["image-size"]) : 4 * dataBytes;
   const randBytes = parseBytes("rand-size", values["rand-size"] ?? (quick ? "16M" : "256M"));
   const files = Number(values.files ?? (quick ? "1000" : "10000"));
@@ -182,12 +207,36 @@ function parseConfig(): Config {
   if (imageBytes < 2 * Math.max(dataBytes, randBytes)) {
     throw new Error(`--image-size must be at least twice --size and --rand-size`);
   }
-  const targets = values.only!.split(",").map((s) => s.trim()).filter(Boolean);
+  const targets = (values.only ?? targetNames.join(",")).split(",").map((s) => s.trim()).filter(Boolean);
   for (const t of targets) {
     if (!targetNames.includes(t as TargetName)) throw new Error(`--only: unknown target "${t}" (known: ${targetNames.join(", ")})`);
   }
   if (targets.length === 0) throw new Error("--only: no target");
-  return { dataBytes, imageBytes, randBytes, files, targets: [...new Set(targets)] as TargetName[], verbose: values.verbose! };
+  const uniqueTargets = [...new Set(targets)] as TargetName[];
+  return { dataBytes, imageBytes, randBytes, files, targets: uniqueTargets, verbose: values.verbose!, compress: null };
+}
+
+function parseCompressConfig(values: Record<string, string | boolean | undefined>, dataBytes: number, quick: boolean): Config {
+  for (const flag of ["only", "files", "rand-size"]) {
+    if (values[flag] !== undefined) throw new Error(`--${flag} does not apply with --compress (it compares grovefs lz4 with grovefs none)`);
+  }
+  const treeCapBytes = parseBytes("tree-size", (values["tree-size"] as string | undefined) ?? (quick ? "64M" : "300M"));
+  const treeSource = path.resolve((values.tree as string | undefined) ?? path.join(repoRoot, "node_modules"));
+  if (!fs.statSync(treeSource, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`--tree: ${treeSource} is not a directory`);
+  const runs = Number(values.runs ?? "3");
+  if (!Number.isSafeInteger(runs) || runs < 3) throw new Error(`--runs must be an integer of at least 3 (medians), got "${values.runs}"`);
+  const imageSize = values["image-size"] as string | undefined;
+  const imageBytes = imageSize ? parseBytes("image-size", imageSize) : 4 * Math.max(dataBytes, treeCapBytes);
+  if (imageBytes < 2 * Math.max(dataBytes, treeCapBytes)) throw new Error(`--image-size must be at least twice --size and --tree-size`);
+  return {
+    dataBytes,
+    imageBytes,
+    randBytes: 0,
+    files: 0,
+    targets: ["grovefs"],
+    verbose: values.verbose as boolean,
+    compress: { treeSource, treeCapBytes, runs },
+  };
 }
 
 // ---------------------------------------------------------------- child processes
@@ -273,7 +322,7 @@ async function forceUnmount(mnt: string): Promise<void> {
 
 /** A running FUSE server (a child process in its own process group) and its mount point. */
 interface Server {
-  target: TargetName;
+  target: string;
   mnt: string;
   child: ChildProcess;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -287,7 +336,7 @@ const ourMountPoints = new Set<string>();
 /** Set once a signal starts the cleanup: no new server starts, no new phase runs. */
 let aborting = false;
 
-function startServer(target: TargetName, argv: string[], mnt: string, logPath: string): Server {
+function startServer(target: string, argv: string[], mnt: string, logPath: string): Server {
   if (aborting) throw new Error("interrupted");
   if (verbose) console.log(`  $ ${argv.join(" ")} &`);
   const log = fs.openSync(logPath, "a");
@@ -384,7 +433,8 @@ function killGroup(server: Server, signal: NodeJS.Signals): void {
 // ---------------------------------------------------------------- targets
 
 interface Target {
-  name: TargetName;
+  /** A TargetName, or grovefs-lz4 / grovefs-none in the compression benchmark. */
+  name: string;
   /** Survives unmount and mount (the ceiling lives in its server's memory and does not). */
   persistent: boolean;
   /** Makes a fresh, empty filesystem at img (nothing for the ceiling). */
@@ -447,9 +497,14 @@ class Session {
 
   /** Formats a fresh image and mounts it. */
   async open(imageBytes: number): Promise<void> {
+    await this.format(imageBytes);
+    await this.mount();
+  }
+
+  /** Formats a fresh image and makes its mount point, without mounting. */
+  async format(imageBytes: number): Promise<void> {
     fs.mkdirSync(this.mnt);
     await this.target.format(this.img, imageBytes);
-    await this.mount();
   }
 
   async mount(): Promise<void> {
@@ -664,11 +719,265 @@ function printReport(cfg: Config, results: Map<TargetName, Figures>): void {
   }
 }
 
+// ---------------------------------------------------------------- compression benchmark (--compress)
+
+const compressions = ["lz4", "none"] as const;
+type Compression = (typeof compressions)[number];
+
+const compressMetrics = ["treeWrite", "treeRead", "treeSpace", "randomWrite", "randomRead", "randomSpace"] as const;
+type CompressMetric = (typeof compressMetrics)[number];
+type Samples = Record<CompressMetric, number[]>;
+
+const compressLabels: Record<CompressMetric, { label: string; unit: string }> = {
+  treeWrite: { label: "tree write (cp -r + sync)", unit: "MB/s" },
+  treeRead: { label: "tree read (tar, cold)", unit: "MB/s" },
+  treeSpace: { label: "tree space on disk", unit: "MB" },
+  randomWrite: { label: "random write (fio + fsync)", unit: "MB/s" },
+  randomRead: { label: "random read (fio, cold)", unit: "MB/s" },
+  randomSpace: { label: "random space on disk", unit: "MB" },
+};
+/** Throughput goals are lz4/none; space goals are none/lz4 (how many times smaller). */
+const compressGoals: Partial<Record<CompressMetric, number>> = { treeWrite: 0.8, treeSpace: 1.5, randomWrite: 0.95 };
+
+function grovefsTarget(compress: Compression, imageBytes: number): Target {
+  return {
+    name: `grovefs-${compress}`,
+    persistent: true,
+    format: async (img) => {
+      if (!fs.existsSync(grovefsCli)) throw new Error(`${path.relative(repoRoot, grovefsCli)} does not exist`);
+      await runOk(grovefsCommands(img, "", imageBytes, compress).mkfs, { timeoutMs: 300_000 });
+    },
+    serverArgv: (img, mnt) => grovefsCommands(img, mnt, imageBytes).mount,
+  };
+}
+
+interface GroveInfo {
+  inUse: boolean;
+  usedBytes?: number;
+  logicalUsedBytes?: number;
+  compression?: string;
+  compressed?: { extents: number; diskBytes: number; logicalBytes: number };
+}
+
+/** `grovefs info --json` of an unmounted image. */
+async function groveInfo(img: string): Promise<GroveInfo & { usedBytes: number }> {
+  const r = await runOk(grovefsCommands(img, "", 0).info, { timeoutMs: 300_000 });
+  const info = JSON.parse(r.stdout) as GroveInfo;
+  if (info.inUse || info.usedBytes === undefined) throw new Error(`grovefs info ${img}: still in use after unmount`);
+  return { ...info, usedBytes: info.usedBytes };
+}
+
+/** The tree copied into each mount, staged once outside the mounts. */
+interface DataSet {
+  dir: string;
+  bytes: number;
+  files: number;
+  dirs: number;
+  /** Files left out because they would have passed the cap. */
+  skipped: number;
+  /** lz4-napi's block compression of each file, summed: the compressor's own ratio on this data. */
+  lz4Bytes: number;
+}
+
+/** Copies `source` to `dest`, following symlinks (each directory once), up to `capBytes` of file data. */
+function stageTree(source: string, dest: string, capBytes: number): DataSet {
+  const set: DataSet = { dir: dest, bytes: 0, files: 0, dirs: 0, skipped: 0, lz4Bytes: 0 };
+  const seen = new Set<string>();
+  const walk = (from: string, to: string) => {
+    seen.add(fs.realpathSync(from));
+    fs.mkdirSync(to);
+    set.dirs++;
+    for (const name of fs.readdirSync(from).sort()) {
+      const src = path.join(from, name);
+      const stat = fs.statSync(src, { throwIfNoEntry: false });
+      if (stat === undefined) continue; // a dangling symlink
+      if (stat.isDirectory()) {
+        if (!seen.has(fs.realpathSync(src))) walk(src, path.join(to, name));
+      } else if (stat.isFile()) {
+        if (set.bytes + stat.size > capBytes) {
+          set.skipped++;
+          continue;
+        }
+        const data = fs.readFileSync(src);
+        fs.writeFileSync(path.join(to, name), data);
+        set.bytes += data.length;
+        set.files++;
+        set.lz4Bytes += Math.min(data.length, compressSync(data).length);
+      }
+    }
+  };
+  walk(source, dest);
+  return set;
+}
+
+interface CompressContext {
+  cfg: Config;
+  compress: CompressConfig;
+  workDir: string;
+  data: DataSet;
+  samples: Map<Compression, Samples>;
+  /** What the lz4 volumes' info said about compressed extents, from the last run of each workload. */
+  lastInfo: Map<string, GroveInfo>;
+}
+
+const mb = (bytes: number) => bytes / 1e6;
+
+async function timed(argv: string[]): Promise<number> {
+  const started = performance.now();
+  await runOk(argv, { timeoutMs: 3_600_000 });
+  return (performance.now() - started) / 1000;
+}
+
+/** cp -r of the staged tree + fsync of the copy (grovefs commits everything on it); returns seconds. */
+async function treeWrite(ctx: CompressContext, s: Session): Promise<number> {
+  await dropCaches(ctx.workDir);
+  // Read the source once so that both targets copy it from the page cache.
+  await runOk(["sh", "-c", 'tar cf - -C "$1" . | cat > /dev/null', "sh", ctx.data.dir], { timeoutMs: 3_600_000 });
+  return timed(["sh", "-c", 'cp -r "$1" "$2/tree" && sync "$2/tree"', "sh", ctx.data.dir, s.mnt]);
+}
+
+/** Reads the whole tree back (tar into a pipe: tar skips the reads when writing to /dev/null itself), then checks it untimed. */
+async function treeRead(ctx: CompressContext, s: Session): Promise<number> {
+  const seconds = await timed(["sh", "-c", 'tar cf - -C "$1" tree | cat > /dev/null', "sh", s.mnt]);
+  const diff = await run(["diff", "-rq", ctx.data.dir, path.join(s.mnt, "tree")], { timeoutMs: 3_600_000 });
+  if (diff.code !== 0) throw new Error(`the tree read back differs from the source: ${tail(diff.stdout + diff.stderr)}`);
+  return seconds;
+}
+
+/** One measurement: a fresh image, the write, space from `grovefs info`, a remount, the cold read. */
+async function compressRun(ctx: CompressContext, workload: "tree" | "random", compress: Compression, runIndex: number): Promise<void> {
+  const session = new Session(grovefsTarget(compress, ctx.cfg.imageBytes), ctx.workDir, `${workload}-${runIndex}`);
+  const figures: Partial<Record<CompressMetric, number>> = {};
+  let detail = "";
+  try {
+    await session.format(ctx.cfg.imageBytes);
+    const empty = (await groveInfo(session.img)).usedBytes;
+    await session.mount();
+    let bytes: number;
+    if (workload === "tree") {
+      bytes = ctx.data.bytes;
+      figures.treeWrite = mb(bytes) / (await treeWrite(ctx, session));
+    } else {
+      bytes = ctx.cfg.dataBytes;
+      const file = path.join(session.mnt, "random");
+      await dropCaches(ctx.workDir);
+      const w = await fio(ctx.workDir, "randomdata", [`--filename=${file}`, "--rw=write", "--bs=1M", `--size=${bytes}`, "--refill_buffers", "--end_fsync=1"]);
+      expectBytes("random write", w.write.io_bytes, bytes);
+      figures.randomWrite = w.write.bw_bytes / 1e6;
+    }
+    await session.unmount();
+    const info = await groveInfo(session.img);
+    figures[workload === "tree" ? "treeSpace" : "randomSpace"] = mb(info.usedBytes - empty);
+    const c = info.compressed;
+    if (c !== undefined) detail = ` (${c.extents} lz4 extents: ${mb(c.diskBytes).toFixed(1)} MB on disk for ${mb(c.logicalBytes).toFixed(1)} MB)`;
+    ctx.lastInfo.set(`${workload}-${compress}`, { ...info, usedBytes: info.usedBytes - empty, logicalUsedBytes: (info.logicalUsedBytes ?? info.usedBytes) - empty });
+    await session.coldStart();
+    if (workload === "tree") figures.treeRead = mb(bytes) / (await treeRead(ctx, session));
+    else {
+      const r = await fio(ctx.workDir, "randomread", [`--filename=${path.join(session.mnt, "random")}`, "--rw=read", "--bs=1M", "--allow_file_create=0"]);
+      expectBytes("random read", r.read.io_bytes, bytes);
+      figures.randomRead = r.read.bw_bytes / 1e6;
+    }
+  } finally {
+    await session.close();
+  }
+  const samples = ctx.samples.get(compress)!;
+  const shown: string[] = [];
+  for (const metric of compressMetrics) {
+    const value = figures[metric];
+    if (value === undefined) continue;
+    samples[metric].push(value);
+    shown.push(`${compressLabels[metric].label} ${value.toFixed(1)} ${compressLabels[metric].unit}`);
+  }
+  console.log(`  run ${runIndex} ${compress.padEnd(4)} ${shown.join(", ")}${detail}`);
+}
+
+function median(values: number[]): number | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function printCompressReport(ctx: CompressContext): void {
+  const lz4 = ctx.samples.get("lz4")!;
+  const none = ctx.samples.get("none")!;
+  console.log(`\nCompression: medians of ${ctx.compress.runs} runs per target (MB = 10^6 bytes; ratio: lz4/none for speed, none/lz4 for space)`);
+  console.log(`  ${"measurement".padEnd(28)} ${"unit".padEnd(5)} ${"lz4".padStart(9)} ${"none".padStart(9)}   ratio`);
+  for (const metric of compressMetrics) {
+    const a = median(lz4[metric]);
+    const b = median(none[metric]);
+    const space = metric.endsWith("Space");
+    const r = a === undefined || b === undefined ? undefined : space ? (a > 0 ? b / a : undefined) : b > 0 ? a / b : undefined;
+    const goal = compressGoals[metric];
+    const verdict = goal === undefined || r === undefined ? "" : Number(r.toFixed(2)) >= goal ? " ok" : " MISS";
+    const ratioText = (r === undefined ? "—" : `${r.toFixed(2)}×${space ? " smaller" : ""}`) + (goal === undefined ? "" : ` (goal ≥${goal}${verdict})`);
+    const cell = (v: number | undefined) => (v === undefined ? "—" : v.toFixed(1)).padStart(9);
+    const { label, unit } = compressLabels[metric];
+    console.log(`  ${label.padEnd(28)} ${unit.padEnd(5)} ${cell(a)} ${cell(b)}   ${ratioText}`);
+  }
+  for (const workload of ["tree", "random"] as const) {
+    const a = median(lz4[`${workload}Space`]);
+    const b = median(none[`${workload}Space`]);
+    if (a !== undefined && b !== undefined && a > 0) {
+      console.log(`  ${workload} space: compressed ${a.toFixed(1)} MB vs uncompressed ${b.toFixed(1)} MB = ${(b / a).toFixed(2)}× smaller`);
+    }
+    const info = ctx.lastInfo.get(`${workload}-lz4`);
+    if (info?.compressed !== undefined) {
+      const c = info.compressed;
+      console.log(
+        `  ${workload} on lz4 (grovefs info, last run): ${c.extents} compressed extents, ${mb(c.diskBytes).toFixed(1)} MB on disk ` +
+          `for ${mb(c.logicalBytes).toFixed(1)} MB; logical used ${mb(info.logicalUsedBytes ?? 0).toFixed(1)} MB`,
+      );
+    }
+  }
+}
+
+/** The compression benchmark: both targets, each measurement `runs` times, alternating. */
+async function compressBench(cfg: Config, compress: CompressConfig, workDir: string, errors: string[]): Promise<CompressContext> {
+  const started = performance.now();
+  const data = stageTree(compress.treeSource, path.join(workDir, "dataset"), compress.treeCapBytes);
+  const stageSeconds = (performance.now() - started) / 1000;
+  console.log(
+    `  data set: ${compress.treeSource} (symlinks followed), ${data.files} files in ${data.dirs} directories, ` +
+      `${mb(data.bytes).toFixed(1)} MB${data.skipped > 0 ? ` (capped at ${mb(compress.treeCapBytes).toFixed(0)} MB: ${data.skipped} files left out)` : ""}; ` +
+      `staged in ${stageSeconds.toFixed(1)} s`,
+  );
+  console.log(`  lz4-napi on each file of it: ${mb(data.lz4Bytes).toFixed(1)} MB (${(data.bytes / Math.max(1, data.lz4Bytes)).toFixed(2)}×, no block rounding)`);
+  console.log(`  random file: ${mb(cfg.dataBytes).toFixed(1)} MB of fio --refill_buffers data\n`);
+  const samples = new Map<Compression, Samples>();
+  for (const c of compressions) samples.set(c, Object.fromEntries(compressMetrics.map((m) => [m, [] as number[]])) as Samples);
+  const ctx: CompressContext = { cfg, compress, workDir, data, samples, lastInfo: new Map() };
+  for (const workload of ["tree", "random"] as const) {
+    try {
+      for (let runIndex = 1; runIndex <= compress.runs; runIndex++) {
+        for (const c of compressions) {
+          if (aborting) return ctx;
+          await compressRun(ctx, workload, c, runIndex);
+        }
+      }
+    } catch (err) {
+      if (aborting) return ctx;
+      const msg = `${workload}: ${err instanceof Error ? err.message : String(err)}`;
+      errors.push(msg);
+      console.log(`  error: ${msg} (skipping the rest of ${workload})`);
+    }
+  }
+  return ctx;
+}
+
 // ---------------------------------------------------------------- prerequisites
 
-/** fio always; fuse2fs and mkfs.ext4 when fuse2fs is a target. Installs them as root, else says what to install. */
+/** fio always; fuse2fs and mkfs.ext4 when fuse2fs is a target (tar, cp and diff come with Debian). Installs them as root, else says what to install. */
 function ensureTools(cfg: Config): void {
-  const needed = ["fio", "mountpoint", "umount", "sync", ...(cfg.targets.includes("fuse2fs") ? ["fuse2fs", "mkfs.ext4"] : [])];
+  const needed = [
+    "fio",
+    "mountpoint",
+    "umount",
+    "sync",
+    ...(cfg.targets.includes("fuse2fs") ? ["fuse2fs", "mkfs.ext4"] : []),
+    ...(cfg.compress !== null ? ["tar", "cp", "diff"] : []),
+  ];
   const missing = needed.filter((c) => !commandExists(c));
   if (missing.length === 0) return;
   const install = ["apt-get", "install", "-y", "fuse2fs", "fio"];
@@ -749,24 +1058,39 @@ async function main(): Promise<number> {
   installSignalHandlers();
   workDir = fs.mkdtempSync(path.join(os.tmpdir(), "bench_fs-"));
 
-  const mib = (b: number) => (b >= GiB ? `${b / GiB} GiB` : `${b / MiB} MiB`);
+  const mib = (b: number) => (b >= GiB && b % GiB === 0 ? `${b / GiB} GiB` : `${b / MiB} MiB`);
   console.log(`bench:fs on ${os.cpus().length} CPUs, ${(os.totalmem() / GiB).toFixed(1)} GiB RAM, Linux ${os.release()}, Node ${process.version}`);
-  console.log(`  targets: ${cfg.targets.join(", ")}; work dir ${workDir}`);
-  console.log(`  seq file ${mib(cfg.dataBytes)}, rand file ${mib(cfg.randBytes)}, ${cfg.files} files, images ${mib(cfg.imageBytes)}`);
+  if (cfg.compress !== null) {
+    console.log(`  compression: grovefs mkfs --compress lz4 against --compress none; work dir ${workDir}`);
+    console.log(`  ${cfg.compress.runs} runs per target alternating (lz4 none lz4 none ...), each on a fresh image of ${mib(cfg.imageBytes)}`);
+  } else {
+    console.log(`  targets: ${cfg.targets.join(", ")}; work dir ${workDir}`);
+    console.log(`  seq file ${mib(cfg.dataBytes)}, rand file ${mib(cfg.randBytes)}, ${cfg.files} files, images ${mib(cfg.imageBytes)}`);
+  }
   console.log(
     `  caches: ${isRoot ? "sync + drop_caches (echo 3) before every timed phase" : "NOT dropped (not root)"}; ` +
-      "grovefs and fuse2fs remounted before each read phase, ceiling (in-memory) not",
+      (cfg.compress !== null ? "remounted before each read phase" : "grovefs and fuse2fs remounted before each read phase, ceiling (in-memory) not"),
   );
   console.log(`  fio ${fioCommon.join(" ")}; MB = 10^6 bytes\n`);
 
-  const results = new Map<TargetName, Figures>();
   const errors: string[] = [];
-  try {
-    for (const name of cfg.targets) results.set(name, await benchTarget(cfg, workDir, name, errors));
-  } finally {
-    await cleanup();
+  if (cfg.compress !== null) {
+    let ctx: CompressContext | undefined;
+    try {
+      ctx = await compressBench(cfg, cfg.compress, workDir, errors);
+    } finally {
+      await cleanup();
+    }
+    printCompressReport(ctx);
+  } else {
+    const results = new Map<TargetName, Figures>();
+    try {
+      for (const name of cfg.targets) results.set(name, await benchTarget(cfg, workDir, name, errors));
+    } finally {
+      await cleanup();
+    }
+    printReport(cfg, results);
   }
-  printReport(cfg, results);
   if (errors.length > 0) {
     console.log(`\n${errors.length} error(s):`);
     for (const e of errors) console.log(`  ${e}`);

@@ -56,6 +56,18 @@ describe("mount options", () => {
     expect(() => parseMountOptions(["ro,sync"])).toThrow(/unknown mount option 'sync'/);
     expect(() => parseMountOptions(["allow_other"])).toThrow(/unknown mount option/);
   });
+
+  it("takes compress=lz4 and compress=none (the last one wins), and refuses any other compression", () => {
+    expect(parseMountOptions(["compress=lz4"])).toEqual({ readOnly: false, extra: [], compression: "lz4" });
+    expect(parseMountOptions(["ro,compress=none", "noatime"])).toEqual({ readOnly: true, extra: ["noatime"], compression: "none" });
+    expect(parseMountOptions(["compress=none,compress=lz4"]).compression).toBe("lz4");
+    expect(parseMountOptions(["rw"]).compression).toBeUndefined();
+    for (const bad of ["compress=zstd", "compress=", "compress=LZ4", "compress=lz4:3"]) {
+      expect(() => parseMountOptions([bad]), bad).toThrow(/unknown compression/);
+    }
+    expect(() => parseMountOptions(["compress"])).toThrow(/mount option 'compress' is not supported/);
+    expect(() => parseMountOptions(["compress-force=lz4"])).toThrow(/not supported/);
+  });
 });
 
 describe("fuse bridge handlers", () => {
@@ -177,6 +189,45 @@ describe("grovefs mkfs and info", () => {
     expect(typeof report.trees).toBe("number");
   });
 
+  it("formats with --compress lz4 or none, and info shows the volume's default compression", async () => {
+    const lz4 = path.join(tmp.path, "lz4.img");
+    const made = await grovefs("mkfs", lz4, "--size", "64M", "--compress", "lz4");
+    expect(made.code, made.stderr).toBe(0);
+    expect(made.stdout).toMatch(/^ {2}compression: +lz4\b/m);
+    const info = await grovefs("info", lz4);
+    expect(info.code, info.stderr).toBe(0);
+    expect(info.stdout).toMatch(/^compression: +lz4 /m);
+    expect(info.stdout).toMatch(/^used: +.* on disk \(\d+ bytes, [\d.]+%\), .* logical \(ratio [\d.]+x\)$/m);
+    expect(info.stdout).toMatch(/^compressed: +0 data extents$/m);
+    const json = JSON.parse((await grovefs("info", lz4, "--json")).stdout) as Record<string, unknown>;
+    expect(json).toMatchObject({ compression: "lz4", compressed: { extents: 0, diskBytes: 0, logicalBytes: 0 } });
+    // Nothing is compressed yet: logical and physical usage agree.
+    expect(json.logicalUsedBytes).toBe(json.usedBytes);
+
+    for (const [name, args] of [["none.img", ["--compress", "none"]], ["default.img", []]] as const) {
+      const image = path.join(tmp.path, name);
+      const r = await grovefs("mkfs", image, "--size", "16M", ...args);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/^ {2}compression: +none$/m);
+      expect(JSON.parse((await grovefs("info", image, "--json")).stdout)).toMatchObject({ compression: "none" });
+    }
+  });
+
+  it("refuses an unknown --compress in one line and leaves the target alone", async () => {
+    const image = path.join(tmp.path, "z.img");
+    for (const bad of ["zstd", "LZ4", ""]) {
+      const r = await grovefs("mkfs", image, "--size", "16M", "--compress", bad);
+      expectOneLineError(r, /unknown compression .* for --compress — accepted: --compress lz4, --compress none/, 1);
+      expect(fs.existsSync(image), `mkfs --compress '${bad}' created the image`).toBe(false);
+    }
+    // An existing volume, even with --force, is not touched.
+    expect((await grovefs("mkfs", image, "--size", "16M", "--label", "kept")).code).toBe(0);
+    const before = fs.readFileSync(image);
+    expectOneLineError(await grovefs("mkfs", image, "--force", "--label", "new", "--compress", "zstd"), /unknown compression 'zstd'/, 1);
+    expect(fs.readFileSync(image).equals(before)).toBe(true);
+    expect(JSON.parse((await grovefs("info", image, "--json")).stdout)).toMatchObject({ label: "kept", compression: "none" });
+  });
+
   it("formats a 1 TiB sparse image in a few blocks", async () => {
     const image = path.join(tmp.path, "huge.img");
     const started = performance.now();
@@ -246,7 +297,13 @@ describe("grovefs mkfs and info", () => {
     expectOneLineError(await grovefs("mount", path.join(tmp.path, "none.img"), mnt), /no such image/);
     expectOneLineError(await grovefs("mount", image, path.join(tmp.path, "nomnt")), /mount point .* does not exist/);
     expectOneLineError(await grovefs("mount", image, image), /not a directory/);
-    expectOneLineError(await grovefs("mount", "-o", "ro,sync", image, mnt), /unknown mount option 'sync'/);
+    expectOneLineError(await grovefs("mount", "-o", "ro,sync", image, mnt), /unknown mount option 'sync'.*compress=lz4\|none/);
+    // Refused before the image or the mount point is looked at, in either mode.
+    for (const mode of [[], ["--foreground"]]) {
+      const bogus = await grovefs("mount", ...mode, "-o", "compress=bogus", image, mnt);
+      expectOneLineError(bogus, /unknown compression 'bogus' for -o compress — accepted: -o compress=lz4, -o compress=none/, 1);
+    }
+    expectOneLineError(await grovefs("mount", "-o", "rw,compress", image, mnt), /mount option 'compress' is not supported.*compress=lz4/, 1);
   });
 });
 
@@ -272,7 +329,7 @@ describe("image locking", () => {
 
   it("refuses an image open in another process, and a SIGKILL releases it", async () => {
     const image = path.join(tmp.path, "a.img");
-    expect((await grovefs("mkfs", image, "--size", "8M", "--label", "held")).code).toBe(0);
+    expect((await grovefs("mkfs", image, "--size", "8M", "--label", "held", "--compress", "lz4")).code).toBe(0);
     const child = await holdImage(image);
 
     expectOneLineError(await grovefs("mkfs", image, "--force"), /is in use by another grovefs process/);
@@ -280,10 +337,11 @@ describe("image locking", () => {
     fs.mkdirSync(mnt);
     expectOneLineError(await grovefs("mount", "--foreground", image, mnt), /is in use by another grovefs process/);
 
-    // info still shows the committed superblock, marked as in use.
+    // info still shows the committed superblock, marked as in use, and its default compression.
     const info = await grovefs("info", image, "--json");
     expect(info.code, info.stderr).toBe(0);
-    expect(JSON.parse(info.stdout)).toMatchObject({ inUse: true, label: "held", sizeBytes: 8 * 2 ** 20 });
+    expect(JSON.parse(info.stdout)).toMatchObject({ inUse: true, label: "held", sizeBytes: 8 * 2 ** 20, compression: "lz4" });
+    expect(JSON.parse(info.stdout).usedBytes).toBeUndefined();
 
     const exited = new Promise((resolve) => child.once("exit", resolve));
     child.kill("SIGKILL");

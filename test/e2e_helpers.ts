@@ -311,8 +311,9 @@ export class E2eVolume {
     return null;
   }
 
-  async mkfs(size = "4G"): Promise<void> {
-    await this.groveOk(["mkfs", this.image, "--size", size]);
+  /** `grovefs mkfs IMAGE --size size [extra]` (e.g. `["--compress", "lz4"]`). */
+  async mkfs(size = "4G", extra: string[] = []): Promise<void> {
+    await this.groveOk(["mkfs", this.image, "--size", size, ...extra]);
   }
 
   /** `grovefs mount IMAGE MNT [extra]`; once it returns, the mount must be in the mount table and usable. */
