@@ -66,7 +66,8 @@
  * `mkfs --compress lz4` ("lz4") against `mkfs --compress none` ("none"), both
  * through the real FUSE mount. Every measurement formats a fresh image and
  * mounts it; each is run --runs times (at least 3) alternating the two
- * targets (lz4 none lz4 none ...), and the table shows medians.
+ * targets in ABBA order (lz4 none, none lz4, lz4 none ...), so neither is
+ * always first in a pair, and the table shows medians.
  *   tree     a real source tree: --tree (default the repo's node_modules),
  *            symlinks dereferenced, staged once into the temp dir and capped
  *            at --tree-size bytes of file data (files in sorted path order;
@@ -951,7 +952,9 @@ async function compressBench(cfg: Config, compress: CompressConfig, workDir: str
   for (const workload of ["tree", "random"] as const) {
     try {
       for (let runIndex = 1; runIndex <= compress.runs; runIndex++) {
-        for (const c of compressions) {
+        // ABBA order: whichever target runs first in a pair (warmer or colder machine, page cache) is not always the same one.
+        const order = runIndex % 2 === 1 ? compressions : [...compressions].reverse();
+        for (const c of order) {
           if (aborting) return ctx;
           await compressRun(ctx, workload, c, runIndex);
         }
@@ -1062,7 +1065,7 @@ async function main(): Promise<number> {
   console.log(`bench:fs on ${os.cpus().length} CPUs, ${(os.totalmem() / GiB).toFixed(1)} GiB RAM, Linux ${os.release()}, Node ${process.version}`);
   if (cfg.compress !== null) {
     console.log(`  compression: grovefs mkfs --compress lz4 against --compress none; work dir ${workDir}`);
-    console.log(`  ${cfg.compress.runs} runs per target alternating (lz4 none lz4 none ...), each on a fresh image of ${mib(cfg.imageBytes)}`);
+    console.log(`  ${cfg.compress.runs} runs per target alternating (lz4 none, none lz4, ...), each on a fresh image of ${mib(cfg.imageBytes)}`);
   } else {
     console.log(`  targets: ${cfg.targets.join(", ")}; work dir ${workDir}`);
     console.log(`  seq file ${mib(cfg.dataBytes)}, rand file ${mib(cfg.randBytes)}, ${cfg.files} files, images ${mib(cfg.imageBytes)}`);
