@@ -4,11 +4,11 @@
  * mount), as GroveFs.format and GroveFs.open take them. Anything else is
  * refused with the accepted values named.
  */
+import { type CompressionName, compressionNames } from "../fs/index.js";
 import { printable } from "./control.js";
 import { CliError } from "./errors.js";
 
-export const compressionNames = ["lz4", "none"] as const;
-export type CompressionName = (typeof compressionNames)[number];
+export { compressionNames, type CompressionName };
 
 export function isCompressionName(value: string): value is CompressionName {
   return (compressionNames as readonly string[]).includes(value);

@@ -116,9 +116,9 @@ export interface GroveFsOptions {
   compression?: CompressionName;
 }
 
-export type CompressionName = "lz4" | "none";
-
-export const compressionNames: readonly CompressionName[] = ["lz4", "none"];
+/** How new file data may be compressed: the names mkfs and mount take. */
+export const compressionNames = ["lz4", "none"] as const;
+export type CompressionName = (typeof compressionNames)[number];
 
 function compressionOf(name: CompressionName): Compression {
   return name === "lz4" ? Compression.Lz4 : Compression.None;

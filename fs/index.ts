@@ -1,7 +1,7 @@
 /** fs: POSIX files and directories over the storage engine, and the FUSE bridge. */
 export * from "./api.js";
 export * from "./constants.js";
-export { GroveFs, type GroveFsOptions, type VolumeInfo } from "./filesystem.js";
+export { GroveFs, type GroveFsOptions, type VolumeInfo, compressionNames, type CompressionName } from "./filesystem.js";
 export { checkFilesystem, type FsReport, type InodeFix } from "./check.js";
 export * from "./fuse_bridge.js";
 export { repairFilesystem, type RepairResult } from "./repair.js";
