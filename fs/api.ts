@@ -59,6 +59,30 @@ export interface StatFs {
 /** A time to set: nanoseconds, "now", or "omit" (UTIME_NOW and UTIME_OMIT). */
 export type TimeSpec = bigint | "now" | "omit";
 
+/** A directory entry with its name as stored: bytes (names need not be UTF-8). */
+export interface DirEntryBytes {
+  name: Buffer;
+  ino: number;
+  /** The S_IFMT bits of the entry's mode. */
+  type: number;
+}
+
+/** What setattr changes; an absent field stays as it is. */
+export interface SetAttr {
+  /** Truncates or extends, as truncate(2). */
+  size?: number;
+  /** The permission bits (07777); the file type never changes. */
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  atime?: TimeSpec;
+  mtime?: TimeSpec;
+  /** ctime as the kernel's writeback cache keeps it; otherwise ctime becomes now. */
+  ctime?: bigint;
+  /** Clear set-user-id and set-group-id (with group execute): a truncate by an unprivileged caller. */
+  killSuidgid?: boolean;
+}
+
 /** setxattr flags, as in <sys/xattr.h>. */
 export const xattrCreate = 1;
 export const xattrReplace = 2;
@@ -104,7 +128,50 @@ export interface SubvolumeOps {
   /** Runs pending deletions to the end, committing as it goes (CLI on an unmounted image). */
   finishDeletions(): void;
   /** A read-only view of a snapshot, for /.snapshots/NAME (ENOENT if none; EINVAL for a clone). */
-  snapshotView(name: string): FileSystemOps;
+  snapshotView(name: string): FileSystemOps & InodeOps;
+}
+
+/**
+ * The filesystem addressed by inode number, as the FUSE kernel protocol
+ * addresses it: names are looked up in a parent directory, and everything
+ * else names an inode (or a handle from open). The root directory is inode 1.
+ * An inode that is gone (its last name removed and its last handle closed)
+ * answers ENOENT. Permission checks are the caller's (the kernel's
+ * default_permissions); these check only what the filesystem itself must.
+ */
+export interface InodeOps {
+  lookup(parent: number, name: Buffer): Stat;
+  /** lookup, but undefined for a missing name instead of ENOENT (the kernel's hot negative lookup). */
+  findEntry(parent: number, name: Buffer): Stat | undefined;
+  statIno(ino: number): Stat;
+  setattr(ino: number, attr: SetAttr): Stat;
+  readlinkIno(ino: number): Buffer;
+  mkdirAt(parent: number, name: Buffer, mode: number, caller: Caller): Stat;
+  mknodAt(parent: number, name: Buffer, mode: number, rdev: number, caller: Caller): Stat;
+  symlinkAt(parent: number, name: Buffer, target: Buffer, caller: Caller): Stat;
+  linkAt(ino: number, parent: number, name: Buffer): Stat;
+  unlinkAt(parent: number, name: Buffer): void;
+  rmdirAt(parent: number, name: Buffer): void;
+  renameAt(parent: number, name: Buffer, newParent: number, newName: Buffer, flags?: number): void;
+  createAt(parent: number, name: Buffer, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat };
+  openIno(ino: number, flags: number): number;
+  opendirIno(ino: number): number;
+  /** Entries after the name `after` (all when undefined), in name order, until `take` returns false. */
+  readdirIno(ino: number, after: Buffer | undefined, take: (entry: DirEntryBytes) => boolean): void;
+  read(fh: number, buffer: Buffer, length: number, position: number): number;
+  write(fh: number, buffer: Buffer, length: number, position: number, killSuidgid?: boolean): number;
+  flush(fh: number): void;
+  fsync(fh: number, dataOnly: boolean): void;
+  release(fh: number): void;
+  releasedir(fh: number): void;
+  fsyncdir(fh: number, dataOnly: boolean): void;
+  findXattrIno(ino: number, name: string): Buffer | undefined;
+  setxattrIno(ino: number, name: string, value: Buffer, flags: number): void;
+  listxattrIno(ino: number): string[];
+  removexattrIno(ino: number, name: string): void;
+  statfs(): StatFs;
+  sync(): void;
+  close(): void;
 }
 
 export interface FileSystemOps {

@@ -39,7 +39,10 @@ import {
 import type {
   Caller,
   DirEntry,
+  DirEntryBytes,
+  SetAttr,
   FileSystemOps,
+  InodeOps,
   Stat,
   StatFs,
   SubvolumeInfo,
@@ -156,7 +159,7 @@ interface Handle {
 
 const wallClock = (): bigint => BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
 
-export class GroveFs implements FileSystemOps, SubvolumeOps {
+export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   readonly store: Store;
   readonly space: FreeSpace;
   /** Nothing in this subvolume may change: a read-only open, or a snapshot. */
@@ -410,7 +413,7 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     }
   }
 
-  snapshotView(name: string): FileSystemOps {
+  snapshotView(name: string): FileSystemOps & InodeOps {
     this.checkOpen();
     if (this.views === null) throw new GroveError("EINVAL", "EINVAL_view", "a snapshot view has no views");
     const record = this.volume.subvolumes.get(name);
@@ -468,6 +471,11 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     return this.stat(this.loadInode(this.handle(fh).ino));
   }
 
+  /** The attributes of inode `ino`; ENOENT once it is gone (a stale kernel inode). */
+  statIno(ino: number): Stat {
+    return this.stat(this.inodeAt(ino));
+  }
+
   access(path: string, mode: number): void {
     const inode = this.resolve(path);
     if ((mode & C.W_OK) !== 0 && this.readOnly) {
@@ -479,34 +487,46 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   chmod(path: string, mode: number): void {
-    const inode = this.resolve(path);
-    this.mutation(1, () => {
-      inode.mode = (inode.mode & S_IFMT) | (mode & permissionBits);
-      inode.ctimeNs = this.clock();
-      this.saveInode(inode);
-    });
+    this.applySetattr(this.resolve(path), { mode });
   }
 
   chown(path: string, uid: number, gid: number): void {
-    const inode = this.resolve(path);
-    this.mutation(1, () => {
-      if (uid !== -1 && uid !== 0xffffffff) inode.uid = uid;
-      if (gid !== -1 && gid !== 0xffffffff) inode.gid = gid;
-      inode.ctimeNs = this.clock();
-      this.saveInode(inode);
-    });
+    this.applySetattr(this.resolve(path), { uid: ownerId(uid), gid: ownerId(gid), killSuidgid: true });
   }
 
   utimens(path: string, atime: TimeSpec, mtime: TimeSpec): void {
-    const inode = this.resolve(path);
-    if (typeof atime === "bigint") checkTime(atime);
-    if (typeof mtime === "bigint") checkTime(mtime);
-    if (atime === "omit" && mtime === "omit") return;
+    this.applySetattr(this.resolve(path), { atime, mtime });
+  }
+
+  /** Changes what `attr` names (size first, as truncate(2)), in that order; returns the new attributes. */
+  setattr(ino: number, attr: SetAttr): Stat {
+    const inode = this.inodeAt(ino);
+    this.applySetattr(inode, attr);
+    return this.stat(inode);
+  }
+
+  private applySetattr(inode: Inode, attr: SetAttr): void {
+    for (const time of [attr.atime, attr.mtime, attr.ctime]) if (typeof time === "bigint") checkTime(time);
+    if (attr.size !== undefined) {
+      const type = inode.mode & S_IFMT;
+      if (type === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory");
+      if (type !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
+      this.setSize(inode, attr.size);
+    }
+    const owner = attr.uid !== undefined || attr.gid !== undefined;
+    const times = (attr.atime ?? "omit") !== "omit" || (attr.mtime ?? "omit") !== "omit";
+    const kill = ((attr.killSuidgid ?? false) || owner) && (inode.mode & S_IFMT) !== S_IFDIR;
+    if (attr.mode === undefined && !owner && !times && attr.ctime === undefined && !kill) return;
     this.mutation(1, () => {
       const now = this.clock();
-      if (atime !== "omit") inode.atimeNs = atime === "now" ? now : atime;
-      if (mtime !== "omit") inode.mtimeNs = mtime === "now" ? now : mtime;
-      inode.ctimeNs = now;
+      if (attr.mode !== undefined) inode.mode = (inode.mode & S_IFMT) | (attr.mode & permissionBits);
+      if (attr.uid !== undefined) inode.uid = attr.uid;
+      if (attr.gid !== undefined) inode.gid = attr.gid;
+      // chown(2) and, with the kernel's HANDLE_KILLPRIV_V2, truncate by an unprivileged caller: the server clears set-id bits.
+      if (kill && attr.mode === undefined) inode.mode = withoutSetIdBits(inode.mode);
+      if (attr.atime !== undefined && attr.atime !== "omit") inode.atimeNs = attr.atime === "now" ? now : attr.atime;
+      if (attr.mtime !== undefined && attr.mtime !== "omit") inode.mtimeNs = attr.mtime === "now" ? now : attr.mtime;
+      inode.ctimeNs = attr.ctime ?? now;
       this.saveInode(inode);
     });
   }
@@ -527,9 +547,32 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     return out;
   }
 
+  /**
+   * Calls `take` with each entry of directory `ino` after the name `after`
+   * (from the start when undefined), in name order, until it returns false.
+   * "." and ".." are not entries. The names are views: copy what is kept.
+   */
+  readdirIno(ino: number, after: Buffer | undefined, take: (entry: DirEntryBytes) => boolean): void {
+    const dir = this.dirAt(ino);
+    const from = after === undefined ? undefined : Buffer.concat([after, nulByte]);
+    for (const item of this.mapOf(dir).range(from)) {
+      const entry = decodeDirent(dir.ino, item.value);
+      if (!take({ name: item.key, ino: entry.ino, type: entry.type << 12 })) break;
+    }
+    this.touchAtime(dir);
+  }
+
   mkdir(path: string, mode: number, caller: Caller): Stat {
     this.makeRoom(16);
-    const { dir, name } = this.parentFor(path, "create");
+    return this.mkdirIn(this.parentFor(path, "create"), mode, caller);
+  }
+
+  mkdirAt(parent: number, name: Buffer, mode: number, caller: Caller): Stat {
+    this.makeRoom(16);
+    return this.mkdirIn(this.parentAt(parent, name, "create"), mode, caller);
+  }
+
+  private mkdirIn({ dir, name }: Slot, mode: number, caller: Caller): Stat {
     const inode = this.mutation(4, () => {
       const child = this.createInode(dir, S_IFDIR | (mode & permissionBits & ~0o7000) | (mode & S_ISVTX), caller);
       child.nlink = 2;
@@ -545,7 +588,15 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
 
   rmdir(path: string): void {
     this.makeRoom(16);
-    const { dir, name } = this.parentFor(path, "remove-dir");
+    this.rmdirIn(this.parentFor(path, "remove-dir"));
+  }
+
+  rmdirAt(parent: number, name: Buffer): void {
+    this.makeRoom(16);
+    this.rmdirIn(this.parentAt(parent, name, "remove-dir"));
+  }
+
+  private rmdirIn({ dir, name, path }: Slot): void {
     const target = this.entryInode(dir, name, path);
     if ((target.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_rmdir", "not a directory", { path });
     if (this.mapOf(target).count > 0) {
@@ -570,6 +621,11 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     return this.newHandle({ ino: dir.ino, flags: 0, directory: true });
   }
 
+  opendirIno(ino: number): number {
+    this.checkOpenSlots();
+    return this.newHandle({ ino: this.dirAt(ino).ino, flags: 0, directory: true });
+  }
+
   releasedir(fh: number): void {
     this.closeHandle(fh);
   }
@@ -584,7 +640,15 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   unlink(path: string): void {
     // On a full volume a delete still copies a path (more with snapshots): commit first if only pending frees would fit it.
     this.makeRoom(16);
-    const { dir, name } = this.parentFor(path, "remove");
+    this.unlinkIn(this.parentFor(path, "remove"));
+  }
+
+  unlinkAt(parent: number, name: Buffer): void {
+    this.makeRoom(16);
+    this.unlinkIn(this.parentAt(parent, name, "remove"));
+  }
+
+  private unlinkIn({ dir, name, path }: Slot): void {
     const target = this.entryInode(dir, name, path);
     if ((target.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_unlink", "is a directory", { path });
     const freed = this.freedRangesIfLast(target);
@@ -603,11 +667,28 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   link(existing: string, newPath: string): Stat {
     this.makeRoom(16);
     const inode = this.resolve(existing);
+    this.checkLinkable(inode, existing);
+    return this.linkIn(inode, this.parentFor(newPath, "create"));
+  }
+
+  /** A new name `name` in directory `parent` for inode `ino`. */
+  linkAt(ino: number, parent: number, name: Buffer): Stat {
+    this.makeRoom(16);
+    const inode = this.inodeAt(ino);
+    this.checkLinkable(inode, undefined);
+    return this.linkIn(inode, this.parentAt(parent, name, "create"));
+  }
+
+  private checkLinkable(inode: Inode, path: string | undefined): void {
     if ((inode.mode & S_IFMT) === S_IFDIR) {
-      throw new GroveError("EPERM", "EPERM_link_dir", "hard links to directories are not allowed", { path: existing });
+      throw new GroveError("EPERM", "EPERM_link_dir", "hard links to directories are not allowed", { path });
     }
-    if (inode.nlink >= linkCountMax) throw new GroveError("EMLINK", "EMLINK_link", "too many links", { path: existing });
-    const { dir, name } = this.parentFor(newPath, "create");
+    if (inode.nlink >= linkCountMax) throw new GroveError("EMLINK", "EMLINK_link", "too many links", { path });
+    // An open file whose last name went (nlink 0) cannot get a new one, as linkat(2) without AT_EMPTY_PATH.
+    if (inode.nlink === 0) throw new GroveError("ENOENT", "ENOENT_link_unlinked", "the file has no name left", { path });
+  }
+
+  private linkIn(inode: Inode, { dir, name }: Slot): Stat {
     this.mutation(3, () => {
       inode.nlink++;
       inode.ctimeNs = this.clock();
@@ -619,13 +700,21 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
 
   symlink(target: string, path: string, caller: Caller): Stat {
     this.makeRoom(16);
-    const bytes = Buffer.from(target, "utf8");
+    return this.symlinkIn(Buffer.from(target, "utf8"), () => this.parentFor(path, "create"), caller, path);
+  }
+
+  symlinkAt(parent: number, name: Buffer, target: Buffer, caller: Caller): Stat {
+    this.makeRoom(16);
+    return this.symlinkIn(target, () => this.parentAt(parent, name, "create"), caller, undefined);
+  }
+
+  private symlinkIn(bytes: Buffer, slot: () => Slot, caller: Caller, path: string | undefined): Stat {
     if (bytes.length === 0) throw new GroveError("ENOENT", "ENOENT_symlink_empty", "empty symlink target", { path });
     if (bytes.length > symlinkTargetSizeMaxBytes) {
       throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_symlink", "symlink target too long", { path });
     }
     if (bytes.includes(0)) throw new GroveError("EINVAL", "EINVAL_symlink_nul", "symlink target contains NUL", { path });
-    const { dir, name } = this.parentFor(path, "create");
+    const { dir, name } = slot();
     this.data.admit(0, 0, Math.ceil(bytes.length / blockSizeBytes));
     const inode = this.mutation(4, () => {
       const link = this.createInode(dir, S_IFLNK | 0o777, caller);
@@ -638,21 +727,37 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   readlink(path: string): string {
-    const inode = this.resolve(path);
+    return this.targetOf(this.resolve(path), path).toString("utf8");
+  }
+
+  readlinkIno(ino: number): Buffer {
+    return this.targetOf(this.inodeAt(ino), undefined);
+  }
+
+  private targetOf(inode: Inode, path: string | undefined): Buffer {
     if ((inode.mode & S_IFMT) !== S_IFLNK) throw new GroveError("EINVAL", "EINVAL_readlink", "not a symlink", { path });
     const out = Buffer.alloc(inode.size);
     const n = this.data.read(inode, this.mapOf(inode), out, inode.size, 0);
-    return out.toString("utf8", 0, n);
+    return out.subarray(0, n);
   }
 
   mknod(path: string, mode: number, rdev: number, caller: Caller): Stat {
     this.makeRoom(16);
+    return this.mknodIn(() => this.parentFor(path, "create"), mode, rdev, caller, path);
+  }
+
+  mknodAt(parent: number, name: Buffer, mode: number, rdev: number, caller: Caller): Stat {
+    this.makeRoom(16);
+    return this.mknodIn(() => this.parentAt(parent, name, "create"), mode, rdev, caller, undefined);
+  }
+
+  private mknodIn(slot: () => Slot, mode: number, rdev: number, caller: Caller, path: string | undefined): Stat {
     const type = mode & S_IFMT;
     const allowed = [S_IFREG, C.S_IFIFO, C.S_IFSOCK, C.S_IFCHR, C.S_IFBLK];
     if (!allowed.includes(type === 0 ? S_IFREG : type)) {
       throw new GroveError("EINVAL", "EINVAL_mknod_type", "mknod cannot create this file type", { path });
     }
-    const { dir, name } = this.parentFor(path, "create");
+    const { dir, name } = slot();
     const inode = this.mutation(3, () => {
       const node = this.createInode(dir, (type === 0 ? S_IFREG : type) | (mode & permissionBits), caller);
       if (type === C.S_IFCHR || type === C.S_IFBLK) node.rdev = rdev;
@@ -664,13 +769,22 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   rename(from: string, to: string, flags = 0): void {
-    if ((flags & ~(renameNoReplace | renameExchange)) !== 0 || flags === (renameNoReplace | renameExchange)) {
-      throw new GroveError("EINVAL", "EINVAL_rename_flags", "invalid rename flags");
-    }
+    checkRenameFlags(flags);
     // Before anything is loaded: a commit here writes out buffered inodes.
     this.makeRoom(16);
-    const src = this.parentFor(from, "rename-source");
-    const dst = this.parentFor(to, "rename-target");
+    this.renameIn(this.parentFor(from, "rename-source"), this.parentFor(to, "rename-target"), flags);
+  }
+
+  renameAt(parent: number, name: Buffer, newParent: number, newName: Buffer, flags = 0): void {
+    checkRenameFlags(flags);
+    this.makeRoom(16);
+    const src = this.parentAt(parent, name, "rename-source");
+    this.renameIn(src, this.parentAt(newParent, newName, "rename-target"), flags);
+  }
+
+  private renameIn(src: Slot, dst: Slot, flags: number): void {
+    const from = src.path;
+    const to = dst.path;
     const moving = this.entryInode(src.dir, src.name, from);
     const existingEntry = this.mapOf(dst.dir).get(dst.name);
     const existing = existingEntry === undefined ? undefined : this.loadInode(decodeDirent(dst.dir.ino, existingEntry).ino);
@@ -723,11 +837,22 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
 
   create(path: string, mode: number, flags: number, caller: Caller): number {
     this.makeRoom(16);
-    const { dir, name } = this.parentFor(path, "open-create");
+    return this.createIn(this.parentFor(path, "open-create"), mode, flags, caller).fh;
+  }
+
+  /** open(2) with O_CREAT of `name` in directory `parent`: a new file, or the existing one without O_EXCL. */
+  createAt(parent: number, name: Buffer, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
+    this.makeRoom(16);
+    return this.createIn(this.parentAt(parent, name, "open-create"), mode, flags, caller);
+  }
+
+  private createIn({ dir, name, path }: Slot, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
     const entry = this.mapOf(dir).get(name);
     if (entry !== undefined) {
       if ((flags & C.O_EXCL) !== 0) throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
-      return this.open(path, flags & ~C.O_CREAT);
+      const existing = this.loadInode(decodeDirent(dir.ino, entry).ino);
+      const fh = this.openInode(existing, flags & ~C.O_CREAT, path);
+      return { fh, stat: this.stat(existing) };
     }
     this.checkOpenSlots();
     const inode = this.mutation(3, () => {
@@ -736,11 +861,18 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
       this.addEntry(dir, name, file);
       return file;
     });
-    return this.newHandle({ ino: inode.ino, flags, directory: false });
+    return { fh: this.newHandle({ ino: inode.ino, flags, directory: false }), stat: this.stat(inode) };
   }
 
   open(path: string, flags: number): number {
-    const inode = this.resolve(path);
+    return this.openInode(this.resolve(path), flags, path);
+  }
+
+  openIno(ino: number, flags: number): number {
+    return this.openInode(this.inodeAt(ino), flags, undefined);
+  }
+
+  private openInode(inode: Inode, flags: number, path: string | undefined): number {
     const type = inode.mode & S_IFMT;
     const writable = (flags & O_ACCMODE) !== C.O_RDONLY;
     if (type === S_IFDIR && writable) throw new GroveError("EISDIR", "EISDIR_open", "is a directory", { path });
@@ -762,7 +894,8 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     return n;
   }
 
-  write(fh: number, buffer: Buffer, length: number, position: number): number {
+  /** `killSuidgid`: the kernel asks the server to clear set-id bits (HANDLE_KILLPRIV_V2, an unprivileged writer). */
+  write(fh: number, buffer: Buffer, length: number, position: number, killSuidgid = false): number {
     const handle = this.handle(fh);
     this.makeRoom(Math.ceil(Math.min(length, buffer.length) / blockSizeBytes) + 1);
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_write", "not open for writing");
@@ -789,6 +922,7 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
       const now = this.clock();
       inode.mtimeNs = now;
       inode.ctimeNs = now;
+      if (killSuidgid) inode.mode = withoutSetIdBits(inode.mode);
       this.saveInode(inode);
     });
     this.afterWrite();
@@ -839,12 +973,33 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
     return value;
   }
 
+  /** An attribute of inode `ino`, or undefined when it has none of that name (the common miss builds no error). */
+  findXattrIno(ino: number, name: string): Buffer | undefined {
+    return this.xattrOf(this.inodeAt(ino), name);
+  }
+
+  setxattrIno(ino: number, name: string, value: Buffer, flags: number): void {
+    this.makeRoom(16);
+    this.setxattrOn(this.inodeAt(ino), name, value, flags, undefined);
+  }
+
+  listxattrIno(ino: number): string[] {
+    return this.xattrNames(this.inodeAt(ino));
+  }
+
+  removexattrIno(ino: number, name: string): void {
+    this.removexattrOn(this.inodeAt(ino), name, undefined);
+  }
+
   /**
    * getxattr without an error for a missing attribute: the kernel asks for
    * security.capability before every write, so the miss is the hot case.
    */
   findXattr(path: string, name: string): Buffer | undefined {
-    const inode = this.resolve(path);
+    return this.xattrOf(this.resolve(path), name);
+  }
+
+  private xattrOf(inode: Inode, name: string): Buffer | undefined {
     const prefix = xattrPrefix(inode.ino, xattrName(name));
     const chunks: Buffer[] = [];
     for (const [, value] of this.inodes.range({ from: prefix, to: xattrChunkKey(prefix, 255) })) chunks.push(value);
@@ -853,7 +1008,10 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {
     this.makeRoom(16);
-    const inode = this.resolve(path);
+    this.setxattrOn(this.resolve(path), name, value, flags, path);
+  }
+
+  private setxattrOn(inode: Inode, name: string, value: Buffer, flags: number, path: string | undefined): void {
     const key = xattrName(name);
     if ((flags & ~(xattrCreate | xattrReplace)) !== 0 || flags === (xattrCreate | xattrReplace)) {
       throw new GroveError("EINVAL", "EINVAL_xattr_flags", "invalid setxattr flags", { path });
@@ -879,7 +1037,10 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   listxattr(path: string): string[] {
-    const inode = this.resolve(path);
+    return this.xattrNames(this.resolve(path));
+  }
+
+  private xattrNames(inode: Inode): string[] {
     const names: string[] = [];
     const prefix = xattrPrefix(inode.ino);
     for (const [key] of this.inodes.range({ from: prefix, to: inodeKey(inode.ino + 1) })) {
@@ -890,7 +1051,11 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   removexattr(path: string, name: string): void {
-    const inode = this.resolve(path);
+    this.removexattrOn(this.resolve(path), name, path);
+  }
+
+  private removexattrOn(inode: Inode, name: string, path: string | undefined): void {
+    this.checkWritable();
     const prefix = xattrPrefix(inode.ino, xattrName(name));
     if (this.inodes.get(xattrChunkKey(prefix, 0)) === undefined) {
       throw new GroveError("ENODATA", "ENODATA_xattr", `no attribute ${name}`, { path });
@@ -916,6 +1081,46 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   /** Whether inode `ino` still exists (an unlinked, open file does). */
   hasInode(ino: number): boolean {
     return this.tryLoadInode(ino) !== undefined;
+  }
+
+  // ---- names by inode -----------------------------------------------------------
+
+  /** The inode `name` names in directory `parent` (ENOENT if none; "." and ".." too). */
+  lookup(parent: number, name: Buffer): Stat {
+    const found = this.findEntry(parent, name);
+    if (found === undefined) throw new GroveError("ENOENT", "ENOENT_lookup", "no such file or directory");
+    return found;
+  }
+
+  /** lookup without an error for a missing name: the kernel's negative lookups are a hot path. */
+  findEntry(parent: number, name: Buffer): Stat | undefined {
+    const dir = this.dirAt(parent);
+    if (isDot(name)) return this.stat(dir);
+    if (isDotDot(name)) return this.stat(this.loadInode(dir.parent));
+    checkName(name);
+    const entry = this.mapOf(dir).get(name);
+    return entry === undefined ? undefined : this.stat(this.loadInode(decodeDirent(dir.ino, entry).ino));
+  }
+
+  /** Inode `ino`, or ENOENT: the kernel may still name an inode that is gone. */
+  private inodeAt(ino: number): Inode {
+    this.checkOpen();
+    const inode = Number.isSafeInteger(ino) && ino > 0 ? this.tryLoadInode(ino) : undefined;
+    if (inode === undefined) throw new GroveError("ENOENT", "ENOENT_inode", `no inode ${ino}`);
+    return inode;
+  }
+
+  private dirAt(ino: number): Inode {
+    const inode = this.inodeAt(ino);
+    if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_inode", "not a directory");
+    return inode;
+  }
+
+  /** The slot `name` in directory `parent`, checked for `purpose` as parentFor checks a path's last component. */
+  private parentAt(parent: number, name: Buffer, purpose: SlotPurpose): Slot {
+    const dir = this.dirAt(parent);
+    checkName(name);
+    return this.slotIn(dir, name, purpose, undefined);
   }
 
   // ---- internals: paths -------------------------------------------------------
@@ -944,25 +1149,26 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   /** The directory that holds (or will hold) the last component of `path`, and that component. */
-  private parentFor(
-    path: string,
-    purpose: "create" | "open-create" | "remove" | "remove-dir" | "rename-source" | "rename-target",
-  ): { dir: Inode; name: Buffer } {
+  private parentFor(path: string, purpose: SlotPurpose): Slot {
     const parts = splitPath(path);
     const last = parts.pop();
     if (last === undefined) {
       const code = purpose === "create" ? "EEXIST" : purpose === "remove" || purpose === "open-create" ? "EISDIR" : "EBUSY";
       throw new GroveError(code, `${code}_root`, "the root directory cannot be changed this way", { path });
     }
-    if (last === "." || last === "..") {
+    const dir = this.resolveDir("/" + parts.join("/"));
+    return this.slotIn(dir, Buffer.from(last, "utf8"), purpose, path);
+  }
+
+  private slotIn(dir: Inode, name: Buffer, purpose: SlotPurpose, path: string | undefined): Slot {
+    if (isDot(name) || isDotDot(name)) {
+      const last = name.toString("latin1");
       if (purpose === "create") throw new GroveError("EEXIST", "EEXIST_dot", "file exists", { path });
       if (purpose === "remove-dir" && last === "..") {
         throw new GroveError("ENOTEMPTY", "ENOTEMPTY_dotdot", "directory not empty", { path });
       }
       throw new GroveError("EINVAL", "EINVAL_dot", `"${last}" cannot be used here`, { path });
     }
-    const dir = this.resolveDir("/" + parts.join("/"));
-    const name = Buffer.from(last, "utf8");
     if (purpose === "create" && this.mapOf(dir).get(name) !== undefined) {
       throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
     }
@@ -970,16 +1176,16 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
       throw new GroveError("ENOSPC", "ENOSPC_inodes", "no inode numbers left", { path });
     }
     if (purpose !== "remove" && purpose !== "remove-dir" && purpose !== "rename-source") this.checkWritable();
-    return { dir, name };
+    return { dir, name, path };
   }
 
-  private entryInode(dir: Inode, name: Buffer, path: string): Inode {
+  private entryInode(dir: Inode, name: Buffer, path: string | undefined): Inode {
     const entry = this.mapOf(dir).get(name);
     if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
     return this.loadInode(decodeDirent(dir.ino, entry).ino);
   }
 
-  private checkReplace(moving: Inode, existing: Inode, to: string): void {
+  private checkReplace(moving: Inode, existing: Inode, to: string | undefined): void {
     const movingDir = (moving.mode & S_IFMT) === S_IFDIR;
     const existingDir = (existing.mode & S_IFMT) === S_IFDIR;
     if (movingDir && !existingDir) throw new GroveError("ENOTDIR", "ENOTDIR_rename", "not a directory", { path: to });
@@ -990,7 +1196,7 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 
   /** EINVAL when a directory would move into its own subtree. */
-  private checkNotIntoItself(moving: Inode, target: Inode, to: string): void {
+  private checkNotIntoItself(moving: Inode, target: Inode, to: string | undefined): void {
     if ((moving.mode & S_IFMT) !== S_IFDIR) return;
     let at = target;
     for (let depth = 0; ; depth++) {
@@ -1304,6 +1510,52 @@ export class GroveFs implements FileSystemOps, SubvolumeOps {
   }
 }
 
+/** Where a name is created, removed or renamed: its directory and the name, with the path for messages. */
+interface Slot {
+  dir: Inode;
+  name: Buffer;
+  path?: string;
+}
+
+type SlotPurpose = "create" | "open-create" | "remove" | "remove-dir" | "rename-source" | "rename-target";
+
+const nulByte = Buffer.from([0]);
+
+function isDot(name: Buffer): boolean {
+  return name.length === 1 && name[0] === 0x2e;
+}
+
+function isDotDot(name: Buffer): boolean {
+  return name.length === 2 && name[0] === 0x2e && name[1] === 0x2e;
+}
+
+/** A name as the kernel passes it: 1 to NAME_MAX bytes, no "/" and no NUL. */
+function checkName(name: Buffer): void {
+  if (name.length === 0) throw new GroveError("ENOENT", "ENOENT_name_empty", "empty name");
+  if (name.length > nameSizeMaxBytes) {
+    throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_name", `a name is limited to ${nameSizeMaxBytes} bytes`);
+  }
+  if (name.includes(0x2f) || name.includes(0)) throw new GroveError("EINVAL", "EINVAL_name", "a name cannot contain / or NUL");
+}
+
+function checkRenameFlags(flags: number): void {
+  if ((flags & ~(renameNoReplace | renameExchange)) !== 0 || flags === (renameNoReplace | renameExchange)) {
+    throw new GroveError("EINVAL", "EINVAL_rename_flags", "invalid rename flags");
+  }
+}
+
+/** chown(2)'s "unchanged" is -1 (0xffffffff as an unsigned id). */
+function ownerId(id: number): number | undefined {
+  return id === -1 || id === 0xffffffff ? undefined : id;
+}
+
+/** What chown and an unprivileged write or truncate do to a file's set-id bits (setgid only with group execute, as Linux). */
+function withoutSetIdBits(mode: number): number {
+  const S_ISUID = 0o4000;
+  const S_IXGRP = 0o010;
+  return (mode & ~S_ISUID) & ~((mode & S_IXGRP) !== 0 ? S_ISGID : 0);
+}
+
 function newInode(ino: number, mode: number, caller: Caller, now: bigint, generation: number): Inode {
   return {
     ino,
@@ -1375,7 +1627,7 @@ function xattrName(name: string): Buffer {
 }
 
 /** user.* attributes exist only on regular files and directories (xattr(7)). */
-function checkUserXattr(inode: Inode, name: string, path: string): void {
+function checkUserXattr(inode: Inode, name: string, path: string | undefined): void {
   const type = inode.mode & S_IFMT;
   if (name.startsWith("user.") && type !== S_IFREG && type !== S_IFDIR) {
     throw new GroveError("EPERM", "EPERM_xattr_user", "user attributes need a regular file or directory", { path });

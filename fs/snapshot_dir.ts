@@ -38,7 +38,7 @@
  *   bridge's no-throw invariant holds unchanged.
  */
 import { GroveError } from "../kvstore/index.js";
-import type { Caller, DirEntry, FileSystemOps, Stat, StatFs, SubvolumeInfo, SubvolumeOps, TimeSpec } from "./api.js";
+import type { Caller, DirEntry, FileSystemOps, InodeOps, Stat, StatFs, SubvolumeInfo, SubvolumeOps, TimeSpec } from "./api.js";
 
 /** The served filesystem: the contract, snapshots, and the bridge's periodic commit check. */
 export interface SnapshotSourceFs extends FileSystemOps, SubvolumeOps {
@@ -465,7 +465,7 @@ export class SnapshotDirFs implements FileSystemOps, SubvolumeOps {
     this.inner.finishDeletions();
   }
 
-  snapshotView(name: string): FileSystemOps {
+  snapshotView(name: string): FileSystemOps & InodeOps {
     return this.inner.snapshotView(name);
   }
 
