@@ -11,8 +11,10 @@
  * Why no locking: the daemon runs each request to the end inside one socket
  * callback on the JS thread, and every FUSE handler is synchronous on the same
  * thread, so a request sees the volume between two FUSE operations.
- * createSubvolume commits first, so a snapshot holds everything a write
- * returned for before the request arrived. A deletion only unlinks the name
+ * createSubvolume commits first, and before it `beforeCreate` has the kernel
+ * write back its dirty pages (the writeback cache holds what write(2)
+ * returned for), so a snapshot holds everything a write returned for before
+ * the request arrived. A deletion only unlinks the name
  * here; the bridge's maintenance tick frees the blocks incrementally.
  *
  * The same `runRequest` serves the CLI on an unmounted image, so both targets
@@ -155,7 +157,21 @@ function answer(ops: SubvolumeOps, line: string, report: (error: unknown) => voi
   }
 }
 
-function serveConnection(socket: net.Socket, ops: SubvolumeOps, report: (error: unknown) => void): void {
+/** Whether a request line asks for a snapshot or clone (which must first see the kernel's dirty pages). */
+function createsSubvolume(line: string): boolean {
+  try {
+    return (JSON.parse(line) as { op?: unknown }).op === "create";
+  } catch {
+    return false;
+  }
+}
+
+function serveConnection(
+  socket: net.Socket,
+  ops: SubvolumeOps,
+  report: (error: unknown) => void,
+  beforeCreate: () => Promise<void>,
+): void {
   let text = "";
   socket.setEncoding("utf8");
   socket.on("error", () => {});
@@ -163,15 +179,19 @@ function serveConnection(socket: net.Socket, ops: SubvolumeOps, report: (error: 
     text += chunk;
     const newline = text.indexOf("\n");
     if (newline < 0 && text.length <= requestBytesMax) return;
-    const reply =
-      newline < 0 || newline > requestBytesMax
-        ? errorReply(invalid(`a request is at most ${requestBytesMax} bytes`), report)
-        : answer(ops, text.slice(0, newline), report);
+    const line = newline < 0 || newline > requestBytesMax ? null : text.slice(0, newline);
     text = "";
     // The rest of what the client sends is read and dropped, so it never sees a reset.
     socket.removeAllListeners("data");
     socket.resume();
-    socket.end(`${JSON.stringify(reply)}\n`);
+    const ready = line !== null && createsSubvolume(line) ? beforeCreate() : Promise.resolve();
+    ready.then(
+      () => answerWith(line === null ? errorReply(invalid(`a request is at most ${requestBytesMax} bytes`), report) : answer(ops, line, report)),
+      (error: unknown) => answerWith(errorReply(error, report)),
+    );
+    function answerWith(reply: unknown): void {
+      socket.end(`${JSON.stringify(reply)}\n`);
+    }
   });
 }
 
@@ -184,9 +204,10 @@ export async function startControlServer(
   socketPath: string,
   ops: SubvolumeOps,
   report: (error: unknown) => void,
+  beforeCreate: () => Promise<void> = () => Promise.resolve(),
 ): Promise<ControlServer> {
   removeStaleSocket(socketPath);
-  const server = net.createServer((socket) => serveConnection(socket, ops, report));
+  const server = net.createServer((socket) => serveConnection(socket, ops, report, beforeCreate));
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     // The socket file is created inside listen(): a umask makes it 0600 from the start.

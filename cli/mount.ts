@@ -25,7 +25,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { canonicalMountpoint, findMount, groveFsType, mountGrove, type MountHandle } from "../fs/index.js";
+import { canonicalMountpoint, findMount, groveFsType, mountGrove, transportNames, type MountHandle, type Transport } from "../fs/index.js";
 import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
@@ -150,6 +150,8 @@ const ignoredOptions = new Set(["defaults", "rw", "async"]);
 export interface ParsedMountOptions {
   readOnly: boolean;
   extra: string[];
+  /** transport=: how the daemon speaks to the kernel; absent for the default (kernel as root). */
+  transport?: Transport;
   /** compress=: overrides the volume's default for new writes; absent when not given. */
   compression?: CompressionName;
 }
@@ -165,17 +167,39 @@ export function parseMountOptions(lists: readonly string[]): ParsedMountOptions 
     else if (option === "rw") parsed.readOnly = false;
     else if (passThroughOptions.has(option)) {
       if (!parsed.extra.includes(option)) parsed.extra.push(option);
+    } else if (option.startsWith(`${transportOption}=`)) {
+      parsed.transport = parseTransport(option.slice(transportOption.length + 1));
     } else if (option.startsWith(`${compressOption}=`)) {
       parsed.compression = parseCompression(option.slice(compressOption.length + 1), `-o ${compressOption}`, compressSpelled);
     } else if (option === compressOption || option.startsWith(`${compressOption}-`)) {
       // btrfs's bare "compress" (its default algorithm) and compress-force: grovefs wants the algorithm named.
       throw new CliError(`mount option '${printable(option)}' is not supported`, `accepted: ${compressionNames.map(compressSpelled).join(", ")}`);
     } else if (!ignoredOptions.has(option)) {
-      const known = new Set(["ro", "rw", ...ignoredOptions, ...passThroughOptions, `${compressOption}=${compressionNames.join("|")}`]);
+      const known = new Set([
+        "ro",
+        "rw",
+        ...ignoredOptions,
+        ...passThroughOptions,
+        `${compressOption}=${compressionNames.join("|")}`,
+        `${transportOption}=${transportNames.join("|")}`,
+      ]);
       throw new CliError(`unknown mount option '${printable(option)}'`, `known options: ${[...known].join(", ")}`);
     }
   }
   return parsed;
+}
+
+const transportOption = "transport";
+
+function parseTransport(value: string): Transport {
+  const name = transportNames.find((t) => t === value);
+  if (name === undefined) {
+    throw new CliError(`unknown transport '${printable(value)}'`, `-o ${transportOption}= takes ${transportNames.join(" or ")}`);
+  }
+  if (name === "kernel" && process.getuid?.() !== 0) {
+    throw new CliError("-o transport=kernel needs root (it mounts with mount(8))", `use -o ${transportOption}=fuse-native`);
+  }
+  return name;
 }
 
 function checkImage(image: string): void {
@@ -258,7 +282,12 @@ async function openAndMount(image: string, mountpoint: string, options: ParsedMo
   try {
     // A snapshot opens read-only whatever was asked: the kernel mount must say so too.
     const readOnly = options.readOnly || volume.readOnly;
-    return await mountGrove(volume, mountpoint, { readOnly, imagePath: image, extraOptions: options.extra });
+    return await mountGrove(volume, mountpoint, {
+      readOnly,
+      imagePath: image,
+      extraOptions: options.extra,
+      ...(options.transport === undefined ? {} : { transport: options.transport }),
+    });
   } catch (error) {
     try {
       volume.close();
@@ -308,7 +337,27 @@ async function startControl(handle: MountHandle, mountpoint: string): Promise<Co
       // No log to write to.
     }
   };
-  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report);
+  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => syncMount(mountpoint));
+}
+
+const syncTimeoutMs = 300_000;
+
+/**
+ * Has the kernel write back the mount's dirty pages (syncfs(2), by `sync -f`
+ * in a child: this process serves the writes it waits for, so it must not
+ * wait itself). With the kernel transport's writeback cache, what write(2)
+ * returned for may still be only in the page cache.
+ */
+function syncMount(mountpoint: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("sync", ["-f", mountpoint], { stdio: ["ignore", "ignore", "pipe"], timeout: syncTimeoutMs });
+    let stderr = "";
+    child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+    child.on("error", reject);
+    child.on("exit", (code) =>
+      code === 0 ? resolve() : reject(new GroveError("EIO", "EIO_sync", `sync -f ${mountpoint} failed: ${stderr.trim() || `exit ${code}`}`)),
+    );
+  });
 }
 
 /** A daemon's log holds only reports of trouble: after a clean run it is empty and goes. */
@@ -373,7 +422,8 @@ async function daemonize(image: string, mountpoint: string, optionLists: readonl
       cwd: "/",
       detached: true,
       stdio: ["ignore", log, log, "pipe"],
-      env: { ...process.env, [readyFdEnv]: "3" },
+      // The kernel transport keeps reads of /dev/fuse outstanding on libuv's pool, beside lz4 and prefetch work.
+      env: { UV_THREADPOOL_SIZE: "16", ...process.env, [readyFdEnv]: "3" },
     });
   } finally {
     fs.closeSync(log);

@@ -44,28 +44,16 @@ export interface BridgedFs extends FileSystemOps {
   maintenance(): void;
 }
 
-export interface MountHandle {
-  readonly mountpoint: string;
-  /** Commits, unmounts (if the kernel mount is still there) and closes the volume. Idempotent. */
-  unmount(): Promise<void>;
-  /** Settles once the volume is closed: by `unmount`, or because the kernel mount went away. */
-  readonly closed: Promise<void>;
-  /**
-   * Snapshots and clones of the served volume, through the /.snapshots wrapper
-   * (which must see deletions); null for a filesystem without subvolumes.
-   */
-  readonly subvolumes: SubvolumeOps | null;
-}
-
 export interface MountGroveOptions {
   readOnly?: boolean;
+  /** How to speak to the kernel (default: `defaultTransport()`). */
+  transport?: "kernel" | "fuse-native";
   /** Shown as the mount's source in the mount table. */
   imagePath: string;
   /** Further libfuse/kernel mount options, already validated (e.g. "noatime"). */
   extraOptions?: string[];
 }
 
-const maintenanceIntervalMs = 1000;
 const bugStacksLoggedMax = 64;
 
 const sIfMt = 0o170000;
@@ -78,7 +66,7 @@ const oCreat = 0o100;
 
 const loggedBugs = new Set<string>();
 
-function reportBug(op: string, error: unknown): void {
+export function reportBug(op: string, error: unknown): void {
   const text = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
   if (loggedBugs.has(text) || loggedBugs.size >= bugStacksLoggedMax) return;
   loggedBugs.add(text);
@@ -283,33 +271,34 @@ export function findMount(mountpoint: string): MountEntry | undefined {
   return stack[stack.length - 1];
 }
 
-const groveSubtype = "grovefs";
+export const groveSubtype = "grovefs";
 /** The fstype grovefs mounts show in the mount table: fuse plus our subtype. */
 export const groveFsType = `fuse.${groveSubtype}`;
 
 // ---------------------------------------------------------------------------
 // Mounting
 
-function logOnce(seen: Set<string>, text: string): void {
-  if (seen.has(text) || seen.size >= bugStacksLoggedMax) return;
-  seen.add(text);
-  try {
-    process.stderr.write(`grovefs: ${text}\n`);
-  } catch {
-    // No stderr to report to.
-  }
+/** A mount being served by one transport: what the transport-independent part (fs/mount.ts) needs. */
+export interface ServedMount {
+  /** What to commit, check and close: the served filesystem as the bridge sees it. */
+  fs: BridgedFs;
+  /** Snapshots and clones through the mount (which must see deletions); null without subvolumes. */
+  subvolumes: SubvolumeOps | null;
+  /** Unmounts if the kernel mount is still there, and releases the transport. */
+  unmount(): Promise<void>;
+  /** Settles when the kernel ends the connection by itself (an external umount); null if the transport cannot tell. */
+  ended: Promise<void> | null;
+  /** Stops answering requests: every later one gets EIO. */
+  stop(): void;
 }
 
 /**
- * Mounts `fs` at `mountpoint` (absolute) and serves it until `unmount` or until
- * the kernel mount disappears (umount by another process), then commits and
- * closes the volume. A one-second timer, unref'd, runs `fs.maintenance()` and
- * watches the mount table. A filesystem with snapshots (GroveFs) is served
- * through `SnapshotDirFs`, which adds the hidden /.snapshots.
+ * Mounts `volume` at `mountpoint` (absolute) through fuse-native. A
+ * filesystem with snapshots (GroveFs) is served through `SnapshotDirFs`,
+ * which adds the hidden /.snapshots.
  */
-export async function mountGrove(volume: BridgedFs, mountpoint: string, options: MountGroveOptions): Promise<MountHandle> {
+export async function serveFuseNative(volume: BridgedFs, absolute: string, options: MountGroveOptions): Promise<ServedMount> {
   const fs: BridgedFs = servesSnapshots(volume) ? new SnapshotDirFs(volume) : volume;
-  const absolute = resolvePath(mountpoint);
   const state: BridgeState = { closed: false };
   let fuse: ReturnType<typeof createMount>;
   try {
@@ -325,56 +314,14 @@ export async function mountGrove(volume: BridgedFs, mountpoint: string, options:
     const why = cause instanceof Error ? cause.message : String(cause);
     throw new GroveError("EIO", "EIO_fuse_mount", `cannot mount at ${absolute}: ${why}`, { path: absolute, cause });
   }
-  const device = findMount(absolute)?.device;
-  const stillMounted = () => device !== undefined && readMounts().some((entry) => entry.device === device);
-  const maintenanceErrors = new Set<string>();
-
-  let settle!: { resolve: () => void; reject: (error: unknown) => void };
-  const closed = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
-  closed.catch(() => {});
-  let finishing: Promise<void> | null = null;
-  const finish = (): Promise<void> =>
-    (finishing ??= shutDown().then(settle.resolve, (error: unknown) => {
-      settle.reject(error);
-      throw error;
-    }));
-
-  const timer = setInterval(() => {
-    if (finishing !== null) return;
-    if (!stillMounted()) {
-      finish().catch(() => {});
-      return;
-    }
-    try {
-      fs.maintenance();
-    } catch (error) {
-      if (error instanceof GroveError) logOnce(maintenanceErrors, `background commit failed: ${error.message}`);
-      else reportBug("maintenance", error);
-    }
-  }, maintenanceIntervalMs);
-  timer.unref();
-
-  async function shutDown(): Promise<void> {
-    clearInterval(timer);
-    let failure: unknown = null;
-    if (stillMounted()) {
-      // Commit while still mounted, so the data is durable even if unmounting stalls.
-      try {
-        fs.sync();
-      } catch (error) {
-        failure = error;
-      }
-    }
+  return {
+    fs,
+    subvolumes: fs instanceof SnapshotDirFs ? fs : null,
     // When the kernel mount is already gone this only releases the binding's hold on the event loop.
-    await unmount(fuse).catch((error: unknown) => (failure ??= error));
-    try {
-      fs.close();
-    } catch (error) {
-      failure ??= error;
-    }
-    state.closed = true;
-    if (failure !== null) throw failure;
-  }
-
-  return { mountpoint: absolute, unmount: finish, closed, subvolumes: fs instanceof SnapshotDirFs ? fs : null };
+    unmount: () => unmount(fuse),
+    ended: null,
+    stop: () => {
+      state.closed = true;
+    },
+  };
 }

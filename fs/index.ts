@@ -4,4 +4,5 @@ export * from "./constants.js";
 export { GroveFs, type GroveFsOptions, type VolumeInfo, compressionNames, type CompressionName } from "./filesystem.js";
 export { checkFilesystem, type FsReport, type InodeFix } from "./check.js";
 export * from "./fuse_bridge.js";
+export { mountGrove, defaultTransport, transportNames, type Transport, type MountHandle } from "./mount.js";
 export { repairFilesystem, type RepairResult } from "./repair.js";

@@ -316,9 +316,18 @@ export class E2eVolume {
     await this.groveOk(["mkfs", this.image, "--size", size, ...extra]);
   }
 
+  /**
+   * The transport every mount of these suites uses: the CLI's default (the
+   * kernel protocol, as root) unless a suite sets it, as the fuse-native
+   * conformance subset does, or GROVE_TRANSPORT names one.
+   */
+  static transport: "kernel" | "fuse-native" | undefined =
+    process.env.GROVE_TRANSPORT === "kernel" || process.env.GROVE_TRANSPORT === "fuse-native" ? process.env.GROVE_TRANSPORT : undefined;
+
   /** `grovefs mount IMAGE MNT [extra]`; once it returns, the mount must be in the mount table and usable. */
   async mount(extra: string[] = []): Promise<void> {
-    await this.groveOk(["mount", this.image, this.mnt, ...extra]);
+    const transport = E2eVolume.transport === undefined ? [] : ["-o", `transport=${E2eVolume.transport}`];
+    await this.groveOk(["mount", this.image, this.mnt, ...transport, ...extra]);
     const mounts = await mountsAt(this.mnt);
     expect(mounts.length, `grovefs mount returned but nothing is mounted at ${this.mnt}`).toBeGreaterThan(0);
     expect(mounts.at(-1)!.fstype).toMatch(/^fuse/);

@@ -1,0 +1,155 @@
+/**
+ * The kernel's node ids and what they name: an inode of the served
+ * subvolume, the virtual /.snapshots directory, or an inode of a snapshot's
+ * read-only view. Also the kernel's lookup counts, kept exactly.
+ *
+ * Node ids are computed, not allocated, so that two names of one inode are
+ * one kernel inode (hard links agree at once) and nothing needs to be
+ * remembered for a node the kernel forgot:
+ * - an inode `ino` of the served subvolume is node `ino` (the root is 1, as
+ *   FUSE_ROOT_ID);
+ * - /.snapshots is node `nodeInoSpan - 1`;
+ * - inode `ino` of the snapshot in view slot `s` (1, 2, ... in the order the
+ *   mount first met them) is node `s * nodeInoSpan + ino`.
+ * st_ino is the node id, so no two files of the mount share one, and `find`
+ * and `du` see no loops between /.snapshots/X and /. The bounds: inode
+ * numbers below 2^36 - 1 in every subvolume (grovefs numbers them below 2^32
+ * today) and 2^17 - 1 snapshots met in one mount's lifetime; beyond them a
+ * lookup answers EOVERFLOW, never a wrong file.
+ *
+ * Invariants:
+ * - A lookup count is raised once for every reply that hands the kernel a
+ *   node (lookup, create, mkdir, mknod, symlink, link, each readdirplus
+ *   entry but "." and ".."), and lowered by FORGET; at zero the count goes.
+ *   A FORGET below zero is the kernel's bug or ours: it is logged, not obeyed.
+ * - A deleted snapshot's slot stays dead for the life of the mount: its node
+ *   ids are never reused for another snapshot, and they all answer ENOENT.
+ */
+import { GroveError } from "../../kvstore/index.js";
+import type { InodeOps, SubvolumeOps } from "../api.js";
+import { rootIno } from "../constants.js";
+
+export const nodeInoSpan = 2 ** 36;
+const viewSlotsMax = 2 ** 17 - 1;
+export const snapshotDirNode = nodeInoSpan - 1;
+
+/** A snapshot's read-only view, in its slot. */
+export interface ViewSlot {
+  slot: number;
+  name: string;
+  /** The snapshot's subvolume id. */
+  id: number;
+  ops: InodeOps | null;
+  dead: boolean;
+}
+
+/** What a node id names. */
+export type NodeTarget =
+  | { kind: "live"; ops: InodeOps; ino: number }
+  | { kind: "snapshots" }
+  | { kind: "view"; view: ViewSlot; ops: InodeOps; ino: number };
+
+export class NodeTable {
+  private readonly counts = new Map<number, number>();
+  /** The file type bits of each node the kernel holds: answers about an inode freed under it need them. */
+  private readonly types = new Map<number, number>();
+  private readonly slots: ViewSlot[] = [];
+  private readonly slotOfId = new Map<number, ViewSlot>();
+  private forgetErrors = 0;
+
+  /**
+   * `subvolumes` is null for a filesystem without snapshots (then there is
+   * no /.snapshots).
+   */
+  constructor(
+    readonly live: InodeOps,
+    readonly subvolumes: SubvolumeOps | null,
+  ) {}
+
+  /** The target of `node`; ENOENT for a node that names nothing (any more). */
+  target(node: number): NodeTarget {
+    if (node < nodeInoSpan - 1) return { kind: "live", ops: this.live, ino: node };
+    if (node === snapshotDirNode && this.subvolumes !== null) return { kind: "snapshots" };
+    const slot = Math.floor(node / nodeInoSpan);
+    const view = this.slots[slot - 1];
+    if (view === undefined || view.dead) throw new GroveError("ENOENT", "ENOENT_node", `node ${node} names nothing`);
+    return { kind: "view", view, ops: this.viewOps(view), ino: node - slot * nodeInoSpan };
+  }
+
+  /** The node id of inode `ino` as seen from `target`'s subvolume. */
+  nodeOf(target: NodeTarget, ino: number): number {
+    if (ino >= nodeInoSpan - 1) throw new GroveError("EOVERFLOW", "EOVERFLOW_ino", `inode ${ino} is beyond the mount's node ids`);
+    if (target.kind === "view") return target.view.slot * nodeInoSpan + ino;
+    return ino;
+  }
+
+  /** The root node of snapshot `name`'s view (its slot made on first use). ENOENT if there is no such snapshot. */
+  snapshotRoot(name: string): { node: number; view: ViewSlot } {
+    const subvolumes = this.subvolumes!;
+    const record = subvolumes.listSubvolumes().find((s) => s.name === name && s.readOnly);
+    if (record === undefined) throw new GroveError("ENOENT", "ENOENT_snapshot", `no snapshot named ${JSON.stringify(name)}`);
+    let view = this.slotOfId.get(record.id);
+    if (view === undefined || view.dead) {
+      if (this.slots.length >= viewSlotsMax) {
+        throw new GroveError("EOVERFLOW", "EOVERFLOW_view_slots", "this mount has met too many snapshots: remount it");
+      }
+      view = { slot: this.slots.length + 1, name, id: record.id, ops: null, dead: false };
+      this.slots.push(view);
+      this.slotOfId.set(record.id, view);
+    }
+    return { node: view.slot * nodeInoSpan + rootIno, view };
+  }
+
+  /** A snapshot is gone: its view goes, and every node of it answers ENOENT from now on. */
+  forgetSnapshot(name: string): ViewSlot | undefined {
+    for (const view of this.slotOfId.values()) {
+      if (view.name !== name || view.dead) continue;
+      view.dead = true;
+      view.ops = null;
+      this.slotOfId.delete(view.id);
+      return view;
+    }
+    return undefined;
+  }
+
+  /** The kernel now holds one more reference to `node`, a file of type `mode & S_IFMT`. */
+  remember(node: number, mode: number): void {
+    this.counts.set(node, (this.counts.get(node) ?? 0) + 1);
+    this.types.set(node, mode & 0o170000);
+  }
+
+  /** The file type of a node the kernel holds, or undefined. */
+  typeOf(node: number): number | undefined {
+    return this.types.get(node);
+  }
+
+  /** FORGET: the kernel dropped `count` references to `node`. */
+  forget(node: number, count: number): void {
+    const held = this.counts.get(node) ?? 0;
+    if (count > held) {
+      this.forgetErrors++;
+      if (this.forgetErrors <= 16) process.stderr.write(`grovefs: FORGET of ${count} for node ${node}, which holds ${held}\n`);
+    }
+    if (count >= held) {
+      this.counts.delete(node);
+      this.types.delete(node);
+    } else {
+      this.counts.set(node, held - count);
+    }
+  }
+
+  /** The kernel's lookup count of `node` (0 when it holds none). */
+  lookupCount(node: number): number {
+    return this.counts.get(node) ?? 0;
+  }
+
+  /** How many nodes the kernel holds references to. */
+  get nodesHeld(): number {
+    return this.counts.size;
+  }
+
+  private viewOps(view: ViewSlot): InodeOps {
+    if (view.ops === null) view.ops = this.subvolumes!.snapshotView(view.name);
+    return view.ops;
+  }
+}
