@@ -49,7 +49,7 @@ import type {
   SubvolumeOps,
   TimeSpec,
 } from "./api.js";
-import { renameExchange, renameNoReplace, xattrCreate, xattrReplace } from "./api.js";
+import { renameExchange, renameNoReplace } from "./api.js";
 import {
   commitIntervalMs,
   dirtyNodeBytesMax,
@@ -58,13 +58,9 @@ import {
   inoMax,
   linkCountMax,
   nameSizeMaxBytes,
-  openFilesMax,
   rootIno,
   symlinkTargetSizeMaxBytes,
   treeIdDefaultSubvolume,
-  xattrChunkBytes,
-  xattrNameSizeMaxBytes,
-  xattrValueSizeMaxBytes,
 } from "./constants.js";
 import {
   Inode,
@@ -80,11 +76,11 @@ import {
   orphanIno,
   orphanKey,
   orphanPrefix,
-  xattrChunkKey,
-  xattrNameOf,
   xattrPrefix,
 } from "./format.js";
 import { FileData } from "./file_data.js";
+import { Handles, type Handle } from "./handles.js";
+import { Xattrs, xattrChunksMax } from "./xattrs.js";
 import { Compression } from "./format.js";
 import { fsEdges } from "./edges.js";
 import { ItemMap, mapOwner } from "./item_map.js";
@@ -151,12 +147,6 @@ export interface VolumeInfo {
   compressed: { extents: number; diskBytes: number; logicalBytes: number };
 }
 
-interface Handle {
-  ino: number;
-  flags: number;
-  directory: boolean;
-}
-
 const wallClock = (): bigint => BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
 
 export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
@@ -174,9 +164,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private readonly data: FileData;
   private readonly clock: () => bigint;
   private readonly deletionStepNodes: number;
-  private readonly handles = new Map<number, Handle>();
-  private readonly openCounts = new Map<number, number>();
-  private nextFh = 1;
+  private readonly handles = new Handles();
+  private readonly xattrs: Xattrs;
   private nextIno: number;
   private countersDirty = false;
   private lastCommitNs: bigint;
@@ -229,6 +218,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.deletionStepNodes = options.deletionStepNodes ?? deletionStepNodes;
     const store = this.store;
     this.inodes = store.openTree(subvolume.id);
+    this.xattrs = new Xattrs(this.inodes);
     const compression = options.compression !== undefined ? compressionOf(options.compression) : (store.compression as Compression);
     this.data = new FileData(store, this.space, () => this.shrinkReserveBlocks(), compression);
     const counters = this.inodes.get(countersKey);
@@ -829,7 +819,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   /** What freeing `inode` would hand back, if this name is its last and it is not open (read-only). */
   private freedRangesIfLast(inode: Inode): number {
     if ((inode.mode & S_IFMT) === S_IFDIR) return this.mapOf(inode).treeRanges();
-    if (inode.nlink > 1 || (this.openCounts.get(inode.ino) ?? 0) > 0) return 0;
+    if (inode.nlink > 1 || this.handles.openCount(inode.ino) > 0) return 0;
     return this.data.freedRanges(inode, this.mapOf(inode), 0);
   }
 
@@ -955,7 +945,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   release(fh: number): void {
     const handle = this.closeHandle(fh);
-    if (handle.directory || (this.openCounts.get(handle.ino) ?? 0) > 0) return;
+    if (handle.directory || this.handles.openCount(handle.ino) > 0) return;
     const inode = this.tryLoadInode(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
       const freed = this.data.freedRanges(inode, this.mapOf(inode), 0);
@@ -1000,10 +990,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private xattrOf(inode: Inode, name: string): Buffer | undefined {
-    const prefix = xattrPrefix(inode.ino, xattrName(name));
-    const chunks: Buffer[] = [];
-    for (const [, value] of this.inodes.range({ from: prefix, to: xattrChunkKey(prefix, 255) })) chunks.push(value);
-    return chunks.length === 0 ? undefined : Buffer.concat(chunks);
+    return this.xattrs.find(inode, name);
   }
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {
@@ -1012,24 +999,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private setxattrOn(inode: Inode, name: string, value: Buffer, flags: number, path: string | undefined): void {
-    const key = xattrName(name);
-    if ((flags & ~(xattrCreate | xattrReplace)) !== 0 || flags === (xattrCreate | xattrReplace)) {
-      throw new GroveError("EINVAL", "EINVAL_xattr_flags", "invalid setxattr flags", { path });
-    }
-    if (value.length > xattrValueSizeMaxBytes) {
-      throw new GroveError("E2BIG", "E2BIG_xattr", `attribute values are limited to ${xattrValueSizeMaxBytes} bytes`, { path });
-    }
-    checkUserXattr(inode, name, path);
-    const prefix = xattrPrefix(inode.ino, key);
-    const exists = this.inodes.get(xattrChunkKey(prefix, 0)) !== undefined;
-    if (exists && (flags & xattrCreate) !== 0) throw new GroveError("EEXIST", "EEXIST_xattr", "attribute exists", { path });
-    if (!exists && (flags & xattrReplace) !== 0) throw new GroveError("ENODATA", "ENODATA_xattr", "no such attribute", { path });
-    const chunks = Math.max(1, Math.ceil(value.length / xattrChunkBytes));
-    this.mutation(chunks * 2 + 1, () => {
-      this.deleteXattr(prefix);
-      for (let i = 0; i < chunks; i++) {
-        this.inodes.put(xattrChunkKey(prefix, i), value.subarray(i * xattrChunkBytes, (i + 1) * xattrChunkBytes));
-      }
+    const change = this.xattrs.checkSet(inode, name, value, flags, path);
+    this.mutation(change.chunks * 2 + 1, () => {
+      this.xattrs.write(change, value);
       inode.flags |= inodeFlagHadXattrs;
       inode.ctimeNs = this.clock();
       this.saveInode(inode);
@@ -1041,13 +1013,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private xattrNames(inode: Inode): string[] {
-    const names: string[] = [];
-    const prefix = xattrPrefix(inode.ino);
-    for (const [key] of this.inodes.range({ from: prefix, to: inodeKey(inode.ino + 1) })) {
-      const name = xattrNameOf(key);
-      if (name !== undefined && key[key.length - 1] === 0) names.push(name.toString("utf8"));
-    }
-    return names;
+    return this.xattrs.names(inode);
   }
 
   removexattr(path: string, name: string): void {
@@ -1056,14 +1022,11 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   private removexattrOn(inode: Inode, name: string, path: string | undefined): void {
     this.checkWritable();
-    const prefix = xattrPrefix(inode.ino, xattrName(name));
-    if (this.inodes.get(xattrChunkKey(prefix, 0)) === undefined) {
-      throw new GroveError("ENODATA", "ENODATA_xattr", `no attribute ${name}`, { path });
-    }
+    const prefix = this.xattrs.checkRemove(inode, name, path);
     this.mutation(
-      xattrValueSizeMaxBytes / xattrChunkBytes + 1,
+      xattrChunksMax + 1,
       () => {
-        this.deleteXattr(prefix);
+        this.xattrs.deleteUnder(prefix);
         inode.ctimeNs = this.clock();
         this.saveInode(inode);
       },
@@ -1295,7 +1258,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     inode.ctimeNs = this.clock();
     if (inode.nlink > 0) {
       this.saveInode(inode);
-    } else if ((this.openCounts.get(inode.ino) ?? 0) > 0) {
+    } else if (this.handles.openCount(inode.ino) > 0) {
       this.saveInode(inode);
       this.inodes.put(orphanKey(inode.ino), Buffer.alloc(0));
     } else {
@@ -1308,17 +1271,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const map = this.mapOf(inode);
     if ((inode.mode & S_IFMT) === S_IFDIR) map.clear();
     else this.data.discard(inode, map);
-    if ((inode.flags & inodeFlagHadXattrs) !== 0) this.deleteXattr(xattrPrefix(inode.ino));
+    if ((inode.flags & inodeFlagHadXattrs) !== 0) this.xattrs.deleteUnder(xattrPrefix(inode.ino));
     this.inodes.delete(inodeKey(inode.ino));
     if (orphan) this.inodes.delete(orphanKey(inode.ino));
-  }
-
-  /** Deletes every xattr chunk under `prefix` (one attribute, or all of an inode's). */
-  private deleteXattr(prefix: Buffer): void {
-    const end = Buffer.concat([prefix, Buffer.from([0xff])]);
-    const keys: Buffer[] = [];
-    for (const [key] of this.inodes.range({ from: prefix, to: end })) keys.push(key);
-    for (const key of keys) this.inodes.delete(key);
   }
 
   private freeOrphans(): void {
@@ -1483,30 +1438,21 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private checkOpenSlots(): void {
-    if (this.handles.size >= openFilesMax) throw new GroveError("ENOSPC", "ENOSPC_handles", "too many open files");
+    this.handles.checkRoom();
   }
 
   private handle(fh: number): Handle {
     this.checkOpen();
-    const handle = this.handles.get(fh);
-    if (handle === undefined) throw new GroveError("EBADF", "EBADF_handle", `bad file handle ${fh}`);
-    return handle;
+    return this.handles.get(fh);
   }
 
   private newHandle(handle: Handle): number {
-    const fh = this.nextFh++;
-    this.handles.set(fh, handle);
-    this.openCounts.set(handle.ino, (this.openCounts.get(handle.ino) ?? 0) + 1);
-    return fh;
+    return this.handles.add(handle);
   }
 
   private closeHandle(fh: number): Handle {
-    const handle = this.handle(fh);
-    this.handles.delete(fh);
-    const count = (this.openCounts.get(handle.ino) ?? 1) - 1;
-    if (count === 0) this.openCounts.delete(handle.ino);
-    else this.openCounts.set(handle.ino, count);
-    return handle;
+    this.checkOpen();
+    return this.handles.remove(fh);
   }
 }
 
@@ -1607,29 +1553,3 @@ function checkTime(ns: bigint): bigint {
   return ns;
 }
 
-/**
- * system.* holds POSIX ACLs, which grovefs does not implement: answering
- * EOPNOTSUPP makes tools such as cp -a fall back to chmod, where storing
- * the ACL as a plain attribute would silently lose the mode.
- */
-const xattrNamespaces = ["user.", "trusted.", "security."];
-
-function xattrName(name: string): Buffer {
-  const bytes = Buffer.from(name, "utf8");
-  if (bytes.length === 0 || bytes.length > xattrNameSizeMaxBytes) {
-    throw new GroveError("ERANGE", "ERANGE_xattr_name", `attribute names are 1 to ${xattrNameSizeMaxBytes} bytes`);
-  }
-  if (bytes.includes(0)) throw new GroveError("EINVAL", "EINVAL_xattr_name", "attribute name contains NUL");
-  if (!xattrNamespaces.some((ns) => name.startsWith(ns) && name.length > ns.length)) {
-    throw new GroveError("EOPNOTSUPP", "EOPNOTSUPP_xattr_namespace", `unsupported attribute namespace: ${name}`);
-  }
-  return bytes;
-}
-
-/** user.* attributes exist only on regular files and directories (xattr(7)). */
-function checkUserXattr(inode: Inode, name: string, path: string | undefined): void {
-  const type = inode.mode & S_IFMT;
-  if (name.startsWith("user.") && type !== S_IFREG && type !== S_IFDIR) {
-    throw new GroveError("EPERM", "EPERM_xattr_user", "user attributes need a regular file or directory", { path });
-  }
-}
