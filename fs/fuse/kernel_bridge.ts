@@ -344,7 +344,7 @@ export class KernelBridge {
     if ((req.valid & ~times) !== 0) return null;
     const type = this.nodes.typeOf(req.header.nodeid);
     if (type === undefined) return null;
-    return { ...emptyAttr, ino: req.header.nodeid, mode: type, blksize: 4096 };
+    return { ...P.noAttr, ino: req.header.nodeid, mode: type, blksize: 4096 };
   }
 
   private setattrOf(req: P.SetattrRequest, unique: bigint): Buffer {
@@ -548,7 +548,7 @@ export class KernelBridge {
     const dirent = { ino: node, off, type: sIfDir >> 12, name: Buffer.from(name) };
     if (!plus) return dirent;
     // "." and ".." get no lookup count: the kernel skips them in a readdirplus reply.
-    return { ...dirent, nodeid: 0, generation: 0, entryValidMs: 0, attrValidMs: 0, attr: emptyAttr };
+    return { ...dirent, nodeid: 0, generation: 0, entryValidMs: 0, attrValidMs: 0, attr: P.noAttr };
   }
 
   private treeEntries(
@@ -685,17 +685,3 @@ export class KernelBridge {
   }
 }
 
-const emptyAttr: Attr = {
-  ino: 0,
-  size: 0,
-  blocks: 0,
-  atimeNs: 0n,
-  mtimeNs: 0n,
-  ctimeNs: 0n,
-  mode: 0,
-  nlink: 0,
-  uid: 0,
-  gid: 0,
-  rdev: 0,
-  blksize: 0,
-};

@@ -1748,7 +1748,8 @@ export function replyEntry(unique: bigint, entry: Entry): Buffer {
   return buf;
 }
 
-const noAttr: Attr = {
+/** Attributes that say nothing: for entries that carry none (negative lookups, "." and ".." in readdirplus). */
+export const noAttr: Attr = {
   ino: 0,
   size: 0,
   blocks: 0,
