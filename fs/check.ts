@@ -12,9 +12,12 @@
  * and subdirectories' ".." for a directory); a directory is named exactly
  * once, by its parent; entry types match inode modes; no entry dangles; an
  * inode with no links is an orphan; extents lie inside the file, do not
- * overlap, and add up to the inode's block count; inode numbers lie below
- * the counter. With `verifyData`, every data block is read once and its
- * crc32c checked.
+ * overlap, and add up to the inode's block count (unwritten, preallocated
+ * ones included, and only those may lie past the end of the file); an
+ * unwritten record's blocks are named by no other record of its file, and
+ * it was preallocated by a committed transaction; inode numbers lie below
+ * the counter. With `verifyData`, every written data block is read once and
+ * its crc32c checked (unwritten blocks hold nothing to check).
  */
 import { constants as C } from "node:fs";
 import {
@@ -91,6 +94,8 @@ interface Seen {
   parents: number[];
   extentBlocks: number;
   extentEnd: number;
+  /** The end of the last written (not unwritten) extent. */
+  dataEnd: number;
 }
 
 export function checkFilesystem(device: BlockDevice, options: { verifyData?: boolean } = {}): FsReport {
@@ -131,7 +136,7 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
   const verified = new Set<string>();
   for (const record of snapshots.live) {
     const prefix = record.id === treeIdDefaultSubvolume ? "" : `subvolume ${JSON.stringify(record.name)}: `;
-    const walk = new FsWalk(device, options.verifyData ?? false, verified, record.id);
+    const walk = new FsWalk(device, options.verifyData ?? false, verified, record.id, snapshots.space.forest.generation);
     const found: string[] = [];
     try {
       walk.run(store);
@@ -163,7 +168,12 @@ class FsWalk {
     /** Data slices already verified (shared by snapshots: read once). */
     private readonly verified: Set<string>,
     private readonly subvolumeId: number,
+    /** The committed generation: no record can be newer. */
+    private readonly generation: number,
   ) {}
+
+  /** The physical slices ([offset, end) in the extent) of each extent's records in the inode being walked. */
+  private slices = { ino: -1, byExtent: new Map<number, Array<{ fileBlock: number; from: number; to: number; unwritten: boolean }>>() };
 
   run(store: Store): void {
     const tree = store.openTree(this.subvolumeId);
@@ -204,7 +214,7 @@ class FsWalk {
       return null;
     }
     const inode = decodeInode(ino, value);
-    this.seen.set(ino, { inode, names: 0, subdirs: 0, parents: [], extentBlocks: 0, extentEnd: 0 });
+    this.seen.set(ino, { inode, names: 0, subdirs: 0, parents: [], extentBlocks: 0, extentEnd: 0, dataEnd: 0 });
     if ((inode.mode & C.S_IFMT) === C.S_IFDIR) this.directories++;
     if (inode.kind === PayloadKind.Tree) return inode;
     if (inode.kind === PayloadKind.Items) {
@@ -224,7 +234,52 @@ class FsWalk {
     if (extent.fileBlock < seen.extentEnd) this.problems.push(`inode ${ino}: extent at file block ${extent.fileBlock} overlaps the one before`);
     seen.extentEnd = extent.fileBlock + extent.blocks;
     seen.extentBlocks += extent.blocks;
+    this.noteSlice(ino, extent);
+    if (extent.preallocatedIn !== undefined) {
+      if (extent.preallocatedIn > this.generation) {
+        this.problems.push(
+          `inode ${ino}: unwritten extent at file block ${extent.fileBlock} says generation ${extent.preallocatedIn}, after the last commit (${this.generation})`,
+        );
+      }
+      return;
+    }
+    seen.dataEnd = seen.extentEnd;
     if (this.verifyData) this.verifyExtent(ino, extent);
+  }
+
+  /**
+   * Write-out writes an unwritten block in place only while no other record
+   * names it: within one file (where a copy of a written slice may land)
+   * that shows as two records of one extent covering the same blocks.
+   * Records of an inode are visited together, so the check runs per inode.
+   */
+  private noteSlice(ino: number, extent: Extent): void {
+    if (this.slices.ino !== ino) this.checkSlices();
+    this.slices.ino = ino;
+    let list = this.slices.byExtent.get(extent.extentLba);
+    if (list === undefined) {
+      list = [];
+      this.slices.byExtent.set(extent.extentLba, list);
+    }
+    const unwritten = extent.preallocatedIn !== undefined;
+    // An lz4 record's offset is into its decompressed unit, but an unwritten block is never in an lz4 extent.
+    list.push({ fileBlock: extent.fileBlock, from: extent.offset, to: extent.offset + extent.blocks, unwritten });
+  }
+
+  private checkSlices(): void {
+    for (const [lba, list] of this.slices.byExtent) {
+      if (!list.some((slice) => slice.unwritten)) continue;
+      for (const a of list) {
+        if (!a.unwritten) continue;
+        const clash = list.find((b) => b !== a && b.from < a.to && a.from < b.to);
+        if (clash !== undefined) {
+          this.problems.push(
+            `inode ${this.slices.ino}: unwritten extent at file block ${a.fileBlock} shares blocks of extent ${lba} with the record at file block ${clash.fileBlock}`,
+          );
+        }
+      }
+    }
+    this.slices.byExtent.clear();
   }
 
   private verifyExtent(ino: number, extent: Extent): void {
@@ -259,6 +314,7 @@ class FsWalk {
   }
 
   finish(problems: string[]): void {
+    this.checkSlices();
     for (const entry of this.entries) {
       const target = this.seen.get(entry.ino);
       const where = `directory ${entry.dir}, entry "${entry.name}"`;
@@ -321,8 +377,8 @@ class FsWalk {
     if (inode.blocks !== seen.extentBlocks) {
       problems.push(`${where}: records ${inode.blocks} data blocks, but its extents hold ${seen.extentBlocks}`);
     }
-    if (seen.extentEnd > Math.ceil(inode.size / blockSizeBytes)) {
-      problems.push(`${where}: an extent lies past the end of the file (size ${inode.size})`);
+    if (seen.dataEnd > Math.ceil(inode.size / blockSizeBytes)) {
+      problems.push(`${where}: a written extent lies past the end of the file (size ${inode.size})`);
     }
   }
 }

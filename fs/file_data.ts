@@ -5,26 +5,40 @@
  * sequential writes become large contiguous extents.
  *
  * Invariants:
- * - A data block is never overwritten in place: writing out a buffered block
- *   allocates a new block and frees the old one (freed blocks stay pending
- *   until the commit that stops referencing them is durable).
- * - Every data block on disk has a crc32c in its extent record, checked on
- *   every read; a mismatch is EIO, never wrong bytes.
- * - Buffered blocks and extents never lie at or past the end of the file
- *   (truncate drops them), and bytes past the end inside the last block are
- *   zero, so growing a file always reveals zeros.
+ * - A written data block is never overwritten in place: writing out a
+ *   buffered block allocates a new block and frees the old one (freed blocks
+ *   stay pending until the commit that stops referencing them is durable).
+ * - Every written data block on disk has a crc32c in its extent record,
+ *   checked on every read; a mismatch is EIO, never wrong bytes.
+ * - Buffered blocks and written extents never lie at or past the end of the
+ *   file (truncate drops them), and bytes past the end inside the last block
+ *   are zero, so growing a file always reveals zeros. Unwritten extents may
+ *   (fallocate with KEEP_SIZE); they read as zeros anyway.
  * - Buffered data has already been admitted against free space (`reserve`),
  *   so writing it out does not run out of room.
+
  * - With compression on, write-out cuts runs into units of at most
  *   compressionUnitBlocksMax blocks (aligned to multiples of it in the
  *   file), and stores a unit lz4-compressed only if that saves a block;
  *   runs of units that stay raw are written as ordinary extents. Reading
  *   any block of an lz4 extent checks the crcs of all its disk blocks, then
  *   decompresses the unit (kept in a small cache).
+ *
+ * Preallocation (fallocate) records unwritten extents: allocated and counted,
+ * read as zeros without touching the disk. Write-out writes a buffered block
+ * into its unwritten block in place, once, when nothing else can reference
+ * that block (`inPlaceAllowed`): the committed record still says unwritten,
+ * so a crash before the commit shows zeros whatever the block holds, and
+ * the new record says written, with the crc. Such buffered blocks take no
+ * new space (`inPlace`), which is what makes preallocation a promise: a
+ * write into the range is not refused for space. A block shared with a
+ * snapshot or clone, or one already written, follows normal CoW. The rule is
+ * the same at admission, when the block is buffered, and at write-out.
  */
-import { CorruptionError, IoError, blockSizeBytes, crc32c, featureCompressLz4 } from "../kvstore/index.js";
+import { CorruptionError, GroveError, IoError, assert, blockSizeBytes, crc32c, featureCompressLz4 } from "../kvstore/index.js";
 import type { FreeSpace } from "../alloc/index.js";
 import type { Store } from "../kvstore/index.js";
+import { Subvolumes } from "../snapshot/index.js";
 import {
   compressionUnitBlocksMax,
   decompressedCacheUnits,
@@ -32,8 +46,38 @@ import {
   extentBlocksMax,
   inodeInlineBytesMax,
 } from "./constants.js";
-import { Compression, Extent, Inode, PayloadKind, decodeExtent, encodeExtent, extentCrc, extentKey, sliceExtent } from "./format.js";
+import {
+  Compression,
+  Extent,
+  Inode,
+  PayloadKind,
+  decodeExtent,
+  encodeExtent,
+  extentCrc,
+  extentKey,
+  isUnwritten,
+  sliceExtent,
+  unwrittenExtent,
+} from "./format.js";
+import { BlockRange, FallocateRequest, SeekWhence, fallocateRequest, holeRuns, seekIn } from "./ranges.js";
 import { DecompressedCache, PackedUnit, compressUnit, compressUnitInBackground, decompressUnit } from "./compression.js";
+import type { ItemMap } from "./item_map.js";
+
+/** What `FileData.planFallocate` found to do, admitted: `FileData.fallocate` carries it out. */
+export interface FallocatePlan {
+  request: FallocateRequest;
+  /** Byte ranges [from, to) rewritten with zeros through the buffered path (partial blocks holding data). */
+  zeroes: BlockRange[];
+  /** Whole blocks whose buffered data is dropped, or null. */
+  drop: BlockRange | null;
+  /** Runs of file blocks whose extents are dropped (zeroing leaves unwritten ones be: they read as zeros already). */
+  punch: BlockRange[];
+  /** Runs of file blocks preallocated (unwritten extents). */
+  prealloc: BlockRange[];
+  /** Tree updates, and extents the punch may free: for the caller's admission. */
+  puts: number;
+  freedRanges: number;
+}
 
 /** A full unit of buffered blocks, compressed in the background since a write filled it. */
 interface Precompressed {
@@ -42,7 +86,6 @@ interface Precompressed {
   done: boolean;
   packed: PackedUnit | null;
 }
-import type { ItemMap } from "./item_map.js";
 
 /** A streaming reader has up to 8 MiB past it read in the background, 1 MiB a request. */
 const prefetchWindowBlocks = 2048;
@@ -104,6 +147,24 @@ export class FileData {
   private readonly precompressed = new Map<number, Map<number, Precompressed>>();
   /** Units write-out took from background compression (for tests and the benchmark). */
   unitsCompressedInBackground = 0;
+  /**
+   * Per inode, buffered blocks that write-out will write in place into
+   * their preallocated (unwritten) blocks: they need no new space.
+   */
+  private readonly inPlace = new Map<number, Set<number>>();
+  private inPlaceBlocks = 0;
+  /** Buffered blocks write-out wrote in place, and promised ones it had to copy instead (for tests: the latter stays 0). */
+  blocksWrittenInPlace = 0;
+  inPlaceFallbacks = 0;
+  /**
+   * A write admitted without its inode's map (`admitWrite`), which would
+   * have been refused only if its preallocated blocks needed new space: the
+   * map's owner checks it again in `preloadEdges`, which comes next.
+   */
+  private deferredAdmission: { ino: number; first: number; end: number; extra: number } | null = null;
+  private subvolumes: Subvolumes | null = null;
+  /** The newest subvolume creation (snapshot or clone) on the volume, as of transaction `at`. */
+  private newestSubvolume = { at: -1, generation: 0 };
 
   constructor(
     private readonly store: Store,
@@ -114,12 +175,18 @@ export class FileData {
     public compression: Compression = Compression.None,
   ) {}
 
+  /** Buffered data that will take new blocks when written out (blocks written in place into preallocated ones take none). */
   get bufferedBytes(): number {
-    return this.bufferedBlocks * blockSizeBytes;
+    return (this.bufferedBlocks - this.inPlaceBlocks) * blockSizeBytes;
   }
 
+  /** Memory held by buffered data is past its bound. */
   get overBound(): boolean {
-    return this.bufferedBytes > dirtyDataBytesMax;
+    return this.bufferedBlocks * blockSizeBytes > dirtyDataBytesMax;
+  }
+
+  hasBuffers(ino: number): boolean {
+    return this.buffers.has(ino);
   }
 
   inodesWithBuffers(): number[] {
@@ -137,15 +204,18 @@ export class FileData {
    * (EIO) then refuses the operation before it changes anything.
    */
   preloadEdges(inode: Inode, map: ItemMap, start: number, end: number): void {
+    const deferred = this.deferredAdmission;
+    this.deferredAdmission = null;
+    if (deferred !== null && deferred.ino === inode.ino && deferred.first === Math.floor(start / blockSizeBytes)) {
+      this.admit(inode.ino, deferred.first, deferred.end, deferred.extra, this.inPlaceCredit(inode, map, deferred.first, deferred.end));
+    }
     if (inode.kind === PayloadKind.Bytes || this.fitsInline(inode, Math.max(inode.size, end))) return;
     const fileBlocks = Math.ceil(inode.size / blockSizeBytes);
     for (const at of new Set([start, end])) {
       const b = Math.floor(at / blockSizeBytes);
       if (at % blockSizeBytes === 0 || b >= fileBlocks || this.buffers.get(inode.ino)?.has(b)) continue;
-      const block = this.loadBlock(inode, map, b);
-      this.bufferOf(inode.ino).set(b, block);
-      this.bufferedBlocks++;
-      if (!this.hasExtentAt(inode, map, b)) this.holesOf(inode.ino).add(b);
+      const cover = this.coverage(inode, map, b, b + 1);
+      this.addBuffered(inode.ino, b, this.loadBlock(inode, map, b), cover.mapped(b), cover.inPlace(b));
     }
   }
 
@@ -168,6 +238,8 @@ export class FileData {
     this.lastRead = { ino: inode.ino, endBlock };
     const buffered = this.buffers.get(inode.ino);
     for (const extent of this.extentsIn(inode, map, firstBlock, endBlock)) {
+      // Unwritten blocks read as zeros, whatever the disk holds.
+      if (isUnwritten(extent)) continue;
       let from = Math.max(extent.fileBlock, firstBlock);
       const to = Math.min(extent.fileBlock + extent.blocks, endBlock);
       // Only the blocks no buffered block replaces are read (and checked).
@@ -193,13 +265,30 @@ export class FileData {
 
   /**
    * Refuses (ENOSPC) a write whose buffered blocks could not be written out.
-   * Called before the write changes anything.
+   * Called before the write changes anything. Blocks that write-out will
+   * write in place into preallocated ones need no space; without the map
+   * they cannot be told, so a refusal that only they could cause is left
+   * to `preloadEdges`, which the caller runs next (before the write).
    */
-  admitWrite(inode: Inode, position: number, length: number): void {
+  admitWrite(inode: Inode, position: number, length: number, map?: ItemMap): void {
+    this.deferredAdmission = null;
     const end = position + length;
     if (length === 0 || this.fitsInline(inode, Math.max(inode.size, end))) return;
     const inlineBlock = inode.kind === PayloadKind.Bytes && inode.size > 0 ? 1 : 0;
-    this.admit(inode.ino, Math.floor(position / blockSizeBytes), Math.ceil(end / blockSizeBytes), inlineBlock);
+    const first = Math.floor(position / blockSizeBytes);
+    const last = Math.ceil(end / blockSizeBytes);
+    if (map !== undefined) {
+      this.admit(inode.ino, first, last, inlineBlock, this.inPlaceCredit(inode, map, first, last));
+      return;
+    }
+    try {
+      this.admit(inode.ino, first, last, inlineBlock);
+    } catch (error) {
+      // With blocks freed but not yet committed, the caller commits and asks again: that comes first.
+      const extents = inode.kind === PayloadKind.Items || inode.kind === PayloadKind.Tree;
+      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || !extents || this.space.usage().pendingBlocks > 0) throw error;
+      this.deferredAdmission = { ino: inode.ino, first, end: last, extra: inlineBlock };
+    }
   }
 
   /** Stores `data` at `position` after `admitWrite`; the caller has checked limits and updates times. */
@@ -220,7 +309,7 @@ export class FileData {
     const firstBlock = Math.floor(position / blockSizeBytes);
     const endBlock = Math.ceil(end / blockSizeBytes);
     const buffered = this.bufferOf(inode.ino);
-    const mapped = this.mappedBlocks(inode, map, firstBlock, endBlock);
+    const cover = this.coverage(inode, map, firstBlock, endBlock);
     let grewFrom = -1;
     let grewTo = -1;
     for (let b = firstBlock; b < endBlock; b++) {
@@ -231,9 +320,7 @@ export class FileData {
         grewTo = b + 1;
         const whole = position <= blockStart && end >= blockStart + blockSizeBytes;
         block = whole ? newBlock() : this.loadBlock(inode, map, b);
-        buffered.set(b, block);
-        this.bufferedBlocks++;
-        if (!mapped(b)) this.holesOf(inode.ino).add(b);
+        this.addBuffered(inode.ino, b, block, cover.mapped(b), cover.inPlace(b));
       }
       const from = Math.max(position, blockStart);
       const to = Math.min(end, blockStart + blockSizeBytes);
@@ -328,18 +415,7 @@ export class FileData {
     if (size < inode.size) {
       const keepBlocks = Math.ceil(size / blockSizeBytes);
       this.forgetUnits(inode.ino, Math.max(0, keepBlocks - 1), Number.MAX_SAFE_INTEGER);
-      const buffered = this.buffers.get(inode.ino);
-      if (buffered !== undefined) {
-        const holes = this.holes.get(inode.ino);
-        for (const b of [...buffered.keys()]) {
-          if (b >= keepBlocks) {
-            buffered.delete(b);
-            holes?.delete(b);
-            this.bufferedBlocks--;
-          }
-        }
-        if (buffered.size === 0) this.dropBuffer(inode.ino);
-      }
+      this.dropBufferedIn(inode.ino, keepBlocks, Number.MAX_SAFE_INTEGER);
       this.punch(inode, map, keepBlocks, Number.MAX_SAFE_INTEGER);
       if (size === 0 && map.count === 0) map.clear();
       const tail = size % blockSizeBytes;
@@ -348,12 +424,12 @@ export class FileData {
         const block = this.bufferOf(inode.ino).get(last);
         if (block !== undefined) {
           block.fill(0, tail);
-        } else if (this.hasExtentAt(inode, map, last)) {
+        } else if (this.hasWrittenExtentAt(inode, map, last)) {
+          // (An unwritten last block reads as zeros already.)
           this.admit(inode.ino, last, last + 1);
           const loaded = this.loadBlock(inode, map, last);
           loaded.fill(0, tail);
-          this.bufferOf(inode.ino).set(last, loaded);
-          this.bufferedBlocks++;
+          this.addBuffered(inode.ino, last, loaded, true, false);
         }
         if (this.buffers.get(inode.ino)?.size === 0) this.dropBuffer(inode.ino);
       }
@@ -371,42 +447,122 @@ export class FileData {
     const indices = [...buffered.keys()].sort((a, b) => a - b);
     this.readAhead = null;
     this.compressedWindow = null;
+    const promised = this.inPlace.get(inode.ino);
+    const inPlace = (k: number): boolean => promised?.has(indices[k]!) ?? false;
     let hint = this.hintFor(inode, map, indices[0]!);
     let i = 0;
     while (i < indices.length) {
       let j = i + 1;
-      while (j < indices.length && indices[j] === indices[j - 1]! + 1) j++;
-      // [i, j) is a run of adjacent blocks.
-      if (this.compression === Compression.None) {
-        hint = this.writeRaw(inode, map, buffered, indices, i, j, hint);
-        i = j;
-        continue;
+      while (j < indices.length && indices[j] === indices[j - 1]! + 1 && inPlace(j) === inPlace(i)) j++;
+      // [i, j) is a run of adjacent blocks, all written in place or none.
+      if (inPlace(i)) {
+        this.writeInPlace(inode, map, buffered, indices, i, j);
+        hint = j < indices.length ? this.hintFor(inode, map, indices[j]!) : undefined;
+      } else {
+        hint = this.writeRun(inode, map, buffered, indices, i, j, hint);
       }
-      let rawFrom = i;
-      let u = i;
-      while (u < j) {
-        const unitEnd = Math.min(j, u + compressionUnitBlocksMax - (indices[u]! % compressionUnitBlocksMax));
-        const packed = this.packUnit(inode.ino, buffered, indices, u, unitEnd);
-        if (packed !== null) {
-          hint = this.writeRaw(inode, map, buffered, indices, rawFrom, u, hint);
-          const got = this.space.allocateExtent(packed.diskBlocks, hint);
-          if (got.length === packed.diskBlocks) {
-            this.writeCompressed(inode, map, indices[u]!, unitEnd - u, got.start, packed);
-            hint = got.start + got.length;
-            rawFrom = unitEnd;
-          } else {
-            // A fragmented volume has no room for it in one piece: store the unit raw, starting in what was found.
-            hint = this.writeRaw(inode, map, buffered, indices, u, unitEnd, hint, got);
-            rawFrom = unitEnd;
-          }
-        }
-        u = unitEnd;
-      }
-      hint = this.writeRaw(inode, map, buffered, indices, rawFrom, j, hint);
       i = j;
     }
     this.bufferedBlocks -= buffered.size;
     this.dropBuffer(inode.ino);
+  }
+
+  /** Writes buffered blocks indices[i, j) (adjacent) to new extents: compressed units where that pays, raw otherwise. */
+  private writeRun(
+    inode: Inode,
+    map: ItemMap,
+    buffered: Map<number, Buffer>,
+    indices: readonly number[],
+    i: number,
+    j: number,
+    hint: number | undefined,
+  ): number | undefined {
+    if (this.compression === Compression.None) return this.writeRaw(inode, map, buffered, indices, i, j, hint);
+    let rawFrom = i;
+    let u = i;
+    while (u < j) {
+      const unitEnd = Math.min(j, u + compressionUnitBlocksMax - (indices[u]! % compressionUnitBlocksMax));
+      const packed = this.packUnit(inode.ino, buffered, indices, u, unitEnd);
+      if (packed !== null) {
+        hint = this.writeRaw(inode, map, buffered, indices, rawFrom, u, hint);
+        const got = this.space.allocateExtent(packed.diskBlocks, hint);
+        if (got.length === packed.diskBlocks) {
+          this.writeCompressed(inode, map, indices[u]!, unitEnd - u, got.start, packed);
+          hint = got.start + got.length;
+          rawFrom = unitEnd;
+        } else {
+          // A fragmented volume has no room for it in one piece: store the unit raw, starting in what was found.
+          hint = this.writeRaw(inode, map, buffered, indices, u, unitEnd, hint, got);
+          rawFrom = unitEnd;
+        }
+      }
+      u = unitEnd;
+    }
+    return this.writeRaw(inode, map, buffered, indices, rawFrom, j, hint);
+  }
+
+  /**
+   * Writes buffered blocks indices[from, to) (adjacent, all promised in
+   * place) into their preallocated blocks, record by record.
+   */
+  private writeInPlace(inode: Inode, map: ItemMap, buffered: Map<number, Buffer>, indices: readonly number[], from: number, to: number): void {
+    let k = from;
+    while (k < to) {
+      const b = indices[k]!;
+      const extent = this.extentAt(inode, map, b);
+      const stop = extent === undefined ? b + 1 : Math.min(extent.fileBlock + extent.blocks, indices[to - 1]! + 1);
+      const m = k + (stop - b);
+      if (extent !== undefined && isUnwritten(extent) && this.inPlaceAllowed(inode, map, extent)) {
+        this.writeIntoUnwritten(inode, map, buffered, indices, k, m, extent);
+      } else {
+        // The promise was made under the same rule, so this is not expected; copying on write is always correct.
+        this.inPlaceFallbacks += m - k;
+        this.writeRun(inode, map, buffered, indices, k, m, this.hintFor(inode, map, b));
+      }
+      k = m;
+    }
+  }
+
+  /**
+   * Writes buffered blocks indices[from, to) into the blocks of unwritten
+   * record `extent` that lie under them, and records them as written: the
+   * record is cut in up to three, each a reference to the same physical
+   * extent. The committed record still says unwritten until the commit.
+   */
+  private writeIntoUnwritten(
+    inode: Inode,
+    map: ItemMap,
+    buffered: Map<number, Buffer>,
+    indices: readonly number[],
+    from: number,
+    to: number,
+    extent: Extent,
+  ): void {
+    const first = indices[from]!;
+    const count = to - from;
+    const skip = first - extent.fileBlock;
+    const after = extent.blocks - skip - count;
+    assert(skip >= 0, "blocks written in place start inside their unwritten record");
+    assert(after >= 0, "blocks written in place end inside their unwritten record");
+    const blocks: Buffer[] = [];
+    const crcs = Buffer.allocUnsafe(4 * count);
+    for (let k = 0; k < count; k++) {
+      const block = buffered.get(indices[from + k]!)!;
+      blocks.push(block);
+      crcs.writeUInt32LE(crc32c(block), 4 * k);
+    }
+    this.writeBlocks(extent.lba + skip, blocks);
+    try {
+      if (skip > 0) map.put(extentKey(extent.fileBlock), encodeExtent(sliceExtent(extent, 0, skip)));
+      if (after > 0) map.put(extentKey(first + count), encodeExtent(sliceExtent(extent, skip + count, after)));
+      map.put(extentKey(first), encodeExtent(writtenSlice(extent, skip, count, crcs)));
+      // One record became (skip > 0) + (after > 0) + 1: each new one is a reference to the physical extent.
+      for (let p = Number(skip > 0) + Number(after > 0); p > 0; p--) this.store.sharing.addRef(extent.extentLba, extent.extentBlocks);
+    } catch (error) {
+      // Admission left room for this; failing halfway would leave references uncounted.
+      this.store.poison(error);
+    }
+    this.blocksWrittenInPlace += count;
   }
 
   /** Buffered blocks indices[from, to) (one unit) compressed: the background result if it is ready, else now. */
@@ -540,8 +696,9 @@ export class FileData {
 
   /** Blocks that buffered data will take when written out, records included. */
   promisedBlocks(): number {
-    // Data, two records an extent, and per inode the paths its write-out may copy (more when a snapshot shares them).
-    return this.bufferedBlocks + 2 * Math.ceil(this.bufferedBlocks / this.extentBlocksMin()) + writeOutPathBlocks * this.buffers.size;
+    // Data (but what goes in place), two records an extent, and per inode the paths its write-out may copy (more when a snapshot shares them).
+    const records = 2 * Math.ceil(this.bufferedBlocks / this.extentBlocksMin()) + writeOutPathBlocks * this.buffers.size;
+    return this.bufferedBlocks - this.inPlaceBlocks + records;
   }
 
   /**
@@ -570,6 +727,218 @@ export class FileData {
     for (const item of map.range()) yield decodeExtent(inode.ino, item.key, item.value);
   }
 
+  // ---- ranges: fallocate, SEEK_DATA/SEEK_HOLE, sharing ----------------------------
+
+  /** Checks a fallocate(2) call's mode and range (EINVAL, EOPNOTSUPP): see ranges.ts. */
+  fallocateRequest(mode: number, offset: number, length: number): FallocateRequest {
+    return fallocateRequest(mode, offset, length);
+  }
+
+  /**
+   * Plans fallocate `request` on a regular file: the byte ranges rewritten
+   * with zeros (partial blocks that hold data), the whole blocks
+   * deallocated, the holes preallocated. Refuses (ENOSPC) unless the
+   * preallocation and the zeroing fit, then buffers the zeroed blocks' bytes
+   * (so that a read error refuses it too): after this, `fallocate` cannot
+   * fail. Changes nothing else.
+   */
+  planFallocate(inode: Inode, map: ItemMap, request: FallocateRequest): FallocatePlan {
+    const { op, start, end } = request;
+    const inline = inode.kind === PayloadKind.Bytes;
+    if (op === "punch" && inline) {
+      // Inline bytes are zeroed in the record: nothing is allocated or freed.
+      const to = Math.min(end, inode.size);
+      return { request, zeroes: start < to ? [[start, to]] : [], drop: null, punch: [], prealloc: [], puts: 2, freedRanges: 0 };
+    }
+    // Allocating or zeroing moves inline bytes into a buffered block 0 first.
+    const inlineData = inline && inode.size > 0;
+    const buffered = this.buffers.get(inode.ino);
+    const hasData = (b: number): boolean =>
+      (buffered?.has(b) ?? false) || (inlineData && b === 0) || (!inline && this.hasWrittenExtentAt(inode, map, b));
+    const first = Math.floor(start / blockSizeBytes);
+    const last = Math.ceil(end / blockSizeBytes);
+    const wholeFirst = Math.ceil(start / blockSizeBytes);
+    const wholeEnd = Math.floor(end / blockSizeBytes);
+    const zeroes: BlockRange[] = [];
+    let drop: BlockRange | null = null;
+    let punch: BlockRange[] = [];
+    let prealloc: BlockRange[] = [];
+    if (op === "allocate") {
+      prealloc = this.holesIn(inode, map, first, last, inlineData);
+    } else {
+      for (const b of new Set([first, last - 1])) {
+        if ((b >= wholeFirst && b < wholeEnd) || !hasData(b)) continue;
+        const from = Math.max(start, b * blockSizeBytes);
+        const to = Math.min(end, (b + 1) * blockSizeBytes, inode.size);
+        if (from < to) zeroes.push([from, to]);
+      }
+      if (wholeFirst < wholeEnd) drop = [wholeFirst, wholeEnd];
+      // Zeroing keeps unwritten extents (zeros already, and allocated) and preallocates the rest, edge blocks holding data aside.
+      const unwritten: BlockRange[] = [];
+      if (op === "zero" && drop !== null && !inline) {
+        for (const extent of this.extentsIn(inode, map, wholeFirst, wholeEnd)) {
+          if (isUnwritten(extent)) unwritten.push([Math.max(wholeFirst, extent.fileBlock), Math.min(wholeEnd, extent.fileBlock + extent.blocks)]);
+        }
+      }
+      if (drop !== null) punch = holeRuns(unwritten, [], wholeFirst, wholeEnd);
+      if (op === "zero") {
+        const kept = (b: number): boolean => (b < wholeFirst || b >= wholeEnd) && (hasData(b) || (!inline && this.extentAt(inode, map, b) !== undefined));
+        prealloc = holeRuns(unwritten, [first, last - 1].filter(kept), first, last);
+      }
+    }
+    const holes = prealloc.reduce((sum, [from, to]) => sum + to - from, 0);
+    const records = prealloc.length + Math.ceil(holes / extentBlocksMax);
+    const zeroed = new Set(zeroes.map(([from]) => Math.floor(from / blockSizeBytes)));
+    let fresh = inlineData ? 1 : 0;
+    for (const b of zeroed) if (!(buffered?.has(b) ?? false) && !(inlineData && b === 0)) fresh++;
+    if (fresh + holes > 0) {
+      this.space.reserve(this.promisedBlocks() + fresh + holes + 2 * records + writeOutPathBlocks + this.shrinkReserveBlocks(), "grow");
+    }
+    for (const [from, to] of zeroes) this.preloadEdges(inode, map, from, to);
+    let freedRanges = 0;
+    for (const [from, to] of punch) freedRanges += this.extentCount(inode, map, from, to);
+    return { request, zeroes, drop, punch, prealloc, puts: records + zeroes.length + 4 * punch.length + 2, freedRanges };
+  }
+
+  /** Carries out a plan from `planFallocate`, inside the caller's admitted mutation; the caller sets the times. */
+  fallocate(inode: Inode, map: ItemMap, plan: FallocatePlan): void {
+    const request = plan.request;
+    if (request.op !== "punch") this.leaveInline(inode);
+    if (plan.drop !== null) {
+      this.forgetUnits(inode.ino, plan.drop[0], plan.drop[1]);
+      this.dropBufferedIn(inode.ino, plan.drop[0], plan.drop[1]);
+    }
+    for (const [from, to] of plan.punch) this.punch(inode, map, from, to);
+    for (const [from, to] of plan.zeroes) this.write(inode, map, Buffer.alloc(to - from), from);
+    if (plan.prealloc.length > 0) this.preallocate(inode, map, plan.prealloc);
+    if (!request.keepSize && request.end > inode.size) inode.size = request.end;
+  }
+
+  /** SEEK_DATA / SEEK_HOLE at `offset` (0 ≤ offset < size): the offset found, or undefined for no data after it (ENXIO). */
+  seek(inode: Inode, map: ItemMap, offset: number, whence: SeekWhence): number | undefined {
+    if (inode.kind === PayloadKind.Bytes) return whence === "data" ? offset : inode.size;
+    const first = Math.floor(offset / blockSizeBytes);
+    // Unwritten extents are holes (as ext4 reports them); blocks buffered over them are data.
+    return seekIn(this.writtenRanges(inode, map, first), this.bufferedIndices(inode.ino), inode.size, offset, whence);
+  }
+
+  /**
+   * The written extents of file blocks [first, end), each cut to the range:
+   * what copy_file_range shares (unwritten ones read as zeros, so they are
+   * left as holes). An inline file has none: its bytes are copied.
+   */
+  sharedSlices(inode: Inode, map: ItemMap, first: number, end: number): Extent[] {
+    const slices: Extent[] = [];
+    for (const extent of this.extentsIn(inode, map, first, end)) {
+      if (isUnwritten(extent)) continue;
+      const from = Math.max(first, extent.fileBlock);
+      const to = Math.min(end, extent.fileBlock + extent.blocks);
+      slices.push(sliceExtent(extent, from - extent.fileBlock, to - from));
+    }
+    return slices;
+  }
+
+  /** Where a step over file blocks [first, end) stops so that it meets at most `records` extents (never before first + 1). */
+  stepEnd(inode: Inode, map: ItemMap, first: number, end: number, records: number): number {
+    let seen = 0;
+    for (const extent of this.extentsIn(inode, map, first, end)) {
+      if (++seen > records) return Math.max(first + 1, extent.fileBlock);
+    }
+    return end;
+  }
+
+  /** Extents overlapping file blocks [first, end) (each a range the commit may record freed). */
+  extentCount(inode: Inode, map: ItemMap, first: number, end: number): number {
+    let count = 0;
+    for (const _ of this.extentsIn(inode, map, first, end)) count++;
+    return count;
+  }
+
+  /**
+   * Refuses (ENOSPC) a `share` of `records` slices into `inode` over a range
+   * holding `dropped` extents, unless its records, and a block for an inline
+   * file's bytes (`share` moves them out of the record), fit.
+   */
+  admitShare(inode: Inode, records: number, dropped: number): void {
+    const inlineBlock = inode.kind === PayloadKind.Bytes && inode.size > 0 ? 1 : 0;
+    // A record and a split each, about a leaf's worth of refcounts, and the paths to them.
+    const metadata = 2 * (records + dropped) + writeOutPathBlocks;
+    this.space.reserve(this.promisedBlocks() + inlineBlock + metadata + this.shrinkReserveBlocks(), "grow", dropped);
+  }
+
+  /**
+   * Makes file blocks [first, end) of this file hold `slices` (written
+   * extents of this or another file, from `sharedSlices`) moved `shift`
+   * blocks on, each one more reference to its physical extent: no data is
+   * read or written. What the range held is dropped first.
+   */
+  share(inode: Inode, map: ItemMap, first: number, end: number, slices: readonly Extent[], shift: number): void {
+    this.leaveInline(inode);
+    this.punchBlocks(inode, map, first, end);
+    for (const slice of slices) {
+      const record: Extent = { ...slice, fileBlock: slice.fileBlock + shift };
+      assert(record.fileBlock >= first && record.fileBlock + record.blocks <= end, "shared slices lie inside the range");
+      try {
+        map.put(extentKey(record.fileBlock), encodeExtent(record));
+        this.store.sharing.addRef(slice.extentLba, slice.extentBlocks);
+      } catch (error) {
+        // Admitted whole by the caller: failing halfway would leave a reference uncounted.
+        this.store.poison(error);
+      }
+      inode.blocks += record.blocks;
+    }
+  }
+
+  /** Drops file blocks [first, end): their buffered blocks and extents. */
+  private punchBlocks(inode: Inode, map: ItemMap, first: number, end: number): void {
+    this.forgetUnits(inode.ino, first, end);
+    this.dropBufferedIn(inode.ino, first, end);
+    this.punch(inode, map, first, end);
+  }
+
+  /** The runs of [first, end) that are holes: no extent, no buffered block (nor the inline bytes, which become block 0). */
+  private holesIn(inode: Inode, map: ItemMap, first: number, end: number, inlineData: boolean): BlockRange[] {
+    const mapped: BlockRange[] = [];
+    if (inode.kind !== PayloadKind.Bytes) {
+      for (const extent of this.extentsIn(inode, map, first, end)) mapped.push([extent.fileBlock, extent.fileBlock + extent.blocks]);
+    }
+    const buffered = this.bufferedIndices(inode.ino);
+    return holeRuns(mapped, inlineData && buffered[0] !== 0 ? [0, ...buffered] : buffered, first, end);
+  }
+
+  /** Records unwritten extents over `runs` (holes), allocated now: admitted by `planFallocate`. */
+  private preallocate(inode: Inode, map: ItemMap, runs: readonly BlockRange[]): void {
+    this.readAhead = null;
+    const generation = this.store.generation;
+    let hint = this.hintFor(inode, map, runs[0]![0]);
+    for (const [from, to] of runs) {
+      let at = from;
+      while (at < to) {
+        const got = this.space.allocateExtent(Math.min(to - at, extentBlocksMax), hint);
+        try {
+          map.put(extentKey(at), encodeExtent(unwrittenExtent(at, got.start, got.length, generation)));
+        } catch (error) {
+          this.store.poison(error);
+        }
+        inode.blocks += got.length;
+        hint = got.start + got.length;
+        at += got.length;
+      }
+    }
+  }
+
+  private *writtenRanges(inode: Inode, map: ItemMap, first: number): Generator<BlockRange> {
+    for (const extent of this.extentsIn(inode, map, first, Number.MAX_SAFE_INTEGER)) {
+      if (!isUnwritten(extent)) yield [extent.fileBlock, extent.fileBlock + extent.blocks];
+    }
+  }
+
+  /** The inode's buffered block indices, ascending. */
+  private bufferedIndices(ino: number): number[] {
+    const buffered = this.buffers.get(ino);
+    return buffered === undefined ? [] : [...buffered.keys()].sort((a, b) => a - b);
+  }
+
   // ---- internals ------------------------------------------------------------
 
   /** The fewest blocks a full extent of write-out holds: a compressed unit, or an uncompressed extent. */
@@ -589,22 +958,53 @@ export class FileData {
     inode.payload.copy(block, 0, 0, Math.min(inode.payload.length, blockSizeBytes));
     inode.kind = PayloadKind.None;
     inode.payload = Buffer.alloc(0);
-    if (inode.size > 0) {
-      this.bufferOf(inode.ino).set(0, block);
-      this.holesOf(inode.ino).add(0);
-      this.bufferedBlocks++;
-    }
+    if (inode.size > 0) this.addBuffered(inode.ino, 0, block, false, false);
   }
 
-  /** Refuses (ENOSPC) buffering that could not be written out. */
-  admit(ino: number, firstBlock: number, endBlock: number, extra = 0): void {
+  /**
+   * Refuses (ENOSPC) buffering that could not be written out. `inPlace` of
+   * the blocks not yet buffered will be written into preallocated blocks.
+   */
+  admit(ino: number, firstBlock: number, endBlock: number, extra = 0, inPlace = 0): void {
     const buffered = this.buffers.get(ino);
     let fresh = extra;
     for (let b = firstBlock; b < endBlock; b++) if (buffered === undefined || !buffered.has(b)) fresh++;
     if (fresh === 0) return;
     // Each extent of the write-out may need a record and a split of an old one.
     const extents = Math.ceil((this.bufferedBlocks + fresh) / this.extentBlocksMin()) + this.buffers.size;
-    this.space.reserve(this.bufferedBlocks + fresh + 2 * extents + this.shrinkReserveBlocks(), "grow");
+    const data = this.bufferedBlocks - this.inPlaceBlocks + fresh - inPlace;
+    this.space.reserve(data + 2 * extents + this.shrinkReserveBlocks(), "grow");
+  }
+
+  /** A block is buffered: `mapped` if an extent (written or not) lies under it, `inPlace` if write-out will write it into one. */
+  private addBuffered(ino: number, fileBlock: number, block: Buffer, mapped: boolean, inPlace: boolean): void {
+    this.bufferOf(ino).set(fileBlock, block);
+    this.bufferedBlocks++;
+    if (!mapped) this.holesOf(ino).add(fileBlock);
+    if (!inPlace) return;
+    let promised = this.inPlace.get(ino);
+    if (promised === undefined) {
+      promised = new Set();
+      this.inPlace.set(ino, promised);
+    }
+    promised.add(fileBlock);
+    this.inPlaceBlocks++;
+  }
+
+  /** Forgets the buffered blocks of file blocks [first, end). */
+  private dropBufferedIn(ino: number, first: number, end: number): void {
+    const buffered = this.buffers.get(ino);
+    if (buffered === undefined) return;
+    const holes = this.holes.get(ino);
+    const promised = this.inPlace.get(ino);
+    for (const b of [...buffered.keys()]) {
+      if (b < first || b >= end) continue;
+      buffered.delete(b);
+      holes?.delete(b);
+      if (promised?.delete(b) === true) this.inPlaceBlocks--;
+      this.bufferedBlocks--;
+    }
+    if (buffered.size === 0) this.dropBuffer(ino);
   }
 
   private holesOf(ino: number): Set<number> {
@@ -620,13 +1020,79 @@ export class FileData {
     this.buffers.delete(ino);
     this.holes.delete(ino);
     this.precompressed.delete(ino);
+    const promised = this.inPlace.get(ino);
+    if (promised !== undefined) {
+      this.inPlaceBlocks -= promised.size;
+      this.inPlace.delete(ino);
+    }
   }
 
-  /** Whether each file block in [first, end) lies in an extent, from one scan of the map. */
-  private mappedBlocks(inode: Inode, map: ItemMap, first: number, end: number): (block: number) => boolean {
-    const ranges: Array<[number, number]> = [];
-    for (const extent of this.extentsIn(inode, map, first, end)) ranges.push([extent.fileBlock, extent.fileBlock + extent.blocks]);
-    return (block) => ranges.some(([lo, hi]) => block >= lo && block < hi);
+  /**
+   * For each file block in [first, end), from one scan of the map: whether it
+   * lies in an extent, and whether write-out may write it in place.
+   */
+  private coverage(inode: Inode, map: ItemMap, first: number, end: number): { mapped: (block: number) => boolean; inPlace: (block: number) => boolean } {
+    const ranges: Array<[number, number, boolean]> = [];
+    for (const extent of [...this.extentsIn(inode, map, first, end)]) {
+      ranges.push([extent.fileBlock, extent.fileBlock + extent.blocks, this.inPlaceAllowed(inode, map, extent)]);
+    }
+    const find = (block: number): [number, number, boolean] | undefined => ranges.find(([lo, hi]) => block >= lo && block < hi);
+    return { mapped: (block) => find(block) !== undefined, inPlace: (block) => find(block)?.[2] ?? false };
+  }
+
+  /** Blocks of [first, end) not yet buffered that write-out may write in place: a write there needs no space for them. */
+  private inPlaceCredit(inode: Inode, map: ItemMap, first: number, end: number): number {
+    const buffered = this.buffers.get(inode.ino);
+    let credit = 0;
+    for (const extent of [...this.extentsIn(inode, map, first, end)]) {
+      if (!this.inPlaceAllowed(inode, map, extent)) continue;
+      const to = Math.min(end, extent.fileBlock + extent.blocks);
+      for (let b = Math.max(first, extent.fileBlock); b < to; b++) if (buffered === undefined || !buffered.has(b)) credit++;
+    }
+    return credit;
+  }
+
+  /**
+   * Whether write-out may write the blocks of `extent`, an unwritten record,
+   * in place. Nothing else may reference them, so:
+   * - no snapshot or clone has been made since the extent was preallocated:
+   *   then no other subvolume's record names it, and no node holding one of
+   *   its records is shared (so the refcount counts every record); and
+   * - every reference to the physical extent is a record of this file within
+   *   the extent's span (its slices), none covering the same blocks as this
+   *   one. A copy of its written part made by copy_file_range elsewhere
+   *   counts as a reference that is not here, so the blocks are copied on
+   *   write from then on.
+   * The rule reads the same state at admission, when the block is buffered,
+   * and at write-out, so a promise made is a promise kept.
+   */
+  private inPlaceAllowed(inode: Inode, map: ItemMap, extent: Extent): boolean {
+    if (extent.preallocatedIn === undefined || extent.preallocatedIn <= this.newestSubvolumeGeneration()) return false;
+    const base = Math.max(0, extent.fileBlock - extent.offset);
+    let records = 0;
+    for (const other of this.extentsIn(inode, map, base, base + extent.extentBlocks)) {
+      if (other.extentLba !== extent.extentLba) continue;
+      records++;
+      const overlaps = other.offset < extent.offset + extent.blocks && extent.offset < other.offset + other.blocks;
+      if (other.fileBlock !== extent.fileBlock && overlaps) return false;
+    }
+    return this.store.sharing.refCount(extent.extentLba) === records;
+  }
+
+  /**
+   * The transaction of the newest snapshot or clone on the volume (live or
+   * being deleted), read once a transaction. It is volume-wide because a
+   * FileData does not know which subvolume it serves: a snapshot of any
+   * subvolume makes older preallocations copy on write.
+   */
+  private newestSubvolumeGeneration(): number {
+    if (this.newestSubvolume.at !== this.store.generation) {
+      this.subvolumes ??= new Subvolumes(this.store);
+      let generation = 0;
+      for (const record of [...this.subvolumes.list(), ...this.subvolumes.deleting()]) generation = Math.max(generation, record.generation);
+      this.newestSubvolume = { at: this.store.generation, generation };
+    }
+    return this.newestSubvolume.generation;
   }
 
   private bufferOf(ino: number): Map<number, Buffer> {
@@ -646,14 +1112,20 @@ export class FileData {
       return block;
     }
     for (const extent of this.extentsIn(inode, map, fileBlock, fileBlock + 1)) {
-      this.readExtentBlocks(inode.ino, extent, fileBlock - extent.fileBlock, 1).copy(block);
+      if (!isUnwritten(extent)) this.readExtentBlocks(inode.ino, extent, fileBlock - extent.fileBlock, 1).copy(block);
     }
     return block;
   }
 
-  private hasExtentAt(inode: Inode, map: ItemMap, fileBlock: number): boolean {
-    for (const _ of this.extentsIn(inode, map, fileBlock, fileBlock + 1)) return true;
-    return false;
+  private hasWrittenExtentAt(inode: Inode, map: ItemMap, fileBlock: number): boolean {
+    const extent = this.extentAt(inode, map, fileBlock);
+    return extent !== undefined && !isUnwritten(extent);
+  }
+
+  /** The extent holding file block `fileBlock`, if any. */
+  private extentAt(inode: Inode, map: ItemMap, fileBlock: number): Extent | undefined {
+    for (const extent of this.extentsIn(inode, map, fileBlock, fileBlock + 1)) return extent;
+    return undefined;
   }
 
   /** Extents overlapping file blocks [first, end), ascending. */
@@ -828,4 +1300,21 @@ export class FileData {
     if (extent.compression !== Compression.None) return extent.extentLba + extent.extentBlocks;
     return extent.lba + (fileBlock - extent.fileBlock);
   }
+}
+
+/** The written record of blocks [skip, skip + blocks) of unwritten record `extent`, now holding data with `crcs`. */
+function writtenSlice(extent: Extent, skip: number, blocks: number, crcs: Buffer): Extent {
+  return {
+    fileBlock: extent.fileBlock + skip,
+    extentLba: extent.extentLba,
+    extentBlocks: extent.extentBlocks,
+    offset: extent.offset + skip,
+    lba: extent.lba + skip,
+    blocks,
+    diskBlocks: blocks,
+    compression: Compression.None,
+    unitBlocks: extent.extentBlocks,
+    compressedBytes: 0,
+    crcs,
+  };
 }

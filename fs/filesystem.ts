@@ -955,6 +955,250 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     }
   }
 
+  // ---- ranges: fallocate, lseek, copy_file_range ----------------------------------
+
+  /**
+   * fallocate(2) on regular file `ino`. Mode 0 and KEEP_SIZE preallocate the
+   * range's holes as unwritten blocks (allocated now, counted in st_blocks
+   * and statfs, read as zeros; a later write into them is written there in
+   * place, needing no new space), mode 0 growing the size to the range's
+   * end. PUNCH_HOLE|KEEP_SIZE makes the range read as zeros and frees its
+   * whole blocks (an extent stays while other records or snapshots hold any
+   * of it). ZERO_RANGE, with or without KEEP_SIZE, zeroes the range and
+   * preallocates it. Partial blocks holding data are rewritten with zeros
+   * through the buffered path. Any other mode is EOPNOTSUPP. Refused up
+   * front (EINVAL, EOPNOTSUPP, ESPIPE, EISDIR, ENODEV, EFBIG, EROFS, ENOSPC,
+   * EIO reading an edge block), else done whole.
+   */
+  fallocate(ino: number, mode: number, offset: number, length: number): void {
+    let inode = this.inodeAt(ino);
+    const request = this.data.fallocateRequest(mode, offset, length);
+    const type = inode.mode & S_IFMT;
+    if (type === C.S_IFIFO) throw new GroveError("ESPIPE", "ESPIPE_fallocate", "fallocate on a pipe");
+    if (type === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_fallocate", "is a directory");
+    if (type !== S_IFREG) throw new GroveError("ENODEV", "ENODEV_fallocate", "fallocate needs a regular file");
+    if (request.end > fileSizeMaxBytes) {
+      throw new GroveError("EFBIG", "EFBIG_fallocate", `files are limited to ${fileSizeMaxBytes} bytes`);
+    }
+    this.checkWritable();
+    // A commit here writes out buffered data and replaces inode records: before the plan is made.
+    this.makeRoom(request.op === "punch" ? 16 : Math.ceil((request.end - request.start) / blockSizeBytes) + 16);
+    inode = this.inodeAt(ino);
+    const plan = this.data.planFallocate(inode, this.mapOf(inode), request);
+    this.mutation(
+      plan.puts,
+      // Admitted whole by the plan (data and records) and here (tree updates): nothing inside is refused.
+      () =>
+        this.store.alreadyAdmitted(() => {
+          const size = inode.size;
+          this.data.fallocate(inode, this.mapOf(inode), plan);
+          const now = this.clock();
+          inode.ctimeNs = now;
+          if (request.op !== "allocate" || inode.size !== size) inode.mtimeNs = now;
+          this.saveInode(inode);
+        }),
+      request.op === "punch" ? "shrink" : "grow",
+      plan.freedRanges,
+    );
+    this.afterWrite();
+  }
+
+  /**
+   * lseek(2) with SEEK_DATA or SEEK_HOLE on regular file `ino`: the first
+   * offset at or after `offset` that lies in data, or in a hole (the end of
+   * the file counts as one). ENXIO at or past the end of the file, or when
+   * no data follows. Holes are whole blocks; preallocated (unwritten) blocks
+   * are holes, as ext4 reports them, unless data written over them is still
+   * buffered. Costs the extents from `offset` on, never a walk of blocks.
+   */
+  lseek(ino: number, offset: number, whence: "data" | "hole"): number {
+    const inode = this.inodeAt(ino);
+    if (whence !== "data" && whence !== "hole") throw new GroveError("EINVAL", "EINVAL_whence", `bad whence ${String(whence)}`);
+    if (!Number.isSafeInteger(offset)) throw new GroveError("EINVAL", "EINVAL_seek_offset", "invalid offset");
+    const type = inode.mode & S_IFMT;
+    if (type === C.S_IFIFO || type === C.S_IFSOCK) throw new GroveError("ESPIPE", "ESPIPE_seek", "cannot seek on a pipe or socket");
+    if (type !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_seek_type", "SEEK_DATA and SEEK_HOLE need a regular file");
+    if (offset < 0 || offset >= inode.size) throw new GroveError("ENXIO", "ENXIO_seek", "the offset is at or past the end of the file");
+    const found = this.data.seek(inode, this.mapOf(inode), offset, whence);
+    if (found === undefined) throw new GroveError("ENXIO", "ENXIO_seek_data", "no data at or after the offset");
+    return found;
+  }
+
+  /**
+   * copy_file_range(2) from inode `src.ino` of `src.fs` (this filesystem
+   * when undefined, or a snapshot view of the same volume) at `srcOffset`
+   * into regular file `dstIno` of this one at `dstOffset`. When the two
+   * offsets lie equally far into a block, whole blocks are shared (reflink):
+   * each written source extent, raw or lz4, gains a reference, so a copy
+   * costs tree updates per extent and no data blocks; holes and unwritten
+   * blocks become holes; only the partial blocks at the edges are copied as
+   * bytes (the source's last block is shared too when the copy ends at both
+   * files' ends). Otherwise every byte is copied through the buffered path.
+   * Returns the bytes copied: fewer at the source's end of file, 0 from past
+   * it, or as many as fitted when the volume fills midway (ENOSPC if none
+   * did). Large copies go in steps of a few dozen extents, each admitted
+   * whole. The destination grows to cover what was copied; its mtime and
+   * ctime move. EINVAL for overlapping ranges of one file, EXDEV for a file
+   * of another volume.
+   */
+  copyFileRange(src: { fs?: GroveFs; ino: number }, srcOffset: number, dstIno: number, dstOffset: number, length: number): number {
+    this.checkOpen();
+    const from = src.fs ?? this;
+    if (!(from instanceof GroveFs) || from.store !== this.store) {
+      throw new GroveError("EXDEV", "EXDEV_copy_file_range", "the source file is on another volume");
+    }
+    for (const n of [srcOffset, dstOffset, length]) {
+      if (!Number.isSafeInteger(n) || n < 0) throw new GroveError("EINVAL", "EINVAL_copy_range", "invalid offset or length");
+    }
+    let source = from.inodeAt(src.ino);
+    let target = this.inodeAt(dstIno);
+    if ((source.mode & S_IFMT) === S_IFDIR || (target.mode & S_IFMT) === S_IFDIR) {
+      throw new GroveError("EISDIR", "EISDIR_copy_file_range", "is a directory");
+    }
+    if ((source.mode & S_IFMT) !== S_IFREG || (target.mode & S_IFMT) !== S_IFREG) {
+      throw new GroveError("EINVAL", "EINVAL_copy_file_range", "copy_file_range needs regular files");
+    }
+    this.checkWritable();
+    let count = srcOffset >= source.size ? 0 : Math.min(length, source.size - srcOffset);
+    if (count > 0 && dstOffset >= fileSizeMaxBytes) {
+      throw new GroveError("EFBIG", "EFBIG_copy_file_range", `files are limited to ${fileSizeMaxBytes} bytes`);
+    }
+    count = Math.min(count, fileSizeMaxBytes - dstOffset);
+    const same = from === this && src.ino === dstIno;
+    if (same && dstOffset + count > srcOffset && dstOffset < srcOffset + count) {
+      throw new GroveError("EINVAL", "EINVAL_copy_overlap", "the ranges overlap in one file");
+    }
+    if (count <= 0) return 0;
+    // Shared blocks must hold the newest bytes, and replaced ones must not be written out later.
+    if (from === this) this.writeOutIno(src.ino);
+    this.writeOutIno(dstIno);
+    source = from.inodeAt(src.ino);
+    target = same ? source : this.inodeAt(dstIno);
+    const srcEnd = srcOffset + count;
+    const first = Math.ceil(srcOffset / blockSizeBytes);
+    // The source's last, partial block can be shared when the copy ends at both files' ends (its tail is zeros).
+    const lastShared = srcEnd === source.size && srcEnd % blockSizeBytes !== 0 && dstOffset + count >= target.size;
+    const end = lastShared ? Math.ceil(srcEnd / blockSizeBytes) : Math.floor(srcEnd / blockSizeBytes);
+    const aligned = srcOffset % blockSizeBytes === dstOffset % blockSizeBytes && source.kind !== PayloadKind.Bytes;
+    if (!aligned || end <= first) return this.copyBytes(from, src.ino, srcOffset, dstIno, dstOffset, count);
+    const head = first * blockSizeBytes - srcOffset;
+    let copied = head > 0 ? this.copyBytes(from, src.ino, srcOffset, dstIno, dstOffset, head) : 0;
+    if (copied < head) return copied;
+    const shift = (dstOffset - srcOffset) / blockSizeBytes;
+    copied += this.shareBlocks(from, src.ino, first, end, dstIno, shift, dstOffset + count);
+    if (copied < Math.min(count, end * blockSizeBytes - srcOffset)) return copied;
+    const tail = srcEnd - end * blockSizeBytes;
+    if (tail > 0) copied += this.copyBytes(from, src.ino, end * blockSizeBytes, dstIno, end * blockSizeBytes + shift * blockSizeBytes, tail);
+    return copied;
+  }
+
+  /**
+   * Shares file blocks [first, end) of `from`'s inode `srcIno` into `dstIno`
+   * `shift` blocks on, in admitted steps; the destination grows up to
+   * `dstEnd` at most. Returns the bytes it covered (up to `dstEnd`): fewer
+   * if the volume filled after the first step.
+   */
+  private shareBlocks(from: GroveFs, srcIno: number, first: number, end: number, dstIno: number, shift: number, dstEnd: number): number {
+    const stepRecords = 32;
+    const same = from === this && srcIno === dstIno;
+    let at = first;
+    while (at < end) {
+      this.makeRoom(4 * stepRecords + 16);
+      const target = this.inodeAt(dstIno);
+      const source = same ? target : from.inodeAt(srcIno);
+      const srcMap = from.mapOf(source);
+      const dstMap = this.mapOf(target);
+      const stop = Math.min(
+        from.data.stepEnd(source, srcMap, at, end, stepRecords),
+        this.data.stepEnd(target, dstMap, at + shift, end + shift, stepRecords) - shift,
+      );
+      const slices = from.data.sharedSlices(source, srcMap, at, stop);
+      const dropped = this.data.extentCount(target, dstMap, at + shift, stop + shift);
+      try {
+        this.data.admitShare(target, slices.length, dropped);
+        this.mutation(
+          4,
+          () =>
+            this.store.alreadyAdmitted(() => {
+              this.data.share(target, this.mapOf(target), at + shift, stop + shift, slices, shift);
+              target.size = Math.max(target.size, Math.min(dstEnd, (stop + shift) * blockSizeBytes));
+              const now = this.clock();
+              target.mtimeNs = now;
+              target.ctimeNs = now;
+              this.saveInode(target);
+            }),
+          "grow",
+          dropped,
+        );
+      } catch (error) {
+        // Refused before it changed anything: what was shared so far stands (a short copy).
+        const refused = error instanceof GroveError && error.code === "ENOSPC" && !this.store.isPoisoned;
+        if (!refused || at === first) throw error;
+        break;
+      }
+      this.afterWrite();
+      at = stop;
+    }
+    return Math.max(0, Math.min(dstEnd, (at + shift) * blockSizeBytes) - (first + shift) * blockSizeBytes);
+  }
+
+  /** Copies `count` bytes through the read and buffered write paths, a MiB at a time; short if the volume fills midway. */
+  private copyBytes(from: GroveFs, srcIno: number, srcAt: number, dstIno: number, dstAt: number, count: number): number {
+    const chunkBytes = 1024 * 1024;
+    let done = 0;
+    while (done < count) {
+      const n = Math.min(chunkBytes, count - done);
+      this.makeRoom(Math.ceil(n / blockSizeBytes) + 1);
+      const source = from.inodeAt(srcIno);
+      const bytes = Buffer.alloc(n);
+      from.data.read(source, from.mapOf(source), bytes, n, srcAt + done);
+      try {
+        this.writeBytes(dstIno, bytes, dstAt + done);
+      } catch (error) {
+        const refused = error instanceof GroveError && error.code === "ENOSPC" && !this.store.isPoisoned;
+        if (!refused || done === 0) throw error;
+        break;
+      }
+      done += n;
+    }
+    return done;
+  }
+
+  /** Writes `bytes` at `at` of inode `ino` as write() does: admitted, its edges read, then buffered whole. */
+  private writeBytes(ino: number, bytes: Buffer, at: number): void {
+    let inode = this.inodeAt(ino);
+    try {
+      this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
+    } catch (error) {
+      // Space this transaction freed becomes usable once it commits: commit and try once more.
+      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
+      this.sync();
+      inode = this.inodeAt(ino);
+      this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
+    }
+    this.data.preloadEdges(inode, this.mapOf(inode), at, at + bytes.length);
+    this.mutation(2, () => {
+      this.data.write(inode, this.mapOf(inode), bytes, at);
+      const now = this.clock();
+      inode.mtimeNs = now;
+      inode.ctimeNs = now;
+      this.saveInode(inode);
+    });
+    this.afterWrite();
+  }
+
+  /** Writes out inode `ino`'s buffered data now, as a commit would (it was admitted when written). */
+  private writeOutIno(ino: number): void {
+    if (!this.data.hasBuffers(ino)) return;
+    const inode = this.loadInode(ino);
+    this.store.alreadyAdmitted(() =>
+      this.store.spendingHeadroom(() => {
+        this.data.writeOut(inode, this.mapOf(inode));
+        this.saveInode(inode);
+      }),
+    );
+  }
+
   // ---- extended attributes ----------------------------------------------------
 
   getxattr(path: string, name: string): Buffer {

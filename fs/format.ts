@@ -47,13 +47,24 @@
  *        0     8  LBA of the physical extent's first block
  *        8     2  logical blocks of this record
  *       10     2  blocks on disk this record's checksums cover (n)
- *       12     1  compression (0 none, 1 lz4)
+ *       12     1  bits 0-6: compression (0 none, 1 lz4);
+ *                 bit 7: unwritten (preallocated by fallocate, never written)
  *       13     1  lz4: blocks the physical extent decompresses to (its unit); else 0
  *       14     2  blocks in the physical extent (on disk)
  *       16     2  offset of this record's first block: on disk when
  *                 uncompressed, in the decompressed unit when lz4
  *       18     2  lz4: bytes of compressed data in the extent's last block; else 0
  *       20   4×n  crc32c of each block on disk
+ *
+ * An unwritten record (bit 7 set; always uncompressed, n = 0) carries no
+ * crcs, and instead:
+ *
+ *       20     8  generation of the transaction that preallocated the extent
+ *
+ * Its blocks are allocated and counted (st_blocks, df) but read as zeros
+ * without being read: whatever they hold is never shown. A write-out may
+ * write them in place, once, while nothing else references them (see
+ * file_data.ts). Images from before this bit have no unwritten records.
  *
  * A record references a slice of a physical extent. The physical extent is
  * allocated, reference-counted and freed as a whole (Rodeh): after a partial
@@ -66,7 +77,7 @@
  * carry the crcs of every block of the extent (n = blocks on disk).
  *
  * In a detached tree, a 9-byte value is a directory entry; an extent value is
- * at least 24 bytes (the edge reader tells them apart by that).
+ * at least 24 bytes, an unwritten one 28 (the edge reader tells them apart by that).
  */
 import { CorruptionError, blockSizeBytes, writeU64BE } from "../kvstore/index.js";
 import { compressionUnitBlocksMax, extentBlocksMax, inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
@@ -315,6 +326,11 @@ const E_EXTENT_BLOCKS = E_UNIT_BLOCKS + 1;
 const E_OFFSET = E_EXTENT_BLOCKS + 2;
 const E_LAST_BYTES = E_OFFSET + 2;
 const E_CRCS = E_LAST_BYTES + 2;
+/** Unwritten records hold this where the crcs would be. */
+const E_PREALLOC_GENERATION = E_CRCS;
+const E_UNWRITTEN_BYTES = E_PREALLOC_GENERATION + 8;
+/** Bit 7 of the compression byte. */
+const compressionFlagUnwritten = 0x80;
 
 export const direntValueBytes = 9;
 
@@ -345,6 +361,34 @@ export interface Extent {
   compressedBytes: number;
   /** One crc32c per block on disk, little-endian u32s (a view into the record; read with `extentCrc`). */
   crcs: Buffer;
+  /**
+   * Set only on an unwritten record (preallocated, never written): the
+   * transaction that preallocated its physical extent. Such a record is
+   * uncompressed, has no crcs (diskBlocks 0) and reads as zeros.
+   */
+  preallocatedIn?: number;
+}
+
+export function isUnwritten(extent: Extent): boolean {
+  return extent.preallocatedIn !== undefined;
+}
+
+/** An unwritten record of a whole physical extent of `blocks` blocks at `lba`, preallocated in `generation`. */
+export function unwrittenExtent(fileBlock: number, lba: number, blocks: number, generation: number): Extent {
+  return {
+    fileBlock,
+    extentLba: lba,
+    extentBlocks: blocks,
+    offset: 0,
+    lba,
+    blocks,
+    diskBlocks: 0,
+    compression: Compression.None,
+    unitBlocks: blocks,
+    compressedBytes: 0,
+    crcs: Buffer.alloc(0),
+    preallocatedIn: generation,
+  };
 }
 
 export function extentCrc(extent: Extent, block: number): number {
@@ -358,6 +402,16 @@ export function extentKey(fileBlock: number): Buffer {
 }
 
 export function encodeExtent(extent: Extent): Buffer {
+  if (extent.preallocatedIn !== undefined) {
+    const unwritten = Buffer.alloc(E_UNWRITTEN_BYTES);
+    unwritten.writeBigUInt64LE(BigInt(extent.extentLba), E_EXTENT_LBA);
+    unwritten.writeUInt16LE(extent.blocks, E_BLOCKS);
+    unwritten.writeUInt8(Compression.None | compressionFlagUnwritten, E_COMPRESSION);
+    unwritten.writeUInt16LE(extent.extentBlocks, E_EXTENT_BLOCKS);
+    unwritten.writeUInt16LE(extent.offset, E_OFFSET);
+    unwritten.writeBigUInt64LE(BigInt(extent.preallocatedIn), E_PREALLOC_GENERATION);
+    return unwritten;
+  }
   const value = Buffer.alloc(E_CRCS + 4 * extent.diskBlocks);
   value.writeBigUInt64LE(BigInt(extent.extentLba), E_EXTENT_LBA);
   value.writeUInt16LE(extent.blocks, E_BLOCKS);
@@ -379,6 +433,7 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
   };
   if (key.length !== 8) bad("key length");
   if (value.length < E_CRCS) bad("value length");
+  if ((value.readUInt8(E_COMPRESSION) & compressionFlagUnwritten) !== 0) return decodeUnwritten(key, value, bad);
   const diskBlocks = value.readUInt16LE(E_DISK_BLOCKS);
   const blocks = value.readUInt16LE(E_BLOCKS);
   if (value.length !== E_CRCS + 4 * diskBlocks || blocks === 0 || diskBlocks === 0) bad("block counts");
@@ -429,12 +484,30 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
   };
 }
 
+function decodeUnwritten(key: Buffer, value: Buffer, bad: (why: string) => never): Extent {
+  if (value.length !== E_UNWRITTEN_BYTES) bad("unwritten record length");
+  if (value.readUInt8(E_COMPRESSION) !== (Compression.None | compressionFlagUnwritten)) bad("unwritten extent is compressed");
+  if (value.readUInt16LE(E_DISK_BLOCKS) !== 0) bad("unwritten extent has checksums");
+  if (value.readUInt8(E_UNIT_BLOCKS) !== 0 || value.readUInt16LE(E_LAST_BYTES) !== 0) bad("compression fields set on an unwritten extent");
+  const blocks = value.readUInt16LE(E_BLOCKS);
+  const extentBlocks = value.readUInt16LE(E_EXTENT_BLOCKS);
+  const offset = value.readUInt16LE(E_OFFSET);
+  if (blocks === 0 || blocks > extentBlocksMax) bad("block counts");
+  if (extentBlocks === 0 || extentBlocks > extentBlocksMax || offset + blocks > extentBlocks) bad("slice outside its extent");
+  const extentLba = Number(value.readBigUInt64LE(E_EXTENT_LBA));
+  const extent = unwrittenExtent(Number(key.readBigUInt64BE(0)), extentLba, extentBlocks, Number(value.readBigUInt64LE(E_PREALLOC_GENERATION)));
+  return { ...extent, offset, lba: extentLba + offset, blocks };
+}
+
 /**
  * The record for file blocks [skip, skip + blocks) of `extent`: the same
  * physical extent, a shorter slice (with only its own crcs when uncompressed;
  * an lz4 slice keeps them all, since reading it needs the whole unit).
  */
 export function sliceExtent(extent: Extent, skip: number, blocks: number): Extent {
+  if (extent.preallocatedIn !== undefined) {
+    return { ...extent, fileBlock: extent.fileBlock + skip, offset: extent.offset + skip, lba: extent.lba + skip, blocks };
+  }
   if (extent.compression !== Compression.None) {
     return { ...extent, fileBlock: extent.fileBlock + skip, offset: extent.offset + skip, blocks, crcs: Buffer.from(extent.crcs) };
   }
