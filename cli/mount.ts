@@ -25,7 +25,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { canonicalMountpoint, findMount, groveFsType, mountGrove, transportNames, type MountHandle, type Transport } from "../fs/index.js";
+import { canonicalMountpoint, findMount, groveFsType, mountGrove, syncMount, transportNames, type MountHandle, type Transport } from "../fs/index.js";
 import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
@@ -338,26 +338,6 @@ async function startControl(handle: MountHandle, mountpoint: string): Promise<Co
     }
   };
   return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => syncMount(mountpoint));
-}
-
-const syncTimeoutMs = 300_000;
-
-/**
- * Has the kernel write back the mount's dirty pages (syncfs(2), by `sync -f`
- * in a child: this process serves the writes it waits for, so it must not
- * wait itself). With the kernel transport's writeback cache, what write(2)
- * returned for may still be only in the page cache.
- */
-function syncMount(mountpoint: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("sync", ["-f", mountpoint], { stdio: ["ignore", "ignore", "pipe"], timeout: syncTimeoutMs });
-    let stderr = "";
-    child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-    child.on("error", reject);
-    child.on("exit", (code) =>
-      code === 0 ? resolve() : reject(new GroveError("EIO", "EIO_sync", `sync -f ${mountpoint} failed: ${stderr.trim() || `exit ${code}`}`)),
-    );
-  });
 }
 
 /** A daemon's log holds only reports of trouble: after a clean run it is empty and goes. */

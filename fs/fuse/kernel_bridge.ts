@@ -48,6 +48,8 @@ interface RangeOps {
 
 interface OpenFile {
   ops: InodeOps;
+  /** open(2) flags as the filesystem got them (0 for directories). */
+  flags: number;
   /** The snapshot view it was opened in; null in the served subvolume. */
   view: ViewSlot | null;
   fh: number;
@@ -65,6 +67,8 @@ export interface KernelBridgeOptions {
   writeback: boolean;
   /** Largest read or write the kernel may send. */
   maxWrite: number;
+  /** Has the kernel write back the mount's dirty pages (syncfs from another process); the session serves meanwhile. */
+  flushKernel?: () => Promise<void>;
 }
 
 export class KernelBridge {
@@ -84,12 +88,12 @@ export class KernelBridge {
 
   /** After INIT: what was negotiated. */
   configure(options: KernelBridgeOptions): void {
-    this.options = options;
+    this.options = { ...this.options, ...options };
     if (this.readBuffer.length < options.maxWrite) this.readBuffer = Buffer.allocUnsafe(options.maxWrite);
   }
 
-  /** The reply to `req` (null for requests that get none). Never throws. */
-  handle(req: Request): Buffer | Buffer[] | null {
+  /** The reply to `req` (null for requests that get none, a promise for one answered later). Never throws or rejects. */
+  handle(req: Request): Buffer | Buffer[] | Promise<Buffer> | null {
     const unique = req.header.unique;
     try {
       if (this.closed) return P.replyError(unique, errnos.EIO);
@@ -114,7 +118,7 @@ export class KernelBridge {
     return errnos.EIO;
   }
 
-  private dispatch(req: Request): Buffer | Buffer[] | null {
+  private dispatch(req: Request): Buffer | Buffer[] | Promise<Buffer> | null {
     const h = req.header;
     const unique = h.unique;
     switch (req.op) {
@@ -451,7 +455,7 @@ export class KernelBridge {
       target.ops.setattr(target.ino, { killSuidgid: true });
     }
     const inner = target.ops.openIno(target.ino, wanted);
-    const fh = this.newFile({ ops: target.ops, fh: inner, node, ino: target.ino, directory: false });
+    const fh = this.newFile({ ops: target.ops, flags: wanted, fh: inner, node, ino: target.ino, directory: false });
     return P.replyOpen(unique, { fh, openFlags: this.openReplyFlags() });
   }
 
@@ -462,7 +466,7 @@ export class KernelBridge {
     const caller: Caller = { uid: req.header.uid, gid: req.header.gid };
     const made = dir.ops.createAt(dir.ino, req.name, req.mode, this.openFlags(req.flags) | C.O_CREAT, caller);
     const entry = this.entry(dir, made.stat);
-    const fh = this.newFile({ ops: dir.ops, fh: made.fh, node: entry.nodeid, ino: made.stat.ino, directory: false });
+    const fh = this.newFile({ ops: dir.ops, flags: C.O_RDWR, fh: made.fh, node: entry.nodeid, ino: made.stat.ino, directory: false });
     return P.replyCreate(unique, entry, { fh, openFlags: this.openReplyFlags() });
   }
 
@@ -518,11 +522,11 @@ export class KernelBridge {
   private opendir(node: number, unique: bigint): Buffer {
     const target = this.target(node);
     if (target.kind === "snapshots") {
-      const fh = this.newFile({ ops: this.nodes.live, fh: 0, node, ino: 0, directory: true });
+      const fh = this.newFile({ ops: this.nodes.live, flags: 0, fh: 0, node, ino: 0, directory: true });
       return P.replyOpen(unique, { fh, openFlags: 0 });
     }
     const inner = target.ops.opendirIno(target.ino);
-    const fh = this.newFile({ ops: target.ops, fh: inner, node, ino: target.ino, directory: true });
+    const fh = this.newFile({ ops: target.ops, flags: 0, fh: inner, node, ino: target.ino, directory: true });
     return P.replyOpen(unique, { fh, openFlags: target.kind === "view" ? P.fopen.keepCache | P.fopen.cacheDir : 0 });
   }
 
@@ -665,12 +669,40 @@ export class KernelBridge {
     return P.replyOk(unique);
   }
 
-  private lseek(req: P.LseekRequest, unique: bigint): Buffer {
+  private lseek(req: P.LseekRequest, unique: bigint): Buffer | Promise<Buffer> {
     const file = this.file(req.fh);
     const ops = file.ops as InodeOps & RangeOps;
     if (req.whence !== seekData && req.whence !== seekHole) return P.replyError(unique, errnos.EINVAL);
     if (ops.lseek === undefined) return P.replyError(unique, errnos.ENOSYS);
-    return P.replyLseek(unique, ops.lseek(file.ino, req.offset, req.whence === seekData ? "data" : "hole"));
+    // A negative offset arrives as a huge unsigned one (decoded as Infinity): ENXIO, as for any offset past the end.
+    if (!Number.isSafeInteger(req.offset)) return P.replyError(unique, errnos.ENXIO);
+    const whence = req.whence === seekData ? "data" : "hole";
+    const answer = () => P.replyLseek(unique, ops.lseek!(file.ino, req.offset, whence));
+    if (!this.options.writeback || this.options.flushKernel === undefined || !this.openForWriting(file.ops, file.ino)) return answer();
+    // A file open for writing may have written pages only the kernel has (the writeback cache; fuse_lseek
+    // does not write them back first), and a hole here may be data there: have the kernel write them
+    // back, serving those writes meanwhile, then answer from what the filesystem holds.
+    return this.options.flushKernel().then(
+      () => this.guarded(req, answer),
+      (error: unknown) => P.replyError(unique, this.errnoOf("lseek (write-back)", error)),
+    );
+  }
+
+  /** `work`'s reply, or the errno of what it threw (an answer that comes later, outside `handle`). */
+  private guarded(req: Request, work: () => Buffer): Buffer {
+    try {
+      if (this.closed) return P.replyError(req.header.unique, errnos.EIO);
+      return work();
+    } catch (error) {
+      return P.replyError(req.header.unique, this.errnoOf(P.opcodeName(req.op), error));
+    }
+  }
+
+  private openForWriting(ops: InodeOps, ino: number): boolean {
+    for (const open of this.handles.values()) {
+      if (open.ops === ops && open.ino === ino && !open.directory && (open.flags & 3) !== C.O_RDONLY) return true;
+    }
+    return false;
   }
 
   private copyFileRange(req: P.CopyFileRangeRequest, unique: bigint): Buffer {

@@ -6,6 +6,7 @@
  * daemon's control socket changes /.snapshots, so its entry and attributes
  * are invalidated (notify_inval_entry, notify_inval_inode).
  */
+import { spawn } from "node:child_process";
 import { resolve as resolvePath } from "node:path";
 import { GroveError } from "../../kvstore/index.js";
 import type { InodeOps, SubvolumeInfo, SubvolumeOps } from "../api.js";
@@ -28,7 +29,7 @@ export async function serveKernel(volume: BridgedFs, absolute: string, options: 
   }
   const subvolumes = servesSnapshots(volume) ? volume : null;
   const nodes = new NodeTable(volume, subvolumes);
-  const bridge = new KernelBridge(nodes, { writeback: false, maxWrite: maxWriteBytes });
+  const bridge = new KernelBridge(nodes, { writeback: false, maxWrite: maxWriteBytes, flushKernel: () => syncMount(absolute) });
   let fd: number;
   try {
     fd = await mountKernel(absolute, {
@@ -83,4 +84,22 @@ function notifyingSubvolumes(inner: SubvolumeOps, nodes: NodeTable, session: Ker
     finishDeletions: () => inner.finishDeletions(),
     snapshotView: (name: string) => inner.snapshotView(name),
   };
+}
+
+const syncTimeoutMs = 300_000;
+
+/**
+ * Has the kernel write back the mount's dirty pages: syncfs(2), by `sync -f`
+ * in a child, because this process serves the writes it waits for.
+ */
+export function syncMount(mountpoint: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("sync", ["-f", mountpoint], { stdio: ["ignore", "ignore", "pipe"], timeout: syncTimeoutMs });
+    let stderr = "";
+    child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+    child.on("error", reject);
+    child.on("exit", (code) =>
+      code === 0 ? resolve() : reject(new GroveError("EIO", "EIO_sync", `sync -f ${mountpoint} failed: ${stderr.trim() || `exit ${code}`}`)),
+    );
+  });
 }

@@ -164,7 +164,9 @@ export class KernelSession {
       return;
     }
     const reply = this.bridge.handle(request);
-    if (reply !== null) this.reply(reply);
+    // A promise: answered later (the request's fields were decoded out of the buffer, which is read into again).
+    if (reply instanceof Promise) reply.then((late) => this.reply(late));
+    else if (reply !== null) this.reply(reply);
     if (request.op === Opcode.DESTROY) this.end();
   }
 
