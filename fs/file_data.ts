@@ -16,7 +16,6 @@
  *   (fallocate with KEEP_SIZE); they read as zeros anyway.
  * - Buffered data has already been admitted against free space (`reserve`),
  *   so writing it out does not run out of room.
-
  * - With compression on, write-out cuts runs into units of at most
  *   compressionUnitBlocksMax blocks (aligned to multiples of it in the
  *   file), and stores a unit lz4-compressed only if that saves a block;
