@@ -27,6 +27,9 @@ import { afterEach, describe, expect, it } from "vitest";
 import { E2eVolume, e2eSkipReason, mountsAt, ok, pidsHolding, processAlive, repoRoot, run, sh, shRun, sleep, waitFor } from "./e2e_helpers.js";
 import { seeds, withSeedAsync } from "./helpers.js";
 
+// This suite is about the kernel transport, whatever GROVE_TRANSPORT says (this file's module graph only).
+E2eVolume.transport = "kernel";
+
 const testFile = "test/e2e_kernel.test.ts";
 const fixtures = path.join(repoRoot, "test", "fixtures");
 const MiB = 1024 ** 2;
@@ -60,12 +63,17 @@ async function mounted(name: string, size = "2G"): Promise<E2eVolume> {
   return volume;
 }
 
+/** A driver's stderr for an error message: the first problems and the closing hint. */
+function excerpt(text: string): string {
+  return text.length <= 8000 ? text : `${text.slice(0, 6000)}\n[...]\n${text.slice(-1500)}`;
+}
+
 /** Runs test/fixtures/SCRIPT ARGS; fails with its stderr unless it exits 0; returns its last stdout line as JSON. */
 async function driver<T>(script: string, args: string[], what: string, unsupported = notLanded.fallocate): Promise<T> {
   const r = await run("python3", [path.join(fixtures, script), ...args], { timeoutMs: 300_000 });
   if (r.code === driverUnsupported) throw new Error(`${what}: ${r.stderr.trim()}\n${unsupported}`);
   if (r.code !== 0) {
-    throw new Error(`${what}: python3 ${script} ${args.join(" ")} exited ${r.code}${r.signal ? ` (${r.signal})` : ""}\n${r.stderr.slice(-6000)}`);
+    throw new Error(`${what}: python3 ${script} ${args.join(" ")} exited ${r.code}${r.signal ? ` (${r.signal})` : ""}\n${excerpt(r.stderr)}`);
   }
   return JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "null") as T;
 }
@@ -86,7 +94,7 @@ async function control<T>(script: string, args: string[]): Promise<T | null> {
     console.log(`control run of ${script} skipped: ${r.stderr.trim().split("\n").at(-1)}`);
     return null;
   }
-  if (r.code !== 0) throw new Error(`control run (host filesystem, not grovefs) of ${script} ${args.join(" ")} disagrees with its own model: the driver is wrong\n${r.stderr.slice(-6000)}`);
+  if (r.code !== 0) throw new Error(`control run (host filesystem, not grovefs) of ${script} ${args.join(" ")} disagrees with its own model: the driver is wrong\n${excerpt(r.stderr)}`);
   return JSON.parse(r.stdout.trim().split("\n").at(-1)!) as T;
 }
 
@@ -491,14 +499,7 @@ describe.skipIf(e2eSkipReason !== null)("e2e: the kernel transport", () => {
   it("SEEK_DATA and SEEK_HOLE right after writing, through the writer's open descriptor (the writes still in the writeback cache), never hide data", async () => {
     // cp (coreutils 9) copies a sparse-looking file by SEEK_DATA/SEEK_HOLE: data they hide is copied as zeros.
     const v = await mounted("kseekdirty");
-    const seed = seeds([1])[0]!;
-    await withSeedAsync(seed, testFile, async () => {
-      await sh(`mkdir "$1" "$2"`, [v.out("control"), v.in("seek")]);
-      const host = await control<Record<string, FileSum>>("seek_model.py", ["dirty", String(seed), v.out("control")]);
-      const got = await driver<Record<string, FileSum>>("seek_model.py", ["dirty", String(seed), v.in("seek")], "SEEK_DATA/SEEK_HOLE before writeback", notLanded.lseek);
-      if (host !== null) expect(got).toEqual(host);
-    });
-    // The same through cp, from another process, while the writer still holds the file open.
+    // cp from another process while the writer still holds the file open (its close would write the pages back).
     const writer = v.spawn("python3", [
       "-c",
       "import os, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\nos.ftruncate(fd, 1 << 20)\nos.fsync(fd)\n" +
@@ -511,6 +512,15 @@ describe.skipIf(e2eSkipReason !== null)("e2e: the kernel transport", () => {
     await sh(`cp "$1" "$2"`, [v.in("held"), v.out("copied")]);
     expect((await sh(`tr -cd x < "$1" | wc -c`, [v.out("copied")])).trim(), "x bytes in cp's copy of a file whose writer still has it open").toBe("4096");
     writer.kill("SIGKILL");
+    await new Promise((resolve) => (writer.exitCode !== null || writer.signalCode !== null ? resolve(null) : writer.on("exit", resolve)));
+    const seed = seeds([1])[0]!;
+    // The model's files, probed through the writer's own descriptor.
+    await withSeedAsync(seed, testFile, async () => {
+      await sh(`mkdir "$1" "$2"`, [v.out("control"), v.in("seek")]);
+      const host = await control<Record<string, FileSum>>("seek_model.py", ["dirty", String(seed), v.out("control")]);
+      const got = await driver<Record<string, FileSum>>("seek_model.py", ["dirty", String(seed), v.in("seek")], "SEEK_DATA/SEEK_HOLE before writeback", notLanded.lseek);
+      if (host !== null) expect(got).toEqual(host);
+    });
     await v.finish();
   });
 
