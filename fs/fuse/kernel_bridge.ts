@@ -534,17 +534,12 @@ export class KernelBridge {
     const file = this.file(fh);
     const target = this.target(file.node);
     const packer = new P.DirentPacker(Math.min(size, this.options.maxWrite), plus);
-    const dirTarget: NodeTarget = target;
     let index = offset;
-    const dots: [string, number][] = [[".", file.node], ["..", file.node === rootIno ? rootIno : 0]];
-    while (index < 2) {
-      const [name] = dots[index]!;
-      const ok = packer.add(this.dotEntry(name, index + 1, file.node, plus));
-      if (!ok) return packer.finish(unique);
-      index++;
+    for (; index < 2; index++) {
+      if (!packer.add(this.dotEntry(index === 0 ? "." : "..", index + 1, file.node, plus))) return packer.finish(unique);
     }
     if (target.kind === "snapshots") this.snapshotEntries(file, packer, index, plus);
-    else this.treeEntries(file, dirTarget as Exclude<NodeTarget, { kind: "snapshots" }>, packer, index, plus);
+    else this.treeEntries(file, target, packer, index, plus);
     return packer.finish(unique);
   }
 
