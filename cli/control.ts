@@ -256,6 +256,8 @@ function removeStaleSocket(socketPath: string): void {
 export interface DaemonName {
   shown: string;
   pid: number;
+  /** Where it is mounted: statfs(2) there wakes a daemon that waits for requests in place (fs/fuse/session.ts). */
+  mountpoint?: string;
 }
 
 function connectError(error: NodeJS.ErrnoException, socketPath: string, daemon: DaemonName): CliError {
@@ -299,7 +301,10 @@ export function sendRequest(socketPath: string, request: ControlRequest, daemon:
       replyTimeoutMs,
     );
     socket.setEncoding("utf8");
-    socket.on("connect", () => socket.write(`${JSON.stringify(request)}\n`));
+    socket.on("connect", () => {
+      socket.write(`${JSON.stringify(request)}\n`);
+      if (daemon.mountpoint !== undefined) fs.statfs(daemon.mountpoint, () => {});
+    });
     socket.on("error", (error: NodeJS.ErrnoException) => settle(text === "" ? connectError(error, socketPath, daemon) : error));
     socket.on("data", (chunk: string) => {
       text += chunk;

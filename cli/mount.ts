@@ -25,7 +25,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { canonicalMountpoint, findMount, groveFsType, mountGrove, syncMount, transportNames, type MountHandle, type Transport } from "../fs/index.js";
+import { canonicalMountpoint, findMount, groveFsType, mountGrove, transportNames, type MountHandle, type Transport } from "../fs/index.js";
 import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
@@ -337,7 +337,7 @@ async function startControl(handle: MountHandle, mountpoint: string): Promise<Co
       // No log to write to.
     }
   };
-  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => syncMount(mountpoint));
+  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => handle.flushKernel());
 }
 
 /** A daemon's log holds only reports of trouble: after a clean run it is empty and goes. */

@@ -119,7 +119,7 @@ function onImage(target: Target & { kind: "image" }, request: ControlRequest, re
 async function perform(target: Target, request: ControlRequest, retry: string): Promise<unknown> {
   try {
     if (target.kind === "image") return onImage(target, request, retry);
-    return await sendRequest(controlSocketPath(target.mountpoint), request, { shown: target.shown, pid: target.pid });
+    return await sendRequest(controlSocketPath(target.mountpoint), request, { shown: target.shown, pid: target.pid, mountpoint: target.mountpoint });
   } catch (error) {
     throw explain(error, target, request);
   }

@@ -35,6 +35,7 @@ import {
   type FuseTimespec,
 } from "./fuse_binding.js";
 import { servesSnapshots, SnapshotDirFs } from "./snapshot_dir.js";
+import { syncMount } from "./fuse/kernel_mount.js";
 
 export { canonicalMountpoint, isMounted, unmountPath } from "./fuse_binding.js";
 
@@ -290,6 +291,8 @@ export interface ServedMount {
   ended: Promise<void> | null;
   /** Stops answering requests: every later one gets EIO. */
   stop(): void;
+  /** Has the kernel write back the mount's dirty pages (syncfs from a child process: this one serves the writes). */
+  flushKernel(): Promise<void>;
 }
 
 /**
@@ -323,5 +326,6 @@ export async function serveFuseNative(volume: BridgedFs, absolute: string, optio
     stop: () => {
       state.closed = true;
     },
+    flushKernel: () => syncMount(absolute),
   };
 }

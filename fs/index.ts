@@ -5,5 +5,4 @@ export { GroveFs, type GroveFsOptions, type VolumeInfo, compressionNames, type C
 export { checkFilesystem, type FsReport, type InodeFix } from "./check.js";
 export * from "./fuse_bridge.js";
 export { mountGrove, defaultTransport, transportNames, type Transport, type MountHandle } from "./mount.js";
-export { syncMount } from "./fuse/serve.js";
 export { repairFilesystem, type RepairResult } from "./repair.js";

@@ -44,6 +44,8 @@ export interface MountHandle {
    * without subvolumes.
    */
   readonly subvolumes: SubvolumeOps | null;
+  /** Has the kernel write back the mount's dirty pages (before a snapshot: the writeback cache holds acknowledged writes). */
+  flushKernel(): Promise<void>;
 }
 
 const maintenanceIntervalMs = 1000;
@@ -106,7 +108,7 @@ export async function mountGrove(volume: BridgedFs, mountpoint: string, options:
     if (failure !== null) throw failure;
   }
 
-  return { mountpoint: absolute, transport, unmount: finish, closed, subvolumes: served.subvolumes };
+  return { mountpoint: absolute, transport, unmount: finish, closed, subvolumes: served.subvolumes, flushKernel: () => served.flushKernel() };
 }
 
 function logOnce(seen: Set<string>, text: string): void {

@@ -5,8 +5,10 @@
  * writeback cache keeps bytes, sizes and times right under pwrite, mmap,
  * truncate, O_DIRECT and cache drops (fsx); fallocate, copy_file_range and
  * SEEK_DATA/SEEK_HOLE match models and share or free space as they should;
- * what fsync acknowledged survives a SIGKILL of the daemon; the kernel's
- * lookup counts (FORGET) can drop everything without breaking the mount.
+ * what fsync acknowledged survives a SIGKILL of the daemon; a daemon that
+ * serves in place (blocked in read(2) on its JS thread) still runs its
+ * commit timer and control socket when idle; the kernel's lookup counts
+ * (FORGET) can drop everything without breaking the mount.
  * Every test that mutates a volume ends with the full checker (finish()).
  *
  * The drivers are python3 scripts in test/fixtures/ (each says what it does
@@ -616,6 +618,30 @@ describe.skipIf(e2eSkipReason !== null)("e2e: the kernel transport", () => {
       await v.finish();
     });
   }
+
+  // ---- serving in place ----------------------------------------------------------------------
+
+  it("an idle daemon that serves in place still runs its timer and its control socket: a snapshot after 3 s idle, data written without fsync is committed within 7 s idle and survives kill -9", async () => {
+    // The session blocks in read(2) on its JS thread; only the waker's statfs poke (or the CLI's) lets the
+    // event loop run the periodic commit and the control socket when no request comes.
+    const v = await mounted("kidle");
+    const daemon = await v.daemonPid();
+    await sh(`printf 'before the snapshot' > "$1"`, [v.in("b")]);
+    await sleep(3000);
+    await v.groveOk(["snapshot", "create", v.mnt, "s1"]);
+    await sh(`printf 'after the snapshot' > "$1"`, [v.in("c")]);
+    await sleep(7000);
+    process.kill(daemon, "SIGKILL");
+    expect(await waitFor(() => !processAlive(daemon), 10_000), "the daemon survived SIGKILL").toBe(true);
+    await ok("umount", ["-l", v.mnt]);
+    v.check();
+    await v.mount();
+    expect(await sh(`cat "$1"`, [v.in("b")])).toBe("before the snapshot");
+    expect(await sh(`cat "$1"`, [v.in(".snapshots", "s1", "b")])).toBe("before the snapshot");
+    expect(await sh(`cat "$1"`, [v.in("c")]), "written 7 s before the kill, never fsynced: the timer's commit").toBe("after the snapshot");
+    await v.groveOk(["snapshot", "delete", v.mnt, "s1"]);
+    await v.finish();
+  });
 
   // ---- lookup counts -----------------------------------------------------------------------
 

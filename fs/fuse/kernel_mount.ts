@@ -82,3 +82,21 @@ function runMount(args: string[], fd: number): Promise<void> {
     });
   });
 }
+
+const syncTimeoutMs = 300_000;
+
+/**
+ * Has the kernel write back the mount's dirty pages: syncfs(2), by `sync -f`
+ * in a child, because this process serves the writes it waits for.
+ */
+export function syncMount(mountpoint: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("sync", ["-f", mountpoint], { stdio: ["ignore", "ignore", "pipe"], timeout: syncTimeoutMs });
+    let stderr = "";
+    child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+    child.on("error", reject);
+    child.on("exit", (code) =>
+      code === 0 ? resolve() : reject(new GroveError("EIO", "EIO_sync", `sync -f ${mountpoint} failed: ${stderr.trim() || `exit ${code}`}`)),
+    );
+  });
+}

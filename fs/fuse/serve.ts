@@ -6,17 +6,16 @@
  * daemon's control socket changes /.snapshots, so its entry and attributes
  * are invalidated (notify_inval_entry, notify_inval_inode).
  */
-import { spawn } from "node:child_process";
 import { resolve as resolvePath } from "node:path";
 import { GroveError } from "../../kvstore/index.js";
 import type { InodeOps, SubvolumeInfo, SubvolumeOps } from "../api.js";
 import { groveSubtype, unmountPath, type BridgedFs, type MountGroveOptions, type ServedMount } from "../fuse_bridge.js";
 import { servesSnapshots } from "../snapshot_dir.js";
 import { KernelBridge } from "./kernel_bridge.js";
-import { mountKernel } from "./kernel_mount.js";
+import { mountKernel, syncMount } from "./kernel_mount.js";
 import { NodeTable, snapshotDirNode } from "./nodes.js";
 import { notifyInvalEntry, notifyInvalInode } from "./protocol.js";
-import { KernelSession, maxWriteBytes } from "./session.js";
+import { KernelSession, maxWriteBytes, sessionModeFromEnv } from "./session.js";
 
 function isInodeOps(fs: object): fs is InodeOps {
   const candidate = fs as Partial<InodeOps>;
@@ -29,7 +28,10 @@ export async function serveKernel(volume: BridgedFs, absolute: string, options: 
   }
   const subvolumes = servesSnapshots(volume) ? volume : null;
   const nodes = new NodeTable(volume, subvolumes);
-  const bridge = new KernelBridge(nodes, { writeback: false, maxWrite: maxWriteBytes, flushKernel: () => syncMount(absolute) });
+  let session: KernelSession | null = null;
+  // The session must keep its event loop running until the child has exited (it serves the writes meanwhile).
+  const flushKernel = () => (session === null ? syncMount(absolute) : session.hold(syncMount(absolute)));
+  const bridge = new KernelBridge(nodes, { writeback: false, maxWrite: maxWriteBytes, flushKernel });
   let fd: number;
   try {
     fd = await mountKernel(absolute, {
@@ -42,19 +44,22 @@ export async function serveKernel(volume: BridgedFs, absolute: string, options: 
     const why = cause instanceof Error ? cause.message : String(cause);
     throw new GroveError("EIO", "EIO_fuse_mount", `cannot mount at ${absolute}: ${why}`, { path: absolute, cause });
   }
-  const session = new KernelSession(fd, bridge);
-  session.start();
+  const served = new KernelSession(fd, bridge, sessionModeFromEnv(), absolute);
+  session = served;
+  served.start();
   return {
     fs: volume,
-    subvolumes: subvolumes === null ? null : notifyingSubvolumes(subvolumes, nodes, session),
+    subvolumes: subvolumes === null ? null : notifyingSubvolumes(subvolumes, nodes, served),
     unmount: async () => {
+      served.quiesce();
       await unmountPath(absolute);
-      await session.done;
+      await served.done;
     },
-    ended: session.done,
+    ended: served.done,
     stop: () => {
       bridge.closed = true;
     },
+    flushKernel,
   };
 }
 
@@ -84,22 +89,4 @@ function notifyingSubvolumes(inner: SubvolumeOps, nodes: NodeTable, session: Ker
     finishDeletions: () => inner.finishDeletions(),
     snapshotView: (name: string) => inner.snapshotView(name),
   };
-}
-
-const syncTimeoutMs = 300_000;
-
-/**
- * Has the kernel write back the mount's dirty pages: syncfs(2), by `sync -f`
- * in a child, because this process serves the writes it waits for.
- */
-export function syncMount(mountpoint: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("sync", ["-f", mountpoint], { stdio: ["ignore", "ignore", "pipe"], timeout: syncTimeoutMs });
-    let stderr = "";
-    child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-    child.on("error", reject);
-    child.on("exit", (code) =>
-      code === 0 ? resolve() : reject(new GroveError("EIO", "EIO_sync", `sync -f ${mountpoint} failed: ${stderr.trim() || `exit ${code}`}`)),
-    );
-  });
 }
