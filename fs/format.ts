@@ -103,6 +103,9 @@ const I_TREE_ROOT = I_PAYLOAD_LENGTH + 2;
 const I_TREE_COUNT = I_TREE_ROOT + 8;
 const I_PAYLOAD = I_TREE_COUNT + 8;
 
+/** Inode flag: an extended attribute was set at some point, so lookups and freeing must look for them (the checker holds it). */
+export const inodeFlagHadXattrs = 1;
+
 export const enum PayloadKind {
   None = 0,
   Bytes = 1,
@@ -215,14 +218,11 @@ export function encodeInode(inode: Inode): Buffer {
 }
 
 export function decodeInode(ino: number, value: Buffer): Inode {
-  const bad = (why: string): never => {
-    throw new CorruptionError("EIO_inode_record", `inode ${ino} has a corrupt record: ${why}`);
-  };
-  if (value.length < inodeRecordFixedBytes) bad(`${value.length} bytes`);
+  if (value.length < inodeRecordFixedBytes) badInode(ino, `${value.length} bytes`);
   const payloadLength = value.readUInt16LE(I_PAYLOAD_LENGTH);
-  if (payloadLength > inodeInlineBytesMax || I_PAYLOAD + payloadLength !== value.length) bad("payload length");
+  if (payloadLength > inodeInlineBytesMax || I_PAYLOAD + payloadLength !== value.length) badInode(ino, "payload length");
   const kind = value.readUInt8(I_KIND) as PayloadKind;
-  if (kind > PayloadKind.Tree) bad(`payload kind ${kind}`);
+  if (kind > PayloadKind.Tree) badInode(ino, `payload kind ${kind}`);
   return {
     ino,
     mode: value.readUInt32LE(I_MODE),
@@ -245,6 +245,11 @@ export function decodeInode(ino: number, value: Buffer): Inode {
     treeLevel: value.readUInt8(I_TREE_LEVEL),
     treeCount: Number(value.readBigUInt64LE(I_TREE_COUNT)),
   };
+}
+
+/** Module-level rather than a closure per call: decoding an inode is a hot path. */
+function badInode(ino: number, why: string): never {
+  throw new CorruptionError("EIO_inode_record", `inode ${ino} has a corrupt record: ${why}`);
 }
 
 // ---- inline items -----------------------------------------------------------
@@ -428,15 +433,12 @@ export function encodeExtent(extent: Extent): Buffer {
 }
 
 export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
-  const bad = (why: string): never => {
-    throw new CorruptionError("EIO_extent", `inode ${ino} has a corrupt extent: ${why}`);
-  };
-  if (key.length !== 8) bad("key length");
-  if (value.length < E_CRCS) bad("value length");
-  if ((value.readUInt8(E_COMPRESSION) & compressionFlagUnwritten) !== 0) return decodeUnwritten(key, value, bad);
+  if (key.length !== 8) badExtent(ino, "key length");
+  if (value.length < E_CRCS) badExtent(ino, "value length");
+  if ((value.readUInt8(E_COMPRESSION) & compressionFlagUnwritten) !== 0) return decodeUnwritten(ino, key, value);
   const diskBlocks = value.readUInt16LE(E_DISK_BLOCKS);
   const blocks = value.readUInt16LE(E_BLOCKS);
-  if (value.length !== E_CRCS + 4 * diskBlocks || blocks === 0 || diskBlocks === 0) bad("block counts");
+  if (value.length !== E_CRCS + 4 * diskBlocks || blocks === 0 || diskBlocks === 0) badExtent(ino, "block counts");
   const compression = value.readUInt8(E_COMPRESSION);
   const crcs = value.subarray(E_CRCS, E_CRCS + 4 * diskBlocks);
   const extentLba = Number(value.readBigUInt64LE(E_EXTENT_LBA));
@@ -446,9 +448,9 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
   const lastBytes = value.readUInt16LE(E_LAST_BYTES);
   const fileBlock = Number(key.readBigUInt64BE(0));
   if (compression === Compression.None) {
-    if (blocks > extentBlocksMax || diskBlocks !== blocks) bad("block counts");
-    if (unitField !== 0 || lastBytes !== 0) bad("compression fields set on an uncompressed extent");
-    if (extentBlocks === 0 || extentBlocks > extentBlocksMax || offset + diskBlocks > extentBlocks) bad("slice outside its extent");
+    if (blocks > extentBlocksMax || diskBlocks !== blocks) badExtent(ino, "block counts");
+    if (unitField !== 0 || lastBytes !== 0) badExtent(ino, "compression fields set on an uncompressed extent");
+    if (extentBlocks === 0 || extentBlocks > extentBlocksMax || offset + diskBlocks > extentBlocks) badExtent(ino, "slice outside its extent");
     return {
       fileBlock,
       extentLba,
@@ -463,12 +465,12 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
       crcs,
     };
   }
-  if (compression !== Compression.Lz4) bad(`unknown compression ${compression}`);
+  if (compression !== Compression.Lz4) badExtent(ino, `unknown compression ${compression}`);
   // A unit is stored compressed only if that saves a block, so it takes fewer blocks on disk than it holds.
-  if (unitField < 2 || unitField > compressionUnitBlocksMax) bad(`compressed unit of ${unitField} blocks`);
-  if (extentBlocks === 0 || extentBlocks >= unitField || diskBlocks !== extentBlocks) bad("compressed extent size");
-  if (offset + blocks > unitField) bad("slice outside its compressed unit");
-  if (lastBytes === 0 || lastBytes > blockSizeBytes) bad("compressed length");
+  if (unitField < 2 || unitField > compressionUnitBlocksMax) badExtent(ino, `compressed unit of ${unitField} blocks`);
+  if (extentBlocks === 0 || extentBlocks >= unitField || diskBlocks !== extentBlocks) badExtent(ino, "compressed extent size");
+  if (offset + blocks > unitField) badExtent(ino, "slice outside its compressed unit");
+  if (lastBytes === 0 || lastBytes > blockSizeBytes) badExtent(ino, "compressed length");
   return {
     fileBlock,
     extentLba,
@@ -484,19 +486,23 @@ export function decodeExtent(ino: number, key: Buffer, value: Buffer): Extent {
   };
 }
 
-function decodeUnwritten(key: Buffer, value: Buffer, bad: (why: string) => never): Extent {
-  if (value.length !== E_UNWRITTEN_BYTES) bad("unwritten record length");
-  if (value.readUInt8(E_COMPRESSION) !== (Compression.None | compressionFlagUnwritten)) bad("unwritten extent is compressed");
-  if (value.readUInt16LE(E_DISK_BLOCKS) !== 0) bad("unwritten extent has checksums");
-  if (value.readUInt8(E_UNIT_BLOCKS) !== 0 || value.readUInt16LE(E_LAST_BYTES) !== 0) bad("compression fields set on an unwritten extent");
+function decodeUnwritten(ino: number, key: Buffer, value: Buffer): Extent {
+  if (value.length !== E_UNWRITTEN_BYTES) badExtent(ino, "unwritten record length");
+  if (value.readUInt8(E_COMPRESSION) !== (Compression.None | compressionFlagUnwritten)) badExtent(ino, "unwritten extent is compressed");
+  if (value.readUInt16LE(E_DISK_BLOCKS) !== 0) badExtent(ino, "unwritten extent has checksums");
+  if (value.readUInt8(E_UNIT_BLOCKS) !== 0 || value.readUInt16LE(E_LAST_BYTES) !== 0) badExtent(ino, "compression fields set on an unwritten extent");
   const blocks = value.readUInt16LE(E_BLOCKS);
   const extentBlocks = value.readUInt16LE(E_EXTENT_BLOCKS);
   const offset = value.readUInt16LE(E_OFFSET);
-  if (blocks === 0 || blocks > extentBlocksMax) bad("block counts");
-  if (extentBlocks === 0 || extentBlocks > extentBlocksMax || offset + blocks > extentBlocks) bad("slice outside its extent");
+  if (blocks === 0 || blocks > extentBlocksMax) badExtent(ino, "block counts");
+  if (extentBlocks === 0 || extentBlocks > extentBlocksMax || offset + blocks > extentBlocks) badExtent(ino, "slice outside its extent");
   const extentLba = Number(value.readBigUInt64LE(E_EXTENT_LBA));
   const extent = unwrittenExtent(Number(key.readBigUInt64BE(0)), extentLba, extentBlocks, Number(value.readBigUInt64LE(E_PREALLOC_GENERATION)));
   return { ...extent, offset, lba: extentLba + offset, blocks };
+}
+
+function badExtent(ino: number, why: string): never {
+  throw new CorruptionError("EIO_extent", `inode ${ino} has a corrupt extent: ${why}`);
 }
 
 /**

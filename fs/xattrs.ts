@@ -15,7 +15,7 @@ import { constants as C } from "node:fs";
 import { GroveError, type Tree } from "../kvstore/index.js";
 import { xattrCreate, xattrReplace } from "./api.js";
 import { xattrChunkBytes, xattrNameSizeMaxBytes, xattrValueSizeMaxBytes } from "./constants.js";
-import { inodeKey, xattrChunkKey, xattrNameOf, xattrPrefix, type Inode } from "./format.js";
+import { inodeFlagHadXattrs, inodeKey, xattrChunkKey, xattrNameOf, xattrPrefix, type Inode } from "./format.js";
 
 const xattrNamespaces = ["user.", "trusted.", "security."];
 /** Chunks one attribute may have: the bound of a removal's tree updates. */
@@ -32,7 +32,10 @@ export class Xattrs {
 
   /** The value, or undefined when there is none of that name (the common miss builds no error). */
   find(inode: Inode, name: string): Buffer | undefined {
-    const prefix = xattrPrefix(inode.ino, xattrName(name));
+    const key = xattrName(name);
+    // The kernel asks for security.capability before the first write to every file: usually none ever had one.
+    if ((inode.flags & inodeFlagHadXattrs) === 0) return undefined;
+    const prefix = xattrPrefix(inode.ino, key);
     const chunks: Buffer[] = [];
     for (const [, value] of this.inodes.range({ from: prefix, to: xattrChunkKey(prefix, 255) })) chunks.push(value);
     return chunks.length === 0 ? undefined : Buffer.concat(chunks);
@@ -89,6 +92,13 @@ export class Xattrs {
     for (const [key] of this.inodes.range({ from: prefix, to: end })) keys.push(key);
     for (const key of keys) this.inodes.delete(key);
   }
+}
+
+/** Whether a well-formed attribute name is outside the namespaces grovefs stores (setxattr answers EOPNOTSUPP). */
+export function xattrNamespaceUnsupported(name: Buffer): boolean {
+  if (name.length === 0 || name.length > xattrNameSizeMaxBytes || name.includes(0)) return false;
+  const text = name.toString("latin1");
+  return !xattrNamespaces.some((ns) => text.startsWith(ns) && text.length > ns.length);
 }
 
 function xattrName(name: string): Buffer {
