@@ -29,6 +29,7 @@ import {
   compressedUsageProblems,
   crc32c,
   unreadableSlots,
+  featurePreallocated,
 } from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
 import { SnapshotReport, checkSnapshots, openVolume } from "../snapshot/index.js";
@@ -83,6 +84,8 @@ export interface FsReport {
   directories: number;
   /** Blocks of reachable data extents. */
   dataBlocks: number;
+  /** Unwritten (preallocated) extent records seen, over every live subvolume. */
+  preallocatedExtents: number;
   subvolumes: number;
 }
 
@@ -118,6 +121,7 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
     inodes: 0,
     directories: 0,
     dataBlocks: 0,
+    preallocatedExtents: 0,
     subvolumes: snapshots.live.length,
   };
   for (const blocks of snapshots.space.forest.extents.values()) report.dataBlocks += blocks;
@@ -149,6 +153,10 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
     report.fixes.push(...walk.fixes);
     report.inodes += walk.seen.size;
     report.directories += walk.directories;
+    report.preallocatedExtents += walk.preallocatedExtents;
+  }
+  if (report.preallocatedExtents > 0 && !store.hasFeature(featurePreallocated)) {
+    problems.push(`superblock: ${report.preallocatedExtents} unwritten (preallocated) extents exist but the feature that says so is not set`);
   }
   return report;
 }
@@ -161,6 +169,7 @@ class FsWalk {
   private readonly entries: Array<{ dir: number; name: string; ino: number; type: number }> = [];
   private nextIno = 0;
   directories = 0;
+  preallocatedExtents = 0;
 
   constructor(
     private readonly device: BlockDevice,
@@ -236,6 +245,7 @@ class FsWalk {
     seen.extentBlocks += extent.blocks;
     this.noteSlice(ino, extent);
     if (extent.preallocatedIn !== undefined) {
+      this.preallocatedExtents++;
       if (extent.preallocatedIn > this.generation) {
         this.problems.push(
           `inode ${ino}: unwritten extent at file block ${extent.fileBlock} says generation ${extent.preallocatedIn}, after the last commit (${this.generation})`,

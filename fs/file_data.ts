@@ -34,7 +34,7 @@
  * snapshot or clone, or one already written, follows normal CoW. The rule is
  * the same at admission, when the block is buffered, and at write-out.
  */
-import { CorruptionError, GroveError, IoError, assert, blockSizeBytes, crc32c, featureCompressLz4 } from "../kvstore/index.js";
+import { CorruptionError, GroveError, IoError, assert, blockSizeBytes, crc32c, featureCompressLz4, featurePreallocated } from "../kvstore/index.js";
 import type { FreeSpace } from "../alloc/index.js";
 import type { Store } from "../kvstore/index.js";
 import { Subvolumes } from "../snapshot/index.js";
@@ -908,6 +908,8 @@ export class FileData {
   /** Records unwritten extents over `runs` (holes), allocated now: admitted by `planFallocate`. */
   private preallocate(inode: Inode, map: ItemMap, runs: readonly BlockRange[]): void {
     this.readAhead = null;
+    // In the transaction that writes the first unwritten record: older code must refuse the image, not misread it.
+    if (!this.store.hasFeature(featurePreallocated)) this.store.enableFeature(featurePreallocated);
     const generation = this.store.generation;
     let hint = this.hintFor(inode, map, runs[0]![0]);
     for (const [from, to] of runs) {

@@ -18,7 +18,7 @@
  * entries, and anything found in a volume whose trees could not be walked
  * whole — rebuilding free space from a partial walk would free live blocks.
  */
-import { BlockDevice, GroveError, compressedUsageProblems, featureCompressLz4, firstAllocatableLba } from "../kvstore/index.js";
+import { BlockDevice, GroveError, compressedUsageProblems, featureCompressLz4, featurePreallocated, firstAllocatableLba } from "../kvstore/index.js";
 import type { Extent } from "../alloc/index.js";
 import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
@@ -60,6 +60,10 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
     const usageProblems = compressedUsageProblems(forest);
     store.setCompressedUsage(forest.compressed);
     if (forest.compressed.extents > 0) store.enableFeature(featureCompressLz4);
+    if (report.preallocatedExtents > 0 && !store.hasFeature(featurePreallocated)) {
+      store.enableFeature(featurePreallocated);
+      fixed.push("superblock: set the feature bit of unwritten (preallocated) extents");
+    }
     for (const problem of usageProblems) fixed.push(`${problem}: set from the walk`);
 
     for (const m of report.snapshots.refcountMismatches) {

@@ -31,8 +31,10 @@
  *      176  3920  (zero)
  *
  * Incompatible features: bit 0, lz4-compressed data extents may exist (set
- * by mkfs --compress lz4 or by the first compressed extent written). An
- * image without it holds no compressed extent, so older code reads it.
+ * by mkfs --compress lz4 or by the first compressed extent written); bit 1,
+ * unwritten (preallocated) data extents may exist (set with the first
+ * fallocate that allocates). An image without a bit holds no such extent, so
+ * older code reads it; code that does not know a bit refuses the image.
  */
 import { crc32c } from "./checksum.js";
 import { blockSizeBytes, deviceBlocksMin, superblockSlotLbas, treeDepthMax } from "./constants.js";
@@ -42,8 +44,10 @@ export const superblockMagic = Buffer.from("GROVEFS\x01", "latin1");
 export const formatVersion = 2;
 /** Data extents may be lz4-compressed. */
 export const featureCompressLz4 = 1n;
+/** Data extents may be unwritten: preallocated by fallocate, read as zeros. */
+export const featurePreallocated = 2n;
 /** An image with other incompatible feature bits is refused. */
-export const featuresIncompatKnown = featureCompressLz4;
+export const featuresIncompatKnown = featureCompressLz4 | featurePreallocated;
 
 const SLOT_MAGIC = 0;
 const SLOT_CRC = SLOT_MAGIC + 8;

@@ -14,8 +14,9 @@ import { constants as C } from "node:fs";
 import * as path from "node:path";
 import { withDir } from "tmp-promise";
 import { describe, expect, it } from "vitest";
-import { FileDevice, GroveError, Prng, SimDevice, SimulatedCrash, blockSizeBytes } from "../kvstore/index.js";
-import { GroveFs, checkFilesystem, fileSizeMaxBytes } from "../fs/index.js";
+import { FileDevice, GroveError, Prng, SimDevice, SimulatedCrash, blockSizeBytes, featurePreallocated, readSuperblock } from "../kvstore/index.js";
+import { encodeSuperblock, slotForGeneration } from "../kvstore/superblock.js";
+import { GroveFs, checkFilesystem, fileSizeMaxBytes, repairFilesystem } from "../fs/index.js";
 import {
   Compression,
   type Extent,
@@ -1355,6 +1356,28 @@ describe("copyFileRange", () => {
 });
 
 describe("unwritten extent records and the checker", () => {
+  it("the first preallocation sets an incompatible feature bit; a missing bit is found by the checker and set by repair", () => {
+    const h = new FsHarness();
+    const ino = touch(h.fs, "/f");
+    h.fs.write(h.fs.openIno(ino, C.O_RDWR), Buffer.alloc(3 * B, 7), 3 * B, 0);
+    h.fs.sync();
+    expect(readSuperblock(h.device.reopen()).features & featurePreallocated).toBe(0n);
+    h.fs.fallocate(ino, 0, 0, 8 * B);
+    expect(h.fs.store.hasFeature(featurePreallocated)).toBe(true);
+    h.fs.sync();
+    const sb = readSuperblock(h.device.reopen());
+    expect(sb.features & featurePreallocated).toBe(featurePreallocated);
+    h.fs.close();
+    const device = h.device.reopen();
+    device.write(slotForGeneration(sb.generation), encodeSuperblock({ ...sb, features: sb.features & ~featurePreallocated }));
+    const report = checkFilesystem(device);
+    expect(report.problems).toEqual(["superblock: 1 unwritten (preallocated) extents exist but the feature that says so is not set"]);
+    expect(repairFilesystem(device, report).fixed).toContain("superblock: set the feature bit of unwritten (preallocated) extents");
+    const repaired = device.reopen();
+    expect(checkFilesystem(repaired).problems).toEqual([]);
+    expect(readSuperblock(repaired).features & featurePreallocated).toBe(featurePreallocated);
+  });
+
   it("round-trip through the format, slice, and refuse malformed bytes", () => {
     const extent = unwrittenExtent(7, 1000, 100, 42);
     const value = encodeExtent(extent);
