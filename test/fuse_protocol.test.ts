@@ -317,6 +317,14 @@ describe("request shapes", () => {
     const copyBody = [u64(3), u64(0), u64(44), u64(5), u64(512), u64(1 << 20), u64(0)];
     const copy = decodeAs(request(Opcode.COPY_FILE_RANGE, copyBody), Opcode.COPY_FILE_RANGE);
     expect(copy).toMatchObject({ fhIn: 3, offIn: 0, nodeidOut: 44, fhOut: 5, offOut: 512, len: 1 << 20, flags: 0n });
+    // 7.45's 64-bit variant: the same body, a u64 answer.
+    const copy64 = decodeAs(request(Opcode.COPY_FILE_RANGE_64, [u64(3), u64(0), u64(44), u64(5), u64(512), u64(2 ** 33), u64(0)]), Opcode.COPY_FILE_RANGE_64);
+    expect(copy64).toMatchObject({ fhIn: 3, nodeidOut: 44, len: 2 ** 33 });
+    const reply = P.replyCopied64(9n, 2 ** 33);
+    expect(reply.length).toBe(24);
+    expect(reply.readUInt32LE(0)).toBe(24);
+    expect(reply.readBigUInt64LE(8)).toBe(9n);
+    expect(reply.readBigUInt64LE(16)).toBe(2n ** 33n);
   });
 
   it("user offsets above 2^53 decode as offsetBeyondSafe, never rounded", () => {
@@ -350,7 +358,7 @@ describe("request shapes", () => {
       Opcode.STATFS, Opcode.RELEASE, Opcode.FSYNC, Opcode.SETXATTR, Opcode.GETXATTR, Opcode.LISTXATTR,
       Opcode.REMOVEXATTR, Opcode.FLUSH, Opcode.INIT, Opcode.OPENDIR, Opcode.READDIR, Opcode.RELEASEDIR,
       Opcode.FSYNCDIR, Opcode.ACCESS, Opcode.CREATE, Opcode.INTERRUPT, Opcode.DESTROY, Opcode.BATCH_FORGET,
-      Opcode.FALLOCATE, Opcode.READDIRPLUS, Opcode.RENAME2, Opcode.LSEEK, Opcode.COPY_FILE_RANGE,
+      Opcode.FALLOCATE, Opcode.READDIRPLUS, Opcode.RENAME2, Opcode.LSEEK, Opcode.COPY_FILE_RANGE, Opcode.COPY_FILE_RANGE_64,
     ];
     const all = Object.values(Opcode).filter((v): v is Opcode => typeof v === "number");
     for (const op of all) expect([op, P.opcodeDecoded(op)]).toEqual([op, decoded.includes(op)]);

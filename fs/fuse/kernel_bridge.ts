@@ -189,6 +189,7 @@ export class KernelBridge {
       case Opcode.LSEEK:
         return this.lseek(req, unique);
       case Opcode.COPY_FILE_RANGE:
+      case Opcode.COPY_FILE_RANGE_64:
         return this.copyFileRange(req, unique);
       case Opcode.INTERRUPT:
         // Every request is answered as soon as it is read, in order: there is nothing to interrupt.
@@ -715,8 +716,11 @@ export class KernelBridge {
     const ops = dstTarget.ops as InodeOps & RangeOps;
     if (ops.copyFileRange === undefined) return P.replyError(unique, errnos.ENOSYS);
     const fromOther = src.ops !== dst.ops ? { fs: src.ops, ino: src.ino } : { ino: src.ino };
-    const n = ops.copyFileRange(fromOther, req.offIn, dstTarget.ino, req.offOut, req.len);
-    return P.replyWrite(unique, n);
+    // The 32-bit reply caps one call at 4 GiB - 1 (the kernel asks for no more). A length past 2^53 decodes
+    // as Infinity: as much as the source holds.
+    const len = Math.min(req.len, req.op === Opcode.COPY_FILE_RANGE ? 0xffffffff : Number.MAX_SAFE_INTEGER);
+    const n = ops.copyFileRange(fromOther, req.offIn, dstTarget.ino, req.offOut, len);
+    return req.op === Opcode.COPY_FILE_RANGE ? P.replyWrite(unique, n) : P.replyCopied64(unique, n);
   }
 }
 

@@ -639,6 +639,9 @@ const openOutBytes = openOutPadding + 4;
 const writeOutSize = 0;
 const writeOutPadding = writeOutSize + 4;
 const writeOutBytes = writeOutPadding + 4;
+/** fuse_copy_file_range_out (8): 0 u64 bytes_copied. */
+const copiedOutBytesCopied = 0;
+const copiedOutBytes = copiedOutBytesCopied + 8;
 
 const statfsBlocks = 0;
 const statfsBfree = statfsBlocks + 8;
@@ -933,7 +936,8 @@ export interface LseekRequest extends RequestBase<Opcode.LSEEK> {
   /** `seekWhence.data` or `.hole`. */
   whence: number;
 }
-export interface CopyFileRangeRequest extends RequestBase<Opcode.COPY_FILE_RANGE> {
+/** COPY_FILE_RANGE answers fuse_write_out (u32 size); COPY_FILE_RANGE_64 (7.45) the same request, answered with a u64. */
+export interface CopyFileRangeRequest extends RequestBase<Opcode.COPY_FILE_RANGE | Opcode.COPY_FILE_RANGE_64> {
   fhIn: number;
   offIn: number;
   nodeidOut: number;
@@ -1436,7 +1440,7 @@ function decodeLseek(body: Body, header: InHeader): Request {
 function decodeCopyFileRange(body: Body, header: InHeader): Request {
   body.need(copyInBytes, "fuse_copy_file_range_in");
   return {
-    op: Opcode.COPY_FILE_RANGE,
+    op: header.opcode === Opcode.COPY_FILE_RANGE_64 ? Opcode.COPY_FILE_RANGE_64 : Opcode.COPY_FILE_RANGE,
     header,
     fhIn: body.id(copyInFhIn, "fh_in"),
     offIn: body.range(copyInOffIn),
@@ -1488,6 +1492,7 @@ const bodyDecoders = new Map<number, Decoder>([
   [Opcode.FALLOCATE, decodeFallocate],
   [Opcode.LSEEK, decodeLseek],
   [Opcode.COPY_FILE_RANGE, decodeCopyFileRange],
+  [Opcode.COPY_FILE_RANGE_64, decodeCopyFileRange],
 ]);
 
 /** Whether decodeRequest decodes this opcode's body (false: an UnsupportedRequest, answer ENOSYS). */
@@ -1798,6 +1803,13 @@ export function replyWrite(unique: bigint, size: number): Buffer {
   assertU32(size, "written size");
   const buf = fixedReply(unique, writeOutBytes);
   buf.writeUInt32LE(size, outHeaderBytes + writeOutSize);
+  return buf;
+}
+
+/** COPY_FILE_RANGE_64: fuse_copy_file_range_out, a u64 of bytes copied. */
+export function replyCopied64(unique: bigint, size: number): Buffer {
+  const buf = fixedReply(unique, copiedOutBytes);
+  writeU64(buf, outHeaderBytes + copiedOutBytesCopied, size, "bytes copied");
   return buf;
 }
 
