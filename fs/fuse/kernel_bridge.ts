@@ -74,6 +74,8 @@ export interface KernelBridgeOptions {
 
 export class KernelBridge {
   private readonly handles = new Map<number, OpenFile>();
+  /** Open handles that may write, per inode of the served subvolume (views are read-only): lseek's question. */
+  private readonly writers = new Map<number, number>();
   private nextFh = 1;
   private readonly loggedBugs = new Set<string>();
   private readonly mountedNs = BigInt(Date.now()) * 1_000_000n;
@@ -432,7 +434,9 @@ export class KernelBridge {
   private newFile(file: Omit<OpenFile, "cursor" | "names" | "view">): number {
     const fh = this.nextFh++;
     const target = this.target(file.node);
-    this.handles.set(fh, { ...file, view: target.kind === "view" ? target.view : null, cursor: null, names: null });
+    const opened: OpenFile = { ...file, view: target.kind === "view" ? target.view : null, cursor: null, names: null };
+    this.handles.set(fh, opened);
+    if (writes(opened)) this.writers.set(opened.ino, (this.writers.get(opened.ino) ?? 0) + 1);
     return fh;
   }
 
@@ -489,6 +493,11 @@ export class KernelBridge {
     const file = this.handles.get(fh);
     if (file === undefined) throw new GroveError("EBADF", "EBADF_handle", `bad file handle ${fh}`);
     this.handles.delete(fh);
+    if (writes(file)) {
+      const left = this.writers.get(file.ino)! - 1;
+      if (left === 0) this.writers.delete(file.ino);
+      else this.writers.set(file.ino, left);
+    }
     // A deleted snapshot's view is closed already: close(2) still succeeds.
     if (file.fh === 0 || file.view?.dead === true) return;
     if (file.directory) file.ops.releasedir(file.fh);
@@ -682,7 +691,7 @@ export class KernelBridge {
     if (!Number.isSafeInteger(req.offset)) return P.replyError(unique, errnos.ENXIO);
     const whence = req.whence === seekData ? "data" : "hole";
     const answer = () => P.replyLseek(unique, ops.lseek!(file.ino, req.offset, whence));
-    if (!this.options.writeback || this.options.flushKernel === undefined || !this.openForWriting(file.ops, file.ino)) return answer();
+    if (!this.options.writeback || this.options.flushKernel === undefined || !(file.view === null && this.writers.has(file.ino))) return answer();
     // A file open for writing may have written pages only the kernel has (the writeback cache; fuse_lseek
     // does not write them back first), and a hole here may be data there: have the kernel write them
     // back, serving those writes meanwhile, then answer from what the filesystem holds.
@@ -702,13 +711,6 @@ export class KernelBridge {
     }
   }
 
-  private openForWriting(ops: InodeOps, ino: number): boolean {
-    for (const open of this.handles.values()) {
-      if (open.ops === ops && open.ino === ino && !open.directory && (open.flags & 3) !== C.O_RDONLY) return true;
-    }
-    return false;
-  }
-
   private copyFileRange(req: P.CopyFileRangeRequest, unique: bigint): Buffer {
     const src = this.file(req.fhIn);
     const dst = this.file(req.fhOut);
@@ -722,6 +724,11 @@ export class KernelBridge {
     const n = ops.copyFileRange(fromOther, req.offIn, dstTarget.ino, req.offOut, len);
     return req.op === Opcode.COPY_FILE_RANGE ? P.replyWrite(unique, n) : P.replyCopied64(unique, n);
   }
+}
+
+/** Whether an open file may write (only in the served subvolume: views are read-only). */
+function writes(file: OpenFile): boolean {
+  return file.view === null && !file.directory && (file.flags & 3) !== C.O_RDONLY;
 }
 
 /** A SETATTR time: "now", the time given, or none. */
