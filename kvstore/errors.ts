@@ -46,6 +46,32 @@ export interface GroveErrorOptions {
   cause?: unknown;
 }
 
+/**
+ * Codes that answer a request rather than report a failure: a missing name,
+ * an existing one, a refused operation. They are thrown on hot paths (every
+ * miss of an lseek, a setattr after unlink, an unsupported xattr), so they
+ * carry no stack trace, which costs more than the rest of the error. EIO,
+ * ENOSPC, EBADF and the others keep theirs: those can point at a bug.
+ */
+const answers: ReadonlySet<ErrnoCode> = new Set<ErrnoCode>([
+  "ENOENT",
+  "EEXIST",
+  "ENOTEMPTY",
+  "ENOTDIR",
+  "EISDIR",
+  "ENODATA",
+  "EOPNOTSUPP",
+  "ERANGE",
+  "ENAMETOOLONG",
+  "EXDEV",
+  "ENXIO",
+  "EACCES",
+  "EPERM",
+  "EROFS",
+  "EMLINK",
+  "ELOOP",
+]);
+
 export class GroveError extends Error {
   readonly code: ErrnoCode;
   readonly errno: number;
@@ -55,7 +81,13 @@ export class GroveError extends Error {
   readonly syscall?: string;
 
   constructor(code: ErrnoCode, detail: string, message: string, options: GroveErrorOptions = {}) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    const stackLimit = Error.stackTraceLimit;
+    if (answers.has(code)) Error.stackTraceLimit = 0;
+    try {
+      super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    } finally {
+      Error.stackTraceLimit = stackLimit;
+    }
     this.name = "GroveError";
     this.code = code;
     this.errno = errnos[code];
