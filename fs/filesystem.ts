@@ -21,7 +21,6 @@ import {
   BlockDevice,
   GroveError,
   Store,
-  Tree,
   assert,
   blockSizeBytes,
   treeIdFirstDynamic,
@@ -54,36 +53,20 @@ import {
   commitIntervalMs,
   dirtyNodeBytesMax,
   fileSizeMaxBytes,
-  firstFreeIno,
-  inoMax,
   linkCountMax,
   nameSizeMaxBytes,
   rootIno,
   symlinkTargetSizeMaxBytes,
   treeIdDefaultSubvolume,
 } from "./constants.js";
-import {
-  Inode,
-  PayloadKind,
-  countersKey,
-  decodeCounters,
-  decodeDirent,
-  decodeInode,
-  encodeCounters,
-  encodeDirent,
-  encodeInode,
-  inodeKey,
-  orphanIno,
-  orphanKey,
-  orphanPrefix,
-  xattrPrefix,
-} from "./format.js";
+import { Inode, PayloadKind, decodeDirent, encodeDirent, inodeFlagHadXattrs, xattrPrefix } from "./format.js";
 import { FileData } from "./file_data.js";
 import { Handles, type Handle } from "./handles.js";
 import { Xattrs, xattrChunksMax } from "./xattrs.js";
 import { Compression } from "./format.js";
 import { fsEdges } from "./edges.js";
-import { ItemMap, mapOwner } from "./item_map.js";
+import type { ItemMap } from "./item_map.js";
+import { InodeTable } from "./inode_table.js";
 
 assert(treeIdDefaultSubvolume >= treeIdFirstDynamic, "the subvolume tree id is a dynamic one");
 
@@ -97,8 +80,6 @@ const S_IFLNK = C.S_IFLNK;
 const S_ISGID = 0o2000;
 const S_ISVTX = 0o1000;
 const permissionBits = 0o7777;
-/** Inode flag: an extended attribute was set at some point, so freeing the inode must look for them. */
-const inodeFlagHadXattrs = 1;
 const O_ACCMODE = 3;
 const day = 86_400_000_000_000n;
 
@@ -160,14 +141,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private subvolume: SubvolumeRecord;
   /** Read-only views of snapshots (/.snapshots), sharing this volume; null in a view itself. */
   private readonly views: Map<string, GroveFs> | null;
-  private readonly inodes: Tree;
+  private readonly inodes: InodeTable;
   private readonly data: FileData;
   private readonly clock: () => bigint;
   private readonly deletionStepNodes: number;
   private readonly handles = new Handles();
   private readonly xattrs: Xattrs;
-  private nextIno: number;
-  private countersDirty = false;
   private lastCommitNs: bigint;
   private closed = false;
 
@@ -177,11 +156,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const compression = compressionOf(options.compression ?? "none");
     const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now, compression });
     assert(inodes.id === treeIdDefaultSubvolume, "mkfs makes the default subvolume");
-    const root = newInode(rootIno, S_IFDIR | 0o755, { uid: 0, gid: 0 }, now, store.generation);
-    root.nlink = 2;
-    root.parent = rootIno;
-    inodes.put(inodeKey(rootIno), encodeInode(root));
-    inodes.put(countersKey, encodeCounters(firstFreeIno));
+    InodeTable.format(inodes, now, store.generation);
     store.commit();
     store.close();
   }
@@ -217,14 +192,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.clock = options.clock ?? wallClock;
     this.deletionStepNodes = options.deletionStepNodes ?? deletionStepNodes;
     const store = this.store;
-    this.inodes = store.openTree(subvolume.id);
-    this.xattrs = new Xattrs(this.inodes);
+    const tree = store.openTree(subvolume.id);
+    this.xattrs = new Xattrs(tree);
     const compression = options.compression !== undefined ? compressionOf(options.compression) : (store.compression as Compression);
     this.data = new FileData(store, this.space, () => this.shrinkReserveBlocks(), compression);
-    const counters = this.inodes.get(countersKey);
-    if (counters === undefined) throw new GroveError("EIO", "EIO_counters", "the inode counter record is missing");
-    this.nextIno = decodeCounters(counters);
-    this.loadInode(rootIno);
+    this.inodes = new InodeTable(store, tree, subvolume.id, this.clock);
+    this.inodes.load(rootIno);
     this.lastCommitNs = this.clock();
     if (!this.readOnly) this.freeOrphans();
   }
@@ -234,10 +207,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   info(): VolumeInfo {
     this.checkOpen();
     const usage = this.space.usage();
-    let orphans = 0;
-    for (const _ of this.inodes.range({ from: orphanPrefix, to: inodeKey(1) })) orphans++;
-    let inodes = 0;
-    for (const [key] of this.inodes.range({ from: inodeKey(1) })) if (key.length === 8) inodes++;
+    const orphans = this.inodes.orphanCount();
+    const inodes = this.inodes.recordCount();
     const compressed = this.store.compressedUsage;
     const saved = compressed.logicalBlocks - compressed.diskBlocks;
     return {
@@ -265,7 +236,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.checkOpen();
     const usage = this.space.usage();
     const free = Math.max(0, usage.freeBlocks - this.data.bufferedBytes / blockSizeBytes);
-    const ffree = Math.max(0, Math.min(inoMax - this.nextIno, free * 4));
+    const ffree = Math.max(0, Math.min(this.inodes.freeInos, free * 4));
     const compressed = this.store.compressedUsage;
     return {
       usedBlocks: usage.totalBlocks - free,
@@ -275,7 +246,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       blocks: usage.totalBlocks,
       bfree: free,
       bavail: free,
-      files: ffree + this.inodes.count,
+      files: ffree + this.inodes.itemCount,
       ffree,
       favail: ffree,
       fsid: this.store.uuid.readUInt32LE(0),
@@ -289,10 +260,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.checkOpen();
     if (this.store.readOnly || this.views === null) return;
     this.writeOutAll();
-    if (this.countersDirty) {
-      this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.put(countersKey, encodeCounters(this.nextIno))));
-      this.countersDirty = false;
-    }
+    if (this.inodes.countersDirty) this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.saveCounters()));
     this.store.commit();
     this.lastCommitNs = this.clock();
   }
@@ -458,7 +426,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   fgetattr(fh: number): Stat {
-    return this.stat(this.loadInode(this.handle(fh).ino));
+    return this.stat(this.inodes.load(this.handle(fh).ino));
   }
 
   /** The attributes of inode `ino`; ENOENT once it is gone (a stale kernel inode). */
@@ -517,7 +485,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       if (attr.atime !== undefined && attr.atime !== "omit") inode.atimeNs = attr.atime === "now" ? now : attr.atime;
       if (attr.mtime !== undefined && attr.mtime !== "omit") inode.mtimeNs = attr.mtime === "now" ? now : attr.mtime;
       inode.ctimeNs = attr.ctime ?? now;
-      this.saveInode(inode);
+      this.inodes.save(inode);
     });
   }
 
@@ -564,11 +532,11 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   private mkdirIn({ dir, name }: Slot, mode: number, caller: Caller): Stat {
     const inode = this.mutation(4, () => {
-      const child = this.createInode(dir, S_IFDIR | (mode & permissionBits & ~0o7000) | (mode & S_ISVTX), caller);
+      const child = this.inodes.create(dir, S_IFDIR | (mode & permissionBits & ~0o7000) | (mode & S_ISVTX), caller);
       child.nlink = 2;
       child.parent = dir.ino;
       if ((dir.mode & S_ISGID) !== 0) child.mode |= S_ISGID;
-      this.saveInode(child);
+      this.inodes.save(child);
       dir.nlink++;
       this.addEntry(dir, name, child);
       return child;
@@ -682,7 +650,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.mutation(3, () => {
       inode.nlink++;
       inode.ctimeNs = this.clock();
-      this.saveInode(inode);
+      this.inodes.save(inode);
       this.addEntry(dir, name, inode);
     });
     return this.stat(inode);
@@ -707,9 +675,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const { dir, name } = slot();
     this.data.admit(0, 0, Math.ceil(bytes.length / blockSizeBytes));
     const inode = this.mutation(4, () => {
-      const link = this.createInode(dir, S_IFLNK | 0o777, caller);
+      const link = this.inodes.create(dir, S_IFLNK | 0o777, caller);
       this.data.write(link, this.mapOf(link), bytes, 0);
-      this.saveInode(link);
+      this.inodes.save(link);
       this.addEntry(dir, name, link);
       return link;
     });
@@ -749,9 +717,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     }
     const { dir, name } = slot();
     const inode = this.mutation(3, () => {
-      const node = this.createInode(dir, (type === 0 ? S_IFREG : type) | (mode & permissionBits), caller);
+      const node = this.inodes.create(dir, (type === 0 ? S_IFREG : type) | (mode & permissionBits), caller);
       if (type === C.S_IFCHR || type === C.S_IFBLK) node.rdev = rdev;
-      this.saveInode(node);
+      this.inodes.save(node);
       this.addEntry(dir, name, node);
       return node;
     });
@@ -777,7 +745,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const to = dst.path;
     const moving = this.entryInode(src.dir, src.name, from);
     const existingEntry = this.mapOf(dst.dir).get(dst.name);
-    const existing = existingEntry === undefined ? undefined : this.loadInode(decodeDirent(dst.dir.ino, existingEntry).ino);
+    const existing = existingEntry === undefined ? undefined : this.inodes.load(decodeDirent(dst.dir.ino, existingEntry).ino);
     if ((flags & renameExchange) !== 0) {
       if (existing === undefined) throw new GroveError("ENOENT", "ENOENT_rename_exchange", "no such file", { path: to });
       this.exchange(src, dst, moving, existing);
@@ -810,7 +778,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
         moving.parent = dstDir.ino;
       }
       moving.ctimeNs = this.clock();
-      this.saveInode(moving);
+      this.inodes.save(moving);
       this.touchDir(srcDir);
       if (dstDir !== srcDir) this.touchDir(dstDir);
     }, "grow", freed);
@@ -840,14 +808,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const entry = this.mapOf(dir).get(name);
     if (entry !== undefined) {
       if ((flags & C.O_EXCL) !== 0) throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
-      const existing = this.loadInode(decodeDirent(dir.ino, entry).ino);
+      const existing = this.inodes.load(decodeDirent(dir.ino, entry).ino);
       const fh = this.openInode(existing, flags & ~C.O_CREAT, path);
       return { fh, stat: this.stat(existing) };
     }
     this.checkOpenSlots();
     const inode = this.mutation(3, () => {
-      const file = this.createInode(dir, S_IFREG | (mode & permissionBits), caller);
-      this.saveInode(file);
+      const file = this.inodes.create(dir, S_IFREG | (mode & permissionBits), caller);
+      this.inodes.save(file);
       this.addEntry(dir, name, file);
       return file;
     });
@@ -877,7 +845,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === C.O_WRONLY) throw new GroveError("EBADF", "EBADF_read", "not open for reading");
     checkRange(length, position);
-    const inode = this.loadInode(handle.ino);
+    const inode = this.inodes.load(handle.ino);
     if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_read", "is a directory");
     const n = this.data.read(inode, this.mapOf(inode), buffer, Math.min(length, buffer.length), position);
     this.touchAtime(inode);
@@ -890,7 +858,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.makeRoom(Math.ceil(Math.min(length, buffer.length) / blockSizeBytes) + 1);
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_write", "not open for writing");
     checkRange(length, position);
-    let inode = this.loadInode(handle.ino);
+    let inode = this.inodes.load(handle.ino);
     const at = (handle.flags & C.O_APPEND) !== 0 ? inode.size : position;
     const count = Math.min(length, buffer.length);
     if (at + count > fileSizeMaxBytes) {
@@ -903,7 +871,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       // Space this transaction freed becomes usable once it commits: commit and try once more.
       if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
       this.sync();
-      inode = this.loadInode(handle.ino);
+      inode = this.inodes.load(handle.ino);
       this.data.admitWrite(inode, at, count);
     }
     this.data.preloadEdges(inode, this.mapOf(inode), at, at + count);
@@ -913,7 +881,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       inode.mtimeNs = now;
       inode.ctimeNs = now;
       if (killSuidgid) inode.mode = withoutSetIdBits(inode.mode);
-      this.saveInode(inode);
+      this.inodes.save(inode);
     });
     this.afterWrite();
     return count;
@@ -929,7 +897,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   ftruncate(fh: number, size: number): void {
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_truncate", "not open for writing");
-    const inode = this.loadInode(handle.ino);
+    const inode = this.inodes.load(handle.ino);
     if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
     this.setSize(inode, size);
   }
@@ -946,7 +914,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   release(fh: number): void {
     const handle = this.closeHandle(fh);
     if (handle.directory || this.handles.openCount(handle.ino) > 0) return;
-    const inode = this.tryLoadInode(handle.ino);
+    const inode = this.inodes.tryLoad(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
       const freed = this.data.freedRanges(inode, this.mapOf(inode), 0);
       this.mutation(3, () => this.freeInode(inode, true), "shrink", freed);
@@ -995,7 +963,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
           const now = this.clock();
           inode.ctimeNs = now;
           if (request.op !== "allocate" || inode.size !== size) inode.mtimeNs = now;
-          this.saveInode(inode);
+          this.inodes.save(inode);
         }),
       request.op === "punch" ? "shrink" : "grow",
       plan.freedRanges,
@@ -1125,7 +1093,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
               const now = this.clock();
               target.mtimeNs = now;
               target.ctimeNs = now;
-              this.saveInode(target);
+              this.inodes.save(target);
             }),
           "grow",
           dropped,
@@ -1182,7 +1150,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       const now = this.clock();
       inode.mtimeNs = now;
       inode.ctimeNs = now;
-      this.saveInode(inode);
+      this.inodes.save(inode);
     });
     this.afterWrite();
   }
@@ -1190,11 +1158,11 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   /** Writes out inode `ino`'s buffered data now, as a commit would (it was admitted when written). */
   private writeOutIno(ino: number): void {
     if (!this.data.hasBuffers(ino)) return;
-    const inode = this.loadInode(ino);
+    const inode = this.inodes.load(ino);
     this.store.alreadyAdmitted(() =>
       this.store.spendingHeadroom(() => {
         this.data.writeOut(inode, this.mapOf(inode));
-        this.saveInode(inode);
+        this.inodes.save(inode);
       }),
     );
   }
@@ -1248,7 +1216,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       this.xattrs.write(change, value);
       inode.flags |= inodeFlagHadXattrs;
       inode.ctimeNs = this.clock();
-      this.saveInode(inode);
+      this.inodes.save(inode);
     });
   }
 
@@ -1272,7 +1240,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       () => {
         this.xattrs.deleteUnder(prefix);
         inode.ctimeNs = this.clock();
-        this.saveInode(inode);
+        this.inodes.save(inode);
       },
       "shrink",
     );
@@ -1287,7 +1255,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** Whether inode `ino` still exists (an unlinked, open file does). */
   hasInode(ino: number): boolean {
-    return this.tryLoadInode(ino) !== undefined;
+    return this.inodes.tryLoad(ino) !== undefined;
   }
 
   // ---- names by inode -----------------------------------------------------------
@@ -1303,16 +1271,16 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   findEntry(parent: number, name: Buffer): Stat | undefined {
     const dir = this.dirAt(parent);
     if (isDot(name)) return this.stat(dir);
-    if (isDotDot(name)) return this.stat(this.loadInode(dir.parent));
+    if (isDotDot(name)) return this.stat(this.inodes.load(dir.parent));
     checkName(name);
     const entry = this.mapOf(dir).get(name);
-    return entry === undefined ? undefined : this.stat(this.loadInode(decodeDirent(dir.ino, entry).ino));
+    return entry === undefined ? undefined : this.stat(this.inodes.load(decodeDirent(dir.ino, entry).ino));
   }
 
   /** Inode `ino`, or ENOENT: the kernel may still name an inode that is gone. */
   private inodeAt(ino: number): Inode {
     this.checkOpen();
-    const inode = Number.isSafeInteger(ino) && ino > 0 ? this.tryLoadInode(ino) : undefined;
+    const inode = Number.isSafeInteger(ino) && ino > 0 ? this.inodes.tryLoad(ino) : undefined;
     if (inode === undefined) throw new GroveError("ENOENT", "ENOENT_inode", `no inode ${ino}`);
     return inode;
   }
@@ -1334,17 +1302,17 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   private resolve(path: string): Inode {
     this.checkOpen();
-    let inode = this.loadInode(rootIno);
+    let inode = this.inodes.load(rootIno);
     for (const part of splitPath(path)) {
       if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_path", "not a directory", { path });
       if (part === ".") continue;
       if (part === "..") {
-        inode = this.loadInode(inode.parent);
+        inode = this.inodes.load(inode.parent);
         continue;
       }
       const entry = this.mapOf(inode).get(Buffer.from(part, "utf8"));
       if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
-      inode = this.loadInode(decodeDirent(inode.ino, entry).ino);
+      inode = this.inodes.load(decodeDirent(inode.ino, entry).ino);
     }
     return inode;
   }
@@ -1379,7 +1347,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (purpose === "create" && this.mapOf(dir).get(name) !== undefined) {
       throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
     }
-    if ((purpose === "create" || purpose === "open-create") && this.nextIno > inoMax) {
+    if ((purpose === "create" || purpose === "open-create") && !this.inodes.hasFreeIno) {
       throw new GroveError("ENOSPC", "ENOSPC_inodes", "no inode numbers left", { path });
     }
     if (purpose !== "remove" && purpose !== "remove-dir" && purpose !== "rename-source") this.checkWritable();
@@ -1389,7 +1357,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private entryInode(dir: Inode, name: Buffer, path: string | undefined): Inode {
     const entry = this.mapOf(dir).get(name);
     if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
-    return this.loadInode(decodeDirent(dir.ino, entry).ino);
+    return this.inodes.load(decodeDirent(dir.ino, entry).ino);
   }
 
   private checkReplace(moving: Inode, existing: Inode, to: string | undefined): void {
@@ -1412,7 +1380,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       }
       if (at.ino === rootIno) return;
       if (depth > 1_000_000) throw new GroveError("EIO", "EIO_parent_loop", "directory parents form a loop");
-      at = this.loadInode(at.parent);
+      at = this.inodes.load(at.parent);
     }
   }
 
@@ -1441,7 +1409,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       const now = this.clock();
       for (const inode of [a, b]) {
         inode.ctimeNs = now;
-        this.saveInode(inode);
+        this.inodes.save(inode);
       }
       this.touchDir(srcDir);
       if (dstDir !== srcDir) this.touchDir(dstDir);
@@ -1450,32 +1418,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   // ---- internals: inodes --------------------------------------------------------
 
-  private loadInode(ino: number): Inode {
-    const inode = this.tryLoadInode(ino);
-    if (inode === undefined) throw new GroveError("EIO", "EIO_dangling", `inode ${ino} is referenced but missing`);
-    return inode;
-  }
-
-  private tryLoadInode(ino: number): Inode | undefined {
-    const value = this.inodes.get(inodeKey(ino));
-    return value === undefined ? undefined : decodeInode(ino, value);
-  }
-
-  private saveInode(inode: Inode): void {
-    this.inodes.put(inodeKey(inode.ino), encodeInode(inode));
-  }
-
   mapOf(inode: Inode): ItemMap {
-    const key = inodeKey(inode.ino);
-    return new ItemMap(this.store, inode, mapOwner(this.subvolumeId, inode.ino), () => this.inodes.touch(key));
-  }
-
-  private createInode(dir: Inode, mode: number, caller: Caller): Inode {
-    assert(this.nextIno <= inoMax, "inode numbers are checked before a mutation");
-    const inode = newInode(this.nextIno++, mode, caller, this.clock(), this.store.generation);
-    this.countersDirty = true;
-    if ((dir.mode & S_ISGID) !== 0) inode.gid = dir.gid;
-    return inode;
+    return this.inodes.mapOf(inode);
   }
 
   private addEntry(dir: Inode, name: Buffer, child: Inode): void {
@@ -1493,7 +1437,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const now = this.clock();
     dir.mtimeNs = now;
     dir.ctimeNs = now;
-    this.saveInode(dir);
+    this.inodes.save(dir);
   }
 
   /** One name fewer: free the inode at zero links, or keep it as an orphan while open. */
@@ -1501,10 +1445,10 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     inode.nlink--;
     inode.ctimeNs = this.clock();
     if (inode.nlink > 0) {
-      this.saveInode(inode);
+      this.inodes.save(inode);
     } else if (this.handles.openCount(inode.ino) > 0) {
-      this.saveInode(inode);
-      this.inodes.put(orphanKey(inode.ino), Buffer.alloc(0));
+      this.inodes.save(inode);
+      this.inodes.addOrphan(inode.ino);
     } else {
       this.freeInode(inode);
     }
@@ -1516,19 +1460,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if ((inode.mode & S_IFMT) === S_IFDIR) map.clear();
     else this.data.discard(inode, map);
     if ((inode.flags & inodeFlagHadXattrs) !== 0) this.xattrs.deleteUnder(xattrPrefix(inode.ino));
-    this.inodes.delete(inodeKey(inode.ino));
-    if (orphan) this.inodes.delete(orphanKey(inode.ino));
+    this.inodes.delete(inode.ino, orphan);
   }
 
   private freeOrphans(): void {
-    const orphans: number[] = [];
-    for (const [key] of this.inodes.range({ from: orphanPrefix, to: inodeKey(1) })) {
-      const ino = orphanIno(key);
-      if (ino !== undefined) orphans.push(ino);
-    }
+    const orphans = this.inodes.orphans();
     if (orphans.length === 0) return;
     for (const ino of orphans) {
-      const inode = this.tryLoadInode(ino);
+      const inode = this.inodes.tryLoad(ino);
       // An orphan key on an inode that still has names is stale: drop the key, keep the inode.
       const free = inode !== undefined && inode.nlink === 0;
       const freed = free ? this.data.freedRanges(inode, this.mapOf(inode), 0) : 0;
@@ -1536,7 +1475,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
         3,
         () => {
           if (free) this.freeInode(inode, true);
-          else this.inodes.delete(orphanKey(ino));
+          else this.inodes.removeOrphan(ino);
         },
         "shrink",
         freed,
@@ -1560,7 +1499,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
         const now = this.clock();
         inode.mtimeNs = now;
         inode.ctimeNs = now;
-        this.saveInode(inode);
+        this.inodes.save(inode);
       },
       size < inode.size ? "shrink" : "grow",
       freed,
@@ -1576,7 +1515,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     try {
       this.mutation(1, () => {
         inode.atimeNs = now;
-        this.saveInode(inode);
+        this.inodes.save(inode);
       });
     } catch (error) {
       // A full volume still reads: the access time simply stays.
@@ -1606,14 +1545,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   private writeOutAll(): void {
     for (const ino of this.data.inodesWithBuffers()) {
-      const inode = this.loadInode(ino);
+      const inode = this.inodes.load(ino);
       this.checkWritable();
       // Admitted when write() took the data (its promise, kept free from growth since): the tree
       // updates of the write-out, copies of snapshot-shared nodes included, are not refused.
       this.store.alreadyAdmitted(() =>
         this.store.spendingHeadroom(() => {
           this.data.writeOut(inode, this.mapOf(inode));
-          this.saveInode(inode);
+          this.inodes.save(inode);
         }),
       );
     }
@@ -1744,31 +1683,6 @@ function withoutSetIdBits(mode: number): number {
   const S_ISUID = 0o4000;
   const S_IXGRP = 0o010;
   return (mode & ~S_ISUID) & ~((mode & S_IXGRP) !== 0 ? S_ISGID : 0);
-}
-
-function newInode(ino: number, mode: number, caller: Caller, now: bigint, generation: number): Inode {
-  return {
-    ino,
-    mode,
-    uid: caller.uid,
-    gid: caller.gid,
-    nlink: 1,
-    size: 0,
-    atimeNs: now,
-    mtimeNs: now,
-    ctimeNs: now,
-    crtimeNs: now,
-    flags: 0,
-    rdev: 0,
-    generation,
-    blocks: 0,
-    parent: 0,
-    kind: PayloadKind.None,
-    payload: Buffer.alloc(0),
-    treeRoot: 0,
-    treeLevel: 0,
-    treeCount: 0,
-  };
 }
 
 /** Components of an absolute path; "/" and "" name the root. */

@@ -110,6 +110,9 @@ export const enum PayloadKind {
   Tree = 3,
 }
 
+/** Inode flag (bit 0): an extended attribute was set at some point, so freeing the inode must look for them. */
+export const inodeFlagHadXattrs = 1;
+
 export interface Inode {
   ino: number;
   mode: number;
