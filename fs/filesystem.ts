@@ -50,7 +50,6 @@ import type {
 } from "./api.js";
 import { renameExchange, renameNoReplace } from "./api.js";
 import {
-  commitIntervalMs,
   dirtyNodeBytesMax,
   fileSizeMaxBytes,
   linkCountMax,
@@ -67,6 +66,7 @@ import { Compression } from "./format.js";
 import { fsEdges } from "./edges.js";
 import type { ItemMap } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
+import { CommitPolicy } from "./commit_policy.js";
 
 assert(treeIdDefaultSubvolume >= treeIdFirstDynamic, "the subvolume tree id is a dynamic one");
 
@@ -147,8 +147,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private readonly deletionStepNodes: number;
   private readonly handles = new Handles();
   private readonly xattrs: Xattrs;
-  private lastCommitNs: bigint;
-  private closed = false;
+  private readonly policy: CommitPolicy;
 
   /** Formats `device` with an empty root directory. */
   static format(device: BlockDevice, options: { label?: string; clock?: () => bigint; compression?: CompressionName } = {}): void {
@@ -195,17 +194,17 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const tree = store.openTree(subvolume.id);
     this.xattrs = new Xattrs(tree);
     const compression = options.compression !== undefined ? compressionOf(options.compression) : (store.compression as Compression);
-    this.data = new FileData(store, this.space, () => this.shrinkReserveBlocks(), compression);
+    this.data = new FileData(store, this.space, () => this.policy.shrinkReserveBlocks(), compression);
     this.inodes = new InodeTable(store, tree, subvolume.id, this.clock);
     this.inodes.load(rootIno);
-    this.lastCommitNs = this.clock();
+    this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly);
     if (!this.readOnly) this.freeOrphans();
   }
 
   // ---- volume ---------------------------------------------------------------
 
   info(): VolumeInfo {
-    this.checkOpen();
+    this.policy.checkOpen();
     const usage = this.space.usage();
     const orphans = this.inodes.orphanCount();
     const inodes = this.inodes.recordCount();
@@ -233,7 +232,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   statfs(): StatFs {
-    this.checkOpen();
+    this.policy.checkOpen();
     const usage = this.space.usage();
     const free = Math.max(0, usage.freeBlocks - this.data.bufferedBytes / blockSizeBytes);
     const ffree = Math.max(0, Math.min(this.inodes.freeInos, free * 4));
@@ -257,17 +256,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** Writes out buffered data and commits: everything is durable when this returns. */
   sync(): void {
-    this.checkOpen();
+    this.policy.checkOpen();
     if (this.store.readOnly || this.views === null) return;
-    this.writeOutAll();
-    if (this.inodes.countersDirty) this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.saveCounters()));
-    this.store.commit();
-    this.lastCommitNs = this.clock();
+    this.policy.commit();
   }
 
   /** Called about once a second: commits when the interval has passed or memory bounds are near. */
   maintenance(): void {
-    if (this.closed || this.store.readOnly || this.store.isPoisoned || this.views === null) return;
+    if (this.policy.isClosed || this.store.readOnly || this.store.isPoisoned || this.views === null) return;
     if (this.deletionsRunning()) {
       // A slice of each tick: FUSE requests wait while it runs (the volume stays usable).
       const until = performance.now() + deletionMsPerTick;
@@ -281,22 +277,21 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
         this.sync();
       }
     }
-    const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
-    if (due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
+    if (this.policy.commitDue) this.sync();
   }
 
   close(): void {
-    if (this.closed) return;
+    if (this.policy.isClosed) return;
     if (this.views === null) {
       // A view shares its volume with the filesystem that made it.
-      this.closed = true;
+      this.policy.close();
       this.handles.clear();
       return;
     }
     try {
       if (!this.store.readOnly && !this.store.isPoisoned) this.sync();
     } finally {
-      this.closed = true;
+      this.policy.close();
       this.handles.clear();
       for (const view of this.views.values()) view.close();
       this.views.clear();
@@ -319,8 +314,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     // Everything written before this call belongs in the snapshot; and a committed source is never modified in place.
     this.sync();
     const record = subvolumes.create(name, source, options.readOnly, this.clock());
-    this.store.commit();
-    this.lastCommitNs = this.clock();
+    this.policy.commit();
     if (source === this.subvolume.name) this.subvolume = subvolumes.require(source);
     return this.listSubvolumes().find((s) => s.id === record.id)!;
   }
@@ -345,7 +339,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   listSubvolumes(): SubvolumeInfo[] {
-    this.checkOpen();
+    this.policy.checkOpen();
     const records = this.volume.subvolumes.list();
     const names = new Map(records.map((r) => [r.id, r.name]));
     return records.map((r) => ({
@@ -360,7 +354,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   pendingDeletions(): number {
-    this.checkOpen();
+    this.policy.checkOpen();
     return this.volume.subvolumes.deleting().length;
   }
 
@@ -372,7 +366,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   snapshotView(name: string): FileSystemOps & InodeOps {
-    this.checkOpen();
+    this.policy.checkOpen();
     if (this.views === null) throw new GroveError("EINVAL", "EINVAL_view", "a snapshot view has no views");
     const record = this.volume.subvolumes.get(name);
     const cached = this.views.get(name);
@@ -403,7 +397,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     let more = this.deletionsRunning();
     while (more && spent < nodes) {
       // Blocks an earlier step freed are usable only once committed: on a full volume, commit first.
-      this.makeRoom(64);
+      this.policy.makeRoom(64);
       more = this.volume.subvolumes.deletionStep(this.deletionStepNodes);
       spent += this.deletionStepNodes;
       // Freed blocks come back only with a commit, and dirty nodes are bounded: commit often.
@@ -413,7 +407,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private checkVolumeWritable(): void {
-    this.checkOpen();
+    this.policy.checkOpen();
     if (this.views === null || this.store.readOnly) {
       throw new GroveError("EROFS", "EROFS_volume", "the volume is open read-only");
     }
@@ -475,7 +469,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const times = (attr.atime ?? "omit") !== "omit" || (attr.mtime ?? "omit") !== "omit";
     const kill = ((attr.killSuidgid ?? false) || owner) && (inode.mode & S_IFMT) !== S_IFDIR;
     if (attr.mode === undefined && !owner && !times && attr.ctime === undefined && !kill) return;
-    this.mutation(1, () => {
+    this.policy.mutation(1, () => {
       const now = this.clock();
       if (attr.mode !== undefined) inode.mode = (inode.mode & S_IFMT) | (attr.mode & permissionBits);
       if (attr.uid !== undefined) inode.uid = attr.uid;
@@ -521,17 +515,17 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   mkdir(path: string, mode: number, caller: Caller): Stat {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     return this.mkdirIn(this.parentFor(path, "create"), mode, caller);
   }
 
   mkdirAt(parent: number, name: Buffer, mode: number, caller: Caller): Stat {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     return this.mkdirIn(this.parentAt(parent, name, "create"), mode, caller);
   }
 
   private mkdirIn({ dir, name }: Slot, mode: number, caller: Caller): Stat {
-    const inode = this.mutation(4, () => {
+    const inode = this.policy.mutation(4, () => {
       const child = this.inodes.create(dir, S_IFDIR | (mode & permissionBits & ~0o7000) | (mode & S_ISVTX), caller);
       child.nlink = 2;
       child.parent = dir.ino;
@@ -545,12 +539,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   rmdir(path: string): void {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     this.rmdirIn(this.parentFor(path, "remove-dir"));
   }
 
   rmdirAt(parent: number, name: Buffer): void {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     this.rmdirIn(this.parentAt(parent, name, "remove-dir"));
   }
 
@@ -561,7 +555,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rmdir", "directory not empty", { path });
     }
     const freed = this.mapOf(target).treeRanges();
-    this.mutation(
+    this.policy.mutation(
       4,
       () => {
         this.removeEntry(dir, name);
@@ -597,12 +591,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   unlink(path: string): void {
     // On a full volume a delete still copies a path (more with snapshots): commit first if only pending frees would fit it.
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     this.unlinkIn(this.parentFor(path, "remove"));
   }
 
   unlinkAt(parent: number, name: Buffer): void {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     this.unlinkIn(this.parentAt(parent, name, "remove"));
   }
 
@@ -610,7 +604,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const target = this.entryInode(dir, name, path);
     if ((target.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_unlink", "is a directory", { path });
     const freed = this.freedRangesIfLast(target);
-    this.mutation(
+    this.policy.mutation(
       4,
       () => {
         this.removeEntry(dir, name);
@@ -623,7 +617,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   link(existing: string, newPath: string): Stat {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     const inode = this.resolve(existing);
     this.checkLinkable(inode, existing);
     return this.linkIn(inode, this.parentFor(newPath, "create"));
@@ -631,7 +625,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** A new name `name` in directory `parent` for inode `ino`. */
   linkAt(ino: number, parent: number, name: Buffer): Stat {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     const inode = this.inodeAt(ino);
     this.checkLinkable(inode, undefined);
     return this.linkIn(inode, this.parentAt(parent, name, "create"));
@@ -647,7 +641,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private linkIn(inode: Inode, { dir, name }: Slot): Stat {
-    this.mutation(3, () => {
+    this.policy.mutation(3, () => {
       inode.nlink++;
       inode.ctimeNs = this.clock();
       this.inodes.save(inode);
@@ -657,12 +651,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   symlink(target: string, path: string, caller: Caller): Stat {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     return this.symlinkIn(Buffer.from(target, "utf8"), () => this.parentFor(path, "create"), caller, path);
   }
 
   symlinkAt(parent: number, name: Buffer, target: Buffer, caller: Caller): Stat {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     return this.symlinkIn(target, () => this.parentAt(parent, name, "create"), caller, undefined);
   }
 
@@ -674,7 +668,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (bytes.includes(0)) throw new GroveError("EINVAL", "EINVAL_symlink_nul", "symlink target contains NUL", { path });
     const { dir, name } = slot();
     this.data.admit(0, 0, Math.ceil(bytes.length / blockSizeBytes));
-    const inode = this.mutation(4, () => {
+    const inode = this.policy.mutation(4, () => {
       const link = this.inodes.create(dir, S_IFLNK | 0o777, caller);
       this.data.write(link, this.mapOf(link), bytes, 0);
       this.inodes.save(link);
@@ -700,12 +694,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   mknod(path: string, mode: number, rdev: number, caller: Caller): Stat {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     return this.mknodIn(() => this.parentFor(path, "create"), mode, rdev, caller, path);
   }
 
   mknodAt(parent: number, name: Buffer, mode: number, rdev: number, caller: Caller): Stat {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     return this.mknodIn(() => this.parentAt(parent, name, "create"), mode, rdev, caller, undefined);
   }
 
@@ -716,7 +710,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       throw new GroveError("EINVAL", "EINVAL_mknod_type", "mknod cannot create this file type", { path });
     }
     const { dir, name } = slot();
-    const inode = this.mutation(3, () => {
+    const inode = this.policy.mutation(3, () => {
       const node = this.inodes.create(dir, (type === 0 ? S_IFREG : type) | (mode & permissionBits), caller);
       if (type === C.S_IFCHR || type === C.S_IFBLK) node.rdev = rdev;
       this.inodes.save(node);
@@ -729,13 +723,13 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   rename(from: string, to: string, flags = 0): void {
     checkRenameFlags(flags);
     // Before anything is loaded: a commit here writes out buffered inodes.
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     this.renameIn(this.parentFor(from, "rename-source"), this.parentFor(to, "rename-target"), flags);
   }
 
   renameAt(parent: number, name: Buffer, newParent: number, newName: Buffer, flags = 0): void {
     checkRenameFlags(flags);
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     const src = this.parentAt(parent, name, "rename-source");
     this.renameIn(src, this.parentAt(newParent, newName, "rename-target"), flags);
   }
@@ -758,7 +752,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     }
     this.checkNotIntoItself(moving, dst.dir, to);
     const freed = existing === undefined ? 0 : this.freedRangesIfLast(existing);
-    this.mutation(8, () => {
+    this.policy.mutation(8, () => {
       const srcDir = src.dir;
       const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
       if (existing !== undefined) {
@@ -794,13 +788,13 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   // ---- files ----------------------------------------------------------------
 
   create(path: string, mode: number, flags: number, caller: Caller): number {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     return this.createIn(this.parentFor(path, "open-create"), mode, flags, caller).fh;
   }
 
   /** open(2) with O_CREAT of `name` in directory `parent`: a new file, or the existing one without O_EXCL. */
   createAt(parent: number, name: Buffer, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     return this.createIn(this.parentAt(parent, name, "open-create"), mode, flags, caller);
   }
 
@@ -813,7 +807,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       return { fh, stat: this.stat(existing) };
     }
     this.checkOpenSlots();
-    const inode = this.mutation(3, () => {
+    const inode = this.policy.mutation(3, () => {
       const file = this.inodes.create(dir, S_IFREG | (mode & permissionBits), caller);
       this.inodes.save(file);
       this.addEntry(dir, name, file);
@@ -855,7 +849,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   /** `killSuidgid`: the kernel asks the server to clear set-id bits (HANDLE_KILLPRIV_V2, an unprivileged writer). */
   write(fh: number, buffer: Buffer, length: number, position: number, killSuidgid = false): number {
     const handle = this.handle(fh);
-    this.makeRoom(Math.ceil(Math.min(length, buffer.length) / blockSizeBytes) + 1);
+    this.policy.makeRoom(Math.ceil(Math.min(length, buffer.length) / blockSizeBytes) + 1);
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_write", "not open for writing");
     checkRange(length, position);
     let inode = this.inodes.load(handle.ino);
@@ -875,7 +869,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       this.data.admitWrite(inode, at, count);
     }
     this.data.preloadEdges(inode, this.mapOf(inode), at, at + count);
-    this.mutation(2, () => {
+    this.policy.mutation(2, () => {
       this.data.write(inode, this.mapOf(inode), buffer.subarray(0, count), at);
       const now = this.clock();
       inode.mtimeNs = now;
@@ -883,7 +877,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       if (killSuidgid) inode.mode = withoutSetIdBits(inode.mode);
       this.inodes.save(inode);
     });
-    this.afterWrite();
+    this.policy.afterWrite();
     return count;
   }
 
@@ -917,7 +911,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const inode = this.inodes.tryLoad(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
       const freed = this.data.freedRanges(inode, this.mapOf(inode), 0);
-      this.mutation(3, () => this.freeInode(inode, true), "shrink", freed);
+      this.policy.mutation(3, () => this.freeInode(inode, true), "shrink", freed);
     } else if (inode !== undefined && !this.readOnly) {
       this.data.precompressTail(inode);
     }
@@ -948,12 +942,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (request.end > fileSizeMaxBytes) {
       throw new GroveError("EFBIG", "EFBIG_fallocate", `files are limited to ${fileSizeMaxBytes} bytes`);
     }
-    this.checkWritable();
+    this.policy.checkWritable();
     // A commit here writes out buffered data and replaces inode records: before the plan is made.
-    this.makeRoom(request.op === "punch" ? 16 : Math.ceil((request.end - request.start) / blockSizeBytes) + 16);
+    this.policy.makeRoom(request.op === "punch" ? 16 : Math.ceil((request.end - request.start) / blockSizeBytes) + 16);
     inode = this.inodeAt(ino);
     const plan = this.data.planFallocate(inode, this.mapOf(inode), request);
-    this.mutation(
+    this.policy.mutation(
       plan.puts,
       // Admitted whole by the plan (data and records) and here (tree updates): nothing inside is refused.
       () =>
@@ -968,7 +962,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       request.op === "punch" ? "shrink" : "grow",
       plan.freedRanges,
     );
-    this.afterWrite();
+    this.policy.afterWrite();
   }
 
   /**
@@ -1010,7 +1004,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * of another volume.
    */
   copyFileRange(src: { fs?: GroveFs; ino: number }, srcOffset: number, dstIno: number, dstOffset: number, length: number): number {
-    this.checkOpen();
+    this.policy.checkOpen();
     const from = src.fs ?? this;
     if (!(from instanceof GroveFs) || from.store !== this.store) {
       throw new GroveError("EXDEV", "EXDEV_copy_file_range", "the source file is on another volume");
@@ -1026,7 +1020,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if ((source.mode & S_IFMT) !== S_IFREG || (target.mode & S_IFMT) !== S_IFREG) {
       throw new GroveError("EINVAL", "EINVAL_copy_file_range", "copy_file_range needs regular files");
     }
-    this.checkWritable();
+    this.policy.checkWritable();
     let count = srcOffset >= source.size ? 0 : Math.min(length, source.size - srcOffset);
     if (count > 0 && dstOffset >= fileSizeMaxBytes) {
       throw new GroveError("EFBIG", "EFBIG_copy_file_range", `files are limited to ${fileSizeMaxBytes} bytes`);
@@ -1038,8 +1032,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     }
     if (count <= 0) return 0;
     // Shared blocks must hold the newest bytes, and replaced ones must not be written out later.
-    if (from === this) this.writeOutIno(src.ino);
-    this.writeOutIno(dstIno);
+    if (from === this) this.policy.writeOutIno(src.ino);
+    this.policy.writeOutIno(dstIno);
     source = from.inodeAt(src.ino);
     target = same ? source : this.inodeAt(dstIno);
     const srcEnd = srcOffset + count;
@@ -1071,7 +1065,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const same = from === this && srcIno === dstIno;
     let at = first;
     while (at < end) {
-      this.makeRoom(4 * stepRecords + 16);
+      this.policy.makeRoom(4 * stepRecords + 16);
       const target = this.inodeAt(dstIno);
       const source = same ? target : from.inodeAt(srcIno);
       const srcMap = from.mapOf(source);
@@ -1084,7 +1078,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       const dropped = this.data.extentCount(target, dstMap, at + shift, stop + shift);
       try {
         this.data.admitShare(target, slices.length, dropped);
-        this.mutation(
+        this.policy.mutation(
           4,
           () =>
             this.store.alreadyAdmitted(() => {
@@ -1104,7 +1098,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
         if (!refused || at === first) throw error;
         break;
       }
-      this.afterWrite();
+      this.policy.afterWrite();
       at = stop;
     }
     return Math.max(0, Math.min(dstEnd, (at + shift) * blockSizeBytes) - (first + shift) * blockSizeBytes);
@@ -1116,7 +1110,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     let done = 0;
     while (done < count) {
       const n = Math.min(chunkBytes, count - done);
-      this.makeRoom(Math.ceil(n / blockSizeBytes) + 1);
+      this.policy.makeRoom(Math.ceil(n / blockSizeBytes) + 1);
       const source = from.inodeAt(srcIno);
       const bytes = Buffer.alloc(n);
       from.data.read(source, from.mapOf(source), bytes, n, srcAt + done);
@@ -1145,26 +1139,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
     }
     this.data.preloadEdges(inode, this.mapOf(inode), at, at + bytes.length);
-    this.mutation(2, () => {
+    this.policy.mutation(2, () => {
       this.data.write(inode, this.mapOf(inode), bytes, at);
       const now = this.clock();
       inode.mtimeNs = now;
       inode.ctimeNs = now;
       this.inodes.save(inode);
     });
-    this.afterWrite();
-  }
-
-  /** Writes out inode `ino`'s buffered data now, as a commit would (it was admitted when written). */
-  private writeOutIno(ino: number): void {
-    if (!this.data.hasBuffers(ino)) return;
-    const inode = this.inodes.load(ino);
-    this.store.alreadyAdmitted(() =>
-      this.store.spendingHeadroom(() => {
-        this.data.writeOut(inode, this.mapOf(inode));
-        this.inodes.save(inode);
-      }),
-    );
+    this.policy.afterWrite();
   }
 
   // ---- extended attributes ----------------------------------------------------
@@ -1181,7 +1163,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   setxattrIno(ino: number, name: string, value: Buffer, flags: number): void {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     this.setxattrOn(this.inodeAt(ino), name, value, flags, undefined);
   }
 
@@ -1206,13 +1188,13 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {
-    this.makeRoom(16);
+    this.policy.makeRoom(16);
     this.setxattrOn(this.resolve(path), name, value, flags, path);
   }
 
   private setxattrOn(inode: Inode, name: string, value: Buffer, flags: number, path: string | undefined): void {
     const change = this.xattrs.checkSet(inode, name, value, flags, path);
-    this.mutation(change.chunks * 2 + 1, () => {
+    this.policy.mutation(change.chunks * 2 + 1, () => {
       this.xattrs.write(change, value);
       inode.flags |= inodeFlagHadXattrs;
       inode.ctimeNs = this.clock();
@@ -1233,9 +1215,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private removexattrOn(inode: Inode, name: string, path: string | undefined): void {
-    this.checkWritable();
+    this.policy.checkWritable();
     const prefix = this.xattrs.checkRemove(inode, name, path);
-    this.mutation(
+    this.policy.mutation(
       xattrChunksMax + 1,
       () => {
         this.xattrs.deleteUnder(prefix);
@@ -1279,7 +1261,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** Inode `ino`, or ENOENT: the kernel may still name an inode that is gone. */
   private inodeAt(ino: number): Inode {
-    this.checkOpen();
+    this.policy.checkOpen();
     const inode = Number.isSafeInteger(ino) && ino > 0 ? this.inodes.tryLoad(ino) : undefined;
     if (inode === undefined) throw new GroveError("ENOENT", "ENOENT_inode", `no inode ${ino}`);
     return inode;
@@ -1301,7 +1283,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   // ---- internals: paths -------------------------------------------------------
 
   private resolve(path: string): Inode {
-    this.checkOpen();
+    this.policy.checkOpen();
     let inode = this.inodes.load(rootIno);
     for (const part of splitPath(path)) {
       if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_path", "not a directory", { path });
@@ -1350,7 +1332,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if ((purpose === "create" || purpose === "open-create") && !this.inodes.hasFreeIno) {
       throw new GroveError("ENOSPC", "ENOSPC_inodes", "no inode numbers left", { path });
     }
-    if (purpose !== "remove" && purpose !== "remove-dir" && purpose !== "rename-source") this.checkWritable();
+    if (purpose !== "remove" && purpose !== "remove-dir" && purpose !== "rename-source") this.policy.checkWritable();
     return { dir, name, path };
   }
 
@@ -1393,7 +1375,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (a.ino === b.ino) return;
     this.checkNotIntoItself(a, dst.dir, "");
     this.checkNotIntoItself(b, src.dir, "");
-    this.mutation(8, () => {
+    this.policy.mutation(8, () => {
       const srcDir = src.dir;
       const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
       this.mapOf(srcDir).put(src.name, encodeDirent(b.ino, b.mode));
@@ -1471,7 +1453,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       // An orphan key on an inode that still has names is stale: drop the key, keep the inode.
       const free = inode !== undefined && inode.nlink === 0;
       const freed = free ? this.data.freedRanges(inode, this.mapOf(inode), 0) : 0;
-      this.mutation(
+      this.policy.mutation(
         3,
         () => {
           if (free) this.freeInode(inode, true);
@@ -1487,12 +1469,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private setSize(inode: Inode, size: number): void {
     if (!Number.isSafeInteger(size) || size < 0) throw new GroveError("EINVAL", "EINVAL_size", "invalid size");
     if (size > fileSizeMaxBytes) throw new GroveError("EFBIG", "EFBIG_truncate", `files are limited to ${fileSizeMaxBytes} bytes`);
-    this.checkWritable();
+    this.policy.checkWritable();
     const tail = Math.floor(size / blockSizeBytes);
     if (size % blockSizeBytes !== 0) this.data.admit(inode.ino, tail, tail + 1);
     const freed = size < inode.size ? this.data.freedRanges(inode, this.mapOf(inode), Math.ceil(size / blockSizeBytes)) : 0;
     if (size < inode.size) this.data.preloadEdges(inode, this.mapOf(inode), size, size);
-    this.mutation(
+    this.policy.mutation(
       4,
       () => {
         this.data.truncate(inode, this.mapOf(inode), size);
@@ -1504,7 +1486,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       size < inode.size ? "shrink" : "grow",
       freed,
     );
-    this.afterWrite();
+    this.policy.afterWrite();
   }
 
   /** relatime: atime moves when it is older than mtime or ctime, or a day old. */
@@ -1513,7 +1495,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const now = this.clock();
     if (inode.atimeNs > inode.mtimeNs && inode.atimeNs > inode.ctimeNs && now - inode.atimeNs < day) return;
     try {
-      this.mutation(1, () => {
+      this.policy.mutation(1, () => {
         inode.atimeNs = now;
         this.inodes.save(inode);
       });
@@ -1541,91 +1523,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     };
   }
 
-  // ---- internals: data and transactions ------------------------------------------
-
-  private writeOutAll(): void {
-    for (const ino of this.data.inodesWithBuffers()) {
-      const inode = this.inodes.load(ino);
-      this.checkWritable();
-      // Admitted when write() took the data (its promise, kept free from growth since): the tree
-      // updates of the write-out, copies of snapshot-shared nodes included, are not refused.
-      this.store.alreadyAdmitted(() =>
-        this.store.spendingHeadroom(() => {
-          this.data.writeOut(inode, this.mapOf(inode));
-          this.inodes.save(inode);
-        }),
-      );
-    }
-  }
-
-  private afterWrite(): void {
-    if (this.data.overBound) this.writeOutAll();
-    if (this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
-  }
-
-  /**
-   * Runs a mutation of about `puts` tree updates: refused up front (EROFS,
-   * ENOSPC) or carried out whole; a failure halfway poisons the volume.
-   */
-  private mutation<T>(puts: number, apply: () => T, purpose: "grow" | "shrink" = "grow", freedRanges = 0): T {
-    this.checkWritable();
-    if (puts > 0) {
-      // Growth must leave room for what buffered writes were promised, and for deletes after it.
-      const extra = purpose === "grow" ? this.shrinkReserveBlocks() + this.data.promisedBlocks() : 0;
-      this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose, freedRanges);
-    }
-    try {
-      // A shrinking mutation was admitted whole: the tree updates inside it
-      // must not be refused one by one for want of the growth headroom (with
-      // snapshots, a delete copies shared nodes and grows the refcount tree).
-      return purpose === "shrink" ? this.store.spendingHeadroom(apply) : apply();
-    } catch (error) {
-      return this.store.poison(error);
-    }
-  }
-
-  /** What one inode-tree update may copy: a path of nodes, with splits. */
-  private blocksPerPut(): number {
-    return 2 * (this.inodes.level + 3);
-  }
-
-  /**
-   * Growth leaves this much behind, so that a full volume can still unlink,
-   * rmdir and truncate (each a few tree updates) to make room.
-   */
-  private shrinkReserveBlocks(): number {
-    return 4 * this.blocksPerPut();
-  }
-
-  /**
-   * Blocks freed by the running transaction are reusable only after it
-   * commits: when growth of about `blocks` would not fit in what is
-   * available but would with them, commit first. Called at the start of an
-   * operation, before it loads anything it might keep across the commit.
-   */
-  private makeRoom(blocks: number): void {
-    if (this.readOnly || this.closed || this.store.isPoisoned) return;
-    const usage = this.space.usage();
-    const margin = 256 + Math.floor(usage.totalBlocks / 256);
-    const needed = blocks + this.data.promisedBlocks() + this.shrinkReserveBlocks() + margin;
-    if (usage.availableBlocks < needed && usage.pendingBlocks > 0) this.sync();
-  }
-
-  private checkWritable(): void {
-    this.checkOpen();
-    if (this.readOnly) throw new GroveError("EROFS", "EROFS_fs", "the filesystem is mounted read-only");
-  }
-
-  private checkOpen(): void {
-    if (this.closed) throw new GroveError("EBADF", "EBADF_closed", "the filesystem is closed");
-  }
-
   private checkOpenSlots(): void {
     this.handles.checkRoom();
   }
 
   private handle(fh: number): Handle {
-    this.checkOpen();
+    this.policy.checkOpen();
     return this.handles.get(fh);
   }
 
@@ -1634,7 +1537,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private closeHandle(fh: number): Handle {
-    this.checkOpen();
+    this.policy.checkOpen();
     return this.handles.remove(fh);
   }
 }
