@@ -1,11 +1,23 @@
 /**
- * GroveFs: POSIX files and directories on one subvolume's inode tree.
+ * GroveFs: POSIX files and directories on one subvolume's inode tree. It is
+ * the facade that implements FileSystemOps, InodeOps and SubvolumeOps
+ * (fs/api.ts) over the rooms that hold the state and do the work:
+ * - the inode table (fs/inode_table.ts): records, inode numbers, orphans;
+ * - the namespace (fs/namespace.ts): directory entries, path and slot
+ *   resolution, and mkdir, rmdir, unlink, link, symlink, mknod, create and
+ *   rename;
+ * - the commit policy (fs/commit_policy.ts): admission and commits;
+ * - file data (fs/file_data.ts, fs/ranges.ts), extended attributes
+ *   (fs/xattrs.ts) and open handles (fs/handles.ts).
+ * What stays here is the volume, its subvolumes and snapshot views,
+ * attributes, opening, reading and writing files, and the steps of
+ * fallocate, lseek and copy_file_range.
  *
  * Every operation validates first and mutates second. Validation throws
  * freely (ENOENT, EEXIST, ...) and changes nothing. A mutation is admitted
- * against free space before it starts (`mutation`), so ENOSPC is refused up
- * front; a failure halfway through a mutation poisons the volume, because the
- * in-memory state could no longer be trusted.
+ * against free space before it starts (CommitPolicy.mutation), so ENOSPC is
+ * refused up front; a failure halfway through a mutation poisons the volume,
+ * because the in-memory state could no longer be trusted.
  *
  * Invariants (checked by fs/check.ts):
  * - Every inode's nlink equals the directory entries naming it, plus for a
@@ -48,17 +60,14 @@ import type {
   SubvolumeOps,
   TimeSpec,
 } from "./api.js";
-import { renameExchange, renameNoReplace } from "./api.js";
 import {
   dirtyNodeBytesMax,
   fileSizeMaxBytes,
-  linkCountMax,
   nameSizeMaxBytes,
   rootIno,
-  symlinkTargetSizeMaxBytes,
   treeIdDefaultSubvolume,
 } from "./constants.js";
-import { Inode, PayloadKind, decodeDirent, encodeDirent, inodeFlagHadXattrs, xattrPrefix } from "./format.js";
+import { Inode, PayloadKind, inodeFlagHadXattrs } from "./format.js";
 import { FileData } from "./file_data.js";
 import { Handles, type Handle } from "./handles.js";
 import { Xattrs, xattrChunksMax } from "./xattrs.js";
@@ -67,6 +76,9 @@ import { fsEdges } from "./edges.js";
 import type { ItemMap } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
 import { CommitPolicy } from "./commit_policy.js";
+import { Namespace, checkRenameFlags, type Slot } from "./namespace.js";
+
+export { splitPath } from "./namespace.js";
 
 assert(treeIdDefaultSubvolume >= treeIdFirstDynamic, "the subvolume tree id is a dynamic one");
 
@@ -78,7 +90,6 @@ const S_IFDIR = C.S_IFDIR;
 const S_IFREG = C.S_IFREG;
 const S_IFLNK = C.S_IFLNK;
 const S_ISGID = 0o2000;
-const S_ISVTX = 0o1000;
 const permissionBits = 0o7777;
 const O_ACCMODE = 3;
 const day = 86_400_000_000_000n;
@@ -148,6 +159,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private readonly handles = new Handles();
   private readonly xattrs: Xattrs;
   private readonly policy: CommitPolicy;
+  private readonly names: Namespace;
 
   /** Formats `device` with an empty root directory. */
   static format(device: BlockDevice, options: { label?: string; clock?: () => bigint; compression?: CompressionName } = {}): void {
@@ -198,6 +210,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.inodes = new InodeTable(store, tree, subvolume.id, this.clock);
     this.inodes.load(rootIno);
     this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly);
+    this.names = new Namespace(this.inodes, this.policy, this.data, this.handles, this.xattrs, this.clock);
     if (!this.readOnly) this.freeOrphans();
   }
 
@@ -416,7 +429,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   // ---- attributes -----------------------------------------------------------
 
   getattr(path: string): Stat {
-    return this.stat(this.resolve(path));
+    return this.stat(this.names.resolve(path));
   }
 
   fgetattr(fh: number): Stat {
@@ -425,11 +438,11 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** The attributes of inode `ino`; ENOENT once it is gone (a stale kernel inode). */
   statIno(ino: number): Stat {
-    return this.stat(this.inodeAt(ino));
+    return this.stat(this.names.inodeAt(ino));
   }
 
   access(path: string, mode: number): void {
-    const inode = this.resolve(path);
+    const inode = this.names.resolve(path);
     if ((mode & C.W_OK) !== 0 && this.readOnly) {
       throw new GroveError("EROFS", "EROFS_access", "the filesystem is mounted read-only", { path });
     }
@@ -439,20 +452,20 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   chmod(path: string, mode: number): void {
-    this.applySetattr(this.resolve(path), { mode });
+    this.applySetattr(this.names.resolve(path), { mode });
   }
 
   chown(path: string, uid: number, gid: number): void {
-    this.applySetattr(this.resolve(path), { uid: ownerId(uid), gid: ownerId(gid), killSuidgid: true });
+    this.applySetattr(this.names.resolve(path), { uid: ownerId(uid), gid: ownerId(gid), killSuidgid: true });
   }
 
   utimens(path: string, atime: TimeSpec, mtime: TimeSpec): void {
-    this.applySetattr(this.resolve(path), { atime, mtime });
+    this.applySetattr(this.names.resolve(path), { atime, mtime });
   }
 
   /** Changes what `attr` names (size first, as truncate(2)), in that order; returns the new attributes. */
   setattr(ino: number, attr: SetAttr): Stat {
-    const inode = this.inodeAt(ino);
+    const inode = this.names.inodeAt(ino);
     this.applySetattr(inode, attr);
     return this.stat(inode);
   }
@@ -486,15 +499,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   // ---- directories ----------------------------------------------------------
 
   readdir(path: string): DirEntry[] {
-    const dir = this.resolveDir(path);
+    const dir = this.names.resolveDir(path);
     const out: DirEntry[] = [
       { name: ".", ino: dir.ino, type: S_IFDIR },
       { name: "..", ino: dir.parent, type: S_IFDIR },
     ];
-    for (const item of this.mapOf(dir).range()) {
-      const entry = decodeDirent(dir.ino, item.value);
-      out.push({ name: item.key.toString("utf8"), ino: entry.ino, type: entry.type << 12 });
-    }
+    for (const entry of this.names.entries(dir)) out.push({ name: entry.name.toString("utf8"), ino: entry.ino, type: entry.type });
     this.touchAtime(dir);
     return out;
   }
@@ -505,77 +515,39 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * "." and ".." are not entries. The names are views: copy what is kept.
    */
   readdirIno(ino: number, after: Buffer | undefined, take: (entry: DirEntryBytes) => boolean): void {
-    const dir = this.dirAt(ino);
-    const from = after === undefined ? undefined : Buffer.concat([after, nulByte]);
-    for (const item of this.mapOf(dir).range(from)) {
-      const entry = decodeDirent(dir.ino, item.value);
-      if (!take({ name: item.key, ino: entry.ino, type: entry.type << 12 })) break;
-    }
+    const dir = this.names.dirAt(ino);
+    for (const entry of this.names.entries(dir, after)) if (!take(entry)) break;
     this.touchAtime(dir);
   }
 
   mkdir(path: string, mode: number, caller: Caller): Stat {
     this.policy.makeRoom(16);
-    return this.mkdirIn(this.parentFor(path, "create"), mode, caller);
+    return this.stat(this.names.mkdir(this.names.parentFor(path, "create"), mode, caller));
   }
 
   mkdirAt(parent: number, name: Buffer, mode: number, caller: Caller): Stat {
     this.policy.makeRoom(16);
-    return this.mkdirIn(this.parentAt(parent, name, "create"), mode, caller);
-  }
-
-  private mkdirIn({ dir, name }: Slot, mode: number, caller: Caller): Stat {
-    const inode = this.policy.mutation(4, () => {
-      const child = this.inodes.create(dir, S_IFDIR | (mode & permissionBits & ~0o7000) | (mode & S_ISVTX), caller);
-      child.nlink = 2;
-      child.parent = dir.ino;
-      if ((dir.mode & S_ISGID) !== 0) child.mode |= S_ISGID;
-      this.inodes.save(child);
-      dir.nlink++;
-      this.addEntry(dir, name, child);
-      return child;
-    });
-    return this.stat(inode);
+    return this.stat(this.names.mkdir(this.names.parentAt(parent, name, "create"), mode, caller));
   }
 
   rmdir(path: string): void {
     this.policy.makeRoom(16);
-    this.rmdirIn(this.parentFor(path, "remove-dir"));
+    this.names.rmdir(this.names.parentFor(path, "remove-dir"));
   }
 
   rmdirAt(parent: number, name: Buffer): void {
     this.policy.makeRoom(16);
-    this.rmdirIn(this.parentAt(parent, name, "remove-dir"));
-  }
-
-  private rmdirIn({ dir, name, path }: Slot): void {
-    const target = this.entryInode(dir, name, path);
-    if ((target.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_rmdir", "not a directory", { path });
-    if (this.mapOf(target).count > 0) {
-      throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rmdir", "directory not empty", { path });
-    }
-    const freed = this.mapOf(target).treeRanges();
-    this.policy.mutation(
-      4,
-      () => {
-        this.removeEntry(dir, name);
-        dir.nlink--;
-        this.touchDir(dir);
-        this.freeInode(target);
-      },
-      "shrink",
-      freed,
-    );
+    this.names.rmdir(this.names.parentAt(parent, name, "remove-dir"));
   }
 
   opendir(path: string): number {
-    const dir = this.resolveDir(path);
+    const dir = this.names.resolveDir(path);
     return this.newHandle({ ino: dir.ino, flags: 0, directory: true });
   }
 
   opendirIno(ino: number): number {
     this.checkOpenSlots();
-    return this.newHandle({ ino: this.dirAt(ino).ino, flags: 0, directory: true });
+    return this.newHandle({ ino: this.names.dirAt(ino).ino, flags: 0, directory: true });
   }
 
   releasedir(fh: number): void {
@@ -592,98 +564,47 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   unlink(path: string): void {
     // On a full volume a delete still copies a path (more with snapshots): commit first if only pending frees would fit it.
     this.policy.makeRoom(16);
-    this.unlinkIn(this.parentFor(path, "remove"));
+    this.names.unlink(this.names.parentFor(path, "remove"));
   }
 
   unlinkAt(parent: number, name: Buffer): void {
     this.policy.makeRoom(16);
-    this.unlinkIn(this.parentAt(parent, name, "remove"));
-  }
-
-  private unlinkIn({ dir, name, path }: Slot): void {
-    const target = this.entryInode(dir, name, path);
-    if ((target.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_unlink", "is a directory", { path });
-    const freed = this.freedRangesIfLast(target);
-    this.policy.mutation(
-      4,
-      () => {
-        this.removeEntry(dir, name);
-        this.touchDir(dir);
-        this.dropLink(target);
-      },
-      "shrink",
-      freed,
-    );
+    this.names.unlink(this.names.parentAt(parent, name, "remove"));
   }
 
   link(existing: string, newPath: string): Stat {
     this.policy.makeRoom(16);
-    const inode = this.resolve(existing);
-    this.checkLinkable(inode, existing);
-    return this.linkIn(inode, this.parentFor(newPath, "create"));
+    const inode = this.names.resolve(existing);
+    this.names.checkLinkable(inode, existing);
+    this.names.link(inode, this.names.parentFor(newPath, "create"));
+    return this.stat(inode);
   }
 
   /** A new name `name` in directory `parent` for inode `ino`. */
   linkAt(ino: number, parent: number, name: Buffer): Stat {
     this.policy.makeRoom(16);
-    const inode = this.inodeAt(ino);
-    this.checkLinkable(inode, undefined);
-    return this.linkIn(inode, this.parentAt(parent, name, "create"));
-  }
-
-  private checkLinkable(inode: Inode, path: string | undefined): void {
-    if ((inode.mode & S_IFMT) === S_IFDIR) {
-      throw new GroveError("EPERM", "EPERM_link_dir", "hard links to directories are not allowed", { path });
-    }
-    if (inode.nlink >= linkCountMax) throw new GroveError("EMLINK", "EMLINK_link", "too many links", { path });
-    // An open file whose last name went (nlink 0) cannot get a new one, as linkat(2) without AT_EMPTY_PATH.
-    if (inode.nlink === 0) throw new GroveError("ENOENT", "ENOENT_link_unlinked", "the file has no name left", { path });
-  }
-
-  private linkIn(inode: Inode, { dir, name }: Slot): Stat {
-    this.policy.mutation(3, () => {
-      inode.nlink++;
-      inode.ctimeNs = this.clock();
-      this.inodes.save(inode);
-      this.addEntry(dir, name, inode);
-    });
+    const inode = this.names.inodeAt(ino);
+    this.names.checkLinkable(inode, undefined);
+    this.names.link(inode, this.names.parentAt(parent, name, "create"));
     return this.stat(inode);
   }
 
   symlink(target: string, path: string, caller: Caller): Stat {
     this.policy.makeRoom(16);
-    return this.symlinkIn(Buffer.from(target, "utf8"), () => this.parentFor(path, "create"), caller, path);
+    return this.stat(this.names.symlink(Buffer.from(target, "utf8"), () => this.names.parentFor(path, "create"), caller, path));
   }
 
   symlinkAt(parent: number, name: Buffer, target: Buffer, caller: Caller): Stat {
     this.policy.makeRoom(16);
-    return this.symlinkIn(target, () => this.parentAt(parent, name, "create"), caller, undefined);
-  }
-
-  private symlinkIn(bytes: Buffer, slot: () => Slot, caller: Caller, path: string | undefined): Stat {
-    if (bytes.length === 0) throw new GroveError("ENOENT", "ENOENT_symlink_empty", "empty symlink target", { path });
-    if (bytes.length > symlinkTargetSizeMaxBytes) {
-      throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_symlink", "symlink target too long", { path });
-    }
-    if (bytes.includes(0)) throw new GroveError("EINVAL", "EINVAL_symlink_nul", "symlink target contains NUL", { path });
-    const { dir, name } = slot();
-    this.data.admit(0, 0, Math.ceil(bytes.length / blockSizeBytes));
-    const inode = this.policy.mutation(4, () => {
-      const link = this.inodes.create(dir, S_IFLNK | 0o777, caller);
-      this.data.write(link, this.mapOf(link), bytes, 0);
-      this.inodes.save(link);
-      this.addEntry(dir, name, link);
-      return link;
-    });
-    return this.stat(inode);
+    return this.stat(this.names.symlink(target, () => this.names.parentAt(parent, name, "create"), caller, undefined));
   }
 
   readlink(path: string): string {
-    return this.targetOf(this.resolve(path), path).toString("utf8");
+    return this.targetOf(this.names.resolve(path), path).toString("utf8");
   }
 
   readlinkIno(ino: number): Buffer {
-    return this.targetOf(this.inodeAt(ino), undefined);
+    return this.targetOf(this.names.inodeAt(ino), undefined);
   }
 
   private targetOf(inode: Inode, path: string | undefined): Buffer {
@@ -695,133 +616,53 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   mknod(path: string, mode: number, rdev: number, caller: Caller): Stat {
     this.policy.makeRoom(16);
-    return this.mknodIn(() => this.parentFor(path, "create"), mode, rdev, caller, path);
+    return this.stat(this.names.mknod(() => this.names.parentFor(path, "create"), mode, rdev, caller, path));
   }
 
   mknodAt(parent: number, name: Buffer, mode: number, rdev: number, caller: Caller): Stat {
     this.policy.makeRoom(16);
-    return this.mknodIn(() => this.parentAt(parent, name, "create"), mode, rdev, caller, undefined);
-  }
-
-  private mknodIn(slot: () => Slot, mode: number, rdev: number, caller: Caller, path: string | undefined): Stat {
-    const type = mode & S_IFMT;
-    const allowed = [S_IFREG, C.S_IFIFO, C.S_IFSOCK, C.S_IFCHR, C.S_IFBLK];
-    if (!allowed.includes(type === 0 ? S_IFREG : type)) {
-      throw new GroveError("EINVAL", "EINVAL_mknod_type", "mknod cannot create this file type", { path });
-    }
-    const { dir, name } = slot();
-    const inode = this.policy.mutation(3, () => {
-      const node = this.inodes.create(dir, (type === 0 ? S_IFREG : type) | (mode & permissionBits), caller);
-      if (type === C.S_IFCHR || type === C.S_IFBLK) node.rdev = rdev;
-      this.inodes.save(node);
-      this.addEntry(dir, name, node);
-      return node;
-    });
-    return this.stat(inode);
+    return this.stat(this.names.mknod(() => this.names.parentAt(parent, name, "create"), mode, rdev, caller, undefined));
   }
 
   rename(from: string, to: string, flags = 0): void {
     checkRenameFlags(flags);
     // Before anything is loaded: a commit here writes out buffered inodes.
     this.policy.makeRoom(16);
-    this.renameIn(this.parentFor(from, "rename-source"), this.parentFor(to, "rename-target"), flags);
+    this.names.rename(this.names.parentFor(from, "rename-source"), this.names.parentFor(to, "rename-target"), flags);
   }
 
   renameAt(parent: number, name: Buffer, newParent: number, newName: Buffer, flags = 0): void {
     checkRenameFlags(flags);
     this.policy.makeRoom(16);
-    const src = this.parentAt(parent, name, "rename-source");
-    this.renameIn(src, this.parentAt(newParent, newName, "rename-target"), flags);
-  }
-
-  private renameIn(src: Slot, dst: Slot, flags: number): void {
-    const from = src.path;
-    const to = dst.path;
-    const moving = this.entryInode(src.dir, src.name, from);
-    const existingEntry = this.mapOf(dst.dir).get(dst.name);
-    const existing = existingEntry === undefined ? undefined : this.inodes.load(decodeDirent(dst.dir.ino, existingEntry).ino);
-    if ((flags & renameExchange) !== 0) {
-      if (existing === undefined) throw new GroveError("ENOENT", "ENOENT_rename_exchange", "no such file", { path: to });
-      this.exchange(src, dst, moving, existing);
-      return;
-    }
-    if (existing !== undefined) {
-      if ((flags & renameNoReplace) !== 0) throw new GroveError("EEXIST", "EEXIST_rename", "file exists", { path: to });
-      if (existing.ino === moving.ino) return;
-      this.checkReplace(moving, existing, to);
-    }
-    this.checkNotIntoItself(moving, dst.dir, to);
-    const freed = existing === undefined ? 0 : this.freedRangesIfLast(existing);
-    this.policy.mutation(8, () => {
-      const srcDir = src.dir;
-      const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
-      if (existing !== undefined) {
-        this.removeEntry(dstDir, dst.name);
-        if ((existing.mode & S_IFMT) === S_IFDIR) {
-          dstDir.nlink--;
-          this.freeInode(existing);
-        } else {
-          this.dropLink(existing);
-        }
-      }
-      this.removeEntry(srcDir, src.name);
-      this.addEntry(dstDir, dst.name, moving);
-      if ((moving.mode & S_IFMT) === S_IFDIR && srcDir.ino !== dstDir.ino) {
-        srcDir.nlink--;
-        dstDir.nlink++;
-        moving.parent = dstDir.ino;
-      }
-      moving.ctimeNs = this.clock();
-      this.inodes.save(moving);
-      this.touchDir(srcDir);
-      if (dstDir !== srcDir) this.touchDir(dstDir);
-    }, "grow", freed);
-  }
-
-  /** What freeing `inode` would hand back, if this name is its last and it is not open (read-only). */
-  private freedRangesIfLast(inode: Inode): number {
-    if ((inode.mode & S_IFMT) === S_IFDIR) return this.mapOf(inode).treeRanges();
-    if (inode.nlink > 1 || this.handles.openCount(inode.ino) > 0) return 0;
-    return this.data.freedRanges(inode, this.mapOf(inode), 0);
+    const src = this.names.parentAt(parent, name, "rename-source");
+    this.names.rename(src, this.names.parentAt(newParent, newName, "rename-target"), flags);
   }
 
   // ---- files ----------------------------------------------------------------
 
   create(path: string, mode: number, flags: number, caller: Caller): number {
     this.policy.makeRoom(16);
-    return this.createIn(this.parentFor(path, "open-create"), mode, flags, caller).fh;
+    return this.createIn(this.names.parentFor(path, "open-create"), mode, flags, caller).fh;
   }
 
   /** open(2) with O_CREAT of `name` in directory `parent`: a new file, or the existing one without O_EXCL. */
   createAt(parent: number, name: Buffer, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
     this.policy.makeRoom(16);
-    return this.createIn(this.parentAt(parent, name, "open-create"), mode, flags, caller);
+    return this.createIn(this.names.parentAt(parent, name, "open-create"), mode, flags, caller);
   }
 
-  private createIn({ dir, name, path }: Slot, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
-    const entry = this.mapOf(dir).get(name);
-    if (entry !== undefined) {
-      if ((flags & C.O_EXCL) !== 0) throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
-      const existing = this.inodes.load(decodeDirent(dir.ino, entry).ino);
-      const fh = this.openInode(existing, flags & ~C.O_CREAT, path);
-      return { fh, stat: this.stat(existing) };
-    }
-    this.checkOpenSlots();
-    const inode = this.policy.mutation(3, () => {
-      const file = this.inodes.create(dir, S_IFREG | (mode & permissionBits), caller);
-      this.inodes.save(file);
-      this.addEntry(dir, name, file);
-      return file;
-    });
-    return { fh: this.newHandle({ ino: inode.ino, flags, directory: false }), stat: this.stat(inode) };
+  private createIn(slot: Slot, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
+    const { inode, created } = this.names.create(slot, mode, flags, caller);
+    const fh = created ? this.newHandle({ ino: inode.ino, flags, directory: false }) : this.openInode(inode, flags & ~C.O_CREAT, slot.path);
+    return { fh, stat: this.stat(inode) };
   }
 
   open(path: string, flags: number): number {
-    return this.openInode(this.resolve(path), flags, path);
+    return this.openInode(this.names.resolve(path), flags, path);
   }
 
   openIno(ino: number, flags: number): number {
-    return this.openInode(this.inodeAt(ino), flags, undefined);
+    return this.openInode(this.names.inodeAt(ino), flags, undefined);
   }
 
   private openInode(inode: Inode, flags: number, path: string | undefined): number {
@@ -882,7 +723,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   truncate(path: string, size: number): void {
-    const inode = this.resolve(path);
+    const inode = this.names.resolve(path);
     if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory", { path });
     if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file", { path });
     this.setSize(inode, size);
@@ -910,8 +751,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (handle.directory || this.handles.openCount(handle.ino) > 0) return;
     const inode = this.inodes.tryLoad(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
-      const freed = this.data.freedRanges(inode, this.mapOf(inode), 0);
-      this.policy.mutation(3, () => this.freeInode(inode, true), "shrink", freed);
+      this.names.freeOrphan(inode.ino, inode);
     } else if (inode !== undefined && !this.readOnly) {
       this.data.precompressTail(inode);
     }
@@ -933,7 +773,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * EIO reading an edge block), else done whole.
    */
   fallocate(ino: number, mode: number, offset: number, length: number): void {
-    let inode = this.inodeAt(ino);
+    let inode = this.names.inodeAt(ino);
     const request = this.data.fallocateRequest(mode, offset, length);
     const type = inode.mode & S_IFMT;
     if (type === C.S_IFIFO) throw new GroveError("ESPIPE", "ESPIPE_fallocate", "fallocate on a pipe");
@@ -945,7 +785,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.policy.checkWritable();
     // A commit here writes out buffered data and replaces inode records: before the plan is made.
     this.policy.makeRoom(request.op === "punch" ? 16 : Math.ceil((request.end - request.start) / blockSizeBytes) + 16);
-    inode = this.inodeAt(ino);
+    inode = this.names.inodeAt(ino);
     const plan = this.data.planFallocate(inode, this.mapOf(inode), request);
     this.policy.mutation(
       plan.puts,
@@ -974,7 +814,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * buffered. Costs the extents from `offset` on, never a walk of blocks.
    */
   lseek(ino: number, offset: number, whence: "data" | "hole"): number {
-    const inode = this.inodeAt(ino);
+    const inode = this.names.inodeAt(ino);
     if (whence !== "data" && whence !== "hole") throw new GroveError("EINVAL", "EINVAL_whence", `bad whence ${String(whence)}`);
     if (!Number.isSafeInteger(offset)) throw new GroveError("EINVAL", "EINVAL_seek_offset", "invalid offset");
     const type = inode.mode & S_IFMT;
@@ -1012,8 +852,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     for (const n of [srcOffset, dstOffset, length]) {
       if (!Number.isSafeInteger(n) || n < 0) throw new GroveError("EINVAL", "EINVAL_copy_range", "invalid offset or length");
     }
-    let source = from.inodeAt(src.ino);
-    let target = this.inodeAt(dstIno);
+    let source = from.names.inodeAt(src.ino);
+    let target = this.names.inodeAt(dstIno);
     if ((source.mode & S_IFMT) === S_IFDIR || (target.mode & S_IFMT) === S_IFDIR) {
       throw new GroveError("EISDIR", "EISDIR_copy_file_range", "is a directory");
     }
@@ -1034,8 +874,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     // Shared blocks must hold the newest bytes, and replaced ones must not be written out later.
     if (from === this) this.policy.writeOutIno(src.ino);
     this.policy.writeOutIno(dstIno);
-    source = from.inodeAt(src.ino);
-    target = same ? source : this.inodeAt(dstIno);
+    source = from.names.inodeAt(src.ino);
+    target = same ? source : this.names.inodeAt(dstIno);
     const srcEnd = srcOffset + count;
     const first = Math.ceil(srcOffset / blockSizeBytes);
     // The source's last, partial block can be shared when the copy ends at both files' ends (its tail is zeros).
@@ -1066,8 +906,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     let at = first;
     while (at < end) {
       this.policy.makeRoom(4 * stepRecords + 16);
-      const target = this.inodeAt(dstIno);
-      const source = same ? target : from.inodeAt(srcIno);
+      const target = this.names.inodeAt(dstIno);
+      const source = same ? target : from.names.inodeAt(srcIno);
       const srcMap = from.mapOf(source);
       const dstMap = this.mapOf(target);
       const stop = Math.min(
@@ -1111,7 +951,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     while (done < count) {
       const n = Math.min(chunkBytes, count - done);
       this.policy.makeRoom(Math.ceil(n / blockSizeBytes) + 1);
-      const source = from.inodeAt(srcIno);
+      const source = from.names.inodeAt(srcIno);
       const bytes = Buffer.alloc(n);
       from.data.read(source, from.mapOf(source), bytes, n, srcAt + done);
       try {
@@ -1128,14 +968,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** Writes `bytes` at `at` of inode `ino` as write() does: admitted, its edges read, then buffered whole. */
   private writeBytes(ino: number, bytes: Buffer, at: number): void {
-    let inode = this.inodeAt(ino);
+    let inode = this.names.inodeAt(ino);
     try {
       this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
     } catch (error) {
       // Space this transaction freed becomes usable once it commits: commit and try once more.
       if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
       this.sync();
-      inode = this.inodeAt(ino);
+      inode = this.names.inodeAt(ino);
       this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
     }
     this.data.preloadEdges(inode, this.mapOf(inode), at, at + bytes.length);
@@ -1159,20 +999,20 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** An attribute of inode `ino`, or undefined when it has none of that name (the common miss builds no error). */
   findXattrIno(ino: number, name: string): Buffer | undefined {
-    return this.xattrOf(this.inodeAt(ino), name);
+    return this.xattrOf(this.names.inodeAt(ino), name);
   }
 
   setxattrIno(ino: number, name: string, value: Buffer, flags: number): void {
     this.policy.makeRoom(16);
-    this.setxattrOn(this.inodeAt(ino), name, value, flags, undefined);
+    this.setxattrOn(this.names.inodeAt(ino), name, value, flags, undefined);
   }
 
   listxattrIno(ino: number): string[] {
-    return this.xattrNames(this.inodeAt(ino));
+    return this.xattrNames(this.names.inodeAt(ino));
   }
 
   removexattrIno(ino: number, name: string): void {
-    this.removexattrOn(this.inodeAt(ino), name, undefined);
+    this.removexattrOn(this.names.inodeAt(ino), name, undefined);
   }
 
   /**
@@ -1180,7 +1020,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * security.capability before every write, so the miss is the hot case.
    */
   findXattr(path: string, name: string): Buffer | undefined {
-    return this.xattrOf(this.resolve(path), name);
+    return this.xattrOf(this.names.resolve(path), name);
   }
 
   private xattrOf(inode: Inode, name: string): Buffer | undefined {
@@ -1189,7 +1029,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {
     this.policy.makeRoom(16);
-    this.setxattrOn(this.resolve(path), name, value, flags, path);
+    this.setxattrOn(this.names.resolve(path), name, value, flags, path);
   }
 
   private setxattrOn(inode: Inode, name: string, value: Buffer, flags: number, path: string | undefined): void {
@@ -1203,7 +1043,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   listxattr(path: string): string[] {
-    return this.xattrNames(this.resolve(path));
+    return this.xattrNames(this.names.resolve(path));
   }
 
   private xattrNames(inode: Inode): string[] {
@@ -1211,7 +1051,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   removexattr(path: string, name: string): void {
-    this.removexattrOn(this.resolve(path), name, path);
+    this.removexattrOn(this.names.resolve(path), name, path);
   }
 
   private removexattrOn(inode: Inode, name: string, path: string | undefined): void {
@@ -1232,7 +1072,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** Inode number of a path, without following a final symlink. */
   inoOf(path: string): number {
-    return this.resolve(path).ino;
+    return this.names.resolve(path).ino;
   }
 
   /** Whether inode `ino` still exists (an unlinked, open file does). */
@@ -1251,218 +1091,20 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** lookup without an error for a missing name: the kernel's negative lookups are a hot path. */
   findEntry(parent: number, name: Buffer): Stat | undefined {
-    const dir = this.dirAt(parent);
-    if (isDot(name)) return this.stat(dir);
-    if (isDotDot(name)) return this.stat(this.inodes.load(dir.parent));
-    checkName(name);
-    const entry = this.mapOf(dir).get(name);
-    return entry === undefined ? undefined : this.stat(this.inodes.load(decodeDirent(dir.ino, entry).ino));
+    const inode = this.names.find(parent, name);
+    return inode === undefined ? undefined : this.stat(inode);
   }
 
-  /** Inode `ino`, or ENOENT: the kernel may still name an inode that is gone. */
-  private inodeAt(ino: number): Inode {
-    this.policy.checkOpen();
-    const inode = Number.isSafeInteger(ino) && ino > 0 ? this.inodes.tryLoad(ino) : undefined;
-    if (inode === undefined) throw new GroveError("ENOENT", "ENOENT_inode", `no inode ${ino}`);
-    return inode;
-  }
-
-  private dirAt(ino: number): Inode {
-    const inode = this.inodeAt(ino);
-    if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_inode", "not a directory");
-    return inode;
-  }
-
-  /** The slot `name` in directory `parent`, checked for `purpose` as parentFor checks a path's last component. */
-  private parentAt(parent: number, name: Buffer, purpose: SlotPurpose): Slot {
-    const dir = this.dirAt(parent);
-    checkName(name);
-    return this.slotIn(dir, name, purpose, undefined);
-  }
-
-  // ---- internals: paths -------------------------------------------------------
-
-  private resolve(path: string): Inode {
-    this.policy.checkOpen();
-    let inode = this.inodes.load(rootIno);
-    for (const part of splitPath(path)) {
-      if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_path", "not a directory", { path });
-      if (part === ".") continue;
-      if (part === "..") {
-        inode = this.inodes.load(inode.parent);
-        continue;
-      }
-      const entry = this.mapOf(inode).get(Buffer.from(part, "utf8"));
-      if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
-      inode = this.inodes.load(decodeDirent(inode.ino, entry).ino);
-    }
-    return inode;
-  }
-
-  private resolveDir(path: string): Inode {
-    const inode = this.resolve(path);
-    if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_path", "not a directory", { path });
-    return inode;
-  }
-
-  /** The directory that holds (or will hold) the last component of `path`, and that component. */
-  private parentFor(path: string, purpose: SlotPurpose): Slot {
-    const parts = splitPath(path);
-    const last = parts.pop();
-    if (last === undefined) {
-      const code = purpose === "create" ? "EEXIST" : purpose === "remove" || purpose === "open-create" ? "EISDIR" : "EBUSY";
-      throw new GroveError(code, `${code}_root`, "the root directory cannot be changed this way", { path });
-    }
-    const dir = this.resolveDir("/" + parts.join("/"));
-    return this.slotIn(dir, Buffer.from(last, "utf8"), purpose, path);
-  }
-
-  private slotIn(dir: Inode, name: Buffer, purpose: SlotPurpose, path: string | undefined): Slot {
-    if (isDot(name) || isDotDot(name)) {
-      const last = name.toString("latin1");
-      if (purpose === "create") throw new GroveError("EEXIST", "EEXIST_dot", "file exists", { path });
-      if (purpose === "remove-dir" && last === "..") {
-        throw new GroveError("ENOTEMPTY", "ENOTEMPTY_dotdot", "directory not empty", { path });
-      }
-      throw new GroveError("EINVAL", "EINVAL_dot", `"${last}" cannot be used here`, { path });
-    }
-    if (purpose === "create" && this.mapOf(dir).get(name) !== undefined) {
-      throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
-    }
-    if ((purpose === "create" || purpose === "open-create") && !this.inodes.hasFreeIno) {
-      throw new GroveError("ENOSPC", "ENOSPC_inodes", "no inode numbers left", { path });
-    }
-    if (purpose !== "remove" && purpose !== "remove-dir" && purpose !== "rename-source") this.policy.checkWritable();
-    return { dir, name, path };
-  }
-
-  private entryInode(dir: Inode, name: Buffer, path: string | undefined): Inode {
-    const entry = this.mapOf(dir).get(name);
-    if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
-    return this.inodes.load(decodeDirent(dir.ino, entry).ino);
-  }
-
-  private checkReplace(moving: Inode, existing: Inode, to: string | undefined): void {
-    const movingDir = (moving.mode & S_IFMT) === S_IFDIR;
-    const existingDir = (existing.mode & S_IFMT) === S_IFDIR;
-    if (movingDir && !existingDir) throw new GroveError("ENOTDIR", "ENOTDIR_rename", "not a directory", { path: to });
-    if (!movingDir && existingDir) throw new GroveError("EISDIR", "EISDIR_rename", "is a directory", { path: to });
-    if (existingDir && this.mapOf(existing).count > 0) {
-      throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rename", "directory not empty", { path: to });
-    }
-  }
-
-  /** EINVAL when a directory would move into its own subtree. */
-  private checkNotIntoItself(moving: Inode, target: Inode, to: string | undefined): void {
-    if ((moving.mode & S_IFMT) !== S_IFDIR) return;
-    let at = target;
-    for (let depth = 0; ; depth++) {
-      if (at.ino === moving.ino) {
-        throw new GroveError("EINVAL", "EINVAL_rename_subtree", "cannot move a directory into itself", { path: to });
-      }
-      if (at.ino === rootIno) return;
-      if (depth > 1_000_000) throw new GroveError("EIO", "EIO_parent_loop", "directory parents form a loop");
-      at = this.inodes.load(at.parent);
-    }
-  }
-
-  private exchange(
-    src: { dir: Inode; name: Buffer },
-    dst: { dir: Inode; name: Buffer },
-    a: Inode,
-    b: Inode,
-  ): void {
-    if (a.ino === b.ino) return;
-    this.checkNotIntoItself(a, dst.dir, "");
-    this.checkNotIntoItself(b, src.dir, "");
-    this.policy.mutation(8, () => {
-      const srcDir = src.dir;
-      const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
-      this.mapOf(srcDir).put(src.name, encodeDirent(b.ino, b.mode));
-      this.mapOf(dstDir).put(dst.name, encodeDirent(a.ino, a.mode));
-      const aDir = (a.mode & S_IFMT) === S_IFDIR;
-      const bDir = (b.mode & S_IFMT) === S_IFDIR;
-      if (srcDir !== dstDir && aDir !== bDir) {
-        srcDir.nlink += aDir ? -1 : 1;
-        dstDir.nlink += aDir ? 1 : -1;
-      }
-      if (aDir) a.parent = dstDir.ino;
-      if (bDir) b.parent = srcDir.ino;
-      const now = this.clock();
-      for (const inode of [a, b]) {
-        inode.ctimeNs = now;
-        this.inodes.save(inode);
-      }
-      this.touchDir(srcDir);
-      if (dstDir !== srcDir) this.touchDir(dstDir);
-    });
-  }
-
-  // ---- internals: inodes --------------------------------------------------------
+  // ---- internals ----------------------------------------------------------------
 
   mapOf(inode: Inode): ItemMap {
     return this.inodes.mapOf(inode);
   }
 
-  private addEntry(dir: Inode, name: Buffer, child: Inode): void {
-    this.mapOf(dir).put(name, encodeDirent(child.ino, child.mode));
-    this.touchDir(dir);
-  }
-
-  private removeEntry(dir: Inode, name: Buffer): void {
-    const removed = this.mapOf(dir).delete(name);
-    assert(removed, "a validated entry exists");
-  }
-
-  /** mtime and ctime of a changed directory, and its record (whose map may have moved). */
-  private touchDir(dir: Inode): void {
-    const now = this.clock();
-    dir.mtimeNs = now;
-    dir.ctimeNs = now;
-    this.inodes.save(dir);
-  }
-
-  /** One name fewer: free the inode at zero links, or keep it as an orphan while open. */
-  private dropLink(inode: Inode): void {
-    inode.nlink--;
-    inode.ctimeNs = this.clock();
-    if (inode.nlink > 0) {
-      this.inodes.save(inode);
-    } else if (this.handles.openCount(inode.ino) > 0) {
-      this.inodes.save(inode);
-      this.inodes.addOrphan(inode.ino);
-    } else {
-      this.freeInode(inode);
-    }
-  }
-
-  /** Frees an inode and all it owns; `orphan` when it was listed as one (unlinked while open). */
-  private freeInode(inode: Inode, orphan = false): void {
-    const map = this.mapOf(inode);
-    if ((inode.mode & S_IFMT) === S_IFDIR) map.clear();
-    else this.data.discard(inode, map);
-    if ((inode.flags & inodeFlagHadXattrs) !== 0) this.xattrs.deleteUnder(xattrPrefix(inode.ino));
-    this.inodes.delete(inode.ino, orphan);
-  }
-
   private freeOrphans(): void {
     const orphans = this.inodes.orphans();
     if (orphans.length === 0) return;
-    for (const ino of orphans) {
-      const inode = this.inodes.tryLoad(ino);
-      // An orphan key on an inode that still has names is stale: drop the key, keep the inode.
-      const free = inode !== undefined && inode.nlink === 0;
-      const freed = free ? this.data.freedRanges(inode, this.mapOf(inode), 0) : 0;
-      this.policy.mutation(
-        3,
-        () => {
-          if (free) this.freeInode(inode, true);
-          else this.inodes.removeOrphan(ino);
-        },
-        "shrink",
-        freed,
-      );
-    }
+    for (const ino of orphans) this.names.freeOrphan(ino);
     this.sync();
   }
 
@@ -1542,40 +1184,6 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 }
 
-/** Where a name is created, removed or renamed: its directory and the name, with the path for messages. */
-interface Slot {
-  dir: Inode;
-  name: Buffer;
-  path?: string;
-}
-
-type SlotPurpose = "create" | "open-create" | "remove" | "remove-dir" | "rename-source" | "rename-target";
-
-const nulByte = Buffer.from([0]);
-
-function isDot(name: Buffer): boolean {
-  return name.length === 1 && name[0] === 0x2e;
-}
-
-function isDotDot(name: Buffer): boolean {
-  return name.length === 2 && name[0] === 0x2e && name[1] === 0x2e;
-}
-
-/** A name as the kernel passes it: 1 to NAME_MAX bytes, no "/" and no NUL. */
-function checkName(name: Buffer): void {
-  if (name.length === 0) throw new GroveError("ENOENT", "ENOENT_name_empty", "empty name");
-  if (name.length > nameSizeMaxBytes) {
-    throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_name", `a name is limited to ${nameSizeMaxBytes} bytes`);
-  }
-  if (name.includes(0x2f) || name.includes(0)) throw new GroveError("EINVAL", "EINVAL_name", "a name cannot contain / or NUL");
-}
-
-function checkRenameFlags(flags: number): void {
-  if ((flags & ~(renameNoReplace | renameExchange)) !== 0 || flags === (renameNoReplace | renameExchange)) {
-    throw new GroveError("EINVAL", "EINVAL_rename_flags", "invalid rename flags");
-  }
-}
-
 /** chown(2)'s "unchanged" is -1 (0xffffffff as an unsigned id). */
 function ownerId(id: number): number | undefined {
   return id === -1 || id === 0xffffffff ? undefined : id;
@@ -1586,21 +1194,6 @@ function withoutSetIdBits(mode: number): number {
   const S_ISUID = 0o4000;
   const S_IXGRP = 0o010;
   return (mode & ~S_ISUID) & ~((mode & S_IXGRP) !== 0 ? S_ISGID : 0);
-}
-
-/** Components of an absolute path; "/" and "" name the root. */
-export function splitPath(path: string): string[] {
-  if (typeof path !== "string" || !path.startsWith("/")) {
-    throw new GroveError("EINVAL", "EINVAL_path", `path must be absolute: ${String(path)}`);
-  }
-  const parts = path.split("/").filter((part) => part.length > 0);
-  for (const part of parts) {
-    if (part.includes("\0")) throw new GroveError("EINVAL", "EINVAL_name_nul", "a name cannot contain NUL", { path });
-    if (Buffer.byteLength(part, "utf8") > nameSizeMaxBytes) {
-      throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_name", `a name is limited to ${nameSizeMaxBytes} bytes`, { path });
-    }
-  }
-  return parts;
 }
 
 function checkRange(length: number, position: number): void {
