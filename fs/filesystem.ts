@@ -67,7 +67,7 @@ import {
   rootIno,
   treeIdDefaultSubvolume,
 } from "./constants.js";
-import { Inode, PayloadKind, inodeFlagHadXattrs } from "./format.js";
+import { Inode, inodeFlagHadXattrs } from "./format.js";
 import { FileData } from "./file_data.js";
 import { Handles, type Handle } from "./handles.js";
 import { Xattrs, xattrChunksMax } from "./xattrs.js";
@@ -77,6 +77,7 @@ import type { ItemMap } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
 import { CommitPolicy } from "./commit_policy.js";
 import { Namespace, checkRenameFlags, type Slot } from "./namespace.js";
+import { RangeCopy } from "./copy_range.js";
 
 export { splitPath } from "./namespace.js";
 
@@ -160,6 +161,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private readonly xattrs: Xattrs;
   private readonly policy: CommitPolicy;
   private readonly names: Namespace;
+  private readonly copies: RangeCopy;
 
   /** Formats `device` with an empty root directory. */
   static format(device: BlockDevice, options: { label?: string; clock?: () => bigint; compression?: CompressionName } = {}): void {
@@ -211,6 +213,10 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.inodes.load(rootIno);
     this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly);
     this.names = new Namespace(this.inodes, this.policy, this.data, this.handles, this.xattrs, this.clock);
+    // copy_file_range writes its edge bytes as write(2) does.
+    const writeBytes = (ino: number, bytes: Buffer, at: number): void =>
+      this.writeAt(this.names.inodeAt(ino), () => this.names.inodeAt(ino), bytes, at, { admitWithMap: true, killSuidgid: false });
+    this.copies = new RangeCopy(store, this.names, this.inodes, this.data, this.policy, this.clock, writeBytes);
     if (!this.readOnly) this.freeOrphans();
   }
 
@@ -693,33 +699,43 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.policy.makeRoom(Math.ceil(Math.min(length, buffer.length) / blockSizeBytes) + 1);
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_write", "not open for writing");
     checkRange(length, position);
-    let inode = this.inodes.load(handle.ino);
+    const inode = this.inodes.load(handle.ino);
     const at = (handle.flags & C.O_APPEND) !== 0 ? inode.size : position;
     const count = Math.min(length, buffer.length);
     if (at + count > fileSizeMaxBytes) {
       throw new GroveError("EFBIG", "EFBIG_write", `file would exceed ${fileSizeMaxBytes} bytes`);
     }
     if (count === 0) return 0;
+    this.writeAt(inode, () => this.inodes.load(handle.ino), buffer.subarray(0, count), at, { admitWithMap: false, killSuidgid });
+    return count;
+  }
+
+  /**
+   * Writes `bytes` at `at` of `inode` (`reload` finds it again after a
+   * commit): admitted, its edges read, then buffered whole. `admitWithMap`
+   * checks preallocated blocks now rather than when the edges are read.
+   */
+  private writeAt(inode: Inode, reload: () => Inode, bytes: Buffer, at: number, how: { admitWithMap: boolean; killSuidgid: boolean }): void {
+    const admit = (): void => this.data.admitWrite(inode, at, bytes.length, how.admitWithMap ? this.mapOf(inode) : undefined);
     try {
-      this.data.admitWrite(inode, at, count);
+      admit();
     } catch (error) {
       // Space this transaction freed becomes usable once it commits: commit and try once more.
       if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
       this.sync();
-      inode = this.inodes.load(handle.ino);
-      this.data.admitWrite(inode, at, count);
+      inode = reload();
+      admit();
     }
-    this.data.preloadEdges(inode, this.mapOf(inode), at, at + count);
+    this.data.preloadEdges(inode, this.mapOf(inode), at, at + bytes.length);
     this.policy.mutation(2, () => {
-      this.data.write(inode, this.mapOf(inode), buffer.subarray(0, count), at);
+      this.data.write(inode, this.mapOf(inode), bytes, at);
       const now = this.clock();
       inode.mtimeNs = now;
       inode.ctimeNs = now;
-      if (killSuidgid) inode.mode = withoutSetIdBits(inode.mode);
+      if (how.killSuidgid) inode.mode = withoutSetIdBits(inode.mode);
       this.inodes.save(inode);
     });
     this.policy.afterWrite();
-    return count;
   }
 
   truncate(path: string, size: number): void {
@@ -829,19 +845,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   /**
    * copy_file_range(2) from inode `src.ino` of `src.fs` (this filesystem
    * when undefined, or a snapshot view of the same volume) at `srcOffset`
-   * into regular file `dstIno` of this one at `dstOffset`. When the two
-   * offsets lie equally far into a block, whole blocks are shared (reflink):
-   * each written source extent, raw or lz4, gains a reference, so a copy
-   * costs tree updates per extent and no data blocks; holes and unwritten
-   * blocks become holes; only the partial blocks at the edges are copied as
-   * bytes (the source's last block is shared too when the copy ends at both
-   * files' ends). Otherwise every byte is copied through the buffered path.
-   * Returns the bytes copied: fewer at the source's end of file, 0 from past
-   * it, or as many as fitted when the volume fills midway (ENOSPC if none
-   * did). Large copies go in steps of a few dozen extents, each admitted
-   * whole. The destination grows to cover what was copied; its mtime and
-   * ctime move. EINVAL for overlapping ranges of one file, EXDEV for a file
-   * of another volume.
+   * into regular file `dstIno` of this one at `dstOffset`, sharing whole
+   * blocks where it can (fs/copy_range.ts). Returns the bytes copied.
+   * EXDEV for a file of another volume.
    */
   copyFileRange(src: { fs?: GroveFs; ino: number }, srcOffset: number, dstIno: number, dstOffset: number, length: number): number {
     this.policy.checkOpen();
@@ -849,144 +855,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (!(from instanceof GroveFs) || from.store !== this.store) {
       throw new GroveError("EXDEV", "EXDEV_copy_file_range", "the source file is on another volume");
     }
-    for (const n of [srcOffset, dstOffset, length]) {
-      if (!Number.isSafeInteger(n) || n < 0) throw new GroveError("EINVAL", "EINVAL_copy_range", "invalid offset or length");
-    }
-    let source = from.names.inodeAt(src.ino);
-    let target = this.names.inodeAt(dstIno);
-    if ((source.mode & S_IFMT) === S_IFDIR || (target.mode & S_IFMT) === S_IFDIR) {
-      throw new GroveError("EISDIR", "EISDIR_copy_file_range", "is a directory");
-    }
-    if ((source.mode & S_IFMT) !== S_IFREG || (target.mode & S_IFMT) !== S_IFREG) {
-      throw new GroveError("EINVAL", "EINVAL_copy_file_range", "copy_file_range needs regular files");
-    }
-    this.policy.checkWritable();
-    let count = srcOffset >= source.size ? 0 : Math.min(length, source.size - srcOffset);
-    if (count > 0 && dstOffset >= fileSizeMaxBytes) {
-      throw new GroveError("EFBIG", "EFBIG_copy_file_range", `files are limited to ${fileSizeMaxBytes} bytes`);
-    }
-    count = Math.min(count, fileSizeMaxBytes - dstOffset);
-    const same = from === this && src.ino === dstIno;
-    if (same && dstOffset + count > srcOffset && dstOffset < srcOffset + count) {
-      throw new GroveError("EINVAL", "EINVAL_copy_overlap", "the ranges overlap in one file");
-    }
-    if (count <= 0) return 0;
-    // Shared blocks must hold the newest bytes, and replaced ones must not be written out later.
-    if (from === this) this.policy.writeOutIno(src.ino);
-    this.policy.writeOutIno(dstIno);
-    source = from.names.inodeAt(src.ino);
-    target = same ? source : this.names.inodeAt(dstIno);
-    const srcEnd = srcOffset + count;
-    const first = Math.ceil(srcOffset / blockSizeBytes);
-    // The source's last, partial block can be shared when the copy ends at both files' ends (its tail is zeros).
-    const lastShared = srcEnd === source.size && srcEnd % blockSizeBytes !== 0 && dstOffset + count >= target.size;
-    const end = lastShared ? Math.ceil(srcEnd / blockSizeBytes) : Math.floor(srcEnd / blockSizeBytes);
-    const aligned = srcOffset % blockSizeBytes === dstOffset % blockSizeBytes && source.kind !== PayloadKind.Bytes;
-    if (!aligned || end <= first) return this.copyBytes(from, src.ino, srcOffset, dstIno, dstOffset, count);
-    const head = first * blockSizeBytes - srcOffset;
-    let copied = head > 0 ? this.copyBytes(from, src.ino, srcOffset, dstIno, dstOffset, head) : 0;
-    if (copied < head) return copied;
-    const shift = (dstOffset - srcOffset) / blockSizeBytes;
-    copied += this.shareBlocks(from, src.ino, first, end, dstIno, shift, dstOffset + count);
-    if (copied < Math.min(count, end * blockSizeBytes - srcOffset)) return copied;
-    const tail = srcEnd - end * blockSizeBytes;
-    if (tail > 0) copied += this.copyBytes(from, src.ino, end * blockSizeBytes, dstIno, end * blockSizeBytes + shift * blockSizeBytes, tail);
-    return copied;
-  }
-
-  /**
-   * Shares file blocks [first, end) of `from`'s inode `srcIno` into `dstIno`
-   * `shift` blocks on, in admitted steps; the destination grows up to
-   * `dstEnd` at most. Returns the bytes it covered (up to `dstEnd`): fewer
-   * if the volume filled after the first step.
-   */
-  private shareBlocks(from: GroveFs, srcIno: number, first: number, end: number, dstIno: number, shift: number, dstEnd: number): number {
-    const stepRecords = 32;
-    const same = from === this && srcIno === dstIno;
-    let at = first;
-    while (at < end) {
-      this.policy.makeRoom(4 * stepRecords + 16);
-      const target = this.names.inodeAt(dstIno);
-      const source = same ? target : from.names.inodeAt(srcIno);
-      const srcMap = from.mapOf(source);
-      const dstMap = this.mapOf(target);
-      const stop = Math.min(
-        from.data.stepEnd(source, srcMap, at, end, stepRecords),
-        this.data.stepEnd(target, dstMap, at + shift, end + shift, stepRecords) - shift,
-      );
-      const slices = from.data.sharedSlices(source, srcMap, at, stop);
-      const dropped = this.data.extentCount(target, dstMap, at + shift, stop + shift);
-      try {
-        this.data.admitShare(target, slices.length, dropped);
-        this.policy.mutation(
-          4,
-          () =>
-            this.store.alreadyAdmitted(() => {
-              this.data.share(target, this.mapOf(target), at + shift, stop + shift, slices, shift);
-              target.size = Math.max(target.size, Math.min(dstEnd, (stop + shift) * blockSizeBytes));
-              const now = this.clock();
-              target.mtimeNs = now;
-              target.ctimeNs = now;
-              this.inodes.save(target);
-            }),
-          "grow",
-          dropped,
-        );
-      } catch (error) {
-        // Refused before it changed anything: what was shared so far stands (a short copy).
-        const refused = error instanceof GroveError && error.code === "ENOSPC" && !this.store.isPoisoned;
-        if (!refused || at === first) throw error;
-        break;
-      }
-      this.policy.afterWrite();
-      at = stop;
-    }
-    return Math.max(0, Math.min(dstEnd, (at + shift) * blockSizeBytes) - (first + shift) * blockSizeBytes);
-  }
-
-  /** Copies `count` bytes through the read and buffered write paths, a MiB at a time; short if the volume fills midway. */
-  private copyBytes(from: GroveFs, srcIno: number, srcAt: number, dstIno: number, dstAt: number, count: number): number {
-    const chunkBytes = 1024 * 1024;
-    let done = 0;
-    while (done < count) {
-      const n = Math.min(chunkBytes, count - done);
-      this.policy.makeRoom(Math.ceil(n / blockSizeBytes) + 1);
-      const source = from.names.inodeAt(srcIno);
-      const bytes = Buffer.alloc(n);
-      from.data.read(source, from.mapOf(source), bytes, n, srcAt + done);
-      try {
-        this.writeBytes(dstIno, bytes, dstAt + done);
-      } catch (error) {
-        const refused = error instanceof GroveError && error.code === "ENOSPC" && !this.store.isPoisoned;
-        if (!refused || done === 0) throw error;
-        break;
-      }
-      done += n;
-    }
-    return done;
-  }
-
-  /** Writes `bytes` at `at` of inode `ino` as write() does: admitted, its edges read, then buffered whole. */
-  private writeBytes(ino: number, bytes: Buffer, at: number): void {
-    let inode = this.names.inodeAt(ino);
-    try {
-      this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
-    } catch (error) {
-      // Space this transaction freed becomes usable once it commits: commit and try once more.
-      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
-      this.sync();
-      inode = this.names.inodeAt(ino);
-      this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
-    }
-    this.data.preloadEdges(inode, this.mapOf(inode), at, at + bytes.length);
-    this.policy.mutation(2, () => {
-      this.data.write(inode, this.mapOf(inode), bytes, at);
-      const now = this.clock();
-      inode.mtimeNs = now;
-      inode.ctimeNs = now;
-      this.inodes.save(inode);
-    });
-    this.policy.afterWrite();
+    const source = { names: from.names, inodes: from.inodes, data: from.data };
+    return this.copies.copy(source, src.ino, srcOffset, dstIno, dstOffset, length);
   }
 
   // ---- extended attributes ----------------------------------------------------
