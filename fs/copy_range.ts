@@ -23,6 +23,7 @@ import { fileSizeMaxBytes } from "./constants.js";
 import { PayloadKind } from "./format.js";
 import type { CommitPolicy } from "./commit_policy.js";
 import type { FileData } from "./file_data.js";
+import type { FileOps } from "./file_ops.js";
 import type { InodeTable } from "./inode_table.js";
 import type { Namespace } from "./namespace.js";
 
@@ -45,8 +46,8 @@ export class RangeCopy {
     private readonly data: FileData,
     private readonly policy: CommitPolicy,
     private readonly clock: () => bigint,
-    /** Writes bytes into a file as write(2) does: admitted, its edges read, then buffered whole. */
-    private readonly writeBytes: (ino: number, bytes: Buffer, at: number) => void,
+    /** Writes the edge bytes as write(2) does. */
+    private readonly files: FileOps,
   ) {}
 
   /**
@@ -165,7 +166,7 @@ export class RangeCopy {
       const bytes = Buffer.alloc(n);
       from.data.read(source, from.inodes.mapOf(source), bytes, n, srcAt + done);
       try {
-        this.writeBytes(dstIno, bytes, dstAt + done);
+        this.files.writeBytes(dstIno, bytes, dstAt + done);
       } catch (error) {
         const refused = error instanceof GroveError && error.code === "ENOSPC" && !this.store.isPoisoned;
         if (!refused || done === 0) throw error;

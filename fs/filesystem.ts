@@ -7,11 +7,13 @@
  *   resolution, and mkdir, rmdir, unlink, link, symlink, mknod, create and
  *   rename;
  * - the commit policy (fs/commit_policy.ts): admission and commits;
- * - file data (fs/file_data.ts, fs/ranges.ts), extended attributes
- *   (fs/xattrs.ts) and open handles (fs/handles.ts).
+ * - file operations (fs/file_ops.ts): read, write, truncate, fallocate,
+ *   lseek and atime, over file data (fs/file_data.ts, fs/ranges.ts);
+ * - copy_file_range (fs/copy_range.ts);
+ * - extended attributes (fs/xattrs.ts) and open handles (fs/handles.ts).
  * What stays here is the volume, its subvolumes and snapshot views,
- * attributes, opening, reading and writing files, and the steps of
- * fallocate, lseek and copy_file_range.
+ * attributes, file handles and their open modes, and the checks that come
+ * before a room is called.
  *
  * Every operation validates first and mutates second. Validation throws
  * freely (ENOENT, EEXIST, ...) and changes nothing. A mutation is admitted
@@ -62,7 +64,6 @@ import type {
 } from "./api.js";
 import {
   dirtyNodeBytesMax,
-  fileSizeMaxBytes,
   nameSizeMaxBytes,
   rootIno,
   treeIdDefaultSubvolume,
@@ -77,6 +78,7 @@ import type { ItemMap } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
 import { CommitPolicy } from "./commit_policy.js";
 import { Namespace, checkRenameFlags, type Slot } from "./namespace.js";
+import { FileOps, withoutSetIdBits } from "./file_ops.js";
 import { RangeCopy } from "./copy_range.js";
 
 export { splitPath } from "./namespace.js";
@@ -90,10 +92,8 @@ const S_IFMT = C.S_IFMT;
 const S_IFDIR = C.S_IFDIR;
 const S_IFREG = C.S_IFREG;
 const S_IFLNK = C.S_IFLNK;
-const S_ISGID = 0o2000;
 const permissionBits = 0o7777;
 const O_ACCMODE = 3;
-const day = 86_400_000_000_000n;
 
 export interface GroveFsOptions {
   readOnly?: boolean;
@@ -161,6 +161,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private readonly xattrs: Xattrs;
   private readonly policy: CommitPolicy;
   private readonly names: Namespace;
+  private readonly files: FileOps;
   private readonly copies: RangeCopy;
 
   /** Formats `device` with an empty root directory. */
@@ -213,10 +214,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.inodes.load(rootIno);
     this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly);
     this.names = new Namespace(this.inodes, this.policy, this.data, this.handles, this.xattrs, this.clock);
-    // copy_file_range writes its edge bytes as write(2) does.
-    const writeBytes = (ino: number, bytes: Buffer, at: number): void =>
-      this.writeAt(this.names.inodeAt(ino), () => this.names.inodeAt(ino), bytes, at, { admitWithMap: true, killSuidgid: false });
-    this.copies = new RangeCopy(store, this.names, this.inodes, this.data, this.policy, this.clock, writeBytes);
+    this.files = new FileOps(store, this.space, this.names, this.inodes, this.data, this.policy, this.clock, this.readOnly);
+    this.copies = new RangeCopy(store, this.names, this.inodes, this.data, this.policy, this.clock, this.files);
     if (!this.readOnly) this.freeOrphans();
   }
 
@@ -482,7 +481,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       const type = inode.mode & S_IFMT;
       if (type === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory");
       if (type !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
-      this.setSize(inode, attr.size);
+      this.files.setSize(inode, attr.size);
     }
     const owner = attr.uid !== undefined || attr.gid !== undefined;
     const times = (attr.atime ?? "omit") !== "omit" || (attr.mtime ?? "omit") !== "omit";
@@ -511,7 +510,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       { name: "..", ino: dir.parent, type: S_IFDIR },
     ];
     for (const entry of this.names.entries(dir)) out.push({ name: entry.name.toString("utf8"), ino: entry.ino, type: entry.type });
-    this.touchAtime(dir);
+    this.files.touchAtime(dir);
     return out;
   }
 
@@ -523,7 +522,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   readdirIno(ino: number, after: Buffer | undefined, take: (entry: DirEntryBytes) => boolean): void {
     const dir = this.names.dirAt(ino);
     for (const entry of this.names.entries(dir, after)) if (!take(entry)) break;
-    this.touchAtime(dir);
+    this.files.touchAtime(dir);
   }
 
   mkdir(path: string, mode: number, caller: Caller): Stat {
@@ -678,71 +677,26 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (type === S_IFLNK) throw new GroveError("ELOOP", "ELOOP_open", "is a symlink", { path });
     if (writable && this.readOnly) throw new GroveError("EROFS", "EROFS_open", "read-only filesystem", { path });
     this.checkOpenSlots();
-    if ((flags & C.O_TRUNC) !== 0 && writable && type === S_IFREG && inode.size > 0) this.setSize(inode, 0);
+    if ((flags & C.O_TRUNC) !== 0 && writable && type === S_IFREG && inode.size > 0) this.files.setSize(inode, 0);
     return this.newHandle({ ino: inode.ino, flags, directory: type === S_IFDIR });
   }
 
   read(fh: number, buffer: Buffer, length: number, position: number): number {
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === C.O_WRONLY) throw new GroveError("EBADF", "EBADF_read", "not open for reading");
-    checkRange(length, position);
-    const inode = this.inodes.load(handle.ino);
-    if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_read", "is a directory");
-    const n = this.data.read(inode, this.mapOf(inode), buffer, Math.min(length, buffer.length), position);
-    this.touchAtime(inode);
-    return n;
+    return this.files.read(handle.ino, buffer, length, position);
   }
 
   /** `killSuidgid`: the kernel asks the server to clear set-id bits (HANDLE_KILLPRIV_V2, an unprivileged writer). */
   write(fh: number, buffer: Buffer, length: number, position: number, killSuidgid = false): number {
-    const handle = this.handle(fh);
-    this.policy.makeRoom(Math.ceil(Math.min(length, buffer.length) / blockSizeBytes) + 1);
-    if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_write", "not open for writing");
-    checkRange(length, position);
-    const inode = this.inodes.load(handle.ino);
-    const at = (handle.flags & C.O_APPEND) !== 0 ? inode.size : position;
-    const count = Math.min(length, buffer.length);
-    if (at + count > fileSizeMaxBytes) {
-      throw new GroveError("EFBIG", "EFBIG_write", `file would exceed ${fileSizeMaxBytes} bytes`);
-    }
-    if (count === 0) return 0;
-    this.writeAt(inode, () => this.inodes.load(handle.ino), buffer.subarray(0, count), at, { admitWithMap: false, killSuidgid });
-    return count;
-  }
-
-  /**
-   * Writes `bytes` at `at` of `inode` (`reload` finds it again after a
-   * commit): admitted, its edges read, then buffered whole. `admitWithMap`
-   * checks preallocated blocks now rather than when the edges are read.
-   */
-  private writeAt(inode: Inode, reload: () => Inode, bytes: Buffer, at: number, how: { admitWithMap: boolean; killSuidgid: boolean }): void {
-    const admit = (): void => this.data.admitWrite(inode, at, bytes.length, how.admitWithMap ? this.mapOf(inode) : undefined);
-    try {
-      admit();
-    } catch (error) {
-      // Space this transaction freed becomes usable once it commits: commit and try once more.
-      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
-      this.sync();
-      inode = reload();
-      admit();
-    }
-    this.data.preloadEdges(inode, this.mapOf(inode), at, at + bytes.length);
-    this.policy.mutation(2, () => {
-      this.data.write(inode, this.mapOf(inode), bytes, at);
-      const now = this.clock();
-      inode.mtimeNs = now;
-      inode.ctimeNs = now;
-      if (how.killSuidgid) inode.mode = withoutSetIdBits(inode.mode);
-      this.inodes.save(inode);
-    });
-    this.policy.afterWrite();
+    return this.files.write(this.handle(fh), buffer, length, position, killSuidgid);
   }
 
   truncate(path: string, size: number): void {
     const inode = this.names.resolve(path);
     if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory", { path });
     if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file", { path });
-    this.setSize(inode, size);
+    this.files.setSize(inode, size);
   }
 
   ftruncate(fh: number, size: number): void {
@@ -750,7 +704,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_truncate", "not open for writing");
     const inode = this.inodes.load(handle.ino);
     if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
-    this.setSize(inode, size);
+    this.files.setSize(inode, size);
   }
 
   flush(fh: number): void {
@@ -773,73 +727,16 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     }
   }
 
-  // ---- ranges: fallocate, lseek, copy_file_range ----------------------------------
+  // ---- ranges: fallocate, lseek, copy_file_range -----------------------------
 
-  /**
-   * fallocate(2) on regular file `ino`. Mode 0 and KEEP_SIZE preallocate the
-   * range's holes as unwritten blocks (allocated now, counted in st_blocks
-   * and statfs, read as zeros; a later write into them is written there in
-   * place, needing no new space), mode 0 growing the size to the range's
-   * end. PUNCH_HOLE|KEEP_SIZE makes the range read as zeros and frees its
-   * whole blocks (an extent stays while other records or snapshots hold any
-   * of it). ZERO_RANGE, with or without KEEP_SIZE, zeroes the range and
-   * preallocates it. Partial blocks holding data are rewritten with zeros
-   * through the buffered path. Any other mode is EOPNOTSUPP. Refused up
-   * front (EINVAL, EOPNOTSUPP, ESPIPE, EISDIR, ENODEV, EFBIG, EROFS, ENOSPC,
-   * EIO reading an edge block), else done whole.
-   */
+  /** fallocate(2) on regular file `ino`: the modes fs/ranges.ts names, done whole or refused up front (fs/file_ops.ts). */
   fallocate(ino: number, mode: number, offset: number, length: number): void {
-    let inode = this.names.inodeAt(ino);
-    const request = this.data.fallocateRequest(mode, offset, length);
-    const type = inode.mode & S_IFMT;
-    if (type === C.S_IFIFO) throw new GroveError("ESPIPE", "ESPIPE_fallocate", "fallocate on a pipe");
-    if (type === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_fallocate", "is a directory");
-    if (type !== S_IFREG) throw new GroveError("ENODEV", "ENODEV_fallocate", "fallocate needs a regular file");
-    if (request.end > fileSizeMaxBytes) {
-      throw new GroveError("EFBIG", "EFBIG_fallocate", `files are limited to ${fileSizeMaxBytes} bytes`);
-    }
-    this.policy.checkWritable();
-    // A commit here writes out buffered data and replaces inode records: before the plan is made.
-    this.policy.makeRoom(request.op === "punch" ? 16 : Math.ceil((request.end - request.start) / blockSizeBytes) + 16);
-    inode = this.names.inodeAt(ino);
-    const plan = this.data.planFallocate(inode, this.mapOf(inode), request);
-    this.policy.mutation(
-      plan.puts,
-      // Admitted whole by the plan (data and records) and here (tree updates): nothing inside is refused.
-      () =>
-        this.store.alreadyAdmitted(() => {
-          const size = inode.size;
-          this.data.fallocate(inode, this.mapOf(inode), plan);
-          const now = this.clock();
-          inode.ctimeNs = now;
-          if (request.op !== "allocate" || inode.size !== size) inode.mtimeNs = now;
-          this.inodes.save(inode);
-        }),
-      request.op === "punch" ? "shrink" : "grow",
-      plan.freedRanges,
-    );
-    this.policy.afterWrite();
+    this.files.fallocate(ino, mode, offset, length);
   }
 
-  /**
-   * lseek(2) with SEEK_DATA or SEEK_HOLE on regular file `ino`: the first
-   * offset at or after `offset` that lies in data, or in a hole (the end of
-   * the file counts as one). ENXIO at or past the end of the file, or when
-   * no data follows. Holes are whole blocks; preallocated (unwritten) blocks
-   * are holes, as ext4 reports them, unless data written over them is still
-   * buffered. Costs the extents from `offset` on, never a walk of blocks.
-   */
+  /** lseek(2) with SEEK_DATA or SEEK_HOLE on regular file `ino` (fs/file_ops.ts). */
   lseek(ino: number, offset: number, whence: "data" | "hole"): number {
-    const inode = this.names.inodeAt(ino);
-    if (whence !== "data" && whence !== "hole") throw new GroveError("EINVAL", "EINVAL_whence", `bad whence ${String(whence)}`);
-    if (!Number.isSafeInteger(offset)) throw new GroveError("EINVAL", "EINVAL_seek_offset", "invalid offset");
-    const type = inode.mode & S_IFMT;
-    if (type === C.S_IFIFO || type === C.S_IFSOCK) throw new GroveError("ESPIPE", "ESPIPE_seek", "cannot seek on a pipe or socket");
-    if (type !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_seek_type", "SEEK_DATA and SEEK_HOLE need a regular file");
-    if (offset < 0 || offset >= inode.size) throw new GroveError("ENXIO", "ENXIO_seek", "the offset is at or past the end of the file");
-    const found = this.data.seek(inode, this.mapOf(inode), offset, whence);
-    if (found === undefined) throw new GroveError("ENXIO", "ENXIO_seek_data", "no data at or after the offset");
-    return found;
+    return this.files.lseek(ino, offset, whence);
   }
 
   /**
@@ -978,45 +875,6 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.sync();
   }
 
-  private setSize(inode: Inode, size: number): void {
-    if (!Number.isSafeInteger(size) || size < 0) throw new GroveError("EINVAL", "EINVAL_size", "invalid size");
-    if (size > fileSizeMaxBytes) throw new GroveError("EFBIG", "EFBIG_truncate", `files are limited to ${fileSizeMaxBytes} bytes`);
-    this.policy.checkWritable();
-    const tail = Math.floor(size / blockSizeBytes);
-    if (size % blockSizeBytes !== 0) this.data.admit(inode.ino, tail, tail + 1);
-    const freed = size < inode.size ? this.data.freedRanges(inode, this.mapOf(inode), Math.ceil(size / blockSizeBytes)) : 0;
-    if (size < inode.size) this.data.preloadEdges(inode, this.mapOf(inode), size, size);
-    this.policy.mutation(
-      4,
-      () => {
-        this.data.truncate(inode, this.mapOf(inode), size);
-        const now = this.clock();
-        inode.mtimeNs = now;
-        inode.ctimeNs = now;
-        this.inodes.save(inode);
-      },
-      size < inode.size ? "shrink" : "grow",
-      freed,
-    );
-    this.policy.afterWrite();
-  }
-
-  /** relatime: atime moves when it is older than mtime or ctime, or a day old. */
-  private touchAtime(inode: Inode): void {
-    if (this.readOnly) return;
-    const now = this.clock();
-    if (inode.atimeNs > inode.mtimeNs && inode.atimeNs > inode.ctimeNs && now - inode.atimeNs < day) return;
-    try {
-      this.policy.mutation(1, () => {
-        inode.atimeNs = now;
-        this.inodes.save(inode);
-      });
-    } catch (error) {
-      // A full volume still reads: the access time simply stays.
-      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.store.isPoisoned) throw error;
-    }
-  }
-
   private stat(inode: Inode): Stat {
     return {
       ino: inode.ino,
@@ -1057,19 +915,6 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 /** chown(2)'s "unchanged" is -1 (0xffffffff as an unsigned id). */
 function ownerId(id: number): number | undefined {
   return id === -1 || id === 0xffffffff ? undefined : id;
-}
-
-/** What chown and an unprivileged write or truncate do to a file's set-id bits (setgid only with group execute, as Linux). */
-function withoutSetIdBits(mode: number): number {
-  const S_ISUID = 0o4000;
-  const S_IXGRP = 0o010;
-  return (mode & ~S_ISUID) & ~((mode & S_IXGRP) !== 0 ? S_ISGID : 0);
-}
-
-function checkRange(length: number, position: number): void {
-  if (!Number.isSafeInteger(length) || length < 0 || !Number.isSafeInteger(position) || position < 0) {
-    throw new GroveError("EINVAL", "EINVAL_range", "invalid offset or length");
-  }
 }
 
 function checkTime(ns: bigint): bigint {
