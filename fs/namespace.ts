@@ -25,7 +25,7 @@ import { constants as C } from "node:fs";
 import { GroveError, assert, blockSizeBytes } from "../kvstore/index.js";
 import type { Caller, DirEntryBytes } from "./api.js";
 import { renameExchange, renameNoReplace } from "./api.js";
-import { linkCountMax, nameSizeMaxBytes, rootIno, symlinkTargetSizeMaxBytes } from "./constants.js";
+import { linkCountMax, nameSizeMaxBytes, parentWalkMax, rootIno, symlinkTargetSizeMaxBytes } from "./constants.js";
 import { Inode, decodeDirent, encodeDirent, inodeFlagHadXattrs, xattrPrefix } from "./format.js";
 import type { CommitPolicy } from "./commit_policy.js";
 import type { FileData } from "./file_data.js";
@@ -39,8 +39,6 @@ const S_IFREG = C.S_IFREG;
 const S_ISGID = 0o2000;
 const S_ISVTX = 0o1000;
 const permissionBits = 0o7777;
-/** Directory levels a walk up the parents may climb before the parents are taken to form a loop. */
-const parentWalkMax = 1_000_000;
 
 /** Where a name is created, removed or renamed: its directory and the name, with the path for messages. */
 export interface Slot {
