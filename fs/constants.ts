@@ -13,6 +13,8 @@ export const inoMax = 2 ** 32 - 1;
 
 /** NAME_MAX. */
 export const nameSizeMaxBytes = 255;
+/** Directory levels a walk up the parents (rename's subtree check) climbs before it takes them to form a loop. */
+export const parentWalkMax = 1_000_000;
 /** PATH_MAX, for symlink targets. */
 export const symlinkTargetSizeMaxBytes = 4095;
 /** 16 TiB: file offsets stay exact as JS numbers and block indices stay below 2^32. */

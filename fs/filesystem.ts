@@ -1,11 +1,25 @@
 /**
- * GroveFs: POSIX files and directories on one subvolume's inode tree.
+ * GroveFs: POSIX files and directories on one subvolume's inode tree. It is
+ * the facade that implements FileSystemOps, InodeOps and SubvolumeOps
+ * (fs/api.ts) over the rooms that hold the state and do the work:
+ * - the inode table (fs/inode_table.ts): records, inode numbers, orphans;
+ * - the namespace (fs/namespace.ts): directory entries, path and slot
+ *   resolution, and mkdir, rmdir, unlink, link, symlink, mknod, create and
+ *   rename;
+ * - the commit policy (fs/commit_policy.ts): admission and commits;
+ * - file operations (fs/file_ops.ts): read, write, truncate, fallocate,
+ *   lseek and atime, over file data (fs/file_data.ts, fs/ranges.ts);
+ * - copy_file_range (fs/copy_range.ts);
+ * - extended attributes (fs/xattrs.ts) and open handles (fs/handles.ts).
+ * What stays here is the volume, its subvolumes and snapshot views,
+ * attributes, file handles and their open modes, and the checks that come
+ * before a room is called.
  *
  * Every operation validates first and mutates second. Validation throws
  * freely (ENOENT, EEXIST, ...) and changes nothing. A mutation is admitted
- * against free space before it starts (`mutation`), so ENOSPC is refused up
- * front; a failure halfway through a mutation poisons the volume, because the
- * in-memory state could no longer be trusted.
+ * against free space before it starts (CommitPolicy.mutation), so ENOSPC is
+ * refused up front; a failure halfway through a mutation poisons the volume,
+ * because the in-memory state could no longer be trusted.
  *
  * Invariants (checked by fs/check.ts):
  * - Every inode's nlink equals the directory entries naming it, plus for a
@@ -21,7 +35,6 @@ import {
   BlockDevice,
   GroveError,
   Store,
-  Tree,
   assert,
   blockSizeBytes,
   treeIdFirstDynamic,
@@ -49,41 +62,26 @@ import type {
   SubvolumeOps,
   TimeSpec,
 } from "./api.js";
-import { renameExchange, renameNoReplace } from "./api.js";
 import {
-  commitIntervalMs,
   dirtyNodeBytesMax,
-  fileSizeMaxBytes,
-  firstFreeIno,
-  inoMax,
-  linkCountMax,
   nameSizeMaxBytes,
   rootIno,
-  symlinkTargetSizeMaxBytes,
   treeIdDefaultSubvolume,
 } from "./constants.js";
-import {
-  Inode,
-  PayloadKind,
-  countersKey,
-  decodeCounters,
-  decodeDirent,
-  decodeInode,
-  encodeCounters,
-  encodeDirent,
-  encodeInode,
-  inodeKey,
-  orphanIno,
-  orphanKey,
-  orphanPrefix,
-  xattrPrefix,
-} from "./format.js";
+import { Inode, inodeFlagHadXattrs } from "./format.js";
 import { FileData } from "./file_data.js";
 import { Handles, type Handle } from "./handles.js";
 import { Xattrs, xattrChunksMax } from "./xattrs.js";
 import { Compression } from "./format.js";
 import { fsEdges } from "./edges.js";
-import { ItemMap, mapOwner } from "./item_map.js";
+import type { ItemMap } from "./item_map.js";
+import { InodeTable } from "./inode_table.js";
+import { CommitPolicy } from "./commit_policy.js";
+import { Namespace, checkRenameFlags, type Slot } from "./namespace.js";
+import { FileOps, withoutSetIdBits } from "./file_ops.js";
+import { RangeCopy } from "./copy_range.js";
+
+export { splitPath } from "./namespace.js";
 
 assert(treeIdDefaultSubvolume >= treeIdFirstDynamic, "the subvolume tree id is a dynamic one");
 
@@ -94,13 +92,8 @@ const S_IFMT = C.S_IFMT;
 const S_IFDIR = C.S_IFDIR;
 const S_IFREG = C.S_IFREG;
 const S_IFLNK = C.S_IFLNK;
-const S_ISGID = 0o2000;
-const S_ISVTX = 0o1000;
 const permissionBits = 0o7777;
-/** Inode flag: an extended attribute was set at some point, so freeing the inode must look for them. */
-const inodeFlagHadXattrs = 1;
 const O_ACCMODE = 3;
-const day = 86_400_000_000_000n;
 
 export interface GroveFsOptions {
   readOnly?: boolean;
@@ -160,16 +153,16 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private subvolume: SubvolumeRecord;
   /** Read-only views of snapshots (/.snapshots), sharing this volume; null in a view itself. */
   private readonly views: Map<string, GroveFs> | null;
-  private readonly inodes: Tree;
+  private readonly inodes: InodeTable;
   private readonly data: FileData;
   private readonly clock: () => bigint;
   private readonly deletionStepNodes: number;
   private readonly handles = new Handles();
   private readonly xattrs: Xattrs;
-  private nextIno: number;
-  private countersDirty = false;
-  private lastCommitNs: bigint;
-  private closed = false;
+  private readonly policy: CommitPolicy;
+  private readonly names: Namespace;
+  private readonly files: FileOps;
+  private readonly copies: RangeCopy;
 
   /** Formats `device` with an empty root directory. */
   static format(device: BlockDevice, options: { label?: string; clock?: () => bigint; compression?: CompressionName } = {}): void {
@@ -177,11 +170,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const compression = compressionOf(options.compression ?? "none");
     const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now, compression });
     assert(inodes.id === treeIdDefaultSubvolume, "mkfs makes the default subvolume");
-    const root = newInode(rootIno, S_IFDIR | 0o755, { uid: 0, gid: 0 }, now, store.generation);
-    root.nlink = 2;
-    root.parent = rootIno;
-    inodes.put(inodeKey(rootIno), encodeInode(root));
-    inodes.put(countersKey, encodeCounters(firstFreeIno));
+    InodeTable.format(inodes, now, store.generation);
     store.commit();
     store.close();
   }
@@ -217,27 +206,26 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.clock = options.clock ?? wallClock;
     this.deletionStepNodes = options.deletionStepNodes ?? deletionStepNodes;
     const store = this.store;
-    this.inodes = store.openTree(subvolume.id);
-    this.xattrs = new Xattrs(this.inodes);
+    const tree = store.openTree(subvolume.id);
+    this.xattrs = new Xattrs(tree);
     const compression = options.compression !== undefined ? compressionOf(options.compression) : (store.compression as Compression);
-    this.data = new FileData(store, this.space, () => this.shrinkReserveBlocks(), compression);
-    const counters = this.inodes.get(countersKey);
-    if (counters === undefined) throw new GroveError("EIO", "EIO_counters", "the inode counter record is missing");
-    this.nextIno = decodeCounters(counters);
-    this.loadInode(rootIno);
-    this.lastCommitNs = this.clock();
+    this.data = new FileData(store, this.space, () => this.policy.shrinkReserveBlocks(), compression);
+    this.inodes = new InodeTable(store, tree, subvolume.id, this.clock);
+    this.inodes.load(rootIno);
+    this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly);
+    this.names = new Namespace(this.inodes, this.policy, this.data, this.handles, this.xattrs, this.clock);
+    this.files = new FileOps(store, this.space, this.names, this.inodes, this.data, this.policy, this.clock, this.readOnly);
+    this.copies = new RangeCopy(store, this.names, this.inodes, this.data, this.policy, this.clock, this.files);
     if (!this.readOnly) this.freeOrphans();
   }
 
   // ---- volume ---------------------------------------------------------------
 
   info(): VolumeInfo {
-    this.checkOpen();
+    this.policy.checkOpen();
     const usage = this.space.usage();
-    let orphans = 0;
-    for (const _ of this.inodes.range({ from: orphanPrefix, to: inodeKey(1) })) orphans++;
-    let inodes = 0;
-    for (const [key] of this.inodes.range({ from: inodeKey(1) })) if (key.length === 8) inodes++;
+    const orphans = this.inodes.orphanCount();
+    const inodes = this.inodes.recordCount();
     const compressed = this.store.compressedUsage;
     const saved = compressed.logicalBlocks - compressed.diskBlocks;
     return {
@@ -262,10 +250,10 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   statfs(): StatFs {
-    this.checkOpen();
+    this.policy.checkOpen();
     const usage = this.space.usage();
     const free = Math.max(0, usage.freeBlocks - this.data.bufferedBytes / blockSizeBytes);
-    const ffree = Math.max(0, Math.min(inoMax - this.nextIno, free * 4));
+    const ffree = Math.max(0, Math.min(this.inodes.freeInos, free * 4));
     const compressed = this.store.compressedUsage;
     return {
       usedBlocks: usage.totalBlocks - free,
@@ -275,7 +263,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       blocks: usage.totalBlocks,
       bfree: free,
       bavail: free,
-      files: ffree + this.inodes.count,
+      files: ffree + this.inodes.itemCount,
       ffree,
       favail: ffree,
       fsid: this.store.uuid.readUInt32LE(0),
@@ -286,20 +274,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** Writes out buffered data and commits: everything is durable when this returns. */
   sync(): void {
-    this.checkOpen();
+    this.policy.checkOpen();
     if (this.store.readOnly || this.views === null) return;
-    this.writeOutAll();
-    if (this.countersDirty) {
-      this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.put(countersKey, encodeCounters(this.nextIno))));
-      this.countersDirty = false;
-    }
-    this.store.commit();
-    this.lastCommitNs = this.clock();
+    this.policy.commit();
   }
 
   /** Called about once a second: commits when the interval has passed or memory bounds are near. */
   maintenance(): void {
-    if (this.closed || this.store.readOnly || this.store.isPoisoned || this.views === null) return;
+    if (this.policy.isClosed || this.store.readOnly || this.store.isPoisoned || this.views === null) return;
     if (this.deletionsRunning()) {
       // A slice of each tick: FUSE requests wait while it runs (the volume stays usable).
       const until = performance.now() + deletionMsPerTick;
@@ -313,22 +295,21 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
         this.sync();
       }
     }
-    const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
-    if (due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
+    if (this.policy.commitDue) this.sync();
   }
 
   close(): void {
-    if (this.closed) return;
+    if (this.policy.isClosed) return;
     if (this.views === null) {
       // A view shares its volume with the filesystem that made it.
-      this.closed = true;
+      this.policy.close();
       this.handles.clear();
       return;
     }
     try {
       if (!this.store.readOnly && !this.store.isPoisoned) this.sync();
     } finally {
-      this.closed = true;
+      this.policy.close();
       this.handles.clear();
       for (const view of this.views.values()) view.close();
       this.views.clear();
@@ -351,8 +332,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     // Everything written before this call belongs in the snapshot; and a committed source is never modified in place.
     this.sync();
     const record = subvolumes.create(name, source, options.readOnly, this.clock());
-    this.store.commit();
-    this.lastCommitNs = this.clock();
+    this.policy.commit();
     if (source === this.subvolume.name) this.subvolume = subvolumes.require(source);
     return this.listSubvolumes().find((s) => s.id === record.id)!;
   }
@@ -377,7 +357,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   listSubvolumes(): SubvolumeInfo[] {
-    this.checkOpen();
+    this.policy.checkOpen();
     const records = this.volume.subvolumes.list();
     const names = new Map(records.map((r) => [r.id, r.name]));
     return records.map((r) => ({
@@ -392,7 +372,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   pendingDeletions(): number {
-    this.checkOpen();
+    this.policy.checkOpen();
     return this.volume.subvolumes.deleting().length;
   }
 
@@ -404,7 +384,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   snapshotView(name: string): FileSystemOps & InodeOps {
-    this.checkOpen();
+    this.policy.checkOpen();
     if (this.views === null) throw new GroveError("EINVAL", "EINVAL_view", "a snapshot view has no views");
     const record = this.volume.subvolumes.get(name);
     const cached = this.views.get(name);
@@ -435,7 +415,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     let more = this.deletionsRunning();
     while (more && spent < nodes) {
       // Blocks an earlier step freed are usable only once committed: on a full volume, commit first.
-      this.makeRoom(64);
+      this.policy.makeRoom(64);
       more = this.volume.subvolumes.deletionStep(this.deletionStepNodes);
       spent += this.deletionStepNodes;
       // Freed blocks come back only with a commit, and dirty nodes are bounded: commit often.
@@ -445,7 +425,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private checkVolumeWritable(): void {
-    this.checkOpen();
+    this.policy.checkOpen();
     if (this.views === null || this.store.readOnly) {
       throw new GroveError("EROFS", "EROFS_volume", "the volume is open read-only");
     }
@@ -454,20 +434,20 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   // ---- attributes -----------------------------------------------------------
 
   getattr(path: string): Stat {
-    return this.stat(this.resolve(path));
+    return this.stat(this.names.resolve(path));
   }
 
   fgetattr(fh: number): Stat {
-    return this.stat(this.loadInode(this.handle(fh).ino));
+    return this.stat(this.inodes.load(this.handle(fh).ino));
   }
 
   /** The attributes of inode `ino`; ENOENT once it is gone (a stale kernel inode). */
   statIno(ino: number): Stat {
-    return this.stat(this.inodeAt(ino));
+    return this.stat(this.names.inodeAt(ino));
   }
 
   access(path: string, mode: number): void {
-    const inode = this.resolve(path);
+    const inode = this.names.resolve(path);
     if ((mode & C.W_OK) !== 0 && this.readOnly) {
       throw new GroveError("EROFS", "EROFS_access", "the filesystem is mounted read-only", { path });
     }
@@ -477,20 +457,20 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   chmod(path: string, mode: number): void {
-    this.applySetattr(this.resolve(path), { mode });
+    this.applySetattr(this.names.resolve(path), { mode });
   }
 
   chown(path: string, uid: number, gid: number): void {
-    this.applySetattr(this.resolve(path), { uid: ownerId(uid), gid: ownerId(gid), killSuidgid: true });
+    this.applySetattr(this.names.resolve(path), { uid: ownerId(uid), gid: ownerId(gid), killSuidgid: true });
   }
 
   utimens(path: string, atime: TimeSpec, mtime: TimeSpec): void {
-    this.applySetattr(this.resolve(path), { atime, mtime });
+    this.applySetattr(this.names.resolve(path), { atime, mtime });
   }
 
   /** Changes what `attr` names (size first, as truncate(2)), in that order; returns the new attributes. */
   setattr(ino: number, attr: SetAttr): Stat {
-    const inode = this.inodeAt(ino);
+    const inode = this.names.inodeAt(ino);
     this.applySetattr(inode, attr);
     return this.stat(inode);
   }
@@ -501,13 +481,13 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       const type = inode.mode & S_IFMT;
       if (type === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory");
       if (type !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
-      this.setSize(inode, attr.size);
+      this.files.setSize(inode, attr.size);
     }
     const owner = attr.uid !== undefined || attr.gid !== undefined;
     const times = (attr.atime ?? "omit") !== "omit" || (attr.mtime ?? "omit") !== "omit";
     const kill = ((attr.killSuidgid ?? false) || owner) && (inode.mode & S_IFMT) !== S_IFDIR;
     if (attr.mode === undefined && !owner && !times && attr.ctime === undefined && !kill) return;
-    this.mutation(1, () => {
+    this.policy.mutation(1, () => {
       const now = this.clock();
       if (attr.mode !== undefined) inode.mode = (inode.mode & S_IFMT) | (attr.mode & permissionBits);
       if (attr.uid !== undefined) inode.uid = attr.uid;
@@ -517,23 +497,20 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       if (attr.atime !== undefined && attr.atime !== "omit") inode.atimeNs = attr.atime === "now" ? now : attr.atime;
       if (attr.mtime !== undefined && attr.mtime !== "omit") inode.mtimeNs = attr.mtime === "now" ? now : attr.mtime;
       inode.ctimeNs = attr.ctime ?? now;
-      this.saveInode(inode);
+      this.inodes.save(inode);
     });
   }
 
   // ---- directories ----------------------------------------------------------
 
   readdir(path: string): DirEntry[] {
-    const dir = this.resolveDir(path);
+    const dir = this.names.resolveDir(path);
     const out: DirEntry[] = [
       { name: ".", ino: dir.ino, type: S_IFDIR },
       { name: "..", ino: dir.parent, type: S_IFDIR },
     ];
-    for (const item of this.mapOf(dir).range()) {
-      const entry = decodeDirent(dir.ino, item.value);
-      out.push({ name: item.key.toString("utf8"), ino: entry.ino, type: entry.type << 12 });
-    }
-    this.touchAtime(dir);
+    for (const entry of this.names.entries(dir)) out.push({ name: entry.name.toString("utf8"), ino: entry.ino, type: entry.type });
+    this.files.touchAtime(dir);
     return out;
   }
 
@@ -543,77 +520,39 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * "." and ".." are not entries. The names are views: copy what is kept.
    */
   readdirIno(ino: number, after: Buffer | undefined, take: (entry: DirEntryBytes) => boolean): void {
-    const dir = this.dirAt(ino);
-    const from = after === undefined ? undefined : Buffer.concat([after, nulByte]);
-    for (const item of this.mapOf(dir).range(from)) {
-      const entry = decodeDirent(dir.ino, item.value);
-      if (!take({ name: item.key, ino: entry.ino, type: entry.type << 12 })) break;
-    }
-    this.touchAtime(dir);
+    const dir = this.names.dirAt(ino);
+    for (const entry of this.names.entries(dir, after)) if (!take(entry)) break;
+    this.files.touchAtime(dir);
   }
 
   mkdir(path: string, mode: number, caller: Caller): Stat {
-    this.makeRoom(16);
-    return this.mkdirIn(this.parentFor(path, "create"), mode, caller);
+    this.policy.makeRoom(16);
+    return this.stat(this.names.mkdir(this.names.parentFor(path, "create"), mode, caller));
   }
 
   mkdirAt(parent: number, name: Buffer, mode: number, caller: Caller): Stat {
-    this.makeRoom(16);
-    return this.mkdirIn(this.parentAt(parent, name, "create"), mode, caller);
-  }
-
-  private mkdirIn({ dir, name }: Slot, mode: number, caller: Caller): Stat {
-    const inode = this.mutation(4, () => {
-      const child = this.createInode(dir, S_IFDIR | (mode & permissionBits & ~0o7000) | (mode & S_ISVTX), caller);
-      child.nlink = 2;
-      child.parent = dir.ino;
-      if ((dir.mode & S_ISGID) !== 0) child.mode |= S_ISGID;
-      this.saveInode(child);
-      dir.nlink++;
-      this.addEntry(dir, name, child);
-      return child;
-    });
-    return this.stat(inode);
+    this.policy.makeRoom(16);
+    return this.stat(this.names.mkdir(this.names.parentAt(parent, name, "create"), mode, caller));
   }
 
   rmdir(path: string): void {
-    this.makeRoom(16);
-    this.rmdirIn(this.parentFor(path, "remove-dir"));
+    this.policy.makeRoom(16);
+    this.names.rmdir(this.names.parentFor(path, "remove-dir"));
   }
 
   rmdirAt(parent: number, name: Buffer): void {
-    this.makeRoom(16);
-    this.rmdirIn(this.parentAt(parent, name, "remove-dir"));
-  }
-
-  private rmdirIn({ dir, name, path }: Slot): void {
-    const target = this.entryInode(dir, name, path);
-    if ((target.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_rmdir", "not a directory", { path });
-    if (this.mapOf(target).count > 0) {
-      throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rmdir", "directory not empty", { path });
-    }
-    const freed = this.mapOf(target).treeRanges();
-    this.mutation(
-      4,
-      () => {
-        this.removeEntry(dir, name);
-        dir.nlink--;
-        this.touchDir(dir);
-        this.freeInode(target);
-      },
-      "shrink",
-      freed,
-    );
+    this.policy.makeRoom(16);
+    this.names.rmdir(this.names.parentAt(parent, name, "remove-dir"));
   }
 
   opendir(path: string): number {
-    const dir = this.resolveDir(path);
+    const dir = this.names.resolveDir(path);
     return this.newHandle({ ino: dir.ino, flags: 0, directory: true });
   }
 
   opendirIno(ino: number): number {
     this.checkOpenSlots();
-    return this.newHandle({ ino: this.dirAt(ino).ino, flags: 0, directory: true });
+    return this.newHandle({ ino: this.names.dirAt(ino).ino, flags: 0, directory: true });
   }
 
   releasedir(fh: number): void {
@@ -629,99 +568,48 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   unlink(path: string): void {
     // On a full volume a delete still copies a path (more with snapshots): commit first if only pending frees would fit it.
-    this.makeRoom(16);
-    this.unlinkIn(this.parentFor(path, "remove"));
+    this.policy.makeRoom(16);
+    this.names.unlink(this.names.parentFor(path, "remove"));
   }
 
   unlinkAt(parent: number, name: Buffer): void {
-    this.makeRoom(16);
-    this.unlinkIn(this.parentAt(parent, name, "remove"));
-  }
-
-  private unlinkIn({ dir, name, path }: Slot): void {
-    const target = this.entryInode(dir, name, path);
-    if ((target.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_unlink", "is a directory", { path });
-    const freed = this.freedRangesIfLast(target);
-    this.mutation(
-      4,
-      () => {
-        this.removeEntry(dir, name);
-        this.touchDir(dir);
-        this.dropLink(target);
-      },
-      "shrink",
-      freed,
-    );
+    this.policy.makeRoom(16);
+    this.names.unlink(this.names.parentAt(parent, name, "remove"));
   }
 
   link(existing: string, newPath: string): Stat {
-    this.makeRoom(16);
-    const inode = this.resolve(existing);
-    this.checkLinkable(inode, existing);
-    return this.linkIn(inode, this.parentFor(newPath, "create"));
+    this.policy.makeRoom(16);
+    const inode = this.names.resolve(existing);
+    this.names.checkLinkable(inode, existing);
+    this.names.link(inode, this.names.parentFor(newPath, "create"));
+    return this.stat(inode);
   }
 
   /** A new name `name` in directory `parent` for inode `ino`. */
   linkAt(ino: number, parent: number, name: Buffer): Stat {
-    this.makeRoom(16);
-    const inode = this.inodeAt(ino);
-    this.checkLinkable(inode, undefined);
-    return this.linkIn(inode, this.parentAt(parent, name, "create"));
-  }
-
-  private checkLinkable(inode: Inode, path: string | undefined): void {
-    if ((inode.mode & S_IFMT) === S_IFDIR) {
-      throw new GroveError("EPERM", "EPERM_link_dir", "hard links to directories are not allowed", { path });
-    }
-    if (inode.nlink >= linkCountMax) throw new GroveError("EMLINK", "EMLINK_link", "too many links", { path });
-    // An open file whose last name went (nlink 0) cannot get a new one, as linkat(2) without AT_EMPTY_PATH.
-    if (inode.nlink === 0) throw new GroveError("ENOENT", "ENOENT_link_unlinked", "the file has no name left", { path });
-  }
-
-  private linkIn(inode: Inode, { dir, name }: Slot): Stat {
-    this.mutation(3, () => {
-      inode.nlink++;
-      inode.ctimeNs = this.clock();
-      this.saveInode(inode);
-      this.addEntry(dir, name, inode);
-    });
+    this.policy.makeRoom(16);
+    const inode = this.names.inodeAt(ino);
+    this.names.checkLinkable(inode, undefined);
+    this.names.link(inode, this.names.parentAt(parent, name, "create"));
     return this.stat(inode);
   }
 
   symlink(target: string, path: string, caller: Caller): Stat {
-    this.makeRoom(16);
-    return this.symlinkIn(Buffer.from(target, "utf8"), () => this.parentFor(path, "create"), caller, path);
+    this.policy.makeRoom(16);
+    return this.stat(this.names.symlink(Buffer.from(target, "utf8"), () => this.names.parentFor(path, "create"), caller, path));
   }
 
   symlinkAt(parent: number, name: Buffer, target: Buffer, caller: Caller): Stat {
-    this.makeRoom(16);
-    return this.symlinkIn(target, () => this.parentAt(parent, name, "create"), caller, undefined);
-  }
-
-  private symlinkIn(bytes: Buffer, slot: () => Slot, caller: Caller, path: string | undefined): Stat {
-    if (bytes.length === 0) throw new GroveError("ENOENT", "ENOENT_symlink_empty", "empty symlink target", { path });
-    if (bytes.length > symlinkTargetSizeMaxBytes) {
-      throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_symlink", "symlink target too long", { path });
-    }
-    if (bytes.includes(0)) throw new GroveError("EINVAL", "EINVAL_symlink_nul", "symlink target contains NUL", { path });
-    const { dir, name } = slot();
-    this.data.admit(0, 0, Math.ceil(bytes.length / blockSizeBytes));
-    const inode = this.mutation(4, () => {
-      const link = this.createInode(dir, S_IFLNK | 0o777, caller);
-      this.data.write(link, this.mapOf(link), bytes, 0);
-      this.saveInode(link);
-      this.addEntry(dir, name, link);
-      return link;
-    });
-    return this.stat(inode);
+    this.policy.makeRoom(16);
+    return this.stat(this.names.symlink(target, () => this.names.parentAt(parent, name, "create"), caller, undefined));
   }
 
   readlink(path: string): string {
-    return this.targetOf(this.resolve(path), path).toString("utf8");
+    return this.targetOf(this.names.resolve(path), path).toString("utf8");
   }
 
   readlinkIno(ino: number): Buffer {
-    return this.targetOf(this.inodeAt(ino), undefined);
+    return this.targetOf(this.names.inodeAt(ino), undefined);
   }
 
   private targetOf(inode: Inode, path: string | undefined): Buffer {
@@ -732,134 +620,54 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   mknod(path: string, mode: number, rdev: number, caller: Caller): Stat {
-    this.makeRoom(16);
-    return this.mknodIn(() => this.parentFor(path, "create"), mode, rdev, caller, path);
+    this.policy.makeRoom(16);
+    return this.stat(this.names.mknod(() => this.names.parentFor(path, "create"), mode, rdev, caller, path));
   }
 
   mknodAt(parent: number, name: Buffer, mode: number, rdev: number, caller: Caller): Stat {
-    this.makeRoom(16);
-    return this.mknodIn(() => this.parentAt(parent, name, "create"), mode, rdev, caller, undefined);
-  }
-
-  private mknodIn(slot: () => Slot, mode: number, rdev: number, caller: Caller, path: string | undefined): Stat {
-    const type = mode & S_IFMT;
-    const allowed = [S_IFREG, C.S_IFIFO, C.S_IFSOCK, C.S_IFCHR, C.S_IFBLK];
-    if (!allowed.includes(type === 0 ? S_IFREG : type)) {
-      throw new GroveError("EINVAL", "EINVAL_mknod_type", "mknod cannot create this file type", { path });
-    }
-    const { dir, name } = slot();
-    const inode = this.mutation(3, () => {
-      const node = this.createInode(dir, (type === 0 ? S_IFREG : type) | (mode & permissionBits), caller);
-      if (type === C.S_IFCHR || type === C.S_IFBLK) node.rdev = rdev;
-      this.saveInode(node);
-      this.addEntry(dir, name, node);
-      return node;
-    });
-    return this.stat(inode);
+    this.policy.makeRoom(16);
+    return this.stat(this.names.mknod(() => this.names.parentAt(parent, name, "create"), mode, rdev, caller, undefined));
   }
 
   rename(from: string, to: string, flags = 0): void {
     checkRenameFlags(flags);
     // Before anything is loaded: a commit here writes out buffered inodes.
-    this.makeRoom(16);
-    this.renameIn(this.parentFor(from, "rename-source"), this.parentFor(to, "rename-target"), flags);
+    this.policy.makeRoom(16);
+    this.names.rename(this.names.parentFor(from, "rename-source"), this.names.parentFor(to, "rename-target"), flags);
   }
 
   renameAt(parent: number, name: Buffer, newParent: number, newName: Buffer, flags = 0): void {
     checkRenameFlags(flags);
-    this.makeRoom(16);
-    const src = this.parentAt(parent, name, "rename-source");
-    this.renameIn(src, this.parentAt(newParent, newName, "rename-target"), flags);
-  }
-
-  private renameIn(src: Slot, dst: Slot, flags: number): void {
-    const from = src.path;
-    const to = dst.path;
-    const moving = this.entryInode(src.dir, src.name, from);
-    const existingEntry = this.mapOf(dst.dir).get(dst.name);
-    const existing = existingEntry === undefined ? undefined : this.loadInode(decodeDirent(dst.dir.ino, existingEntry).ino);
-    if ((flags & renameExchange) !== 0) {
-      if (existing === undefined) throw new GroveError("ENOENT", "ENOENT_rename_exchange", "no such file", { path: to });
-      this.exchange(src, dst, moving, existing);
-      return;
-    }
-    if (existing !== undefined) {
-      if ((flags & renameNoReplace) !== 0) throw new GroveError("EEXIST", "EEXIST_rename", "file exists", { path: to });
-      if (existing.ino === moving.ino) return;
-      this.checkReplace(moving, existing, to);
-    }
-    this.checkNotIntoItself(moving, dst.dir, to);
-    const freed = existing === undefined ? 0 : this.freedRangesIfLast(existing);
-    this.mutation(8, () => {
-      const srcDir = src.dir;
-      const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
-      if (existing !== undefined) {
-        this.removeEntry(dstDir, dst.name);
-        if ((existing.mode & S_IFMT) === S_IFDIR) {
-          dstDir.nlink--;
-          this.freeInode(existing);
-        } else {
-          this.dropLink(existing);
-        }
-      }
-      this.removeEntry(srcDir, src.name);
-      this.addEntry(dstDir, dst.name, moving);
-      if ((moving.mode & S_IFMT) === S_IFDIR && srcDir.ino !== dstDir.ino) {
-        srcDir.nlink--;
-        dstDir.nlink++;
-        moving.parent = dstDir.ino;
-      }
-      moving.ctimeNs = this.clock();
-      this.saveInode(moving);
-      this.touchDir(srcDir);
-      if (dstDir !== srcDir) this.touchDir(dstDir);
-    }, "grow", freed);
-  }
-
-  /** What freeing `inode` would hand back, if this name is its last and it is not open (read-only). */
-  private freedRangesIfLast(inode: Inode): number {
-    if ((inode.mode & S_IFMT) === S_IFDIR) return this.mapOf(inode).treeRanges();
-    if (inode.nlink > 1 || this.handles.openCount(inode.ino) > 0) return 0;
-    return this.data.freedRanges(inode, this.mapOf(inode), 0);
+    this.policy.makeRoom(16);
+    const src = this.names.parentAt(parent, name, "rename-source");
+    this.names.rename(src, this.names.parentAt(newParent, newName, "rename-target"), flags);
   }
 
   // ---- files ----------------------------------------------------------------
 
   create(path: string, mode: number, flags: number, caller: Caller): number {
-    this.makeRoom(16);
-    return this.createIn(this.parentFor(path, "open-create"), mode, flags, caller).fh;
+    this.policy.makeRoom(16);
+    return this.createIn(this.names.parentFor(path, "open-create"), mode, flags, caller).fh;
   }
 
   /** open(2) with O_CREAT of `name` in directory `parent`: a new file, or the existing one without O_EXCL. */
   createAt(parent: number, name: Buffer, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
-    this.makeRoom(16);
-    return this.createIn(this.parentAt(parent, name, "open-create"), mode, flags, caller);
+    this.policy.makeRoom(16);
+    return this.createIn(this.names.parentAt(parent, name, "open-create"), mode, flags, caller);
   }
 
-  private createIn({ dir, name, path }: Slot, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
-    const entry = this.mapOf(dir).get(name);
-    if (entry !== undefined) {
-      if ((flags & C.O_EXCL) !== 0) throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
-      const existing = this.loadInode(decodeDirent(dir.ino, entry).ino);
-      const fh = this.openInode(existing, flags & ~C.O_CREAT, path);
-      return { fh, stat: this.stat(existing) };
-    }
-    this.checkOpenSlots();
-    const inode = this.mutation(3, () => {
-      const file = this.createInode(dir, S_IFREG | (mode & permissionBits), caller);
-      this.saveInode(file);
-      this.addEntry(dir, name, file);
-      return file;
-    });
-    return { fh: this.newHandle({ ino: inode.ino, flags, directory: false }), stat: this.stat(inode) };
+  private createIn(slot: Slot, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
+    const { inode, created } = this.names.create(slot, mode, flags, caller);
+    const fh = created ? this.newHandle({ ino: inode.ino, flags, directory: false }) : this.openInode(inode, flags & ~C.O_CREAT, slot.path);
+    return { fh, stat: this.stat(inode) };
   }
 
   open(path: string, flags: number): number {
-    return this.openInode(this.resolve(path), flags, path);
+    return this.openInode(this.names.resolve(path), flags, path);
   }
 
   openIno(ino: number, flags: number): number {
-    return this.openInode(this.inodeAt(ino), flags, undefined);
+    return this.openInode(this.names.inodeAt(ino), flags, undefined);
   }
 
   private openInode(inode: Inode, flags: number, path: string | undefined): number {
@@ -869,69 +677,34 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (type === S_IFLNK) throw new GroveError("ELOOP", "ELOOP_open", "is a symlink", { path });
     if (writable && this.readOnly) throw new GroveError("EROFS", "EROFS_open", "read-only filesystem", { path });
     this.checkOpenSlots();
-    if ((flags & C.O_TRUNC) !== 0 && writable && type === S_IFREG && inode.size > 0) this.setSize(inode, 0);
+    if ((flags & C.O_TRUNC) !== 0 && writable && type === S_IFREG && inode.size > 0) this.files.setSize(inode, 0);
     return this.newHandle({ ino: inode.ino, flags, directory: type === S_IFDIR });
   }
 
   read(fh: number, buffer: Buffer, length: number, position: number): number {
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === C.O_WRONLY) throw new GroveError("EBADF", "EBADF_read", "not open for reading");
-    checkRange(length, position);
-    const inode = this.loadInode(handle.ino);
-    if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_read", "is a directory");
-    const n = this.data.read(inode, this.mapOf(inode), buffer, Math.min(length, buffer.length), position);
-    this.touchAtime(inode);
-    return n;
+    return this.files.read(handle.ino, buffer, length, position);
   }
 
   /** `killSuidgid`: the kernel asks the server to clear set-id bits (HANDLE_KILLPRIV_V2, an unprivileged writer). */
   write(fh: number, buffer: Buffer, length: number, position: number, killSuidgid = false): number {
-    const handle = this.handle(fh);
-    this.makeRoom(Math.ceil(Math.min(length, buffer.length) / blockSizeBytes) + 1);
-    if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_write", "not open for writing");
-    checkRange(length, position);
-    let inode = this.loadInode(handle.ino);
-    const at = (handle.flags & C.O_APPEND) !== 0 ? inode.size : position;
-    const count = Math.min(length, buffer.length);
-    if (at + count > fileSizeMaxBytes) {
-      throw new GroveError("EFBIG", "EFBIG_write", `file would exceed ${fileSizeMaxBytes} bytes`);
-    }
-    if (count === 0) return 0;
-    try {
-      this.data.admitWrite(inode, at, count);
-    } catch (error) {
-      // Space this transaction freed becomes usable once it commits: commit and try once more.
-      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
-      this.sync();
-      inode = this.loadInode(handle.ino);
-      this.data.admitWrite(inode, at, count);
-    }
-    this.data.preloadEdges(inode, this.mapOf(inode), at, at + count);
-    this.mutation(2, () => {
-      this.data.write(inode, this.mapOf(inode), buffer.subarray(0, count), at);
-      const now = this.clock();
-      inode.mtimeNs = now;
-      inode.ctimeNs = now;
-      if (killSuidgid) inode.mode = withoutSetIdBits(inode.mode);
-      this.saveInode(inode);
-    });
-    this.afterWrite();
-    return count;
+    return this.files.write(this.handle(fh), buffer, length, position, killSuidgid);
   }
 
   truncate(path: string, size: number): void {
-    const inode = this.resolve(path);
+    const inode = this.names.resolve(path);
     if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory", { path });
     if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file", { path });
-    this.setSize(inode, size);
+    this.files.setSize(inode, size);
   }
 
   ftruncate(fh: number, size: number): void {
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_truncate", "not open for writing");
-    const inode = this.loadInode(handle.ino);
+    const inode = this.inodes.load(handle.ino);
     if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
-    this.setSize(inode, size);
+    this.files.setSize(inode, size);
   }
 
   flush(fh: number): void {
@@ -946,257 +719,41 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   release(fh: number): void {
     const handle = this.closeHandle(fh);
     if (handle.directory || this.handles.openCount(handle.ino) > 0) return;
-    const inode = this.tryLoadInode(handle.ino);
+    const inode = this.inodes.tryLoad(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
-      const freed = this.data.freedRanges(inode, this.mapOf(inode), 0);
-      this.mutation(3, () => this.freeInode(inode, true), "shrink", freed);
+      this.names.freeOrphan(inode.ino, inode);
     } else if (inode !== undefined && !this.readOnly) {
       this.data.precompressTail(inode);
     }
   }
 
-  // ---- ranges: fallocate, lseek, copy_file_range ----------------------------------
+  // ---- ranges: fallocate, lseek, copy_file_range -----------------------------
 
-  /**
-   * fallocate(2) on regular file `ino`. Mode 0 and KEEP_SIZE preallocate the
-   * range's holes as unwritten blocks (allocated now, counted in st_blocks
-   * and statfs, read as zeros; a later write into them is written there in
-   * place, needing no new space), mode 0 growing the size to the range's
-   * end. PUNCH_HOLE|KEEP_SIZE makes the range read as zeros and frees its
-   * whole blocks (an extent stays while other records or snapshots hold any
-   * of it). ZERO_RANGE, with or without KEEP_SIZE, zeroes the range and
-   * preallocates it. Partial blocks holding data are rewritten with zeros
-   * through the buffered path. Any other mode is EOPNOTSUPP. Refused up
-   * front (EINVAL, EOPNOTSUPP, ESPIPE, EISDIR, ENODEV, EFBIG, EROFS, ENOSPC,
-   * EIO reading an edge block), else done whole.
-   */
+  /** fallocate(2) on regular file `ino`: the modes fs/ranges.ts names, done whole or refused up front (fs/file_ops.ts). */
   fallocate(ino: number, mode: number, offset: number, length: number): void {
-    let inode = this.inodeAt(ino);
-    const request = this.data.fallocateRequest(mode, offset, length);
-    const type = inode.mode & S_IFMT;
-    if (type === C.S_IFIFO) throw new GroveError("ESPIPE", "ESPIPE_fallocate", "fallocate on a pipe");
-    if (type === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_fallocate", "is a directory");
-    if (type !== S_IFREG) throw new GroveError("ENODEV", "ENODEV_fallocate", "fallocate needs a regular file");
-    if (request.end > fileSizeMaxBytes) {
-      throw new GroveError("EFBIG", "EFBIG_fallocate", `files are limited to ${fileSizeMaxBytes} bytes`);
-    }
-    this.checkWritable();
-    // A commit here writes out buffered data and replaces inode records: before the plan is made.
-    this.makeRoom(request.op === "punch" ? 16 : Math.ceil((request.end - request.start) / blockSizeBytes) + 16);
-    inode = this.inodeAt(ino);
-    const plan = this.data.planFallocate(inode, this.mapOf(inode), request);
-    this.mutation(
-      plan.puts,
-      // Admitted whole by the plan (data and records) and here (tree updates): nothing inside is refused.
-      () =>
-        this.store.alreadyAdmitted(() => {
-          const size = inode.size;
-          this.data.fallocate(inode, this.mapOf(inode), plan);
-          const now = this.clock();
-          inode.ctimeNs = now;
-          if (request.op !== "allocate" || inode.size !== size) inode.mtimeNs = now;
-          this.saveInode(inode);
-        }),
-      request.op === "punch" ? "shrink" : "grow",
-      plan.freedRanges,
-    );
-    this.afterWrite();
+    this.files.fallocate(ino, mode, offset, length);
   }
 
-  /**
-   * lseek(2) with SEEK_DATA or SEEK_HOLE on regular file `ino`: the first
-   * offset at or after `offset` that lies in data, or in a hole (the end of
-   * the file counts as one). ENXIO at or past the end of the file, or when
-   * no data follows. Holes are whole blocks; preallocated (unwritten) blocks
-   * are holes, as ext4 reports them, unless data written over them is still
-   * buffered. Costs the extents from `offset` on, never a walk of blocks.
-   */
+  /** lseek(2) with SEEK_DATA or SEEK_HOLE on regular file `ino` (fs/file_ops.ts). */
   lseek(ino: number, offset: number, whence: "data" | "hole"): number {
-    const inode = this.inodeAt(ino);
-    if (whence !== "data" && whence !== "hole") throw new GroveError("EINVAL", "EINVAL_whence", `bad whence ${String(whence)}`);
-    if (!Number.isSafeInteger(offset)) throw new GroveError("EINVAL", "EINVAL_seek_offset", "invalid offset");
-    const type = inode.mode & S_IFMT;
-    if (type === C.S_IFIFO || type === C.S_IFSOCK) throw new GroveError("ESPIPE", "ESPIPE_seek", "cannot seek on a pipe or socket");
-    if (type !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_seek_type", "SEEK_DATA and SEEK_HOLE need a regular file");
-    if (offset < 0 || offset >= inode.size) throw new GroveError("ENXIO", "ENXIO_seek", "the offset is at or past the end of the file");
-    const found = this.data.seek(inode, this.mapOf(inode), offset, whence);
-    if (found === undefined) throw new GroveError("ENXIO", "ENXIO_seek_data", "no data at or after the offset");
-    return found;
+    return this.files.lseek(ino, offset, whence);
   }
 
   /**
    * copy_file_range(2) from inode `src.ino` of `src.fs` (this filesystem
    * when undefined, or a snapshot view of the same volume) at `srcOffset`
-   * into regular file `dstIno` of this one at `dstOffset`. When the two
-   * offsets lie equally far into a block, whole blocks are shared (reflink):
-   * each written source extent, raw or lz4, gains a reference, so a copy
-   * costs tree updates per extent and no data blocks; holes and unwritten
-   * blocks become holes; only the partial blocks at the edges are copied as
-   * bytes (the source's last block is shared too when the copy ends at both
-   * files' ends). Otherwise every byte is copied through the buffered path.
-   * Returns the bytes copied: fewer at the source's end of file, 0 from past
-   * it, or as many as fitted when the volume fills midway (ENOSPC if none
-   * did). Large copies go in steps of a few dozen extents, each admitted
-   * whole. The destination grows to cover what was copied; its mtime and
-   * ctime move. EINVAL for overlapping ranges of one file, EXDEV for a file
-   * of another volume.
+   * into regular file `dstIno` of this one at `dstOffset`, sharing whole
+   * blocks where it can (fs/copy_range.ts). Returns the bytes copied.
+   * EXDEV for a file of another volume.
    */
   copyFileRange(src: { fs?: GroveFs; ino: number }, srcOffset: number, dstIno: number, dstOffset: number, length: number): number {
-    this.checkOpen();
+    this.policy.checkOpen();
     const from = src.fs ?? this;
     if (!(from instanceof GroveFs) || from.store !== this.store) {
       throw new GroveError("EXDEV", "EXDEV_copy_file_range", "the source file is on another volume");
     }
-    for (const n of [srcOffset, dstOffset, length]) {
-      if (!Number.isSafeInteger(n) || n < 0) throw new GroveError("EINVAL", "EINVAL_copy_range", "invalid offset or length");
-    }
-    let source = from.inodeAt(src.ino);
-    let target = this.inodeAt(dstIno);
-    if ((source.mode & S_IFMT) === S_IFDIR || (target.mode & S_IFMT) === S_IFDIR) {
-      throw new GroveError("EISDIR", "EISDIR_copy_file_range", "is a directory");
-    }
-    if ((source.mode & S_IFMT) !== S_IFREG || (target.mode & S_IFMT) !== S_IFREG) {
-      throw new GroveError("EINVAL", "EINVAL_copy_file_range", "copy_file_range needs regular files");
-    }
-    this.checkWritable();
-    let count = srcOffset >= source.size ? 0 : Math.min(length, source.size - srcOffset);
-    if (count > 0 && dstOffset >= fileSizeMaxBytes) {
-      throw new GroveError("EFBIG", "EFBIG_copy_file_range", `files are limited to ${fileSizeMaxBytes} bytes`);
-    }
-    count = Math.min(count, fileSizeMaxBytes - dstOffset);
-    const same = from === this && src.ino === dstIno;
-    if (same && dstOffset + count > srcOffset && dstOffset < srcOffset + count) {
-      throw new GroveError("EINVAL", "EINVAL_copy_overlap", "the ranges overlap in one file");
-    }
-    if (count <= 0) return 0;
-    // Shared blocks must hold the newest bytes, and replaced ones must not be written out later.
-    if (from === this) this.writeOutIno(src.ino);
-    this.writeOutIno(dstIno);
-    source = from.inodeAt(src.ino);
-    target = same ? source : this.inodeAt(dstIno);
-    const srcEnd = srcOffset + count;
-    const first = Math.ceil(srcOffset / blockSizeBytes);
-    // The source's last, partial block can be shared when the copy ends at both files' ends (its tail is zeros).
-    const lastShared = srcEnd === source.size && srcEnd % blockSizeBytes !== 0 && dstOffset + count >= target.size;
-    const end = lastShared ? Math.ceil(srcEnd / blockSizeBytes) : Math.floor(srcEnd / blockSizeBytes);
-    const aligned = srcOffset % blockSizeBytes === dstOffset % blockSizeBytes && source.kind !== PayloadKind.Bytes;
-    if (!aligned || end <= first) return this.copyBytes(from, src.ino, srcOffset, dstIno, dstOffset, count);
-    const head = first * blockSizeBytes - srcOffset;
-    let copied = head > 0 ? this.copyBytes(from, src.ino, srcOffset, dstIno, dstOffset, head) : 0;
-    if (copied < head) return copied;
-    const shift = (dstOffset - srcOffset) / blockSizeBytes;
-    copied += this.shareBlocks(from, src.ino, first, end, dstIno, shift, dstOffset + count);
-    if (copied < Math.min(count, end * blockSizeBytes - srcOffset)) return copied;
-    const tail = srcEnd - end * blockSizeBytes;
-    if (tail > 0) copied += this.copyBytes(from, src.ino, end * blockSizeBytes, dstIno, end * blockSizeBytes + shift * blockSizeBytes, tail);
-    return copied;
-  }
-
-  /**
-   * Shares file blocks [first, end) of `from`'s inode `srcIno` into `dstIno`
-   * `shift` blocks on, in admitted steps; the destination grows up to
-   * `dstEnd` at most. Returns the bytes it covered (up to `dstEnd`): fewer
-   * if the volume filled after the first step.
-   */
-  private shareBlocks(from: GroveFs, srcIno: number, first: number, end: number, dstIno: number, shift: number, dstEnd: number): number {
-    const stepRecords = 32;
-    const same = from === this && srcIno === dstIno;
-    let at = first;
-    while (at < end) {
-      this.makeRoom(4 * stepRecords + 16);
-      const target = this.inodeAt(dstIno);
-      const source = same ? target : from.inodeAt(srcIno);
-      const srcMap = from.mapOf(source);
-      const dstMap = this.mapOf(target);
-      const stop = Math.min(
-        from.data.stepEnd(source, srcMap, at, end, stepRecords),
-        this.data.stepEnd(target, dstMap, at + shift, end + shift, stepRecords) - shift,
-      );
-      const slices = from.data.sharedSlices(source, srcMap, at, stop);
-      const dropped = this.data.extentCount(target, dstMap, at + shift, stop + shift);
-      try {
-        this.data.admitShare(target, slices.length, dropped);
-        this.mutation(
-          4,
-          () =>
-            this.store.alreadyAdmitted(() => {
-              this.data.share(target, this.mapOf(target), at + shift, stop + shift, slices, shift);
-              target.size = Math.max(target.size, Math.min(dstEnd, (stop + shift) * blockSizeBytes));
-              const now = this.clock();
-              target.mtimeNs = now;
-              target.ctimeNs = now;
-              this.saveInode(target);
-            }),
-          "grow",
-          dropped,
-        );
-      } catch (error) {
-        // Refused before it changed anything: what was shared so far stands (a short copy).
-        const refused = error instanceof GroveError && error.code === "ENOSPC" && !this.store.isPoisoned;
-        if (!refused || at === first) throw error;
-        break;
-      }
-      this.afterWrite();
-      at = stop;
-    }
-    return Math.max(0, Math.min(dstEnd, (at + shift) * blockSizeBytes) - (first + shift) * blockSizeBytes);
-  }
-
-  /** Copies `count` bytes through the read and buffered write paths, a MiB at a time; short if the volume fills midway. */
-  private copyBytes(from: GroveFs, srcIno: number, srcAt: number, dstIno: number, dstAt: number, count: number): number {
-    const chunkBytes = 1024 * 1024;
-    let done = 0;
-    while (done < count) {
-      const n = Math.min(chunkBytes, count - done);
-      this.makeRoom(Math.ceil(n / blockSizeBytes) + 1);
-      const source = from.inodeAt(srcIno);
-      const bytes = Buffer.alloc(n);
-      from.data.read(source, from.mapOf(source), bytes, n, srcAt + done);
-      try {
-        this.writeBytes(dstIno, bytes, dstAt + done);
-      } catch (error) {
-        const refused = error instanceof GroveError && error.code === "ENOSPC" && !this.store.isPoisoned;
-        if (!refused || done === 0) throw error;
-        break;
-      }
-      done += n;
-    }
-    return done;
-  }
-
-  /** Writes `bytes` at `at` of inode `ino` as write() does: admitted, its edges read, then buffered whole. */
-  private writeBytes(ino: number, bytes: Buffer, at: number): void {
-    let inode = this.inodeAt(ino);
-    try {
-      this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
-    } catch (error) {
-      // Space this transaction freed becomes usable once it commits: commit and try once more.
-      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.space.usage().pendingBlocks === 0) throw error;
-      this.sync();
-      inode = this.inodeAt(ino);
-      this.data.admitWrite(inode, at, bytes.length, this.mapOf(inode));
-    }
-    this.data.preloadEdges(inode, this.mapOf(inode), at, at + bytes.length);
-    this.mutation(2, () => {
-      this.data.write(inode, this.mapOf(inode), bytes, at);
-      const now = this.clock();
-      inode.mtimeNs = now;
-      inode.ctimeNs = now;
-      this.saveInode(inode);
-    });
-    this.afterWrite();
-  }
-
-  /** Writes out inode `ino`'s buffered data now, as a commit would (it was admitted when written). */
-  private writeOutIno(ino: number): void {
-    if (!this.data.hasBuffers(ino)) return;
-    const inode = this.loadInode(ino);
-    this.store.alreadyAdmitted(() =>
-      this.store.spendingHeadroom(() => {
-        this.data.writeOut(inode, this.mapOf(inode));
-        this.saveInode(inode);
-      }),
-    );
+    const source = { names: from.names, inodes: from.inodes, data: from.data };
+    return this.copies.copy(source, src.ino, srcOffset, dstIno, dstOffset, length);
   }
 
   // ---- extended attributes ----------------------------------------------------
@@ -1209,20 +766,20 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** An attribute of inode `ino`, or undefined when it has none of that name (the common miss builds no error). */
   findXattrIno(ino: number, name: string): Buffer | undefined {
-    return this.xattrOf(this.inodeAt(ino), name);
+    return this.xattrOf(this.names.inodeAt(ino), name);
   }
 
   setxattrIno(ino: number, name: string, value: Buffer, flags: number): void {
-    this.makeRoom(16);
-    this.setxattrOn(this.inodeAt(ino), name, value, flags, undefined);
+    this.policy.makeRoom(16);
+    this.setxattrOn(this.names.inodeAt(ino), name, value, flags, undefined);
   }
 
   listxattrIno(ino: number): string[] {
-    return this.xattrNames(this.inodeAt(ino));
+    return this.xattrNames(this.names.inodeAt(ino));
   }
 
   removexattrIno(ino: number, name: string): void {
-    this.removexattrOn(this.inodeAt(ino), name, undefined);
+    this.removexattrOn(this.names.inodeAt(ino), name, undefined);
   }
 
   /**
@@ -1230,7 +787,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * security.capability before every write, so the miss is the hot case.
    */
   findXattr(path: string, name: string): Buffer | undefined {
-    return this.xattrOf(this.resolve(path), name);
+    return this.xattrOf(this.names.resolve(path), name);
   }
 
   private xattrOf(inode: Inode, name: string): Buffer | undefined {
@@ -1238,22 +795,22 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {
-    this.makeRoom(16);
-    this.setxattrOn(this.resolve(path), name, value, flags, path);
+    this.policy.makeRoom(16);
+    this.setxattrOn(this.names.resolve(path), name, value, flags, path);
   }
 
   private setxattrOn(inode: Inode, name: string, value: Buffer, flags: number, path: string | undefined): void {
     const change = this.xattrs.checkSet(inode, name, value, flags, path);
-    this.mutation(change.chunks * 2 + 1, () => {
+    this.policy.mutation(change.chunks * 2 + 1, () => {
       this.xattrs.write(change, value);
       inode.flags |= inodeFlagHadXattrs;
       inode.ctimeNs = this.clock();
-      this.saveInode(inode);
+      this.inodes.save(inode);
     });
   }
 
   listxattr(path: string): string[] {
-    return this.xattrNames(this.resolve(path));
+    return this.xattrNames(this.names.resolve(path));
   }
 
   private xattrNames(inode: Inode): string[] {
@@ -1261,18 +818,18 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   removexattr(path: string, name: string): void {
-    this.removexattrOn(this.resolve(path), name, path);
+    this.removexattrOn(this.names.resolve(path), name, path);
   }
 
   private removexattrOn(inode: Inode, name: string, path: string | undefined): void {
-    this.checkWritable();
+    this.policy.checkWritable();
     const prefix = this.xattrs.checkRemove(inode, name, path);
-    this.mutation(
+    this.policy.mutation(
       xattrChunksMax + 1,
       () => {
         this.xattrs.deleteUnder(prefix);
         inode.ctimeNs = this.clock();
-        this.saveInode(inode);
+        this.inodes.save(inode);
       },
       "shrink",
     );
@@ -1282,12 +839,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** Inode number of a path, without following a final symlink. */
   inoOf(path: string): number {
-    return this.resolve(path).ino;
+    return this.names.resolve(path).ino;
   }
 
   /** Whether inode `ino` still exists (an unlinked, open file does). */
   hasInode(ino: number): boolean {
-    return this.tryLoadInode(ino) !== undefined;
+    return this.inodes.tryLoad(ino) !== undefined;
   }
 
   // ---- names by inode -----------------------------------------------------------
@@ -1301,287 +858,21 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   /** lookup without an error for a missing name: the kernel's negative lookups are a hot path. */
   findEntry(parent: number, name: Buffer): Stat | undefined {
-    const dir = this.dirAt(parent);
-    if (isDot(name)) return this.stat(dir);
-    if (isDotDot(name)) return this.stat(this.loadInode(dir.parent));
-    checkName(name);
-    const entry = this.mapOf(dir).get(name);
-    return entry === undefined ? undefined : this.stat(this.loadInode(decodeDirent(dir.ino, entry).ino));
+    const inode = this.names.find(parent, name);
+    return inode === undefined ? undefined : this.stat(inode);
   }
 
-  /** Inode `ino`, or ENOENT: the kernel may still name an inode that is gone. */
-  private inodeAt(ino: number): Inode {
-    this.checkOpen();
-    const inode = Number.isSafeInteger(ino) && ino > 0 ? this.tryLoadInode(ino) : undefined;
-    if (inode === undefined) throw new GroveError("ENOENT", "ENOENT_inode", `no inode ${ino}`);
-    return inode;
-  }
-
-  private dirAt(ino: number): Inode {
-    const inode = this.inodeAt(ino);
-    if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_inode", "not a directory");
-    return inode;
-  }
-
-  /** The slot `name` in directory `parent`, checked for `purpose` as parentFor checks a path's last component. */
-  private parentAt(parent: number, name: Buffer, purpose: SlotPurpose): Slot {
-    const dir = this.dirAt(parent);
-    checkName(name);
-    return this.slotIn(dir, name, purpose, undefined);
-  }
-
-  // ---- internals: paths -------------------------------------------------------
-
-  private resolve(path: string): Inode {
-    this.checkOpen();
-    let inode = this.loadInode(rootIno);
-    for (const part of splitPath(path)) {
-      if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_path", "not a directory", { path });
-      if (part === ".") continue;
-      if (part === "..") {
-        inode = this.loadInode(inode.parent);
-        continue;
-      }
-      const entry = this.mapOf(inode).get(Buffer.from(part, "utf8"));
-      if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
-      inode = this.loadInode(decodeDirent(inode.ino, entry).ino);
-    }
-    return inode;
-  }
-
-  private resolveDir(path: string): Inode {
-    const inode = this.resolve(path);
-    if ((inode.mode & S_IFMT) !== S_IFDIR) throw new GroveError("ENOTDIR", "ENOTDIR_path", "not a directory", { path });
-    return inode;
-  }
-
-  /** The directory that holds (or will hold) the last component of `path`, and that component. */
-  private parentFor(path: string, purpose: SlotPurpose): Slot {
-    const parts = splitPath(path);
-    const last = parts.pop();
-    if (last === undefined) {
-      const code = purpose === "create" ? "EEXIST" : purpose === "remove" || purpose === "open-create" ? "EISDIR" : "EBUSY";
-      throw new GroveError(code, `${code}_root`, "the root directory cannot be changed this way", { path });
-    }
-    const dir = this.resolveDir("/" + parts.join("/"));
-    return this.slotIn(dir, Buffer.from(last, "utf8"), purpose, path);
-  }
-
-  private slotIn(dir: Inode, name: Buffer, purpose: SlotPurpose, path: string | undefined): Slot {
-    if (isDot(name) || isDotDot(name)) {
-      const last = name.toString("latin1");
-      if (purpose === "create") throw new GroveError("EEXIST", "EEXIST_dot", "file exists", { path });
-      if (purpose === "remove-dir" && last === "..") {
-        throw new GroveError("ENOTEMPTY", "ENOTEMPTY_dotdot", "directory not empty", { path });
-      }
-      throw new GroveError("EINVAL", "EINVAL_dot", `"${last}" cannot be used here`, { path });
-    }
-    if (purpose === "create" && this.mapOf(dir).get(name) !== undefined) {
-      throw new GroveError("EEXIST", "EEXIST_create", "file exists", { path });
-    }
-    if ((purpose === "create" || purpose === "open-create") && this.nextIno > inoMax) {
-      throw new GroveError("ENOSPC", "ENOSPC_inodes", "no inode numbers left", { path });
-    }
-    if (purpose !== "remove" && purpose !== "remove-dir" && purpose !== "rename-source") this.checkWritable();
-    return { dir, name, path };
-  }
-
-  private entryInode(dir: Inode, name: Buffer, path: string | undefined): Inode {
-    const entry = this.mapOf(dir).get(name);
-    if (entry === undefined) throw new GroveError("ENOENT", "ENOENT_path", "no such file or directory", { path });
-    return this.loadInode(decodeDirent(dir.ino, entry).ino);
-  }
-
-  private checkReplace(moving: Inode, existing: Inode, to: string | undefined): void {
-    const movingDir = (moving.mode & S_IFMT) === S_IFDIR;
-    const existingDir = (existing.mode & S_IFMT) === S_IFDIR;
-    if (movingDir && !existingDir) throw new GroveError("ENOTDIR", "ENOTDIR_rename", "not a directory", { path: to });
-    if (!movingDir && existingDir) throw new GroveError("EISDIR", "EISDIR_rename", "is a directory", { path: to });
-    if (existingDir && this.mapOf(existing).count > 0) {
-      throw new GroveError("ENOTEMPTY", "ENOTEMPTY_rename", "directory not empty", { path: to });
-    }
-  }
-
-  /** EINVAL when a directory would move into its own subtree. */
-  private checkNotIntoItself(moving: Inode, target: Inode, to: string | undefined): void {
-    if ((moving.mode & S_IFMT) !== S_IFDIR) return;
-    let at = target;
-    for (let depth = 0; ; depth++) {
-      if (at.ino === moving.ino) {
-        throw new GroveError("EINVAL", "EINVAL_rename_subtree", "cannot move a directory into itself", { path: to });
-      }
-      if (at.ino === rootIno) return;
-      if (depth > 1_000_000) throw new GroveError("EIO", "EIO_parent_loop", "directory parents form a loop");
-      at = this.loadInode(at.parent);
-    }
-  }
-
-  private exchange(
-    src: { dir: Inode; name: Buffer },
-    dst: { dir: Inode; name: Buffer },
-    a: Inode,
-    b: Inode,
-  ): void {
-    if (a.ino === b.ino) return;
-    this.checkNotIntoItself(a, dst.dir, "");
-    this.checkNotIntoItself(b, src.dir, "");
-    this.mutation(8, () => {
-      const srcDir = src.dir;
-      const dstDir = dst.dir.ino === srcDir.ino ? srcDir : dst.dir;
-      this.mapOf(srcDir).put(src.name, encodeDirent(b.ino, b.mode));
-      this.mapOf(dstDir).put(dst.name, encodeDirent(a.ino, a.mode));
-      const aDir = (a.mode & S_IFMT) === S_IFDIR;
-      const bDir = (b.mode & S_IFMT) === S_IFDIR;
-      if (srcDir !== dstDir && aDir !== bDir) {
-        srcDir.nlink += aDir ? -1 : 1;
-        dstDir.nlink += aDir ? 1 : -1;
-      }
-      if (aDir) a.parent = dstDir.ino;
-      if (bDir) b.parent = srcDir.ino;
-      const now = this.clock();
-      for (const inode of [a, b]) {
-        inode.ctimeNs = now;
-        this.saveInode(inode);
-      }
-      this.touchDir(srcDir);
-      if (dstDir !== srcDir) this.touchDir(dstDir);
-    });
-  }
-
-  // ---- internals: inodes --------------------------------------------------------
-
-  private loadInode(ino: number): Inode {
-    const inode = this.tryLoadInode(ino);
-    if (inode === undefined) throw new GroveError("EIO", "EIO_dangling", `inode ${ino} is referenced but missing`);
-    return inode;
-  }
-
-  private tryLoadInode(ino: number): Inode | undefined {
-    const value = this.inodes.get(inodeKey(ino));
-    return value === undefined ? undefined : decodeInode(ino, value);
-  }
-
-  private saveInode(inode: Inode): void {
-    this.inodes.put(inodeKey(inode.ino), encodeInode(inode));
-  }
+  // ---- internals ----------------------------------------------------------------
 
   mapOf(inode: Inode): ItemMap {
-    const key = inodeKey(inode.ino);
-    return new ItemMap(this.store, inode, mapOwner(this.subvolumeId, inode.ino), () => this.inodes.touch(key));
-  }
-
-  private createInode(dir: Inode, mode: number, caller: Caller): Inode {
-    assert(this.nextIno <= inoMax, "inode numbers are checked before a mutation");
-    const inode = newInode(this.nextIno++, mode, caller, this.clock(), this.store.generation);
-    this.countersDirty = true;
-    if ((dir.mode & S_ISGID) !== 0) inode.gid = dir.gid;
-    return inode;
-  }
-
-  private addEntry(dir: Inode, name: Buffer, child: Inode): void {
-    this.mapOf(dir).put(name, encodeDirent(child.ino, child.mode));
-    this.touchDir(dir);
-  }
-
-  private removeEntry(dir: Inode, name: Buffer): void {
-    const removed = this.mapOf(dir).delete(name);
-    assert(removed, "a validated entry exists");
-  }
-
-  /** mtime and ctime of a changed directory, and its record (whose map may have moved). */
-  private touchDir(dir: Inode): void {
-    const now = this.clock();
-    dir.mtimeNs = now;
-    dir.ctimeNs = now;
-    this.saveInode(dir);
-  }
-
-  /** One name fewer: free the inode at zero links, or keep it as an orphan while open. */
-  private dropLink(inode: Inode): void {
-    inode.nlink--;
-    inode.ctimeNs = this.clock();
-    if (inode.nlink > 0) {
-      this.saveInode(inode);
-    } else if (this.handles.openCount(inode.ino) > 0) {
-      this.saveInode(inode);
-      this.inodes.put(orphanKey(inode.ino), Buffer.alloc(0));
-    } else {
-      this.freeInode(inode);
-    }
-  }
-
-  /** Frees an inode and all it owns; `orphan` when it was listed as one (unlinked while open). */
-  private freeInode(inode: Inode, orphan = false): void {
-    const map = this.mapOf(inode);
-    if ((inode.mode & S_IFMT) === S_IFDIR) map.clear();
-    else this.data.discard(inode, map);
-    if ((inode.flags & inodeFlagHadXattrs) !== 0) this.xattrs.deleteUnder(xattrPrefix(inode.ino));
-    this.inodes.delete(inodeKey(inode.ino));
-    if (orphan) this.inodes.delete(orphanKey(inode.ino));
+    return this.inodes.mapOf(inode);
   }
 
   private freeOrphans(): void {
-    const orphans: number[] = [];
-    for (const [key] of this.inodes.range({ from: orphanPrefix, to: inodeKey(1) })) {
-      const ino = orphanIno(key);
-      if (ino !== undefined) orphans.push(ino);
-    }
+    const orphans = this.inodes.orphans();
     if (orphans.length === 0) return;
-    for (const ino of orphans) {
-      const inode = this.tryLoadInode(ino);
-      // An orphan key on an inode that still has names is stale: drop the key, keep the inode.
-      const free = inode !== undefined && inode.nlink === 0;
-      const freed = free ? this.data.freedRanges(inode, this.mapOf(inode), 0) : 0;
-      this.mutation(
-        3,
-        () => {
-          if (free) this.freeInode(inode, true);
-          else this.inodes.delete(orphanKey(ino));
-        },
-        "shrink",
-        freed,
-      );
-    }
+    for (const ino of orphans) this.names.freeOrphan(ino);
     this.sync();
-  }
-
-  private setSize(inode: Inode, size: number): void {
-    if (!Number.isSafeInteger(size) || size < 0) throw new GroveError("EINVAL", "EINVAL_size", "invalid size");
-    if (size > fileSizeMaxBytes) throw new GroveError("EFBIG", "EFBIG_truncate", `files are limited to ${fileSizeMaxBytes} bytes`);
-    this.checkWritable();
-    const tail = Math.floor(size / blockSizeBytes);
-    if (size % blockSizeBytes !== 0) this.data.admit(inode.ino, tail, tail + 1);
-    const freed = size < inode.size ? this.data.freedRanges(inode, this.mapOf(inode), Math.ceil(size / blockSizeBytes)) : 0;
-    if (size < inode.size) this.data.preloadEdges(inode, this.mapOf(inode), size, size);
-    this.mutation(
-      4,
-      () => {
-        this.data.truncate(inode, this.mapOf(inode), size);
-        const now = this.clock();
-        inode.mtimeNs = now;
-        inode.ctimeNs = now;
-        this.saveInode(inode);
-      },
-      size < inode.size ? "shrink" : "grow",
-      freed,
-    );
-    this.afterWrite();
-  }
-
-  /** relatime: atime moves when it is older than mtime or ctime, or a day old. */
-  private touchAtime(inode: Inode): void {
-    if (this.readOnly) return;
-    const now = this.clock();
-    if (inode.atimeNs > inode.mtimeNs && inode.atimeNs > inode.ctimeNs && now - inode.atimeNs < day) return;
-    try {
-      this.mutation(1, () => {
-        inode.atimeNs = now;
-        this.saveInode(inode);
-      });
-    } catch (error) {
-      // A full volume still reads: the access time simply stays.
-      if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.store.isPoisoned) throw error;
-    }
   }
 
   private stat(inode: Inode): Stat {
@@ -1602,91 +893,12 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     };
   }
 
-  // ---- internals: data and transactions ------------------------------------------
-
-  private writeOutAll(): void {
-    for (const ino of this.data.inodesWithBuffers()) {
-      const inode = this.loadInode(ino);
-      this.checkWritable();
-      // Admitted when write() took the data (its promise, kept free from growth since): the tree
-      // updates of the write-out, copies of snapshot-shared nodes included, are not refused.
-      this.store.alreadyAdmitted(() =>
-        this.store.spendingHeadroom(() => {
-          this.data.writeOut(inode, this.mapOf(inode));
-          this.saveInode(inode);
-        }),
-      );
-    }
-  }
-
-  private afterWrite(): void {
-    if (this.data.overBound) this.writeOutAll();
-    if (this.store.dirtyBytes > dirtyNodeBytesMax) this.sync();
-  }
-
-  /**
-   * Runs a mutation of about `puts` tree updates: refused up front (EROFS,
-   * ENOSPC) or carried out whole; a failure halfway poisons the volume.
-   */
-  private mutation<T>(puts: number, apply: () => T, purpose: "grow" | "shrink" = "grow", freedRanges = 0): T {
-    this.checkWritable();
-    if (puts > 0) {
-      // Growth must leave room for what buffered writes were promised, and for deletes after it.
-      const extra = purpose === "grow" ? this.shrinkReserveBlocks() + this.data.promisedBlocks() : 0;
-      this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose, freedRanges);
-    }
-    try {
-      // A shrinking mutation was admitted whole: the tree updates inside it
-      // must not be refused one by one for want of the growth headroom (with
-      // snapshots, a delete copies shared nodes and grows the refcount tree).
-      return purpose === "shrink" ? this.store.spendingHeadroom(apply) : apply();
-    } catch (error) {
-      return this.store.poison(error);
-    }
-  }
-
-  /** What one inode-tree update may copy: a path of nodes, with splits. */
-  private blocksPerPut(): number {
-    return 2 * (this.inodes.level + 3);
-  }
-
-  /**
-   * Growth leaves this much behind, so that a full volume can still unlink,
-   * rmdir and truncate (each a few tree updates) to make room.
-   */
-  private shrinkReserveBlocks(): number {
-    return 4 * this.blocksPerPut();
-  }
-
-  /**
-   * Blocks freed by the running transaction are reusable only after it
-   * commits: when growth of about `blocks` would not fit in what is
-   * available but would with them, commit first. Called at the start of an
-   * operation, before it loads anything it might keep across the commit.
-   */
-  private makeRoom(blocks: number): void {
-    if (this.readOnly || this.closed || this.store.isPoisoned) return;
-    const usage = this.space.usage();
-    const margin = 256 + Math.floor(usage.totalBlocks / 256);
-    const needed = blocks + this.data.promisedBlocks() + this.shrinkReserveBlocks() + margin;
-    if (usage.availableBlocks < needed && usage.pendingBlocks > 0) this.sync();
-  }
-
-  private checkWritable(): void {
-    this.checkOpen();
-    if (this.readOnly) throw new GroveError("EROFS", "EROFS_fs", "the filesystem is mounted read-only");
-  }
-
-  private checkOpen(): void {
-    if (this.closed) throw new GroveError("EBADF", "EBADF_closed", "the filesystem is closed");
-  }
-
   private checkOpenSlots(): void {
     this.handles.checkRoom();
   }
 
   private handle(fh: number): Handle {
-    this.checkOpen();
+    this.policy.checkOpen();
     return this.handles.get(fh);
   }
 
@@ -1695,101 +907,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private closeHandle(fh: number): Handle {
-    this.checkOpen();
+    this.policy.checkOpen();
     return this.handles.remove(fh);
-  }
-}
-
-/** Where a name is created, removed or renamed: its directory and the name, with the path for messages. */
-interface Slot {
-  dir: Inode;
-  name: Buffer;
-  path?: string;
-}
-
-type SlotPurpose = "create" | "open-create" | "remove" | "remove-dir" | "rename-source" | "rename-target";
-
-const nulByte = Buffer.from([0]);
-
-function isDot(name: Buffer): boolean {
-  return name.length === 1 && name[0] === 0x2e;
-}
-
-function isDotDot(name: Buffer): boolean {
-  return name.length === 2 && name[0] === 0x2e && name[1] === 0x2e;
-}
-
-/** A name as the kernel passes it: 1 to NAME_MAX bytes, no "/" and no NUL. */
-function checkName(name: Buffer): void {
-  if (name.length === 0) throw new GroveError("ENOENT", "ENOENT_name_empty", "empty name");
-  if (name.length > nameSizeMaxBytes) {
-    throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_name", `a name is limited to ${nameSizeMaxBytes} bytes`);
-  }
-  if (name.includes(0x2f) || name.includes(0)) throw new GroveError("EINVAL", "EINVAL_name", "a name cannot contain / or NUL");
-}
-
-function checkRenameFlags(flags: number): void {
-  if ((flags & ~(renameNoReplace | renameExchange)) !== 0 || flags === (renameNoReplace | renameExchange)) {
-    throw new GroveError("EINVAL", "EINVAL_rename_flags", "invalid rename flags");
   }
 }
 
 /** chown(2)'s "unchanged" is -1 (0xffffffff as an unsigned id). */
 function ownerId(id: number): number | undefined {
   return id === -1 || id === 0xffffffff ? undefined : id;
-}
-
-/** What chown and an unprivileged write or truncate do to a file's set-id bits (setgid only with group execute, as Linux). */
-function withoutSetIdBits(mode: number): number {
-  const S_ISUID = 0o4000;
-  const S_IXGRP = 0o010;
-  return (mode & ~S_ISUID) & ~((mode & S_IXGRP) !== 0 ? S_ISGID : 0);
-}
-
-function newInode(ino: number, mode: number, caller: Caller, now: bigint, generation: number): Inode {
-  return {
-    ino,
-    mode,
-    uid: caller.uid,
-    gid: caller.gid,
-    nlink: 1,
-    size: 0,
-    atimeNs: now,
-    mtimeNs: now,
-    ctimeNs: now,
-    crtimeNs: now,
-    flags: 0,
-    rdev: 0,
-    generation,
-    blocks: 0,
-    parent: 0,
-    kind: PayloadKind.None,
-    payload: Buffer.alloc(0),
-    treeRoot: 0,
-    treeLevel: 0,
-    treeCount: 0,
-  };
-}
-
-/** Components of an absolute path; "/" and "" name the root. */
-export function splitPath(path: string): string[] {
-  if (typeof path !== "string" || !path.startsWith("/")) {
-    throw new GroveError("EINVAL", "EINVAL_path", `path must be absolute: ${String(path)}`);
-  }
-  const parts = path.split("/").filter((part) => part.length > 0);
-  for (const part of parts) {
-    if (part.includes("\0")) throw new GroveError("EINVAL", "EINVAL_name_nul", "a name cannot contain NUL", { path });
-    if (Buffer.byteLength(part, "utf8") > nameSizeMaxBytes) {
-      throw new GroveError("ENAMETOOLONG", "ENAMETOOLONG_name", `a name is limited to ${nameSizeMaxBytes} bytes`, { path });
-    }
-  }
-  return parts;
-}
-
-function checkRange(length: number, position: number): void {
-  if (!Number.isSafeInteger(length) || length < 0 || !Number.isSafeInteger(position) || position < 0) {
-    throw new GroveError("EINVAL", "EINVAL_range", "invalid offset or length");
-  }
 }
 
 function checkTime(ns: bigint): bigint {

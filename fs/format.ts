@@ -103,15 +103,15 @@ const I_TREE_ROOT = I_PAYLOAD_LENGTH + 2;
 const I_TREE_COUNT = I_TREE_ROOT + 8;
 const I_PAYLOAD = I_TREE_COUNT + 8;
 
-/** Inode flag: an extended attribute was set at some point, so lookups and freeing must look for them (the checker holds it). */
-export const inodeFlagHadXattrs = 1;
-
 export const enum PayloadKind {
   None = 0,
   Bytes = 1,
   Items = 2,
   Tree = 3,
 }
+
+/** Inode flag (bit 0): an extended attribute was set at some point, so lookups and freeing must look for them (the checker holds it). */
+export const inodeFlagHadXattrs = 1;
 
 export interface Inode {
   ino: number;

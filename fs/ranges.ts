@@ -2,7 +2,7 @@
  * Range operations on a file's blocks, as pure functions over block ranges:
  * the fallocate(2) modes grovefs supports, the holes a preallocation fills,
  * and SEEK_DATA / SEEK_HOLE. FileData applies them to a file's extents and
- * buffered blocks; GroveFs validates and admits them.
+ * buffered blocks; FileOps (fs/file_ops.ts) validates and admits them.
  *
  * Every function here walks the ranges it is given once, in order: a sparse
  * file costs what its extents cost, never a loop over its blocks.

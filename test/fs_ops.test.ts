@@ -1634,7 +1634,7 @@ describe("refusals leave the volume usable", () => {
   it("running out of inode numbers is ENOSPC and does not poison the volume", () => {
     withFs((fs) => {
       // Reach the end of the 32-bit inode space without creating four billion files.
-      (fs as unknown as { nextIno: number }).nextIno = 2 ** 32 - 1;
+      (fs as unknown as { inodes: { nextIno: number } }).inodes.nextIno = 2 ** 32 - 1;
       fs.mkdir("/last", 0o755, root);
       expect(fs.inoOf("/last")).toBe(2 ** 32 - 1);
       expectErrno(() => fs.mkdir("/more", 0o755, root), "ENOSPC");

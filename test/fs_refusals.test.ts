@@ -72,7 +72,7 @@ describe("refusals that must not lose acknowledged data", () => {
     fs.close();
     dev = dev.reopen();
     fs = GroveFs.open(dev);
-    const treeRoot = (fs as unknown as { loadInode(ino: number): { treeRoot: number } }).loadInode(fs.inoOf("/bad")).treeRoot;
+    const treeRoot = (fs as unknown as { inodes: { load(ino: number): { treeRoot: number } } }).inodes.load(fs.inoOf("/bad")).treeRoot;
     dev.flipOnRead(treeRoot, 200, 0x10);
     fh = fs.create("/good", 0o644, C.O_CREAT | C.O_WRONLY, root);
     fs.write(fh, Buffer.from("important"), 9, 0);
@@ -98,7 +98,7 @@ describe("refusals that must not lose acknowledged data", () => {
     fs.close();
     dev = dev.reopen();
     fs = GroveFs.open(dev);
-    const inode = (fs as unknown as { loadInode(ino: number): unknown }).loadInode(fs.inoOf("/f"));
+    const inode = (fs as unknown as { inodes: { load(ino: number): unknown } }).inodes.load(fs.inoOf("/f"));
     const data0 = fs as unknown as { data: { extents(i: unknown, m: unknown): Iterable<{ lba: number }> } };
     const [extent] = [...data0.data.extents(inode, fs.mapOf(inode as never))];
     dev.flipOnRead(extent!.lba + 120, 100, 1);

@@ -1,0 +1,162 @@
+/**
+ * The commit policy: which calls and mutations are admitted, and when the
+ * running transaction is written out and committed.
+ *
+ * Admission: every change to the subvolume runs as one `mutation` of about
+ * `puts` inode-tree updates. It is refused up front, having changed nothing
+ * (EBADF once closed, EROFS, ENOSPC against free space), or carried out
+ * whole; a failure halfway through poisons the volume, because the in-memory
+ * state could no longer be trusted. Growth leaves behind what buffered
+ * writes were promised and `shrinkReserveBlocks`, so that a full volume can
+ * still unlink, rmdir and truncate to make room.
+ *
+ * Commits: `commit` writes out every buffered block and the counters record
+ * first, then commits the store. The facade commits on sync, fsync,
+ * snapshot and close, and from maintenance when `commitDue`: the interval
+ * has passed or a memory bound is near. This room also commits by itself
+ * when a write leaves dirty nodes past dirtyNodeBytesMax (`afterWrite`), and
+ * when an operation needs blocks that only the running transaction's commit
+ * makes usable again (`makeRoom`).
+ *
+ * Invariant: buffered data is written out under the admission it was given
+ * when it was written (`alreadyAdmitted`): a write-out is never refused.
+ */
+import { GroveError, type Store } from "../kvstore/index.js";
+import type { FreeSpace } from "../alloc/index.js";
+import { commitIntervalMs, dirtyNodeBytesMax } from "./constants.js";
+import type { Inode } from "./format.js";
+import type { FileData } from "./file_data.js";
+import type { InodeTable } from "./inode_table.js";
+
+export type MutationPurpose = "grow" | "shrink";
+
+export class CommitPolicy {
+  private lastCommitNs: bigint;
+  private closed = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly space: FreeSpace,
+    private readonly inodes: InodeTable,
+    private readonly data: FileData,
+    private readonly clock: () => bigint,
+    /** Nothing in this subvolume may change: a read-only open, or a snapshot. */
+    private readonly readOnly: boolean,
+  ) {
+    this.lastCommitNs = clock();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** From now on every call is EBADF. */
+  close(): void {
+    this.closed = true;
+  }
+
+  checkOpen(): void {
+    if (this.closed) throw new GroveError("EBADF", "EBADF_closed", "the filesystem is closed");
+  }
+
+  checkWritable(): void {
+    this.checkOpen();
+    if (this.readOnly) throw new GroveError("EROFS", "EROFS_fs", "the filesystem is mounted read-only");
+  }
+
+  /**
+   * Runs a mutation of about `puts` tree updates: refused up front (EROFS,
+   * ENOSPC) or carried out whole; a failure halfway poisons the volume.
+   */
+  mutation<T>(puts: number, apply: () => T, purpose: MutationPurpose = "grow", freedRanges = 0): T {
+    this.checkWritable();
+    if (puts > 0) {
+      // Growth must leave room for what buffered writes were promised, and for deletes after it.
+      const extra = purpose === "grow" ? this.shrinkReserveBlocks() + this.data.promisedBlocks() : 0;
+      this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose, freedRanges);
+    }
+    try {
+      // A shrinking mutation was admitted whole: the tree updates inside it
+      // must not be refused one by one for want of the growth headroom (with
+      // snapshots, a delete copies shared nodes and grows the refcount tree).
+      return purpose === "shrink" ? this.store.spendingHeadroom(apply) : apply();
+    } catch (error) {
+      return this.store.poison(error);
+    }
+  }
+
+  /**
+   * Growth leaves this much behind, so that a full volume can still unlink,
+   * rmdir and truncate (each a few tree updates) to make room.
+   */
+  shrinkReserveBlocks(): number {
+    return 4 * this.blocksPerPut();
+  }
+
+  /**
+   * Blocks freed by the running transaction are reusable only after it
+   * commits: when growth of about `blocks` would not fit in what is
+   * available but would with them, commit first. Called at the start of an
+   * operation, before it loads anything it might keep across the commit.
+   */
+  makeRoom(blocks: number): void {
+    if (this.readOnly || this.closed || this.store.isPoisoned) return;
+    const usage = this.space.usage();
+    const margin = 256 + Math.floor(usage.totalBlocks / 256);
+    const needed = blocks + this.data.promisedBlocks() + this.shrinkReserveBlocks() + margin;
+    if (usage.availableBlocks < needed && usage.pendingBlocks > 0) this.commit();
+  }
+
+  /** After a mutation that buffered or wrote data: keep buffered data and dirty nodes within their bounds. */
+  afterWrite(): void {
+    if (this.data.overBound) this.writeOutAll();
+    if (this.store.dirtyBytes > dirtyNodeBytesMax) this.commit();
+  }
+
+  /** Writes out inode `ino`'s buffered data now, as a commit would (it was admitted when written). */
+  writeOutIno(ino: number): void {
+    if (!this.data.hasBuffers(ino)) return;
+    this.writeOut(this.inodes.load(ino));
+  }
+
+  /** Writes out buffered data and the counters, then commits: everything is durable when this returns. */
+  commit(): void {
+    this.writeOutAll();
+    if (this.inodes.countersDirty) this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.saveCounters()));
+    this.store.commit();
+    this.lastCommitNs = this.clock();
+  }
+
+  /** The maintenance decision: the commit interval has passed, or buffered data or dirty nodes are near their bound. */
+  get commitDue(): boolean {
+    const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
+    return due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax;
+  }
+
+  private writeOutAll(): void {
+    for (const ino of this.data.inodesWithBuffers()) {
+      const inode = this.inodes.load(ino);
+      this.checkWritable();
+      this.writeOut(inode);
+    }
+  }
+
+  /**
+   * Admitted when write() took the data (its promise, kept free from growth
+   * since): the tree updates of the write-out, copies of snapshot-shared
+   * nodes included, are not refused.
+   */
+  private writeOut(inode: Inode): void {
+    this.store.alreadyAdmitted(() =>
+      this.store.spendingHeadroom(() => {
+        this.data.writeOut(inode, this.inodes.mapOf(inode));
+        this.inodes.save(inode);
+      }),
+    );
+  }
+
+  /** What one inode-tree update may copy: a path of nodes, with splits. */
+  private blocksPerPut(): number {
+    return 2 * (this.inodes.level + 3);
+  }
+}
