@@ -79,7 +79,7 @@
  * In a detached tree, a 9-byte value is a directory entry; an extent value is
  * at least 24 bytes, an unwritten one 28 (the edge reader tells them apart by that).
  */
-import { CorruptionError, blockSizeBytes, writeU64BE } from "../kvstore/index.js";
+import { CorruptionError, blockSizeBytes, readU64LE, writeU64BE, writeU64LE } from "../kvstore/index.js";
 import { compressionUnitBlocksMax, extentBlocksMax, inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
 
 const I_MODE = 0;
@@ -193,26 +193,27 @@ export function decodeCounters(value: Buffer): number {
 }
 
 export function encodeInode(inode: Inode): Buffer {
-  const buf = Buffer.alloc(I_PAYLOAD + inode.payload.length);
+  // Every byte before the payload is a field written below, so the buffer need not be zeroed first.
+  const buf = Buffer.allocUnsafe(I_PAYLOAD + inode.payload.length);
   buf.writeUInt32LE(inode.mode >>> 0, I_MODE);
   buf.writeUInt32LE(inode.uid >>> 0, I_UID);
   buf.writeUInt32LE(inode.gid >>> 0, I_GID);
   buf.writeUInt32LE(inode.nlink, I_NLINK);
-  buf.writeBigUInt64LE(BigInt(inode.size), I_SIZE);
+  writeCount(buf, I_SIZE, inode.size);
   buf.writeBigInt64LE(inode.atimeNs, I_ATIME);
   buf.writeBigInt64LE(inode.mtimeNs, I_MTIME);
   buf.writeBigInt64LE(inode.ctimeNs, I_CTIME);
   buf.writeBigInt64LE(inode.crtimeNs, I_CRTIME);
   buf.writeUInt32LE(inode.flags, I_FLAGS);
   buf.writeUInt32LE(inode.rdev >>> 0, I_RDEV);
-  buf.writeBigUInt64LE(BigInt(inode.generation), I_GENERATION);
-  buf.writeBigUInt64LE(BigInt(inode.blocks), I_BLOCKS);
-  buf.writeBigUInt64LE(BigInt(inode.parent), I_PARENT);
+  writeCount(buf, I_GENERATION, inode.generation);
+  writeCount(buf, I_BLOCKS, inode.blocks);
+  writeCount(buf, I_PARENT, inode.parent);
   buf.writeUInt8(inode.kind, I_KIND);
   buf.writeUInt8(inode.treeLevel, I_TREE_LEVEL);
   buf.writeUInt16LE(inode.payload.length, I_PAYLOAD_LENGTH);
-  buf.writeBigUInt64LE(BigInt(inode.treeRoot), I_TREE_ROOT);
-  buf.writeBigUInt64LE(BigInt(inode.treeCount), I_TREE_COUNT);
+  writeCount(buf, I_TREE_ROOT, inode.treeRoot);
+  writeCount(buf, I_TREE_COUNT, inode.treeCount);
   inode.payload.copy(buf, I_PAYLOAD);
   return buf;
 }
@@ -229,22 +230,28 @@ export function decodeInode(ino: number, value: Buffer): Inode {
     uid: value.readUInt32LE(I_UID),
     gid: value.readUInt32LE(I_GID),
     nlink: value.readUInt32LE(I_NLINK),
-    size: Number(value.readBigUInt64LE(I_SIZE)),
+    size: readU64LE(value, I_SIZE),
     atimeNs: value.readBigInt64LE(I_ATIME),
     mtimeNs: value.readBigInt64LE(I_MTIME),
     ctimeNs: value.readBigInt64LE(I_CTIME),
     crtimeNs: value.readBigInt64LE(I_CRTIME),
     flags: value.readUInt32LE(I_FLAGS),
     rdev: value.readUInt32LE(I_RDEV),
-    generation: Number(value.readBigUInt64LE(I_GENERATION)),
-    blocks: Number(value.readBigUInt64LE(I_BLOCKS)),
-    parent: Number(value.readBigUInt64LE(I_PARENT)),
+    generation: readU64LE(value, I_GENERATION),
+    blocks: readU64LE(value, I_BLOCKS),
+    parent: readU64LE(value, I_PARENT),
     kind,
     payload: Buffer.from(value.subarray(I_PAYLOAD, I_PAYLOAD + payloadLength)),
-    treeRoot: Number(value.readBigUInt64LE(I_TREE_ROOT)),
+    treeRoot: readU64LE(value, I_TREE_ROOT),
     treeLevel: value.readUInt8(I_TREE_LEVEL),
-    treeCount: Number(value.readBigUInt64LE(I_TREE_COUNT)),
+    treeCount: readU64LE(value, I_TREE_COUNT),
   };
+}
+
+/** A non-negative safe integer as u64 LE (no BigInt: inode records are encoded on every change). */
+function writeCount(buf: Buffer, at: number, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`inode field ${value} is not a count`);
+  writeU64LE(buf, at, value);
 }
 
 /** Module-level rather than a closure per call: decoding an inode is a hot path. */
