@@ -1107,7 +1107,7 @@ export class FileData {
 
   /** The current bytes of one block, from its extent or zeros for a hole. */
   private loadBlock(inode: Inode, map: ItemMap, fileBlock: number): Buffer {
-    const block = Buffer.alloc(blockSizeBytes);
+    const block = newBlock().fill(0);
     if (inode.kind === PayloadKind.Bytes) {
       if (fileBlock === 0) inode.payload.copy(block);
       return block;

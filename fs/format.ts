@@ -218,7 +218,11 @@ export function encodeInode(inode: Inode): Buffer {
   return buf;
 }
 
-export function decodeInode(ino: number, value: Buffer): Inode {
+/**
+ * `owned`: `value` is the caller's own copy (as Tree.get returns), so the
+ * payload may be a view into it instead of a copy of its own.
+ */
+export function decodeInode(ino: number, value: Buffer, owned = false): Inode {
   if (value.length < inodeRecordFixedBytes) badInode(ino, `${value.length} bytes`);
   const payloadLength = value.readUInt16LE(I_PAYLOAD_LENGTH);
   if (payloadLength > inodeInlineBytesMax || I_PAYLOAD + payloadLength !== value.length) badInode(ino, "payload length");
@@ -241,7 +245,7 @@ export function decodeInode(ino: number, value: Buffer): Inode {
     blocks: readU64LE(value, I_BLOCKS),
     parent: readU64LE(value, I_PARENT),
     kind,
-    payload: Buffer.from(value.subarray(I_PAYLOAD, I_PAYLOAD + payloadLength)),
+    payload: owned ? value.subarray(I_PAYLOAD, I_PAYLOAD + payloadLength) : Buffer.from(value.subarray(I_PAYLOAD, I_PAYLOAD + payloadLength)),
     treeRoot: readU64LE(value, I_TREE_ROOT),
     treeLevel: value.readUInt8(I_TREE_LEVEL),
     treeCount: readU64LE(value, I_TREE_COUNT),

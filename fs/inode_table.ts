@@ -71,7 +71,8 @@ export class InodeTable {
 
   tryLoad(ino: number): Inode | undefined {
     const value = this.tree.get(inodeKey(ino));
-    return value === undefined ? undefined : decodeInode(ino, value);
+    // Tree.get returns a copy: the record's payload can stay a view into it.
+    return value === undefined ? undefined : decodeInode(ino, value, true);
   }
 
   save(inode: Inode): void {
