@@ -141,7 +141,13 @@ export class KernelSession {
       this.buffers.push(buffer);
       this.readInto(buffer);
     }
-    if (inPlace) this.waker = new Waker(this.mountpoint!);
+    if (inPlace) {
+      // Without its waker the session must not block in place: it would sit there while the control socket waits.
+      this.waker = new Waker(this.mountpoint!, (why) => {
+        this.log(`the waker thread stopped (${why}); reading on the pool from now on`);
+        this.waker = null;
+      });
+    }
   }
 
   /**
@@ -185,6 +191,8 @@ export class KernelSession {
         return;
       }
       const op = this.serve(buffer, length);
+      // The event loop ran: an idle period starts now, not at the waker's last look.
+      this.waker?.turned();
       if (this.waker !== null && op !== Opcode.STATFS && this.holds === 0 && !this.ended) void this.serveInPlace(buffer);
       else this.readInto(buffer);
     });
@@ -373,10 +381,17 @@ class Waker {
   private readonly words = new Int32Array(new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT));
   private readonly worker: Worker;
 
-  constructor(mountpoint: string) {
+  private stopped = false;
+
+  constructor(mountpoint: string, failed: (why: string) => void) {
     this.worker = new Worker(wakerSource, { eval: true, workerData: { words: this.words, mountpoint, periodMs: wakerPeriodMs } });
     this.worker.unref();
-    this.worker.on("error", () => {});
+    this.worker.on("error", (error) => {
+      if (!this.stopped) failed(error.message);
+    });
+    this.worker.on("exit", (code) => {
+      if (!this.stopped) failed(`exit ${code}`);
+    });
   }
 
   blocked(yes: boolean): void {
@@ -388,6 +403,7 @@ class Waker {
   }
 
   stop(): void {
+    this.stopped = true;
     Atomics.store(this.words, wakeStop, 1);
     Atomics.notify(this.words, wakeStop);
   }
