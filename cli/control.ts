@@ -205,9 +205,15 @@ export async function startControlServer(
   ops: SubvolumeOps,
   report: (error: unknown) => void,
   beforeCreate: () => Promise<void> = () => Promise.resolve(),
+  /** Keeps the mount's event loop running until the promise settles (MountHandle.hold): for each connection. */
+  hold: (work: Promise<void>) => Promise<void> = (work) => work,
 ): Promise<ControlServer> {
   removeStaleSocket(socketPath);
-  const server = net.createServer((socket) => serveConnection(socket, ops, report, beforeCreate));
+  const server = net.createServer((socket) => {
+    // Until the connection closes: its reads, its answer and the closing handshake all need the event loop.
+    void hold(new Promise<void>((resolve) => socket.once("close", () => resolve())));
+    serveConnection(socket, ops, report, beforeCreate);
+  });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     // The socket file is created inside listen(): a umask makes it 0600 from the start.

@@ -337,7 +337,7 @@ async function startControl(handle: MountHandle, mountpoint: string): Promise<Co
       // No log to write to.
     }
   };
-  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => handle.flushKernel());
+  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => handle.flushKernel(), (work) => handle.hold(work));
 }
 
 /** A daemon's log holds only reports of trouble: after a clean run it is empty and goes. */

@@ -293,6 +293,8 @@ export interface ServedMount {
   stop(): void;
   /** Has the kernel write back the mount's dirty pages (syncfs from a child process: this one serves the writes). */
   flushKernel(): Promise<void>;
+  /** Keeps the event loop running until `work` settles (the kernel session serves in place otherwise). */
+  hold<T>(work: Promise<T>): Promise<T>;
 }
 
 /**
@@ -327,5 +329,7 @@ export async function serveFuseNative(volume: BridgedFs, absolute: string, optio
       state.closed = true;
     },
     flushKernel: () => syncMount(absolute),
+    // libfuse's own threads read the requests: the event loop always runs.
+    hold: (work) => work,
   };
 }

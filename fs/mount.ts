@@ -46,6 +46,8 @@ export interface MountHandle {
   readonly subvolumes: SubvolumeOps | null;
   /** Has the kernel write back the mount's dirty pages (before a snapshot: the writeback cache holds acknowledged writes). */
   flushKernel(): Promise<void>;
+  /** Keeps the event loop running until `work` settles, for work that waits on something other than requests. */
+  hold<T>(work: Promise<T>): Promise<T>;
 }
 
 const maintenanceIntervalMs = 1000;
@@ -108,7 +110,7 @@ export async function mountGrove(volume: BridgedFs, mountpoint: string, options:
     if (failure !== null) throw failure;
   }
 
-  return { mountpoint: absolute, transport, unmount: finish, closed, subvolumes: served.subvolumes, flushKernel: () => served.flushKernel() };
+  return { mountpoint: absolute, transport, unmount: finish, closed, subvolumes: served.subvolumes, flushKernel: () => served.flushKernel(), hold: (work) => served.hold(work) };
 }
 
 function logOnce(seen: Set<string>, text: string): void {

@@ -60,6 +60,7 @@ export async function serveKernel(volume: BridgedFs, absolute: string, options: 
       bridge.closed = true;
     },
     flushKernel,
+    hold: (work) => served.hold(work),
   };
 }
 

@@ -34,8 +34,8 @@
  *   kernel may need a lock that a request waiting for this thread holds, and
  *   a synchronous write would deadlock.
  * - The thread blocks in place only when no pool read is outstanding and no
- *   held work (a deferred answer, a child process the session must see exit)
- *   is pending.
+ *   held work (a deferred answer, a child process the session must see exit,
+ *   an open control-socket connection) is pending.
  */
 import * as fs from "node:fs";
 import { Worker } from "node:worker_threads";
