@@ -6,7 +6,10 @@
  * record, writes one JSON request line, and reads one JSON reply line:
  * `{"ok":true,"result":...}` or `{"ok":false,"code":"EEXIST","detail":...,"message":...}`.
  * Requests are `{"op":"create","name","from"?,"readOnly"}`,
- * `{"op":"delete","name","snapshotOnly"}` and `{"op":"list"}`.
+ * `{"op":"delete","name","snapshotOnly"}`, `{"op":"list"}`, and two about
+ * the whole volume: `{"op":"sync"}` (has the kernel write back its dirty
+ * pages, then commits; answered once the commit is durable) and
+ * `{"op":"info"}` (the live figures `grovefs info` prints).
  *
  * Why no locking: the daemon runs each request to the end inside one socket
  * callback on the JS thread, and every FUSE handler is synchronous on the same
@@ -45,7 +48,22 @@ export interface SubvolumeRecord {
 export type ControlRequest =
   | { op: "create"; name: string; from?: string; readOnly: boolean }
   | { op: "delete"; name: string; snapshotOnly: boolean }
-  | { op: "list" };
+  | { op: "list" }
+  | VolumeRequest;
+
+/** Requests about subvolumes: a mount daemon and the CLI on an unmounted image answer them alike (runRequest). */
+export type SubvolumeRequest = Exclude<ControlRequest, VolumeRequest>;
+
+/** Requests about the whole served volume rather than its subvolumes: only a mount daemon answers them. */
+export type VolumeRequest = { op: "sync" } | { op: "info" };
+
+/** What a mount daemon offers for VolumeRequests. */
+export interface VolumeControl {
+  /** Has the kernel write back its dirty pages, then commits: resolves once everything is durable. */
+  sync(): Promise<void>;
+  /** The volume's live figures, as `grovefs info` prints them. */
+  info(): unknown;
+}
 
 export type ControlReply =
   | { ok: true; result: unknown }
@@ -88,7 +106,9 @@ export function parseRequest(value: unknown): ControlRequest {
   const name = request.name;
   switch (request.op) {
     case "list":
-      return { op: "list" };
+    case "sync":
+    case "info":
+      return { op: request.op };
     case "create": {
       if (typeof name !== "string") throw invalid("create needs a name");
       if (request.from !== undefined && typeof request.from !== "string") throw invalid("from must be a name");
@@ -108,7 +128,7 @@ export function parseRequest(value: unknown): ControlRequest {
  * an image). `snapshot delete` refuses a writable subvolume, so a typo there
  * cannot destroy a clone; `subvolume delete` deletes either.
  */
-export function runRequest(ops: SubvolumeOps, request: ControlRequest): unknown {
+export function runRequest(ops: SubvolumeOps, request: SubvolumeRequest): unknown {
   switch (request.op) {
     case "list":
       return ops.listSubvolumes().map(subvolumeRecord);
@@ -142,36 +162,45 @@ function errorReply(error: unknown, report: (error: unknown) => void): ControlRe
   return { ok: false, code: "EIO", detail: "EIO_control_bug", message: `internal error in the mount daemon: ${what}` };
 }
 
-/** One request line in, one reply line out; `ops` runs synchronously in between. */
-function answer(ops: SubvolumeOps, line: string, report: (error: unknown) => void): ControlReply {
+function parseLine(line: string): ControlRequest {
+  let value: unknown;
   try {
-    let value: unknown;
-    try {
-      value = JSON.parse(line);
-    } catch {
-      throw invalid("a request is one line of JSON");
-    }
-    return { ok: true, result: runRequest(ops, parseRequest(value)) };
-  } catch (error) {
-    return errorReply(error, report);
-  }
-}
-
-/** Whether a request line asks for a snapshot or clone (which must first see the kernel's dirty pages). */
-function createsSubvolume(line: string): boolean {
-  try {
-    return (JSON.parse(line) as { op?: unknown }).op === "create";
+    value = JSON.parse(line);
   } catch {
-    return false;
+    throw invalid("a request is one line of JSON");
+  }
+  return parseRequest(value);
+}
+
+/**
+ * One request line in, one reply line out. A subvolume request runs
+ * synchronously on `ops`; a snapshot or clone first has the kernel write
+ * back its dirty pages (`beforeCreate`), and a sync is mostly that wait.
+ */
+async function answer(line: string, served: Served): Promise<ControlReply> {
+  try {
+    const request = parseLine(line);
+    if (request.op === "sync" || request.op === "info") {
+      if (served.volume === undefined) throw invalid(`${request.op} needs a mount daemon`);
+      if (request.op === "info") return { ok: true, result: served.volume.info() };
+      await served.volume.sync();
+      return { ok: true, result: null };
+    }
+    if (request.op === "create") await served.beforeCreate();
+    return { ok: true, result: runRequest(served.ops, request) };
+  } catch (error) {
+    return errorReply(error, served.report);
   }
 }
 
-function serveConnection(
-  socket: net.Socket,
-  ops: SubvolumeOps,
-  report: (error: unknown) => void,
-  beforeCreate: () => Promise<void>,
-): void {
+interface Served {
+  ops: SubvolumeOps;
+  report: (error: unknown) => void;
+  beforeCreate: () => Promise<void>;
+  volume: VolumeControl | undefined;
+}
+
+function serveConnection(socket: net.Socket, served: Served): void {
   let text = "";
   socket.setEncoding("utf8");
   socket.on("error", () => {});
@@ -184,14 +213,9 @@ function serveConnection(
     // The rest of what the client sends is read and dropped, so it never sees a reset.
     socket.removeAllListeners("data");
     socket.resume();
-    const ready = line !== null && createsSubvolume(line) ? beforeCreate() : Promise.resolve();
-    ready.then(
-      () => answerWith(line === null ? errorReply(invalid(`a request is at most ${requestBytesMax} bytes`), report) : answer(ops, line, report)),
-      (error: unknown) => answerWith(errorReply(error, report)),
-    );
-    function answerWith(reply: unknown): void {
-      socket.end(`${JSON.stringify(reply)}\n`);
-    }
+    const reply =
+      line === null ? Promise.resolve(errorReply(invalid(`a request is at most ${requestBytesMax} bytes`), served.report)) : answer(line, served);
+    void reply.then((answered) => socket.end(`${JSON.stringify(answered)}\n`));
   });
 }
 
@@ -207,12 +231,15 @@ export async function startControlServer(
   beforeCreate: () => Promise<void> = () => Promise.resolve(),
   /** Keeps the mount's event loop running until the promise settles (MountHandle.hold): for each connection. */
   hold: (work: Promise<void>) => Promise<void> = (work) => work,
+  /** sync and info; without it those requests are refused. */
+  volume?: VolumeControl,
 ): Promise<ControlServer> {
+  const served: Served = { ops, report, beforeCreate, volume };
   removeStaleSocket(socketPath);
   const server = net.createServer((socket) => {
     // Until the connection closes: its reads, its answer and the closing handshake all need the event loop.
     void hold(new Promise<void>((resolve) => socket.once("close", () => resolve())));
-    serveConnection(socket, ops, report, beforeCreate);
+    serveConnection(socket, served);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

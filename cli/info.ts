@@ -1,19 +1,24 @@
 /**
- * grovefs info IMAGE [--json]
+ * grovefs info TARGET [--json]
  *
- * Opens the image read-only under a shared lock and prints the volume's
+ * TARGET is an image or the mountpoint of a running grovefs mount. An
+ * unmounted image is opened read-only under a shared lock; for a mounted one
+ * (named by its mountpoint or by the image) the mount daemon is asked, and
+ * answers with its live figures, uncommitted changes included. Either way it
+ * prints the volume's
  * label, uuid, size, default compression, used and free space, generation,
  * tree count and inode count. Used space is shown twice: on disk (physical,
  * what df shows) and logical (as if compressed data were stored
  * uncompressed), with the compressed data extents counted once each. While
- * another grovefs process holds the image (mounted read-write, or being
- * formatted), the full numbers would need its uncommitted state, so only the
- * committed superblock's fields are shown, marked "in use"; df on the
- * mountpoint gives the live space figures.
+ * another grovefs process that is not a mount daemon holds the image (mkfs,
+ * fsck -y, a snapshot command), only the committed superblock's fields are
+ * shown, marked "in use".
  */
 import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError, readSuperblock, blockSizeBytes } from "../kvstore/index.js";
+import { mountpointOfImage, servingPid } from "./mount.js";
 import { formatSize } from "./size.js";
+import { askDaemon, resolveTarget, type Target } from "./target.js";
 
 /** The superblock's compression byte, by name (0 none, 1 lz4: kvstore/superblock.ts). */
 const compressionBySuperblockCode: readonly string[] = ["none", "lz4"];
@@ -24,7 +29,10 @@ export interface InfoOptions {
 
 interface Report {
   image: string;
+  /** Another grovefs process holds the image and could not be asked: only the committed superblock is shown. */
   inUse: boolean;
+  /** Where it is mounted, when the figures came from the mount daemon (live, uncommitted changes included). */
+  mountpoint?: string;
   label: string;
   uuid: string;
   sizeBytes: number;
@@ -39,7 +47,7 @@ interface Report {
   compressed?: { extents: number; diskBytes: number; logicalBytes: number };
   freeBytes?: number;
   trees?: number;
-  /** Inodes of the default subvolume. */
+  /** Inodes of the default subvolume (of the mounted one, from a mount daemon). */
   inodes?: number;
   /** Live subvolumes (the default one, clones and snapshots), and how many of them are snapshots. */
   subvolumes?: number;
@@ -51,29 +59,34 @@ interface Report {
 function fullReport(image: string, device: FileDevice): Report {
   const volume = GroveFs.open(device, { readOnly: true });
   try {
-    const info = volume.info();
-    const subvolumes = volume.listSubvolumes();
-    return {
-      image,
-      inUse: false,
-      label: info.label,
-      uuid: info.uuid,
-      sizeBytes: info.sizeBytes,
-      generation: info.generation,
-      compression: info.compression,
-      usedBytes: info.usedBytes,
-      logicalUsedBytes: info.logicalUsedBytes,
-      compressed: { ...info.compressed },
-      freeBytes: info.freeBytes,
-      trees: info.trees,
-      inodes: info.inodes,
-      subvolumes: subvolumes.length,
-      snapshots: subvolumes.filter((s) => s.readOnly).length,
-      pendingDeletions: volume.pendingDeletions(),
-    };
+    return volumeReport(image, volume);
   } finally {
     volume.close();
   }
+}
+
+/** The full figures of an open volume: the CLI's own read-only open, or a mount daemon's live volume. */
+export function volumeReport(image: string, volume: GroveFs): Report {
+  const info = volume.info();
+  const subvolumes = volume.listSubvolumes();
+  return {
+    image,
+    inUse: false,
+    label: info.label,
+    uuid: info.uuid,
+    sizeBytes: info.sizeBytes,
+    generation: info.generation,
+    compression: info.compression,
+    usedBytes: info.usedBytes,
+    logicalUsedBytes: info.logicalUsedBytes,
+    compressed: { ...info.compressed },
+    freeBytes: info.freeBytes,
+    trees: info.trees,
+    inodes: info.inodes,
+    subvolumes: subvolumes.length,
+    snapshots: subvolumes.filter((s) => s.readOnly).length,
+    pendingDeletions: volume.pendingDeletions(),
+  };
 }
 
 /** From the last committed superblock only: safe to read while another process writes the image. */
@@ -95,13 +108,22 @@ function superblockReport(image: string): Report {
   }
 }
 
-function readReport(image: string): Report {
+async function daemonReport(target: Target & { kind: "mount" }): Promise<Report> {
+  return { ...(await askDaemon(target, { op: "info" })) as Report, mountpoint: target.mountpoint };
+}
+
+async function readReport(target: Target): Promise<Report> {
+  if (target.kind === "mount") return daemonReport(target);
+  const image = target.image;
   let device: FileDevice;
   try {
     device = FileDevice.open(image, { readOnly: true, lock: true });
   } catch (error) {
-    if (error instanceof GroveError && error.detail === "EBUSY_image_locked") return superblockReport(image);
-    throw error;
+    if (!(error instanceof GroveError) || error.detail !== "EBUSY_image_locked") throw error;
+    const mountpoint = mountpointOfImage(image);
+    const pid = mountpoint === null ? null : servingPid(mountpoint);
+    if (mountpoint !== null && pid !== null) return daemonReport({ kind: "mount", mountpoint, shown: mountpoint, pid });
+    return superblockReport(image);
   }
   try {
     return fullReport(image, device);
@@ -137,6 +159,7 @@ function usageRows(report: Report): [string, string][] {
 function text(report: Report): string {
   const rows: [string, string][] = [
     ["image", report.image + (report.inUse ? " (in use by another grovefs process: committed state only)" : "")],
+    ...(report.mountpoint === undefined ? [] : ([["mounted", `at ${report.mountpoint} (live figures from its daemon)`]] as [string, string][])),
     ["label", report.label === "" ? "(none)" : report.label],
     ["uuid", report.uuid],
     ["size", `${formatSize(report.sizeBytes)} (${report.sizeBytes} bytes)`],
@@ -154,7 +177,7 @@ function text(report: Report): string {
   return rows.map(([key, value]) => `${`${key}:`.padEnd(width)}${value}\n`).join("");
 }
 
-export function infoCommand(image: string, options: InfoOptions): void {
-  const report = readReport(image);
+export async function infoCommand(targetArg: string, options: InfoOptions): Promise<void> {
+  const report = await readReport(resolveTarget(targetArg));
   process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : text(report));
 }

@@ -12,7 +12,7 @@ import { debugDetail, formatError } from "./errors.js";
 import { fsckCommand, fsckExit, type FsckOptions } from "./fsck.js";
 import { infoCommand } from "./info.js";
 import { mkfsCommand, type MkfsOptions } from "./mkfs.js";
-import { mountCommand, notifyParent } from "./mount.js";
+import { mountCommand, notifyParent, removeStaleRecords } from "./mount.js";
 import {
   cloneCommand,
   snapshotCreateCommand,
@@ -21,6 +21,7 @@ import {
   subvolumeDeleteCommand,
   subvolumeListCommand,
 } from "./snapshot.js";
+import { syncCommand } from "./sync.js";
 import { umountCommand } from "./umount.js";
 
 const usageExitCode = 2;
@@ -82,10 +83,15 @@ export function buildProgram(): Command {
     .action((mountpoint: string) => umountCommand(mountpoint));
 
   oneLineErrors(program.command("info"))
-    .description("show label, uuid, size, compression, used (on disk and logical) and free space, generation, trees and inodes")
-    .argument("<image>", "image file or block device")
+    .description("show label, uuid, size, compression, used (on disk and logical) and free space, generation, trees and inodes (live figures for a mounted volume)")
+    .argument("<target>", "an image file or block device, or the mount point of a running grovefs mount")
     .option("--json", "print JSON")
-    .action((image: string, options: { json?: boolean }) => infoCommand(image, options));
+    .action((target: string, options: { json?: boolean }) => infoCommand(target, options));
+
+  oneLineErrors(program.command("sync"))
+    .description("commit a mounted volume: returns once everything written to it before is durable (sync(1) does not reach grovefs)")
+    .argument("<target>", "a mount point or any path in a grovefs mount, or a mounted image")
+    .action((target: string) => syncCommand(target));
 
   oneLineErrors(program.command("fsck"))
     .description("check an image, and with -y repair what can be repaired safely; exit 0 clean, 1 repaired, 4 problems left, 8 error")
@@ -150,6 +156,7 @@ function addSubvolumeCommands(program: Command): void {
 export async function main(argv: readonly string[]): Promise<number> {
   try {
     commandExitCode = 0;
+    removeStaleRecords();
     await buildProgram().parseAsync([...argv]);
     return commandExitCode;
   } catch (error) {

@@ -29,8 +29,9 @@ import { canonicalMountpoint, findMount, groveFsType, mountGrove, transportNames
 import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
-import { printable, startControlServer, type ControlServer } from "./control.js";
+import { printable, startControlServer, type ControlServer, type VolumeControl } from "./control.js";
 import { CliError, ReportedError } from "./errors.js";
+import { volumeReport } from "./info.js";
 
 export interface MountOptions {
   foreground?: boolean;
@@ -140,6 +141,40 @@ export function servingPid(mountpoint: string): number | null {
   }
 }
 
+
+/**
+ * Removes the pid records, and their control sockets, of daemons that are
+ * gone: one killed by a signal cannot remove its own. Run by every command
+ * (cli/main.ts); never fails one. A daemon starting for the same mountpoint
+ * meanwhile is left alone: its record differs from the one read here, and
+ * its socket is newer than the dead one's record (a daemon makes its socket
+ * before its record).
+ */
+export function removeStaleRecords(): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(runDir()).filter((name) => name.endsWith(".pid"));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const file = path.join(runDir(), name);
+    try {
+      const text = fs.readFileSync(file, "utf8");
+      const record = JSON.parse(text) as PidRecord;
+      if (typeof record.mountpoint !== "string" || !Number.isSafeInteger(record.pid)) continue;
+      if (isRunning(record.pid) && servingPid(record.mountpoint) === record.pid) continue;
+      const recordTime = fs.statSync(file).mtimeMs;
+      if (fs.readFileSync(file, "utf8") !== text) continue;
+      fs.rmSync(file, { force: true });
+      const socket = controlSocketPath(record.mountpoint);
+      const stat = fs.lstatSync(socket, { throwIfNoEntry: false });
+      if (stat?.isSocket() && stat.mtimeMs <= recordTime) fs.rmSync(socket, { force: true });
+    } catch {
+      // Being written, not ours, or already gone: leave it.
+    }
+  }
+}
 
 // ---- option parsing and checks ------------------------------------------------
 
@@ -270,7 +305,12 @@ function openVolume(device: FileDevice, image: string, options: ParsedMountOptio
   }
 }
 
-async function openAndMount(image: string, mountpoint: string, options: ParsedMountOptions, subvolume?: string): Promise<MountHandle> {
+async function openAndMount(
+  image: string,
+  mountpoint: string,
+  options: ParsedMountOptions,
+  subvolume?: string,
+): Promise<{ handle: MountHandle; volume: GroveFs }> {
   const device = FileDevice.open(image, { readOnly: options.readOnly, lock: true });
   let volume: GroveFs;
   try {
@@ -282,12 +322,13 @@ async function openAndMount(image: string, mountpoint: string, options: ParsedMo
   try {
     // A snapshot opens read-only whatever was asked: the kernel mount must say so too.
     const readOnly = options.readOnly || volume.readOnly;
-    return await mountGrove(volume, mountpoint, {
+    const handle = await mountGrove(volume, mountpoint, {
       readOnly,
       imagePath: image,
       extraOptions: options.extra,
       ...(options.transport === undefined ? {} : { transport: options.transport }),
     });
+    return { handle, volume };
   } catch (error) {
     try {
       volume.close();
@@ -300,11 +341,17 @@ async function openAndMount(image: string, mountpoint: string, options: ParsedMo
 
 /** Serves until a signal or an external umount; resolves once the volume is committed and closed. */
 async function serveForeground(image: string, mountpoint: string, options: ParsedMountOptions, subvolume?: string): Promise<void> {
-  const handle = await openAndMount(image, mountpoint, options, subvolume);
+  const { handle, volume } = await openAndMount(image, mountpoint, options, subvolume);
   const daemon = process.env[readyFdEnv] !== undefined;
   let control: ControlServer | null = null;
   try {
-    control = await startControl(handle, mountpoint);
+    control = await startControl(handle, mountpoint, {
+      sync: async () => {
+        await handle.flushKernel();
+        volume.sync();
+      },
+      info: () => volumeReport(image, volume),
+    });
   } catch (error) {
     await handle.unmount().catch(() => {});
     throw error;
@@ -326,7 +373,7 @@ async function serveForeground(image: string, mountpoint: string, options: Parse
 }
 
 /** The control socket for snapshot and clone commands on this mount (cli/control.ts). */
-async function startControl(handle: MountHandle, mountpoint: string): Promise<ControlServer | null> {
+async function startControl(handle: MountHandle, mountpoint: string, volume: VolumeControl): Promise<ControlServer | null> {
   if (handle.subvolumes === null) return null;
   fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
   const report = (error: unknown) => {
@@ -337,7 +384,7 @@ async function startControl(handle: MountHandle, mountpoint: string): Promise<Co
       // No log to write to.
     }
   };
-  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => handle.flushKernel(), (work) => handle.hold(work));
+  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => handle.flushKernel(), (work) => handle.hold(work), volume);
 }
 
 /** A daemon's log holds only reports of trouble: after a clean run it is empty and goes. */

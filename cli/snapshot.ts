@@ -11,17 +11,15 @@
  * space comes back in the background. Both run the same `runRequest`, so they
  * validate and answer alike, and every failure is one line (cli/errors.ts).
  *
- * Which is which: TARGET is a mountpoint when the mount table has a mount
- * there, read from /proc/self/mountinfo, so the mount itself is never touched
- * (a stale mount would answer ENOTCONN, a hung one would hang).
+ * Which is which: cli/target.ts.
  */
-import * as fs from "node:fs";
 import * as path from "node:path";
-import { canonicalMountpoint, findMount, GroveFs, groveFsType } from "../fs/index.js";
+import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
-import { printable, runRequest, sendRequest, type ControlRequest, type SubvolumeRecord } from "./control.js";
+import { printable, runRequest, type SubvolumeRequest, type SubvolumeRecord } from "./control.js";
 import { CliError } from "./errors.js";
-import { controlSocketPath, mountpointOfImage, readPidRecord, servingPid } from "./mount.js";
+import { mountpointOfImage, readPidRecord } from "./mount.js";
+import { askDaemon, resolveTarget, type Target } from "./target.js";
 
 export interface ListOptions {
   json?: boolean;
@@ -29,46 +27,6 @@ export interface ListOptions {
 
 export interface SnapshotCreateOptions {
   from?: string;
-}
-
-type Target =
-  | { kind: "image"; image: string; shown: string }
-  | { kind: "mount"; mountpoint: string; shown: string; pid: number };
-
-// ---- the target ----------------------------------------------------------------------
-
-function resolveTarget(arg: string): Target {
-  const mountpoint = canonicalMountpoint(arg);
-  const entry = findMount(mountpoint);
-  if (entry !== undefined) {
-    const pid = servingPid(mountpoint);
-    if (pid !== null) return { kind: "mount", mountpoint, shown: arg, pid };
-    if (entry.fstype === groveFsType) {
-      // Mount records live in a directory per user: another user's mount (root's, shared) has none here.
-      if ((process.getuid?.() ?? 0) !== 0) {
-        throw new CliError(`${arg} is not served by a grovefs process of this user`, "run the command as the user who mounted it (root for a shared mount)");
-      }
-      throw new CliError(`${arg} is a stale grovefs mount (its process is gone)`, `clean it up with: grovefs umount ${arg}`);
-    }
-    throw new CliError(`${arg} is not a grovefs mount (it is ${entry.fstype})`, "give a grovefs image, or the mount point of a running grovefs mount");
-  }
-  const image = path.resolve(arg);
-  let stat: fs.Stats;
-  try {
-    stat = fs.statSync(image);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") {
-      throw new CliError(`${arg}: no such image or mount point`, "give a grovefs image, or the mount point of a running grovefs mount");
-    }
-    throw error;
-  }
-  if (stat.isDirectory()) {
-    throw new CliError(`${arg} is a directory, but no grovefs is mounted there`, `give the image instead, or mount it first: grovefs mount IMAGE ${arg}`);
-  }
-  if (!stat.isFile() && !stat.isBlockDevice()) {
-    throw new CliError(`${arg} is not an image file or block device`, "give a grovefs image, or the mount point of a running grovefs mount");
-  }
-  return { kind: "image", image, shown: arg };
 }
 
 function openImage(target: Target & { kind: "image" }, readOnly: boolean, retry: string): FileDevice {
@@ -88,7 +46,7 @@ function openImage(target: Target & { kind: "image" }, readOnly: boolean, retry:
 }
 
 /** Runs `request` on the unmounted image; a deletion is finished before the image is closed. */
-function onImage(target: Target & { kind: "image" }, request: ControlRequest, retry: string): unknown {
+function onImage(target: Target & { kind: "image" }, request: SubvolumeRequest, retry: string): unknown {
   const readOnly = request.op === "list";
   const device = openImage(target, readOnly, retry);
   try {
@@ -116,10 +74,10 @@ function onImage(target: Target & { kind: "image" }, request: ControlRequest, re
  * Runs `request` on TARGET. `retry` is the command line to suggest for the
  * mount point when an image turns out to be mounted ("TARGET" is replaced).
  */
-async function perform(target: Target, request: ControlRequest, retry: string): Promise<unknown> {
+async function perform(target: Target, request: SubvolumeRequest, retry: string): Promise<unknown> {
   try {
     if (target.kind === "image") return onImage(target, request, retry);
-    return await sendRequest(controlSocketPath(target.mountpoint), request, { shown: target.shown, pid: target.pid, mountpoint: target.mountpoint });
+    return await askDaemon(target, request);
   } catch (error) {
     throw explain(error, target, request);
   }
@@ -128,7 +86,7 @@ async function perform(target: Target, request: ControlRequest, retry: string): 
 // ---- errors in the CLI's terms ---------------------------------------------------------
 
 /** A GroveError from the request, said with the name and the target, and what to do. */
-function explain(error: unknown, target: Target, request: ControlRequest): unknown {
+function explain(error: unknown, target: Target, request: SubvolumeRequest): unknown {
   if (!(error instanceof GroveError)) return error;
   if (error.detail === "EBADF_closed" && target.kind === "mount") {
     return new CliError(`${target.shown} is being unmounted`, "run the command on the image once grovefs umount has returned");
@@ -227,7 +185,7 @@ function records(result: unknown): SubvolumeRecord[] {
 export async function snapshotCreateCommand(targetArg: string, name: string, options: SnapshotCreateOptions): Promise<void> {
   const target = resolveTarget(targetArg);
   const fromArg = options.from === undefined ? "" : ` --from ${printable(options.from)}`;
-  const request: ControlRequest = { op: "create", name, from: options.from, readOnly: true };
+  const request: SubvolumeRequest = { op: "create", name, from: options.from, readOnly: true };
   const created = (await perform(target, request, `grovefs snapshot create TARGET ${printable(name)}${fromArg}`)) as SubvolumeRecord;
   const browse = target.kind === "mount" ? `; browse it in ${path.join(target.shown, ".snapshots", printable(name))}` : "";
   process.stdout.write(`snapshot '${printable(created.name)}' of '${parentOf(created)}' created (id ${created.id})${browse}\n`);
@@ -235,7 +193,7 @@ export async function snapshotCreateCommand(targetArg: string, name: string, opt
 
 export async function cloneCommand(targetArg: string, source: string, name: string): Promise<void> {
   const target = resolveTarget(targetArg);
-  const request: ControlRequest = { op: "create", name, from: source, readOnly: false };
+  const request: SubvolumeRequest = { op: "create", name, from: source, readOnly: false };
   const created = (await perform(target, request, `grovefs clone TARGET ${printable(source)} ${printable(name)}`)) as SubvolumeRecord;
   const image = target.kind === "image" ? target.shown : (readPidRecord(target.mountpoint)?.image ?? "IMAGE");
   process.stdout.write(
