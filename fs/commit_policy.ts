@@ -42,6 +42,8 @@ export class CommitPolicy {
     private readonly clock: () => bigint,
     /** Nothing in this subvolume may change: a read-only open, or a snapshot. */
     private readonly readOnly: boolean,
+    /** The longest a change waits for the periodic commit (mount -o commit=). */
+    private readonly intervalMs: number = commitIntervalMs,
   ) {
     this.lastCommitNs = clock();
   }
@@ -129,7 +131,7 @@ export class CommitPolicy {
 
   /** The maintenance decision: the commit interval has passed, or buffered data or dirty nodes are near their bound. */
   get commitDue(): boolean {
-    const due = this.clock() - this.lastCommitNs >= BigInt(commitIntervalMs) * 1_000_000n;
+    const due = this.clock() - this.lastCommitNs >= BigInt(this.intervalMs) * 1_000_000n;
     return due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax;
   }
 

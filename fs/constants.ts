@@ -41,6 +41,9 @@ export const xattrChunkBytes = 512;
 
 /** Commit at least this often while anything is dirty. */
 export const commitIntervalMs = 5000;
+/** The range mount -o commit= accepts: ext4 and btrfs take any positive number of seconds; beyond an hour is a typo. */
+export const commitIntervalMinMs = 1000;
+export const commitIntervalMaxMs = 3_600_000;
 /** Buffered file data is written out (delayed allocation) past this bound. */
 export const dirtyDataBytesMax = 64 * 1024 * 1024;
 /** The transaction is committed once its dirty tree nodes pass this bound. */

@@ -67,6 +67,9 @@ import {
   nameSizeMaxBytes,
   rootIno,
   treeIdDefaultSubvolume,
+  commitIntervalMaxMs,
+  commitIntervalMinMs,
+  commitIntervalMs,
 } from "./constants.js";
 import { Inode, inodeFlagHadXattrs } from "./format.js";
 import { FileData } from "./file_data.js";
@@ -106,6 +109,8 @@ export interface GroveFsOptions {
   deletionStepNodes?: number;
   /** How new file data is compressed, overriding the volume's default (mount -o compress=). */
   compression?: CompressionName;
+  /** The periodic commit's interval (mount -o commit=), whole milliseconds from 1 s to 1 h; default 5 s. */
+  commitIntervalMs?: number;
 }
 
 /** How new file data may be compressed: the names mkfs and mount take. */
@@ -176,6 +181,10 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   static open(device: BlockDevice, options: GroveFsOptions = {}): GroveFs {
+    const interval = options.commitIntervalMs;
+    if (interval !== undefined && (!Number.isSafeInteger(interval) || interval < commitIntervalMinMs || interval > commitIntervalMaxMs)) {
+      throw new GroveError("EINVAL", "EINVAL_commit_interval", `the commit interval must be ${commitIntervalMinMs / 1000}–${commitIntervalMaxMs / 1000} s in whole ms`);
+    }
     const volume = openVolume(device, { readOnly: options.readOnly, cacheBytes: options.cacheBytes, edges: fsEdges });
     try {
       const record = volume.subvolumes.get(options.subvolume ?? defaultSubvolumeName);
@@ -212,7 +221,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.data = new FileData(store, this.space, () => this.policy.shrinkReserveBlocks(), compression);
     this.inodes = new InodeTable(store, tree, subvolume.id, this.clock);
     this.inodes.load(rootIno);
-    this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly);
+    const interval = options.commitIntervalMs ?? commitIntervalMs;
+    this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly, interval);
     this.names = new Namespace(this.inodes, this.policy, this.data, this.handles, this.xattrs, this.clock);
     this.files = new FileOps(store, this.space, this.names, this.inodes, this.data, this.policy, this.clock, this.readOnly);
     this.copies = new RangeCopy(store, this.names, this.inodes, this.data, this.policy, this.clock, this.files);

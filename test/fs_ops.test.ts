@@ -1425,6 +1425,27 @@ describe("persistence, read-only, closed", () => {
     h.closeAndCheck();
   });
 
+  it("commitIntervalMs (mount -o commit=) sets the periodic commit's interval; out of range is EINVAL", () => {
+    let now = 1_000_000_000_000_000_000n;
+    const clock = (): bigint => now;
+    const h = new FsHarness(4096, { clock, commitIntervalMs: 20_000 });
+    const fs = h.fs;
+    writeFile(fs, "/f", pattern(10_000, 2));
+    const generation = fs.info().generation;
+    now += 6_000_000_000n;
+    fs.maintenance();
+    expect(fs.info().generation, "the default 5 s no longer applies").toBe(generation);
+    now += 15_000_000_000n;
+    fs.maintenance();
+    expect(fs.info().generation).toBe(generation + 1);
+    h.closeAndCheck();
+    // Refused before anything is opened: the device stays usable.
+    for (const bad of [0, 999, 3_600_001, 1500.5, Number.NaN]) {
+      expectErrno(() => GroveFs.open(h.device, { commitIntervalMs: bad }), "EINVAL", "EINVAL_commit_interval");
+    }
+    GroveFs.open(h.device, { commitIntervalMs: 1000 }).close();
+  });
+
   it("a volume without a filesystem is refused with EINVAL", () => {
     const device = new SimDevice(1024);
     formatVolume(device).store.close();
