@@ -70,7 +70,7 @@ export function buildProgram(): Command {
     .argument("<image>", "image file or block device")
     .argument("<mountpoint>", "an existing, empty directory")
     .option("-f, --foreground", "serve in this process until Ctrl-C, SIGTERM or umount")
-    .option("-o, --options <list>", "comma-separated: ro, rw, noatime, nodiratime, nosuid, nodev, noexec, compress=lz4|none, transport=kernel|fuse-native (kernel, the default as root, speaks the FUSE protocol itself; fuse-native goes through libfuse 2.9)", collect)
+    .option("-o, --options <list>", "comma-separated: ro, rw, noatime, nodiratime, nosuid, nodev, noexec, compress=lz4|none, commit=SECONDS (periodic commit interval, default 5), transport=kernel|fuse-native (kernel, the default as root, speaks the FUSE protocol itself; fuse-native goes through libfuse 2.9)", collect)
     .option("--subvol <name>", "mount this subvolume instead of the default (a snapshot is mounted read-only)")
     .action((image: string, mountpoint: string, options: { foreground?: boolean; options?: string[]; subvol?: string }) =>
       mountCommand(image, mountpoint, options),

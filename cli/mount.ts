@@ -9,7 +9,8 @@
  * it serves, it answers snapshot and clone requests on a control socket
  * beside its pid record (cli/control.ts). -o compress=lz4|none overrides the
  * volume's default compression (mkfs --compress) for what this mount writes;
- * with ro it is accepted and has nothing to do.
+ * with ro it is accepted and has nothing to do. -o commit=SECONDS sets the
+ * periodic commit's interval (default 5 s), as ext4's and btrfs's option does.
  *
  * Daemon mode (the default): the parent checks what it can, then starts the
  * same CLI detached (own session, cwd /) with --foreground and
@@ -189,6 +190,8 @@ export interface ParsedMountOptions {
   transport?: Transport;
   /** compress=: overrides the volume's default for new writes; absent when not given. */
   compression?: CompressionName;
+  /** commit=SECONDS: the periodic commit's interval (ext4's and btrfs's option); absent for the default 5 s. */
+  commitSeconds?: number;
 }
 
 const compressOption = "compress";
@@ -204,6 +207,8 @@ export function parseMountOptions(lists: readonly string[]): ParsedMountOptions 
       if (!parsed.extra.includes(option)) parsed.extra.push(option);
     } else if (option.startsWith(`${transportOption}=`)) {
       parsed.transport = parseTransport(option.slice(transportOption.length + 1));
+    } else if (option.startsWith("commit=")) {
+      parsed.commitSeconds = parseCommitSeconds(option.slice("commit=".length));
     } else if (option.startsWith(`${compressOption}=`)) {
       parsed.compression = parseCompression(option.slice(compressOption.length + 1), `-o ${compressOption}`, compressSpelled);
     } else if (option === compressOption || option.startsWith(`${compressOption}-`)) {
@@ -216,6 +221,7 @@ export function parseMountOptions(lists: readonly string[]): ParsedMountOptions 
         ...ignoredOptions,
         ...passThroughOptions,
         `${compressOption}=${compressionNames.join("|")}`,
+        "commit=SECONDS",
         `${transportOption}=${transportNames.join("|")}`,
       ]);
       throw new CliError(`unknown mount option '${printable(option)}'`, `known options: ${[...known].join(", ")}`);
@@ -225,6 +231,16 @@ export function parseMountOptions(lists: readonly string[]): ParsedMountOptions 
 }
 
 const transportOption = "transport";
+
+/** commit=N: whole seconds, 1 to 3600; 0 means the default, as in ext4 and btrfs. */
+function parseCommitSeconds(value: string): number | undefined {
+  const seconds = /^\d{1,7}$/.test(value) ? Number(value) : Number.NaN;
+  if (seconds === 0) return undefined;
+  if (!(seconds >= 1 && seconds <= 3600)) {
+    throw new CliError(`bad mount option 'commit=${printable(value)}'`, "commit= takes whole seconds from 1 to 3600 (0 for the default, 5)");
+  }
+  return seconds;
+}
 
 function parseTransport(value: string): Transport {
   const name = transportNames.find((t) => t === value);
@@ -293,7 +309,12 @@ function openVolume(device: FileDevice, image: string, options: ParsedMountOptio
   // A read-only mount writes nothing: compress= is accepted and left out.
   const compression = readOnly ? undefined : options.compression;
   try {
-    return GroveFs.open(device, { readOnly, subvolume, ...(compression === undefined ? {} : { compression }) });
+    return GroveFs.open(device, {
+      readOnly,
+      subvolume,
+      ...(compression === undefined ? {} : { compression }),
+      ...(options.commitSeconds === undefined ? {} : { commitIntervalMs: options.commitSeconds * 1000 }),
+    });
   } catch (error) {
     if (subvolume !== undefined && error instanceof GroveError && (error.code === "ENOENT" || error.code === "EINVAL")) {
       throw new CliError(
