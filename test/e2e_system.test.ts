@@ -161,6 +161,10 @@ describe.skipIf(e2eSkipReason !== null)("e2e: system integration (install-helper
       expect(all.code, `${all.stderr}\n${await v.daemonLogs()}`).toBe(0);
       expect(await fstypeAt(v.mnt)).toBe("fuse.grovefs");
       expect(await mountsAt(mntRo)).toEqual([]);
+      // noatime is the daemon's to honour (it keeps atime): a cold read leaves it (seen after a remount, past every cache).
+      const atime = () => sh(`stat -c %x "$1/numbers"`, [v.mnt]);
+      const written = await atime();
+      await sh(`sleep 1.1 && cat "$1/numbers" > /dev/null`, [v.mnt]);
       expect(await sh(`cat "$1/d/greeting"`, [v.mnt])).toBe("hello\n");
       // Again: everything in it is mounted already, or noauto.
       expect((await system("mount", ["-a", "-T", fstab])).code).toBe(0);
@@ -180,6 +184,14 @@ describe.skipIf(e2eSkipReason !== null)("e2e: system integration (install-helper
       expect(write.code).not.toBe(0);
       expect(write.stderr).toMatch(/Read-only file system/);
       await v.groveOk(["umount", mntRo]);
+      await v.umount();
+      await v.mount();
+      expect(await atime()).toBe(written);
+      // Where relatime (the default) moves it: the first read since the write.
+      await sh(`cat "$1/numbers" > /dev/null`, [v.mnt]);
+      await v.umount();
+      await v.mount();
+      expect(await atime()).not.toBe(written);
       await v.umount();
       v.check();
       const checked = await system("fsck", ["-t", "grovefs", second]);
