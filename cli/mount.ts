@@ -251,8 +251,8 @@ export function parseMountOptions(lists: readonly string[]): ParsedMountOptions 
     else if (option === "nodiratime" || option === "diratime") parsed.accessTimes.directories = option === "diratime";
     else if (synchronousOptions.has(option)) {
       throw new CliError(
-        `mount option '${option}' is not supported: grovefs commits on fsync, unmount and every 5 s, not on every write`,
-        "mount without it, and fsync what must be durable at once",
+        `mount option '${option}' is not supported: grovefs commits on fsync, grovefs sync, unmount and every 5 s, not on every write`,
+        "mount without it, and fsync (or grovefs sync MOUNTPOINT) what must be durable at once",
       );
     } else if (option.startsWith(`${transportOption}=`)) {
       parsed.transport = parseTransport(option.slice(transportOption.length + 1));
