@@ -32,7 +32,7 @@ const hintsByDetail: Record<string, string> = {
   EINVAL_device_too_small: "a grovefs volume needs at least 1 MiB: check the path, or give mkfs a larger --size",
   EINVAL_label_too_long: "use a shorter --label (at most 64 bytes)",
   EIO_image_lock: "install util-linux (it provides flock)",
-  EIO_fuse_mount: "fix what it says and retry (mounting needs /dev/fuse, and root for other users to see it)",
+  EIO_fuse_mount: "fix what it says and retry",
   EIO_host_full: "free space on the filesystem that holds the image",
 };
 

@@ -4,7 +4,10 @@
  * Every failure ends as one line on stderr, `grovefs: <what went wrong> — <what
  * to do>`, and a non-zero exit status; never a stack trace (GROVEFS_DEBUG=1
  * adds one for unexpected errors). Usage errors exit 2, everything else 1;
- * fsck exits as e2fsck does (cli/fsck.ts), usage errors included (8).
+ * fsck exits as e2fsck does (cli/fsck.ts), usage errors included (8); mount
+ * exits as mount(8) and its helpers do: 32 for every failed mount (a bad -o
+ * option, the image, the mount point, /dev/fuse, the daemon), 1 for a usage
+ * error (a missing argument, an unknown flag).
  */
 import { Command, CommanderError } from "commander";
 import { createRequire } from "node:module";
@@ -12,6 +15,7 @@ import { debugDetail, formatError } from "./errors.js";
 import { fsckCommand, fsckExit, type FsckOptions } from "./fsck.js";
 import { infoCommand } from "./info.js";
 import { mkfsCommand, type MkfsOptions } from "./mkfs.js";
+import { installHelpersCommand, uninstallHelpersCommand, defaultPrefix, type HelperOptions } from "./helpers.js";
 import { mountCommand, notifyParent, removeStaleRecords } from "./mount.js";
 import {
   cloneCommand,
@@ -25,8 +29,21 @@ import { syncCommand } from "./sync.js";
 import { umountCommand } from "./umount.js";
 
 const usageExitCode = 2;
+/** mount(8)'s exit statuses, which mount helpers return too. */
+const mountExit = { usage: 1, failed: 32 } as const;
 /** Set by a command whose exit status says more than success (fsck's e2fsck-style codes). */
 let commandExitCode = 0;
+/** The exit status of a failure of the command running (mount's is 32). */
+let failureExitCode = 1;
+
+/** A usage error of a command whose usage errors have their own exit status (fsck's 8, mount's 1). */
+class OwnUsageError extends CommanderError {}
+
+function usageExit(code: number) {
+  return (error: CommanderError): never => {
+    throw error.exitCode === 0 ? error : new OwnUsageError(code, error.code, error.message);
+  };
+}
 
 function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
@@ -66,15 +83,17 @@ export function buildProgram(): Command {
     .action((image: string, options: MkfsOptions) => mkfsCommand(image, options));
 
   oneLineErrors(program.command("mount"))
-    .description("mount an image; runs in the background unless --foreground")
+    .description("mount an image; runs in the background unless --foreground; exit 32 when the mount fails, as mount(8)")
     .argument("<image>", "image file or block device")
-    .argument("<mountpoint>", "an existing, empty directory")
+    .argument("<mountpoint>", "an existing directory (files in it are hidden while mounted)")
     .option("-f, --foreground", "serve in this process until Ctrl-C, SIGTERM or umount")
-    .option("-o, --options <list>", "comma-separated: ro, rw, noatime, nodiratime, nosuid, nodev, noexec, compress=lz4|none, commit=SECONDS (periodic commit interval, default 5), transport=kernel|fuse-native (kernel, the default as root, speaks the FUSE protocol itself; fuse-native goes through libfuse 2.9)", collect)
+    .option("-o, --options <list>", "comma-separated: ro, rw, noatime, relatime, strictatime, nodiratime, nosuid, nodev, noexec (and their opposites), subvol=NAME, compress=lz4|none, commit=SECONDS (periodic commit interval, default 5), transport=kernel|fuse-native (kernel, the default as root, speaks the FUSE protocol itself; fuse-native goes through libfuse 2.9); fstab's defaults, nofail, _netdev, x-* and the like are ignored", collect)
     .option("--subvol <name>", "mount this subvolume instead of the default (a snapshot is mounted read-only)")
-    .action((image: string, mountpoint: string, options: { foreground?: boolean; options?: string[]; subvol?: string }) =>
-      mountCommand(image, mountpoint, options),
-    );
+    .exitOverride(usageExit(mountExit.usage))
+    .action((image: string, mountpoint: string, options: { foreground?: boolean; options?: string[]; subvol?: string }) => {
+      failureExitCode = mountExit.failed;
+      return mountCommand(image, mountpoint, options);
+    });
 
   oneLineErrors(program.command("umount"))
     .alias("unmount")
@@ -100,16 +119,27 @@ export function buildProgram(): Command {
     .option("-y, --repair", "repair as a new committed generation, then check again")
     .option("--json", "print one JSON object")
     .option("--progress", "show a progress bar on stderr (the default when stderr is a terminal, without --json)")
-    .exitOverride((error) => {
-      // A usage error is fsck's operational error, 8, as e2fsck's.
-      throw error.exitCode === 0 ? error : new CommanderError(fsckExit.operational, error.code, error.message);
-    })
+    // A usage error is fsck's operational error, 8, as e2fsck's.
+    .exitOverride(usageExit(fsckExit.operational))
     .action((image: string, options: FsckOptions) => {
       commandExitCode = fsckCommand(image, options);
     });
 
   addSubvolumeCommands(program);
+  addHelperCommands(program);
   return program;
+}
+
+function addHelperCommands(program: Command): void {
+  const prefixHelp = `where the grovefs command (PREFIX/bin) and mkfs.grovefs and fsck.grovefs (PREFIX/sbin) go; mount.fuse.grovefs always goes in /sbin`;
+  oneLineErrors(program.command("install-helpers"))
+    .description("as root: install the grovefs command, mkfs.grovefs, fsck.grovefs and /sbin/mount.fuse.grovefs, for mount -t fuse.grovefs, fstab, mkfs -t and fsck -t")
+    .option("--prefix <dir>", prefixHelp, defaultPrefix)
+    .action((options: HelperOptions) => installHelpersCommand(options));
+  oneLineErrors(program.command("uninstall-helpers"))
+    .description("as root: remove what install-helpers wrote (only files it marked as its own)")
+    .option("--prefix <dir>", "the prefix given to install-helpers", defaultPrefix)
+    .action((options: HelperOptions) => uninstallHelpersCommand(options));
 }
 
 const targetHelp = "an unmounted image, or the mount point of a running grovefs mount";
@@ -157,20 +187,21 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     commandExitCode = 0;
     removeStaleRecords();
+    failureExitCode = 1;
     await buildProgram().parseAsync([...argv]);
     return commandExitCode;
   } catch (error) {
     if (error instanceof CommanderError) {
       // Commander has printed help, the version, or its one-line error.
       if (error.exitCode === 0) return 0;
-      return error.exitCode === fsckExit.operational ? fsckExit.operational : usageExitCode;
+      return error instanceof OwnUsageError ? error.exitCode : usageExitCode;
     }
     const line = formatError(error);
     process.stderr.write(`${line}\n`);
     const stack = debugDetail(error);
     if (stack !== undefined) process.stderr.write(`${stack}\n`);
     notifyParent(`error ${line}`);
-    return 1;
+    return failureExitCode;
   }
 }
 

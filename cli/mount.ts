@@ -26,7 +26,18 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { canonicalMountpoint, findMount, groveFsType, mountGrove, transportNames, type MountHandle, type Transport } from "../fs/index.js";
+import {
+  canonicalMountpoint,
+  defaultAccessTimes,
+  findMount,
+  fuseDevicePath,
+  groveFsType,
+  mountGrove,
+  transportNames,
+  type AccessTimes,
+  type MountHandle,
+  type Transport,
+} from "../fs/index.js";
 import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
@@ -179,32 +190,73 @@ export function removeStaleRecords(): void {
 
 // ---- option parsing and checks ------------------------------------------------
 
-/** Kernel mount flags libfuse passes through unchanged; anything else is refused before mounting. */
-const passThroughOptions = new Set(["noatime", "nodiratime", "nosuid", "nodev", "noexec"]);
-const ignoredOptions = new Set(["defaults", "rw", "async"]);
+/**
+ * The generic mount options (mount(8)'s "FILESYSTEM-INDEPENDENT MOUNT
+ * OPTIONS"), as mount(8), fstab and mount.fuse hand them over. Each flag has
+ * an opposite, and the last of a pair wins, as in mount(8).
+ */
+const negatedFlags = new Map([
+  ["nosuid", "suid"],
+  ["nodev", "dev"],
+  ["noexec", "exec"],
+]);
+const atimeUpdates = new Map<string, AccessTimes["update"]>([
+  ["noatime", "noatime"],
+  ["atime", "relatime"],
+  ["relatime", "relatime"],
+  ["strictatime", "strictatime"],
+]);
+/**
+ * Accepted and meaning nothing to grovefs: fstab's and mount(8)'s own
+ * (auto, noauto, user, users, nouser, owner, group, nofail, _netdev, x-* and
+ * X-*, comment=; loop is set up by mount(8) before the helper runs), the
+ * defaults (defaults, async), nonempty (a mountpoint with files is mounted
+ * over on either transport, as mount(8) does) and lazytime (times stay in
+ * memory until the next commit anyway).
+ */
+const ignoredOptions = new Set(["defaults", "async", "auto", "noauto", "user", "users", "nouser", "owner", "group", "nofail", "_netdev", "loop", "nonempty", "lazytime"]);
+const ignoredPrefixes = ["x-", "X-", "comment="];
+/** Refused with the reason: grovefs commits on its own schedule, not on every write. */
+const synchronousOptions = new Set(["sync", "dirsync"]);
 
 export interface ParsedMountOptions {
   readOnly: boolean;
+  /** Kernel mount flags in a fixed order (nosuid, nodev, noexec, then the atime flags); each transport passes those it can. */
   extra: string[];
+  /** How reads move atime (the server keeps it). */
+  accessTimes: AccessTimes;
   /** transport=: how the daemon speaks to the kernel; absent for the default (kernel as root). */
   transport?: Transport;
   /** compress=: overrides the volume's default for new writes; absent when not given. */
   compression?: CompressionName;
   /** commit=SECONDS: the periodic commit's interval (ext4's and btrfs's option); absent for the default 5 s. */
   commitSeconds?: number;
+  /** subvol=: the subvolume to serve, as btrfs's option (for fstab, where --subvol cannot go). */
+  subvolume?: string;
 }
 
 const compressOption = "compress";
 const compressSpelled = (name: string) => `-o ${compressOption}=${name}`;
+const subvolOption = "subvol";
+const transportOption = "transport";
 
 export function parseMountOptions(lists: readonly string[]): ParsedMountOptions {
-  const parsed: ParsedMountOptions = { readOnly: false, extra: [] };
+  const parsed: ParsedMountOptions = { readOnly: false, extra: [], accessTimes: { ...defaultAccessTimes } };
+  const flags = new Set<string>();
   for (const option of lists.flatMap((list) => list.split(",")).map((o) => o.trim())) {
-    if (option === "") continue;
-    if (option === "ro") parsed.readOnly = true;
-    else if (option === "rw") parsed.readOnly = false;
-    else if (passThroughOptions.has(option)) {
-      if (!parsed.extra.includes(option)) parsed.extra.push(option);
+    if (option === "" || ignoredOptions.has(option) || ignoredPrefixes.some((prefix) => option.startsWith(prefix))) continue;
+    const negated = [...negatedFlags].find(([, opposite]) => opposite === option)?.[0];
+    const update = atimeUpdates.get(option);
+    if (option === "ro" || option === "rw") parsed.readOnly = option === "ro";
+    else if (negatedFlags.has(option)) flags.add(option);
+    else if (negated !== undefined) flags.delete(negated);
+    else if (update !== undefined) parsed.accessTimes.update = update;
+    else if (option === "nodiratime" || option === "diratime") parsed.accessTimes.directories = option === "diratime";
+    else if (synchronousOptions.has(option)) {
+      throw new CliError(
+        `mount option '${option}' is not supported: grovefs commits on fsync, grovefs sync, unmount and periodically (every 5 s; -o commit= sets it), not on every write`,
+        "mount without it, and fsync (or grovefs sync MOUNTPOINT) what must be durable at once",
+      );
     } else if (option.startsWith(`${transportOption}=`)) {
       parsed.transport = parseTransport(option.slice(transportOption.length + 1));
     } else if (option.startsWith("commit=")) {
@@ -214,23 +266,26 @@ export function parseMountOptions(lists: readonly string[]): ParsedMountOptions 
     } else if (option === compressOption || option.startsWith(`${compressOption}-`)) {
       // btrfs's bare "compress" (its default algorithm) and compress-force: grovefs wants the algorithm named.
       throw new CliError(`mount option '${printable(option)}' is not supported`, `accepted: ${compressionNames.map(compressSpelled).join(", ")}`);
-    } else if (!ignoredOptions.has(option)) {
-      const known = new Set([
-        "ro",
-        "rw",
-        ...ignoredOptions,
-        ...passThroughOptions,
-        `${compressOption}=${compressionNames.join("|")}`,
-        "commit=SECONDS",
-        `${transportOption}=${transportNames.join("|")}`,
-      ]);
-      throw new CliError(`unknown mount option '${printable(option)}'`, `known options: ${[...known].join(", ")}`);
+    } else if (option.startsWith(`${subvolOption}=`) && option.length > subvolOption.length + 1) {
+      parsed.subvolume = option.slice(subvolOption.length + 1);
+    } else {
+      throw new CliError(`unknown mount option '${printable(option)}'`, `known options: ${knownOptions}`);
     }
   }
+  parsed.extra = [...[...negatedFlags.keys()].filter((flag) => flags.has(flag)), ...kernelAtimeFlags(parsed.accessTimes)];
   return parsed;
 }
 
-const transportOption = "transport";
+/** The atime flags for the mount table (relatime is the kernel's default, so it goes unsaid). */
+function kernelAtimeFlags(accessTimes: AccessTimes): string[] {
+  const update = accessTimes.update === "relatime" ? [] : [accessTimes.update];
+  return accessTimes.directories ? update : [...update, "nodiratime"];
+}
+
+const knownOptions =
+  "ro, rw, nosuid, nodev, noexec, noatime, relatime, strictatime, nodiratime (and suid, dev, exec, atime, diratime), " +
+  `${subvolOption}=NAME, commit=SECONDS, ${compressOption}=${compressionNames.join("|")}, ${transportOption}=${transportNames.join("|")}; ` +
+  "defaults, async, auto, noauto, user, users, nouser, owner, group, nofail, _netdev, loop, nonempty, lazytime, comment=, x-* and X-* are accepted and ignored";
 
 /** commit=N: whole seconds, 1 to 3600; 0 means the default, as in ext4 and btrfs. */
 function parseCommitSeconds(value: string): number | undefined {
@@ -274,7 +329,7 @@ function checkMountpoint(mountpoint: string, shown: string): void {
     throw new CliError(`${shown} is a stale grovefs mount (its process is gone)`, `clean it up with: grovefs umount ${shown}`);
   }
   if (entry !== undefined) {
-    throw new CliError(`${shown} is already a mount point`, `unmount it first (grovefs umount ${shown}), or use an empty directory`);
+    throw new CliError(`${shown} is already a mount point`, `unmount it first (grovefs umount ${shown}), or use another directory`);
   }
   let stat: fs.Stats;
   try {
@@ -286,6 +341,18 @@ function checkMountpoint(mountpoint: string, shown: string): void {
     throw error;
   }
   if (!stat.isDirectory()) throw new CliError(`mount point ${shown} is not a directory`, "give a directory");
+}
+
+/** Either transport opens /dev/fuse: what would fail there is said now, before a daemon starts. */
+function checkFuseDevice(): void {
+  try {
+    fs.accessSync(fuseDevicePath, fs.constants.R_OK | fs.constants.W_OK);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new CliError(`there is no ${fuseDevicePath}`, "load the FUSE module (modprobe fuse); in a container, pass /dev/fuse in");
+    }
+    throw new CliError(`cannot open ${fuseDevicePath}: permission denied`, "mount as root, or give this user read and write access to it");
+  }
 }
 
 // ---- serving in this process -------------------------------------------------
@@ -312,6 +379,7 @@ function openVolume(device: FileDevice, image: string, options: ParsedMountOptio
     return GroveFs.open(device, {
       readOnly,
       subvolume,
+      accessTimes: options.accessTimes,
       ...(compression === undefined ? {} : { compression }),
       ...(options.commitSeconds === undefined ? {} : { commitIntervalMs: options.commitSeconds * 1000 }),
     });
@@ -457,6 +525,25 @@ function waitForChild(child: ReturnType<typeof spawn>, logPath: string): Promise
   });
 }
 
+/**
+ * libfuse 2.9 (the fuse-native transport) prints why it failed on the
+ * daemon's stderr, which is the log, while the binding reports only "fuse
+ * failed": the one line takes libfuse's words instead.
+ */
+function withLibfuseReason(report: ReportedError, log: string, mountpoint: string, logPath: string): ReportedError {
+  const libfusePrefix = "fuse: ";
+  const said = log
+    .split("\n")
+    .filter((line) => line.startsWith(libfusePrefix))
+    .map((line) => line.slice(libfusePrefix.length).trim());
+  if (said.length === 0 || !report.message.startsWith(`grovefs: cannot mount at ${mountpoint}:`)) return report;
+  const reason = said.join("; ");
+  const hint = /permission denied|not permitted|fusermount/i.test(reason)
+    ? "mount as root (without root, libfuse needs fusermount, from Debian's fuse package, and access to /dev/fuse)"
+    : `see ${logPath}`;
+  return new ReportedError(`grovefs: cannot mount at ${mountpoint}: libfuse: ${reason} — ${hint}`);
+}
+
 async function daemonize(image: string, mountpoint: string, optionLists: readonly string[], subvolume?: string): Promise<void> {
   fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
   const logPath = `${recordBase(mountpoint)}.log`;
@@ -479,9 +566,11 @@ async function daemonize(image: string, mountpoint: string, optionLists: readonl
   try {
     await waitForChild(child, logPath);
   } catch (error) {
+    if (!(error instanceof ReportedError)) throw error;
+    const log = fs.readFileSync(logPath, "utf8");
     // The child's one-line report is in its log too; the log is only worth keeping if it says more.
-    if (error instanceof ReportedError && fs.readFileSync(logPath, "utf8").trim() === error.message) fs.rmSync(logPath);
-    throw error;
+    if (log.trim() === error.message) fs.rmSync(logPath);
+    throw withLibfuseReason(error, log, mountpoint, logPath);
   }
   child.unref();
   if (findMount(mountpoint) === undefined) {
@@ -493,8 +582,10 @@ export async function mountCommand(imageArg: string, mountpointArg: string, opti
   const parsed = parseMountOptions(options.options ?? []);
   const image = path.resolve(imageArg);
   const mountpoint = canonicalMountpoint(mountpointArg);
+  const subvol = options.subvol ?? parsed.subvolume;
   checkImage(image);
   checkMountpoint(mountpoint, mountpointArg);
-  if (options.foreground) await serveForeground(image, mountpoint, parsed, options.subvol);
-  else await daemonize(image, mountpoint, options.options ?? [], options.subvol);
+  checkFuseDevice();
+  if (options.foreground) await serveForeground(image, mountpoint, parsed, subvol);
+  else await daemonize(image, mountpoint, options.options ?? [], subvol);
 }

@@ -1,6 +1,6 @@
 /**
  * File operations: what read, write, truncate, fallocate and SEEK_DATA /
- * SEEK_HOLE do to a regular file's inode, and relatime. FileData holds the
+ * SEEK_HOLE do to a regular file's inode, and access times. FileData holds the
  * file's extents and buffered blocks; this room checks a call against the
  * inode, admits it through the commit policy, applies it through FileData
  * and moves the inode's times. The facade (GroveFs) resolves file handles
@@ -11,7 +11,8 @@
  *   or written (ENOSPC up front, once more after a commit when blocks the
  *   running transaction freed would fit it), and moves mtime and ctime.
  * - A file never grows past fileSizeMaxBytes (EFBIG).
- * - atime moves by relatime, and never makes a read fail: on a full volume
+ * - atime moves as the mount asks (relatime by default, noatime,
+ *   strictatime, nodiratime), and never makes a read fail: on a full volume
  *   it simply stays.
  */
 import { constants as C } from "node:fs";
@@ -32,6 +33,19 @@ const S_ISGID = 0o2000;
 const O_ACCMODE = 3;
 const day = 86_400_000_000_000n;
 
+/**
+ * How a read moves atime: the mount options of the same names. The server
+ * keeps atime, not the kernel, so the kernel's atime flags alone would not do.
+ */
+export interface AccessTimes {
+  /** relatime (the kernel's default): only when atime is not newer than mtime and ctime, or a day old. */
+  update: "relatime" | "noatime" | "strictatime";
+  /** false for nodiratime: reading a directory leaves its atime. */
+  directories: boolean;
+}
+
+export const defaultAccessTimes: AccessTimes = { update: "relatime", directories: true };
+
 export class FileOps {
   constructor(
     private readonly store: Store,
@@ -43,6 +57,7 @@ export class FileOps {
     private readonly clock: () => bigint,
     /** Nothing in this subvolume may change: atime stays. */
     private readonly readOnly: boolean,
+    private readonly accessTimes: AccessTimes = defaultAccessTimes,
   ) {}
 
   /** read(2) of inode `ino`, whose handle is open for reading. */
@@ -103,11 +118,14 @@ export class FileOps {
     this.policy.afterWrite();
   }
 
-  /** relatime: atime moves when it is older than mtime or ctime, or a day old. */
+  /** After a read of `inode`: atime moves as `accessTimes` says (relatime: when older than mtime or ctime, or a day old). */
   touchAtime(inode: Inode): void {
-    if (this.readOnly) return;
+    const { update, directories } = this.accessTimes;
+    if (this.readOnly || update === "noatime") return;
+    if (!directories && (inode.mode & S_IFMT) === S_IFDIR) return;
     const now = this.clock();
-    if (inode.atimeNs > inode.mtimeNs && inode.atimeNs > inode.ctimeNs && now - inode.atimeNs < day) return;
+    const recent = inode.atimeNs > inode.mtimeNs && inode.atimeNs > inode.ctimeNs && now - inode.atimeNs < day;
+    if (update === "relatime" && recent) return;
     try {
       this.policy.mutation(1, () => {
         inode.atimeNs = now;

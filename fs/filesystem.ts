@@ -81,7 +81,7 @@ import type { ItemMap } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
 import { CommitPolicy } from "./commit_policy.js";
 import { Namespace, checkRenameFlags, type Slot } from "./namespace.js";
-import { FileOps, withoutSetIdBits } from "./file_ops.js";
+import { FileOps, withoutSetIdBits, type AccessTimes } from "./file_ops.js";
 import { RangeCopy } from "./copy_range.js";
 
 export { splitPath } from "./namespace.js";
@@ -111,6 +111,8 @@ export interface GroveFsOptions {
   compression?: CompressionName;
   /** The periodic commit's interval (mount -o commit=), whole milliseconds from 1 s to 1 h; default 5 s. */
   commitIntervalMs?: number;
+  /** How reads move atime (mount -o noatime, strictatime, nodiratime); relatime by default. */
+  accessTimes?: AccessTimes;
 }
 
 /** How new file data may be compressed: the names mkfs and mount take. */
@@ -224,7 +226,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const interval = options.commitIntervalMs ?? commitIntervalMs;
     this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly, interval);
     this.names = new Namespace(this.inodes, this.policy, this.data, this.handles, this.xattrs, this.clock);
-    this.files = new FileOps(store, this.space, this.names, this.inodes, this.data, this.policy, this.clock, this.readOnly);
+    this.files = new FileOps(store, this.space, this.names, this.inodes, this.data, this.policy, this.clock, this.readOnly, options.accessTimes);
     this.copies = new RangeCopy(store, this.names, this.inodes, this.data, this.policy, this.clock, this.files);
     if (!this.readOnly) this.freeOrphans();
   }

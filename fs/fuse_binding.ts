@@ -399,7 +399,9 @@ export function mount(m: FuseMount): Promise<void> {
   return new Promise((resolve, reject) => {
     nativeOf(m).mount((err) => {
       if (!err) return resolve();
-      const fail = (extra: string) => reject(new Error(`mounting ${m.mountpoint} failed: ${err.message} (options ${m.options})${extra}`));
+      // The binding says only "fuse failed"; libfuse printed why on stderr, in a line starting "fuse:".
+      const why = err.message === "fuse failed" ? "libfuse refused it (its reason is on stderr, after 'fuse:')" : err.message;
+      const fail = (extra: string) => reject(new Error(`mounting ${m.mountpoint} failed: ${why} (options ${m.options})${extra}`));
       if (!isMounted(m.mountpoint)) return fail("");
       unmountPath(m.mountpoint).then(
         () => fail("; removed the half-made mount"),

@@ -51,7 +51,7 @@ export interface MountGroveOptions {
   transport?: "kernel" | "fuse-native";
   /** Shown as the mount's source in the mount table. */
   imagePath: string;
-  /** Further libfuse/kernel mount options, already validated (e.g. "noatime"). */
+  /** Kernel mount flags, already validated (nosuid, nodev, noexec and the atime flags); each transport passes those it can. */
   extraOptions?: string[];
 }
 
@@ -298,9 +298,19 @@ export interface ServedMount {
 }
 
 /**
+ * The kernel mount flags libfuse 2.9 knows (its mount_flags table). It lacks
+ * nodiratime, relatime and strictatime, and refuses them: they are left out,
+ * since the filesystem moves atime itself (GroveFsOptions.accessTimes) and
+ * the kernel's flags would change only the mount table.
+ */
+const libfuseMountFlags = new Set(["nosuid", "nodev", "noexec", "noatime"]);
+
+/**
  * Mounts `volume` at `mountpoint` (absolute) through fuse-native. A
  * filesystem with snapshots (GroveFs) is served through `SnapshotDirFs`,
- * which adds the hidden /.snapshots.
+ * which adds the hidden /.snapshots. A mountpoint that holds files is
+ * mounted over (libfuse's nonempty), as mount(8) and libfuse 3 do and as the
+ * kernel transport does.
  */
 export async function serveFuseNative(volume: BridgedFs, absolute: string, options: MountGroveOptions): Promise<ServedMount> {
   const fs: BridgedFs = servesSnapshots(volume) ? new SnapshotDirFs(volume) : volume;
@@ -311,7 +321,7 @@ export async function serveFuseNative(volume: BridgedFs, absolute: string, optio
       readOnly: options.readOnly ?? false,
       fsname: resolvePath(options.imagePath),
       subtype: groveSubtype,
-      extraOptions: options.extraOptions,
+      extraOptions: ["nonempty", ...(options.extraOptions ?? []).filter((option) => libfuseMountFlags.has(option))],
       onHandlerError: reportBug,
     });
     await mount(fuse);

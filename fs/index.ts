@@ -2,7 +2,9 @@
 export * from "./api.js";
 export * from "./constants.js";
 export { GroveFs, type GroveFsOptions, type VolumeInfo, compressionNames, type CompressionName } from "./filesystem.js";
+export { defaultAccessTimes, type AccessTimes } from "./file_ops.js";
 export { checkFilesystem, type FsReport, type InodeFix } from "./check.js";
 export * from "./fuse_bridge.js";
 export { mountGrove, defaultTransport, transportNames, type Transport, type MountHandle } from "./mount.js";
 export { repairFilesystem, type RepairResult } from "./repair.js";
+export { fuseDevicePath } from "./fuse/kernel_mount.js";

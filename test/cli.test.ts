@@ -49,17 +49,44 @@ describe("size parsing", () => {
 });
 
 describe("mount options", () => {
-  it("knows ro, rw and a few kernel flags, and refuses the rest before mounting", () => {
-    expect(parseMountOptions([])).toEqual({ readOnly: false, extra: [] });
-    expect(parseMountOptions(["ro,noatime", "nosuid"])).toEqual({ readOnly: true, extra: ["noatime", "nosuid"] });
-    expect(parseMountOptions(["ro,rw,defaults"])).toEqual({ readOnly: false, extra: [] });
-    expect(() => parseMountOptions(["ro,sync"])).toThrow(/unknown mount option 'sync'/);
-    expect(() => parseMountOptions(["allow_other"])).toThrow(/unknown mount option/);
+  const relatime = { update: "relatime", directories: true };
+
+  it("maps the generic options, ignores fstab's, and refuses the rest before mounting", () => {
+    expect(parseMountOptions([])).toEqual({ readOnly: false, extra: [], accessTimes: relatime });
+    expect(parseMountOptions(["ro,noatime", "nosuid"])).toEqual({
+      readOnly: true,
+      extra: ["nosuid", "noatime"],
+      accessTimes: { update: "noatime", directories: true },
+    });
+    expect(parseMountOptions(["ro,rw,defaults"])).toEqual({ readOnly: false, extra: [], accessTimes: relatime });
+    // What mount.fuse and fstab hand over: all accepted, none of it a kernel flag.
+    const fstab = "rw,dev,suid,exec,async,auto,noauto,user,users,nouser,owner,group,nofail,_netdev,loop,nonempty,lazytime";
+    expect(parseMountOptions([`${fstab},x-systemd.automount,x-systemd.device-timeout=10,X-mount.mkdir,comment=systemd.x`])).toEqual({
+      readOnly: false,
+      extra: [],
+      accessTimes: relatime,
+    });
+    // Each flag and its opposite: the last one wins, as in mount(8).
+    expect(parseMountOptions(["nodev,noexec,nosuid,exec"]).extra).toEqual(["nosuid", "nodev"]);
+    expect(parseMountOptions(["nodev", "dev"]).extra).toEqual([]);
+    expect(parseMountOptions(["noatime,strictatime,nodiratime"])).toMatchObject({
+      extra: ["strictatime", "nodiratime"],
+      accessTimes: { update: "strictatime", directories: false },
+    });
+    expect(parseMountOptions(["noatime,relatime,nodiratime,diratime"])).toMatchObject({ extra: [], accessTimes: relatime });
+    expect(parseMountOptions(["noatime,atime"]).accessTimes).toEqual(relatime);
+    expect(parseMountOptions(["subvol=experiment,ro"])).toMatchObject({ readOnly: true, subvolume: "experiment" });
+    for (const option of ["sync", "dirsync"]) {
+      expect(() => parseMountOptions([`ro,${option}`])).toThrow(new RegExp(`mount option '${option}' is not supported: grovefs commits on fsync`));
+    }
+    for (const bad of ["allow_other", "bogus", "subvol=", "constructor", "offset=4096", "noatim"]) {
+      expect(() => parseMountOptions([bad]), bad).toThrow(/unknown mount option/);
+    }
   });
 
   it("takes compress=lz4 and compress=none (the last one wins), and refuses any other compression", () => {
-    expect(parseMountOptions(["compress=lz4"])).toEqual({ readOnly: false, extra: [], compression: "lz4" });
-    expect(parseMountOptions(["ro,compress=none", "noatime"])).toEqual({ readOnly: true, extra: ["noatime"], compression: "none" });
+    expect(parseMountOptions(["compress=lz4"])).toEqual({ readOnly: false, extra: [], accessTimes: relatime, compression: "lz4" });
+    expect(parseMountOptions(["ro,compress=none", "noatime"])).toMatchObject({ readOnly: true, extra: ["noatime"], compression: "none" });
     expect(parseMountOptions(["compress=none,compress=lz4"]).compression).toBe("lz4");
     expect(parseMountOptions(["rw"]).compression).toBeUndefined();
     for (const bad of ["compress=zstd", "compress=", "compress=LZ4", "compress=lz4:3"]) {
@@ -294,16 +321,22 @@ describe("grovefs mkfs and info", () => {
     expectOneLineError(await grovefs("umount", tmp.path), /is not mounted/);
     const mnt = path.join(tmp.path, "mnt");
     fs.mkdirSync(mnt);
-    expectOneLineError(await grovefs("mount", path.join(tmp.path, "none.img"), mnt), /no such image/);
-    expectOneLineError(await grovefs("mount", image, path.join(tmp.path, "nomnt")), /mount point .* does not exist/);
-    expectOneLineError(await grovefs("mount", image, image), /not a directory/);
-    expectOneLineError(await grovefs("mount", "-o", "ro,sync", image, mnt), /unknown mount option 'sync'.*compress=lz4\|none/);
+    // A failed mount exits 32 and a usage error 1, as mount(8) and its helpers do.
+    const failed = 32;
+    expectOneLineError(await grovefs("mount", path.join(tmp.path, "none.img"), mnt), /no such image/, failed);
+    expectOneLineError(await grovefs("mount", image, path.join(tmp.path, "nomnt")), /mount point .* does not exist/, failed);
+    expectOneLineError(await grovefs("mount", image, image), /not a directory/, failed);
+    expectOneLineError(await grovefs("mount", "-o", "ro,bogus", image, mnt), /unknown mount option 'bogus'.*compress=lz4\|none/, failed);
+    expectOneLineError(await grovefs("mount", "-o", "ro,sync", image, mnt), /mount option 'sync' is not supported/, failed);
     // Refused before the image or the mount point is looked at, in either mode.
     for (const mode of [[], ["--foreground"]]) {
       const bogus = await grovefs("mount", ...mode, "-o", "compress=bogus", image, mnt);
-      expectOneLineError(bogus, /unknown compression 'bogus' for -o compress — accepted: -o compress=lz4, -o compress=none/, 1);
+      expectOneLineError(bogus, /unknown compression 'bogus' for -o compress — accepted: -o compress=lz4, -o compress=none/, failed);
     }
-    expectOneLineError(await grovefs("mount", "-o", "rw,compress", image, mnt), /mount option 'compress' is not supported.*compress=lz4/, 1);
+    expectOneLineError(await grovefs("mount", "-o", "rw,compress", image, mnt), /mount option 'compress' is not supported.*compress=lz4/, failed);
+    expectOneLineError(await grovefs("mount", image), /missing required argument 'mountpoint'/, 1);
+    expectOneLineError(await grovefs("mount", "--bogus", image, mnt), /unknown option '--bogus'/, 1);
+    expectOneLineError(await grovefs("install-helpers", "--bogus"), /unknown option '--bogus'/, 2);
   });
 });
 
@@ -335,7 +368,7 @@ describe("image locking", () => {
     expectOneLineError(await grovefs("mkfs", image, "--force"), /is in use by another grovefs process/);
     const mnt = path.join(tmp.path, "mnt");
     fs.mkdirSync(mnt);
-    expectOneLineError(await grovefs("mount", "--foreground", image, mnt), /is in use by another grovefs process/);
+    expectOneLineError(await grovefs("mount", "--foreground", image, mnt), /is in use by another grovefs process/, 32);
 
     // info still shows the committed superblock, marked as in use, and its default compression.
     const info = await grovefs("info", image, "--json");
@@ -392,7 +425,7 @@ describe.skipIf(!canMount)("grovefs mount and umount (daemon mode)", () => {
     expect(write.code, write.stderr).toBe(0);
     expect(write.stdout).toBe("hello grove\n");
 
-    expectOneLineError(await grovefs("mount", image, mnt), /already a mount point/);
+    expectOneLineError(await grovefs("mount", image, mnt), /already a mount point/, 32);
     const other = path.join(tmp.path, "other");
     fs.mkdirSync(other);
     expectOneLineError(await grovefs("mount", image, other), /is in use by another grovefs process/);

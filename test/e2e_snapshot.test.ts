@@ -48,9 +48,9 @@ async function mounted(name: string, size = "2G"): Promise<E2eVolume> {
   return volume;
 }
 
-/** A CLI failure as the CLI promises it: exit 1, exactly one line on stderr, "grovefs: ... — ...", no stack. */
-function expectOneLineError(r: RunResult, mentions: RegExp): void {
-  expectOneLine(r, mentions, 1);
+/** A CLI failure as the CLI promises it: exit 1 (32 for a failed mount), exactly one line on stderr, "grovefs: ... — ...", no stack. */
+function expectOneLineError(r: RunResult, mentions: RegExp, code = 1): void {
+  expectOneLine(r, mentions, code);
 }
 
 /** Chunk i of the writer's log: its number, 8 digits, repeated to 4 KiB. */
@@ -244,7 +244,7 @@ describe.skipIf(e2eSkipReason !== null)("e2e: snapshots and clones through a ker
     expectOneLineError(await v.grove(["snapshot", "delete", v.mnt, "s1"]), /cannot delete 's1'.*mounted at/);
     await v.umount();
 
-    expectOneLineError(await v.grove(["mount", v.image, v.mnt, "--subvol", "nope"]), /cannot mount subvolume 'nope'.*— grovefs subvolume list/);
+    expectOneLineError(await v.grove(["mount", v.image, v.mnt, "--subvol", "nope"]), /cannot mount subvolume 'nope'.*— grovefs subvolume list/, 32);
     expect(await mountsAt(v.mnt)).toEqual([]);
     expect(await pidsHolding(v.image)).toEqual([]);
     v.check();

@@ -14,6 +14,7 @@ import { formatVolume } from "../alloc/index.js";
 import { decodeInode, encodeInode, inodeKey } from "../fs/format.js";
 import {
   GroveFs,
+  type AccessTimes,
   checkFilesystem,
   fileSizeMaxBytes,
   linkCountMax,
@@ -904,6 +905,37 @@ describe("symlinks, special files, attributes", () => {
       expect(fresh.getattr("/f").mtimeNs).toBeGreaterThan(m);
       expect(fresh.getattr("/f").crtimeNs).toBe(crtime);
     });
+  });
+
+  it("atime follows the mount's policy: noatime, strictatime and nodiratime (mount -o)", () => {
+    const atimes = (options: AccessTimes) => {
+      const h = new FsHarness(16384, { accessTimes: options });
+      const fs = h.fs;
+      fs.mkdir("/d", 0o755, root);
+      writeFile(fs, "/d/f", Buffer.from("abc"));
+      const before = [fs.getattr("/d/f").atimeNs, fs.getattr("/d").atimeNs];
+      const after: bigint[][] = [];
+      for (let read = 0; read < 2; read++) {
+        readFile(fs, "/d/f");
+        fs.readdir("/d");
+        after.push([fs.getattr("/d/f").atimeNs, fs.getattr("/d").atimeNs]);
+      }
+      h.closeAndCheck();
+      return { before, after };
+    };
+    // noatime: reads never move it.
+    let t = atimes({ update: "noatime", directories: true });
+    expect(t.after).toEqual([t.before, t.before]);
+    // strictatime: every read does, even when atime is already newer than mtime.
+    t = atimes({ update: "strictatime", directories: true });
+    expect(t.after[0]![0]).toBeGreaterThan(t.before[0]!);
+    expect(t.after[1]![0]).toBeGreaterThan(t.after[0]![0]!);
+    expect(t.after[1]![1]).toBeGreaterThan(t.after[0]![1]!);
+    // nodiratime: files as relatime (the first read only), directories never.
+    t = atimes({ update: "relatime", directories: false });
+    expect(t.after[0]![0]).toBeGreaterThan(t.before[0]!);
+    expect(t.after[1]![0]).toBe(t.after[0]![0]);
+    expect([t.after[0]![1], t.after[1]![1]]).toEqual([t.before[1], t.before[1]]);
   });
 
   it("timestamps: which calls move atime, mtime and ctime", () => {

@@ -25,7 +25,7 @@ export interface KernelMountOptions {
   /** `fuse.<subtype>` is the mount's fstype. */
   subtype: string;
   readOnly: boolean;
-  /** Kernel mount flags, already validated (noatime, nosuid, nodev, noexec, nodiratime). */
+  /** Kernel mount flags, already validated (nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime). */
   extraOptions: readonly string[];
 }
 
