@@ -84,6 +84,16 @@ describe("mount options", () => {
     }
   });
 
+  it("takes commit=SECONDS (1 to 3600; 0 is the default), and refuses anything else", () => {
+    expect(parseMountOptions(["commit=30"]).commitSeconds).toBe(30);
+    expect(parseMountOptions(["commit=1,commit=3600"]).commitSeconds).toBe(3600);
+    expect(parseMountOptions(["commit=0"]).commitSeconds).toBeUndefined();
+    expect(parseMountOptions(["rw"]).commitSeconds).toBeUndefined();
+    for (const bad of ["commit=", "commit=-1", "commit=1.5", "commit=3601", "commit=5s", "commit=0x10"]) {
+      expect(() => parseMountOptions([bad]), bad).toThrow(/bad mount option 'commit=/);
+    }
+  });
+
   it("takes compress=lz4 and compress=none (the last one wins), and refuses any other compression", () => {
     expect(parseMountOptions(["compress=lz4"])).toEqual({ readOnly: false, extra: [], accessTimes: relatime, compression: "lz4" });
     expect(parseMountOptions(["ro,compress=none", "noatime"])).toMatchObject({ readOnly: true, extra: ["noatime"], compression: "none" });
