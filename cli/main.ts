@@ -205,6 +205,15 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
+// A reader that stops early (`grovefs subvolume list IMG | head -1`) closes the pipe: stop quietly, as
+// commands killed by SIGPIPE do, instead of dying on an unhandled EPIPE with a stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(exitOnBrokenPipe);
+    throw error;
+  });
+}
+const exitOnBrokenPipe = 141;
 const exitCode = await main(process.argv);
 // Output to a pipe is written asynchronously: let it drain before exiting, or the tail is lost.
 await Promise.all([process.stdout, process.stderr].map((stream) => new Promise<void>((resolve) => stream.write("", () => resolve()))));

@@ -15,7 +15,7 @@ import { identifyContents } from "../cli/mkfs.js";
 import { parseMountOptions } from "../cli/mount.js";
 import { fuseHandlers, parseMountinfo, type BridgedFs } from "../fs/fuse_bridge.js";
 import { GroveError, IoError } from "../kvstore/index.js";
-import { expectOneLineError, holdImage as holdImageIn, run, runGrovefs, type RunResult } from "./cli_helpers.js";
+import { bin, expectOneLineError, holdImage as holdImageIn, run, runGrovefs, type RunResult } from "./cli_helpers.js";
 
 function grovefs(...args: string[]): Promise<RunResult> {
   return runGrovefs(args);
@@ -186,6 +186,16 @@ describe("grovefs mkfs and info", () => {
   });
   afterEach(async () => {
     await tmp.cleanup();
+  });
+
+  it("a reader that closes the pipe early stops the command quietly (status 141, as SIGPIPE), never with a stack trace", async () => {
+    const image = path.join(tmp.path, "pipe.img");
+    expect((await grovefs("mkfs", image, "--size", "64M")).code).toBe(0);
+    for (let i = 0; i < 3; i++) {
+      // `true` exits before reading: info's first write meets a closed pipe.
+      const r = await run("bash", ["-c", `"$0" "$1" info "$2" | true; echo "status \${PIPESTATUS[0]}" >&2`, process.execPath, bin, image]);
+      expect(r.stderr).toMatch(/^status (0|141)\n$/);
+    }
   });
 
   it("lists every command, and each has --help", async () => {
