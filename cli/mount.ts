@@ -275,7 +275,7 @@ function parseTransport(value: string): Transport {
   return name;
 }
 
-export function checkImage(image: string): void {
+function checkImage(image: string): void {
   let stat: fs.Stats;
   try {
     stat = fs.statSync(image);
@@ -551,7 +551,7 @@ class MountDaemon {
 const attachRefusedDetail = "EINVAL_attach_refused";
 
 /** The control socket for snapshot and clone commands on this mount (cli/control.ts). */
-async function startControl(handle: MountHandle, mountpoint: string, volume: VolumeControl, flushKernels: () => Promise<void> = () => handle.flushKernel()): Promise<ControlServer | null> {
+async function startControl(handle: MountHandle, mountpoint: string, volume: VolumeControl, flushKernels: () => Promise<void>): Promise<ControlServer | null> {
   if (handle.subvolumes === null) return null;
   fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
   const report = (error: unknown) => {
