@@ -9,7 +9,11 @@
  * `{"op":"delete","name","snapshotOnly"}`, `{"op":"list"}`, and two about
  * the whole volume: `{"op":"sync"}` (has the kernel write back its dirty
  * pages, then commits; answered once the commit is durable) and
- * `{"op":"info"}` (the live figures `grovefs info` prints).
+ * `{"op":"info"}` (the live figures `grovefs info` prints). And
+ * `{"op":"attach","mountpoint","subvol"?,"options"}`: a second `grovefs
+ * mount` of the image asks the daemon to serve another mountpoint (with
+ * `-o` lists as given to it), answered once that mount is usable. A daemon
+ * lists, with each subvolume, the mountpoints where it serves it.
  *
  * Why no locking: the daemon runs each request to the end inside one socket
  * callback on the JS thread, and every FUSE handler is synchronous on the same
@@ -43,6 +47,8 @@ export interface SubvolumeRecord {
   createdNs: string;
   /** The same time as ISO 8601 UTC, for people and scripts. */
   created: string;
+  /** Where the mount daemon serves it (empty when not mounted, and on an image). */
+  mountpoints: string[];
 }
 
 export type ControlRequest =
@@ -55,7 +61,10 @@ export type ControlRequest =
 export type SubvolumeRequest = Exclude<ControlRequest, VolumeRequest>;
 
 /** Requests about the whole served volume rather than its subvolumes: only a mount daemon answers them. */
-export type VolumeRequest = { op: "sync" } | { op: "info" };
+export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest;
+
+/** Serve `mountpoint` too, with subvolume `subvol` (the default one when absent) and mount options `options`. */
+export type AttachRequest = { op: "attach"; mountpoint: string; subvol?: string; options: string[] };
 
 /** What a mount daemon offers for VolumeRequests. */
 export interface VolumeControl {
@@ -63,6 +72,10 @@ export interface VolumeControl {
   sync(): Promise<void>;
   /** The volume's live figures, as `grovefs info` prints them. */
   info(): unknown;
+  /** Serves another mountpoint of the volume; resolves once it is usable. */
+  attach?(request: AttachRequest): Promise<void>;
+  /** Where the daemon serves each subvolume: name → mountpoints. */
+  mountpoints?(): Map<string, string[]>;
 }
 
 export type ControlReply =
@@ -78,7 +91,7 @@ export function printable(name: string): string {
   return name.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
-export function subvolumeRecord(info: SubvolumeInfo): SubvolumeRecord {
+export function subvolumeRecord(info: SubvolumeInfo, mountpoints: string[] = []): SubvolumeRecord {
   const ms = Number(info.createdNs / 1_000_000n);
   const created = Number.isFinite(ms) && Math.abs(ms) <= 8.64e15 ? new Date(ms).toISOString() : "";
   return {
@@ -90,6 +103,7 @@ export function subvolumeRecord(info: SubvolumeInfo): SubvolumeRecord {
     generation: info.generation,
     createdNs: info.createdNs.toString(),
     created,
+    mountpoints,
   };
 }
 
@@ -118,6 +132,13 @@ export function parseRequest(value: unknown): ControlRequest {
     case "delete":
       if (typeof name !== "string") throw invalid("delete needs a name");
       return { op: "delete", name, snapshotOnly: request.snapshotOnly === true };
+    case "attach": {
+      const options = request.options;
+      if (typeof request.mountpoint !== "string") throw invalid("attach needs a mountpoint");
+      if (request.subvol !== undefined && typeof request.subvol !== "string") throw invalid("subvol must be a name");
+      if (!Array.isArray(options) || !options.every((o) => typeof o === "string")) throw invalid("options must be a list of strings");
+      return { op: "attach", mountpoint: request.mountpoint, subvol: request.subvol, options };
+    }
     default:
       throw invalid(`unknown request ${JSON.stringify(request.op)}`);
   }
@@ -128,10 +149,10 @@ export function parseRequest(value: unknown): ControlRequest {
  * an image). `snapshot delete` refuses a writable subvolume, so a typo there
  * cannot destroy a clone; `subvolume delete` deletes either.
  */
-export function runRequest(ops: SubvolumeOps, request: SubvolumeRequest): unknown {
+export function runRequest(ops: SubvolumeOps, request: SubvolumeRequest, mountpoints = new Map<string, string[]>()): unknown {
   switch (request.op) {
     case "list":
-      return ops.listSubvolumes().map(subvolumeRecord);
+      return ops.listSubvolumes().map((s) => subvolumeRecord(s, mountpoints.get(s.name) ?? []));
     case "create":
       return subvolumeRecord(ops.createSubvolume(request.name, { from: request.from, readOnly: request.readOnly }));
     case "delete": {
@@ -180,14 +201,19 @@ function parseLine(line: string): ControlRequest {
 async function answer(line: string, served: Served): Promise<ControlReply> {
   try {
     const request = parseLine(line);
-    if (request.op === "sync" || request.op === "info") {
+    if (request.op === "sync" || request.op === "info" || request.op === "attach") {
       if (served.volume === undefined) throw invalid(`${request.op} needs a mount daemon`);
       if (request.op === "info") return { ok: true, result: served.volume.info() };
+      if (request.op === "attach") {
+        if (served.volume.attach === undefined) throw invalid("this mount daemon serves one mountpoint only");
+        await served.volume.attach(request);
+        return { ok: true, result: null };
+      }
       await served.volume.sync();
       return { ok: true, result: null };
     }
     if (request.op === "create") await served.beforeCreate();
-    return { ok: true, result: runRequest(served.ops, request) };
+    return { ok: true, result: runRequest(served.ops, request, served.volume?.mountpoints?.()) };
   } catch (error) {
     return errorReply(error, served.report);
   }

@@ -20,6 +20,15 @@
  * /dev/null and its stdout and stderr go to a log file beside its pid record
  * (/run/grovefs/<name>-<hash>.log as root). It holds only reports of trouble,
  * so it is removed after a clean run if empty.
+ *
+ * Several subvolumes at once: a `grovefs mount` of an image that a daemon
+ * already serves does not open the image (the daemon holds its lock). It
+ * asks that daemon, through its control socket, to serve the new mountpoint
+ * too (`attach`), with the subvolume --subvol names, and returns once the
+ * mount is usable. The daemon then serves each mountpoint with its own
+ * subvolume (GroveFs.attach: one store, one commit stream), with a control
+ * socket and a pid record each, and exits when the last one is unmounted.
+ * A subvolume is served at most once per daemon.
  */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -38,11 +47,11 @@ import {
   type MountHandle,
   type Transport,
 } from "../fs/index.js";
-import { GroveFs } from "../fs/index.js";
+import { GroveFs, type GroveFsOptions } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
-import { printable, startControlServer, type ControlServer, type VolumeControl } from "./control.js";
-import { CliError, ReportedError } from "./errors.js";
+import { printable, sendRequest, startControlServer, type AttachRequest, type ControlServer, type VolumeControl } from "./control.js";
+import { CliError, ReportedError, formatError } from "./errors.js";
 import { volumeReport } from "./info.js";
 
 export interface MountOptions {
@@ -88,23 +97,52 @@ export function controlSocketPath(mountpoint: string): string {
 
 const unixSocketPathBytesMax = 107;
 
-/** Where a running grovefs process serves `image` (absolute), from the pid records; null if none does. */
-export function mountpointOfImage(image: string): string | null {
+/** Every pid record in the run directory that parses. */
+function pidRecords(): PidRecord[] {
   let names: string[];
   try {
     names = fs.readdirSync(runDir()).filter((name) => name.endsWith(".pid"));
   } catch {
-    return null;
+    return [];
   }
+  const records: PidRecord[] = [];
   for (const name of names) {
     try {
       const record = JSON.parse(fs.readFileSync(path.join(runDir(), name), "utf8")) as PidRecord;
-      if (record.image === image && servingPid(record.mountpoint) === record.pid) return record.mountpoint;
+      if (typeof record.mountpoint === "string" && typeof record.image === "string" && Number.isSafeInteger(record.pid)) records.push(record);
     } catch {
       // Not a record of ours, or one being written: skip it.
     }
   }
+  return records;
+}
+
+/** The same image file or block device, however it is spelled. */
+function sameImage(a: string, b: string): boolean {
+  if (a === b) return true;
+  try {
+    const x = fs.statSync(a);
+    const y = fs.statSync(b);
+    if (x.isBlockDevice() && y.isBlockDevice()) return x.rdev === y.rdev;
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
+
+/** Where a running grovefs process serves `image` (absolute), from the pid records; null if none does. */
+export function mountpointOfImage(image: string): string | null {
+  for (const record of pidRecords()) {
+    if (sameImage(record.image, image) && servingPid(record.mountpoint) === record.pid) return record.mountpoint;
+  }
   return null;
+}
+
+/** The mountpoints the running daemon `pid` serves, from the pid records. */
+export function mountpointsOfDaemon(pid: number): string[] {
+  return pidRecords()
+    .filter((record) => record.pid === pid && servingPid(record.mountpoint) === pid)
+    .map((record) => record.mountpoint);
 }
 
 export function readPidRecord(mountpoint: string): PidRecord | null {
@@ -370,19 +408,24 @@ export function notifyParent(message: string): void {
   }
 }
 
-/** GroveFs.open, with a missing or invalid --subvol said in the CLI's terms. */
-function openVolume(device: FileDevice, image: string, options: ParsedMountOptions, subvolume: string | undefined): GroveFs {
+/** What the mount options ask of the filesystem serving `subvolume`. */
+function filesystemOptions(options: ParsedMountOptions, subvolume: string | undefined): GroveFsOptions {
   const { readOnly } = options;
   // A read-only mount writes nothing: compress= is accepted and left out.
   const compression = readOnly ? undefined : options.compression;
+  return {
+    readOnly,
+    subvolume,
+    accessTimes: options.accessTimes,
+    ...(compression === undefined ? {} : { compression }),
+    ...(options.commitSeconds === undefined ? {} : { commitIntervalMs: options.commitSeconds * 1000 }),
+  };
+}
+
+/** GroveFs.open, with a missing or invalid --subvol said in the CLI's terms. */
+function openVolume(device: FileDevice, image: string, options: ParsedMountOptions, subvolume: string | undefined): GroveFs {
   try {
-    return GroveFs.open(device, {
-      readOnly,
-      subvolume,
-      accessTimes: options.accessTimes,
-      ...(compression === undefined ? {} : { compression }),
-      ...(options.commitSeconds === undefined ? {} : { commitIntervalMs: options.commitSeconds * 1000 }),
-    });
+    return GroveFs.open(device, filesystemOptions(options, subvolume));
   } catch (error) {
     if (subvolume !== undefined && error instanceof GroveError && (error.code === "ENOENT" || error.code === "EINVAL")) {
       throw new CliError(
@@ -428,41 +471,176 @@ async function openAndMount(
   }
 }
 
-/** Serves until a signal or an external umount; resolves once the volume is committed and closed. */
+/** Serves until a signal or an external umount of every mount; resolves once the volume is committed and closed. */
 async function serveForeground(image: string, mountpoint: string, options: ParsedMountOptions, subvolume?: string): Promise<void> {
   const { handle, volume } = await openAndMount(image, mountpoint, options, subvolume);
   const daemon = process.env[readyFdEnv] !== undefined;
-  let control: ControlServer | null = null;
-  try {
-    control = await startControl(handle, mountpoint, {
-      sync: async () => {
-        await handle.flushKernel();
-        volume.sync();
-      },
-      info: () => volumeReport(image, volume),
-    });
-  } catch (error) {
-    await handle.unmount().catch(() => {});
-    throw error;
-  }
-  writePidRecord({ pid: process.pid, image, mountpoint });
-  const stop = () => {
-    handle.unmount().catch(() => {});
-  };
+  const mounts = new MountDaemon(image, handle.transport);
+  await mounts.add(mountpoint, handle, volume);
+  const stop = () => mounts.unmountAll();
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, stop);
   if (daemon) notifyParent("ready");
   else process.stdout.write(`grovefs: serving ${image} at ${mountpoint}; Ctrl-C or grovefs umount ${mountpoint} unmounts it\n`);
-  try {
-    await handle.closed;
-  } finally {
-    control?.close();
-    removePidRecord(mountpoint);
-  }
+  await mounts.finished;
   if (daemon) removeEmptyLog(mountpoint);
 }
 
+/** A daemon serves at most this many mountpoints: each session keeps reads of /dev/fuse outstanding on libuv's pool (16 threads). */
+const mountsPerDaemonMax = 4;
+
+/** One mountpoint a daemon serves. */
+interface DaemonMount {
+  handle: MountHandle;
+  volume: GroveFs;
+  control: ControlServer | null;
+}
+
+/**
+ * The mounts one daemon serves: the first, which opened the image, and those
+ * attached since through a control socket, each with its own subvolume,
+ * control socket and pid record, all on one open volume. `finished` settles
+ * when the last one is gone (rejected with the first failure to close one);
+ * a signal unmounts them all.
+ */
+class MountDaemon {
+  private readonly mounts = new Map<string, DaemonMount>();
+  private failure: unknown = null;
+  private settle!: { resolve: () => void; reject: (error: unknown) => void };
+  readonly finished = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
+
+  constructor(
+    private readonly image: string,
+    private readonly transport: Transport,
+  ) {}
+
+  /** Starts serving the control socket of a mount now usable, and records it; unmounts it if that fails. */
+  async add(mountpoint: string, handle: MountHandle, volume: GroveFs): Promise<void> {
+    let control: ControlServer | null;
+    try {
+      // A snapshot may be of any subvolume served here: every mount's dirty pages are written back first.
+      control = await startControl(handle, mountpoint, this.control(volume), () => this.flushKernels());
+    } catch (error) {
+      await handle.unmount().catch(() => {});
+      throw error;
+    }
+    this.mounts.set(mountpoint, { handle, volume, control });
+    writePidRecord({ pid: process.pid, image: this.image, mountpoint });
+    handle.closed.then(
+      () => this.gone(mountpoint),
+      (error: unknown) => {
+        this.failure ??= error;
+        this.gone(mountpoint);
+      },
+    );
+  }
+
+  unmountAll(): void {
+    for (const { handle } of this.mounts.values()) handle.unmount().catch(() => {});
+  }
+
+  private gone(mountpoint: string): void {
+    const mount = this.mounts.get(mountpoint);
+    if (mount === undefined) return;
+    mount.control?.close();
+    removePidRecord(mountpoint);
+    this.mounts.delete(mountpoint);
+    if (this.mounts.size > 0) return;
+    if (this.failure === null) this.settle.resolve();
+    else this.settle.reject(this.failure);
+  }
+
+  /** What the control socket of the mount serving `volume` offers about the whole daemon. */
+  private control(volume: GroveFs): VolumeControl {
+    return {
+      sync: async () => {
+        await this.flushKernels();
+        volume.sync();
+      },
+      info: () => volumeReport(this.image, volume),
+      attach: (request) => this.attachReported(request),
+      mountpoints: () => {
+        const byName = new Map<string, string[]>();
+        for (const [mountpoint, mount] of this.mounts) byName.set(mount.volume.subvolumeName, [...(byName.get(mount.volume.subvolumeName) ?? []), mountpoint]);
+        return byName;
+      },
+    };
+  }
+
+  /** Every mount's dirty pages written back: a commit holds what any of them acknowledged. */
+  async flushKernels(): Promise<void> {
+    await Promise.all([...this.mounts.values()].map((mount) => mount.handle.flushKernel()));
+  }
+
+  /** `attach`, its refusal carried to the client as the one line to print (a GroveError the socket can carry). */
+  private async attachReported(request: AttachRequest): Promise<void> {
+    try {
+      await this.attach(request);
+    } catch (error) {
+      const code = error instanceof GroveError ? error.code : "EINVAL";
+      throw new GroveError(code, attachRefusedDetail, formatError(error));
+    }
+  }
+
+  /** Serves `request.mountpoint` too, with its own subvolume of the served volume; resolves once it is usable. */
+  private async attach(request: AttachRequest): Promise<void> {
+    const options = parseMountOptions(request.options);
+    const mountpoint = canonicalMountpoint(request.mountpoint);
+    const shown = request.mountpoint;
+    const first = [...this.mounts.entries()][0];
+    if (first === undefined) throw new CliError(`the grovefs process serving ${this.image} is unmounting`, "mount again once it has exited");
+    if (this.transport !== "kernel") {
+      throw new CliError(`${this.image} is mounted at ${first[0]} through fuse-native, which serves one mountpoint per process`, "mount it with the kernel transport (the default as root) to mount several subvolumes");
+    }
+    if (options.transport !== undefined && options.transport !== this.transport) {
+      throw new CliError(`${this.image} is served through the ${this.transport} transport (at ${first[0]})`, `a second mount of it uses the same one: drop -o transport=${options.transport}`);
+    }
+    if (this.mounts.size >= mountsPerDaemonMax) {
+      throw new CliError(`the grovefs process serving ${this.image} already serves ${this.mounts.size} mountpoints`, "unmount one first");
+    }
+    checkMountpoint(mountpoint, shown);
+    const volume = this.attachVolume(first[1].volume, options, request.subvol, first[0]);
+    let handle: MountHandle;
+    try {
+      handle = await mountGrove(volume, mountpoint, {
+        readOnly: options.readOnly || volume.readOnly,
+        imagePath: this.image,
+        extraOptions: options.extra,
+        transport: this.transport,
+      });
+    } catch (error) {
+      volume.close();
+      throw error;
+    }
+    await this.add(mountpoint, handle, volume);
+  }
+
+  /** GroveFs.attach, with its refusals said in the CLI's terms. */
+  private attachVolume(served: GroveFs, options: ParsedMountOptions, subvolume: string | undefined, firstMountpoint: string): GroveFs {
+    const name = subvolume ?? "default";
+    try {
+      return served.attach(filesystemOptions(options, subvolume));
+    } catch (error) {
+      if (!(error instanceof GroveError)) throw error;
+      if (error.code === "EBUSY") {
+        const where = [...this.mounts].find(([, mount]) => mount.volume.subvolumeName === name)?.[0] ?? firstMountpoint;
+        throw new CliError(`subvolume '${printable(name)}' of ${this.image} is already mounted at ${where}`, "mount another subvolume, or use that mount");
+      }
+      if (error.code === "EROFS") {
+        throw new CliError(`${this.image} is mounted read-only at ${firstMountpoint}, so another mount of it must be read-only too`, "add -o ro, or unmount it and mount it read-write");
+      }
+      if (subvolume !== undefined && (error.code === "ENOENT" || error.code === "EINVAL")) {
+        throw new CliError(`cannot mount subvolume '${printable(subvolume)}' of ${this.image}: ${error.message}`, `grovefs subvolume list ${firstMountpoint} lists the subvolumes`);
+      }
+      throw error;
+    }
+  }
+}
+
+/** A daemon's refusal of an attach: the message is the one line to print. */
+const attachRefusedDetail = "EINVAL_attach_refused";
+
 /** The control socket for snapshot and clone commands on this mount (cli/control.ts). */
-async function startControl(handle: MountHandle, mountpoint: string, volume: VolumeControl): Promise<ControlServer | null> {
+async function startControl(handle: MountHandle, mountpoint: string, volume: VolumeControl, flushKernels: () => Promise<void>): Promise<ControlServer | null> {
   if (handle.subvolumes === null) return null;
   fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
   const report = (error: unknown) => {
@@ -473,7 +651,7 @@ async function startControl(handle: MountHandle, mountpoint: string, volume: Vol
       // No log to write to.
     }
   };
-  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, () => handle.flushKernel(), (work) => handle.hold(work), volume);
+  return startControlServer(controlSocketPath(mountpoint), handle.subvolumes, report, flushKernels, (work) => handle.hold(work), volume);
 }
 
 /** A daemon's log holds only reports of trouble: after a clean run it is empty and goes. */
@@ -586,6 +764,33 @@ export async function mountCommand(imageArg: string, mountpointArg: string, opti
   checkImage(image);
   checkMountpoint(mountpoint, mountpointArg);
   checkFuseDevice();
-  if (options.foreground) await serveForeground(image, mountpoint, parsed, subvol);
+  const served = mountpointOfImage(image);
+  if (served !== null) await attachToDaemon(served, image, mountpoint, options, subvol);
+  else if (options.foreground) await serveForeground(image, mountpoint, parsed, subvol);
   else await daemonize(image, mountpoint, options.options ?? [], subvol);
+}
+
+/**
+ * A mount of an image a daemon already serves: that daemon serves this
+ * mountpoint too (it holds the image's lock, so no other process could).
+ */
+async function attachToDaemon(served: string, image: string, mountpoint: string, options: MountOptions, subvol: string | undefined): Promise<void> {
+  const pid = servingPid(served);
+  if (pid === null) throw new CliError(`${image} was being served at ${served}, by a process that is gone`, "retry the mount");
+  if (options.foreground) {
+    throw new CliError(
+      `${image} is already served at ${served} (pid ${pid}); a second mount of it is served by that process, not in the foreground`,
+      "drop --foreground",
+    );
+  }
+  const request: AttachRequest = { op: "attach", mountpoint, options: options.options ?? [], ...(subvol === undefined ? {} : { subvol }) };
+  try {
+    await sendRequest(controlSocketPath(served), request, { shown: served, pid, mountpoint: served });
+  } catch (error) {
+    if (error instanceof GroveError && error.detail === attachRefusedDetail) throw new ReportedError(error.message);
+    throw error;
+  }
+  if (findMount(mountpoint) === undefined) {
+    throw new CliError(`the grovefs process serving ${served} reported ${mountpoint} mounted, but it is not in the mount table`, `see the log in ${runDir()}`);
+  }
 }

@@ -79,7 +79,20 @@ async function perform(target: Target, request: SubvolumeRequest, retry: string)
     if (target.kind === "image") return onImage(target, request, retry);
     return await askDaemon(target, request);
   } catch (error) {
+    if (request.op === "delete" && request.name !== defaultName && target.kind === "mount" && error instanceof GroveError && error.code === "EBUSY") {
+      throw busy(target, printable(request.name), await mountpointsOf(target, request.name));
+    }
     throw explain(error, target, request);
+  }
+}
+
+/** Where the daemon serving `target` mounts subvolume `name` (none if it cannot say). */
+async function mountpointsOf(target: Target & { kind: "mount" }, name: string): Promise<string[]> {
+  try {
+    const found = (await askDaemon(target, { op: "list" }) as SubvolumeRecord[]).find((r) => r.name === name);
+    return found?.mountpoints ?? [];
+  } catch {
+    return [];
   }
 }
 
@@ -109,7 +122,7 @@ function explain(error: unknown, target: Target, request: SubvolumeRequest): unk
       return new CliError(`'${name}' is a writable clone, not a snapshot`, `delete it with: grovefs subvolume delete ${target.shown} ${name}`);
     }
     if (error.code === "ENOENT") return new CliError(`cannot delete '${name}': ${error.message}`, listing);
-    if (error.code === "EBUSY") return busy(target, name);
+    if (error.code === "EBUSY") return busy(target, name, []);
     if (error.detail === "EINVAL_subvolume_name") return new CliError(`cannot delete '${name}': ${error.message}`, listing);
   }
   if (error.code === "EROFS" && target.kind === "mount") {
@@ -128,15 +141,16 @@ function defaultRefused(name: string): CliError {
   );
 }
 
-/** The served subvolume cannot be deleted: on an image that is the default one (what a plain mount serves). */
-function busy(target: Target, name: string): CliError {
+/** A served subvolume cannot be deleted: on an image that is the default one (what a plain mount serves). */
+function busy(target: Target, name: string, mountpoints: string[]): CliError {
   if (target.kind === "image") {
     return new CliError(`cannot delete '${name}': it is the default subvolume, which grovefs mounts when no --subvol is given`, "delete snapshots and clones instead");
   }
-  const image = readPidRecord(target.mountpoint)?.image ?? "IMAGE";
+  const where = mountpoints.length === 0 ? target.shown : mountpoints.join(", ");
+  const umount = mountpoints.length === 0 ? target.shown : mountpoints[0]!;
   return new CliError(
-    `cannot delete '${name}': it is the subvolume mounted at ${target.shown}`,
-    `unmount it first, then run grovefs subvolume delete ${image} ${name}`,
+    `cannot delete '${name}': it is the subvolume mounted at ${where}`,
+    `unmount it first (grovefs umount ${umount}), then delete it`,
   );
 }
 
@@ -172,8 +186,9 @@ function printList(records: SubvolumeRecord[], options: ListOptions, snapshotsOn
     process.stdout.write(table(["NAME", "ID", "SOURCE", "CREATED"], rows));
     return;
   }
-  const rows = records.map((r) => [printable(r.name), String(r.id), r.readOnly ? "ro" : "rw", parentOf(r), shownTime(r)]);
-  process.stdout.write(table(["NAME", "ID", "MODE", "PARENT", "CREATED"], rows));
+  const mounted = (r: SubvolumeRecord) => (r.mountpoints.length === 0 ? "-" : r.mountpoints.map(printable).join(","));
+  const rows = records.map((r) => [printable(r.name), String(r.id), r.readOnly ? "ro" : "rw", parentOf(r), shownTime(r), mounted(r)]);
+  process.stdout.write(table(["NAME", "ID", "MODE", "PARENT", "CREATED", "MOUNTED"], rows));
 }
 
 function records(result: unknown): SubvolumeRecord[] {

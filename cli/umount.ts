@@ -7,12 +7,17 @@
  * a busy mount is refused with nothing changed. It uses umount(8) (no
  * fusermount needed as root), falling back to the binding's unmountPath. The
  * serving process notices the mount is gone; SIGTERM wakes it at once.
+ *
+ * A daemon serving several mountpoints (several subvolumes of one image)
+ * gets no signal, which would unmount them all: it notices this one is gone,
+ * commits and closes its subvolume, and removes its pid record, which is
+ * what this waits for; the others stay served.
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { canonicalMountpoint, findMount, groveFsType, unmountPath } from "../fs/index.js";
 import { CliError } from "./errors.js";
-import { isRunning, servingPid } from "./mount.js";
+import { isRunning, mountpointsOfDaemon, readPidRecord, servingPid } from "./mount.js";
 
 const exitWaitMs = 120_000;
 const exitPollMs = 50;
@@ -34,12 +39,13 @@ async function kernelUnmount(mountpoint: string, shown: string): Promise<void> {
   }
 }
 
-async function waitForExit(pid: number, shown: string): Promise<void> {
+/** Waits until `done` (the process exited, or it let go of the mountpoint). */
+async function waitFor(done: () => boolean, pid: number, shown: string, what: string): Promise<void> {
   const deadline = Date.now() + exitWaitMs;
-  while (isRunning(pid)) {
+  while (!done()) {
     if (Date.now() > deadline) {
       throw new CliError(
-        `${shown} is unmounted, but its grovefs process ${pid} has not exited after ${exitWaitMs / 1000} s`,
+        `${shown} is unmounted, but its grovefs process ${pid} has not ${what} after ${exitWaitMs / 1000} s`,
         "it may still be committing; wait, then check it with ps",
       );
     }
@@ -58,9 +64,15 @@ export async function umountCommand(mountpointArg: string): Promise<void> {
   if (entry.fstype !== groveFsType && pid === null) {
     throw new CliError(`${mountpointArg} is not a grovefs mount (it is ${entry.fstype})`, "unmount it with umount(8)");
   }
+  const others = pid === null ? [] : mountpointsOfDaemon(pid).filter((other) => other !== mountpoint);
   await kernelUnmount(mountpoint, mountpointArg);
   if (pid === null) {
     process.stderr.write(`grovefs: no grovefs process was serving ${mountpointArg} (a stale mount); it is unmounted\n`);
+    return;
+  }
+  if (others.length > 0) {
+    // It serves other mountpoints too: no signal (it would unmount them all); it lets go of this one by itself.
+    await waitFor(() => !isRunning(pid) || readPidRecord(mountpoint)?.pid !== pid, pid, mountpointArg, "let go of it");
     return;
   }
   try {
@@ -68,5 +80,5 @@ export async function umountCommand(mountpointArg: string): Promise<void> {
   } catch {
     // It exited on its own after noticing the unmount.
   }
-  await waitForExit(pid, mountpointArg);
+  await waitFor(() => !isRunning(pid), pid, mountpointArg, "exited");
 }

@@ -129,6 +129,21 @@ export interface SubvolumeOps {
   finishDeletions(): void;
   /** A read-only view of a snapshot, for /.snapshots/NAME (ENOENT if none; EINVAL for a clone). */
   snapshotView(name: string): FileSystemOps & InodeOps;
+  /**
+   * Tells `watcher` of creations and deletions made through any filesystem
+   * serving this volume, until the returned function is called (a mount keeps
+   * its kernel's /.snapshots honest through it). Absent where only one
+   * filesystem can see the volume.
+   */
+  watchSubvolumes?(watcher: SubvolumeWatcher): () => void;
+}
+
+/** Creations and deletions of subvolumes, as `SubvolumeOps.watchSubvolumes` reports them. */
+export interface SubvolumeWatcher {
+  /** Subvolume `name` passed every check and is about to be deleted: its view is about to close. */
+  deleting(name: string): void;
+  /** Subvolume `name` was created or deleted, and committed. */
+  changed(name: string): void;
 }
 
 /**

@@ -11,7 +11,9 @@
  * still unlink, rmdir and truncate to make room.
  *
  * Commits: `commit` writes out every buffered block and the counters record
- * first, then commits the store. The facade commits on sync, fsync,
+ * first, then commits the store, through the volume's commit stream
+ * (fs/commit_stream.ts), which does the same for every other writable
+ * filesystem open on the volume. The facade commits on sync, fsync,
  * snapshot and close, and from maintenance when `commitDue`: the interval
  * has passed or a memory bound is near. This room also commits by itself
  * when a write leaves dirty nodes past dirtyNodeBytesMax (`afterWrite`), and
@@ -20,19 +22,23 @@
  *
  * Invariant: buffered data is written out under the admission it was given
  * when it was written (`alreadyAdmitted`): a write-out is never refused.
+ * Growth therefore leaves free what the buffered data of every filesystem
+ * on the volume was promised (`CommitStream.promisedBlocks`), not only this one's.
  */
 import { GroveError, type Store } from "../kvstore/index.js";
 import type { FreeSpace } from "../alloc/index.js";
 import { commitIntervalMs, dirtyNodeBytesMax } from "./constants.js";
+import type { CommitStream, StreamMember } from "./commit_stream.js";
 import type { Inode } from "./format.js";
 import type { FileData } from "./file_data.js";
 import type { InodeTable } from "./inode_table.js";
 
 export type MutationPurpose = "grow" | "shrink";
 
-export class CommitPolicy {
-  private lastCommitNs: bigint;
+export class CommitPolicy implements StreamMember {
   private closed = false;
+  /** In the volume's commit stream: writable and not closed. */
+  private joined: boolean;
 
   constructor(
     private readonly store: Store,
@@ -42,19 +48,24 @@ export class CommitPolicy {
     private readonly clock: () => bigint,
     /** Nothing in this subvolume may change: a read-only open, or a snapshot. */
     private readonly readOnly: boolean,
+    /** The commits of every writable filesystem on the volume; this one joins it unless read-only. */
+    private readonly stream: CommitStream,
     /** The longest a change waits for the periodic commit (mount -o commit=). */
     private readonly intervalMs: number = commitIntervalMs,
   ) {
-    this.lastCommitNs = clock();
+    this.joined = !readOnly;
+    if (this.joined) stream.join(this);
   }
 
   get isClosed(): boolean {
     return this.closed;
   }
 
-  /** From now on every call is EBADF. */
+  /** From now on every call is EBADF; the stream's commits no longer include this filesystem (commit first). */
   close(): void {
     this.closed = true;
+    this.joined = false;
+    this.stream.leave(this);
   }
 
   checkOpen(): void {
@@ -74,7 +85,7 @@ export class CommitPolicy {
     this.checkWritable();
     if (puts > 0) {
       // Growth must leave room for what buffered writes were promised, and for deletes after it.
-      const extra = purpose === "grow" ? this.shrinkReserveBlocks() + this.data.promisedBlocks() : 0;
+      const extra = purpose === "grow" ? this.shrinkReserveBlocks() + this.stream.promisedBlocks() : 0;
       this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose, freedRanges);
     }
     try {
@@ -96,6 +107,15 @@ export class CommitPolicy {
   }
 
   /**
+   * What this filesystem's file data must leave free when it admits a write,
+   * besides its own promises: the shrink reserve, and what the other
+   * filesystems on the volume promised their buffered data.
+   */
+  keptFreeBlocks(): number {
+    return this.shrinkReserveBlocks() + this.stream.promisedBlocks() - (this.joined ? this.data.promisedBlocks() : 0);
+  }
+
+  /**
    * Blocks freed by the running transaction are reusable only after it
    * commits: when growth of about `blocks` would not fit in what is
    * available but would with them, commit first. Called at the start of an
@@ -105,13 +125,13 @@ export class CommitPolicy {
     if (this.readOnly || this.closed || this.store.isPoisoned) return;
     const usage = this.space.usage();
     const margin = 256 + Math.floor(usage.totalBlocks / 256);
-    const needed = blocks + this.data.promisedBlocks() + this.shrinkReserveBlocks() + margin;
+    const needed = blocks + this.stream.promisedBlocks() + this.shrinkReserveBlocks() + margin;
     if (usage.availableBlocks < needed && usage.pendingBlocks > 0) this.commit();
   }
 
   /** After a mutation that buffered or wrote data: keep buffered data and dirty nodes within their bounds. */
   afterWrite(): void {
-    if (this.data.overBound) this.writeOutAll();
+    if (this.stream.overBound) this.stream.writeOutAll();
     if (this.store.dirtyBytes > dirtyNodeBytesMax) this.commit();
   }
 
@@ -121,21 +141,39 @@ export class CommitPolicy {
     this.writeOut(this.inodes.load(ino));
   }
 
-  /** Writes out buffered data and the counters, then commits: everything is durable when this returns. */
+  /**
+   * Writes out buffered data and the counters, of this filesystem and every
+   * other one on the volume, then commits: everything is durable when this returns.
+   */
   commit(): void {
-    this.writeOutAll();
-    if (this.inodes.countersDirty) this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.saveCounters()));
-    this.store.commit();
-    this.lastCommitNs = this.clock();
+    this.stream.commit();
   }
 
   /** The maintenance decision: the commit interval has passed, or buffered data or dirty nodes are near their bound. */
   get commitDue(): boolean {
-    const due = this.clock() - this.lastCommitNs >= BigInt(this.intervalMs) * 1_000_000n;
-    return due || this.data.overBound || this.store.dirtyBytes > dirtyNodeBytesMax;
+    const due = this.clock() - this.stream.lastCommitAtNs >= BigInt(this.intervalMs) * 1_000_000n;
+    return due || this.stream.overBound || this.store.dirtyBytes > dirtyNodeBytesMax;
   }
 
-  private writeOutAll(): void {
+  // ---- as a member of the commit stream ------------------------------------------
+
+  saveCounters(): void {
+    if (this.inodes.countersDirty) this.mutation(0, () => this.store.spendingHeadroom(() => this.inodes.saveCounters()));
+  }
+
+  promisedBlocks(): number {
+    return this.data.promisedBlocks();
+  }
+
+  get bufferedBytes(): number {
+    return this.data.bufferedBytes;
+  }
+
+  get heldBytes(): number {
+    return this.data.heldBytes;
+  }
+
+  writeOutData(): void {
     for (const ino of this.data.inodesWithBuffers()) {
       const inode = this.inodes.load(ino);
       this.checkWritable();

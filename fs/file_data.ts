@@ -41,7 +41,6 @@ import { Subvolumes } from "../snapshot/index.js";
 import {
   compressionUnitBlocksMax,
   decompressedCacheUnits,
-  dirtyDataBytesMax,
   extentBlocksMax,
   inodeInlineBytesMax,
 } from "./constants.js";
@@ -168,7 +167,11 @@ export class FileData {
   constructor(
     private readonly store: Store,
     private readonly space: FreeSpace,
-    /** Blocks growth must leave free for deletes (the filesystem's shrink reserve). */
+    /**
+     * Blocks growth must leave free besides this data's own promises: the
+     * filesystem's shrink reserve (for deletes), and what other filesystems
+     * on the volume promised their buffered data (CommitPolicy.keptFreeBlocks).
+     */
     private readonly shrinkReserveBlocks: () => number,
     /** How data written out from now on is compressed. */
     public compression: Compression = Compression.None,
@@ -179,9 +182,9 @@ export class FileData {
     return (this.bufferedBlocks - this.inPlaceBlocks) * blockSizeBytes;
   }
 
-  /** Memory held by buffered data is past its bound. */
-  get overBound(): boolean {
-    return this.bufferedBlocks * blockSizeBytes > dirtyDataBytesMax;
+  /** Memory held by buffered data (bytes). */
+  get heldBytes(): number {
+    return this.bufferedBlocks * blockSizeBytes;
   }
 
   hasBuffers(ino: number): boolean {

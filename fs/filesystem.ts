@@ -15,6 +15,13 @@
  * attributes, file handles and their open modes, and the checks that come
  * before a room is called.
  *
+ * One volume may be served by several GroveFs at once: `open` makes the
+ * first, `attach` another for a second subvolume (a mount daemon serving
+ * two mountpoints), and `snapshotView` read-only views of snapshots. They
+ * share the store, one commit stream (a commit by any includes the
+ * buffered data of all) and the views (fs/shared_volume.ts); the store
+ * closes with the last of them that serves a subvolume.
+ *
  * Every operation validates first and mutates second. Validation throws
  * freely (ENOENT, EEXIST, ...) and changes nothing. A mutation is admitted
  * against free space before it starts (CommitPolicy.mutation), so ENOSPC is
@@ -51,6 +58,7 @@ import {
 } from "../snapshot/index.js";
 import type {
   Caller,
+  SubvolumeWatcher,
   DirEntry,
   DirEntryBytes,
   SetAttr,
@@ -80,6 +88,7 @@ import { fsEdges } from "./edges.js";
 import type { ItemMap } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
 import { CommitPolicy } from "./commit_policy.js";
+import { SharedVolume } from "./shared_volume.js";
 import { Namespace, checkRenameFlags, type Slot } from "./namespace.js";
 import { FileOps, withoutSetIdBits, type AccessTimes } from "./file_ops.js";
 import { RangeCopy } from "./copy_range.js";
@@ -90,6 +99,8 @@ assert(treeIdDefaultSubvolume >= treeIdFirstDynamic, "the subvolume tree id is a
 
 /** Time a pending subvolume deletion may take of each maintenance call (about one a second) while mounted. */
 const deletionMsPerTick = 100;
+/** With several subvolumes served, the deletion's slice runs at most this often, whichever one's maintenance asks. */
+const deletionSlicePeriodNs = 900_000_000n;
 
 const S_IFMT = C.S_IFMT;
 const S_IFDIR = C.S_IFDIR;
@@ -158,8 +169,10 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   readonly subvolumeId: number;
   private readonly volume: Volume;
   private subvolume: SubvolumeRecord;
-  /** Read-only views of snapshots (/.snapshots), sharing this volume; null in a view itself. */
-  private readonly views: Map<string, GroveFs> | null;
+  /** What every filesystem on this volume shares: the commit stream, the snapshot views, which subvolumes are served. */
+  private readonly shared: SharedVolume<GroveFs>;
+  /** A read-only view of a snapshot (/.snapshots), made by `snapshotView`. */
+  private readonly isView: boolean;
   private readonly inodes: InodeTable;
   private readonly data: FileData;
   private readonly clock: () => bigint;
@@ -183,36 +196,47 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   static open(device: BlockDevice, options: GroveFsOptions = {}): GroveFs {
-    const interval = options.commitIntervalMs;
-    if (interval !== undefined && (!Number.isSafeInteger(interval) || interval < commitIntervalMinMs || interval > commitIntervalMaxMs)) {
-      throw new GroveError("EINVAL", "EINVAL_commit_interval", `the commit interval must be ${commitIntervalMinMs / 1000}–${commitIntervalMaxMs / 1000} s in whole ms`);
-    }
+    checkCommitInterval(options.commitIntervalMs);
     const volume = openVolume(device, { readOnly: options.readOnly, cacheBytes: options.cacheBytes, edges: fsEdges });
     try {
-      const record = volume.subvolumes.get(options.subvolume ?? defaultSubvolumeName);
-      if (record === undefined) {
-        throw new GroveError(
-          "ENOENT",
-          "ENOENT_subvolume",
-          options.subvolume === undefined
-            ? `the default subvolume "${defaultSubvolumeName}" was deleted: name one to serve`
-            : `no subvolume named ${JSON.stringify(options.subvolume)}`,
-        );
-      }
-      return new GroveFs(volume, record, options, false);
+      const record = recordToServe(volume, options.subvolume);
+      return new GroveFs(new SharedVolume(volume, options.clock ?? wallClock), record, options, false);
     } catch (error) {
       volume.store.close();
       throw error;
     }
   }
 
-  private constructor(volume: Volume, subvolume: SubvolumeRecord, options: GroveFsOptions, isView: boolean) {
+  /**
+   * Serves another subvolume of this volume beside this one (a second mount
+   * in the same process): the same store, commit stream and views, with its
+   * own inode table, file data, handles and commit policy. Options not given
+   * are this filesystem's clock and deletion step. EBUSY for a subvolume
+   * already served here, EROFS for a writable one on a volume opened read-only.
+   */
+  attach(options: GroveFsOptions): GroveFs {
+    this.policy.checkOpen();
+    if (this.isView) throw new GroveError("EINVAL", "EINVAL_view", "a snapshot view cannot serve another subvolume");
+    checkCommitInterval(options.commitIntervalMs);
+    const record = recordToServe(this.volume, options.subvolume);
+    if (this.shared.serves(record.id)) {
+      throw new GroveError("EBUSY", "EBUSY_subvolume_served", `subvolume ${JSON.stringify(record.name)} is already being served`);
+    }
+    if (this.store.readOnly && !(options.readOnly ?? false) && !record.readOnly) {
+      throw new GroveError("EROFS", "EROFS_volume", "the volume is open read-only: serve this subvolume read-only too");
+    }
+    return new GroveFs(this.shared, record, { clock: this.clock, deletionStepNodes: this.deletionStepNodes, ...options }, false);
+  }
+
+  private constructor(shared: SharedVolume<GroveFs>, subvolume: SubvolumeRecord, options: GroveFsOptions, isView: boolean) {
+    const volume = shared.volume;
+    this.shared = shared;
     this.volume = volume;
     this.store = volume.store;
     this.space = volume.space;
     this.subvolume = subvolume;
     this.subvolumeId = subvolume.id;
-    this.views = isView ? null : new Map();
+    this.isView = isView;
     this.readOnly = (options.readOnly ?? false) || subvolume.readOnly || volume.store.readOnly;
     this.clock = options.clock ?? wallClock;
     this.deletionStepNodes = options.deletionStepNodes ?? deletionStepNodes;
@@ -220,15 +244,22 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const tree = store.openTree(subvolume.id);
     this.xattrs = new Xattrs(tree);
     const compression = options.compression !== undefined ? compressionOf(options.compression) : (store.compression as Compression);
-    this.data = new FileData(store, this.space, () => this.policy.shrinkReserveBlocks(), compression);
+    this.data = new FileData(store, this.space, () => this.policy.keptFreeBlocks(), compression);
     this.inodes = new InodeTable(store, tree, subvolume.id, this.clock);
     this.inodes.load(rootIno);
     const interval = options.commitIntervalMs ?? commitIntervalMs;
-    this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly, interval);
+    this.policy = new CommitPolicy(store, this.space, this.inodes, this.data, this.clock, this.readOnly, shared.stream, interval);
     this.names = new Namespace(this.inodes, this.policy, this.data, this.handles, this.xattrs, this.clock);
     this.files = new FileOps(store, this.space, this.names, this.inodes, this.data, this.policy, this.clock, this.readOnly, options.accessTimes);
     this.copies = new RangeCopy(store, this.names, this.inodes, this.data, this.policy, this.clock, this.files);
-    if (!this.readOnly) this.freeOrphans();
+    if (isView) return;
+    try {
+      if (!this.readOnly) this.freeOrphans();
+    } catch (error) {
+      this.policy.close();
+      throw error;
+    }
+    shared.serve(subvolume.id);
   }
 
   // ---- volume ---------------------------------------------------------------
@@ -240,19 +271,21 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const inodes = this.inodes.recordCount();
     const compressed = this.store.compressedUsage;
     const saved = compressed.logicalBlocks - compressed.diskBlocks;
+    // Every filesystem's buffered data on the volume: they share its free space.
+    const buffered = this.shared.stream.bufferedBytes;
     return {
       label: this.store.label,
       uuid: this.store.uuid.toString("hex"),
       sizeBytes: usage.totalBlocks * blockSizeBytes,
-      usedBytes: (usage.usedBlocks + this.data.bufferedBytes / blockSizeBytes) * blockSizeBytes,
-      freeBytes: Math.max(0, usage.freeBlocks * blockSizeBytes - this.data.bufferedBytes),
+      usedBytes: (usage.usedBlocks + buffered / blockSizeBytes) * blockSizeBytes,
+      freeBytes: Math.max(0, usage.freeBlocks * blockSizeBytes - buffered),
       generation: this.store.committedGeneration,
       trees: this.store.treeIds().length,
       inodes,
       orphans,
       compression: compressionName(this.store.compression),
       compressionInUse: compressionName(this.data.compression),
-      logicalUsedBytes: (usage.usedBlocks + this.data.bufferedBytes / blockSizeBytes + saved) * blockSizeBytes,
+      logicalUsedBytes: (usage.usedBlocks + buffered / blockSizeBytes + saved) * blockSizeBytes,
       compressed: {
         extents: compressed.extents,
         diskBytes: compressed.diskBlocks * blockSizeBytes,
@@ -264,7 +297,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   statfs(): StatFs {
     this.policy.checkOpen();
     const usage = this.space.usage();
-    const free = Math.max(0, usage.freeBlocks - this.data.bufferedBytes / blockSizeBytes);
+    const free = Math.max(0, usage.freeBlocks - this.shared.stream.bufferedBytes / blockSizeBytes);
     const ffree = Math.max(0, Math.min(this.inodes.freeInos, free * 4));
     const compressed = this.store.compressedUsage;
     return {
@@ -287,14 +320,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   /** Writes out buffered data and commits: everything is durable when this returns. */
   sync(): void {
     this.policy.checkOpen();
-    if (this.store.readOnly || this.views === null) return;
+    if (this.store.readOnly || this.isView) return;
     this.policy.commit();
   }
 
   /** Called about once a second: commits when the interval has passed or memory bounds are near. */
   maintenance(): void {
-    if (this.policy.isClosed || this.store.readOnly || this.store.isPoisoned || this.views === null) return;
-    if (this.deletionsRunning()) {
+    if (this.policy.isClosed || this.store.readOnly || this.store.isPoisoned || this.isView) return;
+    if (this.deletionsRunning() && this.shared.takeDeletionSlice(this.clock(), deletionSlicePeriodNs)) {
       // A slice of each tick: FUSE requests wait while it runs (the volume stays usable).
       const until = performance.now() + deletionMsPerTick;
       try {
@@ -310,10 +343,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (this.policy.commitDue) this.sync();
   }
 
+  /**
+   * Commits and closes. The volume stays open while another filesystem
+   * serves a subvolume of it (attach); the last one closes the views and the store.
+   */
   close(): void {
     if (this.policy.isClosed) return;
-    if (this.views === null) {
-      // A view shares its volume with the filesystem that made it.
+    if (this.isView) {
+      // A view shares its volume with the filesystems that made it.
       this.policy.close();
       this.handles.clear();
       return;
@@ -323,9 +360,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     } finally {
       this.policy.close();
       this.handles.clear();
-      for (const view of this.views.values()) view.close();
-      this.views.clear();
-      this.store.close();
+      this.shared.release(this.subvolumeId);
     }
   }
 
@@ -346,6 +381,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const record = subvolumes.create(name, source, options.readOnly, this.clock());
     this.policy.commit();
     if (source === this.subvolume.name) this.subvolume = subvolumes.require(source);
+    this.shared.changed(name);
     return this.listSubvolumes().find((s) => s.id === record.id)!;
   }
 
@@ -355,17 +391,24 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (record.id === this.subvolumeId) {
       throw new GroveError("EBUSY", "EBUSY_subvolume_mounted", `subvolume ${JSON.stringify(name)} is the one being served; it cannot be deleted`);
     }
+    if (this.shared.serves(record.id)) {
+      throw new GroveError("EBUSY", "EBUSY_subvolume_mounted", `subvolume ${JSON.stringify(name)} is being served by another mount of this volume; it cannot be deleted`);
+    }
     if (record.id === defaultSubvolumeId) {
       // As in btrfs: the subvolume a plain mount serves stays (roll back by cloning a snapshot and mounting it with --subvol).
       throw new GroveError("EPERM", "EPERM_default_subvolume", `"${defaultSubvolumeName}" is the default subvolume; it cannot be deleted`);
     }
-    const view = this.views?.get(name);
-    if (view !== undefined) {
-      view.close();
-      this.views!.delete(name);
-    }
+    // Before its view closes: each mount forgets the snapshot's nodes, so none is read after its blocks start to go.
+    this.shared.deleting(name);
+    this.shared.dropView(name);
     this.volume.subvolumes.delete(name);
     this.sync();
+    this.shared.changed(name);
+  }
+
+  watchSubvolumes(watcher: SubvolumeWatcher): () => void {
+    this.policy.checkOpen();
+    return this.shared.watch(watcher);
   }
 
   listSubvolumes(): SubvolumeInfo[] {
@@ -397,18 +440,16 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   snapshotView(name: string): FileSystemOps & InodeOps {
     this.policy.checkOpen();
-    if (this.views === null) throw new GroveError("EINVAL", "EINVAL_view", "a snapshot view has no views");
+    if (this.isView) throw new GroveError("EINVAL", "EINVAL_view", "a snapshot view has no views");
+    const views = this.shared.views;
     const record = this.volume.subvolumes.get(name);
-    const cached = this.views.get(name);
+    const cached = views.get(name);
     if (cached !== undefined && record?.id === cached.subvolumeId) return cached;
-    if (cached !== undefined) {
-      cached.close();
-      this.views.delete(name);
-    }
+    if (cached !== undefined) this.shared.dropView(name);
     if (record === undefined) throw new GroveError("ENOENT", "ENOENT_subvolume", `no snapshot named ${JSON.stringify(name)}`);
     if (!record.readOnly) throw new GroveError("EINVAL", "EINVAL_not_snapshot", `${JSON.stringify(name)} is a writable clone, not a snapshot`);
-    const view = new GroveFs(this.volume, record, { readOnly: true, clock: this.clock }, true);
-    this.views.set(name, view);
+    const view = new GroveFs(this.shared, record, { readOnly: true, clock: this.clock }, true);
+    views.set(name, view);
     return view;
   }
 
@@ -438,7 +479,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   private checkVolumeWritable(): void {
     this.policy.checkOpen();
-    if (this.views === null || this.store.readOnly) {
+    if (this.isView || this.store.readOnly) {
       throw new GroveError("EROFS", "EROFS_volume", "the volume is open read-only");
     }
   }
@@ -922,6 +963,23 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.policy.checkOpen();
     return this.handles.remove(fh);
   }
+}
+
+function checkCommitInterval(interval: number | undefined): void {
+  if (interval !== undefined && (!Number.isSafeInteger(interval) || interval < commitIntervalMinMs || interval > commitIntervalMaxMs)) {
+    throw new GroveError("EINVAL", "EINVAL_commit_interval", `the commit interval must be ${commitIntervalMinMs / 1000}–${commitIntervalMaxMs / 1000} s in whole ms`);
+  }
+}
+
+/** The live subvolume to serve: `name`, or the default one; ENOENT if there is none. */
+function recordToServe(volume: Volume, name: string | undefined): SubvolumeRecord {
+  const record = volume.subvolumes.get(name ?? defaultSubvolumeName);
+  if (record !== undefined) return record;
+  throw new GroveError(
+    "ENOENT",
+    "ENOENT_subvolume",
+    name === undefined ? `the default subvolume "${defaultSubvolumeName}" was deleted: name one to serve` : `no subvolume named ${JSON.stringify(name)}`,
+  );
 }
 
 /** chown(2)'s "unchanged" is -1 (0xffffffff as an unsigned id). */

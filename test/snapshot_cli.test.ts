@@ -132,7 +132,7 @@ describe("grovefs snapshot, clone and subvolume on an image", () => {
     expect(subvolumes.map((s) => [s.name, s.readOnly])).toEqual([["default", false], ["s1", true]]);
     expect(subvolumes[1]!.parentId).toBe(subvolumes[0]!.id);
     const subTable = (await grovefsOk("subvolume", "list", img)).trimEnd().split("\n");
-    expect(subTable[0]).toMatch(/^NAME\s+ID\s+MODE\s+PARENT\s+CREATED$/);
+    expect(subTable[0]).toMatch(/^NAME\s+ID\s+MODE\s+PARENT\s+CREATED\s+MOUNTED$/);
     expect(subTable[1]).toMatch(/^default\s+\d+\s+rw\s+-\s+/);
     expect(subTable[2]).toMatch(/^s1\s+\d+\s+ro\s+default\s+/);
 

@@ -4,11 +4,20 @@
  * (kernel_bridge.ts), and keep the kernel's caches honest where something
  * changes without a request: a snapshot made or deleted through the mount
  * daemon's control socket changes /.snapshots, so its entry and attributes
- * are invalidated (notify_inval_entry, notify_inval_inode).
+ * are invalidated (notify_inval_entry, notify_inval_inode). The filesystem
+ * tells every mount of the volume (`watchSubvolumes`), so a snapshot made or
+ * deleted through another mount the same process serves is seen here too,
+ * and a deleted snapshot's nodes answer ENOENT in every mount before its
+ * view closes.
+ *
+ * In place or pool reads: only one session in a process can block the JS
+ * thread in read(2). The first mount serves in place (the default); once a
+ * second mount is served, every session reads on the pool (`usePoolReads`),
+ * or the others' requests would wait for the first's waker.
  */
 import { resolve as resolvePath } from "node:path";
 import { GroveError } from "../../kvstore/index.js";
-import type { InodeOps, SubvolumeInfo, SubvolumeOps } from "../api.js";
+import type { InodeOps, SubvolumeWatcher } from "../api.js";
 import { groveSubtype, unmountPath, type BridgedFs, type MountGroveOptions, type ServedMount } from "../fuse_bridge.js";
 import { servesSnapshots } from "../snapshot_dir.js";
 import { KernelBridge } from "./kernel_bridge.js";
@@ -21,6 +30,9 @@ function isInodeOps(fs: object): fs is InodeOps {
   const candidate = fs as Partial<InodeOps>;
   return typeof candidate.lookup === "function" && typeof candidate.readdirIno === "function";
 }
+
+/** The sessions this process serves: with more than one, none may block in place. */
+const sessions = new Set<KernelSession>();
 
 export async function serveKernel(volume: BridgedFs, absolute: string, options: MountGroveOptions): Promise<ServedMount> {
   if (!isInodeOps(volume)) {
@@ -44,12 +56,16 @@ export async function serveKernel(volume: BridgedFs, absolute: string, options: 
     const why = cause instanceof Error ? cause.message : String(cause);
     throw new GroveError("EIO", "EIO_fuse_mount", `cannot mount at ${absolute}: ${why}`, { path: absolute, cause });
   }
-  const served = new KernelSession(fd, bridge, sessionModeFromEnv(), absolute);
+  const served = new KernelSession(fd, bridge, sessions.size > 0 ? "pool" : sessionModeFromEnv(), absolute);
   session = served;
+  for (const other of sessions) other.usePoolReads();
+  sessions.add(served);
+  void served.done.then(() => sessions.delete(served));
   served.start();
+  const unwatch = subvolumes?.watchSubvolumes?.(snapshotDirWatcher(nodes, served)) ?? null;
   return {
     fs: volume,
-    subvolumes: subvolumes === null ? null : notifyingSubvolumes(subvolumes, nodes, served),
+    subvolumes,
     unmount: async () => {
       served.quiesce();
       await unmountPath(absolute);
@@ -57,6 +73,7 @@ export async function serveKernel(volume: BridgedFs, absolute: string, options: 
     },
     ended: served.done,
     stop: () => {
+      unwatch?.();
       bridge.closed = true;
     },
     flushKernel,
@@ -64,30 +81,15 @@ export async function serveKernel(volume: BridgedFs, absolute: string, options: 
   };
 }
 
-/** The served filesystem's SubvolumeOps, telling the kernel when /.snapshots changes. */
-function notifyingSubvolumes(inner: SubvolumeOps, nodes: NodeTable, session: KernelSession): SubvolumeOps {
-  const changed = (name: string) => {
-    session.notify(notifyInvalEntry(snapshotDirNode, Buffer.from(name, "utf8")));
-    session.notify(notifyInvalInode(snapshotDirNode, 0, 0));
-  };
+/** Keeps this mount's /.snapshots honest when a subvolume is created or deleted through any mount of the volume. */
+function snapshotDirWatcher(nodes: NodeTable, session: KernelSession): SubvolumeWatcher {
   return {
-    get subvolumeName() {
-      return inner.subvolumeName;
+    // Forgotten first: from here on its nodes answer ENOENT, and its closed view is never used.
+    deleting: (name) => void nodes.forgetSnapshot(name),
+    changed: (name) => {
+      // A clone's name is not under /.snapshots: the kernel answers ENOENT to that invalidation, which is ignored.
+      session.notify(notifyInvalEntry(snapshotDirNode, Buffer.from(name, "utf8")));
+      session.notify(notifyInvalInode(snapshotDirNode, 0, 0));
     },
-    createSubvolume(name: string, opts: { from?: string; readOnly: boolean }): SubvolumeInfo {
-      const info = inner.createSubvolume(name, opts);
-      if (info.readOnly) changed(name);
-      return info;
-    },
-    deleteSubvolume(name: string): void {
-      // Forgotten first: from here on its nodes answer ENOENT, and its closed view is never used.
-      const view = nodes.forgetSnapshot(name);
-      inner.deleteSubvolume(name);
-      if (view !== undefined || inner.listSubvolumes().every((s) => s.name !== name)) changed(name);
-    },
-    listSubvolumes: () => inner.listSubvolumes(),
-    pendingDeletions: () => inner.pendingDeletions(),
-    finishDeletions: () => inner.finishDeletions(),
-    snapshotView: (name: string) => inner.snapshotView(name),
   };
 }

@@ -18,6 +18,10 @@
  *   only, several are kept outstanding, so requests pipeline; in the mixed
  *   mode exactly one is, so that no pool thread still holds a read when the
  *   thread goes back to blocking in place.
+ * - Only one session of a process can block the JS thread: while it did,
+ *   another mount's requests would wait for its waker. When a second session
+ *   starts, the first switches to pool reads only (`usePoolReads`) and stays
+ *   there, and the second starts with them.
  *
  * Each read has its own buffer, large enough for the biggest request
  * negotiated (max_write plus headers). A request is served and answered
@@ -126,7 +130,7 @@ export class KernelSession {
   constructor(
     private readonly fd: number,
     private readonly bridge: KernelBridge,
-    private readonly mode: SessionMode = "pool",
+    private mode: SessionMode = "pool",
     /** Where the waker pokes an idle session (in place only). */
     private readonly mountpoint: string | null = null,
   ) {
@@ -162,6 +166,22 @@ export class KernelSession {
     };
     work.then(release, release);
     return work;
+  }
+
+  /**
+   * From now on requests are read on the pool only, several outstanding:
+   * another session in this process needs the JS thread too. Called on the
+   * event loop, so this session is not blocked in place now; one that is
+   * serving in place goes back to the pool before it would block again.
+   */
+  usePoolReads(): void {
+    this.mode = "pool";
+    this.quiesce();
+    while (!this.ended && this.buffers.length < outstandingReads) {
+      const buffer = Buffer.allocUnsafe(maxWriteBytes + requestHeaderRoomBytes);
+      this.buffers.push(buffer);
+      this.readInto(buffer);
+    }
   }
 
   /** Stops poking: before an unmount, so that no statfs(2) holds the mountpoint busy. */
@@ -206,6 +226,11 @@ export class KernelSession {
     const waker = this.waker!;
     let turned = performance.now();
     for (;;) {
+      // The event loop ran (a turn below): if pool reads were chosen meanwhile, this thread must not block again.
+      if (this.waker !== waker) {
+        this.readInto(buffer);
+        return;
+      }
       let length: number;
       waker.blocked(true);
       try {
