@@ -33,6 +33,7 @@ import {
   Tree,
   ReservePurpose,
   assert,
+  blockSizeBytes,
   firstAllocatableLba,
   readU64BE,
   readU64LE,
@@ -102,14 +103,15 @@ export class FreeSpace implements SpaceManager {
   private runEnd = 0;
   /** Inside the commit fixpoint: allocate exactly, with no run left open. */
   private flushing = false;
-  private readonly deviceBlocks: number;
+  /** The volume's size: changed only by `resize`. */
+  private deviceBlocks: number;
   /** Kept back from growth so that deletes, which also copy on write, can always run. */
-  private readonly growHeadroomBlocks: number;
+  private growHeadroomBlocks: number;
 
   private constructor(store: Store) {
     this.store = store;
     this.deviceBlocks = store.deviceBlocks;
-    this.growHeadroomBlocks = Math.max(16, Math.floor(this.deviceBlocks / 512));
+    this.growHeadroomBlocks = growHeadroomFor(this.deviceBlocks);
   }
 
   /** Everything past the superblocks is free; the trees are created by the first commit. */
@@ -232,6 +234,63 @@ export class FreeSpace implements SpaceManager {
     this.store.dropTree(treeIdFreeByLba);
     this.store.dropTree(treeIdFreeByLength);
     this.logChange(firstAllocatableLba, this.deviceBlocks - firstAllocatableLba);
+  }
+
+  /**
+   * The volume becomes `blocks` long (SpaceManager.resize). New blocks are
+   * free at once: no committed generation references them. A shrink is
+   * refused unless [blocks, end) is free, and unless what stays free can
+   * still commit and leaves the new size's growth headroom.
+   */
+  resize(blocks: number): void {
+    assert(this.changedLog.length === 0 && this.freedLog.length === 0, "a resize starts a transaction");
+    assert(this.run === null && this.taken.length === 0 && this.pending.size === 0, "a resize starts a transaction");
+    const old = this.deviceBlocks;
+    if (blocks > old) {
+      this.avail.add(old, blocks - old);
+      this.logChange(old, blocks - old);
+    } else if (blocks < old) {
+      this.checkShrink(blocks);
+      this.avail.remove(blocks, old - blocks);
+      this.logChange(blocks, old - blocks);
+    }
+    this.deviceBlocks = blocks;
+    this.growHeadroomBlocks = growHeadroomFor(blocks);
+  }
+
+  /**
+   * The smallest size a shrink could reach now: the start of the free
+   * extent that runs to the end, if there is one (blocks are never moved).
+   */
+  shrinkFloorBlocks(): number {
+    const last = this.avail.containing(this.deviceBlocks - 1);
+    return last === undefined ? this.deviceBlocks : last.start;
+  }
+
+  private checkShrink(blocks: number): void {
+    const old = this.deviceBlocks;
+    let free = 0;
+    for (const e of this.avail.touching(blocks, old)) free += Math.max(0, Math.min(old, e.start + e.length) - Math.max(blocks, e.start));
+    const inUse = old - blocks - free;
+    if (inUse > 0) {
+      const floor = this.shrinkFloorBlocks();
+      throw new GroveError(
+        "ENOSPC",
+        "ENOSPC_resize_in_use",
+        `cannot shrink the volume to ${bytesText(blocks)}: ${inUse} of the ${old - blocks} blocks past the new end are in use ` +
+          `(grovefs does not move data; the smallest size it can shrink to now is ${bytesText(floor)})`,
+      );
+    }
+    // What stays must still record this commit, and leave the headroom that lets deletes run.
+    const left = this.avail.blocks - (old - blocks);
+    const needed = this.commitReserveBlocks(1) + growHeadroomFor(blocks);
+    if (left < needed) {
+      throw new GroveError(
+        "ENOSPC",
+        "ENOSPC_resize_full",
+        `cannot shrink the volume to ${bytesText(blocks)}: it would be full (${Math.max(0, left)} blocks free, at least ${needed} needed)`,
+      );
+    }
   }
 
   flushToTrees(): boolean {
@@ -416,6 +475,16 @@ export class FreeSpace implements SpaceManager {
     }
     return out;
   }
+}
+
+/** "16384 blocks (64 MiB)": exact, with a rounded size for people. */
+function bytesText(blocks: number): string {
+  const mib = (blocks * blockSizeBytes) / 2 ** 20;
+  return `${blocks} blocks (${mib >= 10 ? Math.round(mib) : mib.toFixed(1)} MiB)`;
+}
+
+function growHeadroomFor(deviceBlocks: number): number {
+  return Math.max(16, Math.floor(deviceBlocks / 512));
 }
 
 function pairsToExtents(pairs: number[]): Extent[] {

@@ -92,6 +92,7 @@ import { SharedVolume } from "./shared_volume.js";
 import { Namespace, checkRenameFlags, type Slot } from "./namespace.js";
 import { FileOps, withoutSetIdBits, type AccessTimes } from "./file_ops.js";
 import { RangeCopy } from "./copy_range.js";
+import { resizeVolume, type ResizeRequest, type ResizeResult } from "./resize.js";
 
 export { splitPath } from "./namespace.js";
 
@@ -322,6 +323,17 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.policy.checkOpen();
     if (this.store.readOnly || this.isView) return;
     this.policy.commit();
+  }
+
+  /**
+   * Resizes the volume (fs/resize.ts): everything written before is
+   * committed first, then the resize is one commit of its own. A shrink over
+   * blocks in use is refused (ENOSPC) and changes nothing.
+   */
+  resize(request: ResizeRequest): ResizeResult {
+    this.checkVolumeWritable();
+    this.sync();
+    return resizeVolume(this.store, request);
   }
 
   /** Called about once a second: commits when the interval has passed or memory bounds are near. */

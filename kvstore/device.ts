@@ -23,6 +23,20 @@ export interface BlockDevice {
   flush(): void;
   close(): void;
   /**
+   * Reads the size of the underlying file or device again, in whole blocks:
+   * it may have grown since it was opened (truncate(1) of an image,
+   * `losetup -c` of a loop device). `blockCount` rises to it, so I/O may
+   * reach the new blocks; it is never lowered here, so a device that shrank
+   * under an open volume is reported, not believed.
+   */
+  refreshSize?(): number;
+  /**
+   * Sets the size of an image file to `blocks` (sparse when it grows):
+   * present only where the device can be resized, which a block device
+   * cannot. `blockCount` follows.
+   */
+  setSize?(blocks: number): void;
+  /**
    * A hint that blocks [lba, lba + count) will be read soon: the device may
    * start reading them in the background. It changes nothing and may do
    * nothing; it says whether it started.
@@ -106,19 +120,37 @@ export function lockImageFd(fd: number, path: string, mode: "shared" | "exclusiv
   });
 }
 
+/** The size of the file or block device open as `fd`, in bytes. */
+function sizeBytesOf(fd: number, path: string): number {
+  const stat = fs.fstatSync(fd);
+  if (stat.isBlockDevice()) return blockDeviceSizeBytes(stat, path);
+  if (stat.isFile()) return stat.size;
+  throw new GroveError("EINVAL", "EINVAL_device_kind", `${path}: not a regular file or block device`, { path });
+}
+
 /** An image file or a block device such as /dev/loop0. */
 export class FileDevice implements BlockDevice {
-  readonly blockCount: number;
   readonly path: string;
+  /** An image file, whose size `setSize` changes; a block device's is fixed by the device. */
+  readonly isImageFile: boolean;
+  readonly setSize: ((blocks: number) => void) | undefined;
+  private blocks: number;
   private fd: number;
   private prefetchFd = -1;
   private prefetchInflight = 0;
   private prefetchScratch = Buffer.alloc(0);
 
-  private constructor(path: string, fd: number, blockCount: number) {
+  private constructor(path: string, fd: number, blockCount: number, isImageFile: boolean) {
     this.path = path;
     this.fd = fd;
-    this.blockCount = blockCount;
+    this.blocks = blockCount;
+    this.isImageFile = isImageFile;
+    // A block device cannot be resized: leaving setSize out says so to the store.
+    this.setSize = isImageFile ? (blocks) => this.resizeImage(blocks) : undefined;
+  }
+
+  get blockCount(): number {
+    return this.blocks;
   }
 
   static open(path: string, options: FileDeviceOptions = {}): FileDevice {
@@ -142,12 +174,8 @@ export class FileDevice implements BlockDevice {
   private static fromFd(path: string, fd: number, options: FileDeviceOptions): FileDevice {
     try {
       if (options.lock) lockImageFd(fd, path, options.readOnly ? "shared" : "exclusive");
-      const stat = fs.fstatSync(fd);
-      let sizeBytes: number;
-      if (stat.isBlockDevice()) sizeBytes = blockDeviceSizeBytes(stat, path);
-      else if (stat.isFile()) sizeBytes = stat.size;
-      else throw new GroveError("EINVAL", "EINVAL_device_kind", `${path}: not a regular file or block device`, { path });
-      return new FileDevice(path, fd, checkDeviceSize(sizeBytes, path));
+      const sizeBytes = sizeBytesOf(fd, path);
+      return new FileDevice(path, fd, checkDeviceSize(sizeBytes, path), fs.fstatSync(fd).isFile());
     } catch (error) {
       fs.closeSync(fd);
       throw error;
@@ -172,6 +200,27 @@ export class FileDevice implements BlockDevice {
     }
     // The lock, if any, is already held by this open file description.
     return FileDevice.fromFd(path, fd, {});
+  }
+
+  refreshSize(): number {
+    const blocks = Math.min(deviceBlocksMax, Math.floor(sizeBytesOf(this.fd, this.path) / blockSizeBytes));
+    this.blocks = Math.max(this.blocks, blocks);
+    return blocks;
+  }
+
+  /** ftruncate(2): sparse when it grows; the caller shrinks only past blocks nothing needs. */
+  private resizeImage(blocks: number): void {
+    assert(this.isImageFile, "only an image file is resized");
+    assert(Number.isSafeInteger(blocks) && blocks >= deviceBlocksMin && blocks <= deviceBlocksMax, `image size of ${blocks} blocks`);
+    try {
+      fs.ftruncateSync(this.fd, blocks * blockSizeBytes);
+    } catch (cause) {
+      throw new GroveError("EIO", "EIO_image_resize", `${this.path}: cannot set the image's size: ${(cause as Error).message}`, {
+        path: this.path,
+        cause,
+      });
+    }
+    this.blocks = blocks;
   }
 
   read(lba: number, buf: Uint8Array): void {

@@ -27,6 +27,13 @@ export interface SpaceManager {
    * free-space trees. Returns whether it changed anything.
    */
   flushToTrees(): boolean;
+  /**
+   * The volume becomes `blocks` long, at the start of a transaction of its
+   * own (nothing allocated or freed in it yet). Growing adds the new blocks
+   * to free space; shrinking takes the blocks past the new end out of it,
+   * refused (changing nothing) unless every one of them is free.
+   */
+  resize(blocks: number): void;
   /** The commit is durable: blocks freed by it may now be reused. */
   committed(): void;
   /** The running transaction was discarded. */

@@ -37,7 +37,7 @@ export interface RecoverOptions {
 }
 
 export class SimDevice implements BlockDevice {
-  readonly blockCount: number;
+  private blocks: number;
   private durable = new Map<number, Uint8Array>();
   private unflushed: Array<{ lba: number; data: Uint8Array }> = [];
   private live = new Map<number, Uint8Array>();
@@ -53,7 +53,11 @@ export class SimDevice implements BlockDevice {
   private closed = false;
 
   constructor(blockCount: number) {
-    this.blockCount = blockCount;
+    this.blocks = blockCount;
+  }
+
+  get blockCount(): number {
+    return this.blocks;
   }
 
   /** A device holding a copy of another's durable image (what a reboot sees). */
@@ -113,6 +117,22 @@ export class SimDevice implements BlockDevice {
 
   close(): void {
     this.closed = true;
+  }
+
+  refreshSize(): number {
+    return this.blocks;
+  }
+
+  /**
+   * Resizes the simulated image file, as ftruncate(2) would. The new size is
+   * durable at once (a real fdatasync at the next commit makes it so before
+   * anything depends on it); blocks cut off are gone from every state.
+   */
+  setSize(blocks: number): void {
+    this.checkAlive();
+    for (const map of [this.live, this.durable]) for (const lba of [...map.keys()]) if (lba >= blocks) map.delete(lba);
+    this.unflushed = this.unflushed.filter((w) => w.lba < blocks);
+    this.blocks = blocks;
   }
 
   /** The same disk after a clean shutdown: every write, flushed or not, made it. */

@@ -26,6 +26,8 @@ import { randomBytes } from "node:crypto";
 import {
   blockSizeBytes,
   commitFixpointRoundsMax,
+  deviceBlocksMax,
+  deviceBlocksMin,
   firstAllocatableLba,
   nodeCacheBytesDefault,
   superblockSlotLbas,
@@ -173,12 +175,15 @@ export class Store implements NodeStore {
   /** The running transaction's feature bits and compressed-extent counters (the superblock holds the committed ones). */
   private features: bigint;
   private compressed: CompressedUsage;
+  /** The running transaction's volume size in blocks: differs from the superblock's only inside `resize`. */
+  private volumeBlocks: number;
 
   private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
     this.device = device;
     this.superblock = superblock;
     this.features = superblock.features;
     this.compressed = { ...superblock.compressed };
+    this.volumeBlocks = superblock.deviceBlocks;
     this.generation = superblock.generation + 1;
     this.readOnly = options.readOnly ?? false;
     this.sharing = options.sharing ?? unshared;
@@ -234,8 +239,9 @@ export class Store implements NodeStore {
     return this.superblock.generation;
   }
 
+  /** The volume's size in blocks (the device may hold more). */
   get deviceBlocks(): number {
-    return this.superblock.deviceBlocks;
+    return this.volumeBlocks;
   }
 
   get label(): string {
@@ -490,6 +496,7 @@ export class Store implements NodeStore {
         rootLevel: this.rootTree.level,
         features: this.features,
         compressed: { ...this.compressed },
+        deviceBlocks: this.volumeBlocks,
       };
       this.device.write(slotForGeneration(this.generation), encodeSuperblock(next));
       this.device.flush();
@@ -509,6 +516,55 @@ export class Store implements NodeStore {
     this.sharing.committed();
   }
 
+  /**
+   * Resizes the volume to `blocks`, in a transaction of its own: the caller
+   * commits everything else first. It is one commit, so a crash leaves the
+   * old size or the new one, never a mix.
+   * - Growing: an image file is extended first (sparse), so the commit never
+   *   names blocks the file lacks, and a crash before it leaves a longer
+   *   file under the old volume, which opens as before. A block device must
+   *   already hold `blocks` (refreshSize rereads what a grown one holds).
+   * - Shrinking: refused, changing nothing, unless every block past the new
+   *   end is free (nothing is moved). Two commits write both superblock
+   *   slots with the new size, and only then is an image file cut, so that
+   *   neither slot names blocks the file no longer has.
+   */
+  resize(blocks: number): void {
+    this.checkHealthy();
+    if (this.readOnly) throw new GroveError("EROFS", "EROFS_resize", "volume is open read-only");
+    assert(!this.hasChanges(), "a resize is a transaction of its own");
+    if (!Number.isSafeInteger(blocks) || blocks < deviceBlocksMin || blocks > deviceBlocksMax) {
+      throw new GroveError(
+        "EINVAL",
+        "EINVAL_resize_size",
+        `a volume is ${deviceBlocksMin} to 2^48 blocks of ${blockSizeBytes} bytes (at least ${deviceBlocksMin * blockSizeBytes} bytes), not ${blocks}`,
+      );
+    }
+    const old = this.volumeBlocks;
+    if (blocks === old) return;
+    if (blocks > old) this.growDevice(blocks);
+    this.space!.resize(blocks);
+    this.volumeBlocks = blocks;
+    this.commit();
+    if (blocks > old) return;
+    this.commit({ force: true });
+    if (this.device.setSize !== undefined && this.device.blockCount > blocks) this.device.setSize(blocks);
+  }
+
+  /** Makes the device hold `blocks`: an image file grows, a block device must have grown already. */
+  private growDevice(blocks: number): void {
+    const holds = this.device.refreshSize?.() ?? this.device.blockCount;
+    if (holds >= blocks) return;
+    if (this.device.setSize === undefined) {
+      throw new GroveError(
+        "EINVAL",
+        "EINVAL_resize_past_device",
+        `the device holds ${holds} blocks (${holds * blockSizeBytes} bytes); the volume cannot grow to ${blocks}`,
+      );
+    }
+    this.device.setSize(blocks);
+  }
+
   /** Discards the running transaction: every tree returns to its committed state. */
   abort(): void {
     this.checkHealthy();
@@ -518,6 +574,7 @@ export class Store implements NodeStore {
     const sb = this.superblock;
     this.features = sb.features;
     this.compressed = { ...sb.compressed };
+    this.volumeBlocks = sb.deviceBlocks;
     this.resetTree(this.rootTree, { rootLba: sb.rootLba, level: sb.rootLevel, count: sb.rootCount });
     for (const [id, tree] of this.droppedTrees) {
       const recreated = this.trees.get(id);
@@ -681,6 +738,7 @@ export class Store implements NodeStore {
   private hasChanges(): boolean {
     if (this.cache.dirtyCount > 0 || this.rootTree.metaDirty) return true;
     if (this.features !== this.superblock.features) return true;
+    if (this.volumeBlocks !== this.superblock.deviceBlocks) return true;
     const c = this.compressed;
     const committed = this.superblock.compressed;
     if (c.extents !== committed.extents || c.diskBlocks !== committed.diskBlocks || c.logicalBlocks !== committed.logicalBlocks) return true;
