@@ -14,6 +14,8 @@
  * mount` of the image asks the daemon to serve another mountpoint (with
  * `-o` lists as given to it), answered once that mount is usable. A daemon
  * lists, with each subvolume, the mountpoints where it serves it.
+ * `{"op":"resize","size":{"to"|"by":bytes}|{"max":true}}` resizes the
+ * served volume between two FUSE requests (cli/resize.ts).
  *
  * Why no locking: the daemon runs each request to the end inside one socket
  * callback on the JS thread, and every FUSE handler is synchronous on the same
@@ -31,7 +33,7 @@
  */
 import * as fs from "node:fs";
 import * as net from "node:net";
-import type { SubvolumeInfo, SubvolumeOps } from "../fs/index.js";
+import { parseResizeRequest, type ResizeRequest, type ResizeResult, type SubvolumeInfo, type SubvolumeOps } from "../fs/index.js";
 import { errnos, GroveError, type ErrnoCode } from "../kvstore/index.js";
 import { CliError } from "./errors.js";
 
@@ -61,10 +63,13 @@ export type ControlRequest =
 export type SubvolumeRequest = Exclude<ControlRequest, VolumeRequest>;
 
 /** Requests about the whole served volume rather than its subvolumes: only a mount daemon answers them. */
-export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest;
+export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest | ResizeOp;
 
 /** Serve `mountpoint` too, with subvolume `subvol` (the default one when absent) and mount options `options`. */
 export type AttachRequest = { op: "attach"; mountpoint: string; subvol?: string; options: string[] };
+
+/** Resize the served volume (grovefs resize on a mount). */
+export type ResizeOp = { op: "resize"; size: ResizeRequest };
 
 /** What a mount daemon offers for VolumeRequests. */
 export interface VolumeControl {
@@ -76,6 +81,8 @@ export interface VolumeControl {
   attach?(request: AttachRequest): Promise<void>;
   /** Where the daemon serves each subvolume: name → mountpoints. */
   mountpoints?(): Map<string, string[]>;
+  /** Resizes the served volume: resolves once the resize is durable. */
+  resize?(size: ResizeRequest): Promise<ResizeResult>;
 }
 
 export type ControlReply =
@@ -139,6 +146,8 @@ export function parseRequest(value: unknown): ControlRequest {
       if (!Array.isArray(options) || !options.every((o) => typeof o === "string")) throw invalid("options must be a list of strings");
       return { op: "attach", mountpoint: request.mountpoint, subvol: request.subvol, options };
     }
+    case "resize":
+      return { op: "resize", size: parseResizeRequest(request.size) };
     default:
       throw invalid(`unknown request ${JSON.stringify(request.op)}`);
   }
@@ -201,6 +210,10 @@ function parseLine(line: string): ControlRequest {
 async function answer(line: string, served: Served): Promise<ControlReply> {
   try {
     const request = parseLine(line);
+    if (request.op === "resize") {
+      if (served.volume?.resize === undefined) throw invalid("resize needs a mount daemon that serves it");
+      return { ok: true, result: await served.volume.resize(request.size) };
+    }
     if (request.op === "sync" || request.op === "info" || request.op === "attach") {
       if (served.volume === undefined) throw invalid(`${request.op} needs a mount daemon`);
       if (request.op === "info") return { ok: true, result: served.volume.info() };

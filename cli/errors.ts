@@ -34,6 +34,11 @@ const hintsByDetail: Record<string, string> = {
   EIO_image_lock: "install util-linux (it provides flock)",
   EIO_fuse_mount: "fix what it says and retry",
   EIO_host_full: "free space on the filesystem that holds the image",
+  ENOSPC_resize_in_use: "delete what lies past the new end (files, snapshots), or shrink less",
+  ENOSPC_resize_full: "shrink less: a volume needs free room to work in",
+  EINVAL_resize_past_device: "grow the device first (losetup -c LOOPDEV for a loop device whose file grew), or give max",
+  EINVAL_resize_size: "give a size of at least 1M (and a -SIZE smaller than the volume)",
+  EIO_image_resize: "check the filesystem that holds the image (space, permissions, its largest file size)",
 };
 
 const hintsByCode: Partial<Record<string, string>> = {

@@ -25,6 +25,7 @@ import {
   subvolumeDeleteCommand,
   subvolumeListCommand,
 } from "./snapshot.js";
+import { resizeCommand } from "./resize.js";
 import { syncCommand } from "./sync.js";
 import { umountCommand } from "./umount.js";
 
@@ -111,6 +112,14 @@ export function buildProgram(): Command {
     .description("commit a mounted volume: returns once everything written to it before is durable (sync(1) does not reach grovefs)")
     .argument("<target>", "a mount point or any path in a grovefs mount, or a mounted image")
     .action((target: string) => syncCommand(target));
+
+  oneLineErrors(program.command("resize"))
+    .description("grow or shrink a volume: an image file (extended or cut to match), a block device that grew, or a mounted volume online; a shrink needs every block past the new end free")
+    .argument("<target>", "an image file or block device, or the mount point of a running grovefs mount")
+    .argument("<size>", "SIZE (bytes, or K, M, G, T), +SIZE to grow by it, -SIZE to shrink by it, or max (the device's size); rounded down to 4 KiB")
+    // -SIZE is not an option: commander passes an unknown dash argument through as SIZE (and SIZE checks it).
+    .allowUnknownOption()
+    .action((target: string, size: string) => resizeCommand(target, size));
 
   oneLineErrors(program.command("fsck"))
     .description("check an image, and with -y repair what can be repaired safely; exit 0 clean, 1 repaired, 4 problems left, 8 error")

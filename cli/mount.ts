@@ -557,6 +557,11 @@ class MountDaemon {
         volume.sync();
       },
       info: () => volumeReport(this.image, volume),
+      // Every mount's dirty pages first: a shrink must see the space they will take.
+      resize: async (size) => {
+        await this.flushKernels();
+        return volume.resize(size);
+      },
       attach: (request) => this.attachReported(request),
       mountpoints: () => {
         const byName = new Map<string, string[]>();

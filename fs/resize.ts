@@ -11,7 +11,7 @@
  * commit, refuses a shrink over blocks in use, and cuts an image file only
  * after the shrink is durable.
  */
-import { GroveError, type Store, blockSizeBytes } from "../kvstore/index.js";
+import { GroveError, type Store, blockSizeBytes, deviceSizeMinBytes } from "../kvstore/index.js";
 
 /** Bytes, as given: `to` a size, `by` a signed difference, or `max`, the device's size. */
 export type ResizeRequest = { to: number } | { by: number } | { max: true };
@@ -48,6 +48,9 @@ function targetBlocks(store: Store, request: ResizeRequest): { blocks: number; r
     throw new GroveError("EINVAL", "EINVAL_resize_size", `the volume is ${volumeBytes} bytes: it cannot shrink by ${-request.by} bytes`);
   }
   const bytes = "to" in request ? request.to : volumeBytes + request.by;
+  if (bytes < deviceSizeMinBytes) {
+    throw new GroveError("EINVAL", "EINVAL_resize_size", `cannot resize the volume to ${bytes} bytes: a volume is at least ${deviceSizeMinBytes} bytes`);
+  }
   return { blocks: Math.floor(bytes / blockSizeBytes), rounded: bytes % blockSizeBytes !== 0 };
 }
 

@@ -537,7 +537,9 @@ export class Store implements NodeStore {
       throw new GroveError(
         "EINVAL",
         "EINVAL_resize_size",
-        `a volume is ${deviceBlocksMin} to 2^48 blocks of ${blockSizeBytes} bytes (at least ${deviceBlocksMin * blockSizeBytes} bytes), not ${blocks}`,
+        blocks < deviceBlocksMin
+          ? `cannot resize the volume to ${Math.max(0, blocks) * blockSizeBytes} bytes: a volume is at least ${deviceBlocksMin * blockSizeBytes} bytes`
+          : `cannot resize the volume to ${blocks} blocks: a volume is at most 2^48 blocks`,
       );
     }
     const old = this.volumeBlocks;
@@ -559,7 +561,7 @@ export class Store implements NodeStore {
       throw new GroveError(
         "EINVAL",
         "EINVAL_resize_past_device",
-        `the device holds ${holds} blocks (${holds * blockSizeBytes} bytes); the volume cannot grow to ${blocks}`,
+        `the device holds ${holds * blockSizeBytes} bytes; the volume cannot grow to ${blocks * blockSizeBytes} bytes`,
       );
     }
     this.device.setSize(blocks);

@@ -15,13 +15,26 @@
  * through the daemon, with df showing the new size and data written into
  * the new space; the refusals, each one line with its exit status.
  */
-import { describe, expect, it } from "vitest";
-import { GroveError, Prng, SimDevice, SimulatedCrash, blockSizeBytes, readSuperblock, unreadableSlots } from "../kvstore/index.js";
+import * as nodeFs from "node:fs";
+import { afterEach, describe, expect, it } from "vitest";
+import { FileDevice, GroveError, Prng, SimDevice, type BlockDevice, SimulatedCrash, blockSizeBytes, readSuperblock, unreadableSlots } from "../kvstore/index.js";
 import { GroveFs } from "../fs/index.js";
+import { E2eVolume, e2eSkipReason, ok, run, sh } from "./e2e_helpers.js";
+import { expectOneLineError, holdImage } from "./cli_helpers.js";
 import { durableImage, expectErrno, expectFsClean, pattern, readFile, root, testClock, writeFile } from "./fs_helpers.js";
 
 const mib = 1024 * 1024;
 const testTimeoutMs = 120_000;
+
+let volume: E2eVolume | null = null;
+let loopDevice: string | null = null;
+
+afterEach(async () => {
+  if (loopDevice !== null) await run("losetup", ["-d", loopDevice]);
+  loopDevice = null;
+  await volume?.cleanup();
+  volume = null;
+});
 
 function formatted(blocks: number): SimDevice {
   const device = new SimDevice(blocks);
@@ -30,16 +43,16 @@ function formatted(blocks: number): SimDevice {
 }
 
 /** Writes `count` files of `bytes` each under /d, stopping at the first ENOSPC; returns how many fit. */
-function fill(fs: GroveFs, count: number, bytes: number, seed = 1): number {
+function fill(g: GroveFs, count: number, bytes: number, seed = 1): number {
   try {
-    fs.mkdir("/d", 0o755, root);
+    g.mkdir("/d", 0o755, root);
   } catch (error) {
     if (!(error instanceof GroveError) || error.code !== "EEXIST") throw error;
   }
   for (let i = 0; i < count; i++) {
     try {
-      writeFile(fs, `/d/f${i}`, pattern(bytes, seed + i));
-      fs.sync();
+      writeFile(g, `/d/f${i}`, pattern(bytes, seed + i));
+      g.sync();
     } catch (error) {
       if (error instanceof GroveError && error.code === "ENOSPC") return i;
       throw error;
@@ -207,4 +220,215 @@ describe("resize on the library", () => {
       testTimeoutMs,
     );
   }
+});
+
+/** Opens `path` (an image or a block device) in this process, writes `count` files of 1 MiB, and closes it. */
+function fillDevice(path: string, count: number, seed: number): number {
+  const device = FileDevice.open(path, { lock: true });
+  try {
+    const g = GroveFs.open(device);
+    try {
+      return fill(g, count, mib, seed);
+    } finally {
+      g.close();
+    }
+  } finally {
+    device.close();
+  }
+}
+
+/** The files fillDevice wrote are all there, byte for byte. */
+function expectFilled(path: string, count: number, seed: number): void {
+  const device = FileDevice.open(path, { readOnly: true, lock: true });
+  try {
+    const g = GroveFs.open(device, { readOnly: true });
+    for (let i = 0; i < count; i++) expect(readFile(g, `/d/f${i}`).equals(pattern(mib, seed + i)), `/d/f${i}`).toBe(true);
+    g.close();
+  } finally {
+    device.close();
+  }
+}
+
+function checkDevice(device: BlockDevice): void {
+  try {
+    expectFsClean(device);
+  } finally {
+    device.close();
+  }
+}
+
+async function volumeBytes(v: E2eVolume, target: string): Promise<number> {
+  const r = await v.groveOk(["info", target, "--json"]);
+  return (JSON.parse(r.stdout) as { sizeBytes: number }).sizeBytes;
+}
+
+describe("grovefs resize on image files", () => {
+  it(
+    "grows an image to SIZE, by +SIZE and to max after truncate(1); the new space takes data, fsck clean",
+    async () => {
+      volume = await E2eVolume.create("resize-image");
+      const v = volume;
+      await v.mkfs("16M");
+      let r = await v.groveOk(["resize", v.image, "48M"]);
+      expect(r.stdout).toBe(`${v.image} grew from 16.0 MiB to 48.0 MiB (50331648 bytes)\n`);
+      expect(nodeFs.statSync(v.image).size).toBe(48 * mib);
+      r = await v.groveOk(["resize", v.image, "+16M"]);
+      expect(r.stdout).toMatch(/grew from 48\.0 MiB to 64\.0 MiB/);
+      nodeFs.truncateSync(v.image, 96 * mib + 1000);
+      r = await v.groveOk(["resize", v.image, "max"]);
+      expect(r.stdout).toMatch(/grew from 64\.0 MiB to 96\.0 MiB \(100663296 bytes\)/);
+      r = await v.groveOk(["resize", v.image, "max"]);
+      expect(r.stdout).toMatch(/is already 96\.0 MiB .*nothing changed/);
+      r = await v.groveOk(["resize", v.image, "+6000"]);
+      expect(r.stdout).toMatch(/grew from 96\.0 MiB to 96\.0 MiB \(100667392 bytes\) \(rounded down to a multiple of 4 KiB\)/);
+      expect(await volumeBytes(v, v.image)).toBe(96 * mib + 4096);
+      // Five times the first size, in files that land far past the old end.
+      expect(fillDevice(v.image, 80, 1)).toBe(80);
+      expectFilled(v.image, 80, 1);
+      await v.groveOk(["fsck", v.image]);
+      v.check();
+    },
+    testTimeoutMs,
+  );
+
+  it(
+    "shrinks an image by -SIZE and to SIZE over free space, cutting the file; fsck clean",
+    async () => {
+      volume = await E2eVolume.create("resize-shrink");
+      const v = volume;
+      await v.mkfs("64M");
+      expect(fillDevice(v.image, 8, 3)).toBe(8);
+      let r = await v.groveOk(["resize", v.image, "-32M"]);
+      expect(r.stdout).toMatch(/shrank from 64\.0 MiB to 32\.0 MiB/);
+      expect(nodeFs.statSync(v.image).size).toBe(32 * mib);
+      r = await v.groveOk(["resize", v.image, "16M"]);
+      expect(r.stdout).toBe(`${v.image} shrank from 32.0 MiB to 16.0 MiB (16777216 bytes)\n`);
+      expect(nodeFs.statSync(v.image).size).toBe(16 * mib);
+      expectFilled(v.image, 8, 3);
+      await v.groveOk(["fsck", v.image]);
+      v.check();
+    },
+    testTimeoutMs,
+  );
+
+  it(
+    "refuses a shrink over data, changing nothing; after deletes it shrinks to the size the refusal names",
+    async () => {
+      volume = await E2eVolume.create("resize-refused");
+      const v = volume;
+      await v.mkfs("64M");
+      expect(fillDevice(v.image, 48, 3)).toBe(48);
+      const refused = await v.grove(["resize", v.image, "16M"]);
+      expectOneLineError(refused, /cannot shrink the volume to 4096 blocks \(16 MiB\): \d+ of the 12288 blocks past the new end are in use .*— delete what lies past the new end/, 1);
+      expect(refused.stdout).toBe("");
+      expect(nodeFs.statSync(v.image).size).toBe(64 * mib);
+      expect(await volumeBytes(v, v.image)).toBe(64 * mib);
+      v.check();
+      const device = FileDevice.open(v.image, { lock: true });
+      const g = GroveFs.open(device);
+      for (let i = 8; i < 48; i++) g.unlink(`/d/f${i}`);
+      g.close();
+      device.close();
+      // The deletes copied a few tree nodes into what was free then, high up; nothing is moved, so the floor lies there.
+      const again = await v.grove(["resize", v.image, "16M"]);
+      const floorBlocks = Number(/smallest size it can shrink to now is (\d+) blocks/.exec(again.stderr)?.[1] ?? "0");
+      expect(floorBlocks, again.stderr).toBeGreaterThan(4096);
+      expect(floorBlocks).toBeLessThan(16384);
+      const r = await v.groveOk(["resize", v.image, String(floorBlocks * blockSizeBytes)]);
+      expect(r.stdout).toMatch(/shrank from 64\.0 MiB to/);
+      expect(nodeFs.statSync(v.image).size).toBe(floorBlocks * blockSizeBytes);
+      expectFilled(v.image, 8, 3);
+      await v.groveOk(["fsck", v.image]);
+      v.check();
+    },
+    testTimeoutMs,
+  );
+
+  it("refuses bad sizes and targets in one line with exit status 1 (2 for usage), changing nothing", async () => {
+    volume = await E2eVolume.create("resize-refuse");
+    const v = volume;
+    await v.mkfs("16M");
+    expectOneLineError(await v.grove(["resize", v.image, "512K"]), /cannot resize the volume to 524288 bytes: a volume is at least 1048576 bytes/, 1);
+    expectOneLineError(await v.grove(["resize", v.image, "-16M"]), /cannot resize the volume to 0 bytes/, 1);
+    expectOneLineError(await v.grove(["resize", v.image, "-17M"]), /it cannot shrink by 17825792 bytes/, 1);
+    expectOneLineError(await v.grove(["resize", v.image, "3Q"]), /invalid size '3Q' — give SIZE/, 1);
+    expectOneLineError(await v.grove(["resize", v.image, "+max"]), /invalid size '\+max'/, 1);
+    expectOneLineError(await v.grove(["resize", v.image, "--bogus"]), /invalid size '--bogus'/, 1);
+    expectOneLineError(await v.grove(["resize", v.out("missing.img"), "32M"]), /no such image or mount point/, 1);
+    expectOneLineError(await v.grove(["resize", v.mnt, "32M"]), /is a directory, but no grovefs is mounted there/, 1);
+    expectOneLineError(await v.grove(["resize", v.image]), /missing required argument 'size'/, 2);
+    nodeFs.writeFileSync(v.out("plain.img"), Buffer.alloc(2 * mib));
+    expectOneLineError(await v.grove(["resize", v.out("plain.img"), "4M"]), /not a grovefs volume/, 1);
+    const holder = await holdImage(v.image, v.dir);
+    try {
+      expectOneLineError(await v.grove(["resize", v.image, "32M"]), /in use by another grovefs process/, 1);
+    } finally {
+      holder.kill("SIGKILL");
+    }
+    expect(nodeFs.statSync(v.image).size).toBe(16 * mib);
+    expect(await volumeBytes(v, v.image)).toBe(16 * mib);
+    v.check();
+  });
+});
+
+describe.skipIf(e2eSkipReason !== null)("grovefs resize on a loop device and a mounted volume", () => {
+  it(
+    "a loop device: refused past its size, grown to max after losetup -c, the new space takes data, fsck clean",
+    async () => {
+      volume = await E2eVolume.create("resize-loop");
+      const v = volume;
+      const backing = v.out("backing.img");
+      nodeFs.writeFileSync(backing, "");
+      nodeFs.truncateSync(backing, 16 * mib);
+      loopDevice = (await ok("losetup", ["-f", "--show", backing])).trim();
+      const loop = loopDevice;
+      await v.groveOk(["mkfs", loop]);
+      expectOneLineError(await v.grove(["resize", loop, "32M"]), /the device holds 16777216 bytes; the volume cannot grow to 33554432 bytes — grow the device first \(losetup -c/, 1);
+      nodeFs.truncateSync(backing, 48 * mib);
+      // The loop device still has its old size until losetup -c.
+      expect((await v.groveOk(["resize", loop, "max"])).stdout).toMatch(/is already 16\.0 MiB/);
+      await ok("losetup", ["-c", loop]);
+      expect((await v.groveOk(["resize", loop, "max"])).stdout).toBe(`${loop} grew from 16.0 MiB to 48.0 MiB (50331648 bytes)\n`);
+      expect(await volumeBytes(v, loop)).toBe(48 * mib);
+      expect(fillDevice(loop, 40, 5)).toBe(40);
+      expectFilled(loop, 40, 5);
+      await v.groveOk(["fsck", loop]);
+      checkDevice(FileDevice.open(loop, { readOnly: true }));
+      // A block device is never cut: a shrink lowers the volume only.
+      expectOneLineError(await v.grove(["resize", loop, "16M"]), /blocks past the new end are in use/, 1);
+      expect(nodeFs.statSync(backing).size).toBe(48 * mib);
+    },
+    testTimeoutMs,
+  );
+
+  it(
+    "a mounted volume grows and shrinks online: df follows, the new space takes data, refusals change nothing, fsck clean",
+    async () => {
+      volume = await E2eVolume.mounted("resize-mount", "16M");
+      const v = volume;
+      const dfBytes = async (): Promise<number> => Number((await sh('df -B1 --output=size "$1" | tail -1', [v.mnt])).trim());
+      expect(await dfBytes()).toBe(16 * mib);
+      expect((await v.groveOk(["resize", v.mnt, "64M"])).stdout).toBe(`${v.mnt} grew from 16.0 MiB to 64.0 MiB (67108864 bytes)\n`);
+      expect(await dfBytes()).toBe(64 * mib);
+      expect(nodeFs.statSync(v.image).size).toBe(64 * mib);
+      // Three times what the volume held before, written through the kernel.
+      await sh('dd if=/dev/urandom of="$1/big" bs=1M count=48 status=none && sha256sum "$1/big" > "$2"', [v.mnt, v.out("big.sum")]);
+      expectOneLineError(await v.grove(["resize", v.mnt, "32M"]), /past the new end are in use/, 1);
+      expect(await dfBytes()).toBe(64 * mib);
+      // Through the image a daemon serves, too.
+      expect((await v.groveOk(["resize", v.image, "+16M"])).stdout).toMatch(/grew from 64\.0 MiB to 80\.0 MiB/);
+      expect(await dfBytes()).toBe(80 * mib);
+      await sh('sha256sum -c --quiet "$1"', [v.out("big.sum")]);
+      await sh('rm "$1/big"', [v.mnt]);
+      // The daemon commits the delete before it looks: the space is free at once.
+      expect((await v.groveOk(["resize", v.mnt, "24M"])).stdout).toMatch(/shrank from 80\.0 MiB to 24\.0 MiB/);
+      expect(await dfBytes()).toBe(24 * mib);
+      expect(nodeFs.statSync(v.image).size).toBe(24 * mib);
+      await sh('dd if=/dev/urandom of="$1/again" bs=1M count=16 status=none && sync "$1/again"', [v.mnt]);
+      await v.finish();
+      expect(await volumeBytes(v, v.image)).toBe(24 * mib);
+      await v.groveOk(["fsck", v.image]);
+    },
+    testTimeoutMs,
+  );
 });
