@@ -13,7 +13,8 @@
  * +SIZE and to max after truncate(1); a loop device grown with
  * `losetup -c` and `resize max`; a mounted volume grown and shrunk online
  * through the daemon, with df showing the new size and data written into
- * the new space; the refusals, each one line with its exit status.
+ * the new space (and through either mountpoint of a daemon serving two
+ * subvolumes); the refusals, each one line with its exit status.
  */
 import * as nodeFs from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
@@ -427,6 +428,31 @@ describe.skipIf(e2eSkipReason !== null)("grovefs resize on a loop device and a m
       await sh('dd if=/dev/urandom of="$1/again" bs=1M count=16 status=none && sync "$1/again"', [v.mnt]);
       await v.finish();
       expect(await volumeBytes(v, v.image)).toBe(24 * mib);
+      await v.groveOk(["fsck", v.image]);
+    },
+    testTimeoutMs,
+  );
+
+  it(
+    "a daemon serving two subvolumes resizes through either mountpoint: df follows on both, both take data, fsck clean",
+    async () => {
+      volume = await E2eVolume.mounted("resize-two", "16M");
+      const v = volume;
+      const second = v.out("second");
+      nodeFs.mkdirSync(second);
+      await v.groveOk(["clone", v.mnt, "default", "other"]);
+      await v.groveOk(["mount", v.image, second, "--subvol", "other"]);
+      try {
+        const dfBytes = async (mountpoint: string): Promise<number> => Number((await sh('df -B1 --output=size "$1" | tail -1', [mountpoint])).trim());
+        expect((await v.groveOk(["resize", second, "+32M"])).stdout).toMatch(/grew from 16\.0 MiB to 48\.0 MiB/);
+        expect(await dfBytes(v.mnt)).toBe(48 * mib);
+        expect(await dfBytes(second)).toBe(48 * mib);
+        await sh('dd if=/dev/urandom of="$1/a" bs=1M count=16 status=none && dd if=/dev/urandom of="$2/b" bs=1M count=16 status=none && sync "$1/a" "$2/b"', [v.mnt, second]);
+        expectOneLineError(await v.grove(["resize", v.mnt, "16M"]), /past the new end are in use/, 1);
+      } finally {
+        await v.groveOk(["umount", second]);
+      }
+      await v.finish();
       await v.groveOk(["fsck", v.image]);
     },
     testTimeoutMs,
