@@ -161,9 +161,7 @@ export class FreeSpace implements SpaceManager {
   }
 
   reserve(blocks: number, purpose: ReservePurpose, freedRanges = 0): void {
-    const needed =
-      blocks + this.commitReserveBlocks(freedRanges) + (purpose === "grow" ? this.growHeadroomBlocks : 0);
-    const available = this.avail.blocks + (this.runEnd - this.runNext);
+    const { needed, available } = this.admission(blocks, purpose, freedRanges);
     if (available < needed) {
       throw new GroveError(
         "ENOSPC",
@@ -171,6 +169,24 @@ export class FreeSpace implements SpaceManager {
         `no space left on device (${available} blocks available, ${needed} needed)`,
       );
     }
+  }
+
+  /**
+   * How many blocks `reserve` with these arguments is short of now (0 when
+   * it would pass). The commit estimate in it grows with every range this
+   * transaction freed or changed, so a burst of deletes between commits
+   * raises it while what they freed is still pending: a commit turns both
+   * back into available space and a small estimate.
+   */
+  shortfall(blocks: number, purpose: ReservePurpose, freedRanges = 0): number {
+    const { needed, available } = this.admission(blocks, purpose, freedRanges);
+    return Math.max(0, needed - available);
+  }
+
+  private admission(blocks: number, purpose: ReservePurpose, freedRanges: number): { needed: number; available: number } {
+    const needed =
+      blocks + this.commitReserveBlocks(freedRanges) + (purpose === "grow" ? this.growHeadroomBlocks : 0);
+    return { needed, available: this.avail.blocks + (this.runEnd - this.runNext) };
   }
 
   allocate(count: number, hint?: number): number {

@@ -18,7 +18,8 @@
  * has passed or a memory bound is near. This room also commits by itself
  * when a write leaves dirty nodes past dirtyNodeBytesMax (`afterWrite`), and
  * when an operation needs blocks that only the running transaction's commit
- * makes usable again (`makeRoom`).
+ * makes usable again (`makeRoom` before it, `withRoom` once more after a
+ * refusal).
  *
  * Invariant: buffered data is written out under the admission it was given
  * when it was written (`alreadyAdmitted`): a write-out is never refused.
@@ -117,16 +118,54 @@ export class CommitPolicy implements StreamMember {
 
   /**
    * Blocks freed by the running transaction are reusable only after it
-   * commits: when growth of about `blocks` would not fit in what is
-   * available but would with them, commit first. Called at the start of an
-   * operation, before it loads anything it might keep across the commit.
+   * commits, and the commit estimate every admission carries grows with
+   * what the transaction freed: when growth of about `blocks` would not be
+   * admitted now, commit first. Called at the start of an operation, before
+   * it loads anything it might keep across the commit.
    */
   makeRoom(blocks: number): void {
-    if (this.readOnly || this.closed || this.store.isPoisoned) return;
-    const usage = this.space.usage();
-    const margin = 256 + Math.floor(usage.totalBlocks / 256);
-    const needed = blocks + this.stream.promisedBlocks() + this.shrinkReserveBlocks() + margin;
-    if (usage.availableBlocks < needed && usage.pendingBlocks > 0) this.commit();
+    // The margin covers what the rough `blocks` misses: a refusal later in these operations is not retried.
+    this.commitIfShort(blocks + 256 + Math.floor(this.space.usage().totalBlocks / 256));
+  }
+
+  /**
+   * Runs `operation`, which validates and is admitted before it changes
+   * anything. When it is refused for space while the running transaction
+   * holds frees or a grown commit estimate, commit and run it once more from
+   * the start (it reloads what it uses): a full volume must take deletes, and
+   * then writes, without waiting for the periodic commit (btrfs, too, commits
+   * when a reservation is short of space that is only pending). It commits
+   * first only when about `blocks` already does not fit: on a full volume
+   * makeRoom's margin would commit before nearly every operation.
+   */
+  withRoom<T>(blocks: number, operation: () => T): T {
+    this.commitIfShort(blocks);
+    try {
+      return operation();
+    } catch (error) {
+      if (!this.isSpaceRefusal(error) || !this.commitWouldHelp()) throw error;
+      this.commit();
+      return operation();
+    }
+  }
+
+  /** Commits when growth of `blocks` would be refused now and a commit would help. */
+  private commitIfShort(blocks: number): void {
+    if (!this.commitWouldHelp()) return;
+    const growth = blocks + this.stream.promisedBlocks() + this.shrinkReserveBlocks() + this.store.commitOverheadBlocks();
+    if (this.space.shortfall(growth, "grow") > 0) this.commit();
+  }
+
+  /** A reservation refused up front (nothing changed), not a poisoned volume or a limit a commit cannot lift. */
+  private isSpaceRefusal(error: unknown): boolean {
+    if (!(error instanceof GroveError) || error.code !== "ENOSPC" || this.store.isPoisoned) return false;
+    return error.detail.startsWith("ENOSPC_reserve");
+  }
+
+  /** A commit would make freed blocks usable, or shrink the commit estimate admissions carry. */
+  private commitWouldHelp(): boolean {
+    if (this.readOnly || this.closed || this.store.isPoisoned) return false;
+    return this.space.usage().pendingBlocks > 0 || this.store.dirtyBytes > 0;
   }
 
   /** After a mutation that buffered or wrote data: keep buffered data and dirty nodes within their bounds. */

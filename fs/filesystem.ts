@@ -522,22 +522,28 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   chmod(path: string, mode: number): void {
-    this.applySetattr(this.names.resolve(path), { mode });
+    this.policy.withRoom(16, () => this.applySetattr(this.names.resolve(path), { mode }));
   }
 
   chown(path: string, uid: number, gid: number): void {
-    this.applySetattr(this.names.resolve(path), { uid: ownerId(uid), gid: ownerId(gid), killSuidgid: true });
+    this.policy.withRoom(16, () => this.applySetattr(this.names.resolve(path), { uid: ownerId(uid), gid: ownerId(gid), killSuidgid: true }));
   }
 
   utimens(path: string, atime: TimeSpec, mtime: TimeSpec): void {
-    this.applySetattr(this.names.resolve(path), { atime, mtime });
+    this.policy.withRoom(16, () => this.applySetattr(this.names.resolve(path), { atime, mtime }));
   }
 
-  /** Changes what `attr` names (size first, as truncate(2)), in that order; returns the new attributes. */
+  /**
+   * Changes what `attr` names (size first, as truncate(2)), in that order;
+   * returns the new attributes. A retry after a refusal applies the whole
+   * change again, which gives the same result.
+   */
   setattr(ino: number, attr: SetAttr): Stat {
-    const inode = this.names.inodeAt(ino);
-    this.applySetattr(inode, attr);
-    return this.stat(inode);
+    return this.policy.withRoom(16, () => {
+      const inode = this.names.inodeAt(ino);
+      this.applySetattr(inode, attr);
+      return this.stat(inode);
+    });
   }
 
   private applySetattr(inode: Inode, attr: SetAttr): void {
@@ -591,23 +597,19 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   mkdir(path: string, mode: number, caller: Caller): Stat {
-    this.policy.makeRoom(16);
-    return this.stat(this.names.mkdir(this.names.parentFor(path, "create"), mode, caller));
+    return this.policy.withRoom(16, () => this.stat(this.names.mkdir(this.names.parentFor(path, "create"), mode, caller)));
   }
 
   mkdirAt(parent: number, name: Buffer, mode: number, caller: Caller): Stat {
-    this.policy.makeRoom(16);
-    return this.stat(this.names.mkdir(this.names.parentAt(parent, name, "create"), mode, caller));
+    return this.policy.withRoom(16, () => this.stat(this.names.mkdir(this.names.parentAt(parent, name, "create"), mode, caller)));
   }
 
   rmdir(path: string): void {
-    this.policy.makeRoom(16);
-    this.names.rmdir(this.names.parentFor(path, "remove-dir"));
+    this.policy.withRoom(16, () => this.names.rmdir(this.names.parentFor(path, "remove-dir")));
   }
 
   rmdirAt(parent: number, name: Buffer): void {
-    this.policy.makeRoom(16);
-    this.names.rmdir(this.names.parentAt(parent, name, "remove-dir"));
+    this.policy.withRoom(16, () => this.names.rmdir(this.names.parentAt(parent, name, "remove-dir")));
   }
 
   opendir(path: string): number {
@@ -632,41 +634,39 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   // ---- names ----------------------------------------------------------------
 
   unlink(path: string): void {
-    // On a full volume a delete still copies a path (more with snapshots): commit first if only pending frees would fit it.
-    this.policy.makeRoom(16);
-    this.names.unlink(this.names.parentFor(path, "remove"));
+    // On a full volume a delete still copies a path (more with snapshots): commit first, or after a refusal, when only pending frees would fit it.
+    this.policy.withRoom(16, () => this.names.unlink(this.names.parentFor(path, "remove")));
   }
 
   unlinkAt(parent: number, name: Buffer): void {
-    this.policy.makeRoom(16);
-    this.names.unlink(this.names.parentAt(parent, name, "remove"));
+    this.policy.withRoom(16, () => this.names.unlink(this.names.parentAt(parent, name, "remove")));
   }
 
   link(existing: string, newPath: string): Stat {
-    this.policy.makeRoom(16);
-    const inode = this.names.resolve(existing);
-    this.names.checkLinkable(inode, existing);
-    this.names.link(inode, this.names.parentFor(newPath, "create"));
-    return this.stat(inode);
+    return this.policy.withRoom(16, () => {
+      const inode = this.names.resolve(existing);
+      this.names.checkLinkable(inode, existing);
+      this.names.link(inode, this.names.parentFor(newPath, "create"));
+      return this.stat(inode);
+    });
   }
 
   /** A new name `name` in directory `parent` for inode `ino`. */
   linkAt(ino: number, parent: number, name: Buffer): Stat {
-    this.policy.makeRoom(16);
-    const inode = this.names.inodeAt(ino);
-    this.names.checkLinkable(inode, undefined);
-    this.names.link(inode, this.names.parentAt(parent, name, "create"));
-    return this.stat(inode);
+    return this.policy.withRoom(16, () => {
+      const inode = this.names.inodeAt(ino);
+      this.names.checkLinkable(inode, undefined);
+      this.names.link(inode, this.names.parentAt(parent, name, "create"));
+      return this.stat(inode);
+    });
   }
 
   symlink(target: string, path: string, caller: Caller): Stat {
-    this.policy.makeRoom(16);
-    return this.stat(this.names.symlink(Buffer.from(target, "utf8"), () => this.names.parentFor(path, "create"), caller, path));
+    return this.policy.withRoom(16, () => this.stat(this.names.symlink(Buffer.from(target, "utf8"), () => this.names.parentFor(path, "create"), caller, path)));
   }
 
   symlinkAt(parent: number, name: Buffer, target: Buffer, caller: Caller): Stat {
-    this.policy.makeRoom(16);
-    return this.stat(this.names.symlink(target, () => this.names.parentAt(parent, name, "create"), caller, undefined));
+    return this.policy.withRoom(16, () => this.stat(this.names.symlink(target, () => this.names.parentAt(parent, name, "create"), caller, undefined)));
   }
 
   readlink(path: string): string {
@@ -685,40 +685,36 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   mknod(path: string, mode: number, rdev: number, caller: Caller): Stat {
-    this.policy.makeRoom(16);
-    return this.stat(this.names.mknod(() => this.names.parentFor(path, "create"), mode, rdev, caller, path));
+    return this.policy.withRoom(16, () => this.stat(this.names.mknod(() => this.names.parentFor(path, "create"), mode, rdev, caller, path)));
   }
 
   mknodAt(parent: number, name: Buffer, mode: number, rdev: number, caller: Caller): Stat {
-    this.policy.makeRoom(16);
-    return this.stat(this.names.mknod(() => this.names.parentAt(parent, name, "create"), mode, rdev, caller, undefined));
+    return this.policy.withRoom(16, () => this.stat(this.names.mknod(() => this.names.parentAt(parent, name, "create"), mode, rdev, caller, undefined)));
   }
 
   rename(from: string, to: string, flags = 0): void {
     checkRenameFlags(flags);
-    // Before anything is loaded: a commit here writes out buffered inodes.
-    this.policy.makeRoom(16);
-    this.names.rename(this.names.parentFor(from, "rename-source"), this.names.parentFor(to, "rename-target"), flags);
+    // Everything is loaded inside: a commit before it, or between tries, writes out buffered inodes.
+    this.policy.withRoom(16, () => this.names.rename(this.names.parentFor(from, "rename-source"), this.names.parentFor(to, "rename-target"), flags));
   }
 
   renameAt(parent: number, name: Buffer, newParent: number, newName: Buffer, flags = 0): void {
     checkRenameFlags(flags);
-    this.policy.makeRoom(16);
-    const src = this.names.parentAt(parent, name, "rename-source");
-    this.names.rename(src, this.names.parentAt(newParent, newName, "rename-target"), flags);
+    this.policy.withRoom(16, () => {
+      const src = this.names.parentAt(parent, name, "rename-source");
+      this.names.rename(src, this.names.parentAt(newParent, newName, "rename-target"), flags);
+    });
   }
 
   // ---- files ----------------------------------------------------------------
 
   create(path: string, mode: number, flags: number, caller: Caller): number {
-    this.policy.makeRoom(16);
-    return this.createIn(this.names.parentFor(path, "open-create"), mode, flags, caller).fh;
+    return this.policy.withRoom(16, () => this.createIn(this.names.parentFor(path, "open-create"), mode, flags, caller).fh);
   }
 
   /** open(2) with O_CREAT of `name` in directory `parent`: a new file, or the existing one without O_EXCL. */
   createAt(parent: number, name: Buffer, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
-    this.policy.makeRoom(16);
-    return this.createIn(this.names.parentAt(parent, name, "open-create"), mode, flags, caller);
+    return this.policy.withRoom(16, () => this.createIn(this.names.parentAt(parent, name, "open-create"), mode, flags, caller));
   }
 
   private createIn(slot: Slot, mode: number, flags: number, caller: Caller): { fh: number; stat: Stat } {
@@ -758,18 +754,22 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   truncate(path: string, size: number): void {
-    const inode = this.names.resolve(path);
-    if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory", { path });
-    if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file", { path });
-    this.files.setSize(inode, size);
+    this.policy.withRoom(16, () => {
+      const inode = this.names.resolve(path);
+      if ((inode.mode & S_IFMT) === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory", { path });
+      if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file", { path });
+      this.files.setSize(inode, size);
+    });
   }
 
   ftruncate(fh: number, size: number): void {
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === C.O_RDONLY) throw new GroveError("EBADF", "EBADF_truncate", "not open for writing");
-    const inode = this.inodes.load(handle.ino);
-    if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
-    this.files.setSize(inode, size);
+    this.policy.withRoom(16, () => {
+      const inode = this.inodes.load(handle.ino);
+      if ((inode.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_truncate", "not a regular file");
+      this.files.setSize(inode, size);
+    });
   }
 
   flush(fh: number): void {
@@ -786,7 +786,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (handle.directory || this.handles.openCount(handle.ino) > 0) return;
     const inode = this.inodes.tryLoad(handle.ino);
     if (inode !== undefined && inode.nlink === 0 && !this.readOnly) {
-      this.names.freeOrphan(inode.ino, inode);
+      // The last close of an unlinked file is a delete: it must not be refused on a full volume.
+      this.policy.withRoom(16, () => this.names.freeOrphan(handle.ino));
     } else if (inode !== undefined && !this.readOnly) {
       this.data.precompressTail(inode);
     }
@@ -835,8 +836,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   setxattrIno(ino: number, name: string, value: Buffer, flags: number): void {
-    this.policy.makeRoom(16);
-    this.setxattrOn(this.names.inodeAt(ino), name, value, flags, undefined);
+    this.policy.withRoom(16, () => this.setxattrOn(this.names.inodeAt(ino), name, value, flags, undefined));
   }
 
   listxattrIno(ino: number): string[] {
@@ -860,8 +860,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {
-    this.policy.makeRoom(16);
-    this.setxattrOn(this.names.resolve(path), name, value, flags, path);
+    this.policy.withRoom(16, () => this.setxattrOn(this.names.resolve(path), name, value, flags, path));
   }
 
   private setxattrOn(inode: Inode, name: string, value: Buffer, flags: number, path: string | undefined): void {

@@ -665,8 +665,7 @@ export class Store implements NodeStore {
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
     assert(this.space !== null, "an allocator is attached before any mutation");
     if (this.committing || this.admittedScope) return;
-    const commitBlocks = this.rootTreeCommitBlocks() + this.sharing.commitBlocks();
-    this.space.reserve(blocks + commitBlocks, this.headroomSpender ? "shrink" : purpose, freedRanges);
+    this.space.reserve(blocks + this.commitOverheadBlocks(), this.headroomSpender ? "shrink" : purpose, freedRanges);
   }
 
   /**
@@ -712,6 +711,16 @@ export class Store implements NodeStore {
     } finally {
       this.headroomSpender = before;
     }
+  }
+
+  /**
+   * What the commit may spend beyond the allocator's own trees: root-tree
+   * leaves for changed tree roots, and the refcount tree's changes. Every
+   * admission reserves it; it grows with the transaction, and a commit
+   * brings it back down.
+   */
+  commitOverheadBlocks(): number {
+    return this.rootTreeCommitBlocks() + this.sharing.commitBlocks();
   }
 
   poison(cause: unknown): never {
