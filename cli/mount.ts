@@ -594,7 +594,7 @@ class MountDaemon {
     const first = [...this.mounts.entries()][0];
     if (first === undefined) throw new CliError(`the grovefs process serving ${this.image} is unmounting`, "mount again once it has exited");
     if (this.transport !== "kernel") {
-      throw new CliError(`${this.image} is mounted at ${first[0]} through fuse-native, which serves one mountpoint per process`, "mount it with the kernel transport (the default as root) to mount several subvolumes");
+      throw new CliError(`${this.image} is already mounted at ${first[0]} through fuse-native, which serves one mountpoint per process`, "mount it with the kernel transport (the default as root) to mount several subvolumes");
     }
     if (options.transport !== undefined && options.transport !== this.transport) {
       throw new CliError(`${this.image} is served through the ${this.transport} transport (at ${first[0]})`, `a second mount of it uses the same one: drop -o transport=${options.transport}`);
