@@ -39,6 +39,7 @@ const hintsByDetail: Record<string, string> = {
   EINVAL_resize_past_device: "grow the device first (losetup -c LOOPDEV for a loop device whose file grew), or give max",
   EINVAL_resize_size: "give a size of at least 1M (and a -SIZE smaller than the volume)",
   EIO_image_resize: "check the filesystem that holds the image (space, permissions, its largest file size)",
+  EFBIG_image_too_large: "give a smaller --size, put the image on a filesystem that allows larger files (xfs, btrfs), or use a block device",
 };
 
 const hintsByCode: Partial<Record<string, string>> = {

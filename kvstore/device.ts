@@ -129,6 +129,21 @@ function sizeBytesOf(fd: number, path: string): number {
 }
 
 /** An image file or a block device such as /dev/loop0. */
+/** ftruncate(2) to `bytes`; EFBIG (the host filesystem's largest file) becomes an error that says so. */
+function setImageBytes(fd: number, path: string, bytes: number): void {
+  try {
+    fs.ftruncateSync(fd, bytes);
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code !== "EFBIG") throw cause;
+    throw new GroveError(
+      "EFBIG",
+      "EFBIG_image_too_large",
+      `${path}: the filesystem that holds it cannot make a file of ${bytes} bytes (ext4's largest is 16 TiB - 4 KiB)`,
+      { path, cause },
+    );
+  }
+}
+
 export class FileDevice implements BlockDevice {
   readonly path: string;
   /** An image file, whose size `setSize` changes; a block device's is fixed by the device. */
@@ -189,13 +204,19 @@ export class FileDevice implements BlockDevice {
    */
   static createImage(path: string, sizeBytes: number, options: { lock?: boolean } = {}): FileDevice {
     checkDeviceSize(sizeBytes, path);
+    const existed = fs.existsSync(path);
     const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    const bytes = sizeBytes - (sizeBytes % blockSizeBytes);
     try {
       if (options.lock) lockImageFd(fd, path, "exclusive");
+      // The size first: a host filesystem that cannot hold a file this large
+      // (ext4 stops at 16 TiB - 4 KiB) refuses before anything is emptied.
+      setImageBytes(fd, path, bytes);
       fs.ftruncateSync(fd, 0);
-      fs.ftruncateSync(fd, sizeBytes - (sizeBytes % blockSizeBytes));
+      fs.ftruncateSync(fd, bytes);
     } catch (error) {
       fs.closeSync(fd);
+      if (!existed) fs.rmSync(path, { force: true });
       throw error;
     }
     // The lock, if any, is already held by this open file description.

@@ -286,6 +286,20 @@ describe("grovefs mkfs and info", () => {
     expect(stat.blocks * 512).toBeLessThan(16 * 2 ** 20);
   });
 
+  it("refuses a size the host filesystem cannot hold, before anything changes", async (context) => {
+    // ext4's largest file is 16 TiB - 4 KiB; other hosts may take 64 TiB, and then there is nothing to refuse.
+    const host = (await run("stat", ["-f", "-c", "%T", tmp.path])).stdout.trim();
+    if (host !== "ext2/ext3") context.skip();
+    const fresh = path.join(tmp.path, "too-big.img");
+    expectOneLineError(await grovefs("mkfs", fresh, "--size", "64T"), /cannot make a file of 70368744177664 bytes.*smaller --size/);
+    expect(fs.existsSync(fresh), "a refused mkfs left a new file behind").toBe(false);
+    const kept = path.join(tmp.path, "kept.img");
+    expect((await grovefs("mkfs", kept, "--size", "8M", "--label", "kept")).code).toBe(0);
+    expectOneLineError(await grovefs("mkfs", kept, "--size", "64T", "--force"), /cannot make a file/);
+    expect(fs.statSync(kept).size).toBe(8 * 2 ** 20);
+    expect((await grovefs("info", kept)).stdout).toContain("kept");
+  });
+
   it("formats an existing empty (sparse) file at its own size, and resizes with --size", async () => {
     const image = path.join(tmp.path, "sparse.img");
     fs.closeSync(fs.openSync(image, "w"));
