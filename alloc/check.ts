@@ -63,23 +63,55 @@ export function checkSpace(device: BlockDevice, visitItem?: ItemVisitor, options
   return { problems, forest, free: byLba, freeBlocks, leaked, ownedTwice };
 }
 
-/** Walks every block once: superblock, reachable, free, or a problem. */
+/**
+ * Every block is exactly one of superblock, reachable or free. The sweep goes
+ * by runs, not blocks: between the boundaries of the free extents, the
+ * reachable bitmap's runs (whole pages at a time where nothing was marked),
+ * so time and memory follow the extents and the blocks in use, not the size
+ * of the device.
+ */
 function classifyBlocks(forest: ForestReport, free: Extent[]): { leaked: Extent[]; ownedTwice: Extent[] } {
-  const freeMap = new Uint8Array(forest.deviceBlocks);
+  const end = forest.deviceBlocks;
+  // How many free extents cover each stretch of the device: a sweep over their starts and ends.
+  const edges: Array<[number, number]> = [];
   for (const e of free) {
-    for (let b = Math.max(0, e.start); b < Math.min(forest.deviceBlocks, e.start + e.length); b++) freeMap[b]! += 1;
+    const from = Math.max(0, e.start);
+    const to = Math.min(end, e.start + e.length);
+    if (to > from) edges.push([from, 1], [to, -1]);
   }
+  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   const leaked: Extent[] = [];
   const ownedTwice: Extent[] = [];
-  const note = (list: Extent[], lba: number): void => {
+  const note = (list: Extent[], from: number, to: number): void => {
     const last = list[list.length - 1];
-    if (last !== undefined && last.start + last.length === lba) last.length++;
-    else list.push({ start: lba, length: 1 });
+    if (last !== undefined && last.start + last.length === from) last.length += to - from;
+    else list.push({ start: from, length: to - from });
   };
-  for (let lba = 0; lba < forest.deviceBlocks; lba++) {
-    const owners = (lba < firstAllocatableLba ? 1 : 0) + (forest.reachable.get(lba) ? 1 : 0) + freeMap[lba]!;
-    if (owners === 0) note(leaked, lba);
-    else if (owners > 1) note(ownedTwice, lba);
+  const classify = (from: number, to: number, freeOwners: number): void => {
+    if (from >= to) return;
+    if (freeOwners > 1) return note(ownedTwice, from, to);
+    // The superblock slots count as an owner of their own.
+    const fixedTo = Math.min(to, firstAllocatableLba);
+    if (from < fixedTo) {
+      if (freeOwners > 0) note(ownedTwice, from, fixedTo);
+      forest.reachable.forEachRun(from, fixedTo, (a, b, set) => {
+        if (set && freeOwners === 0) note(ownedTwice, a, b);
+      });
+      from = fixedTo;
+      if (from >= to) return;
+    }
+    forest.reachable.forEachRun(from, to, (a, b, set) => {
+      if (freeOwners === 0 && !set) note(leaked, a, b);
+      else if (freeOwners === 1 && set) note(ownedTwice, a, b);
+    });
+  };
+  let at = 0;
+  let owners = 0;
+  for (const [lba, delta] of edges) {
+    classify(at, lba, owners);
+    at = Math.max(at, lba);
+    owners += delta;
   }
+  classify(at, end, owners);
   return { leaked, ownedTwice };
 }

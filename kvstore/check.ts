@@ -19,17 +19,76 @@ import type { TreeMeta } from "./btree.js";
 import type { ItemEdges } from "./interfaces.js";
 import { type CompressedUsage, featureCompressLz4, noCompressedUsage } from "./superblock.js";
 
-/** One bit a block. */
+/**
+ * One bit a block, in pages allocated on first use: memory follows the
+ * blocks marked, not the size of the device (a 16 TiB volume holding a few
+ * files needs a few pages, not 512 MiB), and indices past 2^32 stay exact.
+ */
 export class Bitmap {
-  readonly bits: Uint8Array;
-  constructor(readonly size: number) {
-    this.bits = new Uint8Array(Math.ceil(size / 8));
-  }
+  private static readonly pageBits = 2 ** 18;
+  private readonly pages = new Map<number, Uint8Array>();
+  constructor(readonly size: number) {}
   get(i: number): boolean {
-    return (this.bits[i >>> 3]! & (1 << (i & 7))) !== 0;
+    const page = this.pages.get(Math.floor(i / Bitmap.pageBits));
+    if (page === undefined) return false;
+    const bit = i % Bitmap.pageBits;
+    return (page[bit >>> 3]! & (1 << (bit & 7))) !== 0;
   }
   set(i: number): void {
-    this.bits[i >>> 3]! |= 1 << (i & 7);
+    const index = Math.floor(i / Bitmap.pageBits);
+    let page = this.pages.get(index);
+    if (page === undefined) {
+      page = new Uint8Array(Bitmap.pageBits / 8);
+      this.pages.set(index, page);
+    }
+    const bit = i % Bitmap.pageBits;
+    page[bit >>> 3]! |= 1 << (bit & 7);
+  }
+  /** Bytes held by the pages. */
+  get bytes(): number {
+    return this.pages.size * (Bitmap.pageBits / 8);
+  }
+  /**
+   * Calls `visit` for each maximal run of equal bits in [start, end), in
+   * order; a page never marked is one run, found without scanning it.
+   */
+  forEachRun(start: number, end: number, visit: (from: number, to: number, set: boolean) => void): void {
+    let runFrom = start;
+    let runTo = start;
+    let runSet = false;
+    const push = (from: number, to: number, set: boolean): void => {
+      if (runTo > runFrom && (set !== runSet || from !== runTo)) {
+        visit(runFrom, runTo, runSet);
+        runFrom = from;
+      } else if (runTo === runFrom) {
+        runFrom = from;
+      }
+      runTo = to;
+      runSet = set;
+    };
+    let i = start;
+    while (i < end) {
+      const index = Math.floor(i / Bitmap.pageBits);
+      const pageEnd = Math.min(end, (index + 1) * Bitmap.pageBits);
+      const page = this.pages.get(index);
+      if (page === undefined) {
+        push(i, pageEnd, false);
+        i = pageEnd;
+        continue;
+      }
+      while (i < pageEnd) {
+        const bit = i % Bitmap.pageBits;
+        const byte = page[bit >>> 3]!;
+        if ((bit & 7) === 0 && i + 8 <= pageEnd && (byte === 0 || byte === 0xff)) {
+          push(i, i + 8, byte === 0xff);
+          i += 8;
+        } else {
+          push(i, i + 1, (byte & (1 << (bit & 7))) !== 0);
+          i++;
+        }
+      }
+    }
+    if (runTo > runFrom) visit(runFrom, runTo, runSet);
   }
 }
 

@@ -4,7 +4,7 @@
  * each checker must name it.
  */
 import { describe, expect, it } from "vitest";
-import { Prng, SimDevice, checkForest, treeKey } from "../kvstore/index.js";
+import { Bitmap, Prng, SimDevice, checkForest, treeKey } from "../kvstore/index.js";
 import { crc32c } from "../kvstore/checksum.js";
 import { checkSpace, formatVolume, openVolume, treeIdFreeByLba, treeIdFreeByLength } from "../alloc/index.js";
 import { freeByLbaKey, freeByLengthKey, encodeLength } from "../alloc/free_space.js";
@@ -148,5 +148,53 @@ describe("checkers", () => {
     expect(checkSpace(device.reopen()).problems).toContain(
       `by-length tree holds ${start}+${length + 1}, which the by-LBA tree does not`,
     );
+  });
+});
+
+describe("the checkers' block bitmap", () => {
+  it("agrees with a dense reference on random marks, runs included, past 2^32 too", () => {
+    const seed = Number(process.env.GROVE_SEED ?? 16);
+    for (const base of [0, 2 ** 32 - 3000, 2 ** 40]) {
+      const prng = new Prng(seed + base);
+      const span = 600_000;
+      const bitmap = new Bitmap(base + span);
+      const dense = new Uint8Array(span);
+      for (let k = 0; k < 2000; k++) {
+        // Runs of marks, some long, so whole bytes and whole pages are both seen.
+        const from = prng.below(span);
+        const length = prng.below(10) === 0 ? prng.below(70_000) : prng.below(20);
+        for (let i = from; i < Math.min(span, from + length); i++) {
+          bitmap.set(base + i);
+          dense[i] = 1;
+        }
+      }
+      for (let k = 0; k < 5000; k++) {
+        const i = prng.below(span);
+        expect(bitmap.get(base + i), `seed ${seed}, block ${base + i}`).toBe(dense[i] === 1);
+      }
+      const from = prng.below(span / 2);
+      const to = span / 2 + prng.below(span / 2);
+      let at = from;
+      let previous: boolean | null = null;
+      bitmap.forEachRun(base + from, base + to, (a, b, set) => {
+        expect(a, `seed ${seed}: runs are contiguous`).toBe(base + at);
+        expect(b).toBeGreaterThan(a);
+        expect(set, `seed ${seed}: runs are maximal`).not.toBe(previous);
+        for (let i = a - base; i < b - base; i++) if ((dense[i] === 1) !== set) expect.fail(`seed ${seed}: block ${base + i} in a run of ${set}`);
+        at = b - base;
+        previous = set;
+      });
+      expect(at).toBe(to);
+    }
+  });
+
+  it("costs memory for the blocks marked, not the size of the device", () => {
+    const bitmap = new Bitmap(2 ** 40);
+    for (let i = 0; i < 1000; i++) bitmap.set(2 ** 39 + i);
+    bitmap.set(2 ** 40 - 1);
+    expect(bitmap.bytes).toBeLessThanOrEqual(2 * 32 * 1024);
+    let runs = 0;
+    bitmap.forEachRun(0, 2 ** 40, () => runs++);
+    expect(runs).toBe(4);
   });
 });
