@@ -68,6 +68,7 @@ import type {
   StatFs,
   SubvolumeInfo,
   SubvolumeOps,
+  SubvolumeRef,
   TimeSpec,
 } from "./api.js";
 import {
@@ -394,7 +395,16 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     this.policy.commit();
     if (source === this.subvolume.name) this.subvolume = subvolumes.require(source);
     this.shared.changed(name);
-    return this.listSubvolumes().find((s) => s.id === record.id)!;
+    // Built here, not found in a listing: creation stays O(1) in the number of subvolumes.
+    return {
+      name: record.name,
+      id: record.id,
+      readOnly: record.readOnly,
+      parentId: record.parent,
+      parentName: source,
+      generation: record.generation,
+      createdNs: record.createdNs,
+    };
   }
 
   deleteSubvolume(name: string): void {
@@ -421,6 +431,13 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   watchSubvolumes(watcher: SubvolumeWatcher): () => void {
     this.policy.checkOpen();
     return this.shared.watch(watcher);
+  }
+
+  findSubvolume(name: string): SubvolumeRef | undefined {
+    this.policy.checkOpen();
+    const record = this.volume.subvolumes.get(name);
+    if (record === undefined) return undefined;
+    return { name: record.name, id: record.id, readOnly: record.readOnly, generation: record.generation, createdNs: record.createdNs };
   }
 
   listSubvolumes(): SubvolumeInfo[] {
@@ -466,7 +483,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private deletionsRunning(): boolean {
-    return this.volume.subvolumes.deleting().length > 0;
+    return this.volume.subvolumes.deleting(1).length > 0;
   }
 
   /**

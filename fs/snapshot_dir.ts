@@ -38,7 +38,7 @@
  *   bridge's no-throw invariant holds unchanged.
  */
 import { GroveError } from "../kvstore/index.js";
-import type { Caller, DirEntry, FileSystemOps, InodeOps, Stat, StatFs, SubvolumeInfo, SubvolumeOps, TimeSpec } from "./api.js";
+import type { Caller, DirEntry, FileSystemOps, InodeOps, Stat, StatFs, SubvolumeInfo, SubvolumeOps, SubvolumeRef, TimeSpec } from "./api.js";
 
 /** The served filesystem: the contract, snapshots, and the bridge's periodic commit check. */
 export interface SnapshotSourceFs extends FileSystemOps, SubvolumeOps {
@@ -127,7 +127,7 @@ export class SnapshotDirFs implements FileSystemOps, SubvolumeOps {
   private view(name: string): View {
     const cached = this.views.get(name);
     if (cached !== undefined) return cached;
-    const info = this.inner.listSubvolumes().find((s) => s.name === name && s.readOnly);
+    const info = this.findSnapshot(name);
     if (info === undefined) {
       throw new GroveError("ENOENT", "ENOENT_snapshot", `no snapshot named ${name}`, { path: `${snapshotDirPrefix}${name}` });
     }
@@ -451,6 +451,23 @@ export class SnapshotDirFs implements FileSystemOps, SubvolumeOps {
     this.inner.deleteSubvolume(name);
     const view = this.views.get(name);
     if (view !== undefined) this.forget(view);
+  }
+
+  findSubvolume(name: string): SubvolumeRef | undefined {
+    return this.inner.findSubvolume(name);
+  }
+
+  /** Snapshot `name`; undefined for a clone, an invalid name or none. */
+  private findSnapshot(name: string): SubvolumeRef | undefined {
+    let info: SubvolumeRef | undefined;
+    try {
+      info = this.inner.findSubvolume(name);
+    } catch (error) {
+      // A name no subvolume can have (too long, "/" in it) names no snapshot.
+      if (error instanceof GroveError && error.code === "EINVAL") return undefined;
+      throw error;
+    }
+    return info?.readOnly === true ? info : undefined;
   }
 
   listSubvolumes(): SubvolumeInfo[] {

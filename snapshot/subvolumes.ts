@@ -102,9 +102,12 @@ export class Subvolumes {
   }
 
   /** Subvolumes whose deletion has not finished, by id. */
-  deleting(): SubvolumeRecord[] {
+  deleting(limit = Infinity): SubvolumeRecord[] {
     const records: SubvolumeRecord[] = [];
-    for (const [, value] of this.table().range(deletingRange)) records.push(decodeSubvolume(value));
+    for (const [, value] of this.table().range(deletingRange)) {
+      if (records.length >= limit) break;
+      records.push(decodeSubvolume(value));
+    }
     return records;
   }
 
@@ -136,7 +139,8 @@ export class Subvolumes {
       this.table().put(liveKey(name), encodeSubvolume(record));
       this.table().put(liveKey(source.name), encodeSubvolume({ ...source, lastSnapshotGeneration: generation }));
     });
-    this.lastSnapshots = null;
+    // Kept up to date rather than dropped: rebuilding it reads every record, once per snapshot taken.
+    this.lastSnapshots?.set(id, generation).set(source.id, generation);
     return record;
   }
 
@@ -174,7 +178,8 @@ export class Subvolumes {
   }
 
   private tryDeletionStep(budget: number): boolean {
-    const pending = this.deleting();
+    // The oldest two only: a step must not read every pending record (a thousand deleted at once).
+    const pending = this.deleting(2);
     if (pending.length === 0) return false;
     const record = pending[0]!;
     const tree = this.store.openTree(record.id);
@@ -187,7 +192,7 @@ export class Subvolumes {
         this.table().delete(deletingKey(record.id));
         this.store.forgetTree(record.id);
       });
-      this.lastSnapshots = null;
+      this.lastSnapshots?.delete(record.id);
       return pending.length > 1;
     }
     this.store.applyRelease(plan, () =>

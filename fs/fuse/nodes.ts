@@ -26,7 +26,7 @@
  *   ids are never reused for another snapshot, and they all answer ENOENT.
  */
 import { GroveError } from "../../kvstore/index.js";
-import type { InodeOps, SubvolumeOps } from "../api.js";
+import type { InodeOps, SubvolumeOps, SubvolumeRef } from "../api.js";
 import { rootIno } from "../constants.js";
 
 export const nodeInoSpan = 2 ** 36;
@@ -48,6 +48,18 @@ export type NodeTarget =
   | { kind: "live"; ops: InodeOps; ino: number }
   | { kind: "snapshots" }
   | { kind: "view"; view: ViewSlot; ops: InodeOps; ino: number };
+
+/** Snapshot `name` of the volume, found by name (not by listing them all); undefined for a clone or a name none can have. */
+function findSnapshot(subvolumes: SubvolumeOps, name: string): SubvolumeRef | undefined {
+  let record: SubvolumeRef | undefined;
+  try {
+    record = subvolumes.findSubvolume(name);
+  } catch (error) {
+    if (error instanceof GroveError && error.code === "EINVAL") return undefined;
+    throw error;
+  }
+  return record?.readOnly === true ? record : undefined;
+}
 
 export class NodeTable {
   private readonly counts = new Map<number, number>();
@@ -86,7 +98,7 @@ export class NodeTable {
   /** The root node of snapshot `name`'s view (its slot made on first use). ENOENT if there is no such snapshot. */
   snapshotRoot(name: string): { node: number; view: ViewSlot } {
     const subvolumes = this.subvolumes!;
-    const record = subvolumes.listSubvolumes().find((s) => s.name === name && s.readOnly);
+    const record = findSnapshot(subvolumes, name);
     if (record === undefined) throw new GroveError("ENOENT", "ENOENT_snapshot", `no snapshot named ${JSON.stringify(name)}`);
     let view = this.slotOfId.get(record.id);
     if (view === undefined || view.dead) {
