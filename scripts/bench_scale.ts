@@ -4,7 +4,8 @@
  * size of the volume.
  *
  *   npm run bench:scale -- [--files N] [--snapshots N] [--snapshot-files N]
- *                          [--sizes A,B,...] [--no-mount] [--keep] [--seed S]
+ *                          [--sizes A,B,...] [--shapes tree,flat] [--skip files,snapshots,volume]
+ *                          [--no-mount] [--keep] [--seed S]
  *
  * Defaults: --files 1000000, --snapshots 10000, --snapshot-files 100000. A
  * smoke run: `--files 20000 --snapshots 50 --snapshot-files 2000`.
@@ -85,6 +86,7 @@ type WorkerTask =
 interface FilesResult {
   createPerOpUs: number;
   statPerOpUs: number;
+  statColdPerOpUs: number;
   readdirPerEntryUs: number;
   unlinkPerOpUs: number;
   createTotalS: number;
@@ -189,7 +191,28 @@ function sample(prng: Prng, count: number, take: number): number[] {
   return out;
 }
 
+/**
+ * Runs every phase once on a small scratch volume, so that the measured
+ * phases see optimised code at every size (otherwise the smallest size pays
+ * the JIT's warm-up and looks slower than the largest).
+ */
+function warmUp(image: string): void {
+  GroveFs.format(FileDevice.createImage(image, GiB));
+  const grove = GroveFs.open(FileDevice.open(image));
+  const layout = new Layout(3000, "tree");
+  layout.build(grove);
+  for (let i = 0; i < 3000; i++) grove.release(grove.createAt(layout.parentOf(i), layout.nameOf(i), 0o644, C.O_WRONLY | C.O_CREAT, owner).fh);
+  grove.sync();
+  for (let i = 0; i < 3000; i++) grove.lookup(layout.parentOf(i), layout.nameOf(i));
+  for (const dir of layout.leafIno) grove.readdirIno(dir, undefined, () => true);
+  for (let i = 0; i < 3000; i++) grove.unlinkAt(layout.parentOf(i), layout.nameOf(i));
+  grove.sync();
+  grove.close();
+  fs.rmSync(image, { force: true });
+}
+
 function workFiles(task: Extract<WorkerTask, { kind: "files" }>): FilesResult {
+  warmUp(`${task.image}.warmup`);
   GroveFs.format(FileDevice.createImage(task.image, imageBytesForFiles(task.files)));
   let grove = GroveFs.open(FileDevice.open(task.image));
   const layout = new Layout(task.files, task.shape);
@@ -208,10 +231,13 @@ function workFiles(task: Extract<WorkerTask, { kind: "files" }>): FilesResult {
   const openMs = nowMs() - t0;
   const prng = new Prng(task.seed);
   const statNames = sample(prng, task.files, Math.min(windowOps, task.files));
-  const stat = runPhase(statNames.length, (k) => {
+  const lookup = (k: number): void => {
     const i = statNames[k]!;
     grove.lookup(layout.parentOf(i), layout.nameOf(i));
-  });
+  };
+  // Cold: the node cache starts empty. Warm: the same names again (what a per-operation cost is).
+  const statCold = runPhase(statNames.length, lookup);
+  const stat = runPhase(statNames.length, lookup);
   let entries = 0;
   const readdirCap = 100_000;
   const r0 = nowMs();
@@ -238,6 +264,7 @@ function workFiles(task: Extract<WorkerTask, { kind: "files" }>): FilesResult {
   return {
     createPerOpUs: create.perOpUs,
     statPerOpUs: stat.perOpUs,
+    statColdPerOpUs: statCold.perOpUs,
     readdirPerEntryUs,
     unlinkPerOpUs: unlink.perOpUs,
     createTotalS: create.totalS,
@@ -457,6 +484,9 @@ const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : "-");
 interface Config {
   files: number;
   sizes: number[];
+  shapes: Array<"tree" | "flat">;
+  /** Sections left out: files, snapshots, volume. */
+  skip: Set<string>;
   snapshots: number;
   snapshotFiles: number;
   mount: boolean;
@@ -471,6 +501,8 @@ function parseConfig(): Config {
       sizes: { type: "string" },
       snapshots: { type: "string" },
       "snapshot-files": { type: "string" },
+      shapes: { type: "string", default: "tree,flat" },
+      skip: { type: "string" },
       "no-mount": { type: "boolean", default: false },
       keep: { type: "boolean", default: false },
       seed: { type: "string", default: "1" },
@@ -480,7 +512,8 @@ function parseConfig(): Config {
   });
   if (values.help) {
     console.log(
-      "usage: npm run bench:scale -- [--files N] [--snapshots N] [--snapshot-files N] [--sizes A,B,...] [--no-mount] [--keep] [--seed S]\n" +
+      "usage: npm run bench:scale -- [--files N] [--snapshots N] [--snapshot-files N] [--sizes A,B,...] [--shapes tree,flat]\n" +
+        "                              [--skip files,snapshots,volume] [--no-mount] [--keep] [--seed S]\n" +
         "defaults: --files 1000000 --snapshots 10000 --snapshot-files 100000 --sizes 10000,100000,1000000 (capped at --files)",
     );
     process.exit(0);
@@ -494,9 +527,13 @@ function parseConfig(): Config {
   const files = int("files", values.files, 1_000_000, 1000);
   const listed = values.sizes === undefined ? [10_000, 100_000, 1_000_000] : values.sizes.split(",").map((s) => int("sizes", s, 0, 1000));
   const sizes = [...new Set([...listed.filter((s) => s <= files), files])].sort((a, b) => a - b);
+  const shapes = values.shapes!.split(",");
+  for (const shape of shapes) if (shape !== "tree" && shape !== "flat") throw new Error(`--shapes takes tree and flat, got "${shape}"`);
   return {
     files,
     sizes,
+    shapes: shapes as Array<"tree" | "flat">,
+    skip: new Set((values.skip ?? "").split(",").filter((s) => s !== "")),
     snapshots: int("snapshots", values.snapshots, 10_000, 10),
     snapshotFiles: int("snapshot-files", values["snapshot-files"], 100_000, 100),
     mount: !values["no-mount"],
@@ -514,7 +551,7 @@ interface FilesRow extends FilesResult {
 
 async function benchFiles(config: Config, dir: string): Promise<FilesRow[]> {
   const rows: FilesRow[] = [];
-  for (const shape of ["tree", "flat"] as const) {
+  for (const shape of config.shapes) {
     for (const files of config.sizes) {
       const image = path.join(dir, `files-${shape}-${files}.img`);
       log(`files: ${files} in ${shape === "tree" ? "a tree (100 entries per directory, depth 3)" : "one directory"}`);
@@ -537,7 +574,7 @@ async function benchFiles(config: Config, dir: string): Promise<FilesRow[]> {
         : null;
       rows.push({ files, shape, ...result, fsck, mount });
       log(
-        `  create ${f1(result.createPerOpUs)} µs/op, stat ${f1(result.statPerOpUs)}, readdir ${f2(result.readdirPerEntryUs)} µs/entry, ` +
+        `  create ${f1(result.createPerOpUs)} µs/op, stat ${f1(result.statPerOpUs)} (cold ${f1(result.statColdPerOpUs)}), readdir ${f2(result.readdirPerEntryUs)} µs/entry, ` +
           `unlink ${f1(result.unlinkPerOpUs)}; worker RSS ${f1(result.rssMaxMiB)} MiB; fsck ${f1(fsck.s)} s ${f1(fsck.rssMiB)} MiB` +
           (mount === null ? "" : `; mount ${f2(mount.mountS)} s, daemon ${f1(mount.daemonRssMiB)} MiB`),
       );
@@ -608,60 +645,64 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "grovefs-scale-"));
   log(`bench:scale in ${dir}: sizes ${config.sizes.join(", ")}; ${config.snapshots} snapshots of ${config.snapshotFiles} files; mount ${config.mount && canMount() ? "yes" : "no"}`);
   try {
-    const files = await benchFiles(config, dir);
-    const snaps = await benchSnapshots(config, dir);
-    const volume = await benchVolume(dir);
+    const files = config.skip.has("files") ? [] : await benchFiles(config, dir);
+    const snaps = config.skip.has("snapshots") ? null : await benchSnapshots(config, dir);
+    const volume = config.skip.has("volume") ? null : await benchVolume(dir);
+    const rss: number[] = [];
 
-    console.log("\nfiles (per-operation cost over the last 10k operations; growth = cost / cost at the smallest size)");
-    console.log("shape  files      create µs  stat µs  readdir µs/e  unlink µs  open ms  worker MiB  used MiB  fsck s  fsck MiB  mount s  daemon MiB");
-    for (const r of files) {
+    if (files.length > 0) {
+      console.log("\nfiles (per-operation cost over the last 10k operations; growth = cost / cost at the smallest size)");
+      console.log("shape  files      create µs  stat µs  (cold)  readdir µs/e  unlink µs  open ms  worker MiB  used MiB  fsck s  fsck MiB  mount s  daemon MiB");
+      for (const r of files) {
+        console.log(
+          `${r.shape.padEnd(6)} ${String(r.files).padEnd(10)} ${f1(r.createPerOpUs).padStart(9)}  ${f1(r.statPerOpUs).padStart(7)}  ${f1(r.statColdPerOpUs).padStart(6)}  ${f2(r.readdirPerEntryUs).padStart(12)}  ${f1(r.unlinkPerOpUs).padStart(9)}  ${f1(r.openMs).padStart(7)}  ${f1(r.rssMaxMiB).padStart(10)}  ${f1(r.usedMiB).padStart(8)}  ${f1(r.fsck.s).padStart(6)}  ${f1(r.fsck.rssMiB).padStart(8)}  ${f2(r.mount?.mountS ?? NaN).padStart(7)}  ${f1(r.mount?.daemonRssMiB ?? NaN).padStart(10)}`,
+        );
+        rss.push(r.rssMaxMiB, r.fsck.rssMiB, r.mount?.daemonRssMiB ?? 0);
+      }
+      for (const shape of config.shapes) {
+        const rs = files.filter((r) => r.shape === shape);
+        const lo = rs[0]!;
+        const hi = rs[rs.length - 1]!;
+        console.log(
+          `growth ${shape} ${hi.files} vs ${lo.files}: create ${f2(ratio(hi.createPerOpUs, lo.createPerOpUs))}x, stat ${f2(ratio(hi.statPerOpUs, lo.statPerOpUs))}x ` +
+            `(cold ${f2(ratio(hi.statColdPerOpUs, lo.statColdPerOpUs))}x), readdir ${f2(ratio(hi.readdirPerEntryUs, lo.readdirPerEntryUs))}x, ` +
+            `unlink ${f2(ratio(hi.unlinkPerOpUs, lo.unlinkPerOpUs))}x, fsck time ${f2(ratio(hi.fsck.s, lo.fsck.s))}x for ${f1(hi.files / lo.files)}x the files`,
+        );
+      }
+    }
+
+    if (snaps !== null) {
+      console.log(`\nsnapshots (${config.snapshotFiles} files; create = median of the 10 creations ending at the count)`);
+      console.log("count   create ms  list ms  RSS MiB  used MiB");
+      for (const p of snaps.points) {
+        console.log(`${String(p.count).padEnd(7)} ${f2(p.createMs).padStart(9)}  ${f2(p.listMs).padStart(7)}  ${f1(p.rssMiB).padStart(7)}  ${f1(p.usedMiB).padStart(8)}`);
+      }
       console.log(
-        `${r.shape.padEnd(6)} ${String(r.files).padEnd(10)} ${f1(r.createPerOpUs).padStart(9)}  ${f1(r.statPerOpUs).padStart(7)}  ${f2(r.readdirPerEntryUs).padStart(12)}  ${f1(r.unlinkPerOpUs).padStart(9)}  ${f1(r.openMs).padStart(7)}  ${f1(r.rssMaxMiB).padStart(10)}  ${f1(r.usedMiB).padStart(8)}  ${f1(r.fsck.s).padStart(6)}  ${f1(r.fsck.rssMiB).padStart(8)}  ${f2(r.mount?.mountS ?? NaN).padStart(7)}  ${f1(r.mount?.daemonRssMiB ?? NaN).padStart(10)}`,
+        `at ${config.snapshots}: snapshot list (CLI) ${f2(snaps.list.s)} s, fsck ${f1(snaps.fsck.s)} s ${f1(snaps.fsck.rssMiB)} MiB` +
+          (snaps.mount === null ? "" : `, mount ${f2(snaps.mount.mountS)} s, .snapshots readdir ${f1(snaps.mount.extraMs)} ms, daemon ${f1(snaps.mount.daemonRssMiB)} MiB`) +
+          `; worker peak ${f1(snaps.rssMaxMiB)} MiB`,
       );
+      console.log(`deleting ${snaps.deleteCount}: ${f2(snaps.deleteMs / 1000)} s, ${f1(snaps.freedMiB)} MiB returned`);
+      rss.push(snaps.rssMaxMiB, snaps.fsck.rssMiB, snaps.mount?.daemonRssMiB ?? 0);
     }
-    for (const shape of ["tree", "flat"]) {
-      const rs = files.filter((r) => r.shape === shape);
-      const lo = rs[0]!;
-      const hi = rs[rs.length - 1]!;
+
+    if (volume !== null) {
       console.log(
-        `growth ${shape} ${hi.files} vs ${lo.files}: create ${f2(ratio(hi.createPerOpUs, lo.createPerOpUs))}x, stat ${f2(ratio(hi.statPerOpUs, lo.statPerOpUs))}x, ` +
-          `readdir ${f2(ratio(hi.readdirPerEntryUs, lo.readdirPerEntryUs))}x, unlink ${f2(ratio(hi.unlinkPerOpUs, lo.unlinkPerOpUs))}x, fsck time ${f2(ratio(hi.fsck.s, lo.fsck.s))}x for ${f1(hi.files / lo.files)}x the files`,
+        `\nvolume ${volume.size}: mkfs ${f2(volume.mkfs.s)} s (CLI), open ${f1(volume.openMs)} ms, file at 5 TiB ${volume.bigFileOk ? "reads back" : "WRONG"} ` +
+          `(size ${volume.bigFileSize}), fsck ${f2(volume.fsck.s)} s ${f1(volume.fsck.rssMiB)} MiB (exit ${volume.fsck.status})`,
       );
+      rss.push(volume.rssMaxMiB, volume.fsck.rssMiB);
     }
 
-    console.log(`\nsnapshots (${config.snapshotFiles} files; create = median of the 10 creations ending at the count)`);
-    console.log("count   create ms  list ms  RSS MiB  used MiB");
-    for (const p of snaps.points) {
-      console.log(`${String(p.count).padEnd(7)} ${f2(p.createMs).padStart(9)}  ${f2(p.listMs).padStart(7)}  ${f1(p.rssMiB).padStart(7)}  ${f1(p.usedMiB).padStart(8)}`);
-    }
+    const tree = files.filter((r) => r.shape === config.shapes[0]);
+    const lo = tree[0];
+    const hi = tree[tree.length - 1];
+    const growth = (pick: (r: FilesRow) => number): string => (lo === undefined || hi === undefined ? "-" : f2(ratio(pick(hi), pick(lo))));
+    const first = snaps?.points[0];
+    const last = snaps?.points[snaps.points.length - 1];
     console.log(
-      `at ${config.snapshots}: snapshot list (CLI) ${f2(snaps.list.s)} s, fsck ${f1(snaps.fsck.s)} s ${f1(snaps.fsck.rssMiB)} MiB` +
-        (snaps.mount === null ? "" : `, mount ${f2(snaps.mount.mountS)} s, .snapshots readdir ${f1(snaps.mount.extraMs)} ms, daemon ${f1(snaps.mount.daemonRssMiB)} MiB`) +
-        `; worker peak ${f1(snaps.rssMaxMiB)} MiB`,
-    );
-    console.log(`deleting ${snaps.deleteCount}: ${f2(snaps.deleteMs / 1000)} s, ${f1(snaps.freedMiB)} MiB returned`);
-
-    console.log(
-      `\nvolume ${volume.size}: mkfs ${f2(volume.mkfs.s)} s (CLI), open ${f1(volume.openMs)} ms, file at 5 TiB ${volume.bigFileOk ? "reads back" : "WRONG"} ` +
-        `(size ${volume.bigFileSize}), fsck ${f2(volume.fsck.s)} s ${f1(volume.fsck.rssMiB)} MiB (exit ${volume.fsck.status})`,
-    );
-
-    const tree = files.filter((r) => r.shape === "tree");
-    const lo = tree[0]!;
-    const hi = tree[tree.length - 1]!;
-    const rssMax = Math.max(
-      ...files.flatMap((r) => [r.rssMaxMiB, r.fsck.rssMiB, r.mount?.daemonRssMiB ?? 0]),
-      snaps.rssMaxMiB,
-      snaps.fsck.rssMiB,
-      snaps.mount?.daemonRssMiB ?? 0,
-      volume.rssMaxMiB,
-      volume.fsck.rssMiB,
-    );
-    const first = snaps.points[0]!;
-    const last = snaps.points[snaps.points.length - 1]!;
-    console.log(
-      `scale: create=${f2(ratio(hi.createPerOpUs, lo.createPerOpUs))} stat=${f2(ratio(hi.statPerOpUs, lo.statPerOpUs))} ` +
-        `unlink=${f2(ratio(hi.unlinkPerOpUs, lo.unlinkPerOpUs))} rss_max_mib=${Math.round(rssMax)} snapshot_create=${f2(ratio(last.createMs, first.createMs))}`,
+      `scale: create=${growth((r) => r.createPerOpUs)} stat=${growth((r) => r.statPerOpUs)} unlink=${growth((r) => r.unlinkPerOpUs)} ` +
+        `rss_max_mib=${Math.round(Math.max(0, ...rss))} snapshot_create=${first === undefined || last === undefined ? "-" : f2(ratio(last.createMs, first.createMs))}`,
     );
   } finally {
     if (!config.keep) fs.rmSync(dir, { recursive: true, force: true });
