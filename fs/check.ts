@@ -44,6 +44,7 @@ import {
   Compression,
   decodeExtent,
   decodeInode,
+  inodeKey,
   decodeItems,
   extentCrc,
   orphanIno,
@@ -89,16 +90,132 @@ export interface FsReport {
   subvolumes: number;
 }
 
-interface Seen {
-  inode: Inode;
+/**
+ * What the walk keeps of each inode, in typed arrays by slot: a few numbers,
+ * not the decoded record (whose payload can be kilobytes), so the logical
+ * pass over a million files holds tens of MiB, not hundreds.
+ */
+class InodeFacts {
+  private readonly slotOf = new Map<number, number>();
+  private small = new Uint32Array(0);
+  private large = new Float64Array(0);
+  private readonly inos: number[] = [];
+
+  get size(): number {
+    return this.inos.length;
+  }
+
+  /** Adds inode `inode`; returns its slot. */
+  add(inode: Inode): number {
+    const slot = this.inos.length;
+    if ((slot + 1) * smallFields > this.small.length) {
+      const capacity = Math.max(1024, 2 * slot);
+      const small = new Uint32Array(capacity * smallFields);
+      small.set(this.small);
+      this.small = small;
+      const large = new Float64Array(capacity * largeFields);
+      large.set(this.large);
+      this.large = large;
+    }
+    this.inos.push(inode.ino);
+    this.slotOf.set(inode.ino, slot);
+    this.setSmall(slot, F.mode, inode.mode);
+    this.setSmall(slot, F.nlink, inode.nlink);
+    this.setSmall(slot, F.flags, inode.flags);
+    this.setLarge(slot, L.size, inode.size);
+    this.setLarge(slot, L.blocks, inode.blocks);
+    this.setLarge(slot, L.parent, inode.parent);
+    return slot;
+  }
+
+  slot(ino: number): number | undefined {
+    return this.slotOf.get(ino);
+  }
+
+  ino(slot: number): number {
+    return this.inos[slot]!;
+  }
+
+  small_(slot: number, field: F): number {
+    return this.small[slot * smallFields + field]!;
+  }
+
+  setSmall(slot: number, field: F, value: number): void {
+    this.small[slot * smallFields + field] = value;
+  }
+
+  large_(slot: number, field: L): number {
+    return this.large[slot * largeFields + field]!;
+  }
+
+  setLarge(slot: number, field: L, value: number): void {
+    this.large[slot * largeFields + field] = value;
+  }
+
+  isDir(slot: number): boolean {
+    return (this.small_(slot, F.mode) & C.S_IFMT) === C.S_IFDIR;
+  }
+}
+
+/** u32 facts: the record's mode, nlink, flags; the walk's counts. */
+const enum F {
+  mode,
+  nlink,
+  flags,
   /** Entries naming this inode. */
-  names: number;
-  subdirs: number;
-  parents: number[];
-  extentBlocks: number;
-  extentEnd: number;
+  names,
+  subdirs,
+  /** Entries naming this directory (one is right). */
+  parents,
+}
+const smallFields = 6;
+/** Facts that can pass 2^32: the record's size, blocks and parent; the walk's sums. */
+const enum L {
+  size,
+  blocks,
+  parent,
+  /** The directory of the first entry naming this directory. */
+  firstParent,
+  extentBlocks,
+  extentEnd,
   /** The end of the last written (not unwritten) extent. */
-  dataEnd: number;
+  dataEnd,
+}
+const largeFields = 7;
+
+/** Every directory entry of one subvolume, without its name (found again for the few that are reported). */
+class EntryList {
+  private dirs = new Float64Array(1024);
+  private inos = new Float64Array(1024);
+  private types = new Uint8Array(1024);
+  length = 0;
+
+  push(dir: number, ino: number, type: number): void {
+    if (this.length === this.dirs.length) {
+      const grow = <T extends Float64Array | Uint8Array>(a: T, make: (n: number) => T): T => {
+        const b = make(a.length * 2);
+        b.set(a);
+        return b;
+      };
+      this.dirs = grow(this.dirs, (n) => new Float64Array(n));
+      this.inos = grow(this.inos, (n) => new Float64Array(n));
+      this.types = grow(this.types, (n) => new Uint8Array(n));
+    }
+    this.dirs[this.length] = dir;
+    this.inos[this.length] = ino;
+    this.types[this.length] = type;
+    this.length++;
+  }
+
+  dir(i: number): number {
+    return this.dirs[i]!;
+  }
+  ino(i: number): number {
+    return this.inos[i]!;
+  }
+  type(i: number): number {
+    return this.types[i]!;
+  }
 }
 
 export function checkFilesystem(device: BlockDevice, options: { verifyData?: boolean } = {}): FsReport {
@@ -151,7 +268,7 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
     found.unshift(...walk.problems);
     for (const problem of found) problems.push(prefix + problem);
     report.fixes.push(...walk.fixes);
-    report.inodes += walk.seen.size;
+    report.inodes += walk.facts.size;
     report.directories += walk.directories;
     report.preallocatedExtents += walk.preallocatedExtents;
   }
@@ -164,9 +281,11 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
 class FsWalk {
   readonly problems: string[] = [];
   readonly fixes: InodeFix[] = [];
-  readonly seen = new Map<number, Seen>();
+  readonly facts = new InodeFacts();
   private readonly orphans = new Set<number>();
-  private readonly entries: Array<{ dir: number; name: string; ino: number; type: number }> = [];
+  private readonly entries = new EntryList();
+  /** Kept to find again the names of the entries reported. */
+  private store: Store | null = null;
   private nextIno = 0;
   directories = 0;
   preallocatedExtents = 0;
@@ -185,6 +304,7 @@ class FsWalk {
   private slices = { ino: -1, byExtent: new Map<number, Array<{ fileBlock: number; from: number; to: number; unwritten: boolean }>>() };
 
   run(store: Store): void {
+    this.store = store;
     const tree = store.openTree(this.subvolumeId);
     for (const [key, value] of tree.range()) {
       try {
@@ -217,13 +337,13 @@ class FsWalk {
     const ino = Number(key.readBigUInt64BE(0));
     if (key.length !== 8) {
       // An extended attribute chunk: it sorts after its inode's record, which must exist.
-      const owner = this.seen.get(ino);
+      const owner = this.facts.slot(ino);
       if (owner === undefined) this.problems.push(`extended attribute of inode ${ino}, which does not exist`);
-      else if ((owner.inode.flags & 1) === 0) this.problems.push(`inode ${ino} has extended attributes but not the flag that says so`);
+      else if ((this.facts.small_(owner, F.flags) & 1) === 0) this.problems.push(`inode ${ino} has extended attributes but not the flag that says so`);
       return null;
     }
     const inode = decodeInode(ino, value);
-    this.seen.set(ino, { inode, names: 0, subdirs: 0, parents: [], extentBlocks: 0, extentEnd: 0, dataEnd: 0 });
+    this.facts.add(inode);
     if ((inode.mode & C.S_IFMT) === C.S_IFDIR) this.directories++;
     if (inode.kind === PayloadKind.Tree) return inode;
     if (inode.kind === PayloadKind.Items) {
@@ -233,16 +353,19 @@ class FsWalk {
   }
 
   private visitMapItem(ino: number, key: Buffer, value: Buffer): void {
-    const seen = this.seen.get(ino)!;
-    if ((seen.inode.mode & C.S_IFMT) === C.S_IFDIR) {
+    const facts = this.facts;
+    const slot = facts.slot(ino)!;
+    if (facts.isDir(slot)) {
       const entry = decodeDirent(ino, value);
-      this.entries.push({ dir: ino, name: key.toString("utf8"), ino: entry.ino, type: entry.type });
+      this.entries.push(ino, entry.ino, entry.type);
       return;
     }
     const extent = decodeExtent(ino, key, value);
-    if (extent.fileBlock < seen.extentEnd) this.problems.push(`inode ${ino}: extent at file block ${extent.fileBlock} overlaps the one before`);
-    seen.extentEnd = extent.fileBlock + extent.blocks;
-    seen.extentBlocks += extent.blocks;
+    if (extent.fileBlock < facts.large_(slot, L.extentEnd)) {
+      this.problems.push(`inode ${ino}: extent at file block ${extent.fileBlock} overlaps the one before`);
+    }
+    facts.setLarge(slot, L.extentEnd, extent.fileBlock + extent.blocks);
+    facts.setLarge(slot, L.extentBlocks, facts.large_(slot, L.extentBlocks) + extent.blocks);
     this.noteSlice(ino, extent);
     if (extent.preallocatedIn !== undefined) {
       this.preallocatedExtents++;
@@ -253,7 +376,7 @@ class FsWalk {
       }
       return;
     }
-    seen.dataEnd = seen.extentEnd;
+    facts.setLarge(slot, L.dataEnd, facts.large_(slot, L.extentEnd));
     if (this.verifyData) this.verifyExtent(ino, extent);
   }
 
@@ -325,70 +448,111 @@ class FsWalk {
 
   finish(problems: string[]): void {
     this.checkSlices();
-    for (const entry of this.entries) {
-      const target = this.seen.get(entry.ino);
-      const where = `directory ${entry.dir}, entry "${entry.name}"`;
+    const facts = this.facts;
+    const entries = this.entries;
+    for (let i = 0; i < entries.length; i++) {
+      const dir = entries.dir(i);
+      const ino = entries.ino(i);
+      const target = facts.slot(ino);
       if (target === undefined) {
-        problems.push(`${where}: names inode ${entry.ino}, which does not exist`);
+        problems.push(`${this.entryWhere(dir, ino)}: names inode ${ino}, which does not exist`);
         continue;
       }
-      target.names++;
-      if (entry.type !== target.inode.mode >>> 12) problems.push(`${where}: type ${entry.type} does not match the inode's mode`);
-      if ((target.inode.mode & C.S_IFMT) === C.S_IFDIR) {
-        target.parents.push(entry.dir);
-        const parent = this.seen.get(entry.dir);
-        if (parent !== undefined) parent.subdirs++;
+      facts.setSmall(target, F.names, facts.small_(target, F.names) + 1);
+      if (entries.type(i) !== facts.small_(target, F.mode) >>> 12) {
+        problems.push(`${this.entryWhere(dir, ino)}: type ${entries.type(i)} does not match the inode's mode`);
+      }
+      if (facts.isDir(target)) {
+        const parents = facts.small_(target, F.parents);
+        if (parents === 0) facts.setLarge(target, L.firstParent, dir);
+        facts.setSmall(target, F.parents, parents + 1);
+        const parent = facts.slot(dir);
+        if (parent !== undefined) facts.setSmall(parent, F.subdirs, facts.small_(parent, F.subdirs) + 1);
       }
     }
-    const root = this.seen.get(rootIno);
-    if (root === undefined) problems.push("the root directory is missing");
-    for (const [ino, seen] of this.seen) this.checkInode(ino, seen, problems);
+    if (facts.slot(rootIno) === undefined) problems.push("the root directory is missing");
+    for (let slot = 0; slot < facts.size; slot++) this.checkInode(slot, problems);
     for (const ino of this.orphans) {
-      const seen = this.seen.get(ino);
-      if (seen === undefined) problems.push(`orphan ${ino} names no inode`);
-      else if (seen.names > 0) problems.push(`orphan ${ino} still has ${seen.names} names (nlink ${seen.inode.nlink})`);
-      else continue;
+      const slot = facts.slot(ino);
+      if (slot === undefined) problems.push(`orphan ${ino} names no inode`);
+      else if (facts.small_(slot, F.names) > 0) {
+        problems.push(`orphan ${ino} still has ${facts.small_(slot, F.names)} names (nlink ${facts.small_(slot, F.nlink)})`);
+      } else continue;
       this.fix(ino, "dropOrphanKey");
     }
+  }
+
+  /** `directory D, entry "NAME"` for the entry of `dir` naming `ino`: the name is read again, as only reported entries need it. */
+  private entryWhere(dir: number, ino: number): string {
+    let name: string | undefined;
+    try {
+      const store = this.store;
+      const tree = store?.openTree(this.subvolumeId);
+      const value = tree?.get(inodeKey(dir));
+      if (store !== null && value !== undefined) {
+        const inode = decodeInode(dir, value);
+        const visit = (key: Buffer, item: Buffer): boolean => {
+          if (decodeDirent(dir, item).ino !== ino) return false;
+          name = key.toString("utf8");
+          return true;
+        };
+        if (inode.kind === PayloadKind.Items) {
+          for (const item of decodeItems(dir, inode.payload)) if (visit(item.key, item.value)) break;
+        } else if (inode.kind === PayloadKind.Tree) {
+          const map = store.openDetachedTree(mapOwner(this.subvolumeId, dir), { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount });
+          for (const [k, v] of map.range()) if (visit(k, v)) break;
+        }
+      }
+    } catch {
+      // The walk has reported why the directory cannot be read; the entry is named without its name.
+    }
+    return name === undefined ? `directory ${dir}, an entry` : `directory ${dir}, entry "${name}"`;
   }
 
   private fix(ino: number, kind: InodeFix["kind"], nlink?: number): void {
     this.fixes.push({ subvolume: this.subvolumeId, ino, kind, nlink });
   }
 
-  private checkInode(ino: number, seen: Seen, problems: string[]): void {
-    const inode = seen.inode;
+  private checkInode(slot: number, problems: string[]): void {
+    const facts = this.facts;
+    const ino = facts.ino(slot);
+    const nlink = facts.small_(slot, F.nlink);
+    const names = facts.small_(slot, F.names);
     const where = `inode ${ino}`;
     if (ino >= this.nextIno && ino !== rootIno) problems.push(`${where}: number is not below the counter ${this.nextIno}`);
-    if ((inode.mode & C.S_IFMT) === C.S_IFDIR) {
-      const expected = 2 + seen.subdirs;
-      if (inode.nlink !== expected) {
-        problems.push(`${where}: nlink ${inode.nlink}, but ${expected} links exist`);
+    if (facts.isDir(slot)) {
+      const expected = 2 + facts.small_(slot, F.subdirs);
+      if (nlink !== expected) {
+        problems.push(`${where}: nlink ${nlink}, but ${expected} links exist`);
         this.fix(ino, "nlink", expected);
       }
+      const parents = facts.small_(slot, F.parents);
+      const parent = facts.large_(slot, L.parent);
       if (ino === rootIno) {
-        if (seen.parents.length !== 0 || inode.parent !== rootIno) problems.push(`${where}: the root has a parent`);
-      } else if (seen.parents.length !== 1) {
-        problems.push(`${where}: directory is named by ${seen.parents.length} entries`);
-      } else if (seen.parents[0] !== inode.parent) {
-        problems.push(`${where}: parent field ${inode.parent} but it lives in ${seen.parents[0]}`);
+        if (parents !== 0 || parent !== rootIno) problems.push(`${where}: the root has a parent`);
+      } else if (parents !== 1) {
+        problems.push(`${where}: directory is named by ${parents} entries`);
+      } else if (facts.large_(slot, L.firstParent) !== parent) {
+        problems.push(`${where}: parent field ${parent} but it lives in ${facts.large_(slot, L.firstParent)}`);
       }
       return;
     }
-    if (inode.nlink !== seen.names) {
-      problems.push(`${where}: nlink ${inode.nlink}, but ${seen.names} entries name it`);
-      this.fix(ino, "nlink", seen.names);
+    if (nlink !== names) {
+      problems.push(`${where}: nlink ${nlink}, but ${names} entries name it`);
+      this.fix(ino, "nlink", names);
     }
-    if (seen.names === 0 && !this.orphans.has(ino)) {
+    if (names === 0 && !this.orphans.has(ino)) {
       // An inode nothing names is listed as an orphan, so the next read-write mount frees it.
       problems.push(`${where}: has no name and is not an orphan`);
       this.fix(ino, "addOrphanKey");
     }
-    if (inode.blocks !== seen.extentBlocks) {
-      problems.push(`${where}: records ${inode.blocks} data blocks, but its extents hold ${seen.extentBlocks}`);
+    const blocks = facts.large_(slot, L.blocks);
+    const extentBlocks = facts.large_(slot, L.extentBlocks);
+    if (blocks !== extentBlocks) {
+      problems.push(`${where}: records ${blocks} data blocks, but its extents hold ${extentBlocks}`);
     }
-    if (seen.dataEnd > Math.ceil(inode.size / blockSizeBytes)) {
-      problems.push(`${where}: a written extent lies past the end of the file (size ${inode.size})`);
+    if (facts.large_(slot, L.dataEnd) > Math.ceil(facts.large_(slot, L.size) / blockSizeBytes)) {
+      problems.push(`${where}: a written extent lies past the end of the file (size ${facts.large_(slot, L.size)})`);
     }
   }
 }
