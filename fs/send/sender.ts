@@ -102,7 +102,7 @@ export function sendSnapshot(fs: GroveFs, name: string, sink: (chunk: Buffer) =>
       attrs: { ino, mode: inode.mode, uid: inode.uid, gid: inode.gid, atimeNs: inode.atimeNs, mtimeNs: inode.mtimeNs, ctimeNs: inode.ctimeNs },
     });
   }
-  summary.records = writer.end() + 1;
+  summary.records = writer.end();
   summary.bytes = writer.bytes;
   return summary;
 }
