@@ -944,14 +944,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * blocks where it can (fs/copy_range.ts). Returns the bytes copied.
    * EXDEV for a file of another volume.
    */
-  copyFileRange(src: { fs?: GroveFs; ino: number }, srcOffset: number, dstIno: number, dstOffset: number, length: number): number {
+  copyFileRange(src: { fs?: GroveFs; ino: number }, srcOffset: number, dstIno: number, dstOffset: number, length: number, shareTail = false): number {
     this.policy.checkOpen();
     const from = src.fs ?? this;
     if (!(from instanceof GroveFs) || from.store !== this.store) {
       throw new GroveError("EXDEV", "EXDEV_copy_file_range", "the source file is on another volume");
     }
     const source = { names: from.names, inodes: from.inodes, data: from.data };
-    return this.copies.copy(source, src.ino, srcOffset, dstIno, dstOffset, length);
+    return this.copies.copy(source, src.ino, srcOffset, dstIno, dstOffset, length, shareTail);
   }
 
   // ---- extended attributes ----------------------------------------------------

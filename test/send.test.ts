@@ -13,6 +13,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { constants as C } from "node:fs";
+import { createHash } from "node:crypto";
 import { Prng, SimDevice, diffTrees } from "../kvstore/index.js";
 import { GroveFs, send, type InodeOps, type Stat } from "../fs/index.js";
 import { decodeExtent, isUnwritten, PayloadKind } from "../fs/format.js";
@@ -82,7 +83,7 @@ function describeTree(view: InodeOps & { lseek?: unknown }): Map<string, Seen> {
         got += n;
       }
       view.release(fh);
-      entry.data = bytes.toString("base64");
+      entry.data = createHash("sha256").update(bytes).digest("hex");
       entry.holes = holesOf(view as unknown as GroveFs, ino, stat.size);
     }
     seen.set(path, entry);

@@ -160,7 +160,8 @@ class Applier {
         this.regular(record.ino);
         if (record.fromParent && this.parent === undefined) throw streamError("state", "a share from the parent in a full stream");
         const from = record.fromParent ? this.parent! : fs;
-        fs.copyFileRange({ fs: from, ino: record.srcIno }, record.srcOffset, record.ino, record.offset, record.length);
+        // The source's last, partial block is shared as the sender shared it, whatever this file's size now.
+        fs.copyFileRange({ fs: from, ino: record.srcIno }, record.srcOffset, record.ino, record.offset, record.length, true);
         return;
       }
       case RecordType.Truncate:

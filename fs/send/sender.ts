@@ -250,8 +250,10 @@ function sendData(
         if (n <= 0) continue;
         const from = segment.from;
         if (from !== undefined) {
+          // Whole blocks: the last one may lie partly past this file's end and still be shared (the truncate comes after).
+          const whole = segment.blocks * blockSizeBytes;
           const srcOffset = (from.fileBlock + (extent.offset + (segment.fileBlock - extent.fileBlock) - from.offset)) * blockSizeBytes;
-          emit({ type: RecordType.Share, ino, offset: at, length: n, srcIno: from.ino, srcOffset, fromParent: from.fromParent });
+          emit({ type: RecordType.Share, ino, offset: at, length: whole, srcIno: from.ino, srcOffset, fromParent: from.fromParent });
           summary.sharedBytes += n;
         } else {
           writeBytes(at, n);
@@ -260,8 +262,10 @@ function sendData(
       remember(sent, extent, ino, false);
     }
   }
-  if (oldFile !== undefined) for (const hole of holesFor(before!, oldFile, after, inode)) emit({ type: RecordType.Hole, ino, ...hole });
+  // Then the size (a share of whole blocks may have reached past it), and the holes last: shrinking
+  // into a block zeroes its tail, which writes the block even where it was a hole.
   emit({ type: RecordType.Truncate, ino, size: inode.size });
+  if (oldFile !== undefined) for (const hole of holesFor(before!, oldFile, after, inode)) emit({ type: RecordType.Hole, ino, ...hole });
 }
 
 /** Streams whose parent's extents were all indexed (once, and only when a reflink asks for it). */
@@ -289,6 +293,7 @@ function holesFor(before: SendSource, old: Inode, after: SendSource, inode: Inod
   const had: [number, number][] =
     old.kind === PayloadKind.Bytes ? [[0, Math.ceil(old.size / blockSizeBytes)]] : extentsOf(before, old).map((e) => [e.fileBlock, e.fileBlock + e.blocks]);
   const has = extentsOf(after, inode).map((e) => [e.fileBlock, e.fileBlock + e.blocks] as [number, number]);
+  if (inode.size < old.size && inode.size % blockSizeBytes !== 0) had.push([endBlock - 1, endBlock]);
   const holes: { offset: number; length: number }[] = [];
   for (const [start, end] of had) {
     let at = start;
@@ -300,7 +305,8 @@ function holesFor(before: SendSource, old: Inode, after: SendSource, inode: Inod
         continue;
       }
       const next = Math.min(stop, ...has.filter(([s]) => s > at).map(([s]) => s));
-      holes.push({ offset: at * blockSizeBytes, length: Math.min(next * blockSizeBytes, inode.size) - at * blockSizeBytes });
+      // Whole blocks, even past the end of file: punching part of a block only zeroes it (the source has a hole).
+      holes.push({ offset: at * blockSizeBytes, length: (next - at) * blockSizeBytes });
       at = next;
     }
   }

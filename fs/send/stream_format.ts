@@ -78,7 +78,7 @@
  *
  * Order: the header; inode records in ascending ino; unlinks (moves to
  * temporary names and unlinks of files, then rmdirs, deepest first);
- * links; per inode its xattrs, data and truncate; attrs last (so a
+ * links; per inode its xattrs, data, its size (truncate), then holes; attrs last (so a
  * directory's mtime is set after its entries changed); the end record.
  */
 import { GroveError, crc32c } from "../../kvstore/index.js";
