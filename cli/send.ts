@@ -155,11 +155,20 @@ export function sendCommand(targetArg: string, snapshot: string, options: SendCo
   let fd = 1;
   let summary: send.SendSummary;
   const progress = progressLine(options.json !== true && process.stderr.isTTY === true, "sent");
+  let opened = false;
   try {
-    if (options.file !== undefined) fd = fs.openSync(options.file, "w");
+    // Refused before FILE is touched: a missing snapshot or parent must not truncate what FILE held.
+    image.volume.sendSource(snapshot);
+    if (options.parent !== undefined) image.volume.sendSource(options.parent);
+    if (options.file !== undefined) {
+      fd = fs.openSync(options.file, "w");
+      opened = true;
+    }
     summary = send.sendSnapshot(image.volume, snapshot, (chunk) => writeAll(fd, chunk), { parent: options.parent, progress: progress.update });
     if (options.file !== undefined) fs.fsyncSync(fd);
   } catch (error) {
+    // A stream cut short is of no use to anyone: leave no FILE that looks like one.
+    if (opened) fs.rmSync(options.file!, { force: true });
     throw explain(error, target);
   } finally {
     progress.done();

@@ -327,7 +327,7 @@ export class StreamReader {
     while (got < length) {
       const chunk = this.source(length - got);
       if (chunk.length === 0) {
-        throw streamError("truncated", `the stream ends inside ${what} at byte ${this.offset + got} (record ${this.count}): it was cut short`);
+        throw streamError("truncated", `the stream ends inside ${what}, after ${this.offset + got} bytes: it was cut short`);
       }
       parts.push(chunk);
       got += chunk.length;
