@@ -201,6 +201,7 @@ function addSendCommands(program: Command): void {
     .argument("<snapshot>", "the snapshot to send")
     .option("--parent <snapshot>", "send only what changed since this snapshot (the receiver must hold it)")
     .option("-f, --file <file>", "write the stream to FILE instead of stdout")
+    .option("--resume <token>", "send only what an interrupted receive lacks (grovefs receive TARGET --status prints the token)")
     .option("--json", "print a JSON summary")
     .action((target: string, snapshot: string, options: SendCommandOptions) => sendCommand(target, snapshot, options));
   oneLineErrors(program.command("receive"))

@@ -23,6 +23,7 @@ import { resolveTarget, type Target } from "./target.js";
 
 export interface SendCommandOptions {
   parent?: string;
+  resume?: string;
   file?: string;
   json?: boolean;
 }
@@ -132,6 +133,15 @@ function progressLine(enabled: boolean, verb: string): { update: (bytes: number)
 
 function explain(error: unknown, target: Target): unknown {
   if (!(error instanceof GroveError)) return error;
+  if (error.detail === "EINVAL_stream_truncated") {
+    return new CliError(
+      `the stream was cut short: ${error.message}`,
+      `what arrived is kept hidden; grovefs receive ${target.shown} --status prints the token for grovefs send --resume, --abort frees it`,
+    );
+  }
+  if (error.detail === "EINVAL_stream_resume" || error.detail === "EINVAL_stream_token") {
+    return new CliError(error.message, `grovefs receive TARGET --status prints the token to resume with`);
+  }
   if (error.detail.startsWith("EINVAL_stream_")) {
     return new CliError(`the stream was refused, nothing was received: ${error.message}`, "send it again; nothing on the target changed");
   }
@@ -164,7 +174,8 @@ export function sendCommand(targetArg: string, snapshot: string, options: SendCo
       fd = fs.openSync(options.file, "w");
       opened = true;
     }
-    summary = send.sendSnapshot(image.volume, snapshot, (chunk) => writeAll(fd, chunk), { parent: options.parent, progress: progress.update });
+    const resume = options.resume === undefined ? undefined : send.decodeResumeToken(options.resume);
+    summary = send.sendSnapshot(image.volume, snapshot, (chunk) => writeAll(fd, chunk), { parent: options.parent, progress: progress.update, resume });
     if (options.file !== undefined) fs.fsyncSync(fd);
   } catch (error) {
     // A stream cut short is of no use to anyone: leave no FILE that looks like one.
@@ -212,8 +223,12 @@ export function receiveCommand(targetArg: string, options: ReceiveCommandOptions
 function receiveState(target: Target, options: ReceiveCommandOptions): void {
   const image = openImage(target, options.abort !== true);
   const partial: string[] = [];
+  const tokens: (string | null)[] = [];
   try {
-    for (const info of image.volume.partialReceives()) partial.push(info.name);
+    for (const info of image.volume.partialReceives()) {
+      partial.push(info.name);
+      tokens.push(send.resumeTokenOf(image.volume, info.name) ?? null);
+    }
     if (options.abort === true) {
       for (const name of partial) image.volume.abortReceive(name);
       image.volume.finishDeletions();
@@ -223,11 +238,18 @@ function receiveState(target: Target, options: ReceiveCommandOptions): void {
   }
   const names = partial.map((name) => name.slice(".receiving.".length));
   if (options.json === true) {
-    process.stdout.write(`${JSON.stringify({ interrupted: names, aborted: options.abort === true ? names : [] })}\n`);
+    const interrupted = names.map((name, i) => ({ name, token: tokens[i] }));
+    process.stdout.write(`${JSON.stringify({ interrupted, aborted: options.abort === true ? names : [] })}\n`);
     return;
   }
   if (names.length === 0) process.stdout.write("no interrupted receive\n");
-  for (const name of names) process.stdout.write(options.abort === true ? `aborted the receive of '${name}'; its space is free\n` : `interrupted receive of '${name}' (grovefs receive ${target.shown} --abort frees it)\n`);
+  names.forEach((name, i) => {
+    if (options.abort === true) process.stdout.write(`aborted the receive of '${name}'; its space is free\n`);
+    else {
+      const how = tokens[i] === null ? "send it again" : `resume with grovefs send ... --resume ${tokens[i]}`;
+      process.stdout.write(`interrupted receive of '${name}': ${how} (or --abort frees it)\n`);
+    }
+  });
 }
 
 export function diffCommand(targetArg: string, before: string, after: string, options: { json?: boolean }): void {

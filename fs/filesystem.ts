@@ -549,6 +549,26 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       .map((r) => ({ name: r.name, id: r.id, readOnly: r.readOnly, parentId: r.parent, parentName: null, generation: r.generation, createdNs: r.createdNs }));
   }
 
+  /** Saves a running receive's progress on its hidden subvolume `partial` (committed with what it applied). */
+  saveReceiveProgress(partial: string, identity: ReceivedIdentity): void {
+    if (!partial.startsWith(receivePartialPrefix)) throw new GroveError("EINVAL", "EINVAL_not_partial", `${JSON.stringify(partial)} is not a partial receive`);
+    this.volume.subvolumes.saveReceiving(this.volume.subvolumes.require(partial).id, identity);
+  }
+
+  /** What hidden subvolume `partial` is receiving, and how far it got (undefined before its first record). */
+  receiveProgress(partial: string): ReceivedIdentity | undefined {
+    this.policy.checkOpen();
+    const record = this.volume.subvolumes.get(partial);
+    return record === undefined ? undefined : this.volume.subvolumes.receivedIdentity(record.id);
+  }
+
+  /** Serves the hidden subvolume of an interrupted receive again, to resume it. */
+  reopenReceiveTarget(partial: string): GroveFs {
+    this.checkVolumeWritable();
+    assert(partial.startsWith(receivePartialPrefix), "a receive target is hidden");
+    return this.attach({ subvolume: partial });
+  }
+
   /** Deletes an abandoned receive target (its space is freed as any deletion's). */
   abortReceive(partial: string): void {
     if (!partial.startsWith(receivePartialPrefix)) throw new GroveError("EINVAL", "EINVAL_not_partial", `${JSON.stringify(partial)} is not a partial receive`);

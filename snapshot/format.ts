@@ -147,33 +147,67 @@ export function receivedKeyId(key: Buffer): number {
  *        0    16  the source volume's uuid
  *       16     8  the source snapshot's subvolume id
  *       24     8  the generation that created the source snapshot
+ *
+ * While the receive runs (the subvolume is still hidden) three fields
+ * follow, the progress a resumed stream must continue from:
+ *
+ *       32     8  records of the stream applied (the header included)
+ *       40     4  crc32c of the stream's bytes up to there
+ *       44     8  bytes of the stream up to there
  */
 const RCV_UUID = 0;
 const RCV_ID = RCV_UUID + 16;
 const RCV_GENERATION = RCV_ID + 8;
 const receivedValueBytes = RCV_GENERATION + 8;
+const RCV_RECORDS = receivedValueBytes;
+const RCV_CRC = RCV_RECORDS + 8;
+const RCV_BYTES = RCV_CRC + 4;
+const receivingValueBytes = RCV_BYTES + 8;
+
+export interface ReceiveProgress {
+  records: number;
+  crc: number;
+  bytes: number;
+}
 
 export interface ReceivedIdentity {
   uuid: Buffer;
   id: number;
   generation: number;
+  /** Set while the receive runs. */
+  progress?: ReceiveProgress;
 }
 
 export function encodeReceived(identity: ReceivedIdentity): Buffer {
-  const value = Buffer.alloc(receivedValueBytes);
+  const value = Buffer.alloc(identity.progress === undefined ? receivedValueBytes : receivingValueBytes);
   identity.uuid.copy(value, RCV_UUID, 0, 16);
   value.writeBigUInt64LE(BigInt(identity.id), RCV_ID);
   value.writeBigUInt64LE(BigInt(identity.generation), RCV_GENERATION);
+  if (identity.progress !== undefined) {
+    value.writeBigUInt64LE(BigInt(identity.progress.records), RCV_RECORDS);
+    value.writeUInt32LE(identity.progress.crc >>> 0, RCV_CRC);
+    value.writeBigUInt64LE(BigInt(identity.progress.bytes), RCV_BYTES);
+  }
   return value;
 }
 
 export function decodeReceived(value: Buffer): ReceivedIdentity {
-  if (value.length !== receivedValueBytes) throw new CorruptionError("EIO_subvolume_received", "a received identity is malformed");
-  return {
+  if (value.length !== receivedValueBytes && value.length !== receivingValueBytes) {
+    throw new CorruptionError("EIO_subvolume_received", "a received identity is malformed");
+  }
+  const identity: ReceivedIdentity = {
     uuid: Buffer.from(value.subarray(RCV_UUID, RCV_UUID + 16)),
     id: Number(value.readBigUInt64LE(RCV_ID)),
     generation: Number(value.readBigUInt64LE(RCV_GENERATION)),
   };
+  if (value.length === receivingValueBytes) {
+    identity.progress = {
+      records: Number(value.readBigUInt64LE(RCV_RECORDS)),
+      crc: value.readUInt32LE(RCV_CRC),
+      bytes: Number(value.readBigUInt64LE(RCV_BYTES)),
+    };
+  }
+  return identity;
 }
 
 export const liveRange = { from: Buffer.from([livePrefix]), to: Buffer.from([livePrefix + 1]) };

@@ -196,6 +196,11 @@ export class Subvolumes {
     return published;
   }
 
+  /** Records a running receive's progress (and what it receives) on its hidden subvolume `id`. */
+  saveReceiving(id: number, identity: ReceivedIdentity): void {
+    this.store.admitted(this.table().level + 3, "grow", 0, () => this.table().put(receivedKey(id), encodeReceived(identity)));
+  }
+
   /** Where subvolume `id` was received from, if a receive made it. */
   receivedIdentity(id: number): ReceivedIdentity | undefined {
     const value = this.table().get(receivedKey(id));

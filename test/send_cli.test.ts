@@ -90,16 +90,25 @@ describe("grovefs send | grovefs receive", () => {
     expect(diff.stdout).toMatch(/^\+ \d+\/new /m);
   }, 120_000);
 
-  it("refuses a cut stream and a taken name, changing nothing", async () => {
+  it("keeps a cut stream hidden and resumes it with the token; refuses a taken name", async () => {
     const stream = path.join(dir, "full.stream");
     expect((await runGrovefs(["send", a, "two", "-f", stream])).code).toBe(0);
     const cut = path.join(dir, "cut.stream");
     fs.writeFileSync(cut, fs.readFileSync(stream).subarray(0, 100_000));
     const r = await runGrovefs(["receive", b, "-f", cut, "--name", "cut"]);
-    expectOneLineError(r, /stream was refused.*cut short/, 1);
+    expectOneLineError(r, /cut short.*--status/, 1);
     expectOneLineError(await runGrovefs(["receive", b, "-f", stream, "--name", "one"]), /exists/, 1);
-    const status = await runGrovefs(["receive", b, "--status"]);
-    expect(status.stdout).toMatch(/no interrupted receive/);
+    // What arrived is kept, hidden, with a token that resumes it.
+    const status = JSON.parse((await runGrovefs(["receive", b, "--status", "--json"])).stdout);
+    expect(status.interrupted.map((i: { name: string }) => i.name)).toEqual(["cut"]);
+    const token = status.interrupted[0].token as string;
+    expect(token).toMatch(/^grovefs-resume-1\./);
+    expect(JSON.parse((await runGrovefs(["snapshot", "list", b, "--json"])).stdout).map((s: { name: string }) => s.name)).not.toContain("cut");
+    expectOneLineError(await runGrovefs(["send", a, "one", "--resume", token, "-f", path.join(dir, "wrong.stream")]), /another snapshot/, 1);
+    const resumed = await run("sh", ["-c", `"${process.execPath}" "${bin}" send "${a}" two --resume ${token} | "${process.execPath}" "${bin}" receive "${b}" --name cut`]);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(JSON.parse((await runGrovefs(["snapshot", "list", b, "--json"])).stdout).map((s: { name: string }) => s.name)).toContain("cut");
+    expect((await runGrovefs(["receive", b, "--status"])).stdout).toMatch(/no interrupted receive/);
     expectOneLineError(await runGrovefs(["send", a, "nonesuch", "-f", stream]), /nonesuch/, 1);
     // The refused send left FILE as it was.
     expect(fs.statSync(stream).size).toBeGreaterThan(100_000);
@@ -120,7 +129,7 @@ describe("grovefs send | grovefs receive", () => {
     const exit = await exited;
     const status = await runGrovefs(["receive", b, "--status", "--json"]);
     expect(exit, stderr).toBe("SIGKILL");
-    expect(JSON.parse(status.stdout).interrupted, stderr).toEqual(["killed"]);
+    expect(JSON.parse(status.stdout).interrupted.map((i: { name: string }) => i.name), stderr).toEqual(["killed"]);
     const list = await runGrovefs(["snapshot", "list", b, "--json"]);
     expect(JSON.parse(list.stdout).map((s: { name: string }) => s.name)).not.toContain("killed");
     expectOneLineError(await runGrovefs(["receive", b, "-f", path.join(dir, "full.stream"), "--name", "killed"]), /interrupted receive.*--abort/, 1);

@@ -24,7 +24,7 @@ import { constants as C } from "node:fs";
 import { GroveError } from "../../kvstore/index.js";
 import { rootIno } from "../constants.js";
 import { receivePartialPrefix, type GroveFs } from "../filesystem.js";
-import { RecordType, StreamReader, streamError, type ByteSource, type StreamHeader, type StreamRecord } from "./stream_format.js";
+import { RecordType, StreamReader, encodeResumeToken, streamError, type ByteSource, type StreamHeader, type StreamRecord } from "./stream_format.js";
 
 export interface ReceiveOptions {
   /** The snapshot's name here (default: the sent snapshot's). */
@@ -54,11 +54,11 @@ export function partialNameFor(name: string): string {
   return `${receivePartialPrefix}${name}`;
 }
 
-/** Reads a stream from `source` into `fs`'s volume as a new read-only snapshot. */
+/** Reads a stream from `source` into `fs`'s volume as a new read-only snapshot (or resumes one: a stream sent with --resume). */
 export function receiveStream(fs: GroveFs, source: ByteSource, options: ReceiveOptions = {}): ReceiveSummary {
   const reader = new StreamReader(source);
   const first = reader.next();
-  if (first.type !== RecordType.Header) throw streamError("no_header", "the stream does not start with a header");
+  if (first.type !== RecordType.Header && first.type !== RecordType.Resume) throw streamError("no_header", "the stream does not start with a header");
   const header = first.header;
   const name = options.name ?? header.name;
   if (fs.listSubvolumes().some((s) => s.name === name)) {
@@ -69,18 +69,35 @@ export function receiveStream(fs: GroveFs, source: ByteSource, options: ReceiveO
     throw new GroveError("ENOENT", "ENOENT_receive_parent", "the stream is incremental, and its parent snapshot is not on this volume (receive the parent first)");
   }
   const partial = partialNameFor(name);
-  if (fs.partialReceives().some((s) => s.name === partial)) {
-    throw new GroveError("EEXIST", "EEXIST_receive_partial", `an interrupted receive of ${JSON.stringify(name)} is in the way`);
+  const exists = fs.partialReceives().some((s) => s.name === partial);
+  let target: GroveFs;
+  if (first.type === RecordType.Resume) {
+    // The receiver's own saved state says where the stream continues, never the sender's word.
+    const saved = exists ? fs.receiveProgress(partial) : undefined;
+    if (saved?.progress === undefined) throw streamError("resume", `there is no interrupted receive of ${JSON.stringify(name)} to resume`);
+    const same = saved.uuid.equals(header.identity.uuid) && saved.id === header.identity.id && saved.generation === header.identity.generation;
+    if (!same) throw streamError("resume", `the interrupted receive of ${JSON.stringify(name)} is of another snapshot`);
+    if (saved.progress.records !== first.records || saved.progress.bytes !== first.bytes) {
+      throw streamError("resume", `the stream resumes at record ${first.records}, but this receive holds ${saved.progress.records}: ask grovefs receive --status for the token`);
+    }
+    reader.continueFrom(saved.progress);
+    target = fs.reopenReceiveTarget(partial);
+  } else {
+    if (exists) throw new GroveError("EEXIST", "EEXIST_receive_partial", `an interrupted receive of ${JSON.stringify(name)} is in the way`);
+    target = fs.createReceiveTarget(partial, parent);
   }
-  const target = fs.createReceiveTarget(partial, parent);
+  const save = (): void => fs.saveReceiveProgress(partial, { ...header.identity, progress: reader.progress() });
   let closed = false;
   try {
+    if (first.type === RecordType.Header) save();
     const applier = new Applier(target, parent === undefined ? undefined : (fs.snapshotView(parent) as GroveFs), header);
     for (;;) {
       const record = reader.next();
       options.progress?.(reader.offset);
       if (record.type === RecordType.End) break;
       applier.apply(record, reader);
+      // In the same transaction as what the record changed: any commit holds both or neither.
+      save();
     }
     applier.finish();
     if (target.nextIno < header.nextIno) target.reserveIno(header.nextIno);
@@ -95,10 +112,24 @@ export function receiveStream(fs: GroveFs, source: ByteSource, options: ReceiveO
         // The stream's own error is the one to report.
       }
     }
-    if (!fs.store.isPoisoned && fs.partialReceives().some((s) => s.name === partial)) fs.abortReceive(partial);
+    // A stream cut short keeps what arrived, to resume; a damaged or contradicting one is thrown away.
+    const resumable = error instanceof GroveError && error.detail === "EINVAL_stream_truncated";
+    if (!resumable && !fs.store.isPoisoned && fs.partialReceives().some((s) => s.name === partial)) fs.abortReceive(partial);
     throw error;
   }
   return { snapshot: name, parent: parent ?? null, records: reader.records, bytes: reader.offset };
+}
+
+/** The token that resumes the interrupted receive in hidden subvolume `partial`, if it got past its header. */
+export function resumeTokenOf(fs: GroveFs, partial: string): string | undefined {
+  const saved = fs.receiveProgress(partial);
+  if (saved?.progress === undefined) return undefined;
+  return encodeResumeToken({
+    name: partial.slice(receivePartialPrefix.length),
+    identity: { uuid: saved.uuid, id: saved.id, generation: saved.generation },
+    records: saved.progress.records,
+    bytes: saved.progress.bytes,
+  });
 }
 
 class Applier {
@@ -110,7 +141,20 @@ class Applier {
     private readonly fs: GroveFs,
     private readonly parent: GroveFs | undefined,
     private readonly header: StreamHeader,
-  ) {}
+  ) {
+    // Resumed: inodes made or moved aside before the cut still wait under their temporary names.
+    const prefix = tempName(0).subarray(0, tempName(0).length - 1);
+    // Listing the root moves its atime: put back what an attr record may already have set.
+    const before = fs.statIno(rootIno);
+    fs.readdirIno(rootIno, undefined, (entry) => {
+      if (entry.name.length > prefix.length && entry.name.subarray(0, prefix.length).equals(prefix)) {
+        this.temps.add(Number(entry.name.subarray(prefix.length).toString("latin1")));
+      }
+      return true;
+    });
+    const after = fs.statIno(rootIno);
+    if (after.atimeNs !== before.atimeNs) fs.setattr(rootIno, { atime: before.atimeNs, ctime: before.ctimeNs });
+  }
 
   apply(record: StreamRecord, reader: StreamReader): void {
     try {
@@ -127,6 +171,7 @@ class Applier {
     const fs = this.fs;
     switch (record.type) {
       case RecordType.Header:
+      case RecordType.Resume:
       case RecordType.End:
         throw streamError("order", "a header or end record in the middle of the stream");
       case RecordType.Inode:

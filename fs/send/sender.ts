@@ -15,13 +15,15 @@ import { blockSizeBytes } from "../../kvstore/index.js";
 import { PayloadKind, decodeExtent, decodeInode, isUnwritten, type Extent, type Inode } from "../format.js";
 import type { GroveFs, SendSource } from "../filesystem.js";
 import { depthOf, findChanges, type Changes, type NameChange } from "./changes.js";
-import { RecordType, StreamWriter, writeChunkBytesMax, type StreamRecord } from "./stream_format.js";
+import { RecordType, StreamWriter, streamError, writeChunkBytesMax, type ResumeToken, type StreamRecord } from "./stream_format.js";
 
 export interface SendOptions {
   /** The parent snapshot, for an incremental stream. */
   parent?: string;
   /** Called after each record with the bytes written so far (a progress line). */
   progress?: (bytes: number) => void;
+  /** Resume an interrupted receive: send only what its token says it lacks. */
+  resume?: ResumeToken;
 }
 
 export interface SendSummary {
@@ -55,7 +57,15 @@ export function sendSnapshot(fs: GroveFs, name: string, sink: (chunk: Buffer) =>
   const after = fs.sendSource(name);
   const before = options.parent === undefined ? undefined : fs.sendSource(options.parent);
   const changes = findChanges(before, after);
-  const writer = new StreamWriter(sink);
+  const resume = options.resume;
+  if (resume !== undefined) {
+    const own = after.identity;
+    if (!resume.identity.uuid.equals(own.uuid) || resume.identity.id !== own.id || resume.identity.generation !== own.generation) {
+      throw streamError("resume", `the resume token is for another snapshot than ${JSON.stringify(name)}`);
+    }
+    if (resume.records < 1) throw streamError("resume", "the resume token names no progress");
+  }
+  const writer = new StreamWriter(sink, resume === undefined ? undefined : { records: resume.records, bytes: resume.bytes });
   const summary: SendSummary = {
     snapshot: name,
     parent: options.parent ?? null,
@@ -68,7 +78,7 @@ export function sendSnapshot(fs: GroveFs, name: string, sink: (chunk: Buffer) =>
   };
   const emit = (record: StreamRecord): void => {
     writer.write(record);
-    options.progress?.(writer.bytes);
+    options.progress?.(writer.sent);
   };
   emit({
     type: RecordType.Header,
@@ -103,7 +113,8 @@ export function sendSnapshot(fs: GroveFs, name: string, sink: (chunk: Buffer) =>
     });
   }
   summary.records = writer.end();
-  summary.bytes = writer.bytes;
+  if (resume !== undefined && summary.records <= resume.records) throw streamError("resume", "the resume token names more records than this stream has");
+  summary.bytes = writer.sent;
   return summary;
 }
 

@@ -73,6 +73,14 @@
  *             20   8  atime, ns (signed)
  *             28   8  mtime, ns
  *             36   8  ctime, ns
+ *   resume     the header's payload, then:
+ *           84+m   8  records of the original stream the receiver holds
+ *           92+m   8  bytes of the original stream it holds
+ *             (first record of a resumed stream, in place of the header:
+ *             the records and bytes it names are not sent again, and the
+ *             end record's count and checksum are those of the original
+ *             stream, which the receiver continues from its own saved
+ *             state, not from this record's word)
  *   end        0   8  records before this one (the header included)
  *              8   4  crc32c of every stream byte before this record
  *
@@ -107,6 +115,7 @@ export const enum RecordType {
   Xattr = 9,
   XattrRemove = 10,
   Attr = 11,
+  Resume = 12,
   End = 15,
 }
 
@@ -162,6 +171,7 @@ export interface InodeAttrs {
 
 export type StreamRecord =
   | { type: RecordType.Header; header: StreamHeader }
+  | { type: RecordType.Resume; header: StreamHeader; records: number; bytes: number }
   | { type: RecordType.Inode; ino: number; mode: number; rdev: number; target: Buffer }
   | { type: RecordType.Unlink; parent: number; child: number; name: Buffer; keep: boolean; rmdir: boolean }
   | { type: RecordType.Link; parent: number; child: number; name: Buffer }
@@ -199,6 +209,10 @@ function encodeIdentity(identity: StreamIdentity | undefined): Buffer {
 
 function payloadOf(record: StreamRecord): { flags: number; payload: Buffer } {
   switch (record.type) {
+    case RecordType.Resume: {
+      const { flags, payload } = payloadOf({ type: RecordType.Header, header: record.header });
+      return { flags, payload: Buffer.concat([payload, u64(record.records), u64(record.bytes)]) };
+    }
     case RecordType.Header: {
       const h = record.header;
       const name = Buffer.from(h.name, "utf8");
@@ -279,16 +293,39 @@ export function encodeRecord(record: StreamRecord): Buffer {
 export class StreamWriter {
   private count = 0;
   private crc = 0;
+  /** Bytes of the whole stream so far (sent or, when resuming, skipped). */
   bytes = 0;
+  /** Bytes actually passed to the sink. */
+  sent = 0;
 
-  constructor(private readonly sink: (chunk: Buffer) => void) {}
+  /**
+   * `resume`: the receiver holds the first `records` records (`bytes`
+   * bytes): they are counted and checksummed as the original stream's, but
+   * not sent, and a resume record goes first instead of the header.
+   */
+  constructor(
+    private readonly sink: (chunk: Buffer) => void,
+    private readonly resume?: { records: number; bytes: number },
+  ) {}
 
   write(record: StreamRecord): void {
     const bytes = encodeRecord(record);
-    this.sink(bytes);
+    if (this.resume !== undefined && record.type === RecordType.Header) {
+      const first = encodeRecord({ type: RecordType.Resume, header: record.header, records: this.resume.records, bytes: this.resume.bytes });
+      this.sink(first);
+      this.sent += first.length;
+    }
+    const skipped = this.resume !== undefined && this.count < this.resume.records;
+    if (!skipped) {
+      this.sink(bytes);
+      this.sent += bytes.length;
+    }
     this.count++;
     this.crc = crc32cUpdate(this.crc, bytes);
     this.bytes += bytes.length;
+    if (this.resume !== undefined && this.count === this.resume.records && this.bytes !== this.resume.bytes) {
+      throw streamError("resume", "the resume token does not match this stream (another snapshot, parent or grovefs version)");
+    }
   }
 
   end(): number {
@@ -354,8 +391,9 @@ export class StreamReader {
     const crc = crc32c(Buffer.concat([header, payload]));
     if (crc !== rest.readUInt32LE(length)) throw streamError("crc", `${where}: its checksum does not match: the stream is damaged`);
     const record = decodePayload(type, flags, payload, where);
-    if (this.count === 0 && record.type !== RecordType.Header) throw streamError("no_header", "the stream does not start with a grovefs send header");
-    if (this.count > 0 && record.type === RecordType.Header) throw streamError("order", `${where}: a second header`);
+    const isHeader = record.type === RecordType.Header || record.type === RecordType.Resume;
+    if (this.count === 0 && !isHeader) throw streamError("no_header", "the stream does not start with a grovefs send header");
+    if (this.count > 0 && isHeader) throw streamError("order", `${where}: a second header`);
     if (record.type === RecordType.End) {
       if (record.records !== this.count || record.crc !== this.crc) {
         throw streamError("trailer", `${where}: the end record does not match the stream (records or checksum differ): records were lost or altered`);
@@ -369,6 +407,18 @@ export class StreamReader {
 
   get records(): number {
     return this.count;
+  }
+
+  /** How far the stream has been read and checked: what a resumed stream continues from. */
+  progress(): { records: number; crc: number; bytes: number } {
+    return { records: this.count, crc: this.crc, bytes: this.offset };
+  }
+
+  /** After a resume record: continue as if the original stream's first records had been read here (the receiver's saved state). */
+  continueFrom(progress: { records: number; crc: number; bytes: number }): void {
+    this.count = progress.records;
+    this.crc = progress.crc;
+    this.offset = progress.bytes;
   }
 }
 
@@ -391,6 +441,12 @@ function decodePayload(type: number, flags: number, p: Buffer, where: string): S
     if ((flags & ~allowed) !== 0) bad(`unknown flags ${flags}`);
   };
   switch (type) {
+    case RecordType.Resume: {
+      need(16);
+      const inner = decodePayload(RecordType.Header, flags, p.subarray(0, p.length - 16), where);
+      if (inner.type !== RecordType.Header) return bad("a resume record without a header");
+      return { type, header: inner.header, records: u(p.length - 16), bytes: u(p.length - 8) };
+    }
     case RecordType.Header: {
       need(H_NAME);
       flagsOnly(headerFlagIncremental);
@@ -479,4 +535,44 @@ function decodePayload(type: number, flags: number, p: Buffer, where: string): S
     default:
       return bad(`unknown record type ${type}`);
   }
+}
+
+// ---- resume tokens --------------------------------------------------------------
+
+/** What `receive --status` prints and `send --resume` takes: how far a receive got, of which snapshot. */
+export interface ResumeToken {
+  /** The name the receive gives the snapshot. */
+  name: string;
+  identity: StreamIdentity;
+  records: number;
+  bytes: number;
+}
+
+const tokenPrefix = "grovefs-resume-1.";
+
+export function encodeResumeToken(token: ResumeToken): string {
+  const body = { n: token.name, u: token.identity.uuid.toString("hex"), i: token.identity.id, g: token.identity.generation, r: token.records, b: token.bytes };
+  return tokenPrefix + Buffer.from(JSON.stringify(body), "utf8").toString("base64url");
+}
+
+export function decodeResumeToken(text: string): ResumeToken {
+  const bad = (): never => {
+    throw streamError("token", "that is not a resume token (grovefs receive TARGET --status prints one)");
+  };
+  if (!text.startsWith(tokenPrefix)) bad();
+  let body: unknown;
+  try {
+    body = JSON.parse(Buffer.from(text.slice(tokenPrefix.length), "base64url").toString("utf8"));
+  } catch {
+    return bad();
+  }
+  const b = body as Record<string, unknown>;
+  const count = (v: unknown): number => (typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : bad());
+  if (typeof b.n !== "string" || typeof b.u !== "string" || !/^[0-9a-f]{32}$/.test(b.u)) bad();
+  return {
+    name: b.n as string,
+    identity: { uuid: Buffer.from(b.u as string, "hex"), id: count(b.i), generation: count(b.g) },
+    records: count(b.r),
+    bytes: count(b.b),
+  };
 }
