@@ -26,6 +26,7 @@ import {
   subvolumeListCommand,
 } from "./snapshot.js";
 import { resizeCommand } from "./resize.js";
+import { diffCommand, receiveCommand, sendCommand, type ReceiveCommandOptions, type SendCommandOptions } from "./send.js";
 import { syncCommand } from "./sync.js";
 import { umountCommand } from "./umount.js";
 
@@ -135,6 +136,7 @@ export function buildProgram(): Command {
     });
 
   addSubvolumeCommands(program);
+  addSendCommands(program);
   addHelperCommands(program);
   return program;
 }
@@ -190,6 +192,34 @@ function addSubvolumeCommands(program: Command): void {
     .argument("<target>", targetHelp)
     .argument("<name>", "the subvolume to delete")
     .action((target: string, name: string) => subvolumeDeleteCommand(target, name));
+}
+
+function addSendCommands(program: Command): void {
+  oneLineErrors(program.command("send"))
+    .description("write a read-only snapshot as a stream (full, or incremental from --parent) to stdout or -f FILE")
+    .argument("<target>", "an unmounted image")
+    .argument("<snapshot>", "the snapshot to send")
+    .option("--parent <snapshot>", "send only what changed since this snapshot (the receiver must hold it)")
+    .option("-f, --file <file>", "write the stream to FILE instead of stdout")
+    .option("--resume <token>", "send only what an interrupted receive lacks (grovefs receive TARGET --status prints the token)")
+    .option("--json", "print a JSON summary")
+    .action((target: string, snapshot: string, options: SendCommandOptions) => sendCommand(target, snapshot, options));
+  oneLineErrors(program.command("receive"))
+    .description("read a stream from stdin or -f FILE and make it a read-only snapshot; --status and --abort handle an interrupted one")
+    .argument("<target>", "an unmounted image")
+    .option("-f, --file <file>", "read the stream from FILE instead of stdin")
+    .option("--name <name>", "the snapshot's name here (default: the sent snapshot's)")
+    .option("--status", "list receives that were cut off")
+    .option("--abort", "delete what receives that were cut off left, freeing its space")
+    .option("--json", "print a JSON summary")
+    .action((target: string, options: ReceiveCommandOptions) => receiveCommand(target, options));
+  oneLineErrors(program.command("diff"))
+    .description("list what changed between two snapshots (by inode: names removed and added, inodes changed)")
+    .argument("<target>", "an unmounted image")
+    .argument("<before>", "the older snapshot")
+    .argument("<after>", "the newer snapshot")
+    .option("--json", "print JSON")
+    .action((target: string, before: string, after: string, options: { json?: boolean }) => diffCommand(target, before, after, options));
 }
 
 export async function main(argv: readonly string[]): Promise<number> {

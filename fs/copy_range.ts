@@ -58,7 +58,7 @@ export class RangeCopy {
    * destination grows to cover what was copied; its mtime and ctime move.
    * EINVAL for overlapping ranges of one file.
    */
-  copy(from: CopySource, srcIno: number, srcOffset: number, dstIno: number, dstOffset: number, length: number): number {
+  copy(from: CopySource, srcIno: number, srcOffset: number, dstIno: number, dstOffset: number, length: number, shareTail = false): number {
     for (const n of [srcOffset, dstOffset, length]) {
       if (!Number.isSafeInteger(n) || n < 0) throw new GroveError("EINVAL", "EINVAL_copy_range", "invalid offset or length");
     }
@@ -90,7 +90,8 @@ export class RangeCopy {
     const srcEnd = srcOffset + count;
     const first = Math.ceil(srcOffset / blockSizeBytes);
     // The source's last, partial block can be shared when the copy ends at both files' ends (its tail is zeros).
-    const lastShared = srcEnd === source.size && srcEnd % blockSizeBytes !== 0 && dstOffset + count >= target.size;
+    // `shareTail`: a receive reproducing a share the sender had, whose tail the sender's file holds as zeros too.
+    const lastShared = srcEnd === source.size && srcEnd % blockSizeBytes !== 0 && (shareTail || dstOffset + count >= target.size);
     const end = lastShared ? Math.ceil(srcEnd / blockSizeBytes) : Math.floor(srcEnd / blockSizeBytes);
     const aligned = srcOffset % blockSizeBytes === dstOffset % blockSizeBytes && source.kind !== PayloadKind.Bytes;
     if (!aligned || end <= first) return this.copyBytes(from, srcIno, srcOffset, dstIno, dstOffset, count);

@@ -427,11 +427,14 @@ export class FileData {
         if (block !== undefined) {
           block.fill(0, tail);
         } else if (this.hasWrittenExtentAt(inode, map, last)) {
-          // (An unwritten last block reads as zeros already.)
-          this.admit(inode.ino, last, last + 1);
+          // (An unwritten last block reads as zeros already.) A tail already zero is left as it is:
+          // rewriting it would unshare a block shared with a snapshot or a reflink for nothing.
           const loaded = this.loadBlock(inode, map, last);
-          loaded.fill(0, tail);
-          this.addBuffered(inode.ino, last, loaded, true, false);
+          if (loaded.subarray(tail).some((byte) => byte !== 0)) {
+            this.admit(inode.ino, last, last + 1);
+            loaded.fill(0, tail);
+            this.addBuffered(inode.ino, last, loaded, true, false);
+          }
         }
         if (this.buffers.get(inode.ino)?.size === 0) this.dropBuffer(inode.ino);
       }

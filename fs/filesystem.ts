@@ -42,6 +42,7 @@ import {
   BlockDevice,
   GroveError,
   Store,
+  type Tree,
   assert,
   blockSizeBytes,
   treeIdFirstDynamic,
@@ -49,6 +50,7 @@ import {
 import type { FreeSpace } from "../alloc/index.js";
 import {
   SubvolumeRecord,
+  type ReceivedIdentity,
   Volume,
   defaultSubvolumeId,
   defaultSubvolumeName,
@@ -110,6 +112,33 @@ const S_IFREG = C.S_IFREG;
 const S_IFLNK = C.S_IFLNK;
 const permissionBits = 0o7777;
 const O_ACCMODE = 3;
+
+/** Hidden subvolumes that a receive fills before it publishes them start with this. */
+export const receivePartialPrefix = ".receiving.";
+
+export interface SendIdentity {
+  uuid: Buffer;
+  id: number;
+  generation: number;
+}
+
+/** A snapshot as a send reads it (GroveFs.sendSource). */
+export interface SendSource {
+  name: string;
+  identity: SendIdentity;
+  /** Where it was itself received from, if a receive made it. */
+  received: SendIdentity | undefined;
+  tree: Tree;
+  names: Namespace;
+  inodes: InodeTable;
+  data: FileData;
+  fs: GroveFs;
+  nextIno: number;
+}
+
+function sameIdentity(a: SendIdentity, b: SendIdentity): boolean {
+  return a.uuid.equals(b.uuid) && a.id === b.id && a.generation === b.generation;
+}
 
 export interface GroveFsOptions {
   readOnly?: boolean;
@@ -389,6 +418,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const source = options.from ?? this.subvolume.name;
     // Refused before anything is written: a bad or taken name, a missing source.
     subvolumes.checkCreate(name, source);
+    if (name.startsWith(receivePartialPrefix)) {
+      throw new GroveError("EINVAL", "EINVAL_subvolume_name", `names starting with ${JSON.stringify(receivePartialPrefix)} are kept for receive`);
+    }
     // Everything written before this call belongs in the snapshot; and a committed source is never modified in place.
     this.sync();
     const record = subvolumes.create(name, source, options.readOnly, this.clock());
@@ -442,7 +474,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   listSubvolumes(): SubvolumeInfo[] {
     this.policy.checkOpen();
-    const records = this.volume.subvolumes.list();
+    // A receive's target stays hidden until it is published (partialReceives lists them).
+    const records = this.volume.subvolumes.list().filter((r) => !r.name.startsWith(receivePartialPrefix));
     const names = new Map(records.map((r) => [r.id, r.name]));
     return records.map((r) => ({
       name: r.name,
@@ -453,6 +486,125 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       generation: r.generation,
       createdNs: r.createdNs,
     }));
+  }
+
+  // ---- send and receive (fs/send/) ---------------------------------------------
+
+  /**
+   * What a send reads a snapshot through: its inode tree and the rooms of a
+   * read-only view of it, with the identity a receiver checks.
+   * ENOENT for a missing snapshot, EINVAL for a writable subvolume.
+   */
+  sendSource(name: string): SendSource {
+    const view = this.snapshotView(name) as GroveFs;
+    const record = view.subvolume;
+    return {
+      name: record.name,
+      identity: { uuid: this.store.uuid, id: record.id, generation: record.generation },
+      received: this.volume.subvolumes.receivedIdentity(record.id),
+      tree: this.store.openTree(record.id),
+      names: view.names,
+      inodes: view.inodes,
+      data: view.data,
+      fs: view,
+      nextIno: view.inodes.nextInoToHand,
+    };
+  }
+
+  /** The snapshot whose own or received identity is `identity`, if this volume has one. */
+  findByIdentity(identity: ReceivedIdentity): string | undefined {
+    this.policy.checkOpen();
+    const subvolumes = this.volume.subvolumes;
+    for (const record of subvolumes.list()) {
+      if (!record.readOnly) continue;
+      const own = { uuid: this.store.uuid, id: record.id, generation: record.generation };
+      const received = subvolumes.receivedIdentity(record.id);
+      if (sameIdentity(own, identity) || (received !== undefined && sameIdentity(received, identity))) return record.name;
+    }
+    return undefined;
+  }
+
+  /**
+   * Creates the hidden, writable subvolume a receive fills (`name` starts
+   * with receivePartialPrefix): a clone of snapshot `from`, or empty with a
+   * root directory. Commits, and returns a filesystem serving it.
+   */
+  createReceiveTarget(name: string, from: string | undefined): GroveFs {
+    this.checkVolumeWritable();
+    assert(name.startsWith(receivePartialPrefix), "a receive target is hidden");
+    const subvolumes = this.volume.subvolumes;
+    this.sync();
+    if (from === undefined) {
+      const { tree } = subvolumes.createEmpty(name, this.clock());
+      this.store.admitted(8, "grow", 0, () => InodeTable.format(tree, this.clock(), this.store.generation));
+    } else {
+      subvolumes.checkCreate(name, from);
+      subvolumes.create(name, from, false, this.clock());
+    }
+    this.policy.commit();
+    return this.attach({ subvolume: name });
+  }
+
+  /** Makes the (closed) receive target `partial` the read-only snapshot `name`, in one commit. */
+  publishReceived(partial: string, name: string, identity: ReceivedIdentity): void {
+    this.checkVolumeWritable();
+    if (this.shared.serves(this.volume.subvolumes.require(partial).id)) {
+      throw new GroveError("EBUSY", "EBUSY_subvolume_served", "the receive target is still open");
+    }
+    this.sync();
+    this.volume.subvolumes.publish(partial, name, identity);
+    this.policy.commit();
+    this.shared.changed(name);
+  }
+
+  /** Hidden subvolumes that receives left behind (interrupted), by name. */
+  partialReceives(): SubvolumeInfo[] {
+    this.policy.checkOpen();
+    return this.volume.subvolumes
+      .list()
+      .filter((r) => r.name.startsWith(receivePartialPrefix))
+      .map((r) => ({ name: r.name, id: r.id, readOnly: r.readOnly, parentId: r.parent, parentName: null, generation: r.generation, createdNs: r.createdNs }));
+  }
+
+  /** Saves a running receive's progress on its hidden subvolume `partial` (committed with what it applied). */
+  saveReceiveProgress(partial: string, identity: ReceivedIdentity): void {
+    if (!partial.startsWith(receivePartialPrefix)) throw new GroveError("EINVAL", "EINVAL_not_partial", `${JSON.stringify(partial)} is not a partial receive`);
+    this.volume.subvolumes.saveReceiving(this.volume.subvolumes.require(partial).id, identity);
+  }
+
+  /** What hidden subvolume `partial` is receiving, and how far it got (undefined before its first record). */
+  receiveProgress(partial: string): ReceivedIdentity | undefined {
+    this.policy.checkOpen();
+    const record = this.volume.subvolumes.get(partial);
+    return record === undefined ? undefined : this.volume.subvolumes.receivedIdentity(record.id);
+  }
+
+  /** Serves the hidden subvolume of an interrupted receive again, to resume it. */
+  reopenReceiveTarget(partial: string): GroveFs {
+    this.checkVolumeWritable();
+    assert(partial.startsWith(receivePartialPrefix), "a receive target is hidden");
+    return this.attach({ subvolume: partial });
+  }
+
+  /** Deletes an abandoned receive target (its space is freed as any deletion's). */
+  abortReceive(partial: string): void {
+    if (!partial.startsWith(receivePartialPrefix)) throw new GroveError("EINVAL", "EINVAL_not_partial", `${JSON.stringify(partial)} is not a partial receive`);
+    this.deleteSubvolume(partial);
+  }
+
+  /**
+   * The next inode this filesystem creates gets number `ino` (a receive
+   * keeps the sender's inode numbers): EINVAL below the next free one, since
+   * a number is never handed out twice.
+   */
+  reserveIno(ino: number): void {
+    this.policy.checkWritable();
+    this.inodes.raiseNextIno(ino);
+  }
+
+  /** The inode number the next creation takes. */
+  get nextIno(): number {
+    return this.inodes.nextInoToHand;
   }
 
   pendingDeletions(): number {
@@ -829,14 +981,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * blocks where it can (fs/copy_range.ts). Returns the bytes copied.
    * EXDEV for a file of another volume.
    */
-  copyFileRange(src: { fs?: GroveFs; ino: number }, srcOffset: number, dstIno: number, dstOffset: number, length: number): number {
+  copyFileRange(src: { fs?: GroveFs; ino: number }, srcOffset: number, dstIno: number, dstOffset: number, length: number, shareTail = false): number {
     this.policy.checkOpen();
     const from = src.fs ?? this;
     if (!(from instanceof GroveFs) || from.store !== this.store) {
       throw new GroveError("EXDEV", "EXDEV_copy_file_range", "the source file is on another volume");
     }
     const source = { names: from.names, inodes: from.inodes, data: from.data };
-    return this.copies.copy(source, src.ino, srcOffset, dstIno, dstOffset, length);
+    return this.copies.copy(source, src.ino, srcOffset, dstIno, dstOffset, length, shareTail);
   }
 
   // ---- extended attributes ----------------------------------------------------

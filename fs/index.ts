@@ -9,3 +9,5 @@ export { mountGrove, defaultTransport, transportNames, type Transport, type Moun
 export { parseResizeRequest, type ResizeRequest, type ResizeResult } from "./resize.js";
 export { repairFilesystem, type RepairResult } from "./repair.js";
 export { fuseDevicePath } from "./fuse/kernel_mount.js";
+export { receivePartialPrefix, type SendSource } from "./filesystem.js";
+export * as send from "./send/index.js";

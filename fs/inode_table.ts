@@ -104,6 +104,21 @@ export class InodeTable {
     return inode;
   }
 
+  /** The number the next `create` hands out. */
+  get nextInoToHand(): number {
+    return this.nextIno;
+  }
+
+  /** Makes the next `create` hand out `ino` (a receive keeps the sender's numbers); numbers never go back. */
+  raiseNextIno(ino: number): void {
+    if (!Number.isSafeInteger(ino) || ino < this.nextIno || ino > inoMax) {
+      throw new GroveError("EINVAL", "EINVAL_ino_reserve", `inode number ${ino} cannot be handed out (next free ${this.nextIno})`);
+    }
+    if (ino === this.nextIno) return;
+    this.nextIno = ino;
+    this.dirtyCounters = true;
+  }
+
   /** Inode numbers were handed out since the counters record was last saved. */
   get countersDirty(): boolean {
     return this.dirtyCounters;

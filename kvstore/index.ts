@@ -14,3 +14,4 @@ export { unshared, noEdges } from "./interfaces.js";
 export { ownerMatches } from "./node.js";
 export { type CompressedUsage, featureCompressLz4, featurePreallocated, noCompressedUsage } from "./superblock.js";
 export { checkForest, compressedUsageProblems, type ForestOptions, type ForestReport, type TreeReport, type ItemVisitor, Bitmap } from "./check.js";
+export { diffTrees, type TreeChange, type TreeDiffStats } from "./tree_diff.js";

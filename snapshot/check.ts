@@ -16,6 +16,9 @@ import {
   decodeRefcount,
   decodeSubvolume,
   deletingRange,
+  decodeReceived,
+  receivedKeyId,
+  receivedRange,
   liveRange,
   refcountKeyLba,
   subvolumeCountersKey,
@@ -45,6 +48,7 @@ export function checkSnapshots(device: BlockDevice, visitItem?: ItemVisitor): Sn
   const recorded = new Map<number, RefcountEntry>();
   const live: SubvolumeRecord[] = [];
   const deleting: SubvolumeRecord[] = [];
+  const received: number[] = [];
   let nextId = 0;
   const progress = new Map<number, Buffer>();
   const space = checkSpace(
@@ -64,6 +68,9 @@ export function checkSnapshots(device: BlockDevice, visitItem?: ItemVisitor): Sn
             const record = decodeSubvolume(value);
             deleting.push(record);
             progress.set(record.id, record.progress);
+          } else if (key.compare(receivedRange.from) >= 0 && key.compare(receivedRange.to) < 0) {
+            decodeReceived(value);
+            received.push(receivedKeyId(key));
           } else {
             problems.push(`subvolume table: unknown key ${key.toString("hex")}`);
           }
@@ -92,6 +99,8 @@ export function checkSnapshots(device: BlockDevice, visitItem?: ItemVisitor): Sn
     if (record.id >= nextId) problems.push(`${what}: id is not below the counter ${nextId}`);
     if (record.lastSnapshotGeneration > forest.generation) problems.push(`${what}: last snapshot generation lies in the future`);
   }
+  const liveIds = new Set(live.map((record) => record.id));
+  for (const id of received) if (!liveIds.has(id)) problems.push(`received identity of subvolume ${id}, which is not live`);
   for (const id of treeIds) {
     if (id >= treeIdFirstDynamic && id < 2 ** 32 && !ids.has(id)) problems.push(`tree ${id} is a subvolume tree without a record`);
   }

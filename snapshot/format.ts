@@ -16,6 +16,8 @@
  *   [0x00]                   counters: next subvolume id (u64 LE)
  *   [0x01][name]             a live subvolume's record
  *   [0x02][id u64 BE]        a subvolume being deleted: its record, with progress
+ *   [0x03][id u64 BE]        a received snapshot: the identity of the snapshot
+ *                            it was received from (see `encodeReceived`)
  *
  * Subvolume record (little-endian):
  *
@@ -84,6 +86,7 @@ export const subvolumeIdMax = 2 ** 20;
 export const subvolumeCountersKey = Buffer.from([0x00]);
 const livePrefix = 0x01;
 const deletingPrefix = 0x02;
+const receivedPrefix = 0x03;
 
 const S_ID = 0;
 const S_PARENT = S_ID + 8;
@@ -118,6 +121,93 @@ export function deletingKey(id: number): Buffer {
   key[0] = deletingPrefix;
   key.writeBigUInt64BE(BigInt(id), 1);
   return key;
+}
+
+export const receivedRange = { from: Buffer.from([receivedPrefix]), to: Buffer.from([receivedPrefix + 1]) };
+
+export function receivedKey(id: number): Buffer {
+  const key = Buffer.alloc(9);
+  key[0] = receivedPrefix;
+  key.writeBigUInt64BE(BigInt(id), 1);
+  return key;
+}
+
+export function receivedKeyId(key: Buffer): number {
+  if (key.length !== 9) throw new CorruptionError("EIO_subvolume_received", `received-identity key of ${key.length} bytes`);
+  return Number(key.readBigUInt64BE(1));
+}
+
+/**
+ * Received identity (little-endian): where a subvolume made by `grovefs
+ * receive` came from, so that a later incremental stream can name it as
+ * its parent (the receiver checks it; the sender's word is not trusted).
+ *
+ *   offset  size  field
+ *   ------  ----  -----------------------------------------------
+ *        0    16  the source volume's uuid
+ *       16     8  the source snapshot's subvolume id
+ *       24     8  the generation that created the source snapshot
+ *
+ * While the receive runs (the subvolume is still hidden) three fields
+ * follow, the progress a resumed stream must continue from:
+ *
+ *       32     8  records of the stream applied (the header included)
+ *       40     4  crc32c of the stream's bytes up to there
+ *       44     8  bytes of the stream up to there
+ */
+const RCV_UUID = 0;
+const RCV_ID = RCV_UUID + 16;
+const RCV_GENERATION = RCV_ID + 8;
+const receivedValueBytes = RCV_GENERATION + 8;
+const RCV_RECORDS = receivedValueBytes;
+const RCV_CRC = RCV_RECORDS + 8;
+const RCV_BYTES = RCV_CRC + 4;
+const receivingValueBytes = RCV_BYTES + 8;
+
+export interface ReceiveProgress {
+  records: number;
+  crc: number;
+  bytes: number;
+}
+
+export interface ReceivedIdentity {
+  uuid: Buffer;
+  id: number;
+  generation: number;
+  /** Set while the receive runs. */
+  progress?: ReceiveProgress;
+}
+
+export function encodeReceived(identity: ReceivedIdentity): Buffer {
+  const value = Buffer.alloc(identity.progress === undefined ? receivedValueBytes : receivingValueBytes);
+  identity.uuid.copy(value, RCV_UUID, 0, 16);
+  value.writeBigUInt64LE(BigInt(identity.id), RCV_ID);
+  value.writeBigUInt64LE(BigInt(identity.generation), RCV_GENERATION);
+  if (identity.progress !== undefined) {
+    value.writeBigUInt64LE(BigInt(identity.progress.records), RCV_RECORDS);
+    value.writeUInt32LE(identity.progress.crc >>> 0, RCV_CRC);
+    value.writeBigUInt64LE(BigInt(identity.progress.bytes), RCV_BYTES);
+  }
+  return value;
+}
+
+export function decodeReceived(value: Buffer): ReceivedIdentity {
+  if (value.length !== receivedValueBytes && value.length !== receivingValueBytes) {
+    throw new CorruptionError("EIO_subvolume_received", "a received identity is malformed");
+  }
+  const identity: ReceivedIdentity = {
+    uuid: Buffer.from(value.subarray(RCV_UUID, RCV_UUID + 16)),
+    id: Number(value.readBigUInt64LE(RCV_ID)),
+    generation: Number(value.readBigUInt64LE(RCV_GENERATION)),
+  };
+  if (value.length === receivingValueBytes) {
+    identity.progress = {
+      records: Number(value.readBigUInt64LE(RCV_RECORDS)),
+      crc: value.readUInt32LE(RCV_CRC),
+      bytes: Number(value.readBigUInt64LE(RCV_BYTES)),
+    };
+  }
+  return identity;
 }
 
 export const liveRange = { from: Buffer.from([livePrefix]), to: Buffer.from([livePrefix + 1]) };

@@ -21,7 +21,11 @@
 import { GroveError, ReleasePlan, Store, Tree, assert, compareBytes, treeDepthMax } from "../kvstore/index.js";
 import {
   SubvolumeRecord,
+  type ReceivedIdentity,
   decodeCounters,
+  decodeReceived,
+  encodeReceived,
+  receivedKey,
   decodeSubvolume,
   deletingKey,
   deletingRange,
@@ -144,6 +148,69 @@ export class Subvolumes {
     return record;
   }
 
+  /**
+   * A new, empty, writable subvolume called `name` (a receive fills it, then
+   * publishes it): its tree is created empty and the caller fills it in the
+   * same transaction. The caller commits after.
+   */
+  createEmpty(name: string, nowNs: bigint): { record: SubvolumeRecord; tree: Tree } {
+    validateSubvolumeName(name);
+    if (this.get(name) !== undefined) throw new GroveError("EEXIST", "EEXIST_subvolume", `a subvolume named ${JSON.stringify(name)} exists`);
+    const counters = this.table().get(subvolumeCountersKey);
+    if (counters === undefined) throw new GroveError("EIO", "EIO_subvolume_counters", "the subvolume counter is missing");
+    const id = decodeCounters(counters);
+    if (id > subvolumeIdMax) throw new GroveError("ENOSPC", "ENOSPC_subvolume_ids", "no subvolume ids are left");
+    const generation = this.store.generation;
+    const record: SubvolumeRecord = {
+      id,
+      parent: 0,
+      generation,
+      createdNs: nowNs,
+      lastSnapshotGeneration: 0,
+      readOnly: false,
+      name,
+      progress: Buffer.alloc(0),
+    };
+    let tree: Tree | undefined;
+    this.store.admitted(4 * (this.table().level + 3) + 2 * (this.store.rootTree.level + 3) + 8, "grow", 0, () => {
+      tree = this.store.createTree(id);
+      this.table().put(subvolumeCountersKey, encodeCounters(id + 1));
+      this.table().put(liveKey(name), encodeSubvolume(record));
+    });
+    this.lastSnapshots = null;
+    return { record, tree: tree! };
+  }
+
+  /**
+   * Renames subvolume `name` to `newName`, read-only from now on, and
+   * records where it was received from: one admitted unit, so the received
+   * snapshot appears whole at the next commit or not at all.
+   */
+  publish(name: string, newName: string, identity: ReceivedIdentity): SubvolumeRecord {
+    const record = this.require(name);
+    validateSubvolumeName(newName);
+    if (this.get(newName) !== undefined) throw new GroveError("EEXIST", "EEXIST_subvolume", `a subvolume named ${JSON.stringify(newName)} exists`);
+    const published: SubvolumeRecord = { ...record, name: newName, readOnly: true };
+    this.store.admitted(3 * (this.table().level + 3), "grow", 0, () => {
+      this.table().delete(liveKey(name));
+      this.table().put(liveKey(newName), encodeSubvolume(published));
+      this.table().put(receivedKey(record.id), encodeReceived(identity));
+    });
+    this.lastSnapshots = null;
+    return published;
+  }
+
+  /** Records a running receive's progress (and what it receives) on its hidden subvolume `id`. */
+  saveReceiving(id: number, identity: ReceivedIdentity): void {
+    this.store.admitted(this.table().level + 3, "grow", 0, () => this.table().put(receivedKey(id), encodeReceived(identity)));
+  }
+
+  /** Where subvolume `id` was received from, if a receive made it. */
+  receivedIdentity(id: number): ReceivedIdentity | undefined {
+    const value = this.table().get(receivedKey(id));
+    return value === undefined ? undefined : decodeReceived(value);
+  }
+
   /** Refuses a bad or taken `name` (EINVAL, EEXIST) or a missing source (ENOENT); returns the source. */
   checkCreate(name: string, sourceName: string): SubvolumeRecord {
     validateSubvolumeName(name);
@@ -154,8 +221,9 @@ export class Subvolumes {
   /** Unlinks `name` and queues its blocks for release (see `deletionStep`). */
   delete(name: string): SubvolumeRecord {
     const record = this.require(name);
-    this.store.admitted(2 * (this.table().level + 3), "shrink", 0, () => {
+    this.store.admitted(3 * (this.table().level + 3), "shrink", 0, () => {
       this.table().delete(liveKey(name));
+      this.table().delete(receivedKey(record.id));
       this.table().put(deletingKey(record.id), encodeSubvolume({ ...record, progress: Buffer.alloc(0) }));
     });
     return record;

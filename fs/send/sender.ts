@@ -1,0 +1,326 @@
+/**
+ * The sending side: a snapshot (against a parent, for an incremental
+ * stream) as stream records (fs/send/stream_format.ts), in the order the
+ * format prescribes.
+ *
+ * File data goes as written bytes, holes as hole records, and a slice of a
+ * physical extent already sent in this stream (a reflink, a copy made with
+ * copy_file_range, a snapshot's sharing) as a share record, so the receiver
+ * shares it too. In an incremental stream an extent record the parent holds
+ * unchanged at the same place is not sent at all, and a slice of an extent
+ * the parent held in any changed file is shared from the parent.
+ */
+import { constants as C } from "node:fs";
+import { blockSizeBytes } from "../../kvstore/index.js";
+import { PayloadKind, decodeExtent, decodeInode, isUnwritten, type Extent, type Inode } from "../format.js";
+import type { GroveFs, SendSource } from "../filesystem.js";
+import { depthOf, findChanges, type Changes, type NameChange } from "./changes.js";
+import { RecordType, StreamWriter, streamError, writeChunkBytesMax, type ResumeToken, type StreamRecord } from "./stream_format.js";
+
+export interface SendOptions {
+  /** The parent snapshot, for an incremental stream. */
+  parent?: string;
+  /** Called after each record with the bytes written so far (a progress line). */
+  progress?: (bytes: number) => void;
+  /** Resume an interrupted receive: send only what its token says it lacks. */
+  resume?: ResumeToken;
+}
+
+export interface SendSummary {
+  snapshot: string;
+  parent: string | null;
+  records: number;
+  bytes: number;
+  /** File bytes sent as data. */
+  dataBytes: number;
+  /** File bytes sent as shares of data already sent or in the parent. */
+  sharedBytes: number;
+  inodes: { created: number; changed: number; deleted: number };
+  /** Inode tree nodes the comparison with the parent read (0 for a full stream). */
+  nodesRead: number;
+}
+
+interface SentSlice {
+  ino: number;
+  /** File block of the slice's first block. */
+  fileBlock: number;
+  /** Where the slice starts in its physical extent (as Extent.offset). */
+  offset: number;
+  blocks: number;
+  fromParent: boolean;
+}
+
+const S_IFMT = C.S_IFMT;
+
+/** Writes snapshot `name` of `fs` to `sink` as a stream. */
+export function sendSnapshot(fs: GroveFs, name: string, sink: (chunk: Buffer) => void, options: SendOptions = {}): SendSummary {
+  const after = fs.sendSource(name);
+  const before = options.parent === undefined ? undefined : fs.sendSource(options.parent);
+  const changes = findChanges(before, after);
+  const resume = options.resume;
+  if (resume !== undefined) {
+    const own = after.identity;
+    if (!resume.identity.uuid.equals(own.uuid) || resume.identity.id !== own.id || resume.identity.generation !== own.generation) {
+      throw streamError("resume", `the resume token is for another snapshot than ${JSON.stringify(name)}`);
+    }
+    if (resume.records < 1) throw streamError("resume", "the resume token names no progress");
+  }
+  const writer = new StreamWriter(sink, resume === undefined ? undefined : { records: resume.records, bytes: resume.bytes });
+  const summary: SendSummary = {
+    snapshot: name,
+    parent: options.parent ?? null,
+    records: 0,
+    bytes: 0,
+    dataBytes: 0,
+    sharedBytes: 0,
+    inodes: { created: changes.created.length, changed: changes.changed.length - changes.created.length, deleted: changes.deleted.length },
+    nodesRead: changes.nodesRead,
+  };
+  const emit = (record: StreamRecord): void => {
+    writer.write(record);
+    options.progress?.(writer.sent);
+  };
+  emit({
+    type: RecordType.Header,
+    header: { name: after.name, identity: after.identity, parent: before?.identity, nextIno: after.nextIno },
+  });
+  for (const ino of changes.created) {
+    const inode = after.inodes.load(ino);
+    const target = (inode.mode & S_IFMT) === C.S_IFLNK ? after.fs.readlinkIno(ino) : Buffer.alloc(0);
+    emit({ type: RecordType.Inode, ino, mode: inode.mode, rdev: inode.rdev, target });
+  }
+  for (const record of unlinkRecords(before, after, changes)) emit(record);
+  const links = [...changes.added].sort((a, b) => a.parent - b.parent || Buffer.compare(a.name, b.name));
+  for (const link of links) emit({ type: RecordType.Link, parent: link.parent, child: link.child, name: link.name });
+  const sent = new Map<number, SentSlice[]>();
+  if (before !== undefined) {
+    for (const ino of changes.changed) {
+      const old = before.inodes.tryLoad(ino);
+      if (old !== undefined && (old.mode & S_IFMT) === C.S_IFREG) for (const extent of extentsOf(before, old)) remember(sent, extent, ino, true);
+    }
+  }
+  for (const ino of changes.changed) {
+    const inode = after.inodes.load(ino);
+    const old = before?.inodes.tryLoad(ino);
+    sendXattrs(before, after, ino, old, emit);
+    if ((inode.mode & S_IFMT) === C.S_IFREG) sendData(before, after, inode, old, sent, emit, summary);
+  }
+  for (const ino of changes.changed) {
+    const inode = after.inodes.load(ino);
+    emit({
+      type: RecordType.Attr,
+      attrs: { ino, mode: inode.mode, uid: inode.uid, gid: inode.gid, atimeNs: inode.atimeNs, mtimeNs: inode.mtimeNs, ctimeNs: inode.ctimeNs },
+    });
+  }
+  summary.records = writer.end();
+  if (resume !== undefined && summary.records <= resume.records) throw streamError("resume", "the resume token names more records than this stream has");
+  summary.bytes = writer.sent;
+  return summary;
+}
+
+/**
+ * Names to remove, in an order the receiver can apply: an inode that keeps
+ * living but loses every old name is moved aside (keep) by its first one;
+ * files go before directories, and directories deepest first, so each is
+ * empty when it goes.
+ */
+function unlinkRecords(before: SendSource | undefined, after: SendSource, changes: Changes): StreamRecord[] {
+  if (before === undefined) return [];
+  const removals = new Map<number, NameChange[]>();
+  for (const change of changes.removed) {
+    const list = removals.get(change.child) ?? [];
+    list.push(change);
+    removals.set(change.child, list);
+  }
+  const files: StreamRecord[] = [];
+  const dirs: { depth: number; record: StreamRecord }[] = [];
+  const deleted = new Set(changes.deleted);
+  for (const [child, list] of removals) {
+    const old = before.inodes.load(child);
+    const isDir = (old.mode & S_IFMT) === C.S_IFDIR;
+    const lives = !deleted.has(child) && after.inodes.tryLoad(child) !== undefined;
+    const names = isDir ? 1 : old.nlink;
+    list.forEach((change, i) => {
+      const keep = lives && i === 0 && list.length >= names;
+      const record: StreamRecord = { type: RecordType.Unlink, parent: change.parent, child, name: change.name, keep, rmdir: isDir && !keep };
+      if (isDir && !keep) dirs.push({ depth: depthOf(before, child), record });
+      else files.push(record);
+    });
+  }
+  dirs.sort((a, b) => b.depth - a.depth);
+  return [...files, ...dirs.map((d) => d.record)];
+}
+
+function sendXattrs(before: SendSource | undefined, after: SendSource, ino: number, old: Inode | undefined, emit: (record: StreamRecord) => void): void {
+  const now = new Map<string, Buffer>();
+  for (const name of after.fs.listxattrIno(ino)) now.set(name, after.fs.findXattrIno(ino, name)!);
+  const was = new Map<string, Buffer>();
+  if (before !== undefined && old !== undefined && old.nlink > 0) {
+    for (const name of before.fs.listxattrIno(ino)) was.set(name, before.fs.findXattrIno(ino, name)!);
+  }
+  for (const name of was.keys()) if (!now.has(name)) emit({ type: RecordType.XattrRemove, ino, name });
+  for (const [name, value] of now) if (!was.get(name)?.equals(value)) emit({ type: RecordType.Xattr, ino, name, value });
+}
+
+function extentsOf(source: SendSource, inode: Inode): Extent[] {
+  if (inode.kind === PayloadKind.Bytes) return [];
+  const extents: Extent[] = [];
+  for (const item of source.inodes.mapOf(inode).range()) {
+    const extent = decodeExtent(inode.ino, item.key, item.value);
+    if (!isUnwritten(extent)) extents.push(extent);
+  }
+  return extents;
+}
+
+function remember(sent: Map<number, SentSlice[]>, extent: Extent, ino: number, fromParent: boolean): void {
+  const list = sent.get(extent.extentLba) ?? [];
+  list.push({ ino, fileBlock: extent.fileBlock, offset: extent.offset, blocks: extent.blocks, fromParent });
+  sent.set(extent.extentLba, list);
+}
+
+interface Segment {
+  fileBlock: number;
+  blocks: number;
+  /** A slice already sent (or in the parent) holding these blocks; undefined: send them as data. */
+  from: SentSlice | undefined;
+}
+
+/**
+ * `extent` cut into runs that a sent slice of the same physical extent holds
+ * (shared) and runs none does (data): after a partial overwrite the slices
+ * sent so far may each hold only part of it.
+ */
+function segmentsOf(sent: Map<number, SentSlice[]>, extent: Extent, ino: number): Segment[] {
+  const slices = sent.get(extent.extentLba) ?? [];
+  const segments: Segment[] = [];
+  const end = extent.offset + extent.blocks;
+  let at = extent.offset;
+  while (at < end) {
+    let from: SentSlice | undefined;
+    let next = end;
+    for (const slice of slices) {
+      const sliceEnd = slice.offset + slice.blocks;
+      if (slice.offset <= at && at < sliceEnd) {
+        // copy_file_range refuses overlapping ranges of one file (the parent's file is another).
+        const run = Math.min(sliceEnd, end) - at;
+        const src = slice.fileBlock + (at - slice.offset);
+        const dst = extent.fileBlock + (at - extent.offset);
+        if (!slice.fromParent && slice.ino === ino && src < dst + run && dst < src + run) continue;
+        if (from === undefined || sliceEnd > from.offset + from.blocks) from = slice;
+      } else if (slice.offset > at) next = Math.min(next, slice.offset);
+    }
+    const stop = from === undefined ? next : Math.min(end, from.offset + from.blocks);
+    segments.push({ fileBlock: extent.fileBlock + (at - extent.offset), blocks: stop - at, from });
+    at = stop;
+  }
+  return segments;
+}
+
+/** A regular file's data: written bytes, shares, holes where the parent had data, then its size. */
+function sendData(
+  before: SendSource | undefined,
+  after: SendSource,
+  inode: Inode,
+  old: Inode | undefined,
+  sent: Map<number, SentSlice[]>,
+  emit: (record: StreamRecord) => void,
+  summary: SendSummary,
+): void {
+  const ino = inode.ino;
+  const map = after.inodes.mapOf(inode);
+  const oldFile = before !== undefined && old !== undefined && (old.mode & S_IFMT) === C.S_IFREG ? old : undefined;
+  const oldMap = oldFile === undefined ? undefined : before!.inodes.mapOf(oldFile);
+  const writeBytes = (offset: number, length: number): void => {
+    for (let at = offset; at < offset + length; at += writeChunkBytesMax) {
+      const n = Math.min(writeChunkBytesMax, offset + length - at);
+      const data = Buffer.alloc(n);
+      const got = after.data.read(inode, map, data, n, at);
+      emit({ type: RecordType.Write, ino, offset: at, data: data.subarray(0, got) });
+      summary.dataBytes += got;
+    }
+  };
+  if (inode.kind === PayloadKind.Bytes) {
+    if (inode.size > 0) writeBytes(0, inode.size);
+  } else {
+    for (const extent of extentsOf(after, inode)) {
+      const offset = extent.fileBlock * blockSizeBytes;
+      const length = Math.min(extent.blocks * blockSizeBytes, inode.size - offset);
+      if (length <= 0) continue;
+      const unchanged = oldMap?.get(extentKeyOf(extent))?.equals(map.get(extentKeyOf(extent))!) ?? false;
+      if (unchanged) continue;
+      if (before !== undefined && !parentIndexed.has(sent) && after.fs.store.sharing.refCount(extent.extentLba) > 1) {
+        // Referenced twice: perhaps a reflink of a file the parent holds unchanged, which the index lacks.
+        if (segmentsOf(sent, extent, ino).some((segment) => segment.from === undefined)) {
+          parentIndexed.add(sent);
+          indexParent(before, sent);
+        }
+      }
+      for (const segment of segmentsOf(sent, extent, ino)) {
+        const at = segment.fileBlock * blockSizeBytes;
+        const n = Math.min(segment.blocks * blockSizeBytes, inode.size - at);
+        if (n <= 0) continue;
+        const from = segment.from;
+        if (from !== undefined) {
+          // Whole blocks: the last one may lie partly past this file's end and still be shared (the truncate comes after).
+          const whole = segment.blocks * blockSizeBytes;
+          const srcOffset = (from.fileBlock + (extent.offset + (segment.fileBlock - extent.fileBlock) - from.offset)) * blockSizeBytes;
+          emit({ type: RecordType.Share, ino, offset: at, length: whole, srcIno: from.ino, srcOffset, fromParent: from.fromParent });
+          summary.sharedBytes += n;
+        } else {
+          writeBytes(at, n);
+        }
+      }
+      remember(sent, extent, ino, false);
+    }
+  }
+  // Then the size (a share of whole blocks may have reached past it), and the holes last: shrinking
+  // into a block zeroes its tail, which writes the block even where it was a hole.
+  emit({ type: RecordType.Truncate, ino, size: inode.size });
+  if (oldFile !== undefined) for (const hole of holesFor(before!, oldFile, after, inode)) emit({ type: RecordType.Hole, ino, ...hole });
+}
+
+/** Streams whose parent's extents were all indexed (once, and only when a reflink asks for it). */
+const parentIndexed = new WeakSet<Map<number, SentSlice[]>>();
+
+function indexParent(before: SendSource, sent: Map<number, SentSlice[]>): void {
+  for (const [key, value] of before.tree.range({ from: Buffer.from([0, 0, 0, 0, 0, 0, 0, 1]) })) {
+    if (key.length !== 8) continue;
+    const inode = decodeInode(Number(key.readBigUInt64BE(0)), value);
+    if ((inode.mode & S_IFMT) !== C.S_IFREG || inode.nlink === 0) continue;
+    for (const extent of extentsOf(before, inode)) remember(sent, extent, inode.ino, true);
+  }
+}
+
+function extentKeyOf(extent: Extent): Buffer {
+  const key = Buffer.alloc(8);
+  key.writeBigUInt64BE(BigInt(extent.fileBlock), 0);
+  return key;
+}
+
+/** Byte ranges below the new size that held data in the parent's file and are holes now. */
+function holesFor(before: SendSource, old: Inode, after: SendSource, inode: Inode): { offset: number; length: number }[] {
+  if (inode.kind === PayloadKind.Bytes) return [];
+  const endBlock = Math.ceil(inode.size / blockSizeBytes);
+  const had: [number, number][] =
+    old.kind === PayloadKind.Bytes ? [[0, Math.ceil(old.size / blockSizeBytes)]] : extentsOf(before, old).map((e) => [e.fileBlock, e.fileBlock + e.blocks]);
+  const has = extentsOf(after, inode).map((e) => [e.fileBlock, e.fileBlock + e.blocks] as [number, number]);
+  if (inode.size < old.size && inode.size % blockSizeBytes !== 0) had.push([endBlock - 1, endBlock]);
+  const holes: { offset: number; length: number }[] = [];
+  for (const [start, end] of had) {
+    let at = start;
+    const stop = Math.min(end, endBlock);
+    while (at < stop) {
+      const covering = has.find(([s, e]) => s <= at && at < e);
+      if (covering !== undefined) {
+        at = covering[1];
+        continue;
+      }
+      const next = Math.min(stop, ...has.filter(([s]) => s > at).map(([s]) => s));
+      // Whole blocks, even past the end of file: punching part of a block only zeroes it (the source has a hole).
+      holes.push({ offset: at * blockSizeBytes, length: (next - at) * blockSizeBytes });
+      at = next;
+    }
+  }
+  return holes;
+}
+

@@ -1,0 +1,193 @@
+/**
+ * Send/receive benchmark (issue 14), each figure against a baseline from the
+ * same run on this machine:
+ *
+ *   npm run bench:send -- [--files N] [--file-kb K] [--runs R] [--keep]
+ *
+ *   full         `grovefs send A snap | grovefs receive B` of a tree of N
+ *                files of K KiB (compressible text), against `cp -a` of the
+ *                same tree between the two volumes mounted (then `grovefs
+ *                sync` of the copy): R runs each, interleaved ABBA, medians,
+ *                MB/s of file data and the ratio.
+ *   incremental  `grovefs send A s1 --parent s0` where s1 rewrote 1% of the
+ *                files, against the same with 100% rewritten: the time
+ *                ratio (goal about 0.01-0.05) and each stream's size
+ *                against the bytes that changed (goal at most 1.1x plus
+ *                metadata).
+ *
+ * Needs root and /dev/fuse for the cp -a baseline (the mounts). Images live
+ * in a fresh directory under the OS temp dir, removed at the end unless
+ * --keep. Timings include starting the CLI processes (about 0.3 s each), as
+ * a user running the commands would see; so do the baselines.
+ */
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { FileDevice } from "../kvstore/index.js";
+import { GroveFs } from "../fs/index.js";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const bin = path.join(repo, "bin", "grovefs.mjs");
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+const files = arg("files", 2000);
+const fileKb = arg("file-kb", 64);
+const runs = arg("runs", 4);
+const keep = process.argv.includes("--keep");
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "grovefs-bench-send-"));
+
+function sh(script: string): string {
+  return execFileSync("sh", ["-c", script], { encoding: "utf8", maxBuffer: 64 << 20 });
+}
+
+function grove(args: string): string {
+  return sh(`"${process.execPath}" "${bin}" ${args}`);
+}
+
+function timed(body: () => void): number {
+  const start = performance.now();
+  body();
+  return (performance.now() - start) / 1000;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** File i's contents in generation g: compressible text, different per file and generation. */
+function contents(i: number, g: number): Buffer {
+  const line = `file ${i} generation ${g} ` + "lorem ipsum dolor sit amet ".repeat(3) + "\n";
+  return Buffer.from(line.repeat(Math.ceil((fileKb * 1024) / line.length)).slice(0, fileKb * 1024));
+}
+
+/** Writes files [0, files) of generation g where `which(i)`, through the library on the unmounted image. */
+function writeTree(image: string, g: number, which: (i: number) => boolean): number {
+  const device = FileDevice.open(image, { lock: true });
+  const volume = GroveFs.open(device);
+  let bytes = 0;
+  try {
+    for (let i = 0; i < files; i++) {
+      if (!which(i)) continue;
+      const dirName = `/d${Math.floor(i / 500)}`;
+      try {
+        volume.mkdir(dirName, 0o755, { uid: 0, gid: 0 });
+      } catch {
+        // Made for an earlier file.
+      }
+      const data = contents(i, g);
+      const fh = volume.create(`${dirName}/f${i}`, 0o644, fs.constants.O_CREAT | fs.constants.O_RDWR | fs.constants.O_TRUNC, { uid: 0, gid: 0 });
+      volume.write(fh, data, data.length, 0);
+      volume.release(fh);
+      bytes += data.length;
+    }
+  } finally {
+    volume.close();
+    device.close();
+  }
+  return bytes;
+}
+
+function main(): void {
+  const a = path.join(dir, "a.img");
+  const b = path.join(dir, "b.img");
+  const treeMb = (files * fileKb) / 1024;
+  const sizeMb = Math.max(512, Math.ceil(treeMb * (4 * runs + 8)));
+  grove(`mkfs "${a}" --size ${sizeMb}M`);
+  grove(`mkfs "${b}" --size ${sizeMb}M`);
+  const dataBytes = writeTree(a, 0, () => true);
+  grove(`snapshot create "${a}" s0`);
+  console.log(`tree: ${files} files of ${fileKb} KiB (${(dataBytes / 1e6).toFixed(1)} MB), ${runs} runs each, ABBA`);
+
+  // ---- full: send | receive against cp -a between the two mounted volumes ----
+  const mA = path.join(dir, "mA");
+  const mB = path.join(dir, "mB");
+  fs.mkdirSync(mA);
+  fs.mkdirSync(mB);
+  const sendTimes: number[] = [];
+  const cpTimes: number[] = [];
+  const sendRun = (i: number): void => {
+    sendTimes.push(timed(() => sh(`"${process.execPath}" "${bin}" send "${a}" s0 | "${process.execPath}" "${bin}" receive "${b}" --name r${i} > /dev/null`)));
+  };
+  const cpRun = (i: number): void => {
+    grove(`mount "${a}" "${mA}" -o ro`);
+    grove(`mount "${b}" "${mB}"`);
+    try {
+      cpTimes.push(timed(() => sh(`cp -a "${mA}/." "${mB}/copy${i}" && "${process.execPath}" "${bin}" sync "${mB}"`)));
+    } finally {
+      grove(`umount "${mA}"`);
+      grove(`umount "${mB}"`);
+    }
+  };
+  for (let r = 0; r < runs; r++) {
+    // ABBA: A B B A A B B A ...
+    if (r % 2 === 0) {
+      sendRun(r);
+      cpRun(r);
+    } else {
+      cpRun(r);
+      sendRun(r);
+    }
+  }
+  const send = median(sendTimes);
+  const cp = median(cpTimes);
+  console.log(`full     send|receive ${send.toFixed(2)} s (${(dataBytes / 1e6 / send).toFixed(1)} MB/s)   cp -a + sync ${cp.toFixed(2)} s (${(dataBytes / 1e6 / cp).toFixed(1)} MB/s)   ratio ${(send / cp).toFixed(2)} (time, send/cp)`);
+
+  // ---- incremental: 1% against 100% changed ----
+  const onePct = Math.max(1, Math.round(files / 100));
+  const changedSmall = writeTree(a, 1, (i) => i < onePct);
+  grove(`snapshot create "${a}" s1`);
+  const changedAll = writeTree(a, 2, () => true);
+  grove(`snapshot create "${a}" s2`);
+  const smallTimes: number[] = [];
+  const allTimes: number[] = [];
+  let smallBytes = 0;
+  let allBytes = 0;
+  const incremental = (snap: string, into: number[]): number => {
+    const out = path.join(dir, `${snap}.stream`);
+    into.push(timed(() => grove(`send "${a}" ${snap} --parent ${snap === "s1" ? "s0" : "s1"} -f "${out}"`)));
+    const size = fs.statSync(out).size;
+    fs.rmSync(out);
+    return size;
+  };
+  for (let r = 0; r < runs; r++) {
+    if (r % 2 === 0) {
+      smallBytes = incremental("s1", smallTimes);
+      allBytes = incremental("s2", allTimes);
+    } else {
+      allBytes = incremental("s2", allTimes);
+      smallBytes = incremental("s1", smallTimes);
+    }
+  }
+  const small = median(smallTimes);
+  const all = median(allTimes);
+  console.log(`incr     1% (${onePct} files) ${small.toFixed(2)} s   100% ${all.toFixed(2)} s   time ratio ${(small / all).toFixed(3)} (goal 0.01-0.05; includes ~0.3 s of CLI start)`);
+  console.log(`size     1%: ${smallBytes} bytes for ${changedSmall} changed (${(smallBytes / changedSmall).toFixed(3)}x)   100%: ${allBytes} bytes for ${changedAll} changed (${(allBytes / changedAll).toFixed(3)}x)   goal <= 1.1x plus metadata`);
+  console.log(
+    JSON.stringify({
+      files,
+      fileKb,
+      runs,
+      fullSendS: send,
+      cpS: cp,
+      fullRatio: send / cp,
+      incrementalRatio: small / all,
+      streamPerChanged1: smallBytes / changedSmall,
+      streamPerChanged100: allBytes / changedAll,
+    }),
+  );
+}
+
+try {
+  main();
+} finally {
+  if (!keep) fs.rmSync(dir, { recursive: true, force: true });
+  else console.log(`kept ${dir}`);
+}

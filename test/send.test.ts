@@ -1,0 +1,538 @@
+/**
+ * Send and receive through the library API, between two simulated volumes:
+ * seeded random workloads with a chain of snapshots, sent full then
+ * incrementally into a second volume, each received snapshot compared with
+ * its source through both volumes' APIs (bytes, holes, modes, owners, ns
+ * times, symlinks, hard links, special files, xattrs, sharing); damaged
+ * streams (cut at every record boundary, single-byte flips) refused with the
+ * target unchanged; the tree diff skipping shared subtrees. Both volumes are
+ * checked at the end of every test.
+ *
+ * GROVE_SEED=<n> replays a seed; GROVE_SEND_OPS=<n> sets the operations per
+ * snapshot (default small for CI), GROVE_SEND_SNAPSHOTS the chain's length.
+ */
+import { describe, expect, it } from "vitest";
+import { constants as C } from "node:fs";
+import { createHash } from "node:crypto";
+import { Prng, SimDevice, diffTrees } from "../kvstore/index.js";
+import { GroveFs, send, type InodeOps, type Stat } from "../fs/index.js";
+import { decodeExtent, isUnwritten, PayloadKind } from "../fs/format.js";
+import { O_CREAT, O_RDWR, expectFsClean, testClock } from "./fs_helpers.js";
+import { seeds, withSeed } from "./helpers.js";
+
+const caller = { uid: 0, gid: 0 };
+const opsPerSnapshot = Number(process.env.GROVE_SEND_OPS ?? 60);
+const snapshotsPerRun = Number(process.env.GROVE_SEND_SNAPSHOTS ?? 4);
+const testFile = "test/send.test.ts";
+
+function fresh(blocks = 32768): { device: SimDevice; fs: GroveFs } {
+  let device = new SimDevice(blocks);
+  GroveFs.format(device, { clock: testClock() });
+  device = device.reopen();
+  return { device, fs: GroveFs.open(device, { clock: testClock(2_000_000_000_000_000_000n) }) };
+}
+
+function closeAndCheck(fs: GroveFs, device: SimDevice): void {
+  fs.close();
+  expectFsClean(device.reopen());
+}
+
+/** Sends snapshot `name` (incremental from `parent`) of `from` as one buffer. */
+function streamOf(from: GroveFs, name: string, parent?: string): Buffer {
+  const chunks: Buffer[] = [];
+  send.sendSnapshot(from, name, (chunk) => chunks.push(chunk), { parent });
+  return Buffer.concat(chunks);
+}
+
+function sourceOf(bytes: Buffer): send.ByteSource {
+  let at = 0;
+  return (length) => {
+    const chunk = bytes.subarray(at, Math.min(bytes.length, at + length));
+    at += chunk.length;
+    return chunk;
+  };
+}
+
+// ---- what a snapshot holds, through the API -------------------------------------------
+
+interface Seen {
+  stat: Omit<Stat, "blocks" | "blksize" | "crtimeNs">;
+  target?: string;
+  data?: string;
+  holes?: string;
+  xattrs: string;
+}
+
+/** Every name from the root, with what its inode holds (hard links show one inode at several names). */
+function describeTree(view: InodeOps & { lseek?: unknown }): Map<string, Seen> {
+  const seen = new Map<string, Seen>();
+  const walk = (ino: number, path: string, depth: number): void => {
+    if (depth > 64) throw new Error("too deep");
+    const stat = view.statIno(ino);
+    const { blocks: _b, blksize: _s, crtimeNs: _c, ...rest } = stat;
+    const entry: Seen = { stat: rest, xattrs: xattrsOf(view, ino) };
+    const type = stat.mode & C.S_IFMT;
+    if (type === C.S_IFLNK) entry.target = view.readlinkIno(ino).toString("latin1");
+    if (type === C.S_IFREG) {
+      const fh = view.openIno(ino, C.O_RDONLY);
+      const bytes = Buffer.alloc(stat.size);
+      let got = 0;
+      while (got < stat.size) {
+        const n = view.read(fh, bytes.subarray(got), stat.size - got, got);
+        if (n === 0) break;
+        got += n;
+      }
+      view.release(fh);
+      entry.data = createHash("sha256").update(bytes).digest("hex");
+      entry.holes = holesOf(view as unknown as GroveFs, ino, stat.size);
+    }
+    seen.set(path, entry);
+    if (type === C.S_IFDIR) {
+      const children: { name: Buffer; ino: number }[] = [];
+      view.readdirIno(ino, undefined, (e) => (children.push({ name: e.name, ino: e.ino }), true));
+      for (const child of children) {
+        if (child.name.toString() === "." || child.name.toString() === "..") continue;
+        walk(child.ino, `${path}/${child.name.toString("latin1")}`, depth + 1);
+      }
+    }
+  };
+  walk(1, "", 0);
+  return seen;
+}
+
+function xattrsOf(view: InodeOps, ino: number): string {
+  return view
+    .listxattrIno(ino)
+    .sort()
+    .map((name) => `${name}=${view.findXattrIno(ino, name)!.toString("hex")}`)
+    .join(",");
+}
+
+/** Where the holes are, by SEEK_HOLE and SEEK_DATA. */
+function holesOf(view: GroveFs, ino: number, size: number): string {
+  const holes: string[] = [];
+  let at = 0;
+  while (at < size) {
+    const hole = view.lseek(ino, at, "hole");
+    if (hole >= size) break;
+    let data: number;
+    try {
+      data = view.lseek(ino, hole, "data");
+    } catch {
+      data = size;
+    }
+    holes.push(`${hole}-${data}`);
+    at = data;
+  }
+  return holes.join(",");
+}
+
+function expectSameSnapshot(a: GroveFs, nameA: string, b: GroveFs, nameB: string): void {
+  const left = describeTree(a.snapshotView(nameA) as GroveFs);
+  const right = describeTree(b.snapshotView(nameB) as GroveFs);
+  expect([...right.keys()].sort()).toEqual([...left.keys()].sort());
+  for (const [path, entry] of left) expect(right.get(path), path).toEqual(entry);
+}
+
+/** Physical extents of a snapshot's regular files, by ino: which files share blocks. */
+function sharingOf(fs: GroveFs, name: string): string[] {
+  const source = fs.sendSource(name);
+  const owners = new Map<number, number[]>();
+  for (const [key, value] of source.tree.range()) {
+    if (key.length !== 8) continue;
+    const ino = Number(key.readBigUInt64BE(0));
+    if (ino === 0) continue;
+    const inode = source.inodes.load(ino);
+    if ((inode.mode & C.S_IFMT) !== C.S_IFREG || inode.kind === PayloadKind.Bytes || inode.nlink === 0) continue;
+    void value;
+    for (const item of source.inodes.mapOf(inode).range()) {
+      const extent = decodeExtent(ino, item.key, item.value);
+      if (isUnwritten(extent)) continue;
+      // Block by block: a receiver may group slices into physical extents its own way.
+      for (let i = 0; i < extent.blocks; i++) {
+        const where = extent.extentLba * 1024 + extent.offset + i;
+        const list = owners.get(where) ?? [];
+        list.push(ino * 1e6 + extent.fileBlock + i);
+        owners.set(where, list);
+      }
+    }
+  }
+  return [...owners.values()].filter((l) => l.length > 1).map((l) => l.sort((x, y) => x - y).join("+")).sort();
+}
+
+// ---- a random workload --------------------------------------------------------------
+
+class Workload {
+  private serial = 0;
+  constructor(
+    private readonly fs: GroveFs,
+    private readonly rng: Prng,
+  ) {}
+
+  private all(type?: number): { ino: number; path: string; parent: number; name: Buffer }[] {
+    const out: { ino: number; path: string; parent: number; name: Buffer }[] = [];
+    const walk = (ino: number, path: string): void => {
+      const names: { name: Buffer; ino: number }[] = [];
+      this.fs.readdirIno(ino, undefined, (e) => (names.push({ name: e.name, ino: e.ino }), true));
+      for (const e of names) {
+        const s = e.name.toString("latin1");
+        if (s === "." || s === "..") continue;
+        const stat = this.fs.statIno(e.ino);
+        if (type === undefined || (stat.mode & C.S_IFMT) === type) out.push({ ino: e.ino, path: `${path}/${s}`, parent: ino, name: e.name });
+        if ((stat.mode & C.S_IFMT) === C.S_IFDIR) walk(e.ino, `${path}/${s}`);
+      }
+    };
+    walk(1, "");
+    return out;
+  }
+
+  private dir(): number {
+    const dirs = this.all(C.S_IFDIR);
+    return dirs.length === 0 || this.rng.chance(0.3) ? 1 : this.rng.pick(dirs).ino;
+  }
+
+  private newName(): Buffer {
+    return Buffer.from(`n${this.serial++}`);
+  }
+
+  private data(length: number): Buffer {
+    // Half compressible text, half random: both paths of the data.
+    return this.rng.chance(0.5) ? Buffer.from("abcdefgh".repeat(Math.ceil(length / 8)).slice(0, length)) : this.rng.bytes(length);
+  }
+
+  step(): void {
+    const fs = this.fs;
+    const rng = this.rng;
+    const files = this.all(C.S_IFREG);
+    const op = rng.below(16);
+    if (op <= 3 || files.length === 0) {
+      const sizes = [0, 10, 3000, 4096, 9000, 70_000, 300_000];
+      const size = rng.pick(sizes);
+      const { fh } = fs.createAt(this.dir(), this.newName(), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+      const at = rng.chance(0.3) ? rng.below(5) * 65536 : 0;
+      if (size > 0) fs.write(fh, this.data(size), size, at);
+      fs.release(fh);
+      return;
+    }
+    const file = rng.pick(files);
+    switch (op) {
+      case 4: {
+        const size = fs.statIno(file.ino).size;
+        const fh = fs.openIno(file.ino, O_RDWR);
+        const n = 1 + rng.below(20_000);
+        fs.write(fh, this.data(n), n, rng.below(size + 8192));
+        fs.release(fh);
+        return;
+      }
+      case 5:
+        fs.setattr(file.ino, { size: rng.below(fs.statIno(file.ino).size + 100_000) });
+        return;
+      case 6:
+        fs.mkdirAt(this.dir(), this.newName(), 0o755, caller);
+        return;
+      case 7: {
+        const all = this.all();
+        const moving = rng.pick(all);
+        const into = this.dir();
+        try {
+          fs.renameAt(moving.parent, moving.name, into, this.newName());
+        } catch {
+          // Into itself: refused, nothing changed.
+        }
+        return;
+      }
+      case 8:
+        fs.unlinkAt(file.parent, file.name);
+        return;
+      case 9:
+        fs.linkAt(file.ino, this.dir(), this.newName());
+        return;
+      case 10:
+        fs.symlinkAt(this.dir(), this.newName(), Buffer.from(`target-${rng.below(1000)}`), caller);
+        return;
+      case 11: {
+        const kind = rng.pick([C.S_IFIFO, C.S_IFCHR, C.S_IFSOCK, C.S_IFBLK]);
+        fs.mknodAt(this.dir(), this.newName(), kind | 0o640, kind === C.S_IFCHR || kind === C.S_IFBLK ? (8 << 8) | rng.below(200) : 0, caller);
+        return;
+      }
+      case 12: {
+        const all = [...this.all(C.S_IFREG), ...this.all(C.S_IFDIR)];
+        const target = rng.pick(all);
+        if (rng.chance(0.7)) fs.setxattrIno(target.ino, `user.k${rng.below(4)}`, rng.bytes(rng.below(300)), 0);
+        else for (const name of fs.listxattrIno(target.ino)) fs.removexattrIno(target.ino, name);
+        return;
+      }
+      case 13: {
+        const all = this.all();
+        const target = rng.pick(all);
+        fs.setattr(target.ino, { mode: rng.below(0o1000), uid: rng.below(3) * 1000, gid: rng.below(3) * 100, mtime: BigInt(rng.below(1e9)) * 1000n + 7n, atime: "now" });
+        return;
+      }
+      case 14: {
+        // A reflink: whole blocks shared.
+        const size = fs.statIno(file.ino).size;
+        const { fh, stat } = fs.createAt(this.dir(), this.newName(), C.S_IFREG | 0o600, O_CREAT | O_RDWR, caller);
+        fs.release(fh);
+        fs.copyFileRange({ ino: file.ino }, 0, stat.ino, rng.chance(0.5) ? 0 : 4096, size);
+        return;
+      }
+      default: {
+        const dirs = this.all(C.S_IFDIR);
+        if (dirs.length === 0) return;
+        const dir = rng.pick(dirs);
+        try {
+          fs.rmdirAt(dir.parent, dir.name);
+        } catch {
+          // Not empty.
+        }
+      }
+    }
+  }
+}
+
+function names(fs: GroveFs): string {
+  return fs.listSubvolumes().map((s) => `${s.name}:${s.id}:${s.readOnly}`).join(",");
+}
+
+// ---- tests ----------------------------------------------------------------------------
+
+describe("send and receive", () => {
+  for (const seed of seeds([1, 2, 3])) {
+    it(`seed ${seed}: a chain of snapshots, full then incremental, arrives equal`, () => {
+      withSeed(seed, testFile, () => {
+        const a = fresh();
+        const b = fresh();
+        const rng = new Prng(seed);
+        const work = new Workload(a.fs, rng);
+        let parent: string | undefined;
+        for (let s = 0; s < snapshotsPerRun; s++) {
+          for (let i = 0; i < opsPerSnapshot; i++) work.step();
+          const name = `s${s}`;
+          a.fs.createSubvolume(name, { readOnly: true });
+          const bytes = streamOf(a.fs, name, parent);
+          const summary = send.receiveStream(b.fs, sourceOf(bytes));
+          expect(summary.snapshot).toBe(name);
+          expectSameSnapshot(a.fs, name, b.fs, name);
+          expect(sharingOf(b.fs, name)).toEqual(sharingOf(a.fs, name));
+          parent = name;
+        }
+        // Every earlier snapshot is still equal (the receives did not touch them).
+        for (let s = 0; s < snapshotsPerRun; s++) expectSameSnapshot(a.fs, `s${s}`, b.fs, `s${s}`);
+        expect(b.fs.partialReceives()).toEqual([]);
+        closeAndCheck(a.fs, a.device);
+        closeAndCheck(b.fs, b.device);
+      });
+    }, 120_000);
+  }
+
+  it("keeps hard links, special files, xattrs, holes, times and reflinks", () => {
+    const a = fresh();
+    const b = fresh();
+    const fs = a.fs;
+    const dir = fs.mkdirAt(1, Buffer.from("d"), 0o750, caller).ino;
+    const { fh, stat } = fs.createAt(dir, Buffer.from("sparse"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    const block = Buffer.alloc(65536, 7);
+    fs.write(fh, block, block.length, 0);
+    fs.write(fh, block, block.length, 10 * 1024 * 1024);
+    fs.release(fh);
+    fs.linkAt(stat.ino, 1, Buffer.from("hard"));
+    const copy = fs.createAt(1, Buffer.from("reflink"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.release(copy.fh);
+    fs.copyFileRange({ ino: stat.ino }, 0, copy.stat.ino, 0, fs.statIno(stat.ino).size);
+    fs.mknodAt(dir, Buffer.from("fifo"), C.S_IFIFO | 0o600, 0, caller);
+    fs.mknodAt(dir, Buffer.from("tty"), C.S_IFCHR | 0o620, (4 << 8) | 1, caller);
+    fs.symlinkAt(dir, Buffer.from("link"), Buffer.from("../hard"), caller);
+    fs.setxattrIno(stat.ino, "user.colour", Buffer.from("blue"), 0);
+    fs.setattr(dir, { mtime: 123_456_789_123_456_789n, atime: 5n, uid: 1000, gid: 1000 });
+    fs.createSubvolume("snap", { readOnly: true });
+    send.receiveStream(b.fs, sourceOf(streamOf(fs, "snap")), { name: "copy" });
+    expectSameSnapshot(fs, "snap", b.fs, "copy");
+    const view = b.fs.snapshotView("copy");
+    expect(view.lookup(1, Buffer.from("hard")).ino).toBe(view.lookup(dir, Buffer.from("sparse")).ino);
+    expect(view.lookup(1, Buffer.from("hard")).nlink).toBe(2);
+    expect(view.statIno(dir).mtimeNs).toBe(123_456_789_123_456_789n);
+    expect(sharingOf(b.fs, "copy")).toEqual(sharingOf(fs, "snap"));
+    expect(sharingOf(b.fs, "copy").length).toBeGreaterThan(0);
+    // Holes stay holes: the received volume holds the data once, not the 10 MiB gap.
+    const used = b.fs.info().usedBytes;
+    expect(used).toBeLessThan(4 * 1024 * 1024);
+    expect(b.fs.listSubvolumes().find((s) => s.name === "copy")!.readOnly).toBe(true);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
+  it("refuses an incremental stream whose parent is not there, and a name that is taken", () => {
+    const a = fresh();
+    const b = fresh();
+    a.fs.createSubvolume("one", { readOnly: true });
+    a.fs.mkdirAt(1, Buffer.from("x"), 0o755, caller);
+    a.fs.createSubvolume("two", { readOnly: true });
+    const incremental = streamOf(a.fs, "two", "one");
+    expect(() => send.receiveStream(b.fs, sourceOf(incremental))).toThrow(/parent snapshot is not on this volume/);
+    send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "one")));
+    expect(() => send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "one")))).toThrow(/exists/);
+    send.receiveStream(b.fs, sourceOf(incremental));
+    expectSameSnapshot(a.fs, "two", b.fs, "two");
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+});
+
+describe("damaged streams", () => {
+  /** Record boundaries of a stream, by its headers' lengths. */
+  function boundaries(bytes: Buffer): number[] {
+    const out: number[] = [];
+    let at = 0;
+    while (at < bytes.length) {
+      out.push(at);
+      at += send.recordHeaderBytes + bytes.readUInt32LE(at + 4) + send.recordCrcBytes;
+    }
+    return out;
+  }
+
+  it("a stream cut at any record boundary, or with any of many single bytes flipped, is refused and changes nothing", () => {
+    withSeed(7, testFile, () => {
+      const a = fresh();
+      const b = fresh();
+      const rng = new Prng(7);
+      const work = new Workload(a.fs, rng);
+      for (let i = 0; i < 40; i++) work.step();
+      a.fs.createSubvolume("base", { readOnly: true });
+      send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "base")));
+      for (let i = 0; i < 30; i++) work.step();
+      a.fs.createSubvolume("next", { readOnly: true });
+      const bytes = streamOf(a.fs, "next", "base");
+      const before = names(b.fs);
+      const usedBefore = b.fs.info().usedBytes;
+      const cuts = boundaries(bytes);
+      expect(cuts.length).toBeGreaterThan(5);
+      for (const cut of [...cuts.slice(1), bytes.length - 1]) {
+        expect(() => send.receiveStream(b.fs, sourceOf(bytes.subarray(0, cut))), `cut at ${cut}`).toThrow(/cut short/);
+        expect(names(b.fs)).toBe(before);
+        // What arrived is kept hidden, to resume; abandoned here.
+        for (const partial of b.fs.partialReceives()) b.fs.abortReceive(partial.name);
+      }
+      const flips = Number(process.env.GROVE_SEND_FLIPS ?? 60);
+      for (let i = 0; i < flips; i++) {
+        const damaged = Buffer.from(bytes);
+        const at = rng.below(damaged.length);
+        damaged[at] ^= 1 << rng.below(8);
+        expect(() => send.receiveStream(b.fs, sourceOf(damaged)), `flip at ${at}`).toThrow();
+        expect(names(b.fs)).toBe(before);
+        expect(b.fs.partialReceives()).toEqual([]);
+      }
+      b.fs.finishDeletions();
+      // Every refused receive's space came back.
+      expect(b.fs.info().usedBytes).toBeLessThanOrEqual(usedBefore + 64 * 1024);
+      send.receiveStream(b.fs, sourceOf(bytes));
+      expectSameSnapshot(a.fs, "next", b.fs, "next");
+      closeAndCheck(a.fs, a.device);
+      closeAndCheck(b.fs, b.device);
+    });
+  }, 120_000);
+
+  it("refuses a wrong version and a foreign stream with their own words", () => {
+    const a = fresh();
+    const b = fresh();
+    a.fs.createSubvolume("s", { readOnly: true });
+    const bytes = streamOf(a.fs, "s");
+    expect(() => send.receiveStream(b.fs, sourceOf(Buffer.from("not a stream at all, really")))).toThrow();
+    const wrongVersion = Buffer.from(bytes);
+    wrongVersion.writeUInt16LE(9, send.recordHeaderBytes + 8);
+    // Re-seal the header record's crc, so that only the version is wrong.
+    const length = wrongVersion.readUInt32LE(4);
+    const { crc32c } = require("@node-rs/crc32") as { crc32c: (b: Buffer) => number };
+    wrongVersion.writeUInt32LE(crc32c(wrongVersion.subarray(0, send.recordHeaderBytes + length)) >>> 0, send.recordHeaderBytes + length);
+    expect(() => send.receiveStream(b.fs, sourceOf(wrongVersion))).toThrow(/version 9/);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+});
+
+describe("resumable receive", () => {
+  for (const seed of seeds([6, 7])) {
+    it(`seed ${seed}: receives cut at random points, each resumed with its token, end identical; abort frees every block`, () => {
+      withSeed(seed, testFile, () => {
+        const a = fresh();
+        const b = fresh();
+        const rng = new Prng(seed);
+        const work = new Workload(a.fs, rng);
+        for (let i = 0; i < opsPerSnapshot; i++) work.step();
+        a.fs.createSubvolume("base", { readOnly: true });
+        send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "base")));
+        for (let i = 0; i < opsPerSnapshot; i++) work.step();
+        a.fs.createSubvolume("next", { readOnly: true });
+        for (const parent of [undefined, "base"]) {
+          const name = parent === undefined ? "full" : "incremental";
+          const bytes = streamOf(a.fs, "next", parent);
+          // The first piece is cut anywhere; each resumed piece is cut again, until one gets through.
+          let piece = bytes.subarray(0, 1 + rng.below(bytes.length - 1));
+          for (let round = 0; ; round++) {
+            try {
+              send.receiveStream(b.fs, sourceOf(piece), { name });
+              break;
+            } catch (error) {
+              expect(String(error)).toMatch(/cut short/);
+            }
+            const partial = send.partialNameFor(name);
+            const token = send.resumeTokenOf(b.fs, partial);
+            expect(b.fs.listSubvolumes().some((s) => s.name === name)).toBe(false);
+            if (token === undefined) {
+              // Cut inside the header: nothing to resume.
+              b.fs.abortReceive(partial);
+              piece = bytes;
+              continue;
+            }
+            const chunks: Buffer[] = [];
+            send.sendSnapshot(a.fs, "next", (c) => chunks.push(c), { parent, resume: send.decodeResumeToken(token) });
+            const rest = Buffer.concat(chunks);
+            piece = round < 3 && rng.chance(0.7) ? rest.subarray(0, 1 + rng.below(rest.length - 1)) : rest;
+          }
+          expectSameSnapshot(a.fs, "next", b.fs, name);
+          expect(sharingOf(b.fs, name)).toEqual(sharingOf(a.fs, "next"));
+        }
+        // A token for the wrong state is refused; abort frees every block the partial receive took.
+        b.fs.finishDeletions();
+        b.fs.sync();
+        const used = b.fs.info().usedBytes;
+        expect(() => send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "next").subarray(0, 50_000)), { name: "dropped" })).toThrow(/cut short/);
+        b.fs.abortReceive(send.partialNameFor("dropped"));
+        b.fs.finishDeletions();
+        b.fs.sync();
+        expect(b.fs.info().usedBytes).toBe(used);
+        expect(b.fs.partialReceives()).toEqual([]);
+        closeAndCheck(a.fs, a.device);
+        closeAndCheck(b.fs, b.device);
+      });
+    }, 120_000);
+  }
+});
+
+describe("tree diff", () => {
+  it("reads only the nodes on the paths to what changed", () => {
+    const a = fresh();
+    const fs = a.fs;
+    for (let i = 0; i < 3000; i++) fs.mkdirAt(1, Buffer.from(`dir-${i}`), 0o755, caller);
+    fs.createSubvolume("before", { readOnly: true });
+    fs.mkdirAt(1, Buffer.from("one-more"), 0o755, caller);
+    fs.setattr(fs.lookup(1, Buffer.from("dir-1500")).ino, { mode: 0o700 });
+    fs.createSubvolume("after", { readOnly: true });
+    const x = fs.sendSource("before");
+    const y = fs.sendSource("after");
+    const changed: number[] = [];
+    const stats = diffTrees(x.tree, y.tree, (c) => changed.push(Number(c.key.readBigUInt64BE(0))));
+    const records = [...new Set(changed)].filter((ino) => ino > 0);
+    expect(records).toContain(1);
+    expect(records).toContain(fs.lookup(1, Buffer.from("dir-1500")).ino);
+    expect(records).toContain(fs.lookup(1, Buffer.from("one-more")).ino);
+    expect(records.length).toBeLessThanOrEqual(4);
+    // The inode tree has well over a hundred leaves; the diff reads a handful of paths.
+    let leaves = 0;
+    for (const _ of x.tree.range()) leaves++;
+    expect(leaves).toBeGreaterThan(3000);
+    expect(stats.nodesRead).toBeLessThan(30);
+    const plan = send.findChanges(x, y);
+    expect(plan.created).toEqual([fs.lookup(1, Buffer.from("one-more")).ino]);
+    closeAndCheck(a.fs, a.device);
+  });
+});
