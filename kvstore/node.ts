@@ -477,6 +477,8 @@ function pointerMismatch(buf: Buffer, expect: NodeExpectation, selfValid: boolea
   const want = expect.generation ?? 0;
   if (want === 0) return null;
   if (!selfValid) return `; its parent expects a node of generation ${want} here: a lost write, or damage`;
+  // A node that claims another LBA landed here by a misdirected write: the structure check says so.
+  if (readU64LE(buf, NODE_LBA) !== expect.lba) return null;
   const generation = readU64LE(buf, NODE_GENERATION);
   if (generation !== want) {
     return `node at LBA ${expect.lba} is generation ${generation}, its parent expects ${want}: a lost or stale write`;
