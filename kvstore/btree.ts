@@ -29,6 +29,8 @@ import { Item, Node, childPointer, emptyKey, itemSize, nodePayloadBytes, nodeUnd
 export interface NodeStore {
   /** The node at `lba`; read from the device, it must be of `generation` with `crc` when `generation` is not 0. */
   readNode(lba: number, level: number, owner: number, generation?: number, crc?: number): Node;
+  /** Child i of `parent`, checked against parent's pointer when it is read from the device. */
+  readChild(parent: Node, i: number, owner: number): Node;
   newNode(level: number, owner: number): Node;
   /** The node itself if already writable in this transaction, else a writable copy. */
   shadow(node: Node, treeId: number): Node;
@@ -108,7 +110,7 @@ export class Tree {
   }
 
   child(node: Node, i: number): Node {
-    return this.store.readNode(node.childAt(i), node.level - 1, this.id, node.childGenerationAt(i), node.childCrcAt(i));
+    return this.store.readChild(node, i, this.id);
   }
 
   /** The leaf that would hold `key`. */

@@ -663,6 +663,15 @@ export class Store implements NodeStore {
     return node;
   }
 
+  readChild(parent: Node, i: number, owner: number): Node {
+    const lba = parent.childAt(i);
+    const level = parent.level - 1;
+    // The check is looked up only on a miss: a cache hit costs what it did before pointers were checked.
+    const cached = this.poisoned === null ? this.cache.get(lba) : undefined;
+    if (cached !== undefined && cached.level === level && ownerMatches(owner, cached.owner)) return cached;
+    return this.readNode(lba, level, owner, parent.childGenerationAt(i), parent.childCrcAt(i));
+  }
+
   newNode(level: number, owner: number): Node {
     const node = Node.empty(this.allocateBlock(), this.generation, owner, level);
     this.cache.addDirty(node);
