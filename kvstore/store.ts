@@ -440,7 +440,7 @@ export class Store implements NodeStore {
    */
   detachedTreeRanges(tree: Tree): number {
     const plan = this.planRelease();
-    plan.node(tree.rootLba, tree.level, tree.id);
+    plan.node(tree.rootLba, tree.level, tree.id, 0, tree.rootGeneration, tree.rootCrc);
     return plan.ranges();
   }
 
@@ -485,7 +485,7 @@ export class Store implements NodeStore {
   private releaseTree(tree: Tree, unlink: () => void): void {
     assert(!tree.dropped, "a dropped tree is not dropped again");
     const plan = this.planRelease();
-    plan.node(tree.rootLba, tree.level, tree.id);
+    plan.node(tree.rootLba, tree.level, tree.id, 0, tree.rootGeneration, tree.rootCrc);
     this.applyRelease(plan, unlink);
     tree.dropped = true;
     tree.modCount++;
@@ -951,17 +951,17 @@ export class ReleasePlan {
 
   constructor(private readonly store: Store) {}
 
-  /** Drops one reference to the node at `lba`, of tree `owner` at `level`. */
-  node(lba: number, level: number, owner: number, depth = 0): void {
+  /** Drops one reference to the node at `lba`, of tree `owner` at `level` (checked against `generation`, `crc` if known). */
+  node(lba: number, level: number, owner: number, depth = 0, generation = 0, crc = 0): void {
     assert(depth <= 2 * treeDepthMax, "release depth is bounded");
     if (this.takeShared(lba)) return;
-    const node = this.store.readNode(lba, level, owner);
+    const node = this.store.readNode(lba, level, owner, generation, crc);
     this.nodesRead++;
     this.frees.push([lba, 1]);
     if (node.level > 0) {
-      const children: number[] = [];
-      for (let i = 0; i < node.count; i++) children.push(node.childAt(i));
-      for (const child of children) this.node(child, level - 1, owner, depth + 1);
+      const children: Array<[number, number, number]> = [];
+      for (let i = 0; i < node.count; i++) children.push([node.childAt(i), node.childGenerationAt(i), node.childCrcAt(i)]);
+      for (const [child, g, c] of children) this.node(child, level - 1, owner, depth + 1, g, c);
       return;
     }
     for (let i = 0; i < node.count; i++) this.item(owner, Buffer.from(node.keyAt(i)), node.copyValue(i), depth);
