@@ -12,7 +12,13 @@
  *   transaction.
  * - Only the root may be empty or underfull after a delete; a non-root node
  *   that falls below `nodeUnderflowBytes` is merged with, or refilled from, a
- *   sibling. A tree emptied by deletes is a single empty leaf.
+ *   sibling. A tree emptied by deletes is a single empty leaf. (One exception:
+ *   a sibling that is an older bare-pointer node too full to widen is left
+ *   alone, and the underflow with it, until that sibling is migrated.)
+ * - Every internal node written has checked pointers (node.ts). An older
+ *   image's bare-pointer nodes are widened before a mutation changes them:
+ *   `migratePath` widens the path top-down, splitting a node whose widened
+ *   items no longer fit, so a mutation only ever changes checked nodes.
  */
 import { keySizeMaxBytes, treeDepthMax, valueSizeMaxBytes } from "./constants.js";
 import { GroveError, assert } from "./errors.js";
@@ -21,7 +27,10 @@ import { Item, Node, childPointer, emptyKey, itemSize, nodePayloadBytes, nodeUnd
 
 /** What a tree needs from the store: nodes by LBA, new nodes, and copy-on-write. */
 export interface NodeStore {
-  readNode(lba: number, level: number, owner: number): Node;
+  /** The node at `lba`; read from the device, it must be of `generation` with `crc` when `generation` is not 0. */
+  readNode(lba: number, level: number, owner: number, generation?: number, crc?: number): Node;
+  /** Child i of `parent`, checked against parent's pointer when it is read from the device. */
+  readChild(parent: Node, i: number, owner: number): Node;
   newNode(level: number, owner: number): Node;
   /** The node itself if already writable in this transaction, else a writable copy. */
   shadow(node: Node, treeId: number): Node;
@@ -36,6 +45,9 @@ export interface TreeMeta {
   rootLba: number;
   level: number;
   count: number;
+  /** The root's generation and crc, when recorded (a root-tree entry); 0 or absent: unchecked. */
+  rootGeneration?: number;
+  rootCrc?: number;
 }
 
 interface PathStep {
@@ -47,6 +59,13 @@ interface PathStep {
 export class Tree {
   readonly id: number;
   rootLba: number;
+  /**
+   * What the root's record expects of it (0: unchecked). A root written in
+   * this transaction is 0 until the commit seals it and fills this in (for
+   * trees recorded in the root tree; a detached tree's record has no check).
+   */
+  rootGeneration: number;
+  rootCrc: number;
   level: number;
   count: number;
   /** Root pointer or count changed since they were last recorded in the root tree. */
@@ -61,21 +80,37 @@ export class Tree {
     this.store = store;
     this.id = id;
     this.rootLba = meta.rootLba;
+    this.rootGeneration = meta.rootGeneration ?? 0;
+    this.rootCrc = meta.rootCrc ?? 0;
     this.level = meta.level;
     this.count = meta.count;
   }
 
   meta(): TreeMeta {
-    return { rootLba: this.rootLba, level: this.level, count: this.count };
+    return {
+      rootLba: this.rootLba,
+      level: this.level,
+      count: this.count,
+      rootGeneration: this.rootGeneration,
+      rootCrc: this.rootCrc,
+    };
+  }
+
+  /** The root is now the node at `lba` of `generation` with `crc` (generation 0: not sealed yet, or unchecked). */
+  setRoot(lba: number, generation: number, crc = 0): void {
+    this.rootLba = lba;
+    this.rootGeneration = generation;
+    this.rootCrc = crc;
+    this.metaDirty = true;
   }
 
   root(): Node {
     if (this.dropped) throw new GroveError("ENOENT", "ENOENT_tree_dropped", `tree ${this.id} was dropped`);
-    return this.store.readNode(this.rootLba, this.level, this.id);
+    return this.store.readNode(this.rootLba, this.level, this.id, this.rootGeneration, this.rootCrc);
   }
 
   child(node: Node, i: number): Node {
-    return this.store.readNode(node.childAt(i), node.level - 1, this.id);
+    return this.store.readChild(node, i, this.id);
   }
 
   /** The leaf that would hold `key`. */
@@ -102,9 +137,10 @@ export class Tree {
   /** Inserts or replaces. Returns true if the key is new. */
   put(key: Uint8Array, value: Uint8Array): boolean {
     checkItem(key, value);
-    const path = this.readPath(key);
-    this.store.beginMutation(this.worstCaseBlocks(), "grow");
+    let path = this.readPath(key);
+    this.store.beginMutation(this.worstCaseBlocks(path), "grow");
     try {
+      path = this.migratePath(key, path);
       this.makePathWritable(path);
       const leaf = path[path.length - 1]!.node;
       const i = leaf.lowerBound(key);
@@ -127,12 +163,13 @@ export class Tree {
 
   /** Removes `key`. Returns true if it was present. */
   delete(key: Uint8Array): boolean {
-    const path = this.readPath(key);
+    let path = this.readPath(key);
     const found = path[path.length - 1]!.node;
     const i = found.lowerBound(key);
     if (i >= found.count || found.compareAt(i, key) !== 0) return false;
-    this.store.beginMutation(this.worstCaseBlocks(), "shrink");
+    this.store.beginMutation(this.worstCaseBlocks(path), "shrink");
     try {
+      path = this.migratePath(key, path);
       this.makePathWritable(path);
       const leaf = path[path.length - 1]!.node;
       this.modCount++;
@@ -154,10 +191,11 @@ export class Tree {
    * before what it points to is (Rodeh: parents before children).
    */
   touch(key: Uint8Array): void {
-    const path = this.readPath(key);
+    let path = this.readPath(key);
     const before = path.map((step) => step.node);
-    this.store.beginMutation(this.worstCaseBlocks(), "shrink");
+    this.store.beginMutation(this.worstCaseBlocks(path), "shrink");
     try {
+      path = this.migratePath(key, path);
       this.makePathWritable(path);
     } catch (error) {
       this.store.poison(error);
@@ -186,9 +224,45 @@ export class Tree {
     }
   }
 
-  /** A put shadows one node a level and may split each, plus a new root; a delete may shadow a sibling a level. */
-  private worstCaseBlocks(): number {
-    return 3 * (this.level + 1) + 1;
+  /**
+   * A put shadows one node a level and may split each, plus a new root; a
+   * delete may shadow a sibling a level. Widening an older path may split
+   * each of its nodes once more, with the same again for the splits above.
+   */
+  private worstCaseBlocks(path: PathStep[]): number {
+    const blocks = 3 * (this.level + 1) + 1;
+    return path.some((step) => step.node.level > 0 && !step.node.checked) ? 2 * blocks : blocks;
+  }
+
+  /**
+   * Widens every bare-pointer node on the path to `key`, top-down, and
+   * returns the path as it then is. A node whose widened items do not fit
+   * is split, which changes the path above it, so the walk starts again from
+   * the root; each round widens one node for good, so it ends.
+   */
+  private migratePath(key: Uint8Array, path: PathStep[]): PathStep[] {
+    for (let round = 0; ; round++) {
+      assert(round <= 2 * treeDepthMax, "migrating a path ends");
+      const k = path.findIndex((step) => step.node.level > 0 && !step.node.checked);
+      if (k < 0) return path;
+      for (let j = 0; j < k; j++) this.makeWritable(path, j);
+      if (this.widen(path, k)) path = this.readPath(key);
+    }
+  }
+
+  /** Widens path[k].node (k's ancestors are writable). Returns whether it split. */
+  private widen(path: PathStep[], k: number): boolean {
+    this.makeWritable(path, k);
+    const node = path[k]!.node;
+    const items = node.widenedItems();
+    node.checked = true;
+    const total = items.reduce((sum, item) => sum + itemSize(item), 0);
+    if (total <= nodePayloadBytes) {
+      node.setItems(items);
+      return false;
+    }
+    this.split(path, k, items);
+    return true;
   }
 
   /** The nodes from the root down to the leaf for `key`, as they are now. */
@@ -218,11 +292,10 @@ export class Tree {
     if (copy === step.node) return;
     step.node = copy;
     if (k === 0) {
-      this.rootLba = copy.lba;
-      this.metaDirty = true;
+      this.setRoot(copy.lba, 0);
     } else {
       const parent = path[k - 1]!;
-      parent.node.setChildAt(parent.index, copy.lba);
+      parent.node.setChildAt(parent.index, copy.lba, copy.generation);
     }
   }
 
@@ -232,21 +305,27 @@ export class Tree {
     if (node.insertAt(index, key, value)) return;
     const items = node.items();
     items.splice(index, 0, { key, value });
+    this.split(path, k, items);
+  }
+
+  /** Gives `items` (more than path[k].node holds) to it and a new right sibling, and links the sibling in above. */
+  private split(path: PathStep[], k: number, items: Item[]): void {
+    const node = path[k]!.node;
+    assert(node.level === 0 || node.checked, "only a checked node is split");
     const right = this.store.newNode(node.level, this.id);
     const separator = distribute(items, node, right);
     if (k === 0) {
       assert(this.level + 1 < treeDepthMax, "tree depth stays within the bound");
       const root = this.store.newNode(node.level + 1, this.id);
       root.setItems([
-        { key: emptyKey, value: childPointer(node.lba) },
-        { key: separator, value: childPointer(right.lba) },
+        { key: emptyKey, value: childPointer(node.lba, node.generation) },
+        { key: separator, value: childPointer(right.lba, right.generation) },
       ]);
-      this.rootLba = root.lba;
+      this.setRoot(root.lba, 0);
       this.level = root.level;
-      this.metaDirty = true;
       return;
     }
-    this.insert(path, k - 1, path[k - 1]!.index + 1, separator, childPointer(right.lba));
+    this.insert(path, k - 1, path[k - 1]!.index + 1, separator, childPointer(right.lba, right.generation));
   }
 
   /** Fixes underflow from the leaf upward after a delete. */
@@ -270,6 +349,7 @@ export class Tree {
     const nodeIndex = parentStep.index;
     const leftIndex = nodeIndex + 1 < parent.count ? nodeIndex : nodeIndex - 1;
     const rightIndex = leftIndex + 1;
+    if (!this.widenable(parent, leftIndex) || !this.widenable(parent, rightIndex)) return false;
     const left = this.writableChild(parent, leftIndex);
     const right = this.writableChild(parent, rightIndex);
     const separator = Buffer.from(parent.keyAt(rightIndex));
@@ -288,14 +368,27 @@ export class Tree {
     const newSeparator = distribute(items, left, right);
     parent.removeAt(rightIndex);
     const before = parent.count;
-    this.insert(path, k - 1, rightIndex, newSeparator, childPointer(right.lba));
+    this.insert(path, k - 1, rightIndex, newSeparator, childPointer(right.lba, right.generation));
     return path[k - 1]!.node === parent && parent.count === before + 1;
   }
 
+  /** Whether child i is checked, or an older node whose widened items fit one node. */
+  private widenable(parent: Node, i: number): boolean {
+    const child = this.child(parent, i);
+    if (child.level === 0 || child.checked) return true;
+    return child.widenedItems().reduce((sum, item) => sum + itemSize(item), 0) <= nodePayloadBytes;
+  }
+
+  /** A writable copy of child i, widened if it is an older node (`widenable` said it fits). */
   private writableChild(parent: Node, i: number): Node {
     const child = this.child(parent, i);
     const copy = this.store.shadow(child, this.id);
-    if (copy !== child) parent.setChildAt(i, copy.lba);
+    if (copy !== child) parent.setChildAt(i, copy.lba, copy.generation);
+    if (copy.level > 0 && !copy.checked) {
+      const items = copy.widenedItems();
+      copy.checked = true;
+      copy.setItems(items);
+    }
     return copy;
   }
 
@@ -305,10 +398,12 @@ export class Tree {
       const root = this.root();
       if (root.level === 0 || root.count !== 1) return;
       const child = root.childAt(0);
+      const generation = root.childGenerationAt(0);
+      const crc = root.childCrcAt(0);
       this.store.freeNode(root);
-      this.rootLba = child;
+      // A child written in this transaction is not sealed yet: the commit fills its check in.
+      this.setRoot(child, generation === root.generation ? 0 : generation, crc);
       this.level = root.level - 1;
-      this.metaDirty = true;
     }
   }
 }

@@ -7,7 +7,11 @@
  * checksum and header (magic, own LBA, owner, level), key order inside the
  * node, that separator keys bound their subtrees, that levels step down by
  * one to leaves at level 0, that depth is bounded, that no node is newer than
- * its parent, and that each tree's item count matches its root-tree record.
+ * its parent, that each node is the generation and crc its checked pointer
+ * (or root-tree record, or the superblock) expects, so a lost, stale or
+ * misdirected write is reported as such, and that each tree's item count
+ * matches its root-tree record. A problem names the tree, the block and the
+ * first key of the subtree it was found under.
  * It returns the set of reachable blocks for the space checker.
  */
 import { blockSizeBytes, treeDepthMax, treeIdRoot } from "./constants.js";
@@ -162,8 +166,9 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
   const reachable = new Bitmap(sb.deviceBlocks);
   const walker = new TreeWalker(device, sb.deviceBlocks, sb.generation, reachable, problems, visitItem);
   const trees: TreeReport[] = [];
-  const metas: Array<{ id: number; rootLba: number; level: number; count: number }> = [];
-  const rootReport = walker.walk(treeIdRoot, sb.rootLba, sb.rootLevel, sb.rootCount, (key, value) => {
+  const metas: Array<{ id: number } & TreeMeta> = [];
+  const rootCheck = { generation: sb.rootGeneration, crc: sb.rootCrc };
+  const rootReport = walker.walk(treeIdRoot, sb.rootLba, sb.rootLevel, sb.rootCount, rootCheck, (key, value) => {
     if (key.length !== 8) {
       problems.push(`root tree: key of ${key.length} bytes is not a tree id`);
       return;
@@ -176,11 +181,15 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     }
   });
   trees.push(rootReport);
-  for (const meta of metas) trees.push(walker.walk(meta.id, meta.rootLba, meta.level, meta.count, undefined, options.walkFrom?.(meta.id) ?? null));
+  for (const meta of metas) {
+    const check = { generation: meta.rootGeneration ?? 0, crc: meta.rootCrc ?? 0 };
+    trees.push(walker.walk(meta.id, meta.rootLba, meta.level, meta.count, check, undefined, options.walkFrom?.(meta.id) ?? null));
+  }
   // Trees found in records are walked breadth-first, so nesting never deepens the stack.
   for (let i = 0; i < walker.queued.length; i++) {
     const next = walker.queued[i]!;
-    trees.push(walker.walk(next.owner, next.meta.rootLba, next.meta.level, next.meta.count));
+    const check = { generation: next.meta.rootGeneration ?? 0, crc: next.meta.rootCrc ?? 0 };
+    trees.push(walker.walk(next.owner, next.meta.rootLba, next.meta.level, next.meta.count, check));
   }
   return {
     problems,
@@ -217,6 +226,17 @@ export function compressedUsageProblems(report: ForestReport): string[] {
 
 function usageText(usage: CompressedUsage): string {
   return `${usage.extents} extents, ${usage.diskBlocks} blocks on disk, ${usage.logicalBlocks} decompressed`;
+}
+
+/** What a pointer expects of the node it names (generation 0: an older, unchecked pointer). */
+interface PointerCheck {
+  generation: number;
+  crc: number;
+}
+
+/** A key for a problem report: hex, shortened past 24 bytes. */
+function keyText(key: Buffer): string {
+  return key.length <= 24 ? `0x${key.toString("hex")}` : `0x${key.subarray(0, 24).toString("hex")}…`;
 }
 
 class TreeWalker implements ItemEdges {
@@ -292,6 +312,7 @@ class TreeWalker implements ItemEdges {
     rootLba: number,
     level: number,
     count: number,
+    check: PointerCheck,
     onItem?: (key: Buffer, value: Buffer) => void,
     from: Buffer | null = null,
   ): TreeReport {
@@ -301,7 +322,7 @@ class TreeWalker implements ItemEdges {
       this.problems.push(`tree ${id}: depth ${level + 1} exceeds ${treeDepthMax}`);
       return report;
     }
-    this.visit(id, rootLba, level, null, null, this.generation, report, onItem);
+    this.visit(id, rootLba, level, null, null, this.generation, check, report, onItem);
     this.from = null;
     if (from === null && report.items !== count) {
       this.problems.push(`tree ${id}: holds ${report.items} items but its record says ${count}`);
@@ -317,10 +338,11 @@ class TreeWalker implements ItemEdges {
     lo: Buffer | null,
     hi: Buffer | null,
     parentGeneration: number,
+    check: PointerCheck,
     report: TreeReport,
     onItem?: (key: Buffer, value: Buffer) => void,
   ): void {
-    const where = `tree ${id}, block ${lba}`;
+    const where = lo === null ? `tree ${id}, block ${lba}` : `tree ${id}, block ${lba} (keys from ${keyText(lo)})`;
     if (!Number.isSafeInteger(lba) || lba < 2 || lba >= this.deviceBlocks) {
       this.problems.push(`${where}: pointer outside the volume`);
       return;
@@ -332,7 +354,7 @@ class TreeWalker implements ItemEdges {
     }
     const itemsBefore = report.items;
     try {
-      this.visitNode(id, lba, level, lo, hi, parentGeneration, report, where, onItem);
+      this.visitNode(id, lba, level, lo, hi, parentGeneration, check, report, where, onItem);
     } finally {
       this.subtreeItems.set(lba, report.items - itemsBefore);
     }
@@ -345,6 +367,7 @@ class TreeWalker implements ItemEdges {
     lo: Buffer | null,
     hi: Buffer | null,
     parentGeneration: number,
+    check: PointerCheck,
     report: TreeReport,
     where: string,
     onItem?: (key: Buffer, value: Buffer) => void,
@@ -364,7 +387,7 @@ class TreeWalker implements ItemEdges {
       this.problems.push(`${where}: read failed: ${(error as Error).message}`);
       return;
     }
-    const reason = validateNodeBytes(buf, { lba, level, owner: id, deviceBlocks: this.deviceBlocks });
+    const reason = validateNodeBytes(buf, { lba, level, owner: id, deviceBlocks: this.deviceBlocks, ...check });
     if (reason !== null) {
       this.problems.push(`${where}: ${reason}`);
       return;
@@ -391,7 +414,8 @@ class TreeWalker implements ItemEdges {
       const childLo = i === 0 ? lo : Buffer.from(node.keyAt(i));
       const childHi = i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi;
       if (this.from !== null && childHi !== null && compareBytes(childHi, this.from) <= 0) continue;
-      this.visit(id, node.childAt(i), level - 1, childLo, childHi, generation, report, onItem);
+      const childCheck = { generation: node.childGenerationAt(i), crc: node.childCrcAt(i) };
+      this.visit(id, node.childAt(i), level - 1, childLo, childHi, generation, childCheck, report, onItem);
     }
   }
 

@@ -16,7 +16,7 @@
  *       16     8  generation that wrote it
  *       24     8  owner tree id
  *       32     1  level (0 = leaf)
- *       33     1  flags (zero)
+ *       33     1  flags: bit 0, checked child pointers (internal nodes only)
  *       34     2  item count
  *       36     2  heap start: items occupy [heap start, 4096)
  *       38     2  garbage: heap bytes held by removed items
@@ -24,9 +24,25 @@
  *            ...  free space
  *   heap start    items, each: key length u16 | value length u16 | key | value
  *
- * In an internal node every value is a child LBA (u64), and the first key is
+ * In an internal node every value is a child pointer, and the first key is
  * empty: it stands for minus infinity, so child i holds the keys k with
- * key[i] <= k < key[i+1].
+ * key[i] <= k < key[i+1]. A node with flag bit 0 holds checked pointers, which
+ * know what they point to (as ZFS block pointers do); a node without it is an
+ * older node whose pointers are bare LBAs, read unchecked:
+ *
+ *   checked pointer (28 bytes)        bare pointer (8 bytes)
+ *   offset  size  field               offset  size  field
+ *        0     8  child LBA                0     8  child LBA
+ *        8     8  child generation
+ *       16     4  child crc32c (its header's crc field)
+ *       20     8  second LBA of the child (0 = none; for duplicate metadata)
+ *
+ * A read from the device checks the child's generation and crc against its
+ * pointer, so a lost, stale or misdirected write is an error, never old data
+ * served as current. Generation 0 in a checked pointer means "not known yet"
+ * (a pointer widened from a bare one): the commit fills it in. Copy-on-write
+ * writes children before parents, so when a parent is sealed every child's
+ * crc is known: the commit seals bottom-up.
  */
 import { allocBlock, readU64LE, recycleBlock, writeU64LE } from "./bytes.js";
 import { crc32c } from "./checksum.js";
@@ -51,7 +67,16 @@ const ITEM_KEY_LEN = 0;
 const ITEM_VALUE_LEN = ITEM_KEY_LEN + 2;
 const itemHeaderBytes = ITEM_VALUE_LEN + 2;
 const slotBytes = 2;
-const childPointerBytes = 8;
+const bareChildPointerBytes = 8;
+
+const PTR_LBA = 0;
+const PTR_GENERATION = PTR_LBA + 8;
+const PTR_CRC = PTR_GENERATION + 8;
+const PTR_LBA2 = PTR_CRC + 4;
+const checkedChildPointerBytes = PTR_LBA2 + 8;
+
+/** Node flag bit 0: an internal node whose pointers are checked (`checkedChildPointerBytes` each). */
+const nodeFlagCheckedPointers = 1;
 
 /** Bytes available for slots and items. */
 export const nodePayloadBytes = blockSizeBytes - nodeHeaderBytes;
@@ -90,15 +115,20 @@ export class Node {
   count: number;
   heapStart: number;
   garbage: number;
+  /** An internal node with checked pointers; a leaf, or an older internal node with bare LBAs, has not. */
+  checked: boolean;
   /** Set on access; the cache's clock hand clears it. */
   referenced = true;
+  /** Set once the commit has sealed this node of its transaction (a parent's check may then read its crc). */
+  sealed = false;
 
-  constructor(buf: Buffer, lba: number, generation: number, owner: number, level: number) {
+  constructor(buf: Buffer, lba: number, generation: number, owner: number, level: number, checked = level > 0) {
     this.buf = buf;
     this.lba = lba;
     this.generation = generation;
     this.owner = owner;
     this.level = level;
+    this.checked = checked;
     this.count = 0;
     this.heapStart = blockSizeBytes;
     this.garbage = 0;
@@ -121,7 +151,7 @@ export class Node {
   copyTo(lba: number, generation: number, owner = this.owner): Node {
     const buf = allocBlock();
     buf.set(this.buf);
-    const node = new Node(buf, lba, generation, owner, this.level);
+    const node = new Node(buf, lba, generation, owner, this.level, this.checked);
     node.count = this.count;
     node.heapStart = this.heapStart;
     node.garbage = this.garbage;
@@ -180,10 +210,60 @@ export class Node {
     return this.buf.readUInt32LE(p) + this.buf.readUInt32LE(p + 4) * 4294967296;
   }
 
-  setChildAt(i: number, lba: number): void {
+  /** Where child pointer i starts. */
+  private pointerAt(i: number): number {
     const off = this.slot(i);
     const keyLen = this.buf[off]! | (this.buf[off + 1]! << 8);
-    writeU64LE(this.buf, off + itemHeaderBytes + keyLen, lba);
+    return off + itemHeaderBytes + keyLen;
+  }
+
+  /** The generation child i's pointer expects (0: unknown, a bare pointer or one not filled in yet). */
+  childGenerationAt(i: number): number {
+    if (!this.checked) return 0;
+    return readU64LE(this.buf, this.pointerAt(i) + PTR_GENERATION);
+  }
+
+  /** The crc child i's pointer expects (meaningful only with a known generation). */
+  childCrcAt(i: number): number {
+    if (!this.checked) return 0;
+    return this.buf.readUInt32LE(this.pointerAt(i) + PTR_CRC);
+  }
+
+  /**
+   * Points child i at `lba`, a node of `generation`. Its crc is filled in
+   * when this node is sealed (`setChildCheckAt`), after the child's.
+   */
+  setChildAt(i: number, lba: number, generation: number): void {
+    const p = this.pointerAt(i);
+    writeU64LE(this.buf, p + PTR_LBA, lba);
+    if (!this.checked) return;
+    writeU64LE(this.buf, p + PTR_GENERATION, generation);
+    this.buf.writeUInt32LE(0, p + PTR_CRC);
+    writeU64LE(this.buf, p + PTR_LBA2, 0);
+  }
+
+  /** Records what child i is: its generation and crc, known once it is sealed. */
+  setChildCheckAt(i: number, generation: number, crc: number): void {
+    assert(this.checked, "only a checked pointer records its child's crc");
+    const p = this.pointerAt(i);
+    writeU64LE(this.buf, p + PTR_GENERATION, generation);
+    this.buf.writeUInt32LE(crc, p + PTR_CRC);
+  }
+
+  /** The crc field of a sealed node's header (a node read from the device, or sealed by this commit). */
+  get sealedCrc(): number {
+    return this.buf.readUInt32LE(NODE_CRC);
+  }
+
+  /**
+   * This older internal node's items with checked pointers of unknown
+   * generation, which the commit fills in. They may not fit one node.
+   */
+  widenedItems(): Item[] {
+    assert(!this.checked && this.level > 0, "only a bare-pointer internal node is widened");
+    const items = this.items();
+    for (const item of items) item.value = childPointer(readU64LE(Buffer.from(item.value), 0), 0);
+    return items;
   }
 
   /** Compares key i with `key` without materialising a view. */
@@ -337,9 +417,11 @@ export function itemSize(item: Item): number {
   return slotBytes + itemHeaderBytes + item.key.length + item.value.length;
 }
 
-export function childPointer(lba: number): Buffer {
-  const value = Buffer.allocUnsafe(childPointerBytes);
-  writeU64LE(value, 0, lba);
+/** A checked pointer to the node at `lba` of `generation` (0: unknown); its crc is filled in at seal. */
+export function childPointer(lba: number, generation: number): Buffer {
+  const value = Buffer.alloc(checkedChildPointerBytes);
+  writeU64LE(value, PTR_LBA, lba);
+  writeU64LE(value, PTR_GENERATION, generation);
   return value;
 }
 
@@ -378,6 +460,38 @@ export interface NodeExpectation {
   level: number;
   owner: number;
   deviceBlocks: number;
+  /** The generation its pointer records (0 or absent: a bare pointer, unchecked). */
+  generation?: number;
+  /** The crc its pointer records, checked with a known generation. */
+  crc?: number;
+}
+
+/**
+ * Checks a node's bytes against what its pointer expects. A block that is a
+ * valid node of another generation is a lost or stale write (the device kept
+ * older bytes at this LBA); one of the right generation with another crc is a
+ * misdirected or stale write. A block that is not a valid node at all, where
+ * a checked pointer expected one, may also be a lost write, and says so.
+ */
+function pointerMismatch(buf: Buffer, expect: NodeExpectation, selfValid: boolean): string | null {
+  const want = expect.generation ?? 0;
+  if (want === 0) return null;
+  if (!selfValid) return `; its parent expects a node of generation ${want} here: a lost write, or damage`;
+  // A node that claims another LBA landed here by a misdirected write: the structure check says so.
+  if (readU64LE(buf, NODE_LBA) !== expect.lba) return null;
+  const generation = readU64LE(buf, NODE_GENERATION);
+  if (generation !== want) {
+    return `node at LBA ${expect.lba} is generation ${generation}, its parent expects ${want}: a lost or stale write`;
+  }
+  const crc = buf.readUInt32LE(NODE_CRC);
+  if (crc !== (expect.crc ?? 0) >>> 0) {
+    return `node at LBA ${expect.lba} has crc ${hex32(crc)}, its parent expects ${hex32(expect.crc ?? 0)}: a misdirected or stale write`;
+  }
+  return null;
+}
+
+function hex32(n: number): string {
+  return `0x${(n >>> 0).toString(16).padStart(8, "0")}`;
 }
 
 /**
@@ -385,8 +499,12 @@ export interface NodeExpectation {
  * problem found, or null. Shared by the read path and the checker.
  */
 export function validateNodeBytes(buf: Buffer, expect: NodeExpectation): string | null {
-  if (buf.readUInt32LE(NODE_MAGIC) !== nodeMagic) return "bad node magic";
-  if (buf.readUInt32LE(NODE_CRC) !== crc32c(buf.subarray(NODE_LBA))) return "node checksum mismatch";
+  let own: string | null = null;
+  if (buf.readUInt32LE(NODE_MAGIC) !== nodeMagic) own = "bad node magic";
+  else if (buf.readUInt32LE(NODE_CRC) !== crc32c(buf.subarray(NODE_LBA))) own = "node checksum mismatch";
+  const mismatch = pointerMismatch(buf, expect, own === null);
+  if (own !== null) return mismatch === null ? own : own + mismatch;
+  if (mismatch !== null) return mismatch;
   return validateNodeStructure(buf, expect);
 }
 
@@ -399,7 +517,10 @@ function validateNodeStructure(buf: Buffer, expect: NodeExpectation): string | n
   const level = buf[NODE_LEVEL]!;
   if (level !== expect.level) return `node level ${level}, expected ${expect.level}`;
   if (level >= treeDepthMax) return `node level ${level} exceeds the depth bound`;
-  if (buf[NODE_FLAGS] !== 0) return "unknown node flags";
+  const flags = buf[NODE_FLAGS]!;
+  if ((flags & ~nodeFlagCheckedPointers) !== 0) return "unknown node flags";
+  if (level === 0 && flags !== 0) return "a leaf has the checked-pointers flag";
+  const pointerBytes = (flags & nodeFlagCheckedPointers) !== 0 ? checkedChildPointerBytes : bareChildPointerBytes;
   const count = buf.readUInt16LE(NODE_COUNT);
   const heapStart = buf.readUInt16LE(NODE_HEAP_START);
   const garbage = buf.readUInt16LE(NODE_GARBAGE);
@@ -419,7 +540,7 @@ function validateNodeStructure(buf: Buffer, expect: NodeExpectation): string | n
     live += end - off;
     const keyStart = off + itemHeaderBytes;
     if (level > 0) {
-      if (valueLen !== childPointerBytes) return `internal item ${i} is not a child pointer`;
+      if (valueLen !== pointerBytes) return `internal item ${i} is not a child pointer`;
       const child = readU64LE(buf, off + itemHeaderBytes + keyLen);
       if (child < 2 || child >= expect.deviceBlocks) return `child pointer ${child} is outside the volume`;
       if (i === 0 && keyLen !== 0) return "first key of an internal node is not empty";
@@ -440,7 +561,8 @@ export function decodeNode(buf: Buffer, expect: NodeExpectation): Node {
   if (reason !== null) {
     throw new CorruptionError("EIO_node_corrupt", `corrupt node at block ${expect.lba} (tree ${expect.owner}): ${reason}`);
   }
-  const node = new Node(buf, expect.lba, readU64LE(buf, NODE_GENERATION), readU64LE(buf, NODE_OWNER), expect.level);
+  const checked = (buf[NODE_FLAGS]! & nodeFlagCheckedPointers) !== 0;
+  const node = new Node(buf, expect.lba, readU64LE(buf, NODE_GENERATION), readU64LE(buf, NODE_OWNER), expect.level, checked);
   node.count = buf.readUInt16LE(NODE_COUNT);
   node.heapStart = buf.readUInt16LE(NODE_HEAP_START);
   node.garbage = buf.readUInt16LE(NODE_GARBAGE);
@@ -455,7 +577,8 @@ export function sealNode(node: Node, deviceBlocks: number): Buffer {
   writeU64LE(buf, NODE_GENERATION, node.generation);
   writeU64LE(buf, NODE_OWNER, node.owner);
   buf[NODE_LEVEL] = node.level;
-  buf[NODE_FLAGS] = 0;
+  assert(!node.checked || node.level > 0, "only an internal node has checked pointers");
+  buf[NODE_FLAGS] = node.checked ? nodeFlagCheckedPointers : 0;
   buf.writeUInt16LE(node.count, NODE_COUNT);
   buf.writeUInt16LE(node.heapStart, NODE_HEAP_START);
   buf.writeUInt16LE(node.garbage, NODE_GARBAGE);

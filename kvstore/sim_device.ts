@@ -6,7 +6,10 @@
  * Nth block written or flush: that call throws `SimulatedCrash` and the device goes
  * dead. `recover` then builds the image a real disk could hold after the crash:
  * each unflushed write independently kept, dropped, or torn at a sector
- * boundary. Bits can be flipped on read to test corruption handling.
+ * boundary. Bits can be flipped on read to test corruption handling, and
+ * writes can be lost or misdirected (`writeFault`): acknowledged, and made
+ * durable by the next flush, but never landing where they were sent, as a
+ * device with a lying cache or a firmware bug would do.
  *
  * Blocks are stored sparsely, so a large simulated device costs only what is
  * written to it.
@@ -36,7 +39,12 @@ export interface RecoverOptions {
   tearProbability?: number;
 }
 
+/** What happens to one block written to `lba`: it lands there, is lost, or lands at another LBA. */
+export type WriteFate = "keep" | "lose" | { redirectTo: number };
+
 export class SimDevice implements BlockDevice {
+  /** Decides the fate of each block written; the write is acknowledged whatever it says. */
+  writeFault: ((lba: number) => WriteFate) | null = null;
   private blocks: number;
   private durable = new Map<number, Uint8Array>();
   private unflushed: Array<{ lba: number; data: Uint8Array }> = [];
@@ -95,8 +103,11 @@ export class SimDevice implements BlockDevice {
     for (let i = 0; i < blocks; i++) {
       this.tick();
       const data = copyBytes(buf.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes));
-      this.live.set(lba + i, data);
-      this.unflushed.push({ lba: lba + i, data });
+      const fate = this.writeFault?.(lba + i) ?? "keep";
+      if (fate === "lose") continue;
+      const target = fate === "keep" ? lba + i : fate.redirectTo;
+      this.live.set(target, data);
+      this.unflushed.push({ lba: target, data });
     }
   }
 

@@ -7,7 +7,9 @@
  * them durable with the protocol of DESIGN.md:
  *   1. fixpoint: record tree roots in the root tree and the allocator's delta
  *      in the free-space trees, until neither changes;
- *   2. write every dirty node; 3. flush;
+ *   2. seal every dirty node bottom-up, so that each parent (and each root-tree
+ *      record, and the superblock) records its child's generation and crc
+ *      (node.ts), then write them; 3. flush;
  *   4. write the superblock slot of this generation; 5. flush.
  * A crash at any point leaves either the old or the new generation on disk.
  * A failed write or flush poisons the store: every later call fails with EIO
@@ -21,6 +23,15 @@
  *        8     8  item count
  *       16     1  level of the root
  *       17     7  (zero)
+ *       24     8  root's generation (0 = not known)
+ *       32     4  root's crc32c (its node header's crc field)
+ *       36     4  (zero)
+ *       40     8  second LBA of the root (0 = none; duplicate metadata)
+ *
+ * A record of 24 bytes is an older one, without the check; it is rewritten
+ * in the 48-byte form when its tree next changes. A 48-byte record is written
+ * with generation 0 and filled in when the commit seals the root, before the
+ * root-tree leaf holding it is sealed.
  */
 import { randomBytes } from "node:crypto";
 import {
@@ -55,6 +66,7 @@ import {
   Superblock,
   decodeSuperblock,
   encodeSuperblock,
+  featureCheckedPointers,
   featureCompressLz4,
   labelSizeMaxBytes,
   noCompressedUsage,
@@ -64,7 +76,11 @@ import {
 const META_ROOT_LBA = 0;
 const META_COUNT = META_ROOT_LBA + 8;
 const META_LEVEL = META_COUNT + 8;
-const metaBytes = META_LEVEL + 8;
+const legacyMetaBytes = META_LEVEL + 8;
+const META_ROOT_GENERATION = legacyMetaBytes;
+const META_ROOT_CRC = META_ROOT_GENERATION + 8;
+const META_ROOT_LBA2 = META_ROOT_CRC + 8;
+const metaBytes = META_ROOT_LBA2 + 8;
 
 /** Dropped references charged like one freed range at admission (refcount entries sharing a leaf). */
 const dropsPerRange = 32;
@@ -99,6 +115,8 @@ function encodeMeta(meta: TreeMeta): Buffer {
   writeU64LE(value, META_ROOT_LBA, meta.rootLba);
   writeU64LE(value, META_COUNT, meta.count);
   value.writeUInt8(meta.level, META_LEVEL);
+  writeU64LE(value, META_ROOT_GENERATION, meta.rootGeneration ?? 0);
+  value.writeUInt32LE((meta.rootCrc ?? 0) >>> 0, META_ROOT_CRC);
   return value;
 }
 
@@ -107,11 +125,14 @@ export function decodeMeta(value: Buffer, id: number, deviceBlocks: number): Tre
   const bad = (why: string): never => {
     throw new CorruptionError("EIO_tree_meta", `root tree entry for tree ${id} is corrupt: ${why}`);
   };
-  if (value.length !== metaBytes) bad(`length ${value.length}`);
+  if (value.length !== metaBytes && value.length !== legacyMetaBytes) bad(`length ${value.length}`);
+  const checked = value.length === metaBytes;
   const meta = {
     rootLba: Number(value.readBigUInt64LE(META_ROOT_LBA)),
     count: Number(value.readBigUInt64LE(META_COUNT)),
     level: value.readUInt8(META_LEVEL),
+    rootGeneration: checked ? Number(value.readBigUInt64LE(META_ROOT_GENERATION)) : 0,
+    rootCrc: checked ? value.readUInt32LE(META_ROOT_CRC) : 0,
   };
   if (meta.rootLba < firstAllocatableLba || meta.rootLba >= deviceBlocks) bad(`root LBA ${meta.rootLba}`);
   if (meta.level >= treeDepthMax) bad(`level ${meta.level}`);
@@ -205,10 +226,12 @@ export class Store implements NodeStore {
       rootLba: 0,
       rootCount: 0,
       rootLevel: 0,
+      rootGeneration: 0,
+      rootCrc: 0,
       deviceBlocks: device.blockCount,
       uuid: options.uuid ?? randomBytes(16),
       label,
-      features: (options.compression ?? 0) !== 0 ? featureCompressLz4 : 0n,
+      features: ((options.compression ?? 0) !== 0 ? featureCompressLz4 : 0n) | featureCheckedPointers,
       compression: options.compression ?? 0,
       compressed: { ...noCompressedUsage },
     };
@@ -229,6 +252,8 @@ export class Store implements NodeStore {
       rootLba: superblock.rootLba,
       level: superblock.rootLevel,
       count: superblock.rootCount,
+      rootGeneration: superblock.rootGeneration,
+      rootCrc: superblock.rootCrc,
     });
     store.rootTree.root();
     store.space = provider.open(store);
@@ -415,7 +440,7 @@ export class Store implements NodeStore {
    */
   detachedTreeRanges(tree: Tree): number {
     const plan = this.planRelease();
-    plan.node(tree.rootLba, tree.level, tree.id);
+    plan.node(tree.rootLba, tree.level, tree.id, 0, tree.rootGeneration, tree.rootCrc);
     return plan.ranges();
   }
 
@@ -460,7 +485,7 @@ export class Store implements NodeStore {
   private releaseTree(tree: Tree, unlink: () => void): void {
     assert(!tree.dropped, "a dropped tree is not dropped again");
     const plan = this.planRelease();
-    plan.node(tree.rootLba, tree.level, tree.id);
+    plan.node(tree.rootLba, tree.level, tree.id, 0, tree.rootGeneration, tree.rootCrc);
     this.applyRelease(plan, unlink);
     tree.dropped = true;
     tree.modCount++;
@@ -486,14 +511,18 @@ export class Store implements NodeStore {
     let next: Superblock;
     try {
       this.settleTrees();
-      this.writeDirtyNodes();
+      if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
+      this.writeNodes(this.sealDirtyNodes());
       this.device.flush();
+      const root = this.sealedRootCheck(this.rootTree);
       next = {
         ...this.superblock,
         generation: this.generation,
         rootLba: this.rootTree.rootLba,
         rootCount: this.rootTree.count,
         rootLevel: this.rootTree.level,
+        rootGeneration: root.generation,
+        rootCrc: root.crc,
         features: this.features,
         compressed: { ...this.compressed },
         deviceBlocks: this.volumeBlocks,
@@ -577,7 +606,13 @@ export class Store implements NodeStore {
     this.features = sb.features;
     this.compressed = { ...sb.compressed };
     this.volumeBlocks = sb.deviceBlocks;
-    this.resetTree(this.rootTree, { rootLba: sb.rootLba, level: sb.rootLevel, count: sb.rootCount });
+    this.resetTree(this.rootTree, {
+      rootLba: sb.rootLba,
+      level: sb.rootLevel,
+      count: sb.rootCount,
+      rootGeneration: sb.rootGeneration,
+      rootCrc: sb.rootCrc,
+    });
     for (const [id, tree] of this.droppedTrees) {
       const recreated = this.trees.get(id);
       if (recreated !== undefined) recreated.dropped = true;
@@ -604,7 +639,12 @@ export class Store implements NodeStore {
 
   // ---- NodeStore ------------------------------------------------------------
 
-  readNode(lba: number, level: number, owner: number): Node {
+  /**
+   * A node read from the device is checked against what its pointer expects
+   * (`generation`, `crc`; 0: an older, unchecked pointer). A cached node was
+   * checked when it was read, or was written by this store.
+   */
+  readNode(lba: number, level: number, owner: number, generation = 0, crc = 0): Node {
     if (this.poisoned !== null) this.checkHealthy();
     const cached = this.cache.get(lba);
     if (cached !== undefined) {
@@ -618,9 +658,18 @@ export class Store implements NodeStore {
     }
     const buf = allocBlock();
     this.device.read(lba, buf);
-    const node = decodeNode(buf, { lba, level, owner, deviceBlocks: this.deviceBlocks });
+    const node = decodeNode(buf, { lba, level, owner, deviceBlocks: this.deviceBlocks, generation, crc });
     this.cache.addClean(node);
     return node;
+  }
+
+  readChild(parent: Node, i: number, owner: number): Node {
+    const lba = parent.childAt(i);
+    const level = parent.level - 1;
+    // The check is looked up only on a miss: a cache hit costs what it did before pointers were checked.
+    const cached = this.poisoned === null ? this.cache.get(lba) : undefined;
+    if (cached !== undefined && cached.level === level && ownerMatches(owner, cached.owner)) return cached;
+    return this.readNode(lba, level, owner, parent.childGenerationAt(i), parent.childCrcAt(i));
   }
 
   newNode(level: number, owner: number): Node {
@@ -772,6 +821,8 @@ export class Store implements NodeStore {
 
   private resetTree(tree: Tree, meta: TreeMeta): void {
     tree.rootLba = meta.rootLba;
+    tree.rootGeneration = meta.rootGeneration ?? 0;
+    tree.rootCrc = meta.rootCrc ?? 0;
     tree.level = meta.level;
     tree.count = meta.count;
     tree.metaDirty = false;
@@ -795,18 +846,84 @@ export class Store implements NodeStore {
     }
   }
 
-  /** Seals every dirty node and writes them in LBA order, gathering runs of adjacent blocks. */
-  private writeDirtyNodes(): void {
-    const nodes = this.cache.dirtyNodes().sort((a, b) => a.lba - b.lba);
+  /**
+   * Seals every dirty node, children before parents: leaves first, and every
+   * other tree before the root tree, whose leaves record their roots. Each
+   * checked pointer to a node of this transaction (or not known yet) gets
+   * that node's generation and crc. Then every open tree's root check is
+   * filled in. Returns the nodes in LBA order.
+   */
+  private sealDirtyNodes(): Node[] {
+    const nodes = this.cache.dirtyNodes();
+    const rank = (node: Node): number => (node.owner === treeIdRoot ? treeDepthMax : 0) + node.level;
+    nodes.sort((a, b) => rank(a) - rank(b));
+    for (const node of nodes) {
+      if (node.checked) this.fillChildChecks(node);
+      else if (node.owner === treeIdRoot && node.level === 0) this.fillRootRecords(node);
+      sealNode(node, this.deviceBlocks);
+      node.sealed = true;
+    }
+    for (const tree of this.trees.values()) {
+      if (tree.rootGeneration !== 0 && tree.rootGeneration !== this.generation) continue;
+      const root = this.cache.get(tree.rootLba);
+      if (root === undefined || root.generation !== this.generation) continue;
+      tree.rootGeneration = root.generation;
+      tree.rootCrc = root.sealedCrc;
+    }
+    return nodes.sort((a, b) => a.lba - b.lba);
+  }
+
+  /** The sealed node a pointer of this commit names: written by it (and sealed already), or committed. */
+  private sealedNode(lba: number, level: number, owner: number): Node {
+    const node = this.readNode(lba, level, owner);
+    assert(node.generation !== this.generation || node.sealed, `node ${lba} is sealed before what points at it`);
+    return node;
+  }
+
+  private fillChildChecks(node: Node): void {
+    for (let i = 0; i < node.count; i++) {
+      const expected = node.childGenerationAt(i);
+      if (expected !== 0 && expected !== node.generation) continue;
+      const child = this.sealedNode(node.childAt(i), node.level - 1, node.owner);
+      node.setChildCheckAt(i, child.generation, child.sealedCrc);
+    }
+  }
+
+  /** Fills in the root check of each 48-byte record of a root-tree leaf whose root is not known yet. */
+  private fillRootRecords(leaf: Node): void {
+    for (let i = 0; i < leaf.count; i++) {
+      const value = leaf.valueAt(i);
+      if (value.length !== metaBytes) continue;
+      const expected = Number(value.readBigUInt64LE(META_ROOT_GENERATION));
+      if (expected !== 0 && expected !== this.generation) continue;
+      const id = Number(leaf.keyAt(i).readBigUInt64BE(0));
+      const root = this.sealedNode(Number(value.readBigUInt64LE(META_ROOT_LBA)), value.readUInt8(META_LEVEL), id);
+      writeU64LE(value, META_ROOT_GENERATION, root.generation);
+      value.writeUInt32LE(root.sealedCrc, META_ROOT_CRC);
+    }
+  }
+
+  /** What the superblock records of the root tree's root, once it is sealed (an older image's is looked up). */
+  private sealedRootCheck(tree: Tree): { generation: number; crc: number } {
+    if (tree.rootGeneration === 0 || tree.rootGeneration === this.generation) {
+      const root = this.sealedNode(tree.rootLba, tree.level, tree.id);
+      tree.rootGeneration = root.generation;
+      tree.rootCrc = root.sealedCrc;
+    }
+    return { generation: tree.rootGeneration, crc: tree.rootCrc };
+  }
+
+  /** Writes sealed nodes in LBA order, gathering runs of adjacent blocks. */
+  private writeNodes(nodes: Node[]): void {
     let i = 0;
     while (i < nodes.length) {
       let j = i + 1;
       while (j < nodes.length && j - i < writeRunBlocksMax && nodes[j]!.lba === nodes[j - 1]!.lba + 1) j++;
       if (j - i === 1) {
-        this.device.write(nodes[i]!.lba, sealNode(nodes[i]!, this.deviceBlocks));
+        this.device.write(nodes[i]!.lba, nodes[i]!.buf);
       } else {
         const run: Buffer[] = [];
-        for (let k = i; k < j; k++) run.push(sealNode(nodes[k]!, this.deviceBlocks));
+        for (let k = i; k < j; k++) run.push(nodes[k]!.buf);
         this.device.writev(nodes[i]!.lba, run);
       }
       i = j;
@@ -834,17 +951,17 @@ export class ReleasePlan {
 
   constructor(private readonly store: Store) {}
 
-  /** Drops one reference to the node at `lba`, of tree `owner` at `level`. */
-  node(lba: number, level: number, owner: number, depth = 0): void {
+  /** Drops one reference to the node at `lba`, of tree `owner` at `level` (checked against `generation`, `crc` if known). */
+  node(lba: number, level: number, owner: number, depth = 0, generation = 0, crc = 0): void {
     assert(depth <= 2 * treeDepthMax, "release depth is bounded");
     if (this.takeShared(lba)) return;
-    const node = this.store.readNode(lba, level, owner);
+    const node = this.store.readNode(lba, level, owner, generation, crc);
     this.nodesRead++;
     this.frees.push([lba, 1]);
     if (node.level > 0) {
-      const children: number[] = [];
-      for (let i = 0; i < node.count; i++) children.push(node.childAt(i));
-      for (const child of children) this.node(child, level - 1, owner, depth + 1);
+      const children: Array<[number, number, number]> = [];
+      for (let i = 0; i < node.count; i++) children.push([node.childAt(i), node.childGenerationAt(i), node.childCrcAt(i)]);
+      for (const [child, g, c] of children) this.node(child, level - 1, owner, depth + 1, g, c);
       return;
     }
     for (let i = 0; i < node.count; i++) this.item(owner, Buffer.from(node.keyAt(i)), node.copyValue(i), depth);

@@ -28,12 +28,19 @@
  *      152     8  compressed data extents: count
  *      160     8  compressed data extents: blocks on disk
  *      168     8  compressed data extents: blocks they decompress to
- *      176  3920  (zero)
+ *      176     8  root tree: root's generation (0 = unchecked: an older image)
+ *      184     4  root tree: root's crc32c (its node header's crc field)
+ *      188     4  (zero)
+ *      192     8  root tree: second LBA of the root (0 = none; duplicate metadata)
+ *      200     8  (zero, reserved for checked pointers)
+ *      208  3888  (zero)
  *
  * Incompatible features: bit 0, lz4-compressed data extents may exist (set
  * by mkfs --compress lz4 or by the first compressed extent written); bit 1,
  * unwritten (preallocated) data extents may exist (set with the first
- * fallocate that allocates). An image without a bit holds no such extent, so
+ * fallocate that allocates); bit 2, checked child pointers (node.ts) and
+ * checked root-tree records may exist (set by mkfs and by the first commit
+ * that writes a node). An image without a bit holds no such extent, so
  * older code reads it; code that does not know a bit refuses the image.
  */
 import { crc32c } from "./checksum.js";
@@ -46,8 +53,10 @@ export const formatVersion = 2;
 export const featureCompressLz4 = 1n;
 /** Data extents may be unwritten: preallocated by fallocate, read as zeros. */
 export const featurePreallocated = 2n;
+/** Internal nodes and root-tree records may hold checked pointers (child generation and crc). */
+export const featureCheckedPointers = 4n;
 /** An image with other incompatible feature bits is refused. */
-export const featuresIncompatKnown = featureCompressLz4 | featurePreallocated;
+export const featuresIncompatKnown = featureCompressLz4 | featurePreallocated | featureCheckedPointers;
 
 const SLOT_MAGIC = 0;
 const SLOT_CRC = SLOT_MAGIC + 8;
@@ -66,6 +75,9 @@ const SLOT_END = SLOT_LABEL + 64;
 const SLOT_COMPRESSED_EXTENTS = SLOT_END;
 const SLOT_COMPRESSED_DISK = SLOT_COMPRESSED_EXTENTS + 8;
 const SLOT_COMPRESSED_LOGICAL = SLOT_COMPRESSED_DISK + 8;
+const SLOT_ROOT_GENERATION = SLOT_COMPRESSED_LOGICAL + 8;
+const SLOT_ROOT_CRC = SLOT_ROOT_GENERATION + 8;
+const SLOT_ROOT_LBA2 = SLOT_ROOT_CRC + 8;
 export const labelSizeMaxBytes = SLOT_END - SLOT_LABEL;
 
 export interface Superblock {
@@ -73,6 +85,9 @@ export interface Superblock {
   rootLba: number;
   rootCount: number;
   rootLevel: number;
+  /** What the root tree's root must be: its generation (0: unchecked) and crc. */
+  rootGeneration: number;
+  rootCrc: number;
   deviceBlocks: number;
   uuid: Buffer;
   label: string;
@@ -119,6 +134,9 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   buf.writeBigUInt64LE(BigInt(sb.compressed.extents), SLOT_COMPRESSED_EXTENTS);
   buf.writeBigUInt64LE(BigInt(sb.compressed.diskBlocks), SLOT_COMPRESSED_DISK);
   buf.writeBigUInt64LE(BigInt(sb.compressed.logicalBlocks), SLOT_COMPRESSED_LOGICAL);
+  buf.writeBigUInt64LE(BigInt(sb.rootGeneration), SLOT_ROOT_GENERATION);
+  buf.writeUInt32LE(sb.rootCrc >>> 0, SLOT_ROOT_CRC);
+  buf.writeBigUInt64LE(0n, SLOT_ROOT_LBA2);
   buf.writeUInt32LE(crc32c(buf.subarray(SLOT_VERSION)), SLOT_CRC);
   return buf;
 }
@@ -147,6 +165,8 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number): SlotDecode 
     rootLba: Number(buf.readBigUInt64LE(SLOT_ROOT_LBA)),
     rootCount: Number(buf.readBigUInt64LE(SLOT_ROOT_COUNT)),
     rootLevel: buf.readUInt8(SLOT_ROOT_LEVEL),
+    rootGeneration: Number(buf.readBigUInt64LE(SLOT_ROOT_GENERATION)),
+    rootCrc: buf.readUInt32LE(SLOT_ROOT_CRC),
     deviceBlocks: Number(buf.readBigUInt64LE(SLOT_DEVICE_BLOCKS)),
     uuid: Buffer.from(buf.subarray(SLOT_UUID, SLOT_UUID + 16)),
     label: buf.subarray(SLOT_LABEL, SLOT_END).toString("utf8").replace(/\0+$/, ""),
@@ -173,5 +193,8 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number): SlotDecode 
     return { ok: false, reason: `root tree LBA ${sb.rootLba} is outside the volume` };
   }
   if (sb.rootLevel >= treeDepthMax) return { ok: false, reason: `root tree level ${sb.rootLevel} is too deep` };
+  if (sb.rootGeneration > sb.generation) {
+    return { ok: false, reason: `root tree's root is generation ${sb.rootGeneration}, newer than the superblock's ${sb.generation}` };
+  }
   return { ok: true, superblock: sb };
 }

@@ -253,7 +253,7 @@ export class Subvolumes {
     const tree = this.store.openTree(record.id);
     const walk = new DropWalk(this.store, record.id, record.progress, budget);
     const plan = this.store.planRelease();
-    const done = walk.run(plan, tree.rootLba, tree.level);
+    const done = walk.run(plan, tree.rootLba, tree.level, null, 0, { generation: tree.rootGeneration, crc: tree.rootCrc });
     if (done) {
       // The record and the root-tree entry go in the same admitted unit as the last frees.
       this.store.applyRelease(plan, () => {
@@ -285,14 +285,14 @@ class DropWalk {
   ) {}
 
   /** Plans the subtree at `lba`, whose keys lie below `hi` (null: unbounded). True once all of it is planned. */
-  run(plan: ReleasePlan, lba: number, level: number, hi: Buffer | null = null, depth = 0): boolean {
+  run(plan: ReleasePlan, lba: number, level: number, hi: Buffer | null = null, depth = 0, check = { generation: 0, crc: 0 }): boolean {
     assert(depth < treeDepthMax, "the drop's descent is bounded");
     if (this.store.sharing.refCount(lba) >= 2) {
       plan.drops.push(lba);
       this.advance(hi);
       return true;
     }
-    const node = this.store.readNode(lba, level, this.id);
+    const node = this.store.readNode(lba, level, this.id, check.generation, check.crc);
     plan.nodesRead++;
     if (level === 0) {
       for (let i = 0; i < node.count; i++) {
@@ -303,14 +303,15 @@ class DropWalk {
       this.advance(hi);
       return true;
     }
-    const children: Array<{ lba: number; hi: Buffer | null }> = [];
+    const children: Array<{ lba: number; hi: Buffer | null; check: { generation: number; crc: number } }> = [];
     for (let i = 0; i < node.count; i++) {
-      children.push({ lba: node.childAt(i), hi: i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi });
+      const check = { generation: node.childGenerationAt(i), crc: node.childCrcAt(i) };
+      children.push({ lba: node.childAt(i), hi: i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi, check });
     }
     for (let i = 0; i < children.length; i++) {
       const child = children[i]!;
       if (child.hi !== null && compareBytes(child.hi, this.progress) <= 0) continue;
-      if (!this.run(plan, child.lba, level - 1, child.hi, depth + 1)) return false;
+      if (!this.run(plan, child.lba, level - 1, child.hi, depth + 1, child.check)) return false;
       if (plan.nodesRead >= this.budget && i + 1 < children.length) return false;
     }
     plan.frees.push([lba, 1]);

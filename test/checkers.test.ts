@@ -4,7 +4,9 @@
  * each checker must name it.
  */
 import { describe, expect, it } from "vitest";
-import { Bitmap, Prng, SimDevice, checkForest, treeKey } from "../kvstore/index.js";
+import { Bitmap, Prng, SimDevice, checkForest, readSuperblock, treeIdRoot, treeKey } from "../kvstore/index.js";
+import { nodeMagic } from "../kvstore/node.js";
+import { encodeSuperblock, slotForGeneration } from "../kvstore/superblock.js";
 import { crc32c } from "../kvstore/checksum.js";
 import { checkSpace, formatVolume, openVolume, treeIdFreeByLba, treeIdFreeByLength } from "../alloc/index.js";
 import { freeByLbaKey, freeByLengthKey, encodeLength } from "../alloc/free_space.js";
@@ -24,14 +26,53 @@ function buildImage(): SimDevice {
   return device.reopen();
 }
 
-/** Rewrites one node in place with a fresh checksum, as a buggy writer would. */
+/**
+ * Rewrites one node in place with a fresh checksum, as a buggy writer would,
+ * and gives what points at it (a parent's checked pointer, a root-tree
+ * record, the superblock) the new crc, up to the superblock: the checked
+ * pointers would otherwise report the rewrite first, and these tests are
+ * about the structural checks behind them.
+ */
 function rewriteNode(device: SimDevice, lba: number, edit: (buf: Buffer) => void): void {
+  const reachable = checkForest(device).reachable;
   const buf = Buffer.alloc(4096);
   device.read(lba, buf);
   edit(buf);
   buf.writeUInt32LE(crc32c(buf.subarray(8)), 4);
   device.write(lba, buf);
+  repointParents(device, reachable, lba, buf.readUInt32LE(4));
   device.flush();
+}
+
+/** Gives the pointer to the node at `lba` the crc `crc`, and so on upward. */
+function repointParents(device: SimDevice, reachable: Bitmap, lba: number, crc: number): void {
+  const sb = readSuperblock(device);
+  if (sb.rootLba === lba) {
+    device.write(slotForGeneration(sb.generation), encodeSuperblock({ ...sb, rootCrc: crc }));
+    return;
+  }
+  const buf = Buffer.alloc(4096);
+  for (let parent = 2; parent < device.blockCount; parent++) {
+    if (!reachable.get(parent)) continue;
+    device.read(parent, buf);
+    if (buf.readUInt32LE(0) !== nodeMagic) continue;
+    const level = buf[32]!;
+    const rootTreeLeaf = level === 0 && Number(buf.readBigUInt64LE(24)) === treeIdRoot;
+    if (level === 0 ? !rootTreeLeaf : buf[33] === 0) continue;
+    for (let i = 0; i < buf.readUInt16LE(34); i++) {
+      const off = buf.readUInt16LE(40 + 2 * i);
+      const value = off + 4 + buf.readUInt16LE(off);
+      const valueLen = buf.readUInt16LE(off + 2);
+      if (rootTreeLeaf ? valueLen !== 48 : valueLen !== 28) continue;
+      if (Number(buf.readBigUInt64LE(value)) !== lba) continue;
+      buf.writeUInt32LE(crc, value + (rootTreeLeaf ? 32 : 16));
+      buf.writeUInt32LE(crc32c(buf.subarray(8)), 4);
+      device.write(parent, buf);
+      repointParents(device, reachable, parent, buf.readUInt32LE(4));
+      return;
+    }
+  }
+  throw new Error(`nothing points at block ${lba}`);
 }
 
 /** A leaf of tree `owner` holding at least two items. */
