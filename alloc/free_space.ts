@@ -124,6 +124,18 @@ export class FreeSpace implements SpaceManager {
   }
 
   static open(store: Store): FreeSpace {
+    if (store.rescueNotes === null) return FreeSpace.load(store);
+    try {
+      return FreeSpace.load(store);
+    } catch (error) {
+      if (!(error instanceof GroveError) || error.code !== "EIO") throw error;
+      // Rescue is read-only: nothing is allocated, so an unreadable free-space tree costs only df's figures.
+      store.rescueNotes.push(`the free-space tree is unreadable (${error.message}); free space is shown as 0`);
+      return new FreeSpace(store);
+    }
+  }
+
+  private static load(store: Store): FreeSpace {
     const space = new FreeSpace(store);
     let end = firstAllocatableLba;
     for (const [key, value] of space.byLba().range()) {

@@ -45,7 +45,7 @@ const hintsByDetail: Record<string, string> = {
 const hintsByCode: Partial<Record<string, string>> = {
   EACCES: "check the permissions, or run as root",
   EPERM: "check the permissions, or run as root",
-  EIO: "the image may be damaged: copy it before doing anything else",
+  EIO: "the image may be damaged: copy it before doing anything else; grovefs fsck -n IMAGE says what, grovefs mount -o rescue and grovefs restore IMAGE DIR read what is left",
   ENOSPC: "free some space",
   EROFS: "mount it read-write",
 };

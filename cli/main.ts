@@ -26,6 +26,7 @@ import {
   subvolumeListCommand,
 } from "./snapshot.js";
 import { resizeCommand } from "./resize.js";
+import { restoreCommand, type RestoreOptions } from "./restore.js";
 import { diffCommand, receiveCommand, sendCommand, type ReceiveCommandOptions, type SendCommandOptions } from "./send.js";
 import { syncCommand } from "./sync.js";
 import { umountCommand } from "./umount.js";
@@ -133,6 +134,20 @@ export function buildProgram(): Command {
     .exitOverride(usageExit(fsckExit.operational))
     .action((image: string, options: FsckOptions) => {
       commandExitCode = fsckCommand(image, options);
+    });
+
+  oneLineErrors(program.command("restore"))
+    .description("copy every readable file out of an image, damaged or not, into DIR; exit 0 all restored, 4 something unreadable")
+    .argument("<image>", "image file or block device (not mounted read-write)")
+    .argument("<dir>", "where to put the files (created if missing)")
+    .option("--subvol <name>", "restore this subvolume or snapshot (default: the default subvolume)")
+    .option("--path <path>", "restore only this file or directory of the subvolume")
+    .option("--dry-run", "walk and report, write nothing")
+    .option("--overwrite", "replace entries that already exist in DIR (default: leave them)")
+    .option("-v, --verbose", "print each path restored")
+    .option("--json", "print a JSON summary")
+    .action((image: string, dir: string, options: RestoreOptions) => {
+      commandExitCode = restoreCommand(image, dir, options);
     });
 
   addSubvolumeCommands(program);

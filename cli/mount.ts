@@ -271,6 +271,8 @@ export interface ParsedMountOptions {
   commitSeconds?: number;
   /** subvol=: the subvolume to serve, as btrfs's option (for fstab, where --subvol cannot go). */
   subvolume?: string;
+  /** rescue: read-only, and what cannot be read is skipped where the volume can do without it (GroveFsOptions.rescue). */
+  rescue?: boolean;
 }
 
 const compressOption = "compress";
@@ -281,8 +283,14 @@ const transportOption = "transport";
 export function parseMountOptions(lists: readonly string[]): ParsedMountOptions {
   const parsed: ParsedMountOptions = { readOnly: false, extra: [], accessTimes: { ...defaultAccessTimes } };
   const flags = new Set<string>();
+  let readWriteAsked = false;
   for (const option of lists.flatMap((list) => list.split(",")).map((o) => o.trim())) {
     if (option === "" || ignoredOptions.has(option) || ignoredPrefixes.some((prefix) => option.startsWith(prefix))) continue;
+    if (option === "rw") readWriteAsked = true;
+    if (option === "rescue") {
+      parsed.rescue = true;
+      continue;
+    }
     const negated = [...negatedFlags].find(([, opposite]) => opposite === option)?.[0];
     const update = atimeUpdates.get(option);
     if (option === "ro" || option === "rw") parsed.readOnly = option === "ro";
@@ -310,6 +318,10 @@ export function parseMountOptions(lists: readonly string[]): ParsedMountOptions 
       throw new CliError(`unknown mount option '${printable(option)}'`, `known options: ${knownOptions}`);
     }
   }
+  if (parsed.rescue === true) {
+    if (readWriteAsked) throw new CliError("mount option 'rescue' mounts read-only: it cannot be combined with 'rw'", "drop rw (a rescue mount is always read-only)");
+    parsed.readOnly = true;
+  }
   parsed.extra = [...[...negatedFlags.keys()].filter((flag) => flags.has(flag)), ...kernelAtimeFlags(parsed.accessTimes)];
   return parsed;
 }
@@ -321,7 +333,7 @@ function kernelAtimeFlags(accessTimes: AccessTimes): string[] {
 }
 
 const knownOptions =
-  "ro, rw, nosuid, nodev, noexec, noatime, relatime, strictatime, nodiratime (and suid, dev, exec, atime, diratime), " +
+  "ro, rw, rescue, nosuid, nodev, noexec, noatime, relatime, strictatime, nodiratime (and suid, dev, exec, atime, diratime), " +
   `${subvolOption}=NAME, commit=SECONDS, ${compressOption}=${compressionNames.join("|")}, ${transportOption}=${transportNames.join("|")}; ` +
   "defaults, async, auto, noauto, user, users, nouser, owner, group, nofail, _netdev, loop, nonempty, lazytime, comment=, x-* and X-* are accepted and ignored";
 
@@ -416,6 +428,7 @@ function filesystemOptions(options: ParsedMountOptions, subvolume: string | unde
   return {
     readOnly,
     subvolume,
+    ...(options.rescue === true ? { rescue: true } : {}),
     accessTimes: options.accessTimes,
     ...(compression === undefined ? {} : { compression }),
     ...(options.commitSeconds === undefined ? {} : { commitIntervalMs: options.commitSeconds * 1000 }),
@@ -451,6 +464,7 @@ async function openAndMount(
     device.close();
     throw error;
   }
+  for (const note of volume.rescueNotes ?? []) process.stderr.write(`grovefs: rescue: ${note}\n`);
   try {
     // A snapshot opens read-only whatever was asked: the kernel mount must say so too.
     const readOnly = options.readOnly || volume.readOnly;

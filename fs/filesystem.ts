@@ -155,6 +155,14 @@ export interface GroveFsOptions {
   commitIntervalMs?: number;
   /** How reads move atime (mount -o noatime, strictatime, nodiratime); relatime by default. */
   accessTimes?: AccessTimes;
+  /**
+   * Rescue (mount -o rescue, grovefs restore): read-only, and what cannot be
+   * read is skipped where the volume can do without it (an older superblock
+   * generation, the allocator's trees, the subvolume table for the default
+   * subvolume); unreadable files and directories answer EIO. `rescueNotes`
+   * says what was skipped.
+   */
+  rescue?: boolean;
 }
 
 /** How new file data may be compressed: the names mkfs and mount take. */
@@ -228,10 +236,11 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   static open(device: BlockDevice, options: GroveFsOptions = {}): GroveFs {
     checkCommitInterval(options.commitIntervalMs);
-    const volume = openVolume(device, { readOnly: options.readOnly, cacheBytes: options.cacheBytes, edges: fsEdges });
+    const rescue = options.rescue ?? false;
+    const volume = openVolume(device, { readOnly: options.readOnly || rescue, rescue, cacheBytes: options.cacheBytes, edges: fsEdges });
     try {
-      const record = recordToServe(volume, options.subvolume);
-      return new GroveFs(new SharedVolume(volume, options.clock ?? wallClock), record, options, false);
+      const record = rescue ? rescueRecord(volume, options.subvolume) : recordToServe(volume, options.subvolume);
+      return new GroveFs(new SharedVolume(volume, options.clock ?? wallClock), record, { ...options, readOnly: options.readOnly || rescue }, false);
     } catch (error) {
       volume.store.close();
       throw error;
@@ -294,6 +303,11 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   // ---- volume ---------------------------------------------------------------
+
+  /** Opened with `rescue`: what could not be read and was skipped; null otherwise. */
+  get rescueNotes(): readonly string[] | null {
+    return this.store.rescueNotes;
+  }
 
   info(): VolumeInfo {
     this.policy.checkOpen();
@@ -1160,6 +1174,30 @@ function recordToServe(volume: Volume, name: string | undefined): SubvolumeRecor
     "ENOENT_subvolume",
     name === undefined ? `the default subvolume "${defaultSubvolumeName}" was deleted: name one to serve` : `no subvolume named ${JSON.stringify(name)}`,
   );
+}
+
+/**
+ * The subvolume a rescue open serves: as `recordToServe`, but an unreadable
+ * subvolume table still serves the default subvolume, whose tree id is fixed.
+ */
+function rescueRecord(volume: Volume, name: string | undefined): SubvolumeRecord {
+  try {
+    return recordToServe(volume, name);
+  } catch (error) {
+    if (!(error instanceof GroveError) || error.code !== "EIO" || (name !== undefined && name !== defaultSubvolumeName)) throw error;
+    volume.store.rescueNotes?.push(`the subvolume table is unreadable (${error.message}); serving the default subvolume by its fixed id`);
+    const record: SubvolumeRecord = {
+      id: defaultSubvolumeId,
+      parent: 0,
+      generation: volume.store.committedGeneration,
+      createdNs: 0n,
+      lastSnapshotGeneration: 0,
+      readOnly: true,
+      name: defaultSubvolumeName,
+      progress: Buffer.alloc(0),
+    };
+    return record;
+  }
 }
 
 /** chown(2)'s "unchanged" is -1 (0xffffffff as an unsigned id). */

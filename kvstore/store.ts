@@ -95,6 +95,13 @@ export interface StoreOptions {
   /** Which leaf values hold block pointers (the roots of trees, data extents). */
   edges?: EdgeReader;
   readOnly?: boolean;
+  /**
+   * Rescue (implies read-only): open the newest superblock generation whose
+   * root tree and allocator trees read, falling back to older ones, and let a
+   * damaged allocator tree be skipped (nothing is allocated). What was skipped
+   * is told in `rescueNotes`.
+   */
+  rescue?: boolean;
 }
 
 export interface FormatOptions extends StoreOptions {
@@ -156,6 +163,18 @@ export function unreadableSlots(device: BlockDevice): string[] {
   return notes;
 }
 
+/** Every valid superblock copy, newest generation first (rescue tries them in turn). */
+export function readSuperblocks(device: BlockDevice): Superblock[] {
+  const found: Superblock[] = [];
+  for (const lba of superblockSlotLbas) {
+    const buf = Buffer.allocUnsafe(blockSizeBytes);
+    device.read(lba, buf);
+    const slot = decodeSuperblock(buf, device.blockCount);
+    if (slot.ok && !found.some((sb) => sb.generation === slot.superblock.generation)) found.push(slot.superblock);
+  }
+  return found.sort((a, b) => b.generation - a.generation);
+}
+
 /** Reads both slots and returns the valid one with the highest generation. */
 export function readSuperblock(device: BlockDevice): Superblock {
   const reasons: string[] = [];
@@ -176,6 +195,8 @@ export function readSuperblock(device: BlockDevice): Superblock {
 export class Store implements NodeStore {
   readonly device: BlockDevice;
   readonly readOnly: boolean;
+  /** Opened with `rescue`: what could not be read and was skipped, in order. */
+  readonly rescueNotes: string[] | null;
   readonly sharing: NodeSharing;
   readonly edges: EdgeReader;
   /** The running transaction's generation; every node it writes carries it. */
@@ -206,7 +227,8 @@ export class Store implements NodeStore {
     this.compressed = { ...superblock.compressed };
     this.volumeBlocks = superblock.deviceBlocks;
     this.generation = superblock.generation + 1;
-    this.readOnly = options.readOnly ?? false;
+    this.readOnly = (options.readOnly ?? false) || (options.rescue ?? false);
+    this.rescueNotes = options.rescue === true ? [] : null;
     this.sharing = options.sharing ?? unshared;
     this.edges = options.edges ?? noEdges;
     this.cache = new NodeCache(options.cacheBytes ?? nodeCacheBytesDefault);
@@ -246,7 +268,38 @@ export class Store implements NodeStore {
   }
 
   static open(device: BlockDevice, provider: SpaceProvider, options: StoreOptions = {}): Store {
-    const superblock = readSuperblock(device);
+    if (options.rescue === true) return Store.openRescue(device, provider, options);
+    return Store.openAt(device, provider, options, readSuperblock(device));
+  }
+
+  /**
+   * The newest generation whose root tree and allocator open, trying older
+   * superblock copies when the newest fails; an older generation is said so in
+   * `rescueNotes` (its freed blocks may have been reused: what it names is
+   * read under every check, and what fails answers EIO).
+   */
+  private static openRescue(device: BlockDevice, provider: SpaceProvider, options: StoreOptions): Store {
+    const candidates = readSuperblocks(device);
+    if (candidates.length === 0) return Store.openAt(device, provider, options, readSuperblock(device));
+    const failures: string[] = [];
+    for (const superblock of candidates) {
+      try {
+        const store = Store.openAt(device, provider, options, superblock);
+        if (failures.length > 0) {
+          store.rescueNotes!.unshift(
+            `generation ${candidates[0]!.generation} could not be opened (${failures.join("; ")}); using the older generation ${superblock.generation}`,
+          );
+        }
+        return store;
+      } catch (error) {
+        if (!(error instanceof GroveError) || error.code !== "EIO") throw error;
+        failures.push(`generation ${superblock.generation}: ${error.message}`);
+      }
+    }
+    throw new CorruptionError("EIO_rescue", `no superblock generation could be opened (${failures.join("; ")})`);
+  }
+
+  private static openAt(device: BlockDevice, provider: SpaceProvider, options: StoreOptions, superblock: Superblock): Store {
     const store = new Store(device, superblock, options);
     store.rootTree = new Tree(store, treeIdRoot, {
       rootLba: superblock.rootLba,
