@@ -5,8 +5,15 @@
  *   of directory and extent trees, and data extents, via `fsEdges`), so free
  *   space and reference counts are checked against everything the
  *   filesystem references;
- * - logical: each live subvolume's inode tree is read in key order, shared
- *   parts included, and its inodes, entries and extents are checked.
+ * - logical: the first live subvolume's inode tree is read in key order, and
+ *   its inodes, entries and extents are checked; each next one (the default
+ *   subvolume first, then snapshots from the newest back, then the other
+ *   writable subvolumes) is checked from the facts
+ *   of the one before, updated by the difference of the two inode trees
+ *   (kvstore/tree_diff.ts skips the subtrees they share), so a thousand
+ *   hourly snapshots cost their changes plus a pass over typed arrays each,
+ *   not a thousand walks. A subvolume that differs from the one before in
+ *   more than a quarter of its inodes is walked whole.
  *
  * Logical checks: link counts equal the entries naming each inode (plus "."
  * and subdirectories' ".." for a directory); a directory is named exactly
@@ -28,6 +35,7 @@ import {
   blockSizeBytes,
   compressedUsageProblems,
   crc32c,
+  diffTrees,
   unreadableSlots,
   featurePreallocated,
 } from "../kvstore/index.js";
@@ -93,30 +101,35 @@ export interface FsReport {
 /**
  * What the walk keeps of each inode, in typed arrays by slot: a few numbers,
  * not the decoded record (whose payload can be kilobytes), so the logical
- * pass over a million files holds tens of MiB, not hundreds.
+ * pass over a million files holds tens of MiB, not hundreds. A removed
+ * inode's slot is dead (its number -1) until `compact`; slots are never
+ * reused, so a new slot starts zeroed.
  */
 class InodeFacts {
-  private readonly slotOf = new Map<number, number>();
+  private slotOf = new Map<number, number>();
   private small = new Uint32Array(0);
   private large = new Float64Array(0);
-  private readonly inos: number[] = [];
+  private inos: number[] = [];
+  private dead = 0;
 
+  /** Live inodes. */
   get size(): number {
+    return this.inos.length - this.dead;
+  }
+
+  /** Slots, live and dead: iterate below it and skip `!live(slot)`. */
+  get slots(): number {
     return this.inos.length;
+  }
+
+  live(slot: number): boolean {
+    return this.inos[slot]! >= 0;
   }
 
   /** Adds inode `inode`; returns its slot. */
   add(inode: Inode): number {
     const slot = this.inos.length;
-    if ((slot + 1) * smallFields > this.small.length) {
-      const capacity = Math.max(1024, 2 * slot);
-      const small = new Uint32Array(capacity * smallFields);
-      small.set(this.small);
-      this.small = small;
-      const large = new Float64Array(capacity * largeFields);
-      large.set(this.large);
-      this.large = large;
-    }
+    if ((slot + 1) * smallFields > this.small.length) this.resize(Math.max(1024, 2 * slot));
     this.inos.push(inode.ino);
     this.slotOf.set(inode.ino, slot);
     this.setSmall(slot, F.mode, inode.mode);
@@ -126,6 +139,47 @@ class InodeFacts {
     this.setLarge(slot, L.blocks, inode.blocks);
     this.setLarge(slot, L.parent, inode.parent);
     return slot;
+  }
+
+  /** Forgets inode `ino` (its record changed or went). */
+  remove(ino: number): void {
+    const slot = this.slotOf.get(ino);
+    if (slot === undefined) return;
+    this.slotOf.delete(ino);
+    this.inos[slot] = -1;
+    this.dead++;
+  }
+
+  /** Drops dead slots once they outnumber the live ones. */
+  compact(): void {
+    if (this.dead < 1024 || this.dead < this.size) return;
+    const old = { small: this.small, large: this.large, inos: this.inos };
+    const live = this.size;
+    this.inos = [];
+    this.slotOf = new Map();
+    this.small = new Uint32Array(0);
+    this.large = new Float64Array(0);
+    this.dead = 0;
+    this.resize(Math.max(1024, live));
+    for (let from = 0; from < old.inos.length; from++) {
+      const ino = old.inos[from]!;
+      if (ino < 0) continue;
+      const to = this.inos.length;
+      if ((to + 1) * smallFields > this.small.length) this.resize(2 * to);
+      this.inos.push(ino);
+      this.slotOf.set(ino, to);
+      this.small.set(old.small.subarray(from * smallFields, (from + 1) * smallFields), to * smallFields);
+      this.large.set(old.large.subarray(from * largeFields, (from + 1) * largeFields), to * largeFields);
+    }
+  }
+
+  private resize(capacity: number): void {
+    const small = new Uint32Array(capacity * smallFields);
+    small.set(this.small.subarray(0, Math.min(this.small.length, small.length)));
+    this.small = small;
+    const large = new Float64Array(capacity * largeFields);
+    large.set(this.large.subarray(0, Math.min(this.large.length, large.length)));
+    this.large = large;
   }
 
   slot(ino: number): number | undefined {
@@ -167,8 +221,10 @@ const enum F {
   subdirs,
   /** Entries naming this directory (one is right). */
   parents,
+  /** Unwritten (preallocated) extent records of this file. */
+  preallocated,
 }
-const smallFields = 6;
+const smallFields = 7;
 /** Facts that can pass 2^32: the record's size, blocks and parent; the walk's sums. */
 const enum L {
   size,
@@ -183,30 +239,71 @@ const enum L {
 }
 const largeFields = 7;
 
-/** Every directory entry of one subvolume, without its name (found again for the few that are reported). */
+/**
+ * Every directory entry of one subvolume, without its name (found again for
+ * the few that are reported). A directory's entries are pushed together, so
+ * each directory owns one run; a changed directory's run is killed (its dir
+ * set to -1) and its entries pushed again.
+ */
 class EntryList {
   private dirs = new Float64Array(1024);
   private inos = new Float64Array(1024);
   private types = new Uint8Array(1024);
+  private runs = new Map<number, { start: number; end: number }>();
+  private dead = 0;
   length = 0;
 
   push(dir: number, ino: number, type: number): void {
-    if (this.length === this.dirs.length) {
-      const grow = <T extends Float64Array | Uint8Array>(a: T, make: (n: number) => T): T => {
-        const b = make(a.length * 2);
-        b.set(a);
-        return b;
-      };
-      this.dirs = grow(this.dirs, (n) => new Float64Array(n));
-      this.inos = grow(this.inos, (n) => new Float64Array(n));
-      this.types = grow(this.types, (n) => new Uint8Array(n));
-    }
+    if (this.length === this.dirs.length) this.resize(this.dirs.length * 2);
     this.dirs[this.length] = dir;
     this.inos[this.length] = ino;
     this.types[this.length] = type;
+    const run = this.runs.get(dir);
+    if (run !== undefined && run.end === this.length) run.end++;
+    else this.runs.set(dir, { start: this.length, end: this.length + 1 });
     this.length++;
   }
 
+  /** Kills the entries of directory `dir`. */
+  removeDir(dir: number): void {
+    const run = this.runs.get(dir);
+    if (run === undefined) return;
+    this.runs.delete(dir);
+    for (let i = run.start; i < run.end; i++) this.dirs[i] = -1;
+    this.dead += run.end - run.start;
+  }
+
+  compact(): void {
+    if (this.dead < 4096 || this.dead < this.length - this.dead) return;
+    let to = 0;
+    this.runs = new Map();
+    for (let from = 0; from < this.length; from++) {
+      const dir = this.dirs[from]!;
+      if (dir < 0) continue;
+      this.dirs[to] = dir;
+      this.inos[to] = this.inos[from]!;
+      this.types[to] = this.types[from]!;
+      const run = this.runs.get(dir);
+      if (run !== undefined && run.end === to) run.end++;
+      else this.runs.set(dir, { start: to, end: to + 1 });
+      to++;
+    }
+    this.length = to;
+    this.dead = 0;
+  }
+
+  private resize(capacity: number): void {
+    const grow = <T extends Float64Array | Uint8Array>(a: T, make: (n: number) => T): T => {
+      const b = make(capacity);
+      b.set(a.subarray(0, Math.min(a.length, capacity)));
+      return b;
+    };
+    this.dirs = grow(this.dirs, (n) => new Float64Array(n));
+    this.inos = grow(this.inos, (n) => new Float64Array(n));
+    this.types = grow(this.types, (n) => new Uint8Array(n));
+  }
+
+  /** -1 for a killed entry. */
   dir(i: number): number {
     return this.dirs[i]!;
   }
@@ -218,7 +315,18 @@ class EntryList {
   }
 }
 
-export function checkFilesystem(device: BlockDevice, options: { verifyData?: boolean } = {}): FsReport {
+export interface CheckOptions {
+  /** Read every written data block and check its crc32c. */
+  verifyData?: boolean;
+  /**
+   * Check each subvolume after the first from the one before it, through the
+   * tree diff (default true); false walks every subvolume whole. Both find
+   * the same problems (test/checkers.test.ts compares them).
+   */
+  incremental?: boolean;
+}
+
+export function checkFilesystem(device: BlockDevice, options: CheckOptions = {}): FsReport {
   const edgeProblems: string[] = [];
   const snapshots = checkSnapshots(device, (treeId, key, value, edges) => {
     try {
@@ -254,23 +362,38 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
     problems.push(`cannot open the volume for the logical check: ${(error as Error).message}`);
     return report;
   }
+  const verifyData = options.verifyData ?? false;
+  const incremental = options.incremental ?? true;
   const verified = new Set<string>();
+  // The default subvolume, then the snapshots from the newest back, then the other writable subvolumes:
+  // each one's tree is then close to the one before it, and the walk carries its facts over through the
+  // tree diff. (What is shared is reported in the first subvolume that has it: the default, where it can.)
+  const rank = (r: { id: number; readOnly: boolean }): number => (r.id === treeIdDefaultSubvolume ? 0 : r.readOnly ? 1 : 2);
+  const order = [...snapshots.live].sort((a, b) => rank(a) - rank(b) || (rank(a) === 1 ? b.id - a.id : a.id - b.id));
+  const found = new Map<number, string[]>();
+  let walk: FsWalk | null = null;
+  for (const record of order) {
+    const list: string[] = [];
+    const carried = incremental && walk !== null && walk.complete && walk.advance(store, record.id);
+    if (!carried) walk = new FsWalk(device, verifyData, verified, record.id, snapshots.space.forest.generation);
+    const w = walk!;
+    try {
+      if (!carried) w.run(store);
+      w.finish(list);
+    } catch (error) {
+      w.complete = false;
+      list.push(`cannot be walked: ${(error as Error).message}`);
+    }
+    list.unshift(...w.walkProblems());
+    found.set(record.id, list);
+    report.fixes.push(...w.fixes);
+    report.inodes += w.facts.size;
+    report.directories += w.directories;
+    report.preallocatedExtents += w.preallocatedExtents;
+  }
   for (const record of snapshots.live) {
     const prefix = record.id === treeIdDefaultSubvolume ? "" : `subvolume ${JSON.stringify(record.name)}: `;
-    const walk = new FsWalk(device, options.verifyData ?? false, verified, record.id, snapshots.space.forest.generation);
-    const found: string[] = [];
-    try {
-      walk.run(store);
-      walk.finish(found);
-    } catch (error) {
-      found.push(`cannot be walked: ${(error as Error).message}`);
-    }
-    found.unshift(...walk.problems);
-    for (const problem of found) problems.push(prefix + problem);
-    report.fixes.push(...walk.fixes);
-    report.inodes += walk.facts.size;
-    report.directories += walk.directories;
-    report.preallocatedExtents += walk.preallocatedExtents;
+    for (const problem of found.get(record.id) ?? []) problems.push(prefix + problem);
   }
   if (report.preallocatedExtents > 0 && !store.hasFeature(featurePreallocated)) {
     problems.push(`superblock: ${report.preallocatedExtents} unwritten (preallocated) extents exist but the feature that says so is not set`);
@@ -278,15 +401,40 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
   return report;
 }
 
+/** Thrown from inside the tree diff when a subvolume differs too much from the one before to be worth carrying over. */
+class TooManyChanges extends Error {}
+
+/**
+ * The logical walk of one subvolume, kept as facts by inode so that the next
+ * subvolume can be checked by applying the difference between the two inode
+ * trees (`advance`): an inode whose record changed is forgotten and visited
+ * again whole (its entries or extents with it: a changed map always changes
+ * the record that holds its root), and everything that is not per inode
+ * (link counts, entries against inodes, orphans, the counter) is computed
+ * again from the facts by `finish`, over typed arrays. A snapshot taken after
+ * a small change then costs the change plus a pass over the arrays, not a
+ * walk of its tree.
+ */
 class FsWalk {
-  readonly problems: string[] = [];
-  readonly fixes: InodeFix[] = [];
+  /** Problems found by visiting records, by inode (0: the counters record). */
+  private readonly visitProblems = new Map<number, string[]>();
+  /**
+   * Damaged data found by this subvolume's visits, by inode: not carried over,
+   * as data shared with the next subvolume is verified once (`verified`) and
+   * reported in the first subvolume that names it.
+   */
+  private dataProblems = new Map<number, string[]>();
+  fixes: InodeFix[] = [];
   readonly facts = new InodeFacts();
   private readonly orphans = new Set<number>();
   private readonly entries = new EntryList();
+  /** Extended-attribute chunks by inode: checked against the inodes by `finish`. */
+  private readonly xattrChunks = new Map<number, number>();
   /** Kept to find again the names of the entries reported. */
   private store: Store | null = null;
   private nextIno = 0;
+  /** The facts are the whole subvolume's: they may be carried over to the next. */
+  complete = true;
   directories = 0;
   preallocatedExtents = 0;
 
@@ -295,7 +443,7 @@ class FsWalk {
     private readonly verifyData: boolean,
     /** Data slices already verified (shared by snapshots: read once). */
     private readonly verified: Set<string>,
-    private readonly subvolumeId: number,
+    private subvolumeId: number,
     /** The committed generation: no record can be newer. */
     private readonly generation: number,
   ) {}
@@ -303,53 +451,128 @@ class FsWalk {
   /** The physical slices ([offset, end) in the extent) of each extent's records in the inode being walked. */
   private slices = { ino: -1, byExtent: new Map<number, Array<{ fileBlock: number; from: number; to: number; unwritten: boolean }>>() };
 
-  run(store: Store): void {
-    this.store = store;
-    const tree = store.openTree(this.subvolumeId);
-    for (const [key, value] of tree.range()) {
-      try {
-        const spilled = this.visitInodeTree(key, value);
-        if (spilled !== null) {
-          const map: Tree = store.openDetachedTree(mapOwner(this.subvolumeId, spilled.ino), {
-            rootLba: spilled.treeRoot,
-            level: spilled.treeLevel,
-            count: spilled.treeCount,
-          });
-          for (const [k, v] of map.range()) this.visitMapItem(spilled.ino, k, v);
-        }
-      } catch (error) {
-        this.problems.push((error as Error).message);
-      }
-    }
+  /** Problems found by visiting records, in inode order. */
+  walkProblems(): string[] {
+    const inos = new Set([...this.visitProblems.keys(), ...this.dataProblems.keys()]);
+    return [...inos].sort((a, b) => a - b).flatMap((ino) => [...(this.visitProblems.get(ino) ?? []), ...(this.dataProblems.get(ino) ?? [])]);
   }
 
-  /** Checks one item of the inode tree; returns an inode whose map is a tree, for the caller to walk. */
-  private visitInodeTree(key: Buffer, value: Buffer): Inode | null {
+  private problem(ino: number, message: string, problems = this.visitProblems): void {
+    const list = problems.get(ino);
+    if (list === undefined) problems.set(ino, [message]);
+    else list.push(message);
+  }
+
+  private dataProblem(ino: number, message: string): void {
+    this.problem(ino, message, this.dataProblems);
+  }
+
+  run(store: Store): void {
+    this.store = store;
+    this.complete = false;
+    for (const [key, value] of store.openTree(this.subvolumeId).range()) this.visit(key, value);
+    this.complete = true;
+  }
+
+  /**
+   * Moves the facts to subvolume `id` by the difference of the two inode
+   * trees. False when the trees differ in more than a quarter of the inodes
+   * (or the diff cannot read them): the caller then walks `id` whole.
+   */
+  advance(store: Store, id: number): boolean {
+    const limit = Math.max(4096, Math.floor(this.facts.size / 4));
+    let changes = 0;
+    const from = this.subvolumeId;
+    this.complete = false;
+    this.dataProblems = new Map();
+    try {
+      diffTrees(store.openTree(from), store.openTree(id), (change) => {
+        if (++changes > limit) throw new TooManyChanges();
+        if (change.before !== undefined) this.unvisit(change.key);
+        if (change.after !== undefined) {
+          this.subvolumeId = id;
+          this.visit(change.key, change.after);
+          this.subvolumeId = from;
+        }
+      });
+    } catch (error) {
+      if (error instanceof TooManyChanges || error instanceof GroveError) return false;
+      throw error;
+    }
+    this.subvolumeId = id;
+    this.store = store;
+    this.complete = true;
+    return true;
+  }
+
+  /** Takes one item of the inode tree into the facts; what is wrong with it is a problem of its inode. */
+  private visit(key: Buffer, value: Buffer): void {
     if (key.equals(countersKey)) {
-      this.nextIno = decodeCounters(value);
-      return null;
+      try {
+        this.nextIno = decodeCounters(value);
+      } catch (error) {
+        this.problem(0, (error as Error).message);
+      }
+      return;
     }
     const orphan = orphanIno(key);
     if (orphan !== undefined) {
       this.orphans.add(orphan);
-      return null;
+      return;
     }
-    const ino = Number(key.readBigUInt64BE(0));
+    const ino = key.length >= 8 ? Number(key.readBigUInt64BE(0)) : 0;
     if (key.length !== 8) {
       // An extended attribute chunk: it sorts after its inode's record, which must exist.
-      const owner = this.facts.slot(ino);
-      if (owner === undefined) this.problems.push(`extended attribute of inode ${ino}, which does not exist`);
-      else if ((this.facts.small_(owner, F.flags) & 1) === 0) this.problems.push(`inode ${ino} has extended attributes but not the flag that says so`);
-      return null;
+      this.xattrChunks.set(ino, (this.xattrChunks.get(ino) ?? 0) + 1);
+      return;
     }
+    try {
+      this.visitInode(ino, value);
+    } catch (error) {
+      this.problem(ino, (error as Error).message);
+    }
+    this.checkSlices();
+  }
+
+  /** Undoes `visit` of the item at `key` (its value changed or went). */
+  private unvisit(key: Buffer): void {
+    if (key.equals(countersKey)) {
+      this.nextIno = 0;
+      this.visitProblems.delete(0);
+      return;
+    }
+    const orphan = orphanIno(key);
+    if (orphan !== undefined) {
+      this.orphans.delete(orphan);
+      return;
+    }
+    const ino = key.length >= 8 ? Number(key.readBigUInt64BE(0)) : 0;
+    if (key.length !== 8) {
+      const chunks = (this.xattrChunks.get(ino) ?? 1) - 1;
+      if (chunks > 0) this.xattrChunks.set(ino, chunks);
+      else this.xattrChunks.delete(ino);
+      return;
+    }
+    this.facts.remove(ino);
+    this.entries.removeDir(ino);
+    this.visitProblems.delete(ino);
+    this.dataProblems.delete(ino);
+  }
+
+  /** Checks one inode record and its map (names or extents, inline or in a tree of its own). */
+  private visitInode(ino: number, value: Buffer): void {
     const inode = decodeInode(ino, value);
     this.facts.add(inode);
-    if ((inode.mode & C.S_IFMT) === C.S_IFDIR) this.directories++;
-    if (inode.kind === PayloadKind.Tree) return inode;
     if (inode.kind === PayloadKind.Items) {
       for (const item of decodeItems(ino, inode.payload)) this.visitMapItem(ino, item.key, item.value);
+    } else if (inode.kind === PayloadKind.Tree) {
+      const map: Tree = this.store!.openDetachedTree(mapOwner(this.subvolumeId, ino), {
+        rootLba: inode.treeRoot,
+        level: inode.treeLevel,
+        count: inode.treeCount,
+      });
+      for (const [k, v] of map.range()) this.visitMapItem(ino, k, v);
     }
-    return null;
   }
 
   private visitMapItem(ino: number, key: Buffer, value: Buffer): void {
@@ -362,15 +585,16 @@ class FsWalk {
     }
     const extent = decodeExtent(ino, key, value);
     if (extent.fileBlock < facts.large_(slot, L.extentEnd)) {
-      this.problems.push(`inode ${ino}: extent at file block ${extent.fileBlock} overlaps the one before`);
+      this.problem(ino, `inode ${ino}: extent at file block ${extent.fileBlock} overlaps the one before`);
     }
     facts.setLarge(slot, L.extentEnd, extent.fileBlock + extent.blocks);
     facts.setLarge(slot, L.extentBlocks, facts.large_(slot, L.extentBlocks) + extent.blocks);
     this.noteSlice(ino, extent);
     if (extent.preallocatedIn !== undefined) {
-      this.preallocatedExtents++;
+      facts.setSmall(slot, F.preallocated, facts.small_(slot, F.preallocated) + 1);
       if (extent.preallocatedIn > this.generation) {
-        this.problems.push(
+        this.problem(
+          ino,
           `inode ${ino}: unwritten extent at file block ${extent.fileBlock} says generation ${extent.preallocatedIn}, after the last commit (${this.generation})`,
         );
       }
@@ -400,19 +624,19 @@ class FsWalk {
   }
 
   private checkSlices(): void {
+    const ino = this.slices.ino;
     for (const [lba, list] of this.slices.byExtent) {
       if (!list.some((slice) => slice.unwritten)) continue;
       for (const a of list) {
         if (!a.unwritten) continue;
         const clash = list.find((b) => b !== a && b.from < a.to && a.from < b.to);
         if (clash !== undefined) {
-          this.problems.push(
-            `inode ${this.slices.ino}: unwritten extent at file block ${a.fileBlock} shares blocks of extent ${lba} with the record at file block ${clash.fileBlock}`,
-          );
+          this.problem(ino, `inode ${ino}: unwritten extent at file block ${a.fileBlock} shares blocks of extent ${lba} with the record at file block ${clash.fileBlock}`);
         }
       }
     }
     this.slices.byExtent.clear();
+    this.slices.ino = -1;
   }
 
   private verifyExtent(ino: number, extent: Extent): void {
@@ -427,13 +651,13 @@ class FsWalk {
     try {
       this.device.read(extent.lba, data);
     } catch (error) {
-      this.problems.push(`inode ${ino}: reading data blocks ${extent.lba}+${extent.diskBlocks} failed: ${(error as Error).message}`);
+      this.dataProblem(ino, `inode ${ino}: reading data blocks ${extent.lba}+${extent.diskBlocks} failed: ${(error as Error).message}`);
       return;
     }
     let intact = true;
     for (let i = 0; i < extent.diskBlocks; i++) {
       if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extentCrc(extent, i)) {
-        this.problems.push(`inode ${ino}: data block ${extent.lba + i} fails its checksum`);
+        this.dataProblem(ino, `inode ${ino}: data block ${extent.lba + i} fails its checksum`);
         intact = false;
       }
     }
@@ -442,16 +666,37 @@ class FsWalk {
       decompressUnit(ino, extent, data);
     } catch (error) {
       if (!(error instanceof GroveError)) throw error;
-      this.problems.push(error.message);
+      this.dataProblem(ino, error.message);
     }
   }
 
+  /** The checks across inodes, from the facts: computed again for every subvolume. */
   finish(problems: string[]): void {
     this.checkSlices();
     const facts = this.facts;
     const entries = this.entries;
+    facts.compact();
+    entries.compact();
+    this.fixes = [];
+    this.directories = 0;
+    this.preallocatedExtents = 0;
+    for (let slot = 0; slot < facts.slots; slot++) {
+      if (!facts.live(slot)) continue;
+      facts.setSmall(slot, F.names, 0);
+      facts.setSmall(slot, F.subdirs, 0);
+      facts.setSmall(slot, F.parents, 0);
+      facts.setLarge(slot, L.firstParent, 0);
+      if (facts.isDir(slot)) this.directories++;
+      this.preallocatedExtents += facts.small_(slot, F.preallocated);
+    }
+    for (const [ino] of [...this.xattrChunks].sort((a, b) => a[0] - b[0])) {
+      const owner = facts.slot(ino);
+      if (owner === undefined) problems.push(`extended attribute of inode ${ino}, which does not exist`);
+      else if ((facts.small_(owner, F.flags) & 1) === 0) problems.push(`inode ${ino} has extended attributes but not the flag that says so`);
+    }
     for (let i = 0; i < entries.length; i++) {
       const dir = entries.dir(i);
+      if (dir < 0) continue;
       const ino = entries.ino(i);
       const target = facts.slot(ino);
       if (target === undefined) {
@@ -471,8 +716,8 @@ class FsWalk {
       }
     }
     if (facts.slot(rootIno) === undefined) problems.push("the root directory is missing");
-    for (let slot = 0; slot < facts.size; slot++) this.checkInode(slot, problems);
-    for (const ino of this.orphans) {
+    for (let slot = 0; slot < facts.slots; slot++) if (facts.live(slot)) this.checkInode(slot, problems);
+    for (const ino of [...this.orphans].sort((a, b) => a - b)) {
       const slot = facts.slot(ino);
       if (slot === undefined) problems.push(`orphan ${ino} names no inode`);
       else if (facts.small_(slot, F.names) > 0) {
