@@ -325,6 +325,65 @@ describe("send and receive", () => {
     }, 120_000);
   }
 
+  it("a reflink's shared last partial block stays shared when its source has grown since (seeds 1, 13, 16 at 150 ops)", () => {
+    // The sender shares whole blocks from the parent's file, which has grown past the shared block:
+    // the receiver shares three blocks and shrinks onto the last one, whose tail is zero already.
+    const a = fresh();
+    const b = fresh();
+    const fs = a.fs;
+    const data = Buffer.alloc(9000, 0x5a);
+    const one = fs.createAt(1, Buffer.from("one"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.write(one.fh, data, data.length, 0);
+    fs.release(one.fh);
+    fs.createSubvolume("s0", { readOnly: true });
+    const two = fs.createAt(1, Buffer.from("two"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.release(two.fh);
+    fs.copyFileRange({ ino: one.stat.ino }, 0, two.stat.ino, 4096, data.length);
+    fs.setattr(one.stat.ino, { size: 67_486 });
+    fs.createSubvolume("s1", { readOnly: true });
+    const three = fs.createAt(1, Buffer.from("three"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.release(three.fh);
+    fs.copyFileRange({ ino: two.stat.ino }, 0, three.stat.ino, 4096, 4096 + data.length);
+    fs.createSubvolume("s2", { readOnly: true });
+    expect(sharingOf(fs, "s2")).toContain(`${one.stat.ino * 1e6 + 2}+${two.stat.ino * 1e6 + 3}+${three.stat.ino * 1e6 + 4}`);
+    let parent: string | undefined;
+    for (const name of ["s0", "s1", "s2"]) {
+      send.receiveStream(b.fs, sourceOf(streamOf(fs, name, parent)));
+      expectSameSnapshot(fs, name, b.fs, name);
+      expect(sharingOf(b.fs, name), name).toEqual(sharingOf(fs, name));
+      parent = name;
+    }
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
+  it("a truncate onto a shared last block whose tail is zero keeps it shared; a tail with bytes is unshared", () => {
+    const a = fresh();
+    const fs = a.fs;
+    const src = fs.createAt(1, Buffer.from("src"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.write(src.fh, Buffer.alloc(9000, 1), 9000, 0);
+    fs.release(src.fh);
+    for (const [name, size] of [["zero", 9000], ["bytes", 8500]] as const) {
+      const dst = fs.createAt(1, Buffer.from(name), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+      fs.release(dst.fh);
+      fs.copyFileRange({ ino: src.stat.ino }, 0, dst.stat.ino, 0, 9000);
+      fs.setattr(dst.stat.ino, { size: 12_288 });
+      fs.setattr(dst.stat.ino, { size });
+    }
+    fs.createSubvolume("snap", { readOnly: true });
+    const sharing = sharingOf(fs, "snap");
+    const [zero, bytes] = ["zero", "bytes"].map((n) => fs.lookup(1, Buffer.from(n)).ino);
+    expect(sharing).toContain(`${src.stat.ino * 1e6 + 2}+${zero! * 1e6 + 2}`);
+    expect(sharing.some((s) => s.includes(`${bytes! * 1e6 + 2}`))).toBe(false);
+    const view = fs.snapshotView("snap");
+    const back = Buffer.alloc(9000);
+    const fh = view.openIno(bytes!, C.O_RDONLY);
+    expect(view.read(fh, back, 9000, 0)).toBe(8500);
+    view.release(fh);
+    expect(back.subarray(0, 8500).every((x) => x === 1)).toBe(true);
+    closeAndCheck(a.fs, a.device);
+  });
+
   it("keeps hard links, special files, xattrs, holes, times and reflinks", () => {
     const a = fresh();
     const b = fresh();
