@@ -14,7 +14,7 @@
 import { describe, expect, it } from "vitest";
 import { constants as C } from "node:fs";
 import { createHash } from "node:crypto";
-import { Prng, SimDevice, diffTrees } from "../kvstore/index.js";
+import { Prng, SimDevice, diffTrees, featureReceivedSnapshots } from "../kvstore/index.js";
 import { GroveFs, send, type InodeOps, type Stat } from "../fs/index.js";
 import { decodeExtent, isUnwritten, PayloadKind } from "../fs/format.js";
 import { O_CREAT, O_RDWR, expectFsClean, testClock } from "./fs_helpers.js";
@@ -418,6 +418,24 @@ describe("send and receive", () => {
     expect(b.fs.listSubvolumes().find((s) => s.name === "copy")!.readOnly).toBe(true);
     closeAndCheck(a.fs, a.device);
     closeAndCheck(b.fs, b.device);
+  });
+
+  it("the first receive sets the received-snapshots feature bit (older code would call its table keys unknown); the sender's volume stays without it", () => {
+    const a = fresh();
+    const b = fresh();
+    a.fs.mkdirAt(1, Buffer.from("x"), 0o755, caller);
+    a.fs.createSubvolume("s", { readOnly: true });
+    expect(b.fs.store.hasFeature(featureReceivedSnapshots)).toBe(false);
+    send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "s")));
+    expect(b.fs.store.hasFeature(featureReceivedSnapshots)).toBe(true);
+    expect(a.fs.store.hasFeature(featureReceivedSnapshots)).toBe(false);
+    closeAndCheck(a.fs, a.device);
+    b.fs.close();
+    const reopened = b.device.reopen();
+    expectFsClean(reopened);
+    const again = GroveFs.open(reopened, { clock: testClock() });
+    expect(again.store.hasFeature(featureReceivedSnapshots)).toBe(true);
+    again.close();
   });
 
   it("refuses an incremental stream whose parent is not there, and a name that is taken", () => {
