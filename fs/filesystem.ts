@@ -448,6 +448,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (this.shared.serves(record.id)) {
       throw new GroveError("EBUSY", "EBUSY_subvolume_mounted", `subvolume ${JSON.stringify(name)} is being served by another mount of this volume; it cannot be deleted`);
     }
+    if (this.shared.isHeld(name)) {
+      throw new GroveError("EBUSY", "EBUSY_subvolume_sending", `snapshot ${JSON.stringify(name)} is being sent; it can be deleted once the send ends`);
+    }
     if (record.id === defaultSubvolumeId) {
       // As in btrfs: the subvolume a plain mount serves stays (roll back by cloning a snapshot and mounting it with --subvol).
       throw new GroveError("EPERM", "EPERM_default_subvolume", `"${defaultSubvolumeName}" is the default subvolume; it cannot be deleted`);
@@ -508,6 +511,19 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       data: view.data,
       fs: view,
       nextIno: view.inodes.nextInoToHand,
+    };
+  }
+
+  /**
+   * Keeps snapshots `names` from being deleted (EBUSY) while a send reads
+   * them between other requests (a mount daemon's send); the returned
+   * function lets them go.
+   */
+  holdSubvolumes(names: string[]): () => void {
+    this.policy.checkOpen();
+    const releases = names.map((name) => this.shared.hold(name));
+    return () => {
+      for (const release of releases) release();
     };
   }
 

@@ -438,6 +438,32 @@ describe("send and receive", () => {
     again.close();
   });
 
+  it("a send in steps (as a mount daemon runs it) writes the same stream, and holds its snapshots from deletion until it ends", () => {
+    const a = fresh();
+    const fs = a.fs;
+    const work = new Workload(fs, new Prng(11));
+    for (let i = 0; i < 30; i++) work.step();
+    fs.createSubvolume("one", { readOnly: true });
+    for (let i = 0; i < 30; i++) work.step();
+    fs.createSubvolume("two", { readOnly: true });
+    const whole = streamOf(fs, "two", "one");
+    const chunks: Buffer[] = [];
+    const run = send.startSend(fs, "two", (c) => chunks.push(c), { parent: "one" });
+    const release = fs.holdSubvolumes(["two", "one"]);
+    let steps = 0;
+    while (!run.step(1)) {
+      steps++;
+      // Between steps the live subvolume changes, and the snapshots cannot go.
+      if (steps % 5 === 0) work.step();
+      if (steps === 3) for (const name of ["one", "two"]) expect(() => fs.deleteSubvolume(name)).toThrow(/being sent/);
+    }
+    release();
+    expect(Buffer.concat(chunks).equals(whole)).toBe(true);
+    expect(run.summary.records).toBe(steps + 1);
+    fs.deleteSubvolume("one");
+    closeAndCheck(a.fs, a.device);
+  });
+
   it("refuses an incremental stream whose parent is not there, and a name that is taken", () => {
     const a = fresh();
     const b = fresh();
