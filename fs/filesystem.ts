@@ -732,7 +732,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private applySetattr(inode: Inode, attr: SetAttr): void {
-    for (const time of [attr.atime, attr.mtime, attr.ctime]) if (typeof time === "bigint") checkTime(time);
+    for (const time of [attr.atime, attr.mtime, attr.ctime, attr.crtime]) if (typeof time === "bigint") checkTime(time);
     if (attr.size !== undefined) {
       const type = inode.mode & S_IFMT;
       if (type === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory");
@@ -742,7 +742,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const owner = attr.uid !== undefined || attr.gid !== undefined;
     const times = (attr.atime ?? "omit") !== "omit" || (attr.mtime ?? "omit") !== "omit";
     const kill = ((attr.killSuidgid ?? false) || owner) && (inode.mode & S_IFMT) !== S_IFDIR;
-    if (attr.mode === undefined && !owner && !times && attr.ctime === undefined && !kill) return;
+    if (attr.mode === undefined && !owner && !times && attr.ctime === undefined && attr.crtime === undefined && !kill) return;
     this.policy.mutation(1, () => {
       const now = this.clock();
       if (attr.mode !== undefined) inode.mode = (inode.mode & S_IFMT) | (attr.mode & permissionBits);
@@ -753,6 +753,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       if (attr.atime !== undefined && attr.atime !== "omit") inode.atimeNs = attr.atime === "now" ? now : attr.atime;
       if (attr.mtime !== undefined && attr.mtime !== "omit") inode.mtimeNs = attr.mtime === "now" ? now : attr.mtime;
       inode.ctimeNs = attr.ctime ?? now;
+      if (attr.crtime !== undefined) inode.crtimeNs = attr.crtime;
       this.inodes.save(inode);
     });
   }

@@ -464,6 +464,86 @@ describe("send and receive", () => {
     closeAndCheck(a.fs, a.device);
   });
 
+  it("preallocated ranges arrive preallocated and crtimes as they were (stream version 2), full and incremental", () => {
+    const a = fresh();
+    const b = fresh();
+    const fs = a.fs;
+    const file = (name: string): number => {
+      const { fh, stat } = fs.createAt(1, Buffer.from(name), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+      fs.release(fh);
+      return stat.ino;
+    };
+    const one = file("one");
+    fs.fallocate(one, 0, 0, 64 * 1024);
+    const data = Buffer.alloc(10_000, 3);
+    fs.write(fs.openIno(one, O_RDWR), data, data.length, 8192);
+    const two = file("two");
+    fs.write(fs.openIno(two, O_RDWR), data, data.length, 0);
+    fs.fallocate(two, 1, 40_960, 32 * 1024); // KEEP_SIZE: past the end of file
+    fs.setattr(two, { crtime: 1_234_567_890_123_456_789n });
+    fs.createSubvolume("s0", { readOnly: true });
+    // Incremental: a write into a preallocated range, a new range over data (ZERO_RANGE), one punched away.
+    fs.write(fs.openIno(one, O_RDWR), data, data.length, 40_000);
+    fs.fallocate(two, 0x10, 0, 8192); // ZERO_RANGE
+    fs.fallocate(two, 0x03, 40_960, 32 * 1024); // PUNCH_HOLE | KEEP_SIZE
+    const three = file("three");
+    fs.fallocate(three, 0, 0, 20_000);
+    fs.createSubvolume("s1", { readOnly: true });
+    const unwritten = (volume: GroveFs, snap: string): string[] => {
+      const source = volume.sendSource(snap);
+      const out: string[] = [];
+      for (const ino of [one, two, three]) {
+        const inode = source.inodes.tryLoad(ino);
+        if (inode === undefined || inode.kind === PayloadKind.Bytes) continue;
+        for (const item of source.inodes.mapOf(inode).range()) {
+          const extent = decodeExtent(ino, item.key, item.value);
+          if (isUnwritten(extent)) out.push(`${ino}:${extent.fileBlock}+${extent.blocks}`);
+        }
+      }
+      return out;
+    };
+    const crtimes = (volume: GroveFs, snap: string): bigint[] => [one, two, 1].map((ino) => volume.snapshotView(snap).statIno(ino).crtimeNs);
+    let parent: string | undefined;
+    for (const name of ["s0", "s1"]) {
+      send.receiveStream(b.fs, sourceOf(streamOf(fs, name, parent)));
+      expectSameSnapshot(fs, name, b.fs, name);
+      expect(unwritten(b.fs, name).join(" "), name).toEqual(unwritten(fs, name).join(" "));
+      expect(crtimes(b.fs, name), name).toEqual(crtimes(fs, name));
+      parent = name;
+    }
+    expect(unwritten(fs, "s0").length).toBeGreaterThan(1);
+    expect(unwritten(fs, "s1")).not.toEqual(unwritten(fs, "s0"));
+    expect(b.fs.snapshotView("s0").statIno(two).crtimeNs).toBe(1_234_567_890_123_456_789n);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
+  it("a version 1 stream (an older grovefs's: no preallocated ranges, attrs without crtime) is still received", () => {
+    const a = fresh();
+    const b = fresh();
+    const work = new Workload(a.fs, new Prng(21));
+    for (let i = 0; i < 40; i++) work.step();
+    a.fs.createSubvolume("old", { readOnly: true });
+    const records: send.StreamRecord[] = [];
+    const reader = new send.StreamReader(sourceOf(streamOf(a.fs, "old")));
+    for (;;) {
+      const record = reader.next();
+      if (record.type === send.RecordType.End) break;
+      if (record.type === send.RecordType.Attr) delete record.attrs.crtimeNs;
+      records.push(record);
+    }
+    const chunks: Buffer[] = [];
+    const writer = new send.StreamWriter((c) => chunks.push(c), undefined, 1);
+    for (const record of records) writer.write(record);
+    writer.end();
+    const v1 = Buffer.concat(chunks);
+    expect(v1.readUInt16LE(send.recordHeaderBytes + 8)).toBe(1);
+    send.receiveStream(b.fs, sourceOf(v1));
+    expectSameSnapshot(a.fs, "old", b.fs, "old");
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
   it("refuses an incremental stream whose parent is not there, and a name that is taken", () => {
     const a = fresh();
     const b = fresh();

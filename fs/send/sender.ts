@@ -149,7 +149,16 @@ function* streamRecords(before: SendSource | undefined, after: SendSource, chang
     const inode = after.inodes.load(ino);
     yield {
       type: RecordType.Attr,
-      attrs: { ino, mode: inode.mode, uid: inode.uid, gid: inode.gid, atimeNs: inode.atimeNs, mtimeNs: inode.mtimeNs, ctimeNs: inode.ctimeNs },
+      attrs: {
+        ino,
+        mode: inode.mode,
+        uid: inode.uid,
+        gid: inode.gid,
+        atimeNs: inode.atimeNs,
+        mtimeNs: inode.mtimeNs,
+        ctimeNs: inode.ctimeNs,
+        crtimeNs: inode.crtimeNs,
+      },
     };
   }
 }
@@ -198,12 +207,13 @@ function* xattrRecords(before: SendSource | undefined, after: SendSource, ino: n
   for (const [name, value] of now) if (!was.get(name)?.equals(value)) yield { type: RecordType.Xattr, ino, name, value };
 }
 
-function extentsOf(source: SendSource, inode: Inode): Extent[] {
+/** A file's written extents (or its unwritten, preallocated ones), in file order. */
+function extentsOf(source: SendSource, inode: Inode, unwritten = false): Extent[] {
   if (inode.kind === PayloadKind.Bytes) return [];
   const extents: Extent[] = [];
   for (const item of source.inodes.mapOf(inode).range()) {
     const extent = decodeExtent(inode.ino, item.key, item.value);
-    if (!isUnwritten(extent)) extents.push(extent);
+    if (isUnwritten(extent) === unwritten) extents.push(extent);
   }
   return extents;
 }
@@ -312,6 +322,11 @@ function* dataRecords(
   // into a block zeroes its tail, which writes the block even where it was a hole.
   yield { type: RecordType.Truncate, ino, size: inode.size };
   if (oldFile !== undefined) for (const hole of holesFor(before!, oldFile, after, inode)) yield { type: RecordType.Hole, ino, ...hole };
+  // Preallocated ranges last: the holes above cleared whatever the parent held there.
+  for (const extent of extentsOf(after, inode, true)) {
+    const unchanged = oldMap?.get(extentKeyOf(extent))?.equals(map.get(extentKeyOf(extent))!) ?? false;
+    if (!unchanged) yield { type: RecordType.Prealloc, ino, offset: extent.fileBlock * blockSizeBytes, length: extent.blocks * blockSizeBytes };
+  }
 }
 
 /** Streams whose parent's extents were all indexed (once, and only when a reflink asks for it). */
@@ -332,18 +347,29 @@ function extentKeyOf(extent: Extent): Buffer {
   return key;
 }
 
-/** Byte ranges below the new size that held data in the parent's file and are holes now. */
+/** Byte ranges that held data (below the new size) or preallocated blocks in the parent's file and are holes now. */
 function holesFor(before: SendSource, old: Inode, after: SendSource, inode: Inode): { offset: number; length: number }[] {
   if (inode.kind === PayloadKind.Bytes) return [];
   const endBlock = Math.ceil(inode.size / blockSizeBytes);
-  const had: [number, number][] =
-    old.kind === PayloadKind.Bytes ? [[0, Math.ceil(old.size / blockSizeBytes)]] : extentsOf(before, old).map((e) => [e.fileBlock, e.fileBlock + e.blocks]);
-  const has = extentsOf(after, inode).map((e) => [e.fileBlock, e.fileBlock + e.blocks] as [number, number]);
-  if (inode.size < old.size && inode.size % blockSizeBytes !== 0) had.push([endBlock - 1, endBlock]);
+  // [start, end, stop]: a written range matters below the new size only (the truncate dropped the rest);
+  // a preallocated one may lie past the end of file (fallocate KEEP_SIZE).
+  const had: [number, number, number][] =
+    old.kind === PayloadKind.Bytes
+      ? [[0, Math.ceil(old.size / blockSizeBytes), endBlock]]
+      : [
+          ...extentsOf(before, old).map((e): [number, number, number] => [e.fileBlock, e.fileBlock + e.blocks, endBlock]),
+          ...extentsOf(before, old, true).map((e): [number, number, number] => [e.fileBlock, e.fileBlock + e.blocks, Number.MAX_SAFE_INTEGER]),
+        ];
+  // Preallocated ranges the parent holds unchanged stay; changed ones are cleared here and sent after.
+  const oldMap = old.kind === PayloadKind.Bytes ? undefined : before.inodes.mapOf(old);
+  const newMap = after.inodes.mapOf(inode);
+  const kept = extentsOf(after, inode, true).filter((e) => oldMap?.get(extentKeyOf(e))?.equals(newMap.get(extentKeyOf(e))!) ?? false);
+  const has = [...extentsOf(after, inode), ...kept].map((e) => [e.fileBlock, e.fileBlock + e.blocks] as [number, number]);
+  if (inode.size < old.size && inode.size % blockSizeBytes !== 0) had.push([endBlock - 1, endBlock, endBlock]);
   const holes: { offset: number; length: number }[] = [];
-  for (const [start, end] of had) {
+  for (const [start, end, limit] of had) {
     let at = start;
-    const stop = Math.min(end, endBlock);
+    const stop = Math.min(end, limit);
     while (at < stop) {
       const covering = has.find(([s, e]) => s <= at && at < e);
       if (covering !== undefined) {
