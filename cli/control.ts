@@ -488,6 +488,10 @@ export function requestStream(socketPath: string, request: SendOp, daemon: Daemo
     let settled = false;
     let state: "first" | "frames" | "last" = "first";
     let held: Buffer = Buffer.alloc(0);
+    // Arrived pieces are joined to `held` only once they complete what `advance` needs (a frame is up to a MiB).
+    const waiting: Buffer[] = [];
+    let waitingBytes = 0;
+    let need = 1;
     const socket = net.createConnection(socketPath);
     const settle = (error: Error | null, result?: unknown): void => {
       if (settled) return;
@@ -522,6 +526,7 @@ export function requestStream(socketPath: string, request: SendOp, daemon: Daemo
         return !settled;
       }
       if (state === "frames") {
+        need = 4;
         if (held.length < 4) return false;
         const n = held.readUInt32LE(0);
         if (n === 0) {
@@ -529,9 +534,11 @@ export function requestStream(socketPath: string, request: SendOp, daemon: Daemo
           state = "last";
           return true;
         }
+        need = 4 + n;
         if (held.length < 4 + n) return false;
         onChunk(held.subarray(4, 4 + n));
         held = held.subarray(4 + n);
+        need = 1;
         return true;
       }
       return false;
@@ -542,7 +549,12 @@ export function requestStream(socketPath: string, request: SendOp, daemon: Daemo
     });
     socket.on("error", (error: NodeJS.ErrnoException) => settle(state === "first" && held.length === 0 ? connectError(error, socketPath, daemon) : error));
     socket.on("data", (chunk: Buffer) => {
-      held = held.length === 0 ? chunk : Buffer.concat([held, chunk]);
+      waiting.push(chunk);
+      waitingBytes += chunk.length;
+      if (state === "frames" && held.length + waitingBytes < need) return;
+      held = Buffer.concat([held, ...waiting]);
+      waiting.length = 0;
+      waitingBytes = 0;
       try {
         while (!settled && advance()) {
           // Each turn consumes a line or a frame.
@@ -552,8 +564,17 @@ export function requestStream(socketPath: string, request: SendOp, daemon: Daemo
       }
     });
     socket.on("end", () => {
+      held = Buffer.concat([held, ...waiting]);
+      waiting.length = 0;
+      try {
+        while (!settled && advance()) {
+          // What arrived last and was not yet needed.
+        }
+      } catch (error) {
+        settle(error as Error);
+      }
+      if (settled) return;
       if (state !== "last") {
-        if (state === "first") advance();
         settle(gone());
         return;
       }
