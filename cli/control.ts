@@ -16,6 +16,14 @@
  * lists, with each subvolume, the mountpoints where it serves it.
  * `{"op":"resize","size":{"to"|"by":bytes}|{"max":true}}` resizes the
  * served volume between two FUSE requests (cli/resize.ts).
+ * `{"op":"send","snapshot","parent"?,"resume"?}` streams a snapshot (grovefs
+ * send on a mount, cli/send.ts). Its reply is not one line: a refusal is the
+ * usual error line; otherwise the line `{"ok":true,"result":"stream"}`, then
+ * the stream in frames (a u32 little-endian length n > 0, then n bytes of
+ * the stream), a frame of length 0, and one final reply line: the send's
+ * summary, or the error that stopped it. The daemon writes a few records at
+ * a time and lets FUSE requests in between (the live subvolume keeps being
+ * served), and waits while the client is not reading.
  *
  * Why no locking: the daemon runs each request to the end inside one socket
  * callback on the JS thread, and every FUSE handler is synchronous on the same
@@ -63,7 +71,13 @@ export type ControlRequest =
 export type SubvolumeRequest = Exclude<ControlRequest, VolumeRequest>;
 
 /** Requests about the whole served volume rather than its subvolumes: only a mount daemon answers them. */
-export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest | ResizeOp;
+export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest | ResizeOp | SendOp;
+
+/** Stream snapshot `snapshot` (incremental from `parent`; only what a resume token lacks). */
+export type SendOp = { op: "send"; snapshot: string; parent?: string; resume?: string };
+
+/** Where a send's stream goes: a returned promise means wait (the client is not reading) before writing more. */
+export type StreamSink = (chunk: Buffer) => Promise<void> | undefined;
 
 /** Serve `mountpoint` too, with subvolume `subvol` (the default one when absent) and mount options `options`. */
 export type AttachRequest = { op: "attach"; mountpoint: string; subvol?: string; options: string[] };
@@ -83,6 +97,11 @@ export interface VolumeControl {
   mountpoints?(): Map<string, string[]>;
   /** Resizes the served volume: resolves once the resize is durable. */
   resize?(size: ResizeRequest): Promise<ResizeResult>;
+  /**
+   * Sends a snapshot: `begin` is called once the send is accepted (after it
+   * has checked the snapshots), before the first chunk. Resolves with the summary.
+   */
+  send?(request: SendOp, begin: () => void, sink: StreamSink): Promise<unknown>;
 }
 
 export type ControlReply =
@@ -148,6 +167,13 @@ export function parseRequest(value: unknown): ControlRequest {
     }
     case "resize":
       return { op: "resize", size: parseResizeRequest(request.size) };
+    case "send": {
+      if (typeof request.snapshot !== "string") throw invalid("send needs a snapshot name");
+      for (const field of ["parent", "resume"] as const) {
+        if (request[field] !== undefined && typeof request[field] !== "string") throw invalid(`${field} must be a string`);
+      }
+      return { op: "send", snapshot: request.snapshot, parent: request.parent as string | undefined, resume: request.resume as string | undefined };
+    }
     default:
       throw invalid(`unknown request ${JSON.stringify(request.op)}`);
   }
@@ -210,6 +236,7 @@ function parseLine(line: string): ControlRequest {
 async function answer(line: string, served: Served): Promise<ControlReply> {
   try {
     const request = parseLine(line);
+    if (request.op === "send") throw invalid("send streams its reply: it is answered by serveConnection");
     if (request.op === "resize") {
       if (served.volume?.resize === undefined) throw invalid("resize needs a mount daemon that serves it");
       return { ok: true, result: await served.volume.resize(request.size) };
@@ -252,10 +279,63 @@ function serveConnection(socket: net.Socket, served: Served): void {
     // The rest of what the client sends is read and dropped, so it never sees a reset.
     socket.removeAllListeners("data");
     socket.resume();
+    const send = line === null ? null : sendRequestOf(line);
+    if (send !== null) {
+      void streamSend(socket, send, served).then((answered) => socket.end(`${JSON.stringify(answered)}\n`));
+      return;
+    }
     const reply =
       line === null ? Promise.resolve(errorReply(invalid(`a request is at most ${requestBytesMax} bytes`), served.report)) : answer(line, served);
     void reply.then((answered) => socket.end(`${JSON.stringify(answered)}\n`));
   });
+}
+
+function sendRequestOf(line: string): SendOp | null {
+  try {
+    const request = parseLine(line);
+    return request.op === "send" ? request : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A send's streamed reply (see the protocol above); resolves with the final reply line. */
+async function streamSend(socket: net.Socket, request: SendOp, served: Served): Promise<ControlReply> {
+  let begun = false;
+  const frameHeader = (n: number): Buffer => {
+    const header = Buffer.alloc(4);
+    header.writeUInt32LE(n, 0);
+    return header;
+  };
+  const sink: StreamSink = (chunk) => {
+    if (socket.destroyed) throw new GroveError("EIO", "EIO_send_client_gone", "the client reading the stream went away");
+    if (chunk.length === 0) return undefined;
+    socket.write(frameHeader(chunk.length));
+    const more = socket.write(chunk);
+    if (more) return undefined;
+    return new Promise<void>((resolve) => {
+      const go = (): void => {
+        socket.off("drain", go);
+        socket.off("close", go);
+        resolve();
+      };
+      socket.on("drain", go);
+      socket.on("close", go);
+    });
+  };
+  const begin = (): void => {
+    begun = true;
+    socket.write(`${JSON.stringify({ ok: true, result: "stream" })}\n`);
+  };
+  let reply: ControlReply;
+  try {
+    if (served.volume?.send === undefined) throw invalid("send needs a mount daemon that serves it");
+    reply = { ok: true, result: await served.volume.send(request, begin, sink) };
+  } catch (error) {
+    reply = errorReply(error, served.report);
+  }
+  if (begun) socket.write(frameHeader(0));
+  return reply;
 }
 
 /**
@@ -392,6 +472,115 @@ export function sendRequest(socketPath: string, request: ControlRequest, daemon:
         return;
       }
       if (reply.ok) settle(null, reply.result);
+      else settle(replyError(reply));
+    });
+  });
+}
+
+/**
+ * Sends a streaming request (send) to the daemon on `socketPath`: each
+ * chunk of the stream goes to `onChunk` as it arrives (which may block: the
+ * daemon then waits); resolves with the final reply's result, or rejects
+ * with its error (a refusal before the stream, or what stopped it midway).
+ */
+export function requestStream(socketPath: string, request: SendOp, daemon: DaemonName, onChunk: (chunk: Buffer) => void): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    let state: "first" | "frames" | "last" = "first";
+    let held: Buffer = Buffer.alloc(0);
+    // Arrived pieces are joined to `held` only once they complete what `advance` needs (a frame is up to a MiB).
+    const waiting: Buffer[] = [];
+    let waitingBytes = 0;
+    let need = 1;
+    const socket = net.createConnection(socketPath);
+    const settle = (error: Error | null, result?: unknown): void => {
+      if (settled) return;
+      settled = true;
+      socket.destroy();
+      if (error) reject(error);
+      else resolve(result);
+    };
+    const gone = (): CliError =>
+      new CliError(`the grovefs process serving ${daemon.shown} closed the connection before the stream ended`, "see its log; it may have exited");
+    const line = (text: string): ControlReply | null => {
+      try {
+        return JSON.parse(text) as ControlReply;
+      } catch {
+        return null;
+      }
+    };
+    /** Consumes what `held` holds; false when more bytes are needed. */
+    const advance = (): boolean => {
+      if (state === "first") {
+        const newline = held.indexOf(0x0a);
+        if (newline < 0) {
+          if (held.length > requestBytesMax) settle(new CliError(`the reply of the grovefs process serving ${daemon.shown} is malformed`, "this is a bug; report it"));
+          return false;
+        }
+        const reply = line(held.subarray(0, newline).toString("utf8"));
+        held = held.subarray(newline + 1);
+        if (reply === null) settle(gone());
+        else if (!reply.ok) settle(replyError(reply));
+        else if (reply.result !== "stream") settle(null, reply.result);
+        else state = "frames";
+        return !settled;
+      }
+      if (state === "frames") {
+        need = 4;
+        if (held.length < 4) return false;
+        const n = held.readUInt32LE(0);
+        if (n === 0) {
+          held = held.subarray(4);
+          state = "last";
+          return true;
+        }
+        need = 4 + n;
+        if (held.length < 4 + n) return false;
+        onChunk(held.subarray(4, 4 + n));
+        held = held.subarray(4 + n);
+        need = 1;
+        return true;
+      }
+      return false;
+    };
+    socket.on("connect", () => {
+      socket.write(`${JSON.stringify(request)}\n`);
+      if (daemon.mountpoint !== undefined) fs.statfs(daemon.mountpoint, () => {});
+    });
+    socket.on("error", (error: NodeJS.ErrnoException) => settle(state === "first" && held.length === 0 ? connectError(error, socketPath, daemon) : error));
+    socket.on("data", (chunk: Buffer) => {
+      waiting.push(chunk);
+      waitingBytes += chunk.length;
+      if (state === "frames" && held.length + waitingBytes < need) return;
+      held = Buffer.concat([held, ...waiting]);
+      waiting.length = 0;
+      waitingBytes = 0;
+      try {
+        while (!settled && advance()) {
+          // Each turn consumes a line or a frame.
+        }
+      } catch (error) {
+        settle(error as Error);
+      }
+    });
+    socket.on("end", () => {
+      held = Buffer.concat([held, ...waiting]);
+      waiting.length = 0;
+      try {
+        while (!settled && advance()) {
+          // What arrived last and was not yet needed.
+        }
+      } catch (error) {
+        settle(error as Error);
+      }
+      if (settled) return;
+      if (state !== "last") {
+        settle(gone());
+        return;
+      }
+      const reply = line(held.toString("utf8").split("\n")[0] ?? "");
+      if (reply === null) settle(gone());
+      else if (reply.ok) settle(null, reply.result);
       else settle(replyError(reply));
     });
   });

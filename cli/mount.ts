@@ -50,6 +50,7 @@ import {
 import { GroveFs, type GroveFsOptions } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
+import { serveSend } from "./send_daemon.js";
 import { printable, sendRequest, startControlServer, type AttachRequest, type ControlServer, type VolumeControl } from "./control.js";
 import { CliError, ReportedError, formatError } from "./errors.js";
 import { volumeReport } from "./info.js";
@@ -577,6 +578,7 @@ class MountDaemon {
         return volume.resize(size);
       },
       attach: (request) => this.attachReported(request),
+      send: (request, begin, sink) => serveSend(volume, request, begin, sink),
       mountpoints: () => {
         const byName = new Map<string, string[]>();
         for (const [mountpoint, mount] of this.mounts) byName.set(mount.volume.subvolumeName, [...(byName.get(mount.volume.subvolumeName) ?? []), mountpoint]);

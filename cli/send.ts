@@ -5,8 +5,11 @@
  * grovefs diff TARGET SNAP_A SNAP_B [--json]
  *
  * The stream goes to stdout (never to a terminal) or FILE, and comes from
- * stdin or FILE; both sides run on an unmounted image here (fs/send/ does
- * the work). A progress line (bytes, rate) is drawn on stderr only when
+ * stdin or FILE (fs/send/ does the work). send runs on an unmounted image,
+ * or on a mountpoint by asking its daemon (cli/send_daemon.ts), which
+ * streams the snapshot over its control socket while it keeps serving the
+ * mount. receive needs an unmounted image: a mounted one is refused (its
+ * daemon holds it; a second process must never open it read-write). A progress line (bytes, rate) is drawn on stderr only when
  * stderr is a terminal and --json is not given. The summary goes to
  * stdout, or to stderr when stdout carries the stream.
  *
@@ -18,7 +21,8 @@ import * as fs from "node:fs";
 import { GroveFs, send } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { CliError } from "./errors.js";
-import { mountpointOfImage } from "./mount.js";
+import { controlSocketPath, mountpointOfImage } from "./mount.js";
+import { requestStream } from "./control.js";
 import { resolveTarget, type Target } from "./target.js";
 
 export interface SendCommandOptions {
@@ -75,8 +79,8 @@ function readerOf(fd: number): send.ByteSource {
 function openImage(target: Target, readOnly: boolean): { device: FileDevice; volume: GroveFs } {
   if (target.kind === "mount") {
     throw new CliError(
-      `${target.shown} is a mount point: send and receive work on unmounted images for now`,
-      "unmount it (grovefs umount) and give the image, or take the snapshot there and send it once unmounted",
+      `${target.shown} is a mount point: receive, diff and receive --status/--abort work on unmounted images only`,
+      "unmount it (grovefs umount) and give the image (grovefs send works on a mount point)",
     );
   }
   let device: FileDevice;
@@ -87,7 +91,9 @@ function openImage(target: Target, readOnly: boolean): { device: FileDevice; vol
     const mountpoint = mountpointOfImage(target.image);
     throw new CliError(
       mountpoint === null ? `${target.shown} is in use by another grovefs process` : `${target.shown} is mounted at ${mountpoint}`,
-      "unmount it first: send and receive work on unmounted images for now",
+      mountpoint === null || !readOnly
+        ? "unmount it first: receive works on unmounted images only"
+        : `send from the mount point instead: grovefs send ${mountpoint} ...`,
     );
   }
   try {
@@ -156,11 +162,12 @@ function explain(error: unknown, target: Target): unknown {
   return error;
 }
 
-export function sendCommand(targetArg: string, snapshot: string, options: SendCommandOptions): void {
+export async function sendCommand(targetArg: string, snapshot: string, options: SendCommandOptions): Promise<void> {
   const target = resolveTarget(targetArg);
   if (options.file === undefined && process.stdout.isTTY === true) {
     throw new CliError("the stream would go to a terminal", "redirect it (grovefs send ... > FILE, or | grovefs receive ...) or give -f FILE");
   }
+  if (target.kind === "mount") return printSent(await sendFromMount(target, snapshot, options), options);
   const image = openImage(target, true);
   let fd = 1;
   let summary: send.SendSummary;
@@ -186,6 +193,41 @@ export function sendCommand(targetArg: string, snapshot: string, options: SendCo
     if (fd !== 1) fs.closeSync(fd);
     closeImage(image);
   }
+  printSent(summary, options);
+}
+
+/** send on a mountpoint: the daemon streams the snapshot over its control socket (cli/send_daemon.ts). */
+async function sendFromMount(target: Target & { kind: "mount" }, snapshot: string, options: SendCommandOptions): Promise<send.SendSummary> {
+  if (options.resume !== undefined) send.decodeResumeToken(options.resume);
+  const progress = progressLine(options.json !== true && process.stderr.isTTY === true, "sent");
+  let fd = 1;
+  let opened = false;
+  let bytes = 0;
+  const daemon = { shown: target.shown, pid: target.pid, mountpoint: target.mountpoint };
+  const request = { op: "send" as const, snapshot, parent: options.parent, resume: options.resume };
+  try {
+    const summary = await requestStream(controlSocketPath(target.mountpoint), request, daemon, (chunk) => {
+      // FILE is opened with the first chunk: a refused send leaves what it held untouched.
+      if (options.file !== undefined && !opened) {
+        fd = fs.openSync(options.file, "w");
+        opened = true;
+      }
+      writeAll(fd, chunk);
+      bytes += chunk.length;
+      progress.update(bytes);
+    });
+    if (opened) fs.fsyncSync(fd);
+    return summary as send.SendSummary;
+  } catch (error) {
+    if (opened) fs.rmSync(options.file!, { force: true });
+    throw explain(error, target);
+  } finally {
+    progress.done();
+    if (opened) fs.closeSync(fd);
+  }
+}
+
+function printSent(summary: send.SendSummary, options: SendCommandOptions): void {
   const out = options.file === undefined ? process.stderr : process.stdout;
   if (options.json === true) out.write(`${JSON.stringify(summary)}\n`);
   else if (options.file !== undefined) {

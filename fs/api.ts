@@ -79,6 +79,8 @@ export interface SetAttr {
   mtime?: TimeSpec;
   /** ctime as the kernel's writeback cache keeps it; otherwise ctime becomes now. */
   ctime?: bigint;
+  /** The birth time: only a receive sets it, to the sender's (fs/send/receiver.ts). */
+  crtime?: bigint;
   /** Clear set-user-id and set-group-id (with group execute): a truncate by an unprivileged caller. */
   killSuidgid?: boolean;
 }

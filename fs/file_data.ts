@@ -160,6 +160,8 @@ export class FileData {
    * map's owner checks it again in `preloadEdges`, which comes next.
    */
   private deferredAdmission: { ino: number; first: number; end: number; extra: number } | null = null;
+  /** The last block `preloadTruncate` read and found zero past the new size: the truncate that follows leaves it. */
+  private zeroTail: { ino: number; block: number } | null = null;
   private subvolumes: Subvolumes | null = null;
   /** The newest subvolume creation (snapshot or clone) on the volume, as of transaction `at`. */
   private newestSubvolume = { at: -1, generation: 0 };
@@ -219,6 +221,37 @@ export class FileData {
       const cover = this.coverage(inode, map, b, b + 1);
       this.addBuffered(inode.ino, b, this.loadBlock(inode, map, b), cover.mapped(b), cover.inPlace(b));
     }
+  }
+
+  /**
+   * `preloadEdges` for a truncate to `size` below the current size: the
+   * last kept block is read now (a read error refuses the truncate before
+   * it changes anything), but buffered only if its tail past `size` must be
+   * zeroed. A written block whose tail is already zero stays as it is on disk:
+   * buffering it would write the block out again and unshare it from the
+   * snapshots and reflinks that share it (a receive reproducing a shared last
+   * block shares whole blocks, then shrinks onto a tail that is zero).
+   */
+  preloadTruncate(inode: Inode, map: ItemMap, size: number): void {
+    this.zeroTail = null;
+    const block = Math.floor(size / blockSizeBytes);
+    const tail = size % blockSizeBytes;
+    const plain =
+      inode.kind !== PayloadKind.Bytes &&
+      !this.fitsInline(inode, inode.size) &&
+      tail !== 0 &&
+      block < Math.ceil(inode.size / blockSizeBytes) &&
+      !(this.buffers.get(inode.ino)?.has(block) ?? false);
+    if (!plain) return this.preloadEdges(inode, map, size, size);
+    // A hole or an unwritten block there becomes written zeros, as it always has (the model in fs_ranges.test.ts).
+    if (!this.hasWrittenExtentAt(inode, map, block)) return this.preloadEdges(inode, map, size, size);
+    const loaded = this.loadBlock(inode, map, block);
+    if (!loaded.subarray(tail).some((byte) => byte !== 0)) {
+      this.zeroTail = { ino: inode.ino, block };
+      return;
+    }
+    const cover = this.coverage(inode, map, block, block + 1);
+    this.addBuffered(inode.ino, block, loaded, cover.mapped(block), cover.inPlace(block));
   }
 
   read(inode: Inode, map: ItemMap, out: Buffer, length: number, position: number): number {
@@ -429,8 +462,9 @@ export class FileData {
         } else if (this.hasWrittenExtentAt(inode, map, last)) {
           // (An unwritten last block reads as zeros already.) A tail already zero is left as it is:
           // rewriting it would unshare a block shared with a snapshot or a reflink for nothing.
-          const loaded = this.loadBlock(inode, map, last);
-          if (loaded.subarray(tail).some((byte) => byte !== 0)) {
+          const known = this.zeroTail?.ino === inode.ino && this.zeroTail.block === last;
+          const loaded = known ? undefined : this.loadBlock(inode, map, last);
+          if (loaded !== undefined && loaded.subarray(tail).some((byte) => byte !== 0)) {
             this.admit(inode.ino, last, last + 1);
             loaded.fill(0, tail);
             this.addBuffered(inode.ino, last, loaded, true, false);
@@ -439,6 +473,7 @@ export class FileData {
         if (this.buffers.get(inode.ino)?.size === 0) this.dropBuffer(inode.ino);
       }
     }
+    this.zeroTail = null;
     inode.size = size;
   }
 

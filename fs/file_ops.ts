@@ -102,7 +102,7 @@ export class FileOps {
     const tail = Math.floor(size / blockSizeBytes);
     if (size % blockSizeBytes !== 0) this.data.admit(inode.ino, tail, tail + 1);
     const freed = size < inode.size ? this.data.freedRanges(inode, this.inodes.mapOf(inode), Math.ceil(size / blockSizeBytes)) : 0;
-    if (size < inode.size) this.data.preloadEdges(inode, this.inodes.mapOf(inode), size, size);
+    if (size < inode.size) this.data.preloadTruncate(inode, this.inodes.mapOf(inode), size);
     this.policy.mutation(
       4,
       () => {

@@ -462,6 +462,9 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     if (this.shared.serves(record.id)) {
       throw new GroveError("EBUSY", "EBUSY_subvolume_mounted", `subvolume ${JSON.stringify(name)} is being served by another mount of this volume; it cannot be deleted`);
     }
+    if (this.shared.isHeld(name)) {
+      throw new GroveError("EBUSY", "EBUSY_subvolume_sending", `snapshot ${JSON.stringify(name)} is being sent; it can be deleted once the send ends`);
+    }
     if (record.id === defaultSubvolumeId) {
       // As in btrfs: the subvolume a plain mount serves stays (roll back by cloning a snapshot and mounting it with --subvol).
       throw new GroveError("EPERM", "EPERM_default_subvolume", `"${defaultSubvolumeName}" is the default subvolume; it cannot be deleted`);
@@ -522,6 +525,19 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       data: view.data,
       fs: view,
       nextIno: view.inodes.nextInoToHand,
+    };
+  }
+
+  /**
+   * Keeps snapshots `names` from being deleted (EBUSY) while a send reads
+   * them between other requests (a mount daemon's send); the returned
+   * function lets them go.
+   */
+  holdSubvolumes(names: string[]): () => void {
+    this.policy.checkOpen();
+    const releases = names.map((name) => this.shared.hold(name));
+    return () => {
+      for (const release of releases) release();
     };
   }
 
@@ -730,7 +746,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   private applySetattr(inode: Inode, attr: SetAttr): void {
-    for (const time of [attr.atime, attr.mtime, attr.ctime]) if (typeof time === "bigint") checkTime(time);
+    for (const time of [attr.atime, attr.mtime, attr.ctime, attr.crtime]) if (typeof time === "bigint") checkTime(time);
     if (attr.size !== undefined) {
       const type = inode.mode & S_IFMT;
       if (type === S_IFDIR) throw new GroveError("EISDIR", "EISDIR_truncate", "is a directory");
@@ -740,7 +756,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     const owner = attr.uid !== undefined || attr.gid !== undefined;
     const times = (attr.atime ?? "omit") !== "omit" || (attr.mtime ?? "omit") !== "omit";
     const kill = ((attr.killSuidgid ?? false) || owner) && (inode.mode & S_IFMT) !== S_IFDIR;
-    if (attr.mode === undefined && !owner && !times && attr.ctime === undefined && !kill) return;
+    if (attr.mode === undefined && !owner && !times && attr.ctime === undefined && attr.crtime === undefined && !kill) return;
     this.policy.mutation(1, () => {
       const now = this.clock();
       if (attr.mode !== undefined) inode.mode = (inode.mode & S_IFMT) | (attr.mode & permissionBits);
@@ -751,6 +767,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       if (attr.atime !== undefined && attr.atime !== "omit") inode.atimeNs = attr.atime === "now" ? now : attr.atime;
       if (attr.mtime !== undefined && attr.mtime !== "omit") inode.mtimeNs = attr.mtime === "now" ? now : attr.mtime;
       inode.ctimeNs = attr.ctime ?? now;
+      if (attr.crtime !== undefined) inode.crtimeNs = attr.crtime;
       this.inodes.save(inode);
     });
   }

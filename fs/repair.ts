@@ -18,7 +18,7 @@
  * entries, and anything found in a volume whose trees could not be walked
  * whole — rebuilding free space from a partial walk would free live blocks.
  */
-import { BlockDevice, GroveError, compressedUsageProblems, featureCompressLz4, featurePreallocated, firstAllocatableLba } from "../kvstore/index.js";
+import { BlockDevice, GroveError, compressedUsageProblems, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, firstAllocatableLba } from "../kvstore/index.js";
 import type { Extent } from "../alloc/index.js";
 import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
@@ -63,6 +63,10 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
     if (report.preallocatedExtents > 0 && !store.hasFeature(featurePreallocated)) {
       store.enableFeature(featurePreallocated);
       fixed.push("superblock: set the feature bit of unwritten (preallocated) extents");
+    }
+    if (report.snapshots.receivedRecords > 0 && !store.hasFeature(featureReceivedSnapshots)) {
+      store.enableFeature(featureReceivedSnapshots);
+      fixed.push("superblock: set the feature bit of received-snapshot identities");
     }
     for (const problem of usageProblems) fixed.push(`${problem}: set from the walk`);
 

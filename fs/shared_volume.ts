@@ -36,6 +36,8 @@ export class SharedVolume<View extends SharedView> {
   /** Subvolume ids served by an open filesystem (not views), each once. */
   private readonly served = new Set<number>();
   private readonly watchers = new Set<SubvolumeWatcher>();
+  /** Snapshots a running send reads, by name, with how many sends read each: they cannot be deleted meanwhile. */
+  private readonly held = new Map<string, number>();
   private deletionSliceAtNs: bigint | null = null;
 
   constructor(
@@ -43,6 +45,23 @@ export class SharedVolume<View extends SharedView> {
     clock: () => bigint,
   ) {
     this.stream = new CommitStream(volume.store, clock);
+  }
+
+  /** Subvolume `name` is read by a send until the returned function is called. */
+  hold(name: string): () => void {
+    this.held.set(name, (this.held.get(name) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = this.held.get(name)! - 1;
+      if (left === 0) this.held.delete(name);
+      else this.held.set(name, left);
+    };
+  }
+
+  isHeld(name: string): boolean {
+    return this.held.has(name);
   }
 
   /** Whether an open filesystem serves subvolume `id`. */

@@ -125,6 +125,8 @@ export interface ForestReport {
   compressedRecorded: CompressedUsage;
   /** Whether the superblock has the lz4 feature bit. */
   lz4Feature: boolean;
+  /** The superblock's incompatible feature bits. */
+  features: bigint;
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -161,6 +163,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       compressed: { ...noCompressedUsage },
       compressedRecorded: { ...noCompressedUsage },
       lz4Feature: false,
+      features: 0n,
     };
   }
   const reachable = new Bitmap(sb.deviceBlocks);
@@ -203,6 +206,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     compressed: walker.compressed,
     compressedRecorded: sb.compressed,
     lz4Feature: (sb.features & featureCompressLz4) !== 0n,
+    features: sb.features,
   };
 }
 

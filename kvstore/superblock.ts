@@ -40,7 +40,9 @@
  * unwritten (preallocated) data extents may exist (set with the first
  * fallocate that allocates); bit 2, checked child pointers (node.ts) and
  * checked root-tree records may exist (set by mkfs and by the first commit
- * that writes a node). An image without a bit holds no such extent, so
+ * that writes a node); bit 5, the subvolume table may hold received-snapshot
+ * identities (snapshot/format.ts, key [0x03][id]: set by the first receive),
+ * which older code's checker calls unknown keys. An image without a bit holds no such extent, so
  * older code reads it; code that does not know a bit refuses the image.
  */
 import { crc32c } from "./checksum.js";
@@ -55,8 +57,10 @@ export const featureCompressLz4 = 1n;
 export const featurePreallocated = 2n;
 /** Internal nodes and root-tree records may hold checked pointers (child generation and crc). */
 export const featureCheckedPointers = 4n;
+/** The subvolume table may hold received-snapshot identities ([0x03][id], snapshot/format.ts). (Bits 3 and 4 are claimed elsewhere.) */
+export const featureReceivedSnapshots = 32n;
 /** An image with other incompatible feature bits is refused. */
-export const featuresIncompatKnown = featureCompressLz4 | featurePreallocated | featureCheckedPointers;
+export const featuresIncompatKnown = featureCompressLz4 | featurePreallocated | featureCheckedPointers | featureReceivedSnapshots;
 
 const SLOT_MAGIC = 0;
 const SLOT_CRC = SLOT_MAGIC + 8;

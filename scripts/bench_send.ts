@@ -2,7 +2,7 @@
  * Send/receive benchmark (issue 14), each figure against a baseline from the
  * same run on this machine:
  *
- *   npm run bench:send -- [--files N] [--file-kb K] [--runs R] [--keep]
+ *   npm run bench:send -- [--files N] [--file-kb K] [--runs R] [--incremental-only] [--keep]
  *
  *   full         `grovefs send A snap | grovefs receive B` of a tree of N
  *                files of K KiB (compressible text), against `cp -a` of the
@@ -13,7 +13,12 @@
  *                files, against the same with 100% rewritten: the time
  *                ratio (goal about 0.01-0.05) and each stream's size
  *                against the bytes that changed (goal at most 1.1x plus
- *                metadata).
+ *                metadata). The same two sends are also timed in this
+ *                process through the library (open the image, send to a
+ *                file, close: no CLI start), and the CLI's start alone
+ *                (`grovefs --version`), which is the fixed cost the CLI
+ *                ratio carries (the tsx loader and the module graph).
+ *                --incremental-only skips the full part (and the mounts).
  *
  * Needs root and /dev/fuse for the cp -a baseline (the mounts). Images live
  * in a fresh directory under the OS temp dir, removed at the end unless
@@ -26,7 +31,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { FileDevice } from "../kvstore/index.js";
-import { GroveFs } from "../fs/index.js";
+import { GroveFs, send as sendLib } from "../fs/index.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const bin = path.join(repo, "bin", "grovefs.mjs");
@@ -40,6 +45,7 @@ const files = arg("files", 2000);
 const fileKb = arg("file-kb", 64);
 const runs = arg("runs", 4);
 const keep = process.argv.includes("--keep");
+const incrementalOnly = process.argv.includes("--incremental-only");
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "grovefs-bench-send-"));
 
 function sh(script: string): string {
@@ -106,6 +112,26 @@ function main(): void {
   grove(`snapshot create "${a}" s0`);
   console.log(`tree: ${files} files of ${fileKb} KiB (${(dataBytes / 1e6).toFixed(1)} MB), ${runs} runs each, ABBA`);
 
+  if (!incrementalOnly) full(a, b, dataBytes);
+  incrementalPart(a);
+}
+
+/** An incremental send through the library, into `out`: open, send, fsync, close. */
+function sendInProcess(image: string, snap: string, parent: string, out: string): void {
+  const device = FileDevice.open(image, { readOnly: true, lock: true });
+  const volume = GroveFs.open(device, { readOnly: true });
+  const fd = fs.openSync(out, "w");
+  try {
+    sendLib.sendSnapshot(volume, snap, (chunk) => fs.writeSync(fd, chunk), { parent });
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+    volume.close();
+    device.close();
+  }
+}
+
+function full(a: string, b: string, dataBytes: number): void {
   // ---- full: send | receive against cp -a between the two mounted volumes ----
   const mA = path.join(dir, "mA");
   const mB = path.join(dir, "mB");
@@ -139,6 +165,12 @@ function main(): void {
   const send = median(sendTimes);
   const cp = median(cpTimes);
   console.log(`full     send|receive ${send.toFixed(2)} s (${(dataBytes / 1e6 / send).toFixed(1)} MB/s)   cp -a + sync ${cp.toFixed(2)} s (${(dataBytes / 1e6 / cp).toFixed(1)} MB/s)   ratio ${(send / cp).toFixed(2)} (time, send/cp)`);
+  fullFigures = { fullSendS: send, cpS: cp, fullRatio: send / cp };
+}
+
+let fullFigures: Record<string, number> = {};
+
+function incrementalPart(a: string): void {
 
   // ---- incremental: 1% against 100% changed ----
   const onePct = Math.max(1, Math.round(files / 100));
@@ -168,17 +200,35 @@ function main(): void {
   }
   const small = median(smallTimes);
   const all = median(allTimes);
-  console.log(`incr     1% (${onePct} files) ${small.toFixed(2)} s   100% ${all.toFixed(2)} s   time ratio ${(small / all).toFixed(3)} (goal 0.01-0.05; includes ~0.3 s of CLI start)`);
+  // The same sends in this process (no CLI start), and the CLI's start alone, ABBA.
+  const libSmall: number[] = [];
+  const libAll: number[] = [];
+  const starts: number[] = [];
+  const out = path.join(dir, "lib.stream");
+  const libRun = (snap: "s1" | "s2"): void => {
+    (snap === "s1" ? libSmall : libAll).push(timed(() => sendInProcess(a, snap, snap === "s1" ? "s0" : "s1", out)));
+  };
+  for (let r = 0; r < runs; r++) {
+    const order: ("s1" | "s2")[] = r % 2 === 0 ? ["s1", "s2"] : ["s2", "s1"];
+    for (const snap of order) libRun(snap);
+    starts.push(timed(() => grove("--version")));
+  }
+  fs.rmSync(out, { force: true });
+  const lib1 = median(libSmall);
+  const lib100 = median(libAll);
+  const start = median(starts);
+  console.log(`incr     1% (${onePct} files) ${small.toFixed(2)} s   100% ${all.toFixed(2)} s   time ratio ${(small / all).toFixed(3)} (CLI; goal 0.01-0.05)`);
+  console.log(`incr     library: 1% ${(lib1 * 1000).toFixed(0)} ms   100% ${(lib100 * 1000).toFixed(0)} ms   time ratio ${(lib1 / lib100).toFixed(3)}   (CLI start alone, grovefs --version: ${start.toFixed(2)} s)`);
   console.log(`size     1%: ${smallBytes} bytes for ${changedSmall} changed (${(smallBytes / changedSmall).toFixed(3)}x)   100%: ${allBytes} bytes for ${changedAll} changed (${(allBytes / changedAll).toFixed(3)}x)   goal <= 1.1x plus metadata`);
   console.log(
     JSON.stringify({
       files,
       fileKb,
       runs,
-      fullSendS: send,
-      cpS: cp,
-      fullRatio: send / cp,
+      ...fullFigures,
       incrementalRatio: small / all,
+      incrementalLibraryRatio: lib1 / lib100,
+      cliStartS: start,
       streamPerChanged1: smallBytes / changedSmall,
       streamPerChanged100: allBytes / changedAll,
     }),

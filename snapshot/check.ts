@@ -7,7 +7,7 @@
  * The subvolume table must name each subvolume tree once, and every
  * subvolume tree must have a record.
  */
-import { BlockDevice, ItemVisitor, treeIdFirstDynamic } from "../kvstore/index.js";
+import { BlockDevice, ItemVisitor, featureReceivedSnapshots, treeIdFirstDynamic } from "../kvstore/index.js";
 import { SpaceReport, checkSpace } from "../alloc/index.js";
 import {
   RefcountEntry,
@@ -41,6 +41,8 @@ export interface SnapshotReport {
   live: SubvolumeRecord[];
   deleting: SubvolumeRecord[];
   refcountMismatches: RefcountMismatch[];
+  /** Received-snapshot identities in the table ([0x03][id]). */
+  receivedRecords: number;
 }
 
 export function checkSnapshots(device: BlockDevice, visitItem?: ItemVisitor): SnapshotReport {
@@ -84,7 +86,7 @@ export function checkSnapshots(device: BlockDevice, visitItem?: ItemVisitor): Sn
   );
   problems.unshift(...space.problems);
   const forest = space.forest;
-  if (forest.trees.length === 0) return { problems, space, live, deleting, refcountMismatches: [] };
+  if (forest.trees.length === 0) return { problems, space, live, deleting, refcountMismatches: [], receivedRecords: received.length };
 
   // The subvolume table against the trees.
   const treeIds = new Set(forest.trees.map((t) => t.id));
@@ -101,6 +103,9 @@ export function checkSnapshots(device: BlockDevice, visitItem?: ItemVisitor): Sn
   }
   const liveIds = new Set(live.map((record) => record.id));
   for (const id of received) if (!liveIds.has(id)) problems.push(`received identity of subvolume ${id}, which is not live`);
+  if (received.length > 0 && (forest.features & featureReceivedSnapshots) === 0n) {
+    problems.push(`superblock: ${received.length} received-snapshot identities exist but the feature that says so is not set`);
+  }
   for (const id of treeIds) {
     if (id >= treeIdFirstDynamic && id < 2 ** 32 && !ids.has(id)) problems.push(`tree ${id} is a subvolume tree without a record`);
   }
@@ -124,5 +129,5 @@ export function checkSnapshots(device: BlockDevice, visitItem?: ItemVisitor): Sn
   for (const m of refcountMismatches) {
     problems.push(`block ${m.lba}: refcount ${m.recorded} recorded, but ${m.found} references found`);
   }
-  return { problems, space, live, deleting, refcountMismatches };
+  return { problems, space, live, deleting, refcountMismatches, receivedRecords: received.length };
 }

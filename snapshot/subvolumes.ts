@@ -18,7 +18,7 @@
  * the path to the progress key stay allocated until their subtree is done, so
  * the walk can always descend again.
  */
-import { GroveError, ReleasePlan, Store, Tree, assert, compareBytes, treeDepthMax } from "../kvstore/index.js";
+import { GroveError, ReleasePlan, Store, Tree, assert, compareBytes, featureReceivedSnapshots, treeDepthMax } from "../kvstore/index.js";
 import {
   SubvolumeRecord,
   type ReceivedIdentity,
@@ -192,6 +192,7 @@ export class Subvolumes {
     if (this.get(newName) !== undefined) throw new GroveError("EEXIST", "EEXIST_subvolume", `a subvolume named ${JSON.stringify(newName)} exists`);
     const published: SubvolumeRecord = { ...record, name: newName, readOnly: true };
     this.store.admitted(3 * (this.table().level + 3), "grow", 0, () => {
+      this.markReceived();
       this.table().delete(liveKey(name));
       this.table().put(liveKey(newName), encodeSubvolume(published));
       this.table().put(receivedKey(record.id), encodeReceived(identity));
@@ -202,7 +203,15 @@ export class Subvolumes {
 
   /** Records a running receive's progress (and what it receives) on its hidden subvolume `id`. */
   saveReceiving(id: number, identity: ReceivedIdentity): void {
-    this.store.admitted(this.table().level + 3, "grow", 0, () => this.table().put(receivedKey(id), encodeReceived(identity)));
+    this.store.admitted(this.table().level + 3, "grow", 0, () => {
+      this.markReceived();
+      this.table().put(receivedKey(id), encodeReceived(identity));
+    });
+  }
+
+  /** Older code's checker calls a received identity an unknown key: the first one sets an incompatible feature bit. */
+  private markReceived(): void {
+    if (!this.store.hasFeature(featureReceivedSnapshots)) this.store.enableFeature(featureReceivedSnapshots);
   }
 
   /** Where subvolume `id` was received from, if a receive made it. */

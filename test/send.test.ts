@@ -14,7 +14,7 @@
 import { describe, expect, it } from "vitest";
 import { constants as C } from "node:fs";
 import { createHash } from "node:crypto";
-import { Prng, SimDevice, diffTrees } from "../kvstore/index.js";
+import { Prng, SimDevice, diffTrees, featureReceivedSnapshots } from "../kvstore/index.js";
 import { GroveFs, send, type InodeOps, type Stat } from "../fs/index.js";
 import { decodeExtent, isUnwritten, PayloadKind } from "../fs/format.js";
 import { O_CREAT, O_RDWR, expectFsClean, testClock } from "./fs_helpers.js";
@@ -325,6 +325,65 @@ describe("send and receive", () => {
     }, 120_000);
   }
 
+  it("a reflink's shared last partial block stays shared when its source has grown since (seeds 1, 13, 16 at 150 ops)", () => {
+    // The sender shares whole blocks from the parent's file, which has grown past the shared block:
+    // the receiver shares three blocks and shrinks onto the last one, whose tail is zero already.
+    const a = fresh();
+    const b = fresh();
+    const fs = a.fs;
+    const data = Buffer.alloc(9000, 0x5a);
+    const one = fs.createAt(1, Buffer.from("one"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.write(one.fh, data, data.length, 0);
+    fs.release(one.fh);
+    fs.createSubvolume("s0", { readOnly: true });
+    const two = fs.createAt(1, Buffer.from("two"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.release(two.fh);
+    fs.copyFileRange({ ino: one.stat.ino }, 0, two.stat.ino, 4096, data.length);
+    fs.setattr(one.stat.ino, { size: 67_486 });
+    fs.createSubvolume("s1", { readOnly: true });
+    const three = fs.createAt(1, Buffer.from("three"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.release(three.fh);
+    fs.copyFileRange({ ino: two.stat.ino }, 0, three.stat.ino, 4096, 4096 + data.length);
+    fs.createSubvolume("s2", { readOnly: true });
+    expect(sharingOf(fs, "s2")).toContain(`${one.stat.ino * 1e6 + 2}+${two.stat.ino * 1e6 + 3}+${three.stat.ino * 1e6 + 4}`);
+    let parent: string | undefined;
+    for (const name of ["s0", "s1", "s2"]) {
+      send.receiveStream(b.fs, sourceOf(streamOf(fs, name, parent)));
+      expectSameSnapshot(fs, name, b.fs, name);
+      expect(sharingOf(b.fs, name), name).toEqual(sharingOf(fs, name));
+      parent = name;
+    }
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
+  it("a truncate onto a shared last block whose tail is zero keeps it shared; a tail with bytes is unshared", () => {
+    const a = fresh();
+    const fs = a.fs;
+    const src = fs.createAt(1, Buffer.from("src"), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+    fs.write(src.fh, Buffer.alloc(9000, 1), 9000, 0);
+    fs.release(src.fh);
+    for (const [name, size] of [["zero", 9000], ["bytes", 8500]] as const) {
+      const dst = fs.createAt(1, Buffer.from(name), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+      fs.release(dst.fh);
+      fs.copyFileRange({ ino: src.stat.ino }, 0, dst.stat.ino, 0, 9000);
+      fs.setattr(dst.stat.ino, { size: 12_288 });
+      fs.setattr(dst.stat.ino, { size });
+    }
+    fs.createSubvolume("snap", { readOnly: true });
+    const sharing = sharingOf(fs, "snap");
+    const [zero, bytes] = ["zero", "bytes"].map((n) => fs.lookup(1, Buffer.from(n)).ino);
+    expect(sharing).toContain(`${src.stat.ino * 1e6 + 2}+${zero! * 1e6 + 2}`);
+    expect(sharing.some((s) => s.includes(`${bytes! * 1e6 + 2}`))).toBe(false);
+    const view = fs.snapshotView("snap");
+    const back = Buffer.alloc(9000);
+    const fh = view.openIno(bytes!, C.O_RDONLY);
+    expect(view.read(fh, back, 9000, 0)).toBe(8500);
+    view.release(fh);
+    expect(back.subarray(0, 8500).every((x) => x === 1)).toBe(true);
+    closeAndCheck(a.fs, a.device);
+  });
+
   it("keeps hard links, special files, xattrs, holes, times and reflinks", () => {
     const a = fresh();
     const b = fresh();
@@ -357,6 +416,130 @@ describe("send and receive", () => {
     const used = b.fs.info().usedBytes;
     expect(used).toBeLessThan(4 * 1024 * 1024);
     expect(b.fs.listSubvolumes().find((s) => s.name === "copy")!.readOnly).toBe(true);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
+  it("the first receive sets the received-snapshots feature bit (older code would call its table keys unknown); the sender's volume stays without it", () => {
+    const a = fresh();
+    const b = fresh();
+    a.fs.mkdirAt(1, Buffer.from("x"), 0o755, caller);
+    a.fs.createSubvolume("s", { readOnly: true });
+    expect(b.fs.store.hasFeature(featureReceivedSnapshots)).toBe(false);
+    send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "s")));
+    expect(b.fs.store.hasFeature(featureReceivedSnapshots)).toBe(true);
+    expect(a.fs.store.hasFeature(featureReceivedSnapshots)).toBe(false);
+    closeAndCheck(a.fs, a.device);
+    b.fs.close();
+    const reopened = b.device.reopen();
+    expectFsClean(reopened);
+    const again = GroveFs.open(reopened, { clock: testClock() });
+    expect(again.store.hasFeature(featureReceivedSnapshots)).toBe(true);
+    again.close();
+  });
+
+  it("a send in steps (as a mount daemon runs it) writes the same stream, and holds its snapshots from deletion until it ends", () => {
+    const a = fresh();
+    const fs = a.fs;
+    const work = new Workload(fs, new Prng(11));
+    for (let i = 0; i < 30; i++) work.step();
+    fs.createSubvolume("one", { readOnly: true });
+    for (let i = 0; i < 30; i++) work.step();
+    fs.createSubvolume("two", { readOnly: true });
+    const whole = streamOf(fs, "two", "one");
+    const chunks: Buffer[] = [];
+    const run = send.startSend(fs, "two", (c) => chunks.push(c), { parent: "one" });
+    const release = fs.holdSubvolumes(["two", "one"]);
+    let steps = 0;
+    while (!run.step(1)) {
+      steps++;
+      // Between steps the live subvolume changes, and the snapshots cannot go.
+      if (steps % 5 === 0) work.step();
+      if (steps === 3) for (const name of ["one", "two"]) expect(() => fs.deleteSubvolume(name)).toThrow(/being sent/);
+    }
+    release();
+    expect(Buffer.concat(chunks).equals(whole)).toBe(true);
+    expect(run.summary.records).toBe(steps + 1);
+    fs.deleteSubvolume("one");
+    closeAndCheck(a.fs, a.device);
+  });
+
+  it("preallocated ranges arrive preallocated and crtimes as they were (stream version 2), full and incremental", () => {
+    const a = fresh();
+    const b = fresh();
+    const fs = a.fs;
+    const file = (name: string): number => {
+      const { fh, stat } = fs.createAt(1, Buffer.from(name), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+      fs.release(fh);
+      return stat.ino;
+    };
+    const one = file("one");
+    fs.fallocate(one, 0, 0, 64 * 1024);
+    const data = Buffer.alloc(10_000, 3);
+    fs.write(fs.openIno(one, O_RDWR), data, data.length, 8192);
+    const two = file("two");
+    fs.write(fs.openIno(two, O_RDWR), data, data.length, 0);
+    fs.fallocate(two, 1, 40_960, 32 * 1024); // KEEP_SIZE: past the end of file
+    fs.setattr(two, { crtime: 1_234_567_890_123_456_789n });
+    fs.createSubvolume("s0", { readOnly: true });
+    // Incremental: a write into a preallocated range, a new range over data (ZERO_RANGE), one punched away.
+    fs.write(fs.openIno(one, O_RDWR), data, data.length, 40_000);
+    fs.fallocate(two, 0x10, 0, 8192); // ZERO_RANGE
+    fs.fallocate(two, 0x03, 40_960, 32 * 1024); // PUNCH_HOLE | KEEP_SIZE
+    const three = file("three");
+    fs.fallocate(three, 0, 0, 20_000);
+    fs.createSubvolume("s1", { readOnly: true });
+    const unwritten = (volume: GroveFs, snap: string): string[] => {
+      const source = volume.sendSource(snap);
+      const out: string[] = [];
+      for (const ino of [one, two, three]) {
+        const inode = source.inodes.tryLoad(ino);
+        if (inode === undefined || inode.kind === PayloadKind.Bytes) continue;
+        for (const item of source.inodes.mapOf(inode).range()) {
+          const extent = decodeExtent(ino, item.key, item.value);
+          if (isUnwritten(extent)) out.push(`${ino}:${extent.fileBlock}+${extent.blocks}`);
+        }
+      }
+      return out;
+    };
+    const crtimes = (volume: GroveFs, snap: string): bigint[] => [one, two, 1].map((ino) => volume.snapshotView(snap).statIno(ino).crtimeNs);
+    let parent: string | undefined;
+    for (const name of ["s0", "s1"]) {
+      send.receiveStream(b.fs, sourceOf(streamOf(fs, name, parent)));
+      expectSameSnapshot(fs, name, b.fs, name);
+      expect(unwritten(b.fs, name).join(" "), name).toEqual(unwritten(fs, name).join(" "));
+      expect(crtimes(b.fs, name), name).toEqual(crtimes(fs, name));
+      parent = name;
+    }
+    expect(unwritten(fs, "s0").length).toBeGreaterThan(1);
+    expect(unwritten(fs, "s1")).not.toEqual(unwritten(fs, "s0"));
+    expect(b.fs.snapshotView("s0").statIno(two).crtimeNs).toBe(1_234_567_890_123_456_789n);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
+  it("a version 1 stream (an older grovefs's: no preallocated ranges, attrs without crtime) is still received", () => {
+    const a = fresh();
+    const b = fresh();
+    const work = new Workload(a.fs, new Prng(21));
+    for (let i = 0; i < 40; i++) work.step();
+    a.fs.createSubvolume("old", { readOnly: true });
+    const records: send.StreamRecord[] = [];
+    const reader = new send.StreamReader(sourceOf(streamOf(a.fs, "old")));
+    for (;;) {
+      const record = reader.next();
+      if (record.type === send.RecordType.End) break;
+      if (record.type === send.RecordType.Attr) delete record.attrs.crtimeNs;
+      records.push(record);
+    }
+    const chunks: Buffer[] = [];
+    const writer = new send.StreamWriter((c) => chunks.push(c), undefined, 1);
+    for (const record of records) writer.write(record);
+    writer.end();
+    const v1 = Buffer.concat(chunks);
+    expect(v1.readUInt16LE(send.recordHeaderBytes + 8)).toBe(1);
+    send.receiveStream(b.fs, sourceOf(v1));
+    expectSameSnapshot(a.fs, "old", b.fs, "old");
     closeAndCheck(a.fs, a.device);
     closeAndCheck(b.fs, b.device);
   });

@@ -42,6 +42,7 @@ export interface ReceiveSummary {
 
 const S_IFMT = C.S_IFMT;
 const fallocPunchHole = 0x03; // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+const fallocKeepSize = 0x01; // FALLOC_FL_KEEP_SIZE
 const root = { uid: 0, gid: 0 };
 
 /** Where an inode the stream created waits for its first name: unlikely in any real root, refused if present. */
@@ -201,6 +202,10 @@ class Applier {
         this.regular(record.ino);
         if (record.length > 0) fs.fallocate(record.ino, fallocPunchHole, record.offset, record.length);
         return;
+      case RecordType.Prealloc:
+        this.regular(record.ino);
+        if (record.length > 0) fs.fallocate(record.ino, fallocKeepSize, record.offset, record.length);
+        return;
       case RecordType.Share: {
         this.regular(record.ino);
         if (record.fromParent && this.parent === undefined) throw streamError("state", "a share from the parent in a full stream");
@@ -225,7 +230,7 @@ class Applier {
         const stat = fs.statIno(a.ino);
         if ((stat.mode & S_IFMT) !== (a.mode & S_IFMT)) throw streamError("state", `inode ${a.ino} is of another type here`);
         this.release(a.ino);
-        fs.setattr(a.ino, { mode: a.mode & 0o7777, uid: a.uid, gid: a.gid, atime: a.atimeNs, mtime: a.mtimeNs, ctime: a.ctimeNs });
+        fs.setattr(a.ino, { mode: a.mode & 0o7777, uid: a.uid, gid: a.gid, atime: a.atimeNs, mtime: a.mtimeNs, ctime: a.ctimeNs, crtime: a.crtimeNs });
         return;
       }
     }

@@ -54,6 +54,28 @@ const S_IFMT = C.S_IFMT;
 
 /** Writes snapshot `name` of `fs` to `sink` as a stream. */
 export function sendSnapshot(fs: GroveFs, name: string, sink: (chunk: Buffer) => void, options: SendOptions = {}): SendSummary {
+  const run = startSend(fs, name, sink, options);
+  while (!run.step(Number.MAX_SAFE_INTEGER)) {
+    // One step writes the whole stream.
+  }
+  return run.summary;
+}
+
+/** A send written a few records at a time (a mount daemon serves requests between steps). */
+export interface SendRun {
+  /** Writes up to `records` records; true once the end record is written. */
+  step(records: number): boolean;
+  /** The figures so far; complete once `step` has returned true. */
+  readonly summary: SendSummary;
+}
+
+/**
+ * Starts sending snapshot `name` of `fs` to `sink`: a missing snapshot or
+ * parent, or a resume token for another snapshot, is refused here, before
+ * anything is written. The snapshots must stay (not be deleted) until the
+ * run ends: the caller holds them (GroveFs.holdSubvolumes).
+ */
+export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => void, options: SendOptions = {}): SendRun {
   const after = fs.sendSource(name);
   const before = options.parent === undefined ? undefined : fs.sendSource(options.parent);
   const changes = findChanges(before, after);
@@ -76,22 +98,40 @@ export function sendSnapshot(fs: GroveFs, name: string, sink: (chunk: Buffer) =>
     inodes: { created: changes.created.length, changed: changes.changed.length - changes.created.length, deleted: changes.deleted.length },
     nodesRead: changes.nodesRead,
   };
-  const emit = (record: StreamRecord): void => {
-    writer.write(record);
-    options.progress?.(writer.sent);
+  const records = streamRecords(before, after, changes, summary);
+  let done = false;
+  const step = (budget: number): boolean => {
+    for (let n = 0; n < budget && !done; n++) {
+      const next = records.next();
+      if (next.done === true) {
+        summary.records = writer.end();
+        if (resume !== undefined && summary.records <= resume.records) throw streamError("resume", "the resume token names more records than this stream has");
+        summary.bytes = writer.sent;
+        done = true;
+        break;
+      }
+      writer.write(next.value);
+      options.progress?.(writer.sent);
+    }
+    return done;
   };
-  emit({
+  return { step, summary };
+}
+
+/** The stream's records, header first, in the order the format prescribes (the end record is the writer's). */
+function* streamRecords(before: SendSource | undefined, after: SendSource, changes: Changes, summary: SendSummary): Generator<StreamRecord, void> {
+  yield {
     type: RecordType.Header,
     header: { name: after.name, identity: after.identity, parent: before?.identity, nextIno: after.nextIno },
-  });
+  };
   for (const ino of changes.created) {
     const inode = after.inodes.load(ino);
     const target = (inode.mode & S_IFMT) === C.S_IFLNK ? after.fs.readlinkIno(ino) : Buffer.alloc(0);
-    emit({ type: RecordType.Inode, ino, mode: inode.mode, rdev: inode.rdev, target });
+    yield { type: RecordType.Inode, ino, mode: inode.mode, rdev: inode.rdev, target };
   }
-  for (const record of unlinkRecords(before, after, changes)) emit(record);
+  yield* unlinkRecords(before, after, changes);
   const links = [...changes.added].sort((a, b) => a.parent - b.parent || Buffer.compare(a.name, b.name));
-  for (const link of links) emit({ type: RecordType.Link, parent: link.parent, child: link.child, name: link.name });
+  for (const link of links) yield { type: RecordType.Link, parent: link.parent, child: link.child, name: link.name };
   const sent = new Map<number, SentSlice[]>();
   if (before !== undefined) {
     for (const ino of changes.changed) {
@@ -102,20 +142,25 @@ export function sendSnapshot(fs: GroveFs, name: string, sink: (chunk: Buffer) =>
   for (const ino of changes.changed) {
     const inode = after.inodes.load(ino);
     const old = before?.inodes.tryLoad(ino);
-    sendXattrs(before, after, ino, old, emit);
-    if ((inode.mode & S_IFMT) === C.S_IFREG) sendData(before, after, inode, old, sent, emit, summary);
+    yield* xattrRecords(before, after, ino, old);
+    if ((inode.mode & S_IFMT) === C.S_IFREG) yield* dataRecords(before, after, inode, old, sent, summary);
   }
   for (const ino of changes.changed) {
     const inode = after.inodes.load(ino);
-    emit({
+    yield {
       type: RecordType.Attr,
-      attrs: { ino, mode: inode.mode, uid: inode.uid, gid: inode.gid, atimeNs: inode.atimeNs, mtimeNs: inode.mtimeNs, ctimeNs: inode.ctimeNs },
-    });
+      attrs: {
+        ino,
+        mode: inode.mode,
+        uid: inode.uid,
+        gid: inode.gid,
+        atimeNs: inode.atimeNs,
+        mtimeNs: inode.mtimeNs,
+        ctimeNs: inode.ctimeNs,
+        crtimeNs: inode.crtimeNs,
+      },
+    };
   }
-  summary.records = writer.end();
-  if (resume !== undefined && summary.records <= resume.records) throw streamError("resume", "the resume token names more records than this stream has");
-  summary.bytes = writer.sent;
-  return summary;
 }
 
 /**
@@ -151,23 +196,24 @@ function unlinkRecords(before: SendSource | undefined, after: SendSource, change
   return [...files, ...dirs.map((d) => d.record)];
 }
 
-function sendXattrs(before: SendSource | undefined, after: SendSource, ino: number, old: Inode | undefined, emit: (record: StreamRecord) => void): void {
+function* xattrRecords(before: SendSource | undefined, after: SendSource, ino: number, old: Inode | undefined): Generator<StreamRecord, void> {
   const now = new Map<string, Buffer>();
   for (const name of after.fs.listxattrIno(ino)) now.set(name, after.fs.findXattrIno(ino, name)!);
   const was = new Map<string, Buffer>();
   if (before !== undefined && old !== undefined && old.nlink > 0) {
     for (const name of before.fs.listxattrIno(ino)) was.set(name, before.fs.findXattrIno(ino, name)!);
   }
-  for (const name of was.keys()) if (!now.has(name)) emit({ type: RecordType.XattrRemove, ino, name });
-  for (const [name, value] of now) if (!was.get(name)?.equals(value)) emit({ type: RecordType.Xattr, ino, name, value });
+  for (const name of was.keys()) if (!now.has(name)) yield { type: RecordType.XattrRemove, ino, name };
+  for (const [name, value] of now) if (!was.get(name)?.equals(value)) yield { type: RecordType.Xattr, ino, name, value };
 }
 
-function extentsOf(source: SendSource, inode: Inode): Extent[] {
+/** A file's written extents (or its unwritten, preallocated ones), in file order. */
+function extentsOf(source: SendSource, inode: Inode, unwritten = false): Extent[] {
   if (inode.kind === PayloadKind.Bytes) return [];
   const extents: Extent[] = [];
   for (const item of source.inodes.mapOf(inode).range()) {
     const extent = decodeExtent(inode.ino, item.key, item.value);
-    if (!isUnwritten(extent)) extents.push(extent);
+    if (isUnwritten(extent) === unwritten) extents.push(extent);
   }
   return extents;
 }
@@ -217,30 +263,29 @@ function segmentsOf(sent: Map<number, SentSlice[]>, extent: Extent, ino: number)
 }
 
 /** A regular file's data: written bytes, shares, holes where the parent had data, then its size. */
-function sendData(
+function* dataRecords(
   before: SendSource | undefined,
   after: SendSource,
   inode: Inode,
   old: Inode | undefined,
   sent: Map<number, SentSlice[]>,
-  emit: (record: StreamRecord) => void,
   summary: SendSummary,
-): void {
+): Generator<StreamRecord, void> {
   const ino = inode.ino;
   const map = after.inodes.mapOf(inode);
   const oldFile = before !== undefined && old !== undefined && (old.mode & S_IFMT) === C.S_IFREG ? old : undefined;
   const oldMap = oldFile === undefined ? undefined : before!.inodes.mapOf(oldFile);
-  const writeBytes = (offset: number, length: number): void => {
+  const writeBytes = function* (offset: number, length: number): Generator<StreamRecord, void> {
     for (let at = offset; at < offset + length; at += writeChunkBytesMax) {
       const n = Math.min(writeChunkBytesMax, offset + length - at);
       const data = Buffer.alloc(n);
       const got = after.data.read(inode, map, data, n, at);
-      emit({ type: RecordType.Write, ino, offset: at, data: data.subarray(0, got) });
       summary.dataBytes += got;
+      yield { type: RecordType.Write, ino, offset: at, data: data.subarray(0, got) };
     }
   };
   if (inode.kind === PayloadKind.Bytes) {
-    if (inode.size > 0) writeBytes(0, inode.size);
+    if (inode.size > 0) yield* writeBytes(0, inode.size);
   } else {
     for (const extent of extentsOf(after, inode)) {
       const offset = extent.fileBlock * blockSizeBytes;
@@ -264,10 +309,10 @@ function sendData(
           // Whole blocks: the last one may lie partly past this file's end and still be shared (the truncate comes after).
           const whole = segment.blocks * blockSizeBytes;
           const srcOffset = (from.fileBlock + (extent.offset + (segment.fileBlock - extent.fileBlock) - from.offset)) * blockSizeBytes;
-          emit({ type: RecordType.Share, ino, offset: at, length: whole, srcIno: from.ino, srcOffset, fromParent: from.fromParent });
           summary.sharedBytes += n;
+          yield { type: RecordType.Share, ino, offset: at, length: whole, srcIno: from.ino, srcOffset, fromParent: from.fromParent };
         } else {
-          writeBytes(at, n);
+          yield* writeBytes(at, n);
         }
       }
       remember(sent, extent, ino, false);
@@ -275,8 +320,13 @@ function sendData(
   }
   // Then the size (a share of whole blocks may have reached past it), and the holes last: shrinking
   // into a block zeroes its tail, which writes the block even where it was a hole.
-  emit({ type: RecordType.Truncate, ino, size: inode.size });
-  if (oldFile !== undefined) for (const hole of holesFor(before!, oldFile, after, inode)) emit({ type: RecordType.Hole, ino, ...hole });
+  yield { type: RecordType.Truncate, ino, size: inode.size };
+  if (oldFile !== undefined) for (const hole of holesFor(before!, oldFile, after, inode)) yield { type: RecordType.Hole, ino, ...hole };
+  // Preallocated ranges last: the holes above cleared whatever the parent held there.
+  for (const extent of extentsOf(after, inode, true)) {
+    const unchanged = oldMap?.get(extentKeyOf(extent))?.equals(map.get(extentKeyOf(extent))!) ?? false;
+    if (!unchanged) yield { type: RecordType.Prealloc, ino, offset: extent.fileBlock * blockSizeBytes, length: extent.blocks * blockSizeBytes };
+  }
 }
 
 /** Streams whose parent's extents were all indexed (once, and only when a reflink asks for it). */
@@ -297,18 +347,29 @@ function extentKeyOf(extent: Extent): Buffer {
   return key;
 }
 
-/** Byte ranges below the new size that held data in the parent's file and are holes now. */
+/** Byte ranges that held data (below the new size) or preallocated blocks in the parent's file and are holes now. */
 function holesFor(before: SendSource, old: Inode, after: SendSource, inode: Inode): { offset: number; length: number }[] {
   if (inode.kind === PayloadKind.Bytes) return [];
   const endBlock = Math.ceil(inode.size / blockSizeBytes);
-  const had: [number, number][] =
-    old.kind === PayloadKind.Bytes ? [[0, Math.ceil(old.size / blockSizeBytes)]] : extentsOf(before, old).map((e) => [e.fileBlock, e.fileBlock + e.blocks]);
-  const has = extentsOf(after, inode).map((e) => [e.fileBlock, e.fileBlock + e.blocks] as [number, number]);
-  if (inode.size < old.size && inode.size % blockSizeBytes !== 0) had.push([endBlock - 1, endBlock]);
+  // [start, end, stop]: a written range matters below the new size only (the truncate dropped the rest);
+  // a preallocated one may lie past the end of file (fallocate KEEP_SIZE).
+  const had: [number, number, number][] =
+    old.kind === PayloadKind.Bytes
+      ? [[0, Math.ceil(old.size / blockSizeBytes), endBlock]]
+      : [
+          ...extentsOf(before, old).map((e): [number, number, number] => [e.fileBlock, e.fileBlock + e.blocks, endBlock]),
+          ...extentsOf(before, old, true).map((e): [number, number, number] => [e.fileBlock, e.fileBlock + e.blocks, Number.MAX_SAFE_INTEGER]),
+        ];
+  // Preallocated ranges the parent holds unchanged stay; changed ones are cleared here and sent after.
+  const oldMap = old.kind === PayloadKind.Bytes ? undefined : before.inodes.mapOf(old);
+  const newMap = after.inodes.mapOf(inode);
+  const kept = extentsOf(after, inode, true).filter((e) => oldMap?.get(extentKeyOf(e))?.equals(newMap.get(extentKeyOf(e))!) ?? false);
+  const has = [...extentsOf(after, inode), ...kept].map((e) => [e.fileBlock, e.fileBlock + e.blocks] as [number, number]);
+  if (inode.size < old.size && inode.size % blockSizeBytes !== 0) had.push([endBlock - 1, endBlock, endBlock]);
   const holes: { offset: number; length: number }[] = [];
-  for (const [start, end] of had) {
+  for (const [start, end, limit] of had) {
     let at = start;
-    const stop = Math.min(end, endBlock);
+    const stop = Math.min(end, limit);
     while (at < stop) {
       const covering = has.find(([s, e]) => s <= at && at < e);
       if (covering !== undefined) {

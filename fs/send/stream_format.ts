@@ -1,7 +1,8 @@
 /**
  * The send stream: what `grovefs send` writes and `grovefs receive` reads,
  * defined once here (as btrfs's send.h and ZFS's DRR records). Nothing
- * outside this module touches its offsets. Version 1.
+ * outside this module touches its offsets. Version 2; version 1 streams
+ * (no preallocated ranges, attrs without crtime) are still read.
  *
  * A stream is a sequence of records: a header first, the end record last.
  * Records name inodes by number and file data by byte offset, never by path
@@ -73,6 +74,11 @@
  *             20   8  atime, ns (signed)
  *             28   8  mtime, ns
  *             36   8  ctime, ns
+ *             44   8  crtime, ns (version 2; absent in version 1)
+ *   prealloc   0   8  ino (version 2)
+ *              8   8  byte offset
+ *             16   8  length in bytes: preallocated (unwritten) blocks,
+ *                     past the size too (fallocate KEEP_SIZE)
  *   resume     the header's payload, then:
  *           84+m   8  records of the original stream the receiver holds
  *           92+m   8  bytes of the original stream it holds
@@ -86,13 +92,16 @@
  *
  * Order: the header; inode records in ascending ino; unlinks (moves to
  * temporary names and unlinks of files, then rmdirs, deepest first);
- * links; per inode its xattrs, data, its size (truncate), then holes; attrs last (so a
+ * links; per inode its xattrs, data, its size (truncate), then holes, then
+ * preallocated ranges; attrs last (so a
  * directory's mtime is set after its entries changed); the end record.
  */
 import { GroveError, crc32c } from "../../kvstore/index.js";
 
 export const streamMagic = Buffer.from("GROVSEND", "ascii");
-export const streamVersion = 1;
+export const streamVersion = 2;
+/** The versions a receiver reads (a version 1 stream came from an older grovefs). */
+export const streamVersionsRead = [1, 2];
 
 const R_TYPE = 0;
 const R_FLAGS = R_TYPE + 2;
@@ -116,6 +125,7 @@ export const enum RecordType {
   XattrRemove = 10,
   Attr = 11,
   Resume = 12,
+  Prealloc = 13,
   End = 15,
 }
 
@@ -139,7 +149,9 @@ const A_GID = A_UID + 4;
 const A_ATIME = A_GID + 4;
 const A_MTIME = A_ATIME + 8;
 const A_CTIME = A_MTIME + 8;
-const attrBytes = A_CTIME + 8;
+const attrBytesV1 = A_CTIME + 8;
+const A_CRTIME = attrBytesV1;
+const attrBytes = A_CRTIME + 8;
 
 const E_RECORDS = 0;
 const E_CRC = E_RECORDS + 8;
@@ -167,6 +179,8 @@ export interface InodeAttrs {
   atimeNs: bigint;
   mtimeNs: bigint;
   ctimeNs: bigint;
+  /** Absent in a version 1 stream. */
+  crtimeNs?: bigint;
 }
 
 export type StreamRecord =
@@ -177,6 +191,7 @@ export type StreamRecord =
   | { type: RecordType.Link; parent: number; child: number; name: Buffer }
   | { type: RecordType.Write; ino: number; offset: number; data: Buffer }
   | { type: RecordType.Hole; ino: number; offset: number; length: number }
+  | { type: RecordType.Prealloc; ino: number; offset: number; length: number }
   | { type: RecordType.Share; ino: number; offset: number; length: number; srcIno: number; srcOffset: number; fromParent: boolean }
   | { type: RecordType.Truncate; ino: number; size: number }
   | { type: RecordType.Xattr; ino: number; name: string; value: Buffer }
@@ -207,17 +222,17 @@ function encodeIdentity(identity: StreamIdentity | undefined): Buffer {
   return b;
 }
 
-function payloadOf(record: StreamRecord): { flags: number; payload: Buffer } {
+function payloadOf(record: StreamRecord, streamVersionOut: number): { flags: number; payload: Buffer } {
   switch (record.type) {
     case RecordType.Resume: {
-      const { flags, payload } = payloadOf({ type: RecordType.Header, header: record.header });
+      const { flags, payload } = payloadOf({ type: RecordType.Header, header: record.header }, streamVersionOut);
       return { flags, payload: Buffer.concat([payload, u64(record.records), u64(record.bytes)]) };
     }
     case RecordType.Header: {
       const h = record.header;
       const name = Buffer.from(h.name, "utf8");
       const version = Buffer.alloc(2);
-      version.writeUInt16LE(streamVersion, 0);
+      version.writeUInt16LE(streamVersionOut, 0);
       const nameLength = Buffer.alloc(2);
       nameLength.writeUInt16LE(name.length, 0);
       const payload = Buffer.concat([streamMagic, version, encodeIdentity(h.identity), encodeIdentity(h.parent), u64(h.nextIno), nameLength, name]);
@@ -240,6 +255,9 @@ function payloadOf(record: StreamRecord): { flags: number; payload: Buffer } {
       return { flags: 0, payload: Buffer.concat([u64(record.ino), u64(record.offset), record.data]) };
     case RecordType.Hole:
       return { flags: 0, payload: Buffer.concat([u64(record.ino), u64(record.offset), u64(record.length)]) };
+    case RecordType.Prealloc:
+      if (streamVersionOut < 2) throw new RangeError("a version 1 stream has no preallocated ranges");
+      return { flags: 0, payload: Buffer.concat([u64(record.ino), u64(record.offset), u64(record.length)]) };
     case RecordType.Share:
       return {
         flags: record.fromParent ? shareFlagFromParent : 0,
@@ -257,7 +275,8 @@ function payloadOf(record: StreamRecord): { flags: number; payload: Buffer } {
       return { flags: 0, payload: Buffer.concat([u64(record.ino), Buffer.from(record.name, "utf8")]) };
     case RecordType.Attr: {
       const a = record.attrs;
-      const b = Buffer.alloc(attrBytes);
+      const withCrtime = streamVersionOut >= 2 && a.crtimeNs !== undefined;
+      const b = Buffer.alloc(withCrtime ? attrBytes : attrBytesV1);
       b.writeBigUInt64LE(BigInt(a.ino), 0);
       b.writeUInt32LE(a.mode >>> 0, A_MODE);
       b.writeUInt32LE(a.uid >>> 0, A_UID);
@@ -265,6 +284,7 @@ function payloadOf(record: StreamRecord): { flags: number; payload: Buffer } {
       b.writeBigInt64LE(a.atimeNs, A_ATIME);
       b.writeBigInt64LE(a.mtimeNs, A_MTIME);
       b.writeBigInt64LE(a.ctimeNs, A_CTIME);
+      if (withCrtime) b.writeBigInt64LE(a.crtimeNs!, A_CRTIME);
       return { flags: 0, payload: b };
     }
     case RecordType.End: {
@@ -276,9 +296,9 @@ function payloadOf(record: StreamRecord): { flags: number; payload: Buffer } {
   }
 }
 
-/** One record's bytes, its crc included. */
-export function encodeRecord(record: StreamRecord): Buffer {
-  const { flags, payload } = payloadOf(record);
+/** One record's bytes, its crc included (`version`: an older stream version, for tests of old streams). */
+export function encodeRecord(record: StreamRecord, version = streamVersion): Buffer {
+  const { flags, payload } = payloadOf(record, version);
   if (payload.length > recordPayloadBytesMax) throw new RangeError(`a stream record of ${payload.length} bytes`);
   const out = Buffer.allocUnsafe(recordHeaderBytes + payload.length + recordCrcBytes);
   out.writeUInt16LE(record.type, R_TYPE);
@@ -306,12 +326,14 @@ export class StreamWriter {
   constructor(
     private readonly sink: (chunk: Buffer) => void,
     private readonly resume?: { records: number; bytes: number },
+    /** The stream version written: only tests write an older one. */
+    private readonly version = streamVersion,
   ) {}
 
   write(record: StreamRecord): void {
-    const bytes = encodeRecord(record);
+    const bytes = encodeRecord(record, this.version);
     if (this.resume !== undefined && record.type === RecordType.Header) {
-      const first = encodeRecord({ type: RecordType.Resume, header: record.header, records: this.resume.records, bytes: this.resume.bytes });
+      const first = encodeRecord({ type: RecordType.Resume, header: record.header, records: this.resume.records, bytes: this.resume.bytes }, this.version);
       this.sink(first);
       this.sent += first.length;
     }
@@ -452,7 +474,9 @@ function decodePayload(type: number, flags: number, p: Buffer, where: string): S
       flagsOnly(headerFlagIncremental);
       if (!p.subarray(H_MAGIC, H_MAGIC + 8).equals(streamMagic)) throw streamError("magic", "this is not a grovefs send stream");
       const version = p.readUInt16LE(H_VERSION);
-      if (version !== streamVersion) throw streamError("version", `the stream is version ${version}; this grovefs reads version ${streamVersion}`);
+      if (!streamVersionsRead.includes(version)) {
+        throw streamError("version", `the stream is version ${version}; this grovefs reads versions ${streamVersionsRead.join(" and ")}`);
+      }
       const nameLength = p.readUInt16LE(H_NAME_LENGTH);
       exact(H_NAME + nameLength);
       const identity = (at: number): StreamIdentity => ({ uuid: Buffer.from(p.subarray(at, at + 16)), id: u(at + 16), generation: u(at + 24) });
@@ -491,6 +515,7 @@ function decodePayload(type: number, flags: number, p: Buffer, where: string): S
       flagsOnly(0);
       return { type, ino: u(0), offset: u(8), data: Buffer.from(p.subarray(16)) };
     case RecordType.Hole:
+    case RecordType.Prealloc:
       exact(24);
       flagsOnly(0);
       return { type, ino: u(0), offset: u(8), length: u(16) };
@@ -514,7 +539,7 @@ function decodePayload(type: number, flags: number, p: Buffer, where: string): S
       flagsOnly(0);
       return { type, ino: u(0), name: p.subarray(8).toString("utf8") };
     case RecordType.Attr:
-      exact(attrBytes);
+      if (p.length !== attrBytesV1) exact(attrBytes);
       flagsOnly(0);
       return {
         type,
@@ -526,6 +551,7 @@ function decodePayload(type: number, flags: number, p: Buffer, where: string): S
           atimeNs: p.readBigInt64LE(A_ATIME),
           mtimeNs: p.readBigInt64LE(A_MTIME),
           ctimeNs: p.readBigInt64LE(A_CTIME),
+          ...(p.length === attrBytes ? { crtimeNs: p.readBigInt64LE(A_CRTIME) } : {}),
         },
       };
     case RecordType.End:
