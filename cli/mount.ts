@@ -48,7 +48,7 @@ import {
   type Transport,
 } from "../fs/index.js";
 import { GroveFs, type GroveFsOptions } from "../fs/index.js";
-import { FileDevice, GroveError } from "../kvstore/index.js";
+import { FileDevice, GroveError, sourceLine } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
 import { printable, sendRequest, startControlServer, type AttachRequest, type ControlServer, type VolumeControl } from "./control.js";
 import { CliError, ReportedError, formatError } from "./errors.js";
@@ -422,6 +422,21 @@ function filesystemOptions(options: ParsedMountOptions, subvolume: string | unde
   };
 }
 
+/**
+ * Tells the log which superblock copy the volume was opened from when it is
+ * not the usual one, what was damaged or rewritten, and a possible roll-back.
+ */
+function reportSuperblock(volume: GroveFs): void {
+  const report = volume.store.superblockReport;
+  if (report === null) return;
+  const lines = [...report.problems, ...report.notes];
+  if (report.rolledBack !== null) lines.unshift(`warning: ${report.rolledBack}; run grovefs fsck -n IMAGE after unmounting`);
+  if (lines.length === 0 && report.source.role === "slot") return;
+  process.stderr.write(`grovefs: ${sourceLine(report)}\n`);
+  for (const line of lines) process.stderr.write(`grovefs: ${line}\n`);
+  for (const line of volume.store.superblockRepairs) process.stderr.write(`grovefs: repaired: ${line}\n`);
+}
+
 /** GroveFs.open, with a missing or invalid --subvol said in the CLI's terms. */
 function openVolume(device: FileDevice, image: string, options: ParsedMountOptions, subvolume: string | undefined): GroveFs {
   try {
@@ -451,6 +466,7 @@ async function openAndMount(
     device.close();
     throw error;
   }
+  reportSuperblock(volume);
   try {
     // A snapshot opens read-only whatever was asked: the kernel mount must say so too.
     const readOnly = options.readOnly || volume.readOnly;

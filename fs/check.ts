@@ -28,7 +28,9 @@ import {
   blockSizeBytes,
   compressedUsageProblems,
   crc32c,
-  unreadableSlots,
+  featureSuperblockCopies,
+  inspectSuperblocks,
+  sourceLine,
   featurePreallocated,
 } from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
@@ -71,6 +73,14 @@ export interface FsReport {
    * The next commit (any write, or fsck -y) rewrites that slot.
    */
   notes: string[];
+  /**
+   * Set when a newer committed generation may have been lost (superblock
+   * copies: both copies of the pair it would use are damaged); also one of
+   * `problems`. No repair brings it back.
+   */
+  rolledBack: string | null;
+  /** Which superblock copy is in use, when it is not the usual one or copies are damaged. */
+  superblockSource: string | null;
   /** The part of `problems` the repair knows how to fix, inode by inode. */
   fixes: InodeFix[];
   /**
@@ -218,6 +228,26 @@ class EntryList {
   }
 }
 
+function hasSuperblockCopies(sb: { features: bigint }): boolean {
+  return (sb.features & featureSuperblockCopies) !== 0n;
+}
+
+/** What the superblock copies tell: damaged copies (problems -y repairs), interrupted commits (notes), a roll-back. */
+function superblockFindings(device: BlockDevice, report: FsReport): void {
+  const sb = inspectSuperblocks(device);
+  if (!hasSuperblockCopies(sb.superblock)) {
+    for (const note of sb.notes) report.notes.push(`${note}; generation ${sb.superblock.generation} in the other slot is in use`);
+    return;
+  }
+  report.problems.push(...sb.problems);
+  report.notes.push(...sb.notes);
+  if (sb.rolledBack !== null) {
+    report.rolledBack = sb.rolledBack;
+    report.problems.push(sb.rolledBack);
+  }
+  if (sb.problems.length > 0 || sb.notes.length > 0 || sb.rolledBack !== null || sb.source.role !== "slot") report.superblockSource = sourceLine(sb);
+}
+
 export function checkFilesystem(device: BlockDevice, options: { verifyData?: boolean } = {}): FsReport {
   const edgeProblems: string[] = [];
   const snapshots = checkSnapshots(device, (treeId, key, value, edges) => {
@@ -231,6 +261,8 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
   const report: FsReport = {
     problems,
     notes: [],
+    rolledBack: null,
+    superblockSource: null,
     fixes: [],
     walkComplete: snapshots.space.forest.problems.length === 0 && edgeProblems.length === 0 && snapshots.space.forest.trees.length > 0,
     snapshots,
@@ -243,9 +275,7 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
   };
   for (const blocks of snapshots.space.forest.extents.values()) report.dataBlocks += blocks;
   if (snapshots.space.forest.trees.length === 0) return report;
-  for (const note of unreadableSlots(device)) {
-    report.notes.push(`${note}; generation ${snapshots.space.forest.generation} in the other slot is in use`);
-  }
+  superblockFindings(device, report);
   let store: Store;
   try {
     // The caller owns the device: this store is never closed, only dropped.

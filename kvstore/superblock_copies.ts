@@ -88,10 +88,12 @@ export class TruncatedImageError extends CorruptionError {
   constructor(
     readonly imageBytes: number,
     readonly volumeBytes: number,
+    path?: string,
   ) {
     super(
       "EIO_truncated_image",
       `the image is ${imageBytes} bytes but the volume is ${volumeBytes} bytes: the image was cut short (truncated)`,
+      path === undefined ? {} : { path },
     );
   }
 }
@@ -193,7 +195,9 @@ export function inspectSuperblocks(device: BlockDevice): SuperblockReport {
     if (copy.truncated !== undefined && (truncated === undefined || copy.truncated.generation > truncated.generation)) truncated = copy.truncated;
   }
   if (truncated !== undefined && (best === null || truncated.generation > best.superblock!.generation)) {
-    throw new TruncatedImageError(device.blockCount * blockSizeBytes, truncated.volumeBlocks * blockSizeBytes);
+    // An image file's device knows its path, for the hint (duck-typed: BlockDevice has none).
+    const path = (device as { path?: unknown }).path;
+    throw new TruncatedImageError(device.blockCount * blockSizeBytes, truncated.volumeBlocks * blockSizeBytes, typeof path === "string" ? path : undefined);
   }
   if (best === null) {
     const reasons = copies.filter((c) => c.role === "slot" || c.reason !== "no grovefs magic").map((c) => `LBA ${c.lba}: ${c.reason}`);
