@@ -297,6 +297,8 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
     }
     found.unshift(...walk.problems);
     for (const problem of found) problems.push(prefix + problem);
+    const subvolume = record.id === treeIdDefaultSubvolume ? "the default subvolume" : `subvolume ${JSON.stringify(record.name)}`;
+    for (const d of walk.dataDamage()) problems.push(dataDamageLine(walk.pathOf(d.ino), d.ino, subvolume, d.lbas, d.ranges));
     report.fixes.push(...walk.fixes);
     report.inodes += walk.facts.size;
     report.directories += walk.directories;
@@ -308,12 +310,30 @@ export function checkFilesystem(device: BlockDevice, options: { verifyData?: boo
   return report;
 }
 
+/** A walk up the entries to the root is bounded: a cycle or a corrupt chain ends it. */
+const pathDepthMax = 4096;
+
+/** One line per damaged file: its path, subvolume, blocks and byte ranges (what -y cannot give back). */
+function dataDamageLine(path: string | null, ino: number, subvolume: string, lbas: number[], ranges: Array<{ from: number; to: number }>): string {
+  const where = path === null ? `inode ${ino} (no path found, ${subvolume})` : `inode ${ino} (${JSON.stringify(path)} in ${subvolume})`;
+  const list = <T>(items: T[], shown: (item: T) => string): string => {
+    const first = items.slice(0, 8).map(shown);
+    if (items.length > first.length) first.push(`${items.length - first.length} more`);
+    return first.join(", ");
+  };
+  const blocks = lbas.length === 1 ? `data block ${lbas[0]} fails its checksum` : `data blocks ${list(lbas, String)} fail their checksum`;
+  const bytes = ranges.reduce((n, r) => n + r.to - r.from, 0);
+  return `${where}: ${blocks}; damaged file bytes ${list(ranges, (r) => `${r.from}-${r.to - 1}`)} (${bytes} bytes)`;
+}
+
 class FsWalk {
   readonly problems: string[] = [];
   readonly fixes: InodeFix[] = [];
   readonly facts = new InodeFacts();
   private readonly orphans = new Set<number>();
   private readonly entries = new EntryList();
+  /** Damaged data, by inode: file byte ranges (each block once per record naming it). */
+  private readonly damaged = new Map<number, { lbas: number[]; ranges: Array<{ from: number; to: number }> }>();
   /** Kept to find again the names of the entries reported. */
   private store: Store | null = null;
   private nextIno = 0;
@@ -451,29 +471,73 @@ class FsWalk {
     const slice = compressed
       ? `${extent.extentLba}z${extent.compressedBytes}:${extent.unitBlocks}:${extent.crcs.toString("hex")}`
       : `${extent.lba}+${extent.diskBlocks}`;
+    // Reported once, for the first file found naming it (a snapshot's or clone's record shares the blocks).
     if (this.verified.has(slice)) return;
     this.verified.add(slice);
+    const bad = this.damagedBlocks(ino, extent, compressed);
+    if (bad.length === 0) return;
+    // A damaged compressed unit loses the whole record; an uncompressed block loses its own 4 KiB.
+    const blocks = compressed ? [...Array(extent.blocks).keys()] : bad;
+    let damage = this.damaged.get(ino);
+    if (damage === undefined) this.damaged.set(ino, (damage = { lbas: [], ranges: [] }));
+    for (const i of bad) damage.lbas.push(compressed ? extent.extentLba + i : extent.lba + i);
+    for (const i of blocks) damage.ranges.push({ from: (extent.fileBlock + i) * blockSizeBytes, to: (extent.fileBlock + i + 1) * blockSizeBytes });
+  }
+
+  /** Which blocks of the slice fail their checksum; a unit that passes but does not decompress is a problem of its own. */
+  private damagedBlocks(ino: number, extent: Extent, compressed: boolean): number[] {
     const data = Buffer.allocUnsafe(extent.diskBlocks * blockSizeBytes);
     try {
       this.device.read(extent.lba, data);
     } catch (error) {
       this.problems.push(`inode ${ino}: reading data blocks ${extent.lba}+${extent.diskBlocks} failed: ${(error as Error).message}`);
-      return;
+      return [];
     }
-    let intact = true;
+    const bad: number[] = [];
     for (let i = 0; i < extent.diskBlocks; i++) {
-      if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extentCrc(extent, i)) {
-        this.problems.push(`inode ${ino}: data block ${extent.lba + i} fails its checksum`);
-        intact = false;
-      }
+      if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extentCrc(extent, i)) bad.push(i);
     }
-    if (!compressed || !intact) return;
+    if (!compressed || bad.length > 0) return bad;
     try {
       decompressUnit(ino, extent, data);
     } catch (error) {
       if (!(error instanceof GroveError)) throw error;
       this.problems.push(error.message);
     }
+    return [];
+  }
+
+  /** Files whose data fails its checksum: the blocks, and the damaged byte ranges (merged, in file order). */
+  dataDamage(): Array<{ ino: number; lbas: number[]; ranges: Array<{ from: number; to: number }> }> {
+    const out: Array<{ ino: number; lbas: number[]; ranges: Array<{ from: number; to: number }> }> = [];
+    for (const [ino, { lbas, ranges: list }] of this.damaged) {
+      list.sort((a, b) => a.from - b.from);
+      const ranges: Array<{ from: number; to: number }> = [];
+      for (const r of list) {
+        const last = ranges[ranges.length - 1];
+        if (last !== undefined && r.from <= last.to) last.to = Math.max(last.to, r.to);
+        else ranges.push({ ...r });
+      }
+      out.push({ ino, lbas, ranges });
+    }
+    return out;
+  }
+
+  /** The path of `ino` from the subvolume's root, through the entries the walk saw; null if it has none. */
+  pathOf(ino: number): string | null {
+    const parts: string[] = [];
+    let cur = ino;
+    for (let depth = 0; cur !== rootIno; depth++) {
+      if (depth >= pathDepthMax) return null;
+      let dir = -1;
+      for (let i = 0; i < this.entries.length && dir < 0; i++) if (this.entries.ino(i) === cur && this.entries.dir(i) >= 0) dir = this.entries.dir(i);
+      if (dir < 0) return null;
+      const name = this.nameIn(dir, cur);
+      if (name === undefined) return null;
+      parts.unshift(name);
+      cur = dir;
+    }
+    return `/${parts.join("/")}`;
   }
 
   finish(problems: string[]): void {
@@ -514,6 +578,12 @@ class FsWalk {
 
   /** `directory D, entry "NAME"` for the entry of `dir` naming `ino`: the name is read again, as only reported entries need it. */
   private entryWhere(dir: number, ino: number): string {
+    const name = this.nameIn(dir, ino);
+    return name === undefined ? `directory ${dir}, an entry` : `directory ${dir}, entry "${name}"`;
+  }
+
+  /** The name under which directory `dir` holds `ino`, read again from the tree; undefined if it cannot be read. */
+  private nameIn(dir: number, ino: number): string | undefined {
     let name: string | undefined;
     try {
       const store = this.store;
@@ -536,7 +606,7 @@ class FsWalk {
     } catch {
       // The walk has reported why the directory cannot be read; the entry is named without its name.
     }
-    return name === undefined ? `directory ${dir}, an entry` : `directory ${dir}, entry "${name}"`;
+    return name;
   }
 
   private fix(ino: number, kind: InodeFix["kind"], nlink?: number): void {
