@@ -52,7 +52,7 @@ import { FileDevice, GroveError, sourceLine } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
 import { printable, sendRequest, startControlServer, type AttachRequest, type ControlServer, type VolumeControl } from "./control.js";
 import { CliError, ReportedError, formatError } from "./errors.js";
-import { volumeReport } from "./info.js";
+import { imageDeletedWarning, volumeReport } from "./info.js";
 
 export interface MountOptions {
   foreground?: boolean;
@@ -493,13 +493,24 @@ async function serveForeground(image: string, mountpoint: string, options: Parse
   const daemon = process.env[readyFdEnv] !== undefined;
   const mounts = new MountDaemon(image, handle.transport);
   await mounts.add(mountpoint, handle, volume);
+  const watch = setInterval(() => mounts.watchImage(volume), imageWatchIntervalMs);
+  watch.unref();
   const stop = () => mounts.unmountAll();
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, stop);
   if (daemon) notifyParent("ready");
   else process.stdout.write(`grovefs: serving ${image} at ${mountpoint}; Ctrl-C or grovefs umount ${mountpoint} unmounts it\n`);
-  await mounts.finished;
+  try {
+    await mounts.finished;
+  } finally {
+    clearInterval(watch);
+    mounts.watchImage(volume);
+    mounts.reportUnmount();
+  }
   if (daemon) removeEmptyLog(mountpoint);
 }
+
+/** How often a daemon looks whether its image file still has a name. */
+const imageWatchIntervalMs = 5000;
 
 /** A daemon serves at most this many mountpoints: each session keeps reads of /dev/fuse outstanding on libuv's pool (16 threads). */
 const mountsPerDaemonMax = 4;
@@ -524,10 +535,32 @@ class MountDaemon {
   private settle!: { resolve: () => void; reject: (error: unknown) => void };
   readonly finished = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
 
+  /** Once the image file is found deleted (link count 0), said once in the log, and again at unmount. */
+  private imageDeleted = false;
+
   constructor(
     private readonly image: string,
     private readonly transport: Transport,
   ) {}
+
+  /** Warns in the log, once, when the image file has been deleted while mounted. */
+  watchImage(volume: GroveFs): void {
+    if (this.imageDeleted) return;
+    let warning: string | null;
+    try {
+      warning = imageDeletedWarning(this.image, volume);
+    } catch {
+      return;
+    }
+    if (warning === null) return;
+    this.imageDeleted = true;
+    process.stderr.write(`grovefs: warning: ${warning}\n`);
+  }
+
+  /** At unmount: what a deleted image means now. */
+  reportUnmount(): void {
+    if (this.imageDeleted) process.stderr.write(`grovefs: warning: unmounted; the image file ${this.image} had been deleted while mounted, so its data is gone\n`);
+  }
 
   /** Starts serving the control socket of a mount now usable, and records it; unmounts it if that fails. */
   async add(mountpoint: string, handle: MountHandle, volume: GroveFs): Promise<void> {
@@ -572,7 +605,10 @@ class MountDaemon {
         await this.flushKernels();
         volume.sync();
       },
-      info: () => volumeReport(this.image, volume),
+      info: () => {
+        this.watchImage(volume);
+        return volumeReport(this.image, volume);
+      },
       // Every mount's dirty pages first: a shrink must see the space they will take.
       resize: async (size) => {
         await this.flushKernels();

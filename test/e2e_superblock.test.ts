@@ -8,6 +8,8 @@
  *   have been rolled back and exits 4, with -n and with -y; mount's log says so.
  * - A truncated image: fsck and mount name it, with the `truncate -s` hint,
  *   no leak finding and no mkfs advice; truncating back recovers everything.
+ * - An image file deleted while mounted: `grovefs info` and the daemon's log
+ *   warn, and the log says so again at unmount.
  */
 import * as fs from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
@@ -129,5 +131,18 @@ describe.skipIf(e2eSkipReason !== null)("superblock copies through the CLI and t
     await v.mount();
     expect(await checksums(v.mnt)).toEqual(before);
     await v.finish();
+  });
+
+  it("an image file deleted while mounted: info and the daemon's log warn, and the log says so at unmount", async () => {
+    const v = await E2eVolume.mounted("deleted", "64M");
+    volume = v;
+    fs.unlinkSync(v.image);
+    const info = await v.groveOk(["info", v.mnt]);
+    expect(info.stdout).toMatch(/^warning: +the image file \S+ was deleted while mounted: .*copy the files out of the mount first$/m);
+    const json = JSON.parse((await v.groveOk(["info", "--json", v.mnt])).stdout) as { imageDeleted?: string };
+    expect(json.imageDeleted).toMatch(/was deleted while mounted/);
+    expect(await v.daemonLogs()).toMatch(/grovefs: warning: the image file \S+ was deleted while mounted/);
+    await v.groveOk(["umount", v.mnt]);
+    expect(await v.daemonLogs()).toMatch(/grovefs: warning: unmounted; the image file \S+ had been deleted while mounted, so its data is gone/);
   });
 });
