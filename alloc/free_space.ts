@@ -303,8 +303,18 @@ export class FreeSpace implements SpaceManager {
    * extent that runs to the end, if there is one (blocks are never moved).
    */
   shrinkFloorBlocks(): number {
-    const last = this.avail.containing(this.deviceBlocks - 1);
-    return last === undefined ? this.deviceBlocks : last.start;
+    // A backup superblock's block is no obstacle: a shrink below it drops the backup.
+    const backups = this.store.reservedExtents(this.deviceBlocks).slice(1);
+    let floor = this.deviceBlocks;
+    for (;;) {
+      const last = this.avail.containing(floor - 1);
+      if (last !== undefined) {
+        floor = last.start;
+        continue;
+      }
+      if (!backups.some((b) => b.start + b.length === floor)) return floor;
+      floor--;
+    }
   }
 
   private checkShrink(blocks: number): void {
