@@ -6,17 +6,12 @@
  *   primaries, and the volume is clean and mounts read-write afterwards.
  * - Every copy of the newest generation destroyed: fsck says the volume may
  *   have been rolled back and exits 4, with -n and with -y; mount's log says so.
- * - A truncated image: fsck and mount name it, with the `truncate -s` hint,
- *   no leak finding and no mkfs advice; truncating back recovers everything.
- * - An image file deleted while mounted: `grovefs info` and the daemon's log
- *   warn, and the log says so again at unmount.
+ * The messages for a truncated or deleted image are in e2e_messages.test.ts.
  */
 import * as fs from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { FileDevice, Prng, blockSizeBytes, inspectSuperblocks } from "../kvstore/index.js";
 import { E2eVolume, checksums, e2eSkipReason, sh } from "./e2e_helpers.js";
-
-const sizeBytes = 128 * 1024 * 1024;
 
 async function filledVolume(): Promise<{ v: E2eVolume; before: Map<string, string> }> {
   const v = await E2eVolume.mounted("superblock", "128M");
@@ -79,10 +74,7 @@ describe.skipIf(e2eSkipReason !== null)("superblock copies through the CLI and t
     const report = inspect(v.image);
     expect(report.source.role).toBe("slot");
     expect(report.copies.filter((c) => c.superblock === null)).toEqual([]);
-
-    await v.mount();
-    expect(await checksums(v.mnt)).toEqual(before);
-    await v.finish();
+    v.check();
   });
 
   it("every copy of the newest generation destroyed: fsck exits 4 and says the volume was rolled back", async () => {
@@ -107,42 +99,5 @@ describe.skipIf(e2eSkipReason !== null)("superblock copies through the CLI and t
     expect(repair.stdout).toMatch(/rolled back.*no repair brings it back/);
     // The volume itself is consistent again (at the older generation).
     v.check();
-  });
-
-  it("a truncated image is named as such, with the truncate -s hint; truncating back recovers it", async () => {
-    const { v, before } = await filledVolume();
-    volume = v;
-    fs.truncateSync(v.image, sizeBytes / 2);
-    const hint = new RegExp(`the image is ${sizeBytes / 2} bytes but the volume is ${sizeBytes} bytes.* — if the file was cut, truncate -s ${sizeBytes} \\S*image.grove restores its size`);
-
-    const check = await v.grove(["fsck", "-n", v.image]);
-    expect(check.code).toBe(8);
-    expect(check.stderr.trim().split("\n")).toHaveLength(1);
-    expect(check.stderr).toMatch(hint);
-    expect(check.stdout + check.stderr).not.toMatch(/leak|mkfs/);
-
-    const mount = await v.grove(["mount", v.image, v.mnt]);
-    expect(mount.code).not.toBe(0);
-    expect(mount.stderr).toMatch(hint);
-    expect(mount.stderr).not.toMatch(/mkfs|^\s+at /m);
-
-    fs.truncateSync(v.image, sizeBytes);
-    expect((await v.grove(["fsck", "-n", v.image])).code).toBe(0);
-    await v.mount();
-    expect(await checksums(v.mnt)).toEqual(before);
-    await v.finish();
-  });
-
-  it("an image file deleted while mounted: info and the daemon's log warn, and the log says so at unmount", async () => {
-    const v = await E2eVolume.mounted("deleted", "64M");
-    volume = v;
-    fs.unlinkSync(v.image);
-    const info = await v.groveOk(["info", v.mnt]);
-    expect(info.stdout).toMatch(/^warning: +the image file \S+ was deleted while mounted: .*copy the files out of the mount first$/m);
-    const json = JSON.parse((await v.groveOk(["info", "--json", v.mnt])).stdout) as { imageDeleted?: string };
-    expect(json.imageDeleted).toMatch(/was deleted while mounted/);
-    expect(await v.daemonLogs()).toMatch(/grovefs: warning: the image file \S+ was deleted while mounted/);
-    await v.groveOk(["umount", v.mnt]);
-    expect(await v.daemonLogs()).toMatch(/grovefs: warning: unmounted; the image file \S+ had been deleted while mounted, so its data is gone/);
   });
 });
