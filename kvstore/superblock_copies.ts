@@ -92,7 +92,7 @@ export class TruncatedImageError extends CorruptionError {
   ) {
     super(
       "EIO_truncated_image",
-      `the image is ${imageBytes} bytes but the volume is ${volumeBytes} bytes: the image was cut short (truncated)`,
+      `the image is ${imageBytes} bytes but the volume is ${volumeBytes} bytes: a truncated image`,
       path === undefined ? {} : { path },
     );
   }
