@@ -114,13 +114,34 @@ export class FreeSpace implements SpaceManager {
     this.growHeadroomBlocks = growHeadroomFor(this.deviceBlocks);
   }
 
-  /** Everything past the superblocks is free; the trees are created by the first commit. */
+  /** Everything past the superblocks and their reserved places is free; the trees are created by the first commit. */
   static format(store: Store): FreeSpace {
     const space = new FreeSpace(store);
-    const length = space.deviceBlocks - firstAllocatableLba;
-    space.avail.add(firstAllocatableLba, length);
-    space.changedLog.push(firstAllocatableLba, length);
+    space.addFree(firstAllocatableLba, space.deviceBlocks, space.deviceBlocks);
     return space;
+  }
+
+  /** Makes [from, to) available, less the blocks a volume of `volumeBlocks` reserves (the superblock copies). */
+  private addFree(from: number, to: number, volumeBlocks: number): void {
+    let at = from;
+    const add = (a: number, b: number) => {
+      if (b <= a) return;
+      this.avail.add(a, b - a);
+      this.changedLog.push(a, b - a);
+    };
+    for (const r of this.store.reservedExtents(volumeBlocks)) {
+      if (r.start + r.length <= at || r.start >= to) continue;
+      add(at, r.start);
+      at = Math.max(at, r.start + r.length);
+    }
+    add(at, to);
+  }
+
+  /** Reserved blocks (superblock copies) in [from, to): they count as free for a shrink. */
+  private reservedIn(from: number, to: number): number {
+    let n = 0;
+    for (const r of this.store.reservedExtents(this.deviceBlocks)) n += Math.max(0, Math.min(to, r.start + r.length) - Math.max(from, r.start));
+    return n;
   }
 
   static open(store: Store): FreeSpace {
@@ -275,11 +296,14 @@ export class FreeSpace implements SpaceManager {
     assert(this.run === null && this.taken.length === 0 && this.pending.size === 0, "a resize starts a transaction");
     const old = this.deviceBlocks;
     if (blocks > old) {
-      this.avail.add(old, blocks - old);
-      this.logChange(old, blocks - old);
+      this.addFree(old, blocks, blocks);
     } else if (blocks < old) {
       this.checkShrink(blocks);
-      this.avail.remove(blocks, old - blocks);
+      for (const e of [...this.avail.touching(blocks, old)]) {
+        const from = Math.max(blocks, e.start);
+        const to = Math.min(old, e.start + e.length);
+        if (to > from) this.avail.remove(from, to - from);
+      }
       this.logChange(blocks, old - blocks);
     }
     this.deviceBlocks = blocks;
@@ -291,15 +315,25 @@ export class FreeSpace implements SpaceManager {
    * extent that runs to the end, if there is one (blocks are never moved).
    */
   shrinkFloorBlocks(): number {
-    const last = this.avail.containing(this.deviceBlocks - 1);
-    return last === undefined ? this.deviceBlocks : last.start;
+    // A backup superblock's block is no obstacle: a shrink below it drops the backup.
+    const backups = this.store.reservedExtents(this.deviceBlocks).slice(1);
+    let floor = this.deviceBlocks;
+    for (;;) {
+      const last = this.avail.containing(floor - 1);
+      if (last !== undefined) {
+        floor = last.start;
+        continue;
+      }
+      if (!backups.some((b) => b.start + b.length === floor)) return floor;
+      floor--;
+    }
   }
 
   private checkShrink(blocks: number): void {
     const old = this.deviceBlocks;
     let free = 0;
     for (const e of this.avail.touching(blocks, old)) free += Math.max(0, Math.min(old, e.start + e.length) - Math.max(blocks, e.start));
-    const inUse = old - blocks - free;
+    const inUse = old - blocks - free - this.reservedIn(blocks, old);
     if (inUse > 0) {
       const floor = this.shrinkFloorBlocks();
       throw new GroveError(
@@ -310,7 +344,7 @@ export class FreeSpace implements SpaceManager {
       );
     }
     // What stays must still record this commit, and leave the headroom that lets deletes run.
-    const left = this.avail.blocks - (old - blocks);
+    const left = this.avail.blocks - (old - blocks - this.reservedIn(blocks, old));
     const needed = this.commitReserveBlocks(1) + growHeadroomFor(blocks);
     if (left < needed) {
       throw new GroveError(

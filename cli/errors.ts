@@ -3,7 +3,7 @@
  * `grovefs: <what went wrong> — <what to do>`, and never a stack trace
  * (GROVEFS_DEBUG=1 adds the stack of an unexpected error, for bug reports).
  */
-import { GroveError } from "../kvstore/index.js";
+import { GroveError, TruncatedImageError } from "../kvstore/index.js";
 
 /** A failure the CLI itself detected, with the advice to print after it. */
 export class CliError extends Error {
@@ -28,7 +28,8 @@ export class ReportedError extends Error {
 const hintsByDetail: Record<string, string> = {
   EBUSY_image_locked: "unmount it first (grovefs umount MOUNTPOINT), or wait for the other grovefs command to finish",
   ENOENT_device: "check the path, or create an image with: grovefs mkfs IMAGE --size 1G",
-  EIO_no_superblock: "check the path; format it with grovefs mkfs IMAGE if it is meant to be new",
+  EIO_no_superblock:
+    "check the path; if it is a grovefs image, copy it before anything else (every superblock copy is damaged: at its start, and for a volume over 64 MiB at 64 MiB)",
   EINVAL_device_too_small: "a grovefs volume needs at least 1 MiB: check the path, or give mkfs a larger --size",
   EINVAL_label_too_long: "use a shorter --label (at most 64 bytes)",
   EIO_image_lock: "install util-linux (it provides flock)",
@@ -61,6 +62,10 @@ function nodeErrorHint(code: string | undefined): string | undefined {
 export function formatError(error: unknown): string {
   if (error instanceof ReportedError) return error.message;
   if (error instanceof CliError) return `grovefs: ${error.message} — ${error.hint}`;
+  if (error instanceof TruncatedImageError) {
+    const image = error.path ?? "IMAGE";
+    return `grovefs: ${oneLine(error.message)} — if the file was cut, truncate -s ${error.volumeBytes} ${image} restores its size`;
+  }
   if (error instanceof GroveError) {
     const hint = hintsByDetail[error.detail] ?? hintsByCode[error.code] ?? "see grovefs --help";
     return `grovefs: ${oneLine(error.message)} — ${hint}`;

@@ -36,7 +36,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { checkFilesystem, groveFsType, readMounts, repairFilesystem, type FsReport } from "../fs/index.js";
-import { BlockDevice, FileDevice, GroveError, blockSizeBytes } from "../kvstore/index.js";
+import { BlockDevice, FileDevice, GroveError, TruncatedImageError, blockSizeBytes, inspectSuperblocks } from "../kvstore/index.js";
 import { openVolume } from "../snapshot/index.js";
 import { CliError, debugDetail, formatError } from "./errors.js";
 import { identifyContents } from "./mkfs.js";
@@ -78,6 +78,10 @@ export interface FsckResult {
   remaining: string[];
   /** Of the final state (after a repair, the repaired one); null when the image could not be checked. */
   counts: FsckCounts | null;
+  /** Which superblock copy was used, when it is not the usual one or copies are damaged (else null). */
+  superblock?: string | null;
+  /** Set when a newer committed generation may have been lost: the exit status is then 4, even after -y. */
+  rolledBack?: string | null;
   /** The one-line report of an operational error (exit 8). */
   error?: string;
 }
@@ -151,6 +155,9 @@ class FsckDevice implements BlockDevice {
 
   get blockCount(): number {
     return this.inner.blockCount;
+  }
+  get path(): string {
+    return this.inner.path;
   }
   read(lba: number, buf: Uint8Array): void {
     this.inner.read(lba, buf);
@@ -230,6 +237,13 @@ function checkIsGrovefs(device: FileDevice, shown: string): void {
   const head = Buffer.alloc(blocks * blockSizeBytes);
   device.read(0, head);
   const found = identifyContents(head);
+  // A cut image is refused as such; and if its start was overwritten, a backup superblock still makes it a grovefs image.
+  try {
+    inspectSuperblocks(device);
+    return;
+  } catch (error) {
+    if (error instanceof TruncatedImageError) throw error;
+  }
   if (found === "a grovefs volume") return;
   throw new CliError(`${shown} is not a grovefs image (it holds ${found ?? "no filesystem: it is empty"})`, "give the image that grovefs mkfs formatted");
 }
@@ -290,6 +304,11 @@ function repairAndRecheck(c: Checker, first: FsReport, result: FsckResult): void
   const notes = repair.remaining.filter((line) => !first.problems.includes(line));
   result.remaining = [...second.problems, ...(second.problems.length > 0 ? notes : [])];
   result.exitCode = second.problems.length === 0 ? fsckExit.corrected : fsckExit.uncorrected;
+  if (first.rolledBack !== null) {
+    // Rewriting the superblocks made the volume consistent again; what the lost generation held stays lost.
+    result.remaining.push(`${first.rolledBack} (no repair brings it back)`);
+    result.exitCode = fsckExit.uncorrected;
+  }
 }
 
 /**
@@ -311,6 +330,8 @@ export function runFsck(
     repaired: [],
     remaining: [],
     counts: null,
+    superblock: null,
+    rolledBack: null,
   };
   const bar = new ProgressBar(progress);
   let inner: FileDevice | null = null;
@@ -321,6 +342,8 @@ export function runFsck(
     checkIsGrovefs(inner, imageArg);
     const c = checker(inner, bar);
     const first = c.check("checking");
+    result.superblock = first.superblockSource;
+    result.rolledBack = first.rolledBack;
     result.problems = first.problems;
     result.notes = first.notes;
     result.remaining = first.problems;
@@ -352,7 +375,7 @@ function countsText(c: FsckCounts | null): string {
 
 /** The human-readable report: one line per problem, then a summary line (e2fsck's form). */
 export function formatFsckText(r: FsckResult): string {
-  const lines: string[] = r.notes.map((n) => `note: ${n}`);
+  const lines: string[] = [...(r.superblock ? [r.superblock] : []), ...r.notes.map((n) => `note: ${n}`)];
   const found = plural(r.problems.length, "problem");
   if (r.mode === "repair" && r.problems.length > 0) {
     lines.push(...r.problems.map((p) => `problem: ${p}`));
@@ -362,11 +385,23 @@ export function formatFsckText(r: FsckResult): string {
     else lines.push(`${r.image}: ${found} found, ${plural(r.remaining.length, "problem")} left unrepaired`);
   } else if (r.problems.length > 0) {
     lines.push(...r.problems);
-    lines.push(`${r.image}: ${found} found (checked read-only; grovefs fsck -y ${r.image} repairs what can be repaired safely)`);
+    const repairable = r.problems.filter((p) => p !== r.rolledBack && !isDataDamage(p)).length;
+    if (repairable > 0) lines.push(`${r.image}: ${found} found (checked read-only; grovefs fsck -y ${r.image} repairs what can be repaired safely)`);
+    else lines.push(`${r.image}: ${found} found (fsck -y cannot repair ${r.problems.length === 1 ? "it" : "them"}: ${adviceFor(r)})`);
   } else {
     lines.push(`${r.image}: clean${countsText(r.counts)}`);
   }
   return `${lines.join("\n")}\n`;
+}
+
+/** A data block that fails its checksum: no metadata repair can give its bytes back. */
+export function isDataDamage(problem: string): boolean {
+  return /: data (block|blocks|bytes) .*fail(s)? (its|their) checksum/.test(problem);
+}
+
+function adviceFor(r: FsckResult): string {
+  if (r.rolledBack) return "restore what the lost commit held from a backup or a snapshot";
+  return "restore the damaged files from a backup or a snapshot, or delete them";
 }
 
 export function fsckCommand(image: string, options: FsckOptions): number {

@@ -54,6 +54,8 @@ interface Report {
   snapshots?: number;
   /** Subvolumes deleted whose space is still being freed. */
   pendingDeletions?: number;
+  /** Set by a mount daemon whose image file was deleted while mounted (its link count is 0). */
+  imageDeleted?: string;
 }
 
 function fullReport(image: string, device: FileDevice): Report {
@@ -68,6 +70,7 @@ function fullReport(image: string, device: FileDevice): Report {
 /** The full figures of an open volume: the CLI's own read-only open, or a mount daemon's live volume. */
 export function volumeReport(image: string, volume: GroveFs): Report {
   const info = volume.info();
+  const deleted = imageDeletedWarning(image, volume);
   const subvolumes = volume.listSubvolumes();
   return {
     image,
@@ -86,7 +89,18 @@ export function volumeReport(image: string, volume: GroveFs): Report {
     subvolumes: subvolumes.length,
     snapshots: subvolumes.filter((s) => s.readOnly).length,
     pendingDeletions: volume.pendingDeletions(),
+    ...(deleted === null ? {} : { imageDeleted: deleted }),
   };
+}
+
+/**
+ * What to say when the open image file has no name left (deleted while
+ * mounted): everything still works, but the data goes when the mount ends.
+ */
+export function imageDeletedWarning(image: string, volume: GroveFs): string | null {
+  const device = volume.store.device;
+  if (!(device instanceof FileDevice) || !device.isImageFile || device.linkCount() > 0) return null;
+  return `the image file ${image} was deleted while mounted: the volume still works, but its data is lost when it is unmounted; copy the files out of the mount first`;
 }
 
 /** From the last committed superblock only: safe to read while another process writes the image. */
@@ -166,6 +180,7 @@ function text(report: Report): string {
     ["compression", `${report.compression} (the default for new writes)`],
     ...usageRows(report),
   ];
+  if (report.imageDeleted !== undefined) rows.unshift(["warning", report.imageDeleted]);
   rows.push(["generation", String(report.generation)]);
   if (report.trees !== undefined) rows.push(["trees", String(report.trees)]);
   if (report.inodes !== undefined) rows.push(["inodes", String(report.inodes)]);

@@ -48,12 +48,12 @@ import {
   type Transport,
 } from "../fs/index.js";
 import { GroveFs, type GroveFsOptions } from "../fs/index.js";
-import { FileDevice, GroveError } from "../kvstore/index.js";
+import { FileDevice, GroveError, sourceLine } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
 import { serveSend } from "./send_daemon.js";
 import { printable, sendRequest, startControlServer, type AttachRequest, type ControlServer, type VolumeControl } from "./control.js";
 import { CliError, ReportedError, formatError } from "./errors.js";
-import { volumeReport } from "./info.js";
+import { imageDeletedWarning, volumeReport } from "./info.js";
 
 export interface MountOptions {
   foreground?: boolean;
@@ -436,6 +436,21 @@ function filesystemOptions(options: ParsedMountOptions, subvolume: string | unde
   };
 }
 
+/**
+ * Tells the log which superblock copy the volume was opened from when it is
+ * not the usual one, what was damaged or rewritten, and a possible roll-back.
+ */
+function reportSuperblock(volume: GroveFs): void {
+  const report = volume.store.superblockReport;
+  if (report === null) return;
+  const lines = [...report.problems, ...report.notes];
+  if (report.rolledBack !== null) lines.unshift(`warning: ${report.rolledBack}; run grovefs fsck -n IMAGE after unmounting`);
+  if (lines.length === 0 && report.source.role === "slot") return;
+  process.stderr.write(`grovefs: ${sourceLine(report)}\n`);
+  for (const line of lines) process.stderr.write(`grovefs: ${line}\n`);
+  for (const line of volume.store.superblockRepairs) process.stderr.write(`grovefs: repaired: ${line}\n`);
+}
+
 /** GroveFs.open, with a missing or invalid --subvol said in the CLI's terms. */
 function openVolume(device: FileDevice, image: string, options: ParsedMountOptions, subvolume: string | undefined): GroveFs {
   try {
@@ -466,6 +481,7 @@ async function openAndMount(
     throw error;
   }
   for (const note of volume.rescueNotes ?? []) process.stderr.write(`grovefs: rescue: ${note}\n`);
+  reportSuperblock(volume);
   try {
     // A snapshot opens read-only whatever was asked: the kernel mount must say so too.
     const readOnly = options.readOnly || volume.readOnly;
@@ -492,13 +508,24 @@ async function serveForeground(image: string, mountpoint: string, options: Parse
   const daemon = process.env[readyFdEnv] !== undefined;
   const mounts = new MountDaemon(image, handle.transport);
   await mounts.add(mountpoint, handle, volume);
+  const watch = setInterval(() => mounts.watchImage(volume), imageWatchIntervalMs);
+  watch.unref();
   const stop = () => mounts.unmountAll();
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, stop);
   if (daemon) notifyParent("ready");
   else process.stdout.write(`grovefs: serving ${image} at ${mountpoint}; Ctrl-C or grovefs umount ${mountpoint} unmounts it\n`);
-  await mounts.finished;
+  try {
+    await mounts.finished;
+  } finally {
+    clearInterval(watch);
+    mounts.watchImage(volume);
+    mounts.reportUnmount();
+  }
   if (daemon) removeEmptyLog(mountpoint);
 }
+
+/** How often a daemon looks whether its image file still has a name. */
+const imageWatchIntervalMs = 5000;
 
 /** A daemon serves at most this many mountpoints: each session keeps reads of /dev/fuse outstanding on libuv's pool (16 threads). */
 const mountsPerDaemonMax = 4;
@@ -523,10 +550,32 @@ class MountDaemon {
   private settle!: { resolve: () => void; reject: (error: unknown) => void };
   readonly finished = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
 
+  /** Once the image file is found deleted (link count 0), said once in the log, and again at unmount. */
+  private imageDeleted = false;
+
   constructor(
     private readonly image: string,
     private readonly transport: Transport,
   ) {}
+
+  /** Warns in the log, once, when the image file has been deleted while mounted. */
+  watchImage(volume: GroveFs): void {
+    if (this.imageDeleted) return;
+    let warning: string | null;
+    try {
+      warning = imageDeletedWarning(this.image, volume);
+    } catch {
+      return;
+    }
+    if (warning === null) return;
+    this.imageDeleted = true;
+    process.stderr.write(`grovefs: warning: ${warning}\n`);
+  }
+
+  /** At unmount: what a deleted image means now. */
+  reportUnmount(): void {
+    if (this.imageDeleted) process.stderr.write(`grovefs: warning: unmounted; the image file ${this.image} had been deleted while mounted, so its data is gone\n`);
+  }
 
   /** Starts serving the control socket of a mount now usable, and records it; unmounts it if that fails. */
   async add(mountpoint: string, handle: MountHandle, volume: GroveFs): Promise<void> {
@@ -571,7 +620,10 @@ class MountDaemon {
         await this.flushKernels();
         volume.sync();
       },
-      info: () => volumeReport(this.image, volume),
+      info: () => {
+        this.watchImage(volume);
+        return volumeReport(this.image, volume);
+      },
       // Every mount's dirty pages first: a shrink must see the space they will take.
       resize: async (size) => {
         await this.flushKernels();

@@ -36,7 +36,9 @@ import {
   compressedUsageProblems,
   crc32c,
   diffTrees,
-  unreadableSlots,
+  featureSuperblockCopies,
+  inspectSuperblocks,
+  sourceLine,
   featurePreallocated,
 } from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
@@ -79,6 +81,14 @@ export interface FsReport {
    * The next commit (any write, or fsck -y) rewrites that slot.
    */
   notes: string[];
+  /**
+   * Set when a newer committed generation may have been lost (superblock
+   * copies: both copies of the pair it would use are damaged); also one of
+   * `problems`. No repair brings it back.
+   */
+  rolledBack: string | null;
+  /** Which superblock copy is in use, when it is not the usual one or copies are damaged. */
+  superblockSource: string | null;
   /** The part of `problems` the repair knows how to fix, inode by inode. */
   fixes: InodeFix[];
   /**
@@ -315,6 +325,26 @@ class EntryList {
   }
 }
 
+function hasSuperblockCopies(sb: { features: bigint }): boolean {
+  return (sb.features & featureSuperblockCopies) !== 0n;
+}
+
+/** What the superblock copies tell: damaged copies (problems -y repairs), interrupted commits (notes), a roll-back. */
+function superblockFindings(device: BlockDevice, report: FsReport): void {
+  const sb = inspectSuperblocks(device);
+  if (!hasSuperblockCopies(sb.superblock)) {
+    for (const note of sb.notes) report.notes.push(`${note}; generation ${sb.superblock.generation} in the other slot is in use`);
+    return;
+  }
+  report.problems.push(...sb.problems);
+  report.notes.push(...sb.notes);
+  if (sb.rolledBack !== null) {
+    report.rolledBack = sb.rolledBack;
+    report.problems.push(sb.rolledBack);
+  }
+  if (sb.problems.length > 0 || sb.notes.length > 0 || sb.rolledBack !== null || sb.source.role !== "slot") report.superblockSource = sourceLine(sb);
+}
+
 export interface CheckOptions {
   /** Read every written data block and check its crc32c. */
   verifyData?: boolean;
@@ -339,6 +369,8 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   const report: FsReport = {
     problems,
     notes: [],
+    rolledBack: null,
+    superblockSource: null,
     fixes: [],
     walkComplete: snapshots.space.forest.problems.length === 0 && edgeProblems.length === 0 && snapshots.space.forest.trees.length > 0,
     snapshots,
@@ -351,9 +383,7 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   };
   for (const blocks of snapshots.space.forest.extents.values()) report.dataBlocks += blocks;
   if (snapshots.space.forest.trees.length === 0) return report;
-  for (const note of unreadableSlots(device)) {
-    report.notes.push(`${note}; generation ${snapshots.space.forest.generation} in the other slot is in use`);
-  }
+  superblockFindings(device, report);
   let store: Store;
   try {
     // The caller owns the device: this store is never closed, only dropped.
@@ -370,7 +400,7 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   // tree diff. (What is shared is reported in the first subvolume that has it: the default, where it can.)
   const rank = (r: { id: number; readOnly: boolean }): number => (r.id === treeIdDefaultSubvolume ? 0 : r.readOnly ? 1 : 2);
   const order = [...snapshots.live].sort((a, b) => rank(a) - rank(b) || (rank(a) === 1 ? b.id - a.id : a.id - b.id));
-  const found = new Map<number, string[]>();
+  const found = new Map<number, { list: string[]; damage: string[] }>();
   let walk: FsWalk | null = null;
   for (const record of order) {
     const list: string[] = [];
@@ -385,7 +415,9 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
       list.push(`cannot be walked: ${(error as Error).message}`);
     }
     list.unshift(...w.walkProblems());
-    found.set(record.id, list);
+    const subvolume = record.id === treeIdDefaultSubvolume ? "the default subvolume" : `subvolume ${JSON.stringify(record.name)}`;
+    const damage = w.dataDamage().map((d) => dataDamageLine(w.pathOf(d.ino), d.ino, subvolume, d.lbas, d.ranges));
+    found.set(record.id, { list, damage });
     report.fixes.push(...w.fixes);
     report.inodes += w.facts.size;
     report.directories += w.directories;
@@ -393,12 +425,30 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   }
   for (const record of snapshots.live) {
     const prefix = record.id === treeIdDefaultSubvolume ? "" : `subvolume ${JSON.stringify(record.name)}: `;
-    for (const problem of found.get(record.id) ?? []) problems.push(prefix + problem);
+    const of = found.get(record.id);
+    for (const problem of of?.list ?? []) problems.push(prefix + problem);
+    problems.push(...(of?.damage ?? []));
   }
   if (report.preallocatedExtents > 0 && !store.hasFeature(featurePreallocated)) {
     problems.push(`superblock: ${report.preallocatedExtents} unwritten (preallocated) extents exist but the feature that says so is not set`);
   }
   return report;
+}
+
+/** A walk up the entries to the root is bounded: a cycle or a corrupt chain ends it. */
+const pathDepthMax = 4096;
+
+/** One line per damaged file: its path, subvolume, blocks and byte ranges (what -y cannot give back). */
+function dataDamageLine(path: string | null, ino: number, subvolume: string, lbas: number[], ranges: Array<{ from: number; to: number }>): string {
+  const where = path === null ? `inode ${ino} (no path found, ${subvolume})` : `inode ${ino} (${JSON.stringify(path)} in ${subvolume})`;
+  const list = <T>(items: T[], shown: (item: T) => string): string => {
+    const first = items.slice(0, 8).map(shown);
+    if (items.length > first.length) first.push(`${items.length - first.length} more`);
+    return first.join(", ");
+  };
+  const blocks = lbas.length === 1 ? `data block ${lbas[0]} fails its checksum` : `data blocks ${list(lbas, String)} fail their checksum`;
+  const bytes = ranges.reduce((n, r) => n + r.to - r.from, 0);
+  return `${where}: ${blocks}; damaged file bytes ${list(ranges, (r) => `${r.from}-${r.to - 1}`)} (${bytes} bytes)`;
 }
 
 /** Thrown from inside the tree diff when a subvolume differs too much from the one before to be worth carrying over. */
@@ -421,9 +471,12 @@ class FsWalk {
   /**
    * Damaged data found by this subvolume's visits, by inode: not carried over,
    * as data shared with the next subvolume is verified once (`verified`) and
-   * reported in the first subvolume that names it.
+   * reported in the first subvolume that names it. `dataProblems` holds what
+   * is not a checksum failure (a read error, a unit that does not decompress);
+   * `damaged` the blocks that fail and the file byte ranges they hold.
    */
   private dataProblems = new Map<number, string[]>();
+  private damaged = new Map<number, { lbas: number[]; ranges: Array<{ from: number; to: number }> }>();
   fixes: InodeFix[] = [];
   readonly facts = new InodeFacts();
   private readonly orphans = new Set<number>();
@@ -485,6 +538,7 @@ class FsWalk {
     const from = this.subvolumeId;
     this.complete = false;
     this.dataProblems = new Map();
+    this.damaged = new Map();
     try {
       diffTrees(store.openTree(from), store.openTree(id), (change) => {
         if (++changes > limit) throw new TooManyChanges();
@@ -557,6 +611,7 @@ class FsWalk {
     this.entries.removeDir(ino);
     this.visitProblems.delete(ino);
     this.dataProblems.delete(ino);
+    this.damaged.delete(ino);
   }
 
   /** Checks one inode record and its map (names or extents, inline or in a tree of its own). */
@@ -645,29 +700,73 @@ class FsWalk {
     const slice = compressed
       ? `${extent.extentLba}z${extent.compressedBytes}:${extent.unitBlocks}:${extent.crcs.toString("hex")}`
       : `${extent.lba}+${extent.diskBlocks}`;
+    // Reported once, for the first file found naming it (a snapshot's or clone's record shares the blocks).
     if (this.verified.has(slice)) return;
     this.verified.add(slice);
+    const bad = this.damagedBlocks(ino, extent, compressed);
+    if (bad.length === 0) return;
+    // A damaged compressed unit loses the whole record; an uncompressed block loses its own 4 KiB.
+    const blocks = compressed ? [...Array(extent.blocks).keys()] : bad;
+    let damage = this.damaged.get(ino);
+    if (damage === undefined) this.damaged.set(ino, (damage = { lbas: [], ranges: [] }));
+    for (const i of bad) damage.lbas.push(compressed ? extent.extentLba + i : extent.lba + i);
+    for (const i of blocks) damage.ranges.push({ from: (extent.fileBlock + i) * blockSizeBytes, to: (extent.fileBlock + i + 1) * blockSizeBytes });
+  }
+
+  /** Which blocks of the slice fail their checksum; a unit that passes but does not decompress is a problem of its own. */
+  private damagedBlocks(ino: number, extent: Extent, compressed: boolean): number[] {
     const data = Buffer.allocUnsafe(extent.diskBlocks * blockSizeBytes);
     try {
       this.device.read(extent.lba, data);
     } catch (error) {
       this.dataProblem(ino, `inode ${ino}: reading data blocks ${extent.lba}+${extent.diskBlocks} failed: ${(error as Error).message}`);
-      return;
+      return [];
     }
-    let intact = true;
+    const bad: number[] = [];
     for (let i = 0; i < extent.diskBlocks; i++) {
-      if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extentCrc(extent, i)) {
-        this.dataProblem(ino, `inode ${ino}: data block ${extent.lba + i} fails its checksum`);
-        intact = false;
-      }
+      if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extentCrc(extent, i)) bad.push(i);
     }
-    if (!compressed || !intact) return;
+    if (!compressed || bad.length > 0) return bad;
     try {
       decompressUnit(ino, extent, data);
     } catch (error) {
       if (!(error instanceof GroveError)) throw error;
       this.dataProblem(ino, error.message);
     }
+    return [];
+  }
+
+  /** Files whose data fails its checksum: the blocks, and the damaged byte ranges (merged, in file order). */
+  dataDamage(): Array<{ ino: number; lbas: number[]; ranges: Array<{ from: number; to: number }> }> {
+    const out: Array<{ ino: number; lbas: number[]; ranges: Array<{ from: number; to: number }> }> = [];
+    for (const [ino, { lbas, ranges: list }] of [...this.damaged].sort((a, b) => a[0] - b[0])) {
+      list.sort((a, b) => a.from - b.from);
+      const ranges: Array<{ from: number; to: number }> = [];
+      for (const r of list) {
+        const last = ranges[ranges.length - 1];
+        if (last !== undefined && r.from <= last.to) last.to = Math.max(last.to, r.to);
+        else ranges.push({ ...r });
+      }
+      out.push({ ino, lbas, ranges });
+    }
+    return out;
+  }
+
+  /** The path of `ino` from the subvolume's root, through the entries the walk saw; null if it has none. */
+  pathOf(ino: number): string | null {
+    const parts: string[] = [];
+    let cur = ino;
+    for (let depth = 0; cur !== rootIno; depth++) {
+      if (depth >= pathDepthMax) return null;
+      let dir = -1;
+      for (let i = 0; i < this.entries.length && dir < 0; i++) if (this.entries.ino(i) === cur && this.entries.dir(i) >= 0) dir = this.entries.dir(i);
+      if (dir < 0) return null;
+      const name = this.nameIn(dir, cur);
+      if (name === undefined) return null;
+      parts.unshift(name);
+      cur = dir;
+    }
+    return `/${parts.join("/")}`;
   }
 
   /** The checks across inodes, from the facts: computed again for every subvolume. */
@@ -729,6 +828,12 @@ class FsWalk {
 
   /** `directory D, entry "NAME"` for the entry of `dir` naming `ino`: the name is read again, as only reported entries need it. */
   private entryWhere(dir: number, ino: number): string {
+    const name = this.nameIn(dir, ino);
+    return name === undefined ? `directory ${dir}, an entry` : `directory ${dir}, entry "${name}"`;
+  }
+
+  /** The name under which directory `dir` holds `ino`, read again from the tree; undefined if it cannot be read. */
+  private nameIn(dir: number, ino: number): string | undefined {
     let name: string | undefined;
     try {
       const store = this.store;
@@ -751,7 +856,7 @@ class FsWalk {
     } catch {
       // The walk has reported why the directory cannot be read; the entry is named without its name.
     }
-    return name === undefined ? `directory ${dir}, an entry` : `directory ${dir}, entry "${name}"`;
+    return name;
   }
 
   private fix(ino: number, kind: InodeFix["kind"], nlink?: number): void {

@@ -43,7 +43,8 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
   }
   const volume = openVolume(device, { edges: fsEdges });
   const { store } = volume;
-  const fixed: string[] = [];
+  // Opening read-write rewrote the damaged superblock copies from the one in use.
+  const fixed: string[] = [...store.superblockRepairs];
   try {
     // Free space first: every block allocated from here on must really be free.
     const free: Extent[] = [];

@@ -18,6 +18,7 @@ import { blockSizeBytes, treeDepthMax, treeIdRoot } from "./constants.js";
 import type { BlockDevice } from "./device.js";
 import { compareBytes, nodeGeneration, validateNodeBytes, decodeNode, type Node } from "./node.js";
 import { decodeMeta, readSuperblock } from "./store.js";
+import { reservedExtents } from "./superblock_copies.js";
 import { GroveError } from "./errors.js";
 import type { TreeMeta } from "./btree.js";
 import type { ItemEdges } from "./interfaces.js";
@@ -110,6 +111,8 @@ export interface ForestReport {
   /** Blocks holding reachable nodes. */
   reachable: Bitmap;
   reachableBlocks: number;
+  /** Blocks reserved for the superblock copies (marked in `reachable`, not counted in `reachableBlocks`). */
+  reservedBlocks: number;
   trees: TreeReport[];
   /**
    * References found to each block reached more than once (a node shared by
@@ -157,6 +160,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       deviceBlocks: device.blockCount,
       reachable: new Bitmap(device.blockCount),
       reachableBlocks: 0,
+      reservedBlocks: 0,
       trees: [],
       references: new Map(),
       extents: new Map(),
@@ -167,6 +171,12 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     };
   }
   const reachable = new Bitmap(sb.deviceBlocks);
+  // The superblock copies' reserved places own their blocks: a node found there is reached twice, a free one is owned twice.
+  let reservedBlocks = 0;
+  for (const r of reservedExtents(sb, sb.deviceBlocks)) {
+    for (let lba = r.start; lba < r.start + r.length; lba++) reachable.set(lba);
+    reservedBlocks += r.length;
+  }
   const walker = new TreeWalker(device, sb.deviceBlocks, sb.generation, reachable, problems, visitItem);
   const trees: TreeReport[] = [];
   const metas: Array<{ id: number } & TreeMeta> = [];
@@ -200,6 +210,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     deviceBlocks: sb.deviceBlocks,
     reachable,
     reachableBlocks: walker.marked,
+    reservedBlocks,
     trees,
     references: walker.references,
     extents: walker.extents,

@@ -168,6 +168,11 @@ export class FileDevice implements BlockDevice {
     return this.blocks;
   }
 
+  /** How many names the open file has: 0 once an image file was deleted while open (its blocks go when it is closed). */
+  linkCount(): number {
+    return fs.fstatSync(this.fd).nlink;
+  }
+
   static open(path: string, options: FileDeviceOptions = {}): FileDevice {
     let fd: number;
     try {

@@ -10,7 +10,9 @@
  *   2. seal every dirty node bottom-up, so that each parent (and each root-tree
  *      record, and the superblock) records its child's generation and crc
  *      (node.ts), then write them; 3. flush;
- *   4. write the superblock slot of this generation; 5. flush.
+ *   4. write the superblock slot of this generation; 5. flush; and with
+ *      superblock copies, 6. write its twin and backups; 7. flush
+ *      (superblock_copies.ts).
  * A crash at any point leaves either the old or the new generation on disk.
  * A failed write or flush poisons the store: every later call fails with EIO
  * until the device is opened again.
@@ -41,7 +43,6 @@ import {
   deviceBlocksMin,
   firstAllocatableLba,
   nodeCacheBytesDefault,
-  superblockSlotLbas,
   treeDepthMax,
   treeIdRoot,
 } from "./constants.js";
@@ -64,14 +65,21 @@ import { NodeCache } from "./node_cache.js";
 import {
   CompressedUsage,
   Superblock,
-  decodeSuperblock,
-  encodeSuperblock,
   featureCheckedPointers,
   featureCompressLz4,
   labelSizeMaxBytes,
   noCompressedUsage,
-  slotForGeneration,
+  featureSuperblockCopies,
 } from "./superblock.js";
+import {
+  SuperblockReport,
+  inspectSuperblocks,
+  repairCopies,
+  reservedExtents,
+  reservedStartFor,
+  wipeSuperblockCopies,
+  writeSuperblockCopies,
+} from "./superblock_copies.js";
 
 const META_ROOT_LBA = 0;
 const META_COUNT = META_ROOT_LBA + 8;
@@ -102,9 +110,13 @@ export interface StoreOptions {
    * is told in `rescueNotes`.
    */
   rescue?: boolean;
+  /** Flush between a superblock slot and its twin (default true; false only for bench_commit's baseline). */
+  twinFlush?: boolean;
 }
 
 export interface FormatOptions extends StoreOptions {
+  /** Twin and backup superblocks (featureSuperblockCopies); default true. */
+  superblockCopies?: boolean;
   label?: string;
   uuid?: Buffer;
   /** Default compression of new file data (0 none, 1 lz4). */
@@ -147,49 +159,38 @@ export function decodeMeta(value: Buffer, id: number, deviceBlocks: number): Tre
 }
 
 /**
- * Slots that do not decode beside a valid one. After power loss during a
- * commit that is expected (the slot being written was torn); otherwise the
- * slot was damaged, and if it held the newest generation, that commit is lost.
- * The two cannot be told apart, so the checker reports it as a note.
+ * Superblock copies that do not decode beside the valid one in use (for an
+ * older image: its unreadable slot). Empty when no copy is valid at all.
  */
 export function unreadableSlots(device: BlockDevice): string[] {
-  const notes: string[] = [];
-  for (const lba of superblockSlotLbas) {
-    const buf = Buffer.allocUnsafe(blockSizeBytes);
-    device.read(lba, buf);
-    const slot = decodeSuperblock(buf, device.blockCount);
-    if (!slot.ok) notes.push(`superblock slot ${lba} is unreadable (${slot.reason})`);
+  let report: SuperblockReport;
+  try {
+    report = inspectSuperblocks(device);
+  } catch {
+    return [];
   }
-  return notes;
+  return [...report.problems, ...report.notes];
 }
 
-/** Every valid superblock copy, newest generation first (rescue tries them in turn). */
+/** Every valid superblock copy's generation, newest first, one copy each (rescue tries them in turn). */
 export function readSuperblocks(device: BlockDevice): Superblock[] {
+  let report: SuperblockReport;
+  try {
+    report = inspectSuperblocks(device);
+  } catch {
+    return [];
+  }
   const found: Superblock[] = [];
-  for (const lba of superblockSlotLbas) {
-    const buf = Buffer.allocUnsafe(blockSizeBytes);
-    device.read(lba, buf);
-    const slot = decodeSuperblock(buf, device.blockCount);
-    if (slot.ok && !found.some((sb) => sb.generation === slot.superblock.generation)) found.push(slot.superblock);
+  for (const copy of report.copies) {
+    const sb = copy.superblock;
+    if (sb !== null && !found.some((f) => f.generation === sb.generation)) found.push(sb);
   }
   return found.sort((a, b) => b.generation - a.generation);
 }
 
-/** Reads both slots and returns the valid one with the highest generation. */
+/** Reads every superblock copy and returns the valid one with the highest generation (superblock_copies.ts). */
 export function readSuperblock(device: BlockDevice): Superblock {
-  const reasons: string[] = [];
-  let best: Superblock | null = null;
-  for (const lba of superblockSlotLbas) {
-    const buf = Buffer.allocUnsafe(blockSizeBytes);
-    device.read(lba, buf);
-    const slot = decodeSuperblock(buf, device.blockCount);
-    if (!slot.ok) reasons.push(`slot ${lba}: ${slot.reason}`);
-    else if (best === null || slot.superblock.generation > best.generation) best = slot.superblock;
-  }
-  if (best === null) {
-    throw new CorruptionError("EIO_no_superblock", `not a grovefs volume, or both superblocks are damaged (${reasons.join("; ")})`);
-  }
-  return best;
+  return inspectSuperblocks(device).superblock;
 }
 
 export class Store implements NodeStore {
@@ -219,6 +220,11 @@ export class Store implements NodeStore {
   private compressed: CompressedUsage;
   /** The running transaction's volume size in blocks: differs from the superblock's only inside `resize`. */
   private volumeBlocks: number;
+  private readonly twinFlush: boolean;
+  /** What open found of the superblock copies (null for a store made by format). */
+  superblockReport: SuperblockReport | null = null;
+  /** Copies rewritten by a read-write open, one line each. */
+  superblockRepairs: string[] = [];
 
   private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
     this.device = device;
@@ -229,6 +235,7 @@ export class Store implements NodeStore {
     this.generation = superblock.generation + 1;
     this.readOnly = (options.readOnly ?? false) || (options.rescue ?? false);
     this.rescueNotes = options.rescue === true ? [] : null;
+    this.twinFlush = options.twinFlush ?? true;
     this.sharing = options.sharing ?? unshared;
     this.edges = options.edges ?? noEdges;
     this.cache = new NodeCache(options.cacheBytes ?? nodeCacheBytesDefault);
@@ -240,9 +247,9 @@ export class Store implements NodeStore {
     if (Buffer.byteLength(label, "utf8") > labelSizeMaxBytes) {
       throw new GroveError("EINVAL", "EINVAL_label_too_long", `label exceeds ${labelSizeMaxBytes} bytes`);
     }
-    // Wipe both slots first, so that a crash mid-format cannot leave an old volume's superblock in charge.
-    device.write(superblockSlotLbas[0], Buffer.alloc(blockSizeBytes * superblockSlotLbas.length));
-    device.flush();
+    // Wipe every copy first, so that a crash mid-format cannot leave an old volume's superblock in charge.
+    wipeSuperblockCopies(device);
+    const copies = options.superblockCopies ?? true;
     const superblock: Superblock = {
       generation: 0,
       rootLba: 0,
@@ -253,9 +260,10 @@ export class Store implements NodeStore {
       deviceBlocks: device.blockCount,
       uuid: options.uuid ?? randomBytes(16),
       label,
-      features: ((options.compression ?? 0) !== 0 ? featureCompressLz4 : 0n) | featureCheckedPointers,
+      features: ((options.compression ?? 0) !== 0 ? featureCompressLz4 : 0n) | featureCheckedPointers | (copies ? featureSuperblockCopies : 0n),
       compression: options.compression ?? 0,
       compressed: { ...noCompressedUsage },
+      reservedStartBlocks: copies ? reservedStartFor(device.blockCount) : 0,
     };
     const store = new Store(device, superblock, { ...options, readOnly: false });
     store.space = provider.format(store);
@@ -269,7 +277,8 @@ export class Store implements NodeStore {
 
   static open(device: BlockDevice, provider: SpaceProvider, options: StoreOptions = {}): Store {
     if (options.rescue === true) return Store.openRescue(device, provider, options);
-    return Store.openAt(device, provider, options, readSuperblock(device));
+    const report = inspectSuperblocks(device);
+    return Store.openAt(device, provider, options, report.superblock, report);
   }
 
   /**
@@ -280,11 +289,11 @@ export class Store implements NodeStore {
    */
   private static openRescue(device: BlockDevice, provider: SpaceProvider, options: StoreOptions): Store {
     const candidates = readSuperblocks(device);
-    if (candidates.length === 0) return Store.openAt(device, provider, options, readSuperblock(device));
+    if (candidates.length === 0) return Store.openAt(device, provider, options, readSuperblock(device), null);
     const failures: string[] = [];
     for (const superblock of candidates) {
       try {
-        const store = Store.openAt(device, provider, options, superblock);
+        const store = Store.openAt(device, provider, options, superblock, null);
         if (failures.length > 0) {
           store.rescueNotes!.unshift(
             `generation ${candidates[0]!.generation} could not be opened (${failures.join("; ")}); using the older generation ${superblock.generation}`,
@@ -299,8 +308,9 @@ export class Store implements NodeStore {
     throw new CorruptionError("EIO_rescue", `no superblock generation could be opened (${failures.join("; ")})`);
   }
 
-  private static openAt(device: BlockDevice, provider: SpaceProvider, options: StoreOptions, superblock: Superblock): Store {
+  private static openAt(device: BlockDevice, provider: SpaceProvider, options: StoreOptions, superblock: Superblock, report: SuperblockReport | null): Store {
     const store = new Store(device, superblock, options);
+    store.superblockReport = report;
     store.rootTree = new Tree(store, treeIdRoot, {
       rootLba: superblock.rootLba,
       level: superblock.rootLevel,
@@ -310,6 +320,8 @@ export class Store implements NodeStore {
     });
     store.rootTree.root();
     store.space = provider.open(store);
+    // Only once the forest opened: a damaged copy is rewritten from one that proved readable.
+    if (!store.readOnly && report !== null && report.stale.length > 0) store.superblockRepairs = repairCopies(device, report);
     return store;
   }
 
@@ -552,6 +564,11 @@ export class Store implements NodeStore {
     return [...ids].sort((a, b) => a - b);
   }
 
+  /** Blocks of a volume of `volumeBlocks` that the allocator never hands out (the superblock copies' places). */
+  reservedExtents(volumeBlocks = this.volumeBlocks): Array<{ start: number; length: number }> {
+    return reservedExtents(this.superblock, volumeBlocks);
+  }
+
   // ---- transactions ---------------------------------------------------------
 
   /** Makes the running transaction durable. A no-op when nothing changed, unless forced. */
@@ -580,8 +597,7 @@ export class Store implements NodeStore {
         compressed: { ...this.compressed },
         deviceBlocks: this.volumeBlocks,
       };
-      this.device.write(slotForGeneration(this.generation), encodeSuperblock(next));
-      this.device.flush();
+      writeSuperblockCopies(this.device, next, { twinFlush: this.twinFlush });
     } catch (error) {
       this.poison(error);
     } finally {

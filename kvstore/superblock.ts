@@ -33,20 +33,33 @@
  *      188     4  (zero)
  *      192     8  root tree: second LBA of the root (0 = none; duplicate metadata)
  *      200     8  (zero, reserved for checked pointers)
- *      208  3888  (zero)
+ *      208    32  (zero, reserved for the fsync log)
+ *      240     8  LBA of this copy (superblock copies, bit 4: 0, 1, 2, 3 or a backup's)
+ *      248     8  blocks kept free at the start of the volume (bit 4: 4, or 256 = the first MiB)
+ *      256  3840  (zero)
  *
  * Incompatible features: bit 0, lz4-compressed data extents may exist (set
  * by mkfs --compress lz4 or by the first compressed extent written); bit 1,
  * unwritten (preallocated) data extents may exist (set with the first
  * fallocate that allocates); bit 2, checked child pointers (node.ts) and
  * checked root-tree records may exist (set by mkfs and by the first commit
- * that writes a node); bit 5, the subvolume table may hold received-snapshot
- * identities (snapshot/format.ts, key [0x03][id]: set by the first receive),
- * which older code's checker calls unknown keys. An image without a bit holds no such extent, so
+ * that writes a node); bit 4, superblock copies (superblock_copies.ts: each
+ * generation is written twice, to a slot at LBA 0/1 and its twin at LBA 2/3,
+ * with a flush between, and to backups at LBA 16384 and 67108864 where the
+ * volume holds them; the allocator keeps those blocks and the start of the
+ * volume out of use; set by mkfs); bit 5, the subvolume table may hold
+ * received-snapshot identities (snapshot/format.ts, key [0x03][id]: set by
+ * the first receive), which older code's checker calls unknown keys. An
+ * image without a bit holds no such extent, so
  * older code reads it; code that does not know a bit refuses the image.
  */
 import { crc32c } from "./checksum.js";
 import { blockSizeBytes, deviceBlocksMin, superblockSlotLbas, treeDepthMax } from "./constants.js";
+
+/** With superblock copies, the slots (LBA 0, 1) and their twins (LBA 2, 3) are never allocated. */
+export const superblockCopyLbasMin = 4;
+/** The most a volume keeps free at its start: the first MiB. */
+export const reservedStartBlocksMax = (1024 * 1024) / blockSizeBytes;
 import { assert } from "./errors.js";
 
 export const superblockMagic = Buffer.from("GROVEFS\x01", "latin1");
@@ -57,10 +70,13 @@ export const featureCompressLz4 = 1n;
 export const featurePreallocated = 2n;
 /** Internal nodes and root-tree records may hold checked pointers (child generation and crc). */
 export const featureCheckedPointers = 4n;
-/** The subvolume table may hold received-snapshot identities ([0x03][id], snapshot/format.ts). (Bits 3 and 4 are claimed elsewhere.) */
+/** Each generation's superblock has a twin and backups (superblock_copies.ts); blocks are reserved for them. */
+export const featureSuperblockCopies = 16n;
+/** The subvolume table may hold received-snapshot identities ([0x03][id], snapshot/format.ts). (Bit 3 is the fsync log's.) */
 export const featureReceivedSnapshots = 32n;
 /** An image with other incompatible feature bits is refused. */
-export const featuresIncompatKnown = featureCompressLz4 | featurePreallocated | featureCheckedPointers | featureReceivedSnapshots;
+export const featuresIncompatKnown =
+  featureCompressLz4 | featurePreallocated | featureCheckedPointers | featureSuperblockCopies | featureReceivedSnapshots;
 
 const SLOT_MAGIC = 0;
 const SLOT_CRC = SLOT_MAGIC + 8;
@@ -82,6 +98,9 @@ const SLOT_COMPRESSED_LOGICAL = SLOT_COMPRESSED_DISK + 8;
 const SLOT_ROOT_GENERATION = SLOT_COMPRESSED_LOGICAL + 8;
 const SLOT_ROOT_CRC = SLOT_ROOT_GENERATION + 8;
 const SLOT_ROOT_LBA2 = SLOT_ROOT_CRC + 8;
+const SLOT_FSYNC_LOG = SLOT_ROOT_LBA2 + 16;
+const SLOT_COPY_LBA = SLOT_FSYNC_LOG + 32;
+const SLOT_RESERVED_START = SLOT_COPY_LBA + 8;
 export const labelSizeMaxBytes = SLOT_END - SLOT_LABEL;
 
 export interface Superblock {
@@ -100,6 +119,12 @@ export interface Superblock {
   /** How new file data is compressed unless the mount says otherwise (0 none, 1 lz4). */
   compression: number;
   compressed: CompressedUsage;
+  /**
+   * With superblock copies: blocks [0, this) hold no node and no data (the
+   * slots and twins, and for a volume made larger than 64 MiB the whole first
+   * MiB); 0 without the feature.
+   */
+  reservedStartBlocks: number;
 }
 
 /** The volume's compressed data extents, each counted once however many records share it. */
@@ -117,7 +142,12 @@ export function slotForGeneration(generation: number): number {
   return superblockSlotLbas[generation % 2]!;
 }
 
-export function encodeSuperblock(sb: Superblock): Buffer {
+/**
+ * Encodes `sb` as the copy at `lba` (by default the slot of its generation);
+ * with superblock copies the copy records its own LBA, so that a copy found
+ * elsewhere (a misdirected write) is not taken for this one.
+ */
+export function encodeSuperblock(sb: Superblock, lba = slotForGeneration(sb.generation)): Buffer {
   assert(sb.uuid.length === 16, "uuid is 16 bytes");
   const label = Buffer.from(sb.label, "utf8");
   assert(label.length <= labelSizeMaxBytes, "label fits its field");
@@ -141,14 +171,31 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   buf.writeBigUInt64LE(BigInt(sb.rootGeneration), SLOT_ROOT_GENERATION);
   buf.writeUInt32LE(sb.rootCrc >>> 0, SLOT_ROOT_CRC);
   buf.writeBigUInt64LE(0n, SLOT_ROOT_LBA2);
+  if ((sb.features & featureSuperblockCopies) !== 0n) {
+    assert(sb.reservedStartBlocks >= superblockCopyLbasMin, "the slots and twins are reserved");
+    buf.writeBigUInt64LE(BigInt(lba), SLOT_COPY_LBA);
+    buf.writeBigUInt64LE(BigInt(sb.reservedStartBlocks), SLOT_RESERVED_START);
+  } else {
+    assert(sb.reservedStartBlocks === 0, "only superblock copies reserve blocks");
+  }
   buf.writeUInt32LE(crc32c(buf.subarray(SLOT_VERSION)), SLOT_CRC);
   return buf;
 }
 
-export type SlotDecode = { ok: true; superblock: Superblock } | { ok: false; reason: string };
+/**
+ * An invalid slot is a reason. `truncated` is set when the slot is valid in
+ * every way but names more blocks than the device has: the image was cut.
+ */
+export type SlotDecode =
+  | { ok: true; superblock: Superblock }
+  | { ok: false; reason: string; truncated?: { generation: number; volumeBlocks: number } };
 
-/** Decodes one slot; an invalid slot is a reason, not an exception, so the other slot can be tried. */
-export function decodeSuperblock(buf: Buffer, deviceBlocks: number): SlotDecode {
+/**
+ * Decodes one slot; an invalid slot is a reason, not an exception, so the
+ * other copies can be tried. `lba` is where the copy was read from: a copy
+ * with superblock copies must record it.
+ */
+export function decodeSuperblock(buf: Buffer, deviceBlocks: number, lba?: number): SlotDecode {
   assert(buf.length === blockSizeBytes, "a slot is one block");
   if (!buf.subarray(SLOT_MAGIC, SLOT_MAGIC + 8).equals(superblockMagic)) {
     return { ok: false, reason: "no grovefs magic" };
@@ -181,24 +228,35 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number): SlotDecode 
       diskBlocks: Number(buf.readBigUInt64LE(SLOT_COMPRESSED_DISK)),
       logicalBlocks: Number(buf.readBigUInt64LE(SLOT_COMPRESSED_LOGICAL)),
     },
+    reservedStartBlocks: 0,
   };
+  if ((features & featureSuperblockCopies) !== 0n) {
+    const copyLba = Number(buf.readBigUInt64LE(SLOT_COPY_LBA));
+    if (lba !== undefined && copyLba !== lba) return { ok: false, reason: `copy of LBA ${copyLba} found at LBA ${lba}` };
+    sb.reservedStartBlocks = Number(buf.readBigUInt64LE(SLOT_RESERVED_START));
+    if (sb.reservedStartBlocks < superblockCopyLbasMin || sb.reservedStartBlocks > reservedStartBlocksMax) {
+      return { ok: false, reason: `${sb.reservedStartBlocks} reserved blocks at the start is out of range` };
+    }
+  }
   if (sb.compression > 1) return { ok: false, reason: `unknown default compression ${sb.compression}` };
   if (sb.compression !== 0 && (features & featureCompressLz4) === 0n) {
     return { ok: false, reason: "default compression is set but the lz4 feature is not" };
   }
   if (sb.deviceBlocks < deviceBlocksMin) return { ok: false, reason: `volume of ${sb.deviceBlocks} blocks is too small` };
-  if (sb.deviceBlocks > deviceBlocks) {
-    return {
-      ok: false,
-      reason: `volume is ${sb.deviceBlocks} blocks but the device has only ${deviceBlocks} (truncated image?)`,
-    };
-  }
-  if (sb.rootLba < superblockSlotLbas.length || sb.rootLba >= sb.deviceBlocks) {
+  if (sb.rootLba < Math.max(superblockSlotLbas.length, sb.reservedStartBlocks) || sb.rootLba >= sb.deviceBlocks) {
     return { ok: false, reason: `root tree LBA ${sb.rootLba} is outside the volume` };
   }
   if (sb.rootLevel >= treeDepthMax) return { ok: false, reason: `root tree level ${sb.rootLevel} is too deep` };
   if (sb.rootGeneration > sb.generation) {
     return { ok: false, reason: `root tree's root is generation ${sb.rootGeneration}, newer than the superblock's ${sb.generation}` };
+  }
+  // Last, so that a slot failing only this is known to be a whole superblock of a longer volume.
+  if (sb.deviceBlocks > deviceBlocks) {
+    return {
+      ok: false,
+      reason: `volume is ${sb.deviceBlocks} blocks but the device has only ${deviceBlocks} (truncated image?)`,
+      truncated: { generation: sb.generation, volumeBlocks: sb.deviceBlocks },
+    };
   }
   return { ok: true, superblock: sb };
 }

@@ -158,7 +158,7 @@ describe("a damaged disk block of a compressed extent", () => {
         fs.close();
       }
       expect(problemsOf(flipped(img, place.lba, place.offset, 0x10)), place.what).toEqual([
-        `inode ${img.ino}: data block ${place.lba} fails its checksum`,
+        expect.stringMatching(new RegExp(`^inode ${img.ino} \\("/f" in the default subvolume\\): data block ${place.lba} fails its checksum; damaged file bytes \\d+-\\d+`)),
       ]);
     }
     expectFsClean(img.device.reopen());
@@ -188,7 +188,7 @@ describe("a damaged disk block of a compressed extent", () => {
     fs.close();
     // One extent, read once however many records and subvolumes name it.
     expect(problemsOf(flipped(img, slices[0]!.extentLba, 200, 0x01))).toEqual([
-      `inode ${img.ino}: data block ${slices[0]!.extentLba} fails its checksum`,
+      expect.stringMatching(new RegExp(`^inode ${img.ino} \\("/f" in the default subvolume\\): data block ${slices[0]!.extentLba} fails its checksum; `)),
     ]);
   });
 

@@ -71,9 +71,10 @@ function damageNlink(image: string): void {
 }
 
 /** Damages both superblock slots past their magic: still a grovefs image, but no committed root to start from. */
+/** Damages every superblock copy: the slots (LBA 0, 1) and their twins (LBA 2, 3); a 16 MiB image has no backup. */
 function damageBothSuperblocks(image: string): void {
   const fd = fs.openSync(image, "r+");
-  for (const slot of [0, 1]) fs.writeSync(fd, Buffer.from([0xff, 0xee]), 0, 2, slot * blockSizeBytes + 100);
+  for (const slot of [0, 1, 2, 3]) fs.writeSync(fd, Buffer.from([0xff, 0xee]), 0, 2, slot * blockSizeBytes + 100);
   fs.closeSync(fd);
 }
 
@@ -159,13 +160,13 @@ describe("grovefs fsck", () => {
     expect(JSON.parse(json.stdout)).toMatchObject({ exitCode: 8, error: expect.stringMatching(/not a grovefs image/) });
   });
 
-  it("treats a grovefs image whose superblocks are both damaged as a finding: exit 4, even with -y", async () => {
+  it("treats a grovefs image whose superblock copies are all damaged as a finding: exit 4, even with -y", async () => {
     const image = makeImage();
     damageBothSuperblocks(image);
     const n = await grovefs("fsck", "-n", "--json", image);
     expect(n.code, n.stderr).toBe(4);
     const report = JSON.parse(n.stdout) as FsckResult;
-    expect(report.problems.join("\n")).toMatch(/both superblocks are damaged/);
+    expect(report.problems.join("\n")).toMatch(/every superblock copy is damaged/);
     expect(report.counts).toBeNull();
     const before = fs.readFileSync(image);
     const y = await grovefs("fsck", "-y", image);
@@ -174,23 +175,42 @@ describe("grovefs fsck", () => {
     expect(fs.readFileSync(image).equals(before)).toBe(true);
   });
 
-  it("notes one unreadable superblock slot (a torn or damaged commit) without failing; the next commit rewrites it", async () => {
+  it("repairs a damaged slot of the newest generation from its twin; notes a stale twin, which a read-write open rewrites", async () => {
     const image = makeImage();
-    // Damage the slot of the newest generation: the other, older one is used.
-    const fd = fs.openSync(image, "r+");
-    const slots = [0, 1].map((slot) => {
-      const buf = Buffer.alloc(8);
-      fs.readSync(fd, buf, 0, 8, slot * blockSizeBytes + 24);
-      return buf.readBigUInt64LE(0);
-    });
-    const newest = slots[0]! > slots[1]! ? 0 : 1;
-    fs.writeSync(fd, Buffer.from([0xff, 0xee]), 0, 2, newest * blockSizeBytes + 200);
-    fs.closeSync(fd);
+    const generations = () => {
+      const fd = fs.openSync(image, "r");
+      const gens = [0, 1].map((slot) => {
+        const buf = Buffer.alloc(8);
+        fs.readSync(fd, buf, 0, 8, slot * blockSizeBytes + 24);
+        return buf.readBigUInt64LE(0);
+      });
+      fs.closeSync(fd);
+      return gens;
+    };
+    const damage = (lba: number) => {
+      const fd = fs.openSync(image, "r+");
+      fs.writeSync(fd, Buffer.from([0xff, 0xee]), 0, 2, lba * blockSizeBytes + 200);
+      fs.closeSync(fd);
+    };
+    const [g0, g1] = generations();
+    const newest = g0! > g1! ? 0 : 1;
+    damage(newest);
     const n = await grovefs("fsck", "-n", image);
-    expect(n.code, n.stderr).toBe(0);
-    expect(n.stdout).toMatch(new RegExp(`^note: superblock slot ${newest} is unreadable \\(checksum mismatch\\); generation \\d+ in the other slot is in use$`, "m"));
-    expect(n.stdout).toMatch(/: clean, /);
-    // Any commit writes the next generation into the damaged slot: a snapshot is one.
+    expect(n.code, n.stderr).toBe(4);
+    expect(n.stdout).toMatch(new RegExp(`^superblock slot at LBA ${newest} is unreadable \\(checksum mismatch\\), not generation \\d+: damaged; generation \\d+ was read from the superblock twin at LBA ${2 + newest}$`, "m"));
+    const y = await grovefs("fsck", "-y", image);
+    expect(y.code, y.stdout + y.stderr).toBe(1);
+    expect(y.stdout).toMatch(new RegExp(`^repaired: superblock slot at LBA ${newest}: rewritten with generation \\d+ from LBA ${2 + newest}$`, "m"));
+    expect((await grovefs("fsck", "-n", image)).code).toBe(0);
+
+    // A twin that does not hold the newest generation beside a good slot is what an interrupted commit leaves: a note.
+    const [h0, h1] = generations();
+    const twin = 2 + (h0! > h1! ? 0 : 1);
+    damage(twin);
+    const noted = await grovefs("fsck", "-n", image);
+    expect(noted.code, noted.stderr).toBe(0);
+    expect(noted.stdout).toMatch(new RegExp(`^note: superblock twin at LBA ${twin} is unreadable \\(checksum mismatch\\)`, "m"));
+    // Any read-write open rewrites it: a snapshot is one.
     expect((await grovefs("snapshot", "create", image, "s")).code).toBe(0);
     const again = await grovefs("fsck", "-n", image);
     expect(again.code, again.stderr).toBe(0);
