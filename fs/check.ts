@@ -758,8 +758,12 @@ class FsWalk {
     let cur = ino;
     for (let depth = 0; cur !== rootIno; depth++) {
       if (depth >= pathDepthMax) return null;
+      // The lowest-numbered directory naming it: the same path however the walk met the entries.
       let dir = -1;
-      for (let i = 0; i < this.entries.length && dir < 0; i++) if (this.entries.ino(i) === cur && this.entries.dir(i) >= 0) dir = this.entries.dir(i);
+      for (let i = 0; i < this.entries.length; i++) {
+        const d = this.entries.dir(i);
+        if (this.entries.ino(i) === cur && d >= 0 && (dir < 0 || d < dir)) dir = d;
+      }
       if (dir < 0) return null;
       const name = this.nameIn(dir, cur);
       if (name === undefined) return null;
