@@ -18,6 +18,7 @@ import { blockSizeBytes, treeDepthMax, treeIdRoot } from "./constants.js";
 import type { BlockDevice } from "./device.js";
 import { compareBytes, nodeGeneration, validateNodeBytes, decodeNode, type Node } from "./node.js";
 import { decodeMeta, readSuperblock } from "./store.js";
+import { type LogReplay, logBlocksInUse, readLog } from "./fsync_log.js";
 import { GroveError } from "./errors.js";
 import type { TreeMeta } from "./btree.js";
 import type { ItemEdges } from "./interfaces.js";
@@ -125,6 +126,12 @@ export interface ForestReport {
   compressedRecorded: CompressedUsage;
   /** Whether the superblock has the lz4 feature bit. */
   lz4Feature: boolean;
+  /**
+   * The fsync log of the committed superblock: the walk checks the state
+   * it recovers (what a read-write open would replay and commit), and its
+   * blocks count as reachable. Null when the superblock was unreadable.
+   */
+  log: (LogReplay & { committedGeneration: number; blocks: number[] }) | null;
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -161,9 +168,21 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       compressed: { ...noCompressedUsage },
       compressedRecorded: { ...noCompressedUsage },
       lz4Feature: false,
+      log: null,
     };
   }
+  const committed = sb;
+  let log: LogReplay;
+  try {
+    log = readLog(device, committed);
+  } catch (error) {
+    if (!(error instanceof GroveError)) throw error;
+    problems.push(`fsync log: ${error.message}`);
+    log = { state: committed, chain: [], nextLba: committed.logHeadLba, validRecords: 0, end: error.message };
+  }
+  sb = log.state;
   const reachable = new Bitmap(sb.deviceBlocks);
+  const logBlocks = logBlocksInUse(committed, log);
   const walker = new TreeWalker(device, sb.deviceBlocks, sb.generation, reachable, problems, visitItem);
   const trees: TreeReport[] = [];
   const metas: Array<{ id: number } & TreeMeta> = [];
@@ -191,18 +210,23 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     const check = { generation: next.meta.rootGeneration ?? 0, crc: next.meta.rootCrc ?? 0 };
     trees.push(walker.walk(next.owner, next.meta.rootLba, next.meta.level, next.meta.count, check));
   }
+  for (const lba of logBlocks) {
+    if (reachable.get(lba)) problems.push(`fsync log block ${lba} is also reachable from the forest`);
+    reachable.set(lba);
+  }
   return {
     problems,
     generation: sb.generation,
     deviceBlocks: sb.deviceBlocks,
     reachable,
-    reachableBlocks: walker.marked,
+    reachableBlocks: walker.marked + logBlocks.length,
     trees,
     references: walker.references,
     extents: walker.extents,
     compressed: walker.compressed,
     compressedRecorded: sb.compressed,
     lz4Feature: (sb.features & featureCompressLz4) !== 0n,
+    log: { ...log, committedGeneration: committed.generation, blocks: logBlocks },
   };
 }
 

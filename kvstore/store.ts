@@ -61,6 +61,7 @@ import {
 } from "./interfaces.js";
 import { Node, decodeNode, ownerMatches, sealNode } from "./node.js";
 import { NodeCache } from "./node_cache.js";
+import { WrittenExtents, encodeLogRecord, logExtentsMax, logRecordsMax, readLog } from "./fsync_log.js";
 import {
   CompressedUsage,
   Superblock,
@@ -68,9 +69,9 @@ import {
   encodeSuperblock,
   featureCheckedPointers,
   featureCompressLz4,
+  featureFsyncLog,
   labelSizeMaxBytes,
   noCompressedUsage,
-  slotForGeneration,
 } from "./superblock.js";
 
 const META_ROOT_LBA = 0;
@@ -158,14 +159,27 @@ export function unreadableSlots(device: BlockDevice): string[] {
 
 /** Reads both slots and returns the valid one with the highest generation. */
 export function readSuperblock(device: BlockDevice): Superblock {
+  return readSuperblockSlot(device).superblock;
+}
+
+/**
+ * The durable state: the newest committed superblock with its fsync log
+ * applied (what an open shows; a read-write open then commits it).
+ */
+export function readDurableSuperblock(device: BlockDevice): Superblock {
+  return readLog(device, readSuperblock(device)).state;
+}
+
+/** The valid slot with the highest generation, and which slot it is. */
+export function readSuperblockSlot(device: BlockDevice): { superblock: Superblock; lba: number } {
   const reasons: string[] = [];
-  let best: Superblock | null = null;
+  let best: { superblock: Superblock; lba: number } | null = null;
   for (const lba of superblockSlotLbas) {
     const buf = Buffer.allocUnsafe(blockSizeBytes);
     device.read(lba, buf);
     const slot = decodeSuperblock(buf, device.blockCount);
     if (!slot.ok) reasons.push(`slot ${lba}: ${slot.reason}`);
-    else if (best === null || slot.superblock.generation > best.generation) best = slot.superblock;
+    else if (best === null || slot.superblock.generation > best.superblock.generation) best = { superblock: slot.superblock, lba };
   }
   if (best === null) {
     throw new CorruptionError("EIO_no_superblock", `not a grovefs volume, or both superblocks are damaged (${reasons.join("; ")})`);
@@ -198,6 +212,24 @@ export class Store implements NodeStore {
   private compressed: CompressedUsage;
   /** The running transaction's volume size in blocks: differs from the superblock's only inside `resize`. */
   private volumeBlocks: number;
+  /**
+   * The fsync log (fsync_log.ts). `superblock` is the durable state: the
+   * committed superblock, or the state of the last log record. The slot
+   * holding the newest committed superblock is never the one a commit
+   * writes: after logged fsyncs, generation parity no longer says which.
+   */
+  private superblockSlotLba: number = superblockSlotLbas[0];
+  /** The generation of the committed superblock, which the chain's records extend. */
+  private logBase: number;
+  private logHead = 0;
+  /** Blocks of the records written since the last commit, head first. */
+  private logChain: number[] = [];
+  /** The block the next record goes to (the head when the chain is empty). */
+  private logNext = 0;
+  /** Asked for by `logSync` before the head exists: the next commit reserves it. */
+  private logWanted = false;
+  /** Data extents written since the last durable point, for the next record to list. */
+  private readonly written = new WrittenExtents();
 
   private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
     this.device = device;
@@ -206,6 +238,9 @@ export class Store implements NodeStore {
     this.compressed = { ...superblock.compressed };
     this.volumeBlocks = superblock.deviceBlocks;
     this.generation = superblock.generation + 1;
+    this.logBase = superblock.generation;
+    this.logHead = superblock.logHeadLba;
+    this.logNext = superblock.logHeadLba;
     this.readOnly = options.readOnly ?? false;
     this.sharing = options.sharing ?? unshared;
     this.edges = options.edges ?? noEdges;
@@ -234,6 +269,7 @@ export class Store implements NodeStore {
       features: ((options.compression ?? 0) !== 0 ? featureCompressLz4 : 0n) | featureCheckedPointers,
       compression: options.compression ?? 0,
       compressed: { ...noCompressedUsage },
+      logHeadLba: 0,
     };
     const store = new Store(device, superblock, { ...options, readOnly: false });
     store.space = provider.format(store);
@@ -245,9 +281,20 @@ export class Store implements NodeStore {
     return store;
   }
 
+  /**
+   * Opens the newest committed superblock with its fsync log applied: a
+   * read-write open commits the recovered state (replay), a read-only one
+   * only shows it.
+   */
   static open(device: BlockDevice, provider: SpaceProvider, options: StoreOptions = {}): Store {
-    const superblock = readSuperblock(device);
+    const committed = readSuperblockSlot(device);
+    const log = readLog(device, committed.superblock);
+    const superblock = log.state;
     const store = new Store(device, superblock, options);
+    store.superblockSlotLba = committed.lba;
+    store.logBase = committed.superblock.generation;
+    store.logChain = log.chain;
+    store.logNext = log.nextLba;
     store.rootTree = new Tree(store, treeIdRoot, {
       rootLba: superblock.rootLba,
       level: superblock.rootLevel,
@@ -257,7 +304,24 @@ export class Store implements NodeStore {
     });
     store.rootTree.root();
     store.space = provider.open(store);
+    if (log.chain.length > 0 && !store.readOnly) store.commit({ force: true });
     return store;
+  }
+
+  /** Records applied from the fsync log that the next commit makes obsolete (0 after a commit). */
+  get logRecords(): number {
+    return this.logChain.length;
+  }
+
+  /**
+   * Writes file data blocks (new blocks, or unwritten ones that no durable
+   * state reads): the next logged fsync lists them, so replay can tell
+   * whether they reached the disk.
+   */
+  writeData(lba: number, blocks: Buffer[]): void {
+    this.written.add(lba, blocks);
+    if (blocks.length === 1) this.device.write(lba, blocks[0]!);
+    else this.device.writev(lba, blocks);
   }
 
   get committedGeneration(): number {
@@ -505,11 +569,12 @@ export class Store implements NodeStore {
   commit(options: { force?: boolean } = {}): void {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_commit", "volume is open read-only");
-    if (!options.force && !this.hasChanges()) return;
+    if (!options.force && !this.hasChanges() && this.logChain.length === 0) return;
     assert(this.space !== null, "an allocator is attached before commit");
     this.committing = true;
     let next: Superblock;
     try {
+      this.retireLog();
       this.settleTrees();
       if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
       this.writeNodes(this.sealDirtyNodes());
@@ -526,14 +591,79 @@ export class Store implements NodeStore {
         features: this.features,
         compressed: { ...this.compressed },
         deviceBlocks: this.volumeBlocks,
+        logHeadLba: this.logHead,
       };
-      this.device.write(slotForGeneration(this.generation), encodeSuperblock(next));
+      const slot = this.superblockSlotLba === superblockSlotLbas[0] ? superblockSlotLbas[1] : superblockSlotLbas[0];
+      this.device.write(slot, encodeSuperblock(next));
       this.device.flush();
+      this.superblockSlotLba = slot;
     } catch (error) {
       this.poison(error);
     } finally {
       this.committing = false;
     }
+    this.logBase = next.generation;
+    this.logChain = [];
+    this.logNext = this.logHead;
+    this.written.clear();
+    this.becameDurable(next);
+  }
+
+  /**
+   * fsync: makes the running transaction durable with one log record and
+   * one flush (fsync_log.ts), or with a full commit when the log cannot take
+   * it (no head yet, a full chain, too many extents, a resize, low space).
+   */
+  logSync(): void {
+    this.checkHealthy();
+    if (this.readOnly) throw new GroveError("EROFS", "EROFS_commit", "volume is open read-only");
+    if (!this.hasChanges()) return;
+    assert(this.space !== null, "an allocator is attached before commit");
+    if (!this.logCanTake()) {
+      this.logWanted = true;
+      this.commit({ force: true });
+      return;
+    }
+    this.committing = true;
+    let next: Superblock;
+    const lba = this.logNext;
+    try {
+      const nextLba = this.space.allocate(1);
+      this.settleTrees();
+      if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
+      const nodes = this.sealDirtyNodes();
+      this.writeNodes(nodes);
+      const root = this.sealedRootCheck(this.rootTree);
+      next = {
+        ...this.superblock,
+        generation: this.generation,
+        rootLba: this.rootTree.rootLba,
+        rootCount: this.rootTree.count,
+        rootLevel: this.rootTree.level,
+        rootGeneration: root.generation,
+        rootCrc: root.crc,
+        features: this.features,
+        compressed: { ...this.compressed },
+      };
+      for (const node of nodes) this.written.add(node.lba, [node.buf]);
+      const extents = this.written.triples();
+      assert(extents.length / 3 <= logExtentsMax, "logCanTake bounds the record's extents");
+      const record = { base: this.logBase, sequence: this.logChain.length + 1, lba, nextLba, state: next, extents };
+      this.device.write(lba, encodeLogRecord(record));
+      this.device.flush();
+      this.logChain.push(lba);
+      this.logNext = nextLba;
+    } catch (error) {
+      this.poison(error);
+    } finally {
+      this.committing = false;
+    }
+    this.written.clear();
+    this.becameDurable(next);
+  }
+
+  /** The in-memory side of a durable point (a commit or a log record): the running transaction starts afresh. */
+  private becameDurable(next: Superblock): void {
     this.superblock = next;
     this.droppedTrees.clear();
     // Each transaction looks for its first run from the start of the volume (see FreeSpace.startRun).
@@ -541,8 +671,53 @@ export class Store implements NodeStore {
     this.cache.markAllClean();
     this.rootTree.metaDirty = false;
     this.generation++;
-    this.space.committed();
+    this.space!.committed();
     this.sharing.committed();
+  }
+
+  /**
+   * Whether this fsync can be a log record: a head exists, the chain has
+   * room, the record's extents fit (the dirty nodes, counted as if none were
+   * adjacent, plus the data extents written), the volume is not being
+   * resized, and a block for the next record can be spared.
+   */
+  private logCanTake(): boolean {
+    if (this.logHead === 0 || (this.features & featureFsyncLog) === 0n) return false;
+    if (this.logChain.length + 1 >= logRecordsMax) return false;
+    if (this.volumeBlocks !== this.superblock.deviceBlocks) return false;
+    // The fixpoint adds nodes of its own: leave it a margin.
+    if (this.written.count + this.cache.dirtyCount + 32 > logExtentsMax && !this.dirtyNodesFit()) return false;
+    try {
+      this.space!.reserve(1 + this.commitOverheadBlocks(), "shrink");
+    } catch (error) {
+      if (error instanceof GroveError && error.code === "ENOSPC") return false;
+      throw error;
+    }
+    return true;
+  }
+
+  /** The dirty nodes' runs of adjacent blocks, plus the data extents, fit one record with a margin for the fixpoint. */
+  private dirtyNodesFit(): boolean {
+    const lbas = this.cache.dirtyNodes().map((n) => n.lba).sort((a, b) => a - b);
+    let runs = 0;
+    for (let i = 0; i < lbas.length; i++) if (i === 0 || lbas[i] !== lbas[i - 1]! + 1) runs++;
+    return this.written.count + runs + 32 <= logExtentsMax;
+  }
+
+  /**
+   * At a commit: the chain's blocks (but the head, which stays reserved)
+   * are freed, and the head is reserved if an fsync asked for the log. The
+   * new superblock's generation makes every record of the chain stale.
+   */
+  private retireLog(): void {
+    for (const lba of new Set([...this.logChain, this.logNext])) {
+      if (lba !== this.logHead && lba !== 0) this.space!.free(lba, 1);
+    }
+    if (this.logWanted && this.logHead === 0) {
+      this.logHead = this.space!.allocate(1);
+      this.features |= featureFsyncLog;
+    }
+    this.logWanted = false;
   }
 
   /**
@@ -600,6 +775,7 @@ export class Store implements NodeStore {
   abort(): void {
     this.checkHealthy();
     this.cache.dropDirty();
+    this.written.clear();
     this.space?.aborted();
     this.sharing.aborted();
     const sb = this.superblock;

@@ -33,14 +33,18 @@
  *      188     4  (zero)
  *      192     8  root tree: second LBA of the root (0 = none; duplicate metadata)
  *      200     8  (zero, reserved for checked pointers)
- *      208  3888  (zero)
+ *      208     8  fsync log: LBA of its head record (0 = none; feature bit 3)
+ *      216    24  (zero, reserved for the fsync log)
+ *      240  3856  (zero)
  *
  * Incompatible features: bit 0, lz4-compressed data extents may exist (set
  * by mkfs --compress lz4 or by the first compressed extent written); bit 1,
  * unwritten (preallocated) data extents may exist (set with the first
  * fallocate that allocates); bit 2, checked child pointers (node.ts) and
  * checked root-tree records may exist (set by mkfs and by the first commit
- * that writes a node). An image without a bit holds no such extent, so
+ * that writes a node); bit 3, an fsync log (kvstore/fsync_log.ts) may hold
+ * records that extend this generation, headed at byte 208's block (set by the
+ * first commit that reserves the head). An image without a bit holds no such extent, so
  * older code reads it; code that does not know a bit refuses the image.
  */
 import { crc32c } from "./checksum.js";
@@ -55,8 +59,10 @@ export const featureCompressLz4 = 1n;
 export const featurePreallocated = 2n;
 /** Internal nodes and root-tree records may hold checked pointers (child generation and crc). */
 export const featureCheckedPointers = 4n;
+/** Byte 208 names the head of an fsync log whose records may extend this generation (fsync_log.ts). */
+export const featureFsyncLog = 8n;
 /** An image with other incompatible feature bits is refused. */
-export const featuresIncompatKnown = featureCompressLz4 | featurePreallocated | featureCheckedPointers;
+export const featuresIncompatKnown = featureCompressLz4 | featurePreallocated | featureCheckedPointers | featureFsyncLog;
 
 const SLOT_MAGIC = 0;
 const SLOT_CRC = SLOT_MAGIC + 8;
@@ -78,6 +84,7 @@ const SLOT_COMPRESSED_LOGICAL = SLOT_COMPRESSED_DISK + 8;
 const SLOT_ROOT_GENERATION = SLOT_COMPRESSED_LOGICAL + 8;
 const SLOT_ROOT_CRC = SLOT_ROOT_GENERATION + 8;
 const SLOT_ROOT_LBA2 = SLOT_ROOT_CRC + 8;
+const SLOT_LOG_HEAD = SLOT_ROOT_LBA2 + 16;
 export const labelSizeMaxBytes = SLOT_END - SLOT_LABEL;
 
 export interface Superblock {
@@ -96,6 +103,8 @@ export interface Superblock {
   /** How new file data is compressed unless the mount says otherwise (0 none, 1 lz4). */
   compression: number;
   compressed: CompressedUsage;
+  /** The block reserved for the fsync log's first record (0: none; set with featureFsyncLog). */
+  logHeadLba: number;
 }
 
 /** The volume's compressed data extents, each counted once however many records share it. */
@@ -137,6 +146,8 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   buf.writeBigUInt64LE(BigInt(sb.rootGeneration), SLOT_ROOT_GENERATION);
   buf.writeUInt32LE(sb.rootCrc >>> 0, SLOT_ROOT_CRC);
   buf.writeBigUInt64LE(0n, SLOT_ROOT_LBA2);
+  assert((sb.logHeadLba !== 0) === ((sb.features & featureFsyncLog) !== 0n), "a log head goes with the fsync-log feature");
+  buf.writeBigUInt64LE(BigInt(sb.logHeadLba), SLOT_LOG_HEAD);
   buf.writeUInt32LE(crc32c(buf.subarray(SLOT_VERSION)), SLOT_CRC);
   return buf;
 }
@@ -177,6 +188,7 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number): SlotDecode 
       diskBlocks: Number(buf.readBigUInt64LE(SLOT_COMPRESSED_DISK)),
       logicalBlocks: Number(buf.readBigUInt64LE(SLOT_COMPRESSED_LOGICAL)),
     },
+    logHeadLba: (features & featureFsyncLog) !== 0n ? Number(buf.readBigUInt64LE(SLOT_LOG_HEAD)) : 0,
   };
   if (sb.compression > 1) return { ok: false, reason: `unknown default compression ${sb.compression}` };
   if (sb.compression !== 0 && (features & featureCompressLz4) === 0n) {
@@ -191,6 +203,9 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number): SlotDecode 
   }
   if (sb.rootLba < superblockSlotLbas.length || sb.rootLba >= sb.deviceBlocks) {
     return { ok: false, reason: `root tree LBA ${sb.rootLba} is outside the volume` };
+  }
+  if ((features & featureFsyncLog) !== 0n && (sb.logHeadLba < superblockSlotLbas.length || sb.logHeadLba >= sb.deviceBlocks)) {
+    return { ok: false, reason: `fsync log head ${sb.logHeadLba} is outside the volume` };
   }
   if (sb.rootLevel >= treeDepthMax) return { ok: false, reason: `root tree level ${sb.rootLevel} is too deep` };
   if (sb.rootGeneration > sb.generation) {
