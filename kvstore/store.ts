@@ -304,7 +304,8 @@ export class Store implements NodeStore {
     });
     store.rootTree.root();
     store.space = provider.open(store);
-    if (log.chain.length > 0 && !store.readOnly) store.commit({ force: true });
+    // A record whose own blocks did not all land is discarded the same way: the commit makes it stale.
+    if (log.validRecords > 0 && !store.readOnly) store.commit({ force: true });
     return store;
   }
 
