@@ -34,6 +34,24 @@ export interface RepairResult {
   remaining: string[];
 }
 
+/**
+ * fsck -y on a volume with an fsync log: a read-write open replays it (the
+ * newest record whose blocks all landed) and commits, which discards the
+ * rest. Returns what it did, or null when there was no log; closes the device.
+ */
+export function replayFsyncLog(device: BlockDevice, report: FsReport): string | null {
+  const log = report.space.forest.log;
+  if (log === null || log.validRecords === 0) return null;
+  const { store } = openVolume(device, { edges: fsEdges });
+  const generation = store.committedGeneration;
+  store.close();
+  const discarded = log.validRecords - log.chain.length;
+  return (
+    `fsync log: replayed ${log.chain.length} record${log.chain.length === 1 ? "" : "s"} onto generation ${log.committedGeneration}, committed as generation ${generation}` +
+    (discarded > 0 ? `; discarded a last record whose blocks did not all land` : "")
+  );
+}
+
 /** Repairs `device` from a fresh `report` of it; closes the device. Run the checker again to confirm. */
 export function repairFilesystem(device: BlockDevice, report: FsReport): RepairResult {
   const forest = report.space.forest;
