@@ -17,10 +17,15 @@
  *
  * Seeds: GROVE_SEEDS=1,2,3; crash points per seed: GROVE_FSYNCLOG_POINTS.
  */
+import * as fs from "node:fs";
 import { constants as C } from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import * as zlib from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { GroveError, Prng, SimDevice, SimulatedCrash, crc32c, readDurableSuperblock, readSuperblock } from "../kvstore/index.js";
 import { readLog } from "../kvstore/fsync_log.js";
+import { featureFsyncLog } from "../kvstore/superblock.js";
 import { GroveFs } from "../fs/index.js";
 import { seeds, withSeed } from "./helpers.js";
 import { O_CREAT, O_RDWR, O_WRONLY, durableImage, expectFsClean, pattern, readFile, root, testClock, writeFile } from "./fs_helpers.js";
@@ -474,5 +479,36 @@ describe("fsync log: replay", () => {
     expectSameTree(snapshotTree(fs), expected, "after a torn record");
     fs.close();
     expectFsClean(device.reopen());
+  });
+});
+
+describe("fsync log on an image made before it", () => {
+  it("the first fsync commits and reserves the head, later ones are logged and replayed", () => {
+    const bytes = zlib.gunzipSync(fs.readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), "fixtures", "legacy_image.img.gz")));
+    const device = new SimDevice(bytes.length / 4096);
+    for (let lba = 0; lba < device.blockCount; lba++) {
+      const block = bytes.subarray(lba * 4096, (lba + 1) * 4096);
+      if (block.some((b) => b !== 0)) device.write(lba, block);
+    }
+    device.flush();
+    expect(readSuperblock(device).features & featureFsyncLog).toBe(0n);
+    const g = GroveFs.open(device);
+    const records: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const fh = g.create(`/d0/new${i}`, 0o644, O_CREAT | O_RDWR, root);
+      g.write(fh, pattern(7000, i), 7000, 0);
+      g.fsync(fh, false);
+      g.release(fh);
+      records.push(g.store.logRecords);
+    }
+    expect(records).toEqual([0, 1, 2]);
+    expect(readSuperblock(device).features & featureFsyncLog).toBe(featureFsyncLog);
+    const crashed = SimDevice.fromDurable(durableImage(device), device.blockCount);
+    expectFsClean(crashed);
+    const after = GroveFs.open(crashed);
+    for (let i = 0; i < 3; i++) expect(readFile(after, `/d0/new${i}`).equals(pattern(7000, i))).toBe(true);
+    expect(readFile(after, "/d0/file-0000").equals(pattern(50, 0))).toBe(true);
+    after.close();
+    expectFsClean(crashed.reopen());
   });
 });
