@@ -322,7 +322,7 @@ export function runFsck(
     const c = checker(inner, bar);
     let first = c.check("checking");
     // -y replays an fsync log first (a read-only check shows its state without writing), then checks what it committed.
-    const replayed = repair && first.problems.length === 0 ? replayFsyncLog(c.device, first) : null;
+    const replayed = repair ? replayFsyncLog(c.device, first) : null;
     if (replayed !== null) first = c.check("checking the replayed volume");
     result.problems = first.problems;
     result.notes = replayed === null ? first.notes : [replayed, ...first.notes];

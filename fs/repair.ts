@@ -18,7 +18,7 @@
  * entries, and anything found in a volume whose trees could not be walked
  * whole — rebuilding free space from a partial walk would free live blocks.
  */
-import { BlockDevice, GroveError, compressedUsageProblems, featureCompressLz4, featurePreallocated, firstAllocatableLba } from "../kvstore/index.js";
+import { BlockDevice, GroveError, type Store, compressedUsageProblems, featureCompressLz4, featurePreallocated, firstAllocatableLba } from "../kvstore/index.js";
 import type { Extent } from "../alloc/index.js";
 import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
@@ -42,7 +42,13 @@ export interface RepairResult {
 export function replayFsyncLog(device: BlockDevice, report: FsReport): string | null {
   const log = report.space.forest.log;
   if (log === null || log.validRecords === 0) return null;
-  const { store } = openVolume(device, { edges: fsEdges });
+  let store: Store;
+  try {
+    store = openVolume(device, { edges: fsEdges }).store;
+  } catch (error) {
+    if (!(error instanceof GroveError)) throw error;
+    return `fsync log: the replay failed and changed nothing: ${error.message}`;
+  }
   const generation = store.committedGeneration;
   store.close();
   const discarded = log.validRecords - log.chain.length;
@@ -58,6 +64,11 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
   if (!report.walkComplete) {
     device.close();
     return { fixed: [], remaining: [...report.problems] };
+  }
+  if ((forest.log?.validRecords ?? 0) > 0) {
+    // Opening read-write would replay and commit the log first, which the free set below (the report's) does not know.
+    device.close();
+    return { fixed: [], remaining: [...report.problems, "the fsync log was not replayed (replayFsyncLog first, then check again)"] };
   }
   const volume = openVolume(device, { edges: fsEdges });
   const { store } = volume;
