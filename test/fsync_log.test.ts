@@ -19,14 +19,16 @@
  */
 import * as fs from "node:fs";
 import { constants as C } from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as zlib from "node:zlib";
 import { describe, expect, it } from "vitest";
-import { GroveError, Prng, SimDevice, SimulatedCrash, crc32c, readDurableSuperblock, readSuperblock } from "../kvstore/index.js";
+import { FileDevice, GroveError, Prng, SimDevice, SimulatedCrash, crc32c, readDurableSuperblock, readSuperblock } from "../kvstore/index.js";
 import { readLog } from "../kvstore/fsync_log.js";
 import { featureFsyncLog } from "../kvstore/superblock.js";
 import { GroveFs } from "../fs/index.js";
+import { fsckExit, runFsck } from "../cli/fsck.js";
 import { seeds, withSeed } from "./helpers.js";
 import { O_CREAT, O_RDWR, O_WRONLY, durableImage, expectFsClean, pattern, readFile, root, testClock, writeFile } from "./fs_helpers.js";
 
@@ -454,6 +456,32 @@ describe("fsync log: replay", () => {
       expect(readLog(recovered, readSuperblock(recovered)).validRecords).toBe(0);
       fs.close();
       expectFsClean(recovered.reopen());
+    }
+  });
+
+  it("fsck -n reports the log without writing; fsck -y replays it", () => {
+    const { image } = loggedImage(3);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "grove-fsynclog-"));
+    try {
+      const file = path.join(dir, "img");
+      const fd = fs.openSync(file, "w");
+      fs.ftruncateSync(fd, deviceBlocks * 4096);
+      for (const [lba, data] of image) fs.writeSync(fd, data, 0, data.length, lba * 4096);
+      fs.closeSync(fd);
+      const check = runFsck(file, { readonly: true }, null).result;
+      expect(check.exitCode).toBe(fsckExit.clean);
+      expect(check.notes.join("\n")).toMatch(/fsync log: 3 records extend committed generation/);
+      const device = FileDevice.open(file, { readOnly: true });
+      expect(readLog(device, readSuperblock(device)).chain.length).toBe(3);
+      device.close();
+      const fix = runFsck(file, { repair: true }, null).result;
+      expect(fix.exitCode).toBe(fsckExit.clean);
+      expect(fix.notes.join("\n")).toMatch(/fsync log: replayed 3 records/);
+      const after = FileDevice.open(file, { readOnly: true });
+      expect(readLog(after, readSuperblock(after)).validRecords).toBe(0);
+      after.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
