@@ -320,7 +320,8 @@ export class Store implements NodeStore {
    * whether they reached the disk.
    */
   writeData(lba: number, blocks: Buffer[]): void {
-    this.written.add(lba, blocks);
+    // Without a log head every fsync is a commit (which clears the list): nothing to track.
+    if (this.logHead !== 0) this.written.add(lba, blocks);
     if (blocks.length === 1) this.device.write(lba, blocks[0]!);
     else this.device.writev(lba, blocks);
   }
