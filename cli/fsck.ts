@@ -35,7 +35,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { checkFilesystem, groveFsType, readMounts, repairFilesystem, type FsReport } from "../fs/index.js";
+import { checkFilesystem, groveFsType, readMounts, repairFilesystem, replayFsyncLog, type FsReport } from "../fs/index.js";
 import { BlockDevice, FileDevice, GroveError, TruncatedImageError, blockSizeBytes, inspectSuperblocks } from "../kvstore/index.js";
 import { openVolume } from "../snapshot/index.js";
 import { CliError, debugDetail, formatError } from "./errors.js";
@@ -341,11 +341,14 @@ export function runFsck(
     inner = openImage(path.resolve(imageArg), imageArg, repair);
     checkIsGrovefs(inner, imageArg);
     const c = checker(inner, bar);
-    const first = c.check("checking");
+    let first = c.check("checking");
+    // -y replays an fsync log first (a read-only check shows its state without writing), then checks what it committed.
+    const replayed = repair ? replayFsyncLog(c.device, first) : null;
+    if (replayed !== null) first = c.check("checking the replayed volume");
     result.superblock = first.superblockSource;
     result.rolledBack = first.rolledBack;
     result.problems = first.problems;
-    result.notes = first.notes;
+    result.notes = replayed === null ? first.notes : [replayed, ...first.notes];
     result.remaining = first.problems;
     result.counts = counts(first);
     if (first.problems.length === 0) result.exitCode = fsckExit.clean;

@@ -40,6 +40,7 @@ import {
   inspectSuperblocks,
   sourceLine,
   featurePreallocated,
+  type ForestReport,
 } from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
 import { SnapshotReport, checkSnapshots, openVolume } from "../snapshot/index.js";
@@ -366,6 +367,8 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
     }
   });
   const problems = [...snapshots.problems, ...edgeProblems, ...compressedUsageProblems(snapshots.space.forest)];
+  const logProblem = fsyncLogProblem(snapshots.space.forest);
+  if (logProblem !== null) problems.push(logProblem);
   const report: FsReport = {
     problems,
     notes: [],
@@ -384,6 +387,7 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   for (const blocks of snapshots.space.forest.extents.values()) report.dataBlocks += blocks;
   if (snapshots.space.forest.trees.length === 0) return report;
   superblockFindings(device, report);
+  report.notes.push(...fsyncLogNotes(snapshots.space.forest));
   let store: Store;
   try {
     // The caller owns the device: this store is never closed, only dropped.
@@ -909,4 +913,28 @@ class FsWalk {
       problems.push(`${where}: a written extent lies past the end of the file (size ${facts.large_(slot, L.size)})`);
     }
   }
+}
+
+/**
+ * What fsck says of the fsync log (kvstore/fsync_log.ts): the records
+ * found, the state they recover (the one checked), and a last record whose
+ * blocks did not all land (its fsync never returned), which replay discards.
+ * A torn or stale tail is normal after power loss, so it is a note too.
+ */
+export function fsyncLogNotes(forest: ForestReport): string[] {
+  const log = forest.log;
+  if (log === null || log.validRecords === 0) return [];
+  const notes = [
+    `fsync log: ${log.chain.length} record${log.chain.length === 1 ? "" : "s"} extend committed generation ${log.committedGeneration}; ` +
+      `the state checked is generation ${forest.generation}, which a read-write open (or fsck -y) replays and commits`,
+  ];
+  if (log.validRecords > log.chain.length) notes.push(`fsync log: ${log.end}; that record is discarded`);
+  return notes;
+}
+
+/** Log records beyond what a chain can hold are damage the replay would not follow: report it. */
+function fsyncLogProblem(forest: ForestReport): string | null {
+  const log = forest.log;
+  if (log === null || !log.end.startsWith("the chain is longer")) return null;
+  return `fsync log: ${log.end}`;
 }

@@ -188,6 +188,11 @@ export class CommitPolicy implements StreamMember {
     this.stream.commit();
   }
 
+  /** fsync: everything is durable when this returns, through the fsync log when it can take it (CommitStream.sync). */
+  sync(): void {
+    this.stream.sync();
+  }
+
   /** The maintenance decision: the commit interval has passed, or buffered data or dirty nodes are near their bound. */
   get commitDue(): boolean {
     const due = this.clock() - this.stream.lastCommitAtNs >= BigInt(this.intervalMs) * 1_000_000n;

@@ -703,7 +703,7 @@ export class FileData {
 
   private writeBlocks(lba: number, blocks: Buffer[]): void {
     try {
-      this.store.device.writev(lba, blocks);
+      this.store.writeData(lba, blocks);
     } catch (error) {
       this.store.poison(error);
     }

@@ -828,7 +828,7 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   fsyncdir(fh: number, _dataOnly: boolean): void {
     this.handle(fh);
-    this.sync();
+    this.fsyncAll();
   }
 
   // ---- names ----------------------------------------------------------------
@@ -978,7 +978,19 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
 
   fsync(fh: number, _dataOnly: boolean): void {
     this.handle(fh);
-    this.sync();
+    this.fsyncAll();
+  }
+
+  /**
+   * fsync, fdatasync and fsyncdir: the whole state becomes durable (so a
+   * new file's name, both directories of a rename and every other file go
+   * with it), through one fsync-log record and one flush when the log can
+   * take it (kvstore/fsync_log.ts), else a commit.
+   */
+  fsyncAll(): void {
+    this.policy.checkOpen();
+    if (this.store.readOnly || this.isView) return;
+    this.policy.sync();
   }
 
   release(fh: number): void {

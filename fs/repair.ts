@@ -18,7 +18,7 @@
  * entries, and anything found in a volume whose trees could not be walked
  * whole — rebuilding free space from a partial walk would free live blocks.
  */
-import { BlockDevice, GroveError, compressedUsageProblems, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, firstAllocatableLba } from "../kvstore/index.js";
+import { BlockDevice, GroveError, type Store, compressedUsageProblems, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, firstAllocatableLba } from "../kvstore/index.js";
 import type { Extent } from "../alloc/index.js";
 import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
@@ -34,12 +34,41 @@ export interface RepairResult {
   remaining: string[];
 }
 
+/**
+ * fsck -y on a volume with an fsync log: a read-write open replays it (the
+ * newest record whose blocks all landed) and commits, which discards the
+ * rest. Returns what it did, or null when there was no log; closes the device.
+ */
+export function replayFsyncLog(device: BlockDevice, report: FsReport): string | null {
+  const log = report.space.forest.log;
+  if (log === null || log.validRecords === 0) return null;
+  let store: Store;
+  try {
+    store = openVolume(device, { edges: fsEdges }).store;
+  } catch (error) {
+    if (!(error instanceof GroveError)) throw error;
+    return `fsync log: the replay failed and changed nothing: ${error.message}`;
+  }
+  const generation = store.committedGeneration;
+  store.close();
+  const discarded = log.validRecords - log.chain.length;
+  return (
+    `fsync log: replayed ${log.chain.length} record${log.chain.length === 1 ? "" : "s"} onto generation ${log.committedGeneration}, committed as generation ${generation}` +
+    (discarded > 0 ? `; discarded a last record whose blocks did not all land` : "")
+  );
+}
+
 /** Repairs `device` from a fresh `report` of it; closes the device. Run the checker again to confirm. */
 export function repairFilesystem(device: BlockDevice, report: FsReport): RepairResult {
   const forest = report.space.forest;
   if (!report.walkComplete) {
     device.close();
     return { fixed: [], remaining: [...report.problems] };
+  }
+  if ((forest.log?.validRecords ?? 0) > 0) {
+    // Opening read-write would replay and commit the log first, which the free set below (the report's) does not know.
+    device.close();
+    return { fixed: [], remaining: [...report.problems, "the fsync log was not replayed (replayFsyncLog first, then check again)"] };
   }
   const volume = openVolume(device, { edges: fsEdges });
   const { store } = volume;

@@ -19,6 +19,7 @@ import type { BlockDevice } from "./device.js";
 import { compareBytes, nodeGeneration, validateNodeBytes, decodeNode, type Node } from "./node.js";
 import { decodeMeta, readSuperblock } from "./store.js";
 import { reservedExtents } from "./superblock_copies.js";
+import { type LogReplay, logBlocksInUse, readLog } from "./fsync_log.js";
 import { GroveError } from "./errors.js";
 import type { TreeMeta } from "./btree.js";
 import type { ItemEdges } from "./interfaces.js";
@@ -130,6 +131,12 @@ export interface ForestReport {
   lz4Feature: boolean;
   /** The superblock's incompatible feature bits. */
   features: bigint;
+  /**
+   * The fsync log of the committed superblock: the walk checks the state
+   * it recovers (what a read-write open would replay and commit), and its
+   * blocks count as reachable. Null when the superblock was unreadable.
+   */
+  log: (LogReplay & { committedGeneration: number; blocks: number[] }) | null;
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -168,8 +175,19 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       compressedRecorded: { ...noCompressedUsage },
       lz4Feature: false,
       features: 0n,
+      log: null,
     };
   }
+  const committed = sb;
+  let log: LogReplay;
+  try {
+    log = readLog(device, committed);
+  } catch (error) {
+    if (!(error instanceof GroveError)) throw error;
+    problems.push(`fsync log: ${error.message}`);
+    log = { state: committed, chain: [], nextLba: committed.logHeadLba, validRecords: 0, end: error.message };
+  }
+  sb = log.state;
   const reachable = new Bitmap(sb.deviceBlocks);
   // The superblock copies' reserved places own their blocks: a node found there is reached twice, a free one is owned twice.
   let reservedBlocks = 0;
@@ -177,6 +195,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     for (let lba = r.start; lba < r.start + r.length; lba++) reachable.set(lba);
     reservedBlocks += r.length;
   }
+  const logBlocks = logBlocksInUse(committed, log);
   const walker = new TreeWalker(device, sb.deviceBlocks, sb.generation, reachable, problems, visitItem);
   const trees: TreeReport[] = [];
   const metas: Array<{ id: number } & TreeMeta> = [];
@@ -204,12 +223,16 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     const check = { generation: next.meta.rootGeneration ?? 0, crc: next.meta.rootCrc ?? 0 };
     trees.push(walker.walk(next.owner, next.meta.rootLba, next.meta.level, next.meta.count, check));
   }
+  for (const lba of logBlocks) {
+    if (reachable.get(lba)) problems.push(`fsync log block ${lba} is also reachable from the forest`);
+    reachable.set(lba);
+  }
   return {
     problems,
     generation: sb.generation,
     deviceBlocks: sb.deviceBlocks,
     reachable,
-    reachableBlocks: walker.marked,
+    reachableBlocks: walker.marked + logBlocks.length,
     reservedBlocks,
     trees,
     references: walker.references,
@@ -218,6 +241,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     compressedRecorded: sb.compressed,
     lz4Feature: (sb.features & featureCompressLz4) !== 0n,
     features: sb.features,
+    log: { ...log, committedGeneration: committed.generation, blocks: logBlocks },
   };
 }
 

@@ -8,7 +8,7 @@ export { readU64BE, readU64LE, writeU64BE, writeU64LE } from "./bytes.js";
 export { crc32c } from "./checksum.js";
 export { compareBytes } from "./node.js";
 export { Tree, Cursor, type TreeMeta } from "./btree.js";
-export { Store, ReleasePlan, type StoreOptions, type FormatOptions, treeKey, readSuperblock, readSuperblocks, unreadableSlots } from "./store.js";
+export { Store, ReleasePlan, type StoreOptions, type FormatOptions, treeKey, readSuperblock, readSuperblocks, readDurableSuperblock, unreadableSlots } from "./store.js";
 export type { SpaceManager, SpaceProvider, NodeSharing, ReservePurpose, ItemEdges, EdgeReader } from "./interfaces.js";
 export { unshared, noEdges } from "./interfaces.js";
 export { ownerMatches } from "./node.js";

@@ -62,11 +62,13 @@ import {
 } from "./interfaces.js";
 import { Node, decodeNode, ownerMatches, sealNode } from "./node.js";
 import { NodeCache } from "./node_cache.js";
+import { WrittenExtents, encodeLogRecord, logExtentsMax, logRecordsMax, readLog } from "./fsync_log.js";
 import {
   CompressedUsage,
   Superblock,
   featureCheckedPointers,
   featureCompressLz4,
+  featureFsyncLog,
   labelSizeMaxBytes,
   noCompressedUsage,
   featureSuperblockCopies,
@@ -193,6 +195,14 @@ export function readSuperblock(device: BlockDevice): Superblock {
   return inspectSuperblocks(device).superblock;
 }
 
+/**
+ * The durable state: the newest committed superblock with its fsync log
+ * applied (what an open shows; a read-write open then commits it).
+ */
+export function readDurableSuperblock(device: BlockDevice): Superblock {
+  return readLog(device, readSuperblock(device)).state;
+}
+
 export class Store implements NodeStore {
   readonly device: BlockDevice;
   readonly readOnly: boolean;
@@ -225,6 +235,25 @@ export class Store implements NodeStore {
   superblockReport: SuperblockReport | null = null;
   /** Copies rewritten by a read-write open, one line each. */
   superblockRepairs: string[] = [];
+  /**
+   * The fsync log (fsync_log.ts). `superblock` is the durable state: the
+   * committed superblock, or the state of the last log record. A commit
+   * writes the superblock pair of its generation's parity (superblock_copies.ts),
+   * which must never be the pair holding the committed superblock the log
+   * extends: so a transaction's generation always has the other parity than
+   * `logBase` (`alignGeneration`), and logged fsyncs skip a number.
+   */
+  /** The generation of the committed superblock, which the chain's records extend. */
+  private logBase: number;
+  private logHead = 0;
+  /** Blocks of the records written since the last commit, head first. */
+  private logChain: number[] = [];
+  /** The block the next record goes to (the head when the chain is empty). */
+  private logNext = 0;
+  /** Asked for by `logSync` before the head exists: the next commit reserves it. */
+  private logWanted = false;
+  /** Data extents written since the last durable point, for the next record to list. */
+  private readonly written = new WrittenExtents();
 
   private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
     this.device = device;
@@ -233,6 +262,9 @@ export class Store implements NodeStore {
     this.compressed = { ...superblock.compressed };
     this.volumeBlocks = superblock.deviceBlocks;
     this.generation = superblock.generation + 1;
+    this.logBase = superblock.generation;
+    this.logHead = superblock.logHeadLba;
+    this.logNext = superblock.logHeadLba;
     this.readOnly = (options.readOnly ?? false) || (options.rescue ?? false);
     this.rescueNotes = options.rescue === true ? [] : null;
     this.twinFlush = options.twinFlush ?? true;
@@ -264,6 +296,7 @@ export class Store implements NodeStore {
       compression: options.compression ?? 0,
       compressed: { ...noCompressedUsage },
       reservedStartBlocks: copies ? reservedStartFor(device.blockCount) : 0,
+      logHeadLba: 0,
     };
     const store = new Store(device, superblock, { ...options, readOnly: false });
     store.space = provider.format(store);
@@ -275,6 +308,11 @@ export class Store implements NodeStore {
     return store;
   }
 
+  /**
+   * Opens the newest committed superblock with its fsync log applied: a
+   * read-write open commits the recovered state (replay), a read-only one
+   * only shows it.
+   */
   static open(device: BlockDevice, provider: SpaceProvider, options: StoreOptions = {}): Store {
     if (options.rescue === true) return Store.openRescue(device, provider, options);
     const report = inspectSuperblocks(device);
@@ -309,8 +347,13 @@ export class Store implements NodeStore {
   }
 
   private static openAt(device: BlockDevice, provider: SpaceProvider, options: StoreOptions, superblock: Superblock, report: SuperblockReport | null): Store {
-    const store = new Store(device, superblock, options);
+    const log = readLog(device, superblock);
+    const store = new Store(device, log.state, options);
     store.superblockReport = report;
+    store.logBase = superblock.generation;
+    store.logChain = log.chain;
+    store.logNext = log.nextLba;
+    store.alignGeneration();
     store.rootTree = new Tree(store, treeIdRoot, {
       rootLba: superblock.rootLba,
       level: superblock.rootLevel,
@@ -322,7 +365,26 @@ export class Store implements NodeStore {
     store.space = provider.open(store);
     // Only once the forest opened: a damaged copy is rewritten from one that proved readable.
     if (!store.readOnly && report !== null && report.stale.length > 0) store.superblockRepairs = repairCopies(device, report);
+    // A record whose own blocks did not all land is discarded the same way: the commit makes it stale.
+    if (log.validRecords > 0 && !store.readOnly) store.commit({ force: true });
     return store;
+  }
+
+  /** Records applied from the fsync log that the next commit makes obsolete (0 after a commit). */
+  get logRecords(): number {
+    return this.logChain.length;
+  }
+
+  /**
+   * Writes file data blocks (new blocks, or unwritten ones that no durable
+   * state reads): the next logged fsync lists them, so replay can tell
+   * whether they reached the disk.
+   */
+  writeData(lba: number, blocks: Buffer[]): void {
+    // Without a log head every fsync is a commit (which clears the list): nothing to track.
+    if (this.logHead !== 0) this.written.add(lba, blocks);
+    if (blocks.length === 1) this.device.write(lba, blocks[0]!);
+    else this.device.writev(lba, blocks);
   }
 
   get committedGeneration(): number {
@@ -575,11 +637,12 @@ export class Store implements NodeStore {
   commit(options: { force?: boolean } = {}): void {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_commit", "volume is open read-only");
-    if (!options.force && !this.hasChanges()) return;
+    if (!options.force && !this.hasChanges() && this.logChain.length === 0) return;
     assert(this.space !== null, "an allocator is attached before commit");
     this.committing = true;
     let next: Superblock;
     try {
+      this.retireLog();
       this.settleTrees();
       if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
       this.writeNodes(this.sealDirtyNodes());
@@ -596,6 +659,7 @@ export class Store implements NodeStore {
         features: this.features,
         compressed: { ...this.compressed },
         deviceBlocks: this.volumeBlocks,
+        logHeadLba: this.logHead,
       };
       writeSuperblockCopies(this.device, next, { twinFlush: this.twinFlush });
     } catch (error) {
@@ -603,6 +667,78 @@ export class Store implements NodeStore {
     } finally {
       this.committing = false;
     }
+    this.logBase = next.generation;
+    this.logChain = [];
+    this.logNext = this.logHead;
+    this.written.clear();
+    this.becameDurable(next);
+  }
+
+  /**
+   * fsync: makes the running transaction durable with one log record and
+   * one flush (fsync_log.ts), or with a full commit when the log cannot take
+   * it (no head yet, a full chain, too many extents, a resize, low space).
+   */
+  logSync(): void {
+    this.checkHealthy();
+    if (this.readOnly) throw new GroveError("EROFS", "EROFS_commit", "volume is open read-only");
+    if (!this.hasChanges()) return;
+    assert(this.space !== null, "an allocator is attached before commit");
+    if (!this.logCanTake()) {
+      this.logWanted = true;
+      this.commit({ force: true });
+      return;
+    }
+    this.committing = true;
+    let next: Superblock;
+    const lba = this.logNext;
+    try {
+      const nextLba = this.space.allocate(1);
+      this.settleTrees();
+      if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
+      const nodes = this.sealDirtyNodes();
+      this.writeNodes(nodes);
+      const root = this.sealedRootCheck(this.rootTree);
+      next = {
+        ...this.superblock,
+        generation: this.generation,
+        rootLba: this.rootTree.rootLba,
+        rootCount: this.rootTree.count,
+        rootLevel: this.rootTree.level,
+        rootGeneration: root.generation,
+        rootCrc: root.crc,
+        features: this.features,
+        compressed: { ...this.compressed },
+      };
+      for (const node of nodes) this.written.add(node.lba, [node.buf]);
+      const extents = this.written.triples();
+      assert(extents.length / 3 <= logExtentsMax, "logCanTake bounds the record's extents");
+      const record = { base: this.logBase, sequence: this.logChain.length + 1, lba, nextLba, state: next, extents };
+      this.device.write(lba, encodeLogRecord(record));
+      this.device.flush();
+      this.logChain.push(lba);
+      this.logNext = nextLba;
+    } catch (error) {
+      this.poison(error);
+    } finally {
+      this.committing = false;
+    }
+    this.written.clear();
+    this.becameDurable(next);
+  }
+
+  /**
+   * Gives the running transaction a generation of the other parity than the
+   * committed superblock's (`logBase`): its commit then writes the other
+   * superblock pair, never the one the fsync log extends. Without logged
+   * fsyncs this changes nothing (each commit is the next number).
+   */
+  private alignGeneration(): void {
+    if ((this.generation - this.logBase) % 2 === 0) this.generation++;
+  }
+
+  /** The in-memory side of a durable point (a commit or a log record): the running transaction starts afresh. */
+  private becameDurable(next: Superblock): void {
     this.superblock = next;
     this.droppedTrees.clear();
     // Each transaction looks for its first run from the start of the volume (see FreeSpace.startRun).
@@ -610,8 +746,54 @@ export class Store implements NodeStore {
     this.cache.markAllClean();
     this.rootTree.metaDirty = false;
     this.generation++;
-    this.space.committed();
+    this.alignGeneration();
+    this.space!.committed();
     this.sharing.committed();
+  }
+
+  /**
+   * Whether this fsync can be a log record: a head exists, the chain has
+   * room, the record's extents fit (the dirty nodes, counted as if none were
+   * adjacent, plus the data extents written), the volume is not being
+   * resized, and a block for the next record can be spared.
+   */
+  private logCanTake(): boolean {
+    if (this.logHead === 0 || (this.features & featureFsyncLog) === 0n) return false;
+    if (this.logChain.length + 1 >= logRecordsMax) return false;
+    if (this.volumeBlocks !== this.superblock.deviceBlocks) return false;
+    // The fixpoint adds nodes of its own: leave it a margin.
+    if (this.written.count + this.cache.dirtyCount + 32 > logExtentsMax && !this.dirtyNodesFit()) return false;
+    try {
+      this.space!.reserve(1 + this.commitOverheadBlocks(), "shrink");
+    } catch (error) {
+      if (error instanceof GroveError && error.code === "ENOSPC") return false;
+      throw error;
+    }
+    return true;
+  }
+
+  /** The dirty nodes' runs of adjacent blocks, plus the data extents, fit one record with a margin for the fixpoint. */
+  private dirtyNodesFit(): boolean {
+    const lbas = this.cache.dirtyNodes().map((n) => n.lba).sort((a, b) => a - b);
+    let runs = 0;
+    for (let i = 0; i < lbas.length; i++) if (i === 0 || lbas[i] !== lbas[i - 1]! + 1) runs++;
+    return this.written.count + runs + 32 <= logExtentsMax;
+  }
+
+  /**
+   * At a commit: the chain's blocks (but the head, which stays reserved)
+   * are freed, and the head is reserved if an fsync asked for the log. The
+   * new superblock's generation makes every record of the chain stale.
+   */
+  private retireLog(): void {
+    for (const lba of new Set([...this.logChain, this.logNext])) {
+      if (lba !== this.logHead && lba !== 0) this.space!.free(lba, 1);
+    }
+    if (this.logWanted && this.logHead === 0) {
+      this.logHead = this.space!.allocate(1);
+      this.features |= featureFsyncLog;
+    }
+    this.logWanted = false;
   }
 
   /**
@@ -669,6 +851,7 @@ export class Store implements NodeStore {
   abort(): void {
     this.checkHealthy();
     this.cache.dropDirty();
+    this.written.clear();
     this.space?.aborted();
     this.sharing.aborted();
     const sb = this.superblock;

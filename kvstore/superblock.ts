@@ -33,7 +33,8 @@
  *      188     4  (zero)
  *      192     8  root tree: second LBA of the root (0 = none; duplicate metadata)
  *      200     8  (zero, reserved for checked pointers)
- *      208    32  (zero, reserved for the fsync log)
+ *      208     8  fsync log: LBA of its head record (0 = none; feature bit 3)
+ *      216    24  (zero, reserved for the fsync log)
  *      240     8  LBA of this copy (superblock copies, bit 4: 0, 1, 2, 3 or a backup's)
  *      248     8  blocks kept free at the start of the volume (bit 4: 4, or 256 = the first MiB)
  *      256  3840  (zero)
@@ -43,14 +44,16 @@
  * unwritten (preallocated) data extents may exist (set with the first
  * fallocate that allocates); bit 2, checked child pointers (node.ts) and
  * checked root-tree records may exist (set by mkfs and by the first commit
- * that writes a node); bit 4, superblock copies (superblock_copies.ts: each
- * generation is written twice, to a slot at LBA 0/1 and its twin at LBA 2/3,
- * with a flush between, and to backups at LBA 16384 and 67108864 where the
- * volume holds them; the allocator keeps those blocks and the start of the
- * volume out of use; set by mkfs); bit 5, the subvolume table may hold
- * received-snapshot identities (snapshot/format.ts, key [0x03][id]: set by
- * the first receive), which older code's checker calls unknown keys. An
- * image without a bit holds no such extent, so
+ * that writes a node); bit 3, an fsync log (kvstore/fsync_log.ts) may hold
+ * records that extend this generation, headed at byte 208's block (set by the
+ * first commit that reserves the head); bit 4, superblock copies
+ * (superblock_copies.ts: each generation is written twice, to a slot at LBA
+ * 0/1 and its twin at LBA 2/3, with a flush between, and to backups at LBA
+ * 16384 and 67108864 where the volume holds them; the allocator keeps those
+ * blocks and the start of the volume out of use; set by mkfs); bit 5, the
+ * subvolume table may hold received-snapshot identities (snapshot/format.ts,
+ * key [0x03][id]: set by the first receive), which older code's checker calls
+ * unknown keys. An image without a bit holds no such extent, so
  * older code reads it; code that does not know a bit refuses the image.
  */
 import { crc32c } from "./checksum.js";
@@ -70,13 +73,15 @@ export const featureCompressLz4 = 1n;
 export const featurePreallocated = 2n;
 /** Internal nodes and root-tree records may hold checked pointers (child generation and crc). */
 export const featureCheckedPointers = 4n;
+/** Byte 208 names the head of an fsync log whose records may extend this generation (fsync_log.ts). */
+export const featureFsyncLog = 8n;
 /** Each generation's superblock has a twin and backups (superblock_copies.ts); blocks are reserved for them. */
 export const featureSuperblockCopies = 16n;
-/** The subvolume table may hold received-snapshot identities ([0x03][id], snapshot/format.ts). (Bit 3 is the fsync log's.) */
+/** The subvolume table may hold received-snapshot identities ([0x03][id], snapshot/format.ts). */
 export const featureReceivedSnapshots = 32n;
 /** An image with other incompatible feature bits is refused. */
 export const featuresIncompatKnown =
-  featureCompressLz4 | featurePreallocated | featureCheckedPointers | featureSuperblockCopies | featureReceivedSnapshots;
+  featureCompressLz4 | featurePreallocated | featureCheckedPointers | featureFsyncLog | featureSuperblockCopies | featureReceivedSnapshots;
 
 const SLOT_MAGIC = 0;
 const SLOT_CRC = SLOT_MAGIC + 8;
@@ -98,8 +103,8 @@ const SLOT_COMPRESSED_LOGICAL = SLOT_COMPRESSED_DISK + 8;
 const SLOT_ROOT_GENERATION = SLOT_COMPRESSED_LOGICAL + 8;
 const SLOT_ROOT_CRC = SLOT_ROOT_GENERATION + 8;
 const SLOT_ROOT_LBA2 = SLOT_ROOT_CRC + 8;
-const SLOT_FSYNC_LOG = SLOT_ROOT_LBA2 + 16;
-const SLOT_COPY_LBA = SLOT_FSYNC_LOG + 32;
+const SLOT_LOG_HEAD = SLOT_ROOT_LBA2 + 16;
+const SLOT_COPY_LBA = SLOT_LOG_HEAD + 32;
 const SLOT_RESERVED_START = SLOT_COPY_LBA + 8;
 export const labelSizeMaxBytes = SLOT_END - SLOT_LABEL;
 
@@ -125,6 +130,8 @@ export interface Superblock {
    * MiB); 0 without the feature.
    */
   reservedStartBlocks: number;
+  /** The block reserved for the fsync log's first record (0: none; set with featureFsyncLog). */
+  logHeadLba: number;
 }
 
 /** The volume's compressed data extents, each counted once however many records share it. */
@@ -178,6 +185,8 @@ export function encodeSuperblock(sb: Superblock, lba = slotForGeneration(sb.gene
   } else {
     assert(sb.reservedStartBlocks === 0, "only superblock copies reserve blocks");
   }
+  assert((sb.logHeadLba !== 0) === ((sb.features & featureFsyncLog) !== 0n), "a log head goes with the fsync-log feature");
+  buf.writeBigUInt64LE(BigInt(sb.logHeadLba), SLOT_LOG_HEAD);
   buf.writeUInt32LE(crc32c(buf.subarray(SLOT_VERSION)), SLOT_CRC);
   return buf;
 }
@@ -229,6 +238,7 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number, lba?: number
       logicalBlocks: Number(buf.readBigUInt64LE(SLOT_COMPRESSED_LOGICAL)),
     },
     reservedStartBlocks: 0,
+    logHeadLba: (features & featureFsyncLog) !== 0n ? Number(buf.readBigUInt64LE(SLOT_LOG_HEAD)) : 0,
   };
   if ((features & featureSuperblockCopies) !== 0n) {
     const copyLba = Number(buf.readBigUInt64LE(SLOT_COPY_LBA));
@@ -245,6 +255,9 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number, lba?: number
   if (sb.deviceBlocks < deviceBlocksMin) return { ok: false, reason: `volume of ${sb.deviceBlocks} blocks is too small` };
   if (sb.rootLba < Math.max(superblockSlotLbas.length, sb.reservedStartBlocks) || sb.rootLba >= sb.deviceBlocks) {
     return { ok: false, reason: `root tree LBA ${sb.rootLba} is outside the volume` };
+  }
+  if ((features & featureFsyncLog) !== 0n && (sb.logHeadLba < Math.max(superblockSlotLbas.length, sb.reservedStartBlocks) || sb.logHeadLba >= sb.deviceBlocks)) {
+    return { ok: false, reason: `fsync log head ${sb.logHeadLba} is outside the volume` };
   }
   if (sb.rootLevel >= treeDepthMax) return { ok: false, reason: `root tree level ${sb.rootLevel} is too deep` };
   if (sb.rootGeneration > sb.generation) {

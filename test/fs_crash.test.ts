@@ -25,7 +25,7 @@
  */
 import { constants as C } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { GroveError, Prng, SimDevice, SimulatedCrash, crc32c, readSuperblock } from "../kvstore/index.js";
+import { GroveError, Prng, SimDevice, SimulatedCrash, crc32c, readDurableSuperblock } from "../kvstore/index.js";
 import { GroveFs, type GroveFsOptions } from "../fs/index.js";
 import { seeds, withSeed } from "./helpers.js";
 import {
@@ -169,7 +169,7 @@ function runWorkload(variant: Variant, seed: number, base: Map<number, Uint8Arra
     countCompressed(sign, diskBlocks, logicalBlocks);
   };
   const prng = new Prng(seed);
-  const synced: SyncPoint[] = [{ generation: readSuperblock(device).generation, tree: snapshotTree(fs) }];
+  const synced: SyncPoint[] = [{ generation: readDurableSuperblock(device).generation, tree: snapshotTree(fs) }];
   // The directories are made in the first transaction, and committed by the first sync.
   for (const dir of dirs.slice(1)) fs.mkdir(dir, 0o755, root);
   const handles: number[] = [];
@@ -257,7 +257,7 @@ function runWorkload(variant: Variant, seed: number, base: Map<number, Uint8Arra
           if (error instanceof SimulatedCrash) return { device, synced, inflight: tree, crashed: true, orphansHeld, compressedSeen };
           throw error;
         }
-        synced.push({ generation: readSuperblock(device).generation, tree });
+        synced.push({ generation: readDurableSuperblock(device).generation, tree });
       }
     }
     // The run ends with a final sync, handles still open: orphans stay durable.
@@ -268,7 +268,7 @@ function runWorkload(variant: Variant, seed: number, base: Map<number, Uint8Arra
       if (error instanceof SimulatedCrash) return { device, synced, inflight: tree, crashed: true, orphansHeld, compressedSeen };
       throw error;
     }
-    synced.push({ generation: readSuperblock(device).generation, tree });
+    synced.push({ generation: readDurableSuperblock(device).generation, tree });
   } catch (error) {
     // A crash outside a sync is a bug in this test's assumption that only commits write.
     if (error instanceof SimulatedCrash) throw new Error(`device written outside a sync: ${error.message}`);
@@ -296,7 +296,7 @@ function verifyRecovery(
 ): { survived: "old" | "new"; compressedExtents: number } {
   const recovered = run.device.recover(new Prng(seed * 1_000_003 + crashAt));
   // The committed generation decides which tree must be there; the superblock is read before open frees orphans.
-  const generation = readSuperblock(recovered).generation;
+  const generation = readDurableSuperblock(recovered).generation;
   const last = run.synced[run.synced.length - 1]!;
   let survived: "old" | "new";
   let expected: string[];
