@@ -346,11 +346,13 @@ export class Store implements NodeStore {
     throw new CorruptionError("EIO_rescue", `no superblock generation could be opened (${failures.join("; ")})`);
   }
 
-  private static openAt(device: BlockDevice, provider: SpaceProvider, options: StoreOptions, superblock: Superblock, report: SuperblockReport | null): Store {
-    const log = readLog(device, superblock);
-    const store = new Store(device, log.state, options);
+  private static openAt(device: BlockDevice, provider: SpaceProvider, options: StoreOptions, committed: Superblock, report: SuperblockReport | null): Store {
+    const log = readLog(device, committed);
+    // The durable state: the committed superblock with its fsync log applied.
+    const superblock = log.state;
+    const store = new Store(device, superblock, options);
     store.superblockReport = report;
-    store.logBase = superblock.generation;
+    store.logBase = committed.generation;
     store.logChain = log.chain;
     store.logNext = log.nextLba;
     store.alignGeneration();
