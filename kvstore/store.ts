@@ -649,20 +649,7 @@ export class Store implements NodeStore {
       if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
       this.writeNodes(this.sealDirtyNodes());
       this.device.flush();
-      const root = this.sealedRootCheck(this.rootTree);
-      next = {
-        ...this.superblock,
-        generation: this.generation,
-        rootLba: this.rootTree.rootLba,
-        rootCount: this.rootTree.count,
-        rootLevel: this.rootTree.level,
-        rootGeneration: root.generation,
-        rootCrc: root.crc,
-        features: this.features,
-        compressed: { ...this.compressed },
-        deviceBlocks: this.volumeBlocks,
-        logHeadLba: this.logHead,
-      };
+      next = { ...this.durableState(), deviceBlocks: this.volumeBlocks, logHeadLba: this.logHead };
       writeSuperblockCopies(this.device, next, { twinFlush: this.twinFlush });
     } catch (error) {
       this.poison(error);
@@ -700,18 +687,7 @@ export class Store implements NodeStore {
       if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
       const nodes = this.sealDirtyNodes();
       this.writeNodes(nodes);
-      const root = this.sealedRootCheck(this.rootTree);
-      next = {
-        ...this.superblock,
-        generation: this.generation,
-        rootLba: this.rootTree.rootLba,
-        rootCount: this.rootTree.count,
-        rootLevel: this.rootTree.level,
-        rootGeneration: root.generation,
-        rootCrc: root.crc,
-        features: this.features,
-        compressed: { ...this.compressed },
-      };
+      next = this.durableState();
       for (const node of nodes) this.written.add(node.lba, [node.buf]);
       const extents = this.written.triples();
       assert(extents.length / 3 <= logExtentsMax, "logCanTake bounds the record's extents");
@@ -737,6 +713,22 @@ export class Store implements NodeStore {
    */
   private alignGeneration(): void {
     if ((this.generation - this.logBase) % 2 === 0) this.generation++;
+  }
+
+  /** The superblock state of the running transaction once its nodes are sealed: what a commit or a log record makes durable. */
+  private durableState(): Superblock {
+    const root = this.sealedRootCheck(this.rootTree);
+    return {
+      ...this.superblock,
+      generation: this.generation,
+      rootLba: this.rootTree.rootLba,
+      rootCount: this.rootTree.count,
+      rootLevel: this.rootTree.level,
+      rootGeneration: root.generation,
+      rootCrc: root.crc,
+      features: this.features,
+      compressed: { ...this.compressed },
+    };
   }
 
   /** The in-memory side of a durable point (a commit or a log record): the running transaction starts afresh. */
