@@ -481,6 +481,8 @@ class FsWalk {
    */
   private dataProblems = new Map<number, string[]>();
   private damaged = new Map<number, { lbas: number[]; ranges: Array<{ from: number; to: number }> }>();
+  /** `parentIndex`'s map, for the subvolume the facts are of (dropped when they move on). */
+  private parents: Map<number, number> | null = null;
   fixes: InodeFix[] = [];
   readonly facts = new InodeFacts();
   private readonly orphans = new Set<number>();
@@ -543,6 +545,7 @@ class FsWalk {
     this.complete = false;
     this.dataProblems = new Map();
     this.damaged = new Map();
+    this.parents = null;
     try {
       diffTrees(store.openTree(from), store.openTree(id), (change) => {
         if (++changes > limit) throw new TooManyChanges();
@@ -756,19 +759,33 @@ class FsWalk {
     return out;
   }
 
+  /**
+   * Each named inode's lowest-numbered directory (the same path however the
+   * walk met the entries), built once per subvolume and only when a damaged
+   * file is to be named: one pass over the entries, not one per path step.
+   */
+  private parentIndex(): Map<number, number> {
+    if (this.parents !== null) return this.parents;
+    const parents = new Map<number, number>();
+    for (let i = 0; i < this.entries.length; i++) {
+      const dir = this.entries.dir(i);
+      if (dir < 0) continue;
+      const ino = this.entries.ino(i);
+      const seen = parents.get(ino);
+      if (seen === undefined || dir < seen) parents.set(ino, dir);
+    }
+    this.parents = parents;
+    return parents;
+  }
+
   /** The path of `ino` from the subvolume's root, through the entries the walk saw; null if it has none. */
   pathOf(ino: number): string | null {
     const parts: string[] = [];
     let cur = ino;
     for (let depth = 0; cur !== rootIno; depth++) {
       if (depth >= pathDepthMax) return null;
-      // The lowest-numbered directory naming it: the same path however the walk met the entries.
-      let dir = -1;
-      for (let i = 0; i < this.entries.length; i++) {
-        const d = this.entries.dir(i);
-        if (this.entries.ino(i) === cur && d >= 0 && (dir < 0 || d < dir)) dir = d;
-      }
-      if (dir < 0) return null;
+      const dir = this.parentIndex().get(cur);
+      if (dir === undefined) return null;
       const name = this.nameIn(dir, cur);
       if (name === undefined) return null;
       parts.unshift(name);
