@@ -29,6 +29,7 @@ import { decodeInode, decodeItems, encodeDirent, encodeInode, encodeItems, inode
 import { FileDevice, blockSizeBytes } from "../kvstore/index.js";
 import { liveKey, openVolume, type Volume } from "../snapshot/index.js";
 import { O_RDWR, expectBytes, pattern, readFile, root, writeFile } from "./fs_helpers.js";
+import { reachableNodes, type NodeInfo } from "./helpers.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const bin = path.join(repoRoot, "bin", "grovefs.mjs");
@@ -36,9 +37,6 @@ const commandTimeoutMs = 120_000;
 const imageBytes = 32 * 1024 * 1024;
 
 // Node header fields (the layout table at the top of kvstore/node.ts).
-const nodeMagic = Buffer.from("GRVN", "latin1");
-const nodeOwnerOffset = 24;
-const nodeLevelOffset = 32;
 /** The last byte of a node: inside its first item (items fill the heap from the end). */
 const nodeFlipOffset = blockSizeBytes - 1;
 
@@ -58,12 +56,6 @@ interface FsckJson {
   repaired: string[];
   remaining: string[];
   counts: { inodes: number; subvolumes: number; usedBlocks: number; totalBlocks: number } | null;
-}
-
-interface NodeInfo {
-  lba: number;
-  owner: number;
-  level: number;
 }
 
 /** What the base image holds, for the damage to aim at. */
@@ -151,14 +143,7 @@ function buildBase(image: string): Base {
   const report = checkFilesystem(device, { verifyData: true });
   expect(report.problems).toEqual([]);
   const forest = report.space.forest;
-  const nodes: NodeInfo[] = [];
-  const block = Buffer.alloc(blockSizeBytes);
-  for (let lba = 0; lba < forest.deviceBlocks; lba++) {
-    if (!forest.reachable.get(lba)) continue;
-    device.read(lba, block);
-    if (!block.subarray(0, 4).equals(nodeMagic)) continue;
-    nodes.push({ lba, owner: Number(block.readBigUInt64LE(nodeOwnerOffset)), level: block[nodeLevelOffset]! });
-  }
+  const nodes = reachableNodes(device, forest);
   device.close();
   const [lba, blocks] = [...forest.extents].find(([start]) => !forest.references.has(start))!;
   const sharedNode = nodes.find((n) => forest.references.has(n.lba))!.lba;

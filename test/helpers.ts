@@ -3,7 +3,7 @@
  * seeds, and the checkers every mutating test runs at the end.
  */
 import { expect } from "vitest";
-import { BlockDevice, Store, Tree } from "../kvstore/index.js";
+import { BlockDevice, Store, Tree, blockSizeBytes, type ForestReport } from "../kvstore/index.js";
 import { FreeSpace, checkSpace } from "../alloc/index.js";
 
 /** Seeds for a randomised suite: GROVE_SEED replays one, otherwise the defaults. */
@@ -78,4 +78,31 @@ export function expectClean(device: BlockDevice, space?: FreeSpace): void {
     expect(space.usage().freeBlocks).toBe(report.freeBlocks);
     expect(space.usage().usedBlocks).toBe(report.forest.reachableBlocks + report.forest.reservedBlocks + 2);
   }
+}
+
+/** A reachable tree node found on the device: where it is, whose it is, how high. */
+export interface NodeInfo {
+  lba: number;
+  owner: number;
+  level: number;
+}
+
+/**
+ * The reachable blocks of `forest` whose header (the layout table at the top
+ * of kvstore/node.ts, read here from the bytes, not through the module) is a
+ * node's: what damage tests aim at, by owner and level.
+ */
+export function reachableNodes(device: BlockDevice, forest: ForestReport): NodeInfo[] {
+  const nodeMagic = Buffer.from("GRVN", "latin1");
+  const nodeOwnerOffset = 24;
+  const nodeLevelOffset = 32;
+  const nodes: NodeInfo[] = [];
+  const block = Buffer.alloc(blockSizeBytes);
+  for (let lba = 0; lba < forest.deviceBlocks; lba++) {
+    if (!forest.reachable.get(lba)) continue;
+    device.read(lba, block);
+    if (!block.subarray(0, 4).equals(nodeMagic)) continue;
+    nodes.push({ lba, owner: Number(block.readBigUInt64LE(nodeOwnerOffset)), level: block[nodeLevelOffset]! });
+  }
+  return nodes;
 }

@@ -15,11 +15,9 @@ import { decodeNode } from "../kvstore/node.js";
 import { runGrovefs, type RunResult } from "./cli_helpers.js";
 import { e2eSkipReason, grove, mountsAt } from "./e2e_helpers.js";
 import { O_RDWR, expectBytes, pattern, readFile, root, writeFile } from "./fs_helpers.js";
+import { reachableNodes, type NodeInfo } from "./helpers.js";
 
 const imageBytes = 32 * 1024 * 1024;
-const nodeMagic = Buffer.from("GRVN", "latin1");
-const nodeOwnerOffset = 24;
-const nodeLevelOffset = 32;
 const treeIdRoot = 1;
 const treeIdFreeByLba = 2;
 const treeIdSubvolumes = 5;
@@ -32,12 +30,6 @@ const S_IFIFO = 0o010000;
 const manyFiles = 400;
 const oddName = Buffer.from([0x6f, 0x64, 0x64, 0xff, 0xfe]);
 const mtimeNs = 1_234_567_890_123_456_000n;
-
-interface NodeInfo {
-  lba: number;
-  owner: number;
-  level: number;
-}
 
 interface Base {
   image: string;
@@ -105,14 +97,7 @@ function buildBase(image: string): Base {
   const report = checkFilesystem(device, { verifyData: true });
   expect(report.problems).toEqual([]);
   const forest = report.space.forest;
-  const nodes: NodeInfo[] = [];
-  const block = Buffer.alloc(blockSizeBytes);
-  for (let lba = 0; lba < forest.deviceBlocks; lba++) {
-    if (!forest.reachable.get(lba)) continue;
-    device.read(lba, block);
-    if (!block.subarray(0, 4).equals(nodeMagic)) continue;
-    nodes.push({ lba, owner: Number(block.readBigUInt64LE(nodeOwnerOffset)), level: block[nodeLevelOffset]! });
-  }
+  const nodes = reachableNodes(device, forest);
   device.close();
   // /lonely was written after the snapshot, so its extent is its own.
   return { image, nodes, files, lonelyLba: findLonely(image, files.get("/lonely")!), ino };
