@@ -68,9 +68,17 @@ import { mapOwner } from "./item_map.js";
 export interface InodeFix {
   subvolume: number;
   ino: number;
-  /** nlink: set the link count; addOrphanKey: list the inode as an orphan; dropOrphanKey: unlist it. */
-  kind: "nlink" | "addOrphanKey" | "dropOrphanKey";
+  /**
+   * nlink: set the link count; addOrphanKey: list the inode as an orphan;
+   * dropOrphanKey: unlist it; lostFound: link the inode, which no entry
+   * names but which counts links (or is a directory), into /lost+found;
+   * dropEntry: remove the entry `name` of directory `dir`, which names an
+   * inode (`ino`) that does not exist.
+   */
+  kind: "nlink" | "addOrphanKey" | "dropOrphanKey" | "lostFound" | "dropEntry";
   nlink?: number;
+  dir?: number;
+  name?: Buffer;
 }
 
 export interface FsReport {
@@ -788,7 +796,7 @@ class FsWalk {
       if (dir === undefined) return null;
       const name = this.nameIn(dir, cur);
       if (name === undefined) return null;
-      parts.unshift(name);
+      parts.unshift(name.toString("utf8"));
       cur = dir;
     }
     return `/${parts.join("/")}`;
@@ -824,7 +832,9 @@ class FsWalk {
       const ino = entries.ino(i);
       const target = facts.slot(ino);
       if (target === undefined) {
-        problems.push(`${this.entryWhere(dir, ino)}: names inode ${ino}, which does not exist`);
+        const name = this.nameIn(dir, ino);
+        problems.push(`${this.entryWhere(dir, ino, name)}: names inode ${ino}, which does not exist`);
+        if (name !== undefined) this.fixes.push({ subvolume: this.subvolumeId, ino, kind: "dropEntry", dir, name });
         continue;
       }
       facts.setSmall(target, F.names, facts.small_(target, F.names) + 1);
@@ -852,14 +862,13 @@ class FsWalk {
   }
 
   /** `directory D, entry "NAME"` for the entry of `dir` naming `ino`: the name is read again, as only reported entries need it. */
-  private entryWhere(dir: number, ino: number): string {
-    const name = this.nameIn(dir, ino);
-    return name === undefined ? `directory ${dir}, an entry` : `directory ${dir}, entry "${name}"`;
+  private entryWhere(dir: number, ino: number, name = this.nameIn(dir, ino)): string {
+    return name === undefined ? `directory ${dir}, an entry` : `directory ${dir}, entry "${name.toString("utf8")}"`;
   }
 
   /** The name under which directory `dir` holds `ino`, read again from the tree; undefined if it cannot be read. */
-  private nameIn(dir: number, ino: number): string | undefined {
-    let name: string | undefined;
+  private nameIn(dir: number, ino: number): Buffer | undefined {
+    let name: Buffer | undefined;
     try {
       const store = this.store;
       const tree = store?.openTree(this.subvolumeId);
@@ -868,7 +877,7 @@ class FsWalk {
         const inode = decodeInode(dir, value);
         const visit = (key: Buffer, item: Buffer): boolean => {
           if (decodeDirent(dir, item).ino !== ino) return false;
-          name = key.toString("utf8");
+          name = Buffer.from(key);
           return true;
         };
         if (inode.kind === PayloadKind.Items) {
@@ -905,6 +914,9 @@ class FsWalk {
       const parent = facts.large_(slot, L.parent);
       if (ino === rootIno) {
         if (parents !== 0 || parent !== rootIno) problems.push(`${where}: the root has a parent`);
+      } else if (parents === 0) {
+        problems.push(`${where}: directory is named by no entry`);
+        this.fix(ino, "lostFound");
       } else if (parents !== 1) {
         problems.push(`${where}: directory is named by ${parents} entries`);
       } else if (facts.large_(slot, L.firstParent) !== parent) {
@@ -912,14 +924,16 @@ class FsWalk {
       }
       return;
     }
+    const lost = names === 0 && !this.orphans.has(ino);
     if (nlink !== names) {
       problems.push(`${where}: nlink ${nlink}, but ${names} entries name it`);
-      this.fix(ino, "nlink", names);
+      if (!(lost && nlink > 0)) this.fix(ino, "nlink", names);
     }
-    if (names === 0 && !this.orphans.has(ino)) {
-      // An inode nothing names is listed as an orphan, so the next read-write mount frees it.
+    if (lost) {
       problems.push(`${where}: has no name and is not an orphan`);
-      this.fix(ino, "addOrphanKey");
+      // A file that still counts links lost its names to damage: it goes to lost+found (as e2fsck does), not away. One with
+      // nlink 0 was being deleted (its orphan key lost): it is listed as an orphan, so the next read-write mount frees it.
+      this.fix(ino, nlink > 0 ? "lostFound" : "addOrphanKey");
     }
     const blocks = facts.large_(slot, L.blocks);
     const extentBlocks = facts.large_(slot, L.extentBlocks);

@@ -50,3 +50,6 @@ export const dirtyDataBytesMax = 64 * 1024 * 1024;
 export const dirtyNodeBytesMax = 64 * 1024 * 1024;
 /** Open file handles at once. */
 export const openFilesMax = 65536;
+
+/** Where fsck -y links the inodes that no entry names (e2fsck's name), in the root of each writable subvolume. */
+export const lostFoundName = "lost+found";

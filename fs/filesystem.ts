@@ -75,6 +75,7 @@ import type {
 } from "./api.js";
 import {
   dirtyNodeBytesMax,
+  lostFoundName,
   nameSizeMaxBytes,
   rootIno,
   treeIdDefaultSubvolume,
@@ -245,6 +246,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       volume.store.close();
       throw error;
     }
+  }
+
+  /**
+   * Serves subvolume `name` of a volume already open read-write (fsck's
+   * repair, fs/repair.ts): closing the filesystem closes the volume.
+   */
+  static onVolume(volume: Volume, name: string): GroveFs {
+    return new GroveFs(new SharedVolume(volume, wallClock), recordToServe(volume, name), {}, false);
   }
 
   /**
@@ -1116,6 +1125,47 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   /** Inode number of a path, without following a final symlink. */
   inoOf(path: string): number {
     return this.names.resolve(path).ino;
+  }
+
+  /**
+   * fsck -y's name repairs (fs/repair.ts), on a writable subvolume: removes
+   * the entries that name no inode, then links each inode in `lost` (which
+   * no entry names but which is not an orphan) into `/lost+found` as
+   * `#INO`, as e2fsck does; the directory is made (0700, root's) when it is
+   * missing. Returns one line per change.
+   */
+  repairNames(dangling: ReadonlyArray<{ dir: number; name: Buffer }>, lost: readonly number[]): string[] {
+    const done: string[] = [];
+    return this.policy.withRoom(16 * (dangling.length + lost.length + 1), () => {
+      for (const { dir, name } of dangling) {
+        const inode = this.inodes.tryLoad(dir);
+        if (inode !== undefined && this.names.dropDanglingEntry(inode, name)) {
+          done.push(`directory ${dir}: removed the entry ${JSON.stringify(name.toString("utf8"))}, which named no inode`);
+        }
+      }
+      if (lost.length === 0) return done;
+      const into = this.lostFound();
+      for (const ino of lost) {
+        const inode = this.inodes.tryLoad(ino);
+        if (inode === undefined) continue;
+        let name = Buffer.from(`#${ino}`);
+        for (let n = 1; this.findEntry(into.ino, name) !== undefined; n++) name = Buffer.from(`#${ino}.${n}`);
+        this.names.reconnect(inode, into, name);
+        done.push(`inode ${ino}: had no name, linked as /${lostFoundName}/${name.toString()}`);
+      }
+      return done;
+    });
+  }
+
+  /** `/lost+found`, made if missing; a non-directory of that name is left alone and `lost+found.N` is used. */
+  private lostFound(): Inode {
+    const root = this.inodes.load(rootIno);
+    for (let n = 0; ; n++) {
+      const name = Buffer.from(n === 0 ? lostFoundName : `${lostFoundName}.${n}`);
+      const entry = this.findEntry(rootIno, name);
+      if (entry === undefined) return this.names.mkdir({ dir: root, name }, 0o700, { uid: 0, gid: 0 });
+      if ((entry.mode & C.S_IFMT) === C.S_IFDIR) return this.inodes.load(entry.ino);
+    }
   }
 
   /** Whether inode `ino` still exists (an unlinked, open file does). */

@@ -412,6 +412,35 @@ export class Namespace {
     return this.data.freedRanges(inode, this.inodes.mapOf(inode), 0);
   }
 
+  // ---- fsck's name repairs (fs/repair.ts) -----------------------------------------
+
+  /** Removes the entry `name` of `dir`, which names an inode that does not exist: no link count changes. */
+  dropDanglingEntry(dir: Inode, name: Buffer): boolean {
+    return this.policy.mutation(3, () => {
+      if (!this.inodes.mapOf(dir).delete(name)) return false;
+      this.touchDir(dir);
+      return true;
+    });
+  }
+
+  /**
+   * Gives `inode`, which no entry names, the name `name` in `into` (fsck's
+   * lost+found): one link for a file, a parent and ".." for a directory.
+   */
+  reconnect(inode: Inode, into: Inode, name: Buffer): void {
+    this.policy.mutation(4, () => {
+      if ((inode.mode & S_IFMT) === S_IFDIR) {
+        inode.parent = into.ino;
+        into.nlink++;
+      } else {
+        inode.nlink = 1;
+      }
+      inode.ctimeNs = this.clock();
+      this.inodes.save(inode);
+      this.addEntry(into, name, inode);
+    });
+  }
+
   private addEntry(dir: Inode, name: Buffer, child: Inode): void {
     this.inodes.mapOf(dir).put(name, encodeDirent(child.ino, child.mode));
     this.touchDir(dir);

@@ -9,13 +9,17 @@
  *   and trees that disagree with each other;
  * - reference counts: set to what the walk counted;
  * - link counts: set to the entries found;
- * - orphans: an inode nothing names is listed as an orphan (the next
- *   read-write mount frees it, as after a crash); an orphan key on an inode
- *   that has names, or on none, is removed.
+ * - orphans: an inode nothing names with nlink 0 is listed as an orphan
+ *   (the next read-write mount frees it, as after a crash); an orphan key on
+ *   an inode that has names, or on none, is removed;
+ * - lost names: in a writable subvolume, an inode nothing names that still
+ *   counts links, or a directory nothing names, is linked into /lost+found
+ *   as `#INO` (e2fsck's convention), and an entry naming an inode that does
+ *   not exist is removed. In a read-only snapshot, names are not changed: a
+ *   file is listed as an orphan there, and the rest is left as remaining.
  *
  * Not repaired (reported as remaining): damaged nodes or trees (a failed
- * checksum, broken order), data blocks whose checksum fails, dangling
- * entries, and anything found in a volume whose trees could not be walked
+ * checksum, broken order), data blocks whose checksum fails, and anything found in a volume whose trees could not be walked
  * whole — rebuilding free space from a partial walk would free live blocks.
  */
 import { BlockDevice, GroveError, type Store, compressedUsageProblems, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, firstAllocatableLba } from "../kvstore/index.js";
@@ -24,6 +28,12 @@ import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
 import { fsEdges } from "./edges.js";
 import { decodeInode, encodeInode, inodeKey, orphanKey } from "./format.js";
+import { GroveFs } from "./filesystem.js";
+import { constants as C } from "node:fs";
+
+const S_IFMT = C.S_IFMT;
+const S_IFDIR = C.S_IFDIR;
+import type { InodeFix } from "./check.js";
 
 export interface RepairResult {
   fixed: string[];
@@ -74,6 +84,8 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
   const { store } = volume;
   // Opening read-write rewrote the damaged superblock copies from the one in use.
   const fixed: string[] = [...store.superblockRepairs];
+  const nameFixes = new Map<string, InodeFix[]>();
+  const remaining: string[] = [];
   try {
     // Free space first: every block allocated from here on must really be free.
     const free: Extent[] = [];
@@ -105,7 +117,22 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
       fixed.push(`block ${m.lba}: refcount ${m.recorded} set to ${m.found}`);
     }
 
-    for (const fix of report.fixes) {
+    const writable = new Map<number, string>();
+    for (const record of volume.subvolumes.list()) if (!record.readOnly) writable.set(record.id, record.name);
+    for (let fix of report.fixes) {
+      if (fix.kind === "lostFound" || fix.kind === "dropEntry") {
+        const name = writable.get(fix.subvolume);
+        if (name !== undefined) {
+          nameFixes.set(name, [...(nameFixes.get(name) ?? []), fix]);
+          continue;
+        }
+        const record = fix.kind === "dropEntry" ? undefined : store.openTree(fix.subvolume).get(inodeKey(fix.ino));
+        if (record === undefined || (decodeInode(fix.ino, record).mode & S_IFMT) === S_IFDIR) {
+          remaining.push(`subvolume ${fix.subvolume}, inode ${fix.ino}: a read-only snapshot's names are not changed`);
+          continue;
+        }
+        fix = { ...fix, kind: "addOrphanKey" };
+      }
       const tree = store.openTree(fix.subvolume);
       const where = `subvolume ${fix.subvolume}, inode ${fix.ino}`;
       if (fix.kind === "nlink") {
@@ -132,6 +159,10 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
       }
     }
     store.commit({ force: true });
+    if (nameFixes.size === 0) {
+      store.close();
+      return { fixed, remaining };
+    }
   } catch (error) {
     store.close();
     if (error instanceof GroveError) {
@@ -139,6 +170,23 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
     }
     throw error;
   }
-  store.close();
-  return { fixed, remaining: [] };
+  // The names, through the filesystem (its directory maps and link rules), one writable subvolume at a time; closing commits.
+  let first: GroveFs | null = null;
+  try {
+    for (const [name, fixes] of nameFixes) {
+      const fs: GroveFs = first === null ? (first = GroveFs.onVolume(volume, name)) : first.attach({ subvolume: name });
+      const dangling = fixes.filter((f) => f.kind === "dropEntry").map((f) => ({ dir: f.dir!, name: f.name! }));
+      const lost = fixes.filter((f) => f.kind === "lostFound").map((f) => f.ino);
+      const where = name === "default" ? "" : `subvolume ${JSON.stringify(name)}: `;
+      for (const line of fs.repairNames(dangling, lost)) fixed.push(where + line);
+      if (fs !== first) fs.close();
+    }
+  } catch (error) {
+    if (!(error instanceof GroveError)) throw error;
+    remaining.push(`the name repairs stopped: ${error.message}`);
+  } finally {
+    if (first !== null) first.close();
+    else store.close();
+  }
+  return { fixed, remaining };
 }

@@ -8,9 +8,9 @@ import { describe, expect, it } from "vitest";
 import { SimDevice } from "../kvstore/index.js";
 import { openVolume } from "../snapshot/index.js";
 import { GroveFs, checkFilesystem, repairFilesystem } from "../fs/index.js";
-import { decodeInode, encodeInode, inodeKey, orphanKey } from "../fs/format.js";
+import { PayloadKind, decodeInode, decodeItems, encodeInode, encodeItems, inodeKey, orphanKey } from "../fs/format.js";
 import { fsEdges } from "../fs/edges.js";
-import { O_CREAT, O_RDWR, expectBytes, expectFsClean, pattern, readFile, testClock } from "./fs_helpers.js";
+import { O_CREAT, O_RDWR, expectBytes, expectFsClean, pattern, readFile, testClock, writeFile } from "./fs_helpers.js";
 
 const caller = { uid: 0, gid: 0 };
 
@@ -93,5 +93,101 @@ describe("fsck repair (library): orphans", () => {
       tree.put(inodeKey(2), encodeInode(inode));
       tree.put(orphanKey(2), Buffer.alloc(0));
     }, /orphan 2 still has 1 names/);
+  });
+});
+
+describe("fsck repair (library): lost names go to /lost+found, dangling entries go", () => {
+  /** Removes the entry `name` from directory `dir`'s inline entries, committed as a generation (damage that loses a name). */
+  function dropName(v: ReturnType<typeof openVolume>, dir: number, name: string, subvolume = 256): void {
+    const tree = v.store.openTree(subvolume);
+    const inode = decodeInode(dir, tree.get(inodeKey(dir))!);
+    expect(inode.kind).toBe(PayloadKind.Items);
+    const items = decodeItems(dir, inode.payload).filter((i) => i.key.toString() !== name);
+    inode.payload = encodeItems(items);
+    tree.put(inodeKey(dir), encodeInode(inode));
+  }
+
+  const names = (fs: GroveFs, dir: string): string[] =>
+    fs
+      .readdir(dir)
+      .map((e) => e.name)
+      .filter((n) => n !== "." && n !== "..")
+      .sort();
+
+  function repaired(device: SimDevice): { device: SimDevice; fixed: string[] } {
+    const report = checkFilesystem(device, { verifyData: true });
+    const result = repairFilesystem(device, report);
+    expect(result.remaining).toEqual([]);
+    device = device.reopen();
+    expectFsClean(device);
+    return { device, fixed: result.fixed };
+  }
+
+  it("a file, a directory with its contents, and a hard-linked file lose their names: each is linked as /lost+found/#INO with its data", () => {
+    let device = new SimDevice(4096);
+    GroveFs.format(device, { clock: testClock() });
+    device = device.reopen();
+    let fs = GroveFs.open(device, { clock: testClock() });
+    const data = pattern(70_000, 3);
+    writeFile(fs, "/lonely", data);
+    fs.mkdir("/dir", 0o755, caller);
+    writeFile(fs, "/dir/inner", data.subarray(0, 5000));
+    fs.mkdir("/dir/sub", 0o700, caller);
+    writeFile(fs, "/twice", data.subarray(0, 100));
+    fs.link("/twice", "/dir/twice2");
+    const ino = { lonely: fs.inoOf("/lonely"), dir: fs.inoOf("/dir"), twice: fs.inoOf("/twice") };
+    fs.close();
+    device = device.reopen();
+    const v = openVolume(device, { edges: fsEdges });
+    for (const name of ["lonely", "dir", "twice"]) dropName(v, 1, name);
+    v.store.commit({ force: true });
+    v.store.close();
+    device = device.reopen();
+    const report = checkFilesystem(device);
+    expect(report.problems.join("\n")).toMatch(new RegExp(`inode ${ino.lonely}: has no name and is not an orphan`));
+    expect(report.problems.join("\n")).toMatch(new RegExp(`inode ${ino.dir}: directory is named by no entry`));
+    const { device: after, fixed } = repaired(device.reopen());
+    expect(fixed).toContain(`inode ${ino.lonely}: had no name, linked as /lost+found/#${ino.lonely}`);
+    expect(fixed).toContain(`inode ${ino.dir}: had no name, linked as /lost+found/#${ino.dir}`);
+    fs = GroveFs.open(after);
+    const lf = fs.getattr("/lost+found");
+    expect(lf.mode & 0o170777).toBe(0o040700);
+    expect(lf.nlink).toBe(3); // ".", its entry in /, and the reconnected directory's ".."
+    expectBytes(readFile(fs, `/lost+found/#${ino.lonely}`), data);
+    expect(fs.getattr(`/lost+found/#${ino.lonely}`).nlink).toBe(1);
+    expectBytes(readFile(fs, `/lost+found/#${ino.dir}/inner`), data.subarray(0, 5000));
+    expect(fs.getattr(`/lost+found/#${ino.dir}/sub`).mode & 0o777).toBe(0o700);
+    // The hard-linked file kept its other name: only its count is wrong, and no lost+found entry is made for it.
+    expect(names(fs, "/lost+found")).toEqual([`#${ino.dir}`, `#${ino.lonely}`].sort());
+    expect(fs.getattr(`/lost+found/#${ino.dir}/twice2`).nlink).toBe(1);
+    fs.close();
+  });
+
+  it("an entry naming a missing inode is removed; a file called lost+found is left alone", () => {
+    let device = new SimDevice(4096);
+    GroveFs.format(device, { clock: testClock() });
+    device = device.reopen();
+    let fs = GroveFs.open(device, { clock: testClock() });
+    writeFile(fs, "/lost+found", Buffer.from("mine"));
+    writeFile(fs, "/gone", Buffer.from("x"));
+    writeFile(fs, "/kept", Buffer.from("y"));
+    const ino = { gone: fs.inoOf("/gone"), kept: fs.inoOf("/kept") };
+    fs.close();
+    device = device.reopen();
+    const v = openVolume(device, { edges: fsEdges });
+    v.store.openTree(256).delete(inodeKey(ino.gone));
+    dropName(v, 1, "kept");
+    v.store.commit({ force: true });
+    v.store.close();
+    device = device.reopen();
+    const report = checkFilesystem(device);
+    expect(report.problems.join("\n")).toMatch(/entry "gone": names inode \d+, which does not exist/);
+    const { device: after, fixed } = repaired(device);
+    expect(fixed).toContain(`directory 1: removed the entry "gone", which named no inode`);
+    fs = GroveFs.open(after);
+    expect(names(fs, "/")).toEqual(["lost+found", "lost+found.1"]);
+    expect(readFile(fs, "/lost+found").toString()).toBe("mine");
+    expect(readFile(fs, `/lost+found.1/#${ino.kept}`).toString()).toBe("y");
+    fs.close();
   });
 });
