@@ -35,7 +35,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { checkFilesystem, groveFsType, readMounts, repairFilesystem, replayFsyncLog, type FsReport } from "../fs/index.js";
+import { checkFilesystem, groveFsType, readMounts, repairFilesystem, replayFsyncLog, salvageDamagedTrees, type FsReport } from "../fs/index.js";
 import { BlockDevice, FileDevice, GroveError, TruncatedImageError, blockSizeBytes, inspectSuperblocks } from "../kvstore/index.js";
 import { openVolume } from "../snapshot/index.js";
 import { CliError, debugDetail, formatError } from "./errors.js";
@@ -296,12 +296,16 @@ function checker(inner: FileDevice, bar: ProgressBar): Checker {
 
 function repairAndRecheck(c: Checker, first: FsReport, result: FsckResult): void {
   c.bar.start("repairing", 0);
-  const repair = repairFilesystem(c.device, first);
-  result.repaired = repair.fixed;
+  // Trees holding damaged nodes are rebuilt from what they can read first; the repair then works from a check of that.
+  const salvage = salvageDamagedTrees(c.device, first);
+  const from = salvage !== null && salvage.fixed.length > 0 ? c.check("checking the salvaged volume") : first;
+  if (from !== first) c.bar.start("repairing", 0);
+  const repair = repairFilesystem(c.device, from);
+  result.repaired = [...(salvage?.fixed ?? []), ...repair.fixed];
   const second = c.check("checking again");
   result.counts = counts(second) ?? result.counts;
   // The second check is the truth; a repair's own note of what it could not do is kept if it adds something.
-  const notes = repair.remaining.filter((line) => !first.problems.includes(line));
+  const notes = [...(salvage?.remaining ?? []), ...repair.remaining].filter((line) => !first.problems.includes(line) && !from.problems.includes(line));
   result.remaining = [...second.problems, ...(second.problems.length > 0 ? notes : [])];
   result.exitCode = second.problems.length === 0 ? fsckExit.corrected : fsckExit.uncorrected;
   if (first.rolledBack !== null) {

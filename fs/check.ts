@@ -75,7 +75,8 @@ export interface InodeFix {
    * dropEntry: remove the entry `name` of directory `dir`, which names an
    * inode (`ino`) that does not exist.
    */
-  kind: "nlink" | "addOrphanKey" | "dropOrphanKey" | "lostFound" | "dropEntry";
+  kind: "nlink" | "addOrphanKey" | "dropOrphanKey" | "lostFound" | "dropEntry" | "blocks";
+  /** nlink: the link count to set; blocks: the data block count to set. */
   nlink?: number;
   dir?: number;
   name?: Buffer;
@@ -939,6 +940,7 @@ class FsWalk {
     const extentBlocks = facts.large_(slot, L.extentBlocks);
     if (blocks !== extentBlocks) {
       problems.push(`${where}: records ${blocks} data blocks, but its extents hold ${extentBlocks}`);
+      this.fix(ino, "blocks", extentBlocks);
     }
     if (facts.large_(slot, L.dataEnd) > Math.ceil(facts.large_(slot, L.size) / blockSizeBytes)) {
       problems.push(`${where}: a written extent lies past the end of the file (size ${facts.large_(slot, L.size)})`);

@@ -249,11 +249,17 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   }
 
   /**
-   * Serves subvolume `name` of a volume already open read-write (fsck's
-   * repair, fs/repair.ts): closing the filesystem closes the volume.
+   * Serves subvolume `name` of a volume already open read-write, writable
+   * even when it is a snapshot, for fsck's name repairs (fs/repair.ts), and
+   * later ones beside it (`repairing`, on the first): closing the first
+   * closes the volume.
    */
   static onVolume(volume: Volume, name: string): GroveFs {
-    return new GroveFs(new SharedVolume(volume, wallClock), recordToServe(volume, name), {}, false);
+    return new GroveFs(new SharedVolume(volume, wallClock), { ...recordToServe(volume, name), readOnly: false }, {}, false);
+  }
+
+  repairing(name: string): GroveFs {
+    return new GroveFs(this.shared, { ...recordToServe(this.volume, name), readOnly: false }, { clock: this.clock }, false);
   }
 
   /**

@@ -8,6 +8,7 @@ export * from "./fuse_bridge.js";
 export { mountGrove, defaultTransport, transportNames, type Transport, type MountHandle } from "./mount.js";
 export { parseResizeRequest, type ResizeRequest, type ResizeResult } from "./resize.js";
 export { repairFilesystem, replayFsyncLog, type RepairResult } from "./repair.js";
+export { salvageDamagedTrees, type SalvageResult } from "./salvage.js";
 export { fuseDevicePath } from "./fuse/kernel_mount.js";
 export { receivePartialPrefix, type SendSource } from "./filesystem.js";
 export * as send from "./send/index.js";

@@ -62,6 +62,42 @@ export class InodeTable {
     tree.put(countersKey, encodeCounters(firstFreeIno));
   }
 
+  /**
+   * After fsck's salvage of a damaged inode tree: an empty root directory
+   * when its record was lost (what it named goes to /lost+found), and the
+   * inode counter above every inode left when it was lost or is too low.
+   * Returns a line for each change.
+   */
+  static restoreBasics(tree: Tree, now: bigint, generation: number): string[] {
+    const done: string[] = [];
+    if (tree.get(inodeKey(rootIno)) === undefined) {
+      const root = newInode(rootIno, C.S_IFDIR | 0o755, { uid: 0, gid: 0 }, now, generation);
+      root.nlink = 2;
+      root.parent = rootIno;
+      tree.put(inodeKey(rootIno), encodeInode(root));
+      done.push("the root directory's record was lost: made an empty one (its entries' inodes go to /lost+found)");
+    }
+    let highest = rootIno;
+    // Keys start with their inode's number (records, then its xattr chunks): the last key names the highest inode.
+    for (const [key] of tree.range({ reverse: true })) {
+      if (key.length >= 8) highest = Math.max(highest, Number(key.readBigUInt64BE(0)));
+      break;
+    }
+    const counter = tree.get(countersKey);
+    let next: number | null = null;
+    try {
+      next = counter === undefined ? null : decodeCounters(counter);
+    } catch {
+      next = null;
+    }
+    const wanted = Math.max(firstFreeIno, highest + 1);
+    if (next === null || next < wanted) {
+      tree.put(countersKey, encodeCounters(wanted));
+      done.push(`the inode counter was ${next === null ? "lost" : `${next}, not above every inode`}: set to ${wanted}`);
+    }
+    return done;
+  }
+
   /** Inode `ino`, which something references: EIO when it is missing. */
   load(ino: number): Inode {
     const inode = this.tryLoad(ino);

@@ -8,15 +8,16 @@
  *   reachability, which fixes leaked blocks, blocks both reachable and free,
  *   and trees that disagree with each other;
  * - reference counts: set to what the walk counted;
- * - link counts: set to the entries found;
+ * - link counts: set to the entries found; a file's data block count, to
+ *   what its extents hold;
  * - orphans: an inode nothing names with nlink 0 is listed as an orphan
  *   (the next read-write mount frees it, as after a crash); an orphan key on
  *   an inode that has names, or on none, is removed;
- * - lost names: in a writable subvolume, an inode nothing names that still
- *   counts links, or a directory nothing names, is linked into /lost+found
- *   as `#INO` (e2fsck's convention), and an entry naming an inode that does
- *   not exist is removed. In a read-only snapshot, names are not changed: a
- *   file is listed as an orphan there, and the rest is left as remaining.
+ * - lost names: an inode nothing names that still counts links, or a
+ *   directory nothing names, is linked into /lost+found as `#INO`
+ *   (e2fsck's convention), and an entry naming an inode that does not exist
+ *   is removed; in snapshots too (read-only to users, not to fsck), so that
+ *   every subvolume is consistent again.
  *
  * Not repaired (reported as remaining): damaged nodes or trees (a failed
  * checksum, broken order), data blocks whose checksum fails, and anything found in a volume whose trees could not be walked
@@ -29,10 +30,6 @@ import type { FsReport } from "./check.js";
 import { fsEdges } from "./edges.js";
 import { decodeInode, encodeInode, inodeKey, orphanKey } from "./format.js";
 import { GroveFs } from "./filesystem.js";
-import { constants as C } from "node:fs";
-
-const S_IFMT = C.S_IFMT;
-const S_IFDIR = C.S_IFDIR;
 import type { InodeFix } from "./check.js";
 
 export interface RepairResult {
@@ -117,21 +114,12 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
       fixed.push(`block ${m.lba}: refcount ${m.recorded} set to ${m.found}`);
     }
 
-    const writable = new Map<number, string>();
-    for (const record of volume.subvolumes.list()) if (!record.readOnly) writable.set(record.id, record.name);
-    for (let fix of report.fixes) {
+    const names = new Map(volume.subvolumes.list().map((record) => [record.id, record.name]));
+    for (const fix of report.fixes) {
       if (fix.kind === "lostFound" || fix.kind === "dropEntry") {
-        const name = writable.get(fix.subvolume);
-        if (name !== undefined) {
-          nameFixes.set(name, [...(nameFixes.get(name) ?? []), fix]);
-          continue;
-        }
-        const record = fix.kind === "dropEntry" ? undefined : store.openTree(fix.subvolume).get(inodeKey(fix.ino));
-        if (record === undefined || (decodeInode(fix.ino, record).mode & S_IFMT) === S_IFDIR) {
-          remaining.push(`subvolume ${fix.subvolume}, inode ${fix.ino}: a read-only snapshot's names are not changed`);
-          continue;
-        }
-        fix = { ...fix, kind: "addOrphanKey" };
+        const name = names.get(fix.subvolume);
+        if (name !== undefined) nameFixes.set(name, [...(nameFixes.get(name) ?? []), fix]);
+        continue;
       }
       const tree = store.openTree(fix.subvolume);
       const where = `subvolume ${fix.subvolume}, inode ${fix.ino}`;
@@ -143,6 +131,14 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
         inode.nlink = fix.nlink!;
         tree.put(inodeKey(fix.ino), encodeInode(inode));
         fixed.push(`${where}: nlink ${was} set to ${fix.nlink}`);
+      } else if (fix.kind === "blocks") {
+        const value = tree.get(inodeKey(fix.ino));
+        if (value === undefined) continue;
+        const inode = decodeInode(fix.ino, value);
+        const was = inode.blocks;
+        inode.blocks = fix.nlink!;
+        tree.put(inodeKey(fix.ino), encodeInode(inode));
+        fixed.push(`${where}: data block count ${was} set to ${fix.nlink}, what its extents hold`);
       } else if (fix.kind === "addOrphanKey") {
         const value = tree.get(inodeKey(fix.ino));
         if (value === undefined) continue;
@@ -174,7 +170,7 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
   let first: GroveFs | null = null;
   try {
     for (const [name, fixes] of nameFixes) {
-      const fs: GroveFs = first === null ? (first = GroveFs.onVolume(volume, name)) : first.attach({ subvolume: name });
+      const fs: GroveFs = first === null ? (first = GroveFs.onVolume(volume, name)) : first.repairing(name);
       const dangling = fixes.filter((f) => f.kind === "dropEntry").map((f) => ({ dir: f.dir!, name: f.name! }));
       const lost = fixes.filter((f) => f.kind === "lostFound").map((f) => f.ino);
       const where = name === "default" ? "" : `subvolume ${JSON.stringify(name)}: `;

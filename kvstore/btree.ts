@@ -225,6 +225,44 @@ export class Tree {
   }
 
   /**
+   * Every item that can still be read, in key order, skipping each subtree
+   * whose node fails its checks (fsck's salvage of a damaged tree). Each
+   * subtree skipped is added to `lost` as the key range it covered (null:
+   * unbounded). Keys outside their node's bounds, or not above the last one
+   * given, are skipped too: what is given is a valid, ordered item list.
+   */
+  *salvageItems(lost: Array<{ from: Buffer | null; to: Buffer | null }>): Generator<[Buffer, Buffer]> {
+    let last: Buffer | null = null;
+    const within = (key: Buffer, from: Buffer | null, to: Buffer | null): boolean =>
+      (from === null || Buffer.compare(key, from) >= 0) && (to === null || Buffer.compare(key, to) < 0) && (last === null || Buffer.compare(key, last) > 0);
+    const visit = function* (tree: Tree, read: () => Node, from: Buffer | null, to: Buffer | null): Generator<[Buffer, Buffer]> {
+      let node: Node;
+      try {
+        node = read();
+      } catch (error) {
+        if (!(error instanceof GroveError) || error.code !== "EIO") throw error;
+        lost.push({ from, to });
+        return;
+      }
+      if (node.level === 0) {
+        for (let i = 0; i < node.count; i++) {
+          const key = node.copyKey(i);
+          if (!within(key, from, to)) continue;
+          last = key;
+          yield [key, node.copyValue(i)];
+        }
+        return;
+      }
+      for (let i = 0; i < node.count; i++) {
+        const lo = i === 0 ? from : node.copyKey(i);
+        const hi = i + 1 < node.count ? node.copyKey(i + 1) : to;
+        yield* visit(tree, () => tree.child(node, i), lo, hi);
+      }
+    };
+    yield* visit(this, () => this.root(), null, null);
+  }
+
+  /**
    * A put shadows one node a level and may split each, plus a new root; a
    * delete may shadow a sibling a level. Widening an older path may split
    * each of its nodes once more, with the same again for the splits above.

@@ -137,6 +137,13 @@ export interface ForestReport {
    * blocks count as reachable. Null when the superblock was unreadable.
    */
   log: (LogReplay & { committedGeneration: number; blocks: number[] }) | null;
+  /**
+   * The root LBAs of the trees that hold a node that cannot be read or fails
+   * its checks (read error, checksum, header, pointer), one entry per tree
+   * that reaches it: a damaged node shared by a snapshot and its source
+   * names both trees' roots. What fsck's salvage rebuilds.
+   */
+  damagedRoots: Set<number>;
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -176,6 +183,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       lz4Feature: false,
       features: 0n,
       log: null,
+      damagedRoots: new Set(),
     };
   }
   const committed = sb;
@@ -242,6 +250,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     lz4Feature: (sb.features & featureCompressLz4) !== 0n,
     features: sb.features,
     log: { ...log, committedGeneration: committed.generation, blocks: logBlocks },
+    damagedRoots: walker.damagedRoots,
   };
 }
 
@@ -291,6 +300,12 @@ class TreeWalker implements ItemEdges {
   private readonly subtreeItems = new Map<number, number>();
   /** The current walk skips subtrees whose keys all lie below this. */
   private from: Buffer | null = null;
+  readonly damagedRoots = new Set<number>();
+  /** The root of the tree being walked, and the damaged nodes found so far. */
+  private walkRoot = 0;
+  private damagedNodes = 0;
+  /** Nodes whose subtree holds a damaged node, so a tree that shares one is damaged too. */
+  private readonly damagedSubtrees = new Set<number>();
 
   constructor(
     private readonly device: BlockDevice,
@@ -361,6 +376,7 @@ class TreeWalker implements ItemEdges {
       this.problems.push(`tree ${id}: depth ${level + 1} exceeds ${treeDepthMax}`);
       return report;
     }
+    this.walkRoot = rootLba;
     this.visit(id, rootLba, level, null, null, this.generation, check, report, onItem);
     this.from = null;
     if (from === null && report.items !== count) {
@@ -384,19 +400,28 @@ class TreeWalker implements ItemEdges {
     const where = lo === null ? `tree ${id}, block ${lba}` : `tree ${id}, block ${lba} (keys from ${keyText(lo)})`;
     if (!Number.isSafeInteger(lba) || lba < 2 || lba >= this.deviceBlocks) {
       this.problems.push(`${where}: pointer outside the volume`);
+      this.damaged();
       return;
     }
     if (this.nodes.get(lba)) {
       this.referenceAgain(lba);
       report.items += this.subtreeItems.get(lba) ?? 0;
+      if (this.damagedSubtrees.has(lba)) this.damagedRoots.add(this.walkRoot);
       return;
     }
     const itemsBefore = report.items;
+    const damagedBefore = this.damagedNodes;
     try {
       this.visitNode(id, lba, level, lo, hi, parentGeneration, check, report, where, onItem);
     } finally {
       this.subtreeItems.set(lba, report.items - itemsBefore);
+      if (this.damagedNodes > damagedBefore) this.damagedSubtrees.add(lba);
     }
+  }
+
+  private damaged(): void {
+    this.damagedNodes++;
+    this.damagedRoots.add(this.walkRoot);
   }
 
   private visitNode(
@@ -424,11 +449,13 @@ class TreeWalker implements ItemEdges {
       this.device.read(lba, buf);
     } catch (error) {
       this.problems.push(`${where}: read failed: ${(error as Error).message}`);
+      this.damaged();
       return;
     }
     const reason = validateNodeBytes(buf, { lba, level, owner: id, deviceBlocks: this.deviceBlocks, ...check });
     if (reason !== null) {
       this.problems.push(`${where}: ${reason}`);
+      this.damaged();
       return;
     }
     const generation = nodeGeneration(buf);

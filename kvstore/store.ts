@@ -492,6 +492,25 @@ export class Store implements NodeStore {
   }
 
   /**
+   * fsck's salvage of a tree with damaged nodes: tree `id` gets a new root
+   * holding `items` (its readable items, `Tree.salvageItems`) and is
+   * recorded at once. The old nodes are not released (a damaged one cannot
+   * be read to find what it references): they become unreachable, and the
+   * repair that follows rebuilds free space and reference counts from a walk.
+   */
+  rebuildTree(id: number, items: Iterable<[Buffer, Buffer]>): Tree {
+    assert(id !== treeIdRoot, "the root tree is not rebuilt");
+    assert(!this.trees.get(id)?.metaDirty, "a rebuilt tree has no changes of its own");
+    this.beginMutation(1, "grow");
+    const root = this.newNode(0, id);
+    const tree = new Tree(this, id, { rootLba: root.lba, level: 0, count: 0 });
+    this.rootTree.put(treeKey(id), encodeMeta(tree.meta()));
+    this.trees.set(id, tree);
+    for (const [key, value] of items) tree.put(key, value);
+    return tree;
+  }
+
+  /**
    * Drops the tree's reference to its root and forgets it: every block only
    * it references is freed, a shared subtree loses one reference instead.
    * The tree is walked read-only first, so that a refusal (ENOSPC: recording

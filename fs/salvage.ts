@@ -1,0 +1,150 @@
+/**
+ * fsck -y's salvage of damaged trees: the step before the repair when a
+ * node cannot be read or fails its checks (single metadata, or every copy
+ * bad). fsck does not give up on the volume: each tree that reaches a
+ * damaged node is rebuilt from the items it can still read, as a new
+ * committed generation, and what the damaged subtrees held is named.
+ *
+ * - A subvolume's inode tree (a snapshot's too) gets a new root holding its
+ *   readable records: the inodes of a lost subtree are gone, so the entries
+ *   naming them are removed by the repair that follows.
+ * - A directory's entry map or a file's extent map (a detached tree in its
+ *   inode's record) is rebuilt the same way: the lost names' inodes go to
+ *   /lost+found, and a file's lost extents read as holes (zeros).
+ *
+ * The old nodes are not released (a damaged node cannot be read to find
+ * what it references): the check that follows finds them unreachable, and
+ * the repair rebuilds free space and reference counts from its walk. The
+ * allocator's trees, the refcount tree, the subvolume table and the root
+ * tree are not salvaged here: a volume with one of them damaged is reported
+ * as before (`mount -o rescue` and `grovefs restore` read it).
+ */
+import { constants as C } from "node:fs";
+import { type BlockDevice, GroveError, type Store, type Tree, treeIdFirstDynamic } from "../kvstore/index.js";
+import { openVolume } from "../snapshot/index.js";
+import type { FsReport } from "./check.js";
+import { fsEdges } from "./edges.js";
+import { PayloadKind, decodeInode, encodeInode } from "./format.js";
+import { mapOwner } from "./item_map.js";
+import { InodeTable } from "./inode_table.js";
+
+type KeyRange = { from: Buffer | null; to: Buffer | null };
+
+export interface SalvageResult {
+  /** One line per tree rebuilt: whose it was and what its damaged subtrees covered. */
+  fixed: string[];
+  /** Why damage was left alone (a tree this step does not rebuild, or a failure that changed nothing). */
+  remaining: string[];
+}
+
+/**
+ * Rebuilds every subvolume inode tree and per-inode map that `report` found
+ * damaged; null when it found none. Closes the device. Check again, then
+ * repair from that check: the salvage leaves unreachable nodes and wrong
+ * counts behind by design.
+ */
+export function salvageDamagedTrees(device: BlockDevice, report: FsReport): SalvageResult | null {
+  const damaged = report.space.forest.damagedRoots;
+  if (damaged.size === 0) {
+    return null;
+  }
+  let volume;
+  try {
+    volume = openVolume(device, { edges: fsEdges });
+  } catch (error) {
+    if (!(error instanceof GroveError)) throw error;
+    device.close();
+    return { fixed: [], remaining: [`the damaged trees cannot be salvaged: the volume does not open (${error.message})`] };
+  }
+  const { store } = volume;
+  const fixed: string[] = [];
+  const remaining: string[] = [];
+  try {
+    const names = new Map(volume.subvolumes.list().map((r) => [r.id, r.name]));
+    const label = (id: number): string => (names.has(id) ? `subvolume ${JSON.stringify(names.get(id))}` : `tree ${id}`);
+    for (const id of store.treeIds()) {
+      const meta = store.openTree(id).meta();
+      if (!damaged.has(meta.rootLba)) continue;
+      if (id < treeIdFirstDynamic) {
+        remaining.push(`tree ${id} (a tree of the volume itself) holds damaged nodes: not salvaged`);
+        continue;
+      }
+      const lost: KeyRange[] = [];
+      const tree = store.rebuildTree(id, store.openTree(id).salvageItems(lost));
+      fixed.push(`${label(id)}: rebuilt its inode tree from the ${tree.meta().count} records it could read; lost ${lost.map(inodeRange).join(", ")}`);
+      for (const line of InodeTable.restoreBasics(tree, BigInt(Date.now()) * 1_000_000n, store.generation)) fixed.push(`${label(id)}: ${line}`);
+    }
+    for (const id of store.treeIds()) {
+      if (id < treeIdFirstDynamic || !names.has(id)) continue;
+      for (const line of salvageMaps(store, store.openTree(id), damaged)) fixed.push(`${label(id)}: ${line}`);
+    }
+    store.commit({ force: true });
+  } catch (error) {
+    store.close();
+    if (!(error instanceof GroveError)) throw error;
+    return { fixed: [], remaining: [`the salvage failed and changed nothing: ${error.message}`] };
+  }
+  store.close();
+  return { fixed, remaining };
+}
+
+/** Rebuilds each map of `tree`'s inodes whose root is damaged; returns a line for each. */
+function salvageMaps(store: Store, tree: Tree, damaged: ReadonlySet<number>): string[] {
+  const found: Array<{ key: Buffer; value: Buffer }> = [];
+  for (const [key, value] of tree.range()) {
+    if (key.length !== 8) continue;
+    const ino = Number(key.readBigUInt64BE(0));
+    if (ino === 0) continue;
+    const inode = decodeInode(ino, value);
+    if (inode.kind === PayloadKind.Tree && damaged.has(inode.treeRoot)) found.push({ key, value });
+  }
+  const lines: string[] = [];
+  for (const { key, value } of found) {
+    const ino = Number(key.readBigUInt64BE(0));
+    const inode = decodeInode(ino, value);
+    const owner = mapOwner(tree.id, ino);
+    const old = store.openDetachedTree(owner, { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount });
+    const lost: KeyRange[] = [];
+    const items = [...old.salvageItems(lost)];
+    const isDir = (inode.mode & C.S_IFMT) === C.S_IFDIR;
+    if (items.length === 0) {
+      inode.kind = PayloadKind.None;
+      inode.payload = Buffer.alloc(0);
+      inode.treeRoot = 0;
+      inode.treeLevel = 0;
+      inode.treeCount = 0;
+    } else {
+      const map = store.createDetachedTree(owner);
+      for (const [k, v] of items) map.put(k, v);
+      const meta = map.meta();
+      inode.treeRoot = meta.rootLba;
+      inode.treeLevel = meta.level;
+      inode.treeCount = meta.count;
+    }
+    tree.put(key, encodeInode(inode));
+    lines.push(
+      isDir
+        ? `directory ${ino}: rebuilt its entries from the ${items.length} it could read; the inodes of the lost ones go to /lost+found`
+        : `inode ${ino}: rebuilt its extent map from the ${items.length} extents it could read; ${lost.map(byteRange).join(", ")} now read as zeros`,
+    );
+  }
+  return lines;
+}
+
+function keyNumber(key: Buffer | null): number | null {
+  return key === null || key.length < 8 ? null : Number(key.readBigUInt64BE(0));
+}
+
+/** A lost key range of an inode tree, as inode numbers. */
+function inodeRange({ from, to }: KeyRange): string {
+  const lo = keyNumber(from) ?? 0;
+  const hi = keyNumber(to);
+  return hi === null ? `the inodes from ${lo} up` : `the inodes from ${lo} to ${hi}`;
+}
+
+/** A lost key range of an extent map (keys are file block numbers), as file bytes. */
+function byteRange({ from, to }: KeyRange): string {
+  const lo = (keyNumber(from) ?? 0) * 4096;
+  const hi = keyNumber(to);
+  return hi === null ? `the bytes from ${lo} on` : `bytes ${lo}-${hi * 4096 - 1}`;
+}
