@@ -77,6 +77,7 @@ import {
   dirtyNodeBytesMax,
   lostFoundName,
   nameSizeMaxBytes,
+  parentWalkMax,
   rootIno,
   treeIdDefaultSubvolume,
   commitIntervalMaxMs,
@@ -1146,7 +1147,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       for (const { dir, name } of dangling) {
         const inode = this.inodes.tryLoad(dir);
         if (inode !== undefined && this.names.dropDanglingEntry(inode, name)) {
-          done.push(`directory ${dir}: removed the entry ${JSON.stringify(name.toString("utf8"))}, which named no inode`);
+          const where = this.dirPath(dir);
+          done.push(`directory ${dir}${where === null ? "" : ` (${JSON.stringify(where)})`}: removed the entry ${JSON.stringify(name.toString("utf8"))}, which named no inode`);
         }
       }
       if (lost.length === 0) return done;
@@ -1161,6 +1163,26 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
       }
       return done;
     });
+  }
+
+  /** The path of directory `ino` through the parent fields, or null where a step cannot be found (fsck's messages). */
+  private dirPath(ino: number): string | null {
+    const parts: string[] = [];
+    for (let cur = ino, depth = 0; cur !== rootIno; depth++) {
+      const inode = this.inodes.tryLoad(cur);
+      const parent = inode === undefined || depth > parentWalkMax ? undefined : this.inodes.tryLoad(inode.parent);
+      if (parent === undefined) return null;
+      let name: string | undefined;
+      for (const entry of this.names.entries(parent)) {
+        if (entry.ino !== cur) continue;
+        name = entry.name.toString("utf8");
+        break;
+      }
+      if (name === undefined) return null;
+      parts.unshift(name);
+      cur = parent.ino;
+    }
+    return `/${parts.join("/")}`;
   }
 
   /** `/lost+found`, made if missing; a non-directory of that name is left alone and `lost+found.N` is used. */

@@ -24,7 +24,8 @@ import { type BlockDevice, GroveError, type Store, type Tree, treeIdFirstDynamic
 import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
 import { fsEdges } from "./edges.js";
-import { PayloadKind, decodeInode, encodeInode } from "./format.js";
+import { PayloadKind, decodeDirent, decodeInode, decodeItems, encodeInode } from "./format.js";
+import { rootIno } from "./constants.js";
 import { mapOwner } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
 
@@ -98,7 +99,7 @@ function salvageMaps(store: Store, tree: Tree, damaged: ReadonlySet<number>): st
     const inode = decodeInode(ino, value);
     if (inode.kind === PayloadKind.Tree && damaged.has(inode.treeRoot)) found.push({ key, value });
   }
-  const lines: string[] = [];
+  const rebuilt: Array<{ ino: number; isDir: boolean; items: number; lost: KeyRange[] }> = [];
   for (const { key, value } of found) {
     const ino = Number(key.readBigUInt64BE(0));
     const inode = decodeInode(ino, value);
@@ -122,13 +123,59 @@ function salvageMaps(store: Store, tree: Tree, damaged: ReadonlySet<number>): st
       inode.treeCount = meta.count;
     }
     tree.put(key, encodeInode(inode));
-    lines.push(
-      isDir
-        ? `directory ${ino}: rebuilt its entries from the ${items.length} it could read; the inodes of the lost ones go to /lost+found`
-        : `inode ${ino}: rebuilt its extent map from the ${items.length} extents it could read; ${lost.map(byteRange).join(", ")} now read as zeros`,
-    );
+    rebuilt.push({ ino, isDir, items: items.length, lost });
   }
-  return lines;
+  const paths = rebuilt.length === 0 ? new Map<number, string>() : pathsOf(store, tree, new Set(rebuilt.map((r) => r.ino)));
+  return rebuilt.map(({ ino, isDir, items, lost }) => {
+    const path = paths.get(ino);
+    const what = `${isDir ? "directory" : "inode"} ${ino}${path === undefined ? "" : ` (${JSON.stringify(path)})`}`;
+    return isDir
+      ? `${what}: rebuilt its entries from the ${items} it could read; the inodes of the lost ones go to /lost+found`
+      : `${what}: rebuilt its extent map from the ${items} extents it could read; ${lost.map(byteRange).join(", ")} now read as zeros`;
+  });
+}
+
+/**
+ * The path of each inode in `wanted` (one of its names), from one pass over
+ * the subvolume's directories; an inode whose chain cannot be followed to
+ * the root is left out. For messages only: what cannot be read is skipped.
+ */
+function pathsOf(store: Store, tree: Tree, wanted: ReadonlySet<number>): Map<number, string> {
+  const nameOf = new Map<number, { dir: number; name: string }>();
+  for (const [key, value] of tree.range()) {
+    if (key.length !== 8) continue;
+    const dir = Number(key.readBigUInt64BE(0));
+    if (dir === 0) continue;
+    try {
+      const inode = decodeInode(dir, value);
+      if ((inode.mode & C.S_IFMT) !== C.S_IFDIR) continue;
+      const entries =
+        inode.kind === PayloadKind.Items
+          ? decodeItems(dir, inode.payload).map((i): [Buffer, Buffer] => [i.key, i.value])
+          : inode.kind === PayloadKind.Tree
+            ? store.openDetachedTree(mapOwner(tree.id, dir), { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount }).range()
+            : [];
+      for (const [name, entry] of entries) {
+        const d = decodeDirent(dir, entry);
+        if ((wanted.has(d.ino) || d.type === C.S_IFDIR >>> 12) && !nameOf.has(d.ino)) nameOf.set(d.ino, { dir, name: name.toString("utf8") });
+      }
+    } catch (error) {
+      if (!(error instanceof GroveError)) throw error;
+    }
+  }
+  const out = new Map<number, string>();
+  for (const ino of wanted) {
+    const parts: string[] = [];
+    let cur = ino;
+    for (let depth = 0; cur !== rootIno && depth <= nameOf.size; depth++) {
+      const step = nameOf.get(cur);
+      if (step === undefined) break;
+      parts.unshift(step.name);
+      cur = step.dir;
+    }
+    if (cur === rootIno) out.set(ino, `/${parts.join("/")}`);
+  }
+  return out;
 }
 
 function keyNumber(key: Buffer | null): number | null {

@@ -7,7 +7,9 @@
 import { describe, expect, it } from "vitest";
 import { SimDevice } from "../kvstore/index.js";
 import { openVolume } from "../snapshot/index.js";
-import { GroveFs, checkFilesystem, repairFilesystem } from "../fs/index.js";
+import { GroveFs, checkFilesystem, repairFilesystem, salvageDamagedTrees } from "../fs/index.js";
+import { mapOwner } from "../fs/item_map.js";
+import { reachableNodes } from "./helpers.js";
 import { PayloadKind, decodeInode, decodeItems, encodeInode, encodeItems, inodeKey, orphanKey } from "../fs/format.js";
 import { fsEdges } from "../fs/edges.js";
 import { O_CREAT, O_RDWR, expectBytes, expectFsClean, pattern, readFile, testClock, writeFile } from "./fs_helpers.js";
@@ -183,11 +185,69 @@ describe("fsck repair (library): lost names go to /lost+found, dangling entries 
     const report = checkFilesystem(device);
     expect(report.problems.join("\n")).toMatch(/entry "gone": names inode \d+, which does not exist/);
     const { device: after, fixed } = repaired(device);
-    expect(fixed).toContain(`directory 1: removed the entry "gone", which named no inode`);
+    expect(fixed).toContain(`directory 1 ("/"): removed the entry "gone", which named no inode`);
     fs = GroveFs.open(after);
     expect(names(fs, "/")).toEqual(["lost+found", "lost+found.1"]);
     expect(readFile(fs, "/lost+found").toString()).toBe("mine");
     expect(readFile(fs, `/lost+found.1/#${ino.kept}`).toString()).toBe("y");
+    fs.close();
+  });
+});
+
+describe("fsck repair (library): a damaged node is salvaged, not given up on", () => {
+  it("a file's extent-map leaf destroyed: the file keeps its other extents and names the lost bytes; everything else is intact", () => {
+    let device = new SimDevice(8192);
+    GroveFs.format(device, { clock: testClock() });
+    device = device.reopen();
+    let fs = GroveFs.open(device, { clock: testClock() });
+    fs.mkdir("/d", 0o755, caller);
+    // Small writes at spaced offsets: one extent record each, enough to spill the map into a tree of several leaves.
+    const fh = fs.create("/d/big", 0o644, O_CREAT | O_RDWR, caller);
+    const chunk = pattern(4096, 7);
+    for (let i = 0; i < 400; i++) fs.write(fh, chunk, 4096, i * 2 * 4096);
+    fs.release(fh);
+    writeFile(fs, "/other", pattern(20_000, 8));
+    const ino = fs.inoOf("/d/big");
+    fs.close();
+    device = device.reopen();
+    const nodes = reachableNodes(device, checkFilesystem(device).space.forest).filter((n) => n.owner === mapOwner(256, ino) && n.level === 0);
+    expect(nodes.length).toBeGreaterThan(2);
+    const victim = nodes[1]!;
+    const block = Buffer.alloc(4096);
+    device.read(victim.lba, block);
+    block[4095]! ^= 0x5a;
+    device.write(victim.lba, block);
+    device.flush();
+    device = device.reopen();
+
+    const report = checkFilesystem(device, { verifyData: true });
+    expect(report.walkComplete).toBe(false);
+    const salvage = salvageDamagedTrees(device, report)!;
+    expect(salvage.remaining).toEqual([]);
+    expect(salvage.fixed).toHaveLength(1);
+    expect(salvage.fixed[0]).toMatch(new RegExp(`^subvolume "default": inode ${ino} \\("/d/big"\\): rebuilt its extent map from the \\d+ extents it could read; bytes \\d+-\\d+ now read as zeros$`));
+    device = device.reopen();
+    const repair = repairFilesystem(device, checkFilesystem(device, { verifyData: true }));
+    expect(repair.remaining).toEqual([]);
+    expect(repair.fixed.some((l) => /data block count \d+ set to \d+/.test(l))).toBe(true);
+    device = device.reopen();
+    expectFsClean(device);
+    fs = GroveFs.open(device);
+    const [, from, to] = /bytes (\d+)-(\d+)/.exec(salvage.fixed[0]!)!.map(Number);
+    const data = readFile(fs, "/d/big");
+    expect(data.length).toBe(399 * 2 * 4096 + 4096);
+    let lostChunks = 0;
+    for (let i = 0; i < 400; i++) {
+      const at = data.subarray(i * 2 * 4096, i * 2 * 4096 + 4096);
+      if (i * 2 * 4096 >= from! && i * 2 * 4096 < to!) {
+        expect(at.equals(Buffer.alloc(4096)), `chunk ${i} lies in the lost range`).toBe(true);
+        lostChunks++;
+      } else {
+        expectBytes(at, chunk);
+      }
+    }
+    expect(lostChunks).toBeGreaterThan(0);
+    expectBytes(readFile(fs, "/other"), pattern(20_000, 8));
     fs.close();
   });
 });
