@@ -298,7 +298,7 @@ async function expectSalvaged(image: string): Promise<void> {
   const again = await fsck(image, "-n");
   expect(again.exitCode, again.problems.join("\n")).toBe(0);
   expect(again.counts?.subvolumes).toBe(3);
-  const rebuiltMaps = new Set(repaired.repaired.flatMap((line) => [...line.matchAll(/inode (\d+): rebuilt its extent map/g)].map((m) => Number(m[1]))));
+  const rebuiltMaps = new Set(repaired.repaired.flatMap((line) => [...line.matchAll(/inode (\d+)(?: \("[^"]*"\))?: rebuilt its extent map/g)].map((m) => Number(m[1]))));
   const after = inventory(image);
   let intact = 0;
   for (const [key, file] of after) {
