@@ -156,6 +156,17 @@ export class FreeSpace implements SpaceManager {
     }
   }
 
+  /**
+   * fsck's salvage of damaged free-space trees: the allocator starts from
+   * `free` (the complement of what a walk reached), not from the trees,
+   * which `rebuild(free, { forget: true })` then replaces.
+   */
+  static given(store: Store, free: readonly Extent[]): FreeSpace {
+    const space = new FreeSpace(store);
+    for (const e of free) space.avail.add(e.start, e.length);
+    return space;
+  }
+
   private static load(store: Store): FreeSpace {
     const space = new FreeSpace(store);
     let end = firstAllocatableLba;
@@ -275,13 +286,19 @@ export class FreeSpace implements SpaceManager {
    * what a full walk reached), and both trees are dropped and rebuilt from
    * it by the next commit. Call before anything else in the transaction.
    */
-  rebuild(free: readonly Extent[]): void {
+  rebuild(free: readonly Extent[], options: { forget?: boolean } = {}): void {
     assert(this.changedLog.length === 0 && this.freedLog.length === 0 && this.run === null, "a rebuild starts a transaction");
     this.avail.clear();
     for (const e of free) this.avail.add(e.start, e.length);
     // Dropping the old trees frees their nodes (pending until the commit); the fixpoint recreates them whole.
-    this.store.dropTree(treeIdFreeByLba);
-    this.store.dropTree(treeIdFreeByLength);
+    // A damaged tree cannot be read to be dropped: `forget` leaves its nodes unreachable, for a later rebuild to free.
+    if (options.forget === true) {
+      this.store.forgetTree(treeIdFreeByLba);
+      this.store.forgetTree(treeIdFreeByLength);
+    } else {
+      this.store.dropTree(treeIdFreeByLba);
+      this.store.dropTree(treeIdFreeByLength);
+    }
     this.logChange(firstAllocatableLba, this.deviceBlocks - firstAllocatableLba);
   }
 

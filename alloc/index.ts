@@ -2,4 +2,4 @@
 export { FreeSpace, type SpaceUsage, treeIdFreeByLba, treeIdFreeByLength } from "./free_space.js";
 export { ExtentSet, type Extent } from "./extent_set.js";
 export { checkSpace, type SpaceReport } from "./check.js";
-export { formatVolume, openVolume, type Volume } from "./volume.js";
+export { formatVolume, openVolume, type SpaceOptions, type Volume } from "./volume.js";

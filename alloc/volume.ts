@@ -5,18 +5,24 @@
  */
 import { BlockDevice, FormatOptions, SpaceProvider, Store, StoreOptions } from "../kvstore/index.js";
 import { FreeSpace } from "./free_space.js";
+import type { Extent } from "./extent_set.js";
 
 export interface Volume {
   store: Store;
   space: FreeSpace;
 }
 
-function provider(): { provider: SpaceProvider; space: () => FreeSpace } {
+export interface SpaceOptions extends StoreOptions {
+  /** The free set to start from instead of the free-space trees (fsck's salvage of damaged ones: `FreeSpace.given`). */
+  freeSpace?: readonly Extent[];
+}
+
+function provider(free?: readonly Extent[]): { provider: SpaceProvider; space: () => FreeSpace } {
   let space: FreeSpace | null = null;
   return {
     provider: {
       format: (store) => (space = FreeSpace.format(store)),
-      open: (store) => (space = FreeSpace.open(store)),
+      open: (store) => (space = free === undefined ? FreeSpace.open(store) : FreeSpace.given(store, free)),
     },
     space: () => space!,
   };
@@ -28,8 +34,8 @@ export function formatVolume(device: BlockDevice, options: FormatOptions = {}): 
   return { store, space: p.space() };
 }
 
-export function openVolume(device: BlockDevice, options: StoreOptions = {}): Volume {
-  const p = provider();
+export function openVolume(device: BlockDevice, options: SpaceOptions = {}): Volume {
+  const p = provider(options.freeSpace);
   const store = Store.open(device, p.provider, options);
   return { store, space: p.space() };
 }

@@ -15,13 +15,16 @@
  * The old nodes are not released (a damaged node cannot be read to find
  * what it references): the check that follows finds them unreachable, and
  * the repair rebuilds free space and reference counts from its walk. The
- * allocator's trees, the refcount tree, the subvolume table and the root
- * tree are not salvaged here: a volume with one of them damaged is reported
- * as before (`mount -o rescue` and `grovefs restore` read it).
+ * The allocator's trees are rebuilt from what the walk did not reach (their
+ * items reference nothing, so the walk's reachability is whole without
+ * them), and the refcount tree from the walk's counts. The subvolume table
+ * and the root tree are not salvaged: a volume with one of them damaged is
+ * reported as before (`mount -o rescue` and `grovefs restore` read it).
  */
 import { constants as C } from "node:fs";
-import { type BlockDevice, GroveError, type Store, type Tree, treeIdFirstDynamic } from "../kvstore/index.js";
-import { openVolume } from "../snapshot/index.js";
+import { type BlockDevice, GroveError, type Store, type Tree, firstAllocatableLba, treeIdFirstDynamic, treeIdRoot } from "../kvstore/index.js";
+import { type Extent, treeIdFreeByLba, treeIdFreeByLength } from "../alloc/index.js";
+import { openVolume, treeIdRefcounts, treeIdSubvolumes } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
 import { fsEdges } from "./edges.js";
 import { PayloadKind, decodeDirent, decodeInode, decodeItems, encodeInode } from "./format.js";
@@ -45,13 +48,22 @@ export interface SalvageResult {
  * counts behind by design.
  */
 export function salvageDamagedTrees(device: BlockDevice, report: FsReport): SalvageResult | null {
-  const damaged = report.space.forest.damagedRoots;
+  const forest = report.space.forest;
+  const damaged = forest.damagedRoots;
   if (damaged.size === 0) {
     return null;
   }
+  const ids = forest.damagedTrees;
+  if (ids.has(treeIdRoot) || ids.has(treeIdSubvolumes)) {
+    device.close();
+    const which = ids.has(treeIdRoot) ? "the root tree" : "the subvolume table";
+    return { fixed: [], remaining: [`${which} holds damaged nodes: not salvaged (mount -o rescue and grovefs restore read the volume)`] };
+  }
+  const freeDamaged = ids.has(treeIdFreeByLba) || ids.has(treeIdFreeByLength);
   let volume;
   try {
-    volume = openVolume(device, { edges: fsEdges });
+    // Damaged free-space trees cannot be loaded: the allocator starts from what the walk did not reach instead.
+    volume = openVolume(device, { edges: fsEdges, freeSpace: freeDamaged ? unreached(forest) : undefined });
   } catch (error) {
     if (!(error instanceof GroveError)) throw error;
     device.close();
@@ -61,15 +73,21 @@ export function salvageDamagedTrees(device: BlockDevice, report: FsReport): Salv
   const fixed: string[] = [];
   const remaining: string[] = [];
   try {
+    if (freeDamaged) {
+      volume.space.rebuild(unreached(forest), { forget: true });
+      fixed.push("the free-space trees hold damaged nodes: rebuilt from what the walk did not reach");
+    }
+    if (ids.has(treeIdRefcounts)) {
+      // Before any tree changes: copy-on-write asks the counts whether a node is shared.
+      volume.refcounts.rebuild(forest.references, forest.extents);
+      fixed.push("the refcount tree holds damaged nodes: rebuilt from the walk's counts");
+    }
     const names = new Map(volume.subvolumes.list().map((r) => [r.id, r.name]));
     const label = (id: number): string => (names.has(id) ? `subvolume ${JSON.stringify(names.get(id))}` : `tree ${id}`);
     for (const id of store.treeIds()) {
+      if (id < treeIdFirstDynamic) continue;
       const meta = store.openTree(id).meta();
       if (!damaged.has(meta.rootLba)) continue;
-      if (id < treeIdFirstDynamic) {
-        remaining.push(`tree ${id} (a tree of the volume itself) holds damaged nodes: not salvaged`);
-        continue;
-      }
       const lost: KeyRange[] = [];
       const tree = store.rebuildTree(id, store.openTree(id).salvageItems(lost));
       fixed.push(`${label(id)}: rebuilt its inode tree from the ${tree.meta().count} records it could read; lost ${lost.map(inodeRange).join(", ")}`);
@@ -87,6 +105,15 @@ export function salvageDamagedTrees(device: BlockDevice, report: FsReport): Salv
   }
   store.close();
   return { fixed, remaining };
+}
+
+/** The blocks the walk did not reach, as extents: free once the damaged trees are gone. */
+function unreached(forest: FsReport["space"]["forest"]): Extent[] {
+  const free: Extent[] = [];
+  forest.reachable.forEachRun(firstAllocatableLba, forest.deviceBlocks, (from, to, set) => {
+    if (!set) free.push({ start: from, length: to - from });
+  });
+  return free;
 }
 
 /** Rebuilds each map of `tree`'s inodes whose root is damaged; returns a line for each. */

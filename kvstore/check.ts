@@ -144,6 +144,8 @@ export interface ForestReport {
    * names both trees' roots. What fsck's salvage rebuilds.
    */
   damagedRoots: Set<number>;
+  /** The ids of the walks that met a damaged node: tree ids, or the owners of trees found in records. */
+  damagedTrees: Set<number>;
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -184,6 +186,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       features: 0n,
       log: null,
       damagedRoots: new Set(),
+      damagedTrees: new Set(),
     };
   }
   const committed = sb;
@@ -251,6 +254,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     features: sb.features,
     log: { ...log, committedGeneration: committed.generation, blocks: logBlocks },
     damagedRoots: walker.damagedRoots,
+    damagedTrees: walker.damagedTrees,
   };
 }
 
@@ -301,8 +305,10 @@ class TreeWalker implements ItemEdges {
   /** The current walk skips subtrees whose keys all lie below this. */
   private from: Buffer | null = null;
   readonly damagedRoots = new Set<number>();
-  /** The root of the tree being walked, and the damaged nodes found so far. */
+  readonly damagedTrees = new Set<number>();
+  /** The root and id of the tree being walked, and the damaged nodes found so far. */
   private walkRoot = 0;
+  private walkId = 0;
   private damagedNodes = 0;
   /** Nodes whose subtree holds a damaged node, so a tree that shares one is damaged too. */
   private readonly damagedSubtrees = new Set<number>();
@@ -377,6 +383,7 @@ class TreeWalker implements ItemEdges {
       return report;
     }
     this.walkRoot = rootLba;
+    this.walkId = id;
     this.visit(id, rootLba, level, null, null, this.generation, check, report, onItem);
     this.from = null;
     if (from === null && report.items !== count) {
@@ -406,7 +413,7 @@ class TreeWalker implements ItemEdges {
     if (this.nodes.get(lba)) {
       this.referenceAgain(lba);
       report.items += this.subtreeItems.get(lba) ?? 0;
-      if (this.damagedSubtrees.has(lba)) this.damagedRoots.add(this.walkRoot);
+      if (this.damagedSubtrees.has(lba)) this.damaged(false);
       return;
     }
     const itemsBefore = report.items;
@@ -419,9 +426,11 @@ class TreeWalker implements ItemEdges {
     }
   }
 
-  private damaged(): void {
-    this.damagedNodes++;
+  /** The tree being walked reaches a damaged node (`found`: one not seen before). */
+  private damaged(found = true): void {
+    if (found) this.damagedNodes++;
     this.damagedRoots.add(this.walkRoot);
+    this.damagedTrees.add(this.walkId);
   }
 
   private visitNode(

@@ -31,6 +31,21 @@ export class Refcounts implements NodeSharing {
     store.createTree(treeIdRefcounts);
   }
 
+  /**
+   * fsck's salvage of a damaged refcount tree: the tree is replaced by one
+   * holding `references` (a walk's count of each block reached more than
+   * once; `extents`: the length of each data extent). The old tree's nodes
+   * are left unreachable, for the repair's free-space rebuild.
+   */
+  rebuild(references: ReadonlyMap<number, number>, extents: ReadonlyMap<number, number>): void {
+    const store = this.store();
+    store.forgetTree(treeIdRefcounts);
+    this.changed.clear();
+    this.treeHandle = null;
+    Refcounts.create(store);
+    for (const [lba, count] of references) if (count >= 2) this.setCount(lba, extents.get(lba) ?? 1, count);
+  }
+
   isShared(lba: number, generation: number, treeId: number): boolean {
     if (treeId < treeIdFirstDynamic) return false;
     const subvolume = treeId >= 2 ** 32 ? Math.floor(treeId / 2 ** 32) : treeId;

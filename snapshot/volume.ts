@@ -5,7 +5,7 @@
  * the filesystem passes in which of its records hold block pointers.
  */
 import { BlockDevice, EdgeReader, FormatOptions, Store, StoreOptions, Tree } from "../kvstore/index.js";
-import { FreeSpace, formatVolume as formatSpace, openVolume as openSpace } from "../alloc/index.js";
+import { FreeSpace, type SpaceOptions, formatVolume as formatSpace, openVolume as openSpace } from "../alloc/index.js";
 import { Refcounts } from "./refcounts.js";
 import { Subvolumes } from "./subvolumes.js";
 import { treeIdRefcounts, treeIdSubvolumes } from "./format.js";
@@ -18,7 +18,7 @@ export interface Volume {
   subvolumes: Subvolumes;
 }
 
-export interface VolumeOptions extends StoreOptions {
+export interface VolumeOptions extends StoreOptions, SpaceOptions {
   edges?: EdgeReader;
 }
 
