@@ -827,13 +827,18 @@ class FsWalk {
       if (owner === undefined) problems.push(`extended attribute of inode ${ino}, which does not exist`);
       else if ((facts.small_(owner, F.flags) & 1) === 0) problems.push(`inode ${ino} has extended attributes but not the flag that says so`);
     }
+    const danglingNames = new Map<string, Buffer[]>();
     for (let i = 0; i < entries.length; i++) {
       const dir = entries.dir(i);
       if (dir < 0) continue;
       const ino = entries.ino(i);
       const target = facts.slot(ino);
       if (target === undefined) {
-        const name = this.nameIn(dir, ino);
+        // Hard links: a directory may hold several names of the missing inode; each entry takes the next one.
+        const pair = `${dir}:${ino}`;
+        let names = danglingNames.get(pair);
+        if (names === undefined) danglingNames.set(pair, (names = this.namesIn(dir, ino)));
+        const name = names.shift();
         problems.push(`${this.entryWhere(dir, ino, name)}: names inode ${ino}, which does not exist`);
         if (name !== undefined) this.fixes.push({ subvolume: this.subvolumeId, ino, kind: "dropEntry", dir, name });
         continue;
@@ -869,7 +874,12 @@ class FsWalk {
 
   /** The name under which directory `dir` holds `ino`, read again from the tree; undefined if it cannot be read. */
   private nameIn(dir: number, ino: number): Buffer | undefined {
-    let name: Buffer | undefined;
+    return this.namesIn(dir, ino, 1)[0];
+  }
+
+  /** Up to `limit` names under which directory `dir` holds `ino`, in name order, read again from the tree. */
+  private namesIn(dir: number, ino: number, limit = Infinity): Buffer[] {
+    const names: Buffer[] = [];
     try {
       const store = this.store;
       const tree = store?.openTree(this.subvolumeId);
@@ -878,8 +888,8 @@ class FsWalk {
         const inode = decodeInode(dir, value);
         const visit = (key: Buffer, item: Buffer): boolean => {
           if (decodeDirent(dir, item).ino !== ino) return false;
-          name = Buffer.from(key);
-          return true;
+          names.push(Buffer.from(key));
+          return names.length >= limit;
         };
         if (inode.kind === PayloadKind.Items) {
           for (const item of decodeItems(dir, inode.payload)) if (visit(item.key, item.value)) break;
@@ -891,7 +901,7 @@ class FsWalk {
     } catch {
       // The walk has reported why the directory cannot be read; the entry is named without its name.
     }
-    return name;
+    return names;
   }
 
   private fix(ino: number, kind: InodeFix["kind"], nlink?: number): void {
