@@ -17,9 +17,11 @@
  * the repair rebuilds free space and reference counts from its walk. The
  * The allocator's trees are rebuilt from what the walk did not reach (their
  * items reference nothing, so the walk's reachability is whole without
- * them), and the refcount tree from the walk's counts. The subvolume table
- * and the root tree are not salvaged: a volume with one of them damaged is
- * reported as before (`mount -o rescue` and `grovefs restore` read it).
+ * them), the refcount tree from the walk's counts, and the subvolume table
+ * from its readable records (a subvolume tree left without one is recorded
+ * as `recovered-ID`, read-only). The root tree is not salvaged: a volume
+ * with it damaged is reported as before (`mount -o rescue` and
+ * `grovefs restore` read it).
  */
 import { constants as C } from "node:fs";
 import { type BlockDevice, GroveError, type Store, type Tree, firstAllocatableLba, treeIdFirstDynamic, treeIdRoot } from "../kvstore/index.js";
@@ -54,10 +56,9 @@ export function salvageDamagedTrees(device: BlockDevice, report: FsReport): Salv
     return null;
   }
   const ids = forest.damagedTrees;
-  if (ids.has(treeIdRoot) || ids.has(treeIdSubvolumes)) {
+  if (ids.has(treeIdRoot)) {
     device.close();
-    const which = ids.has(treeIdRoot) ? "the root tree" : "the subvolume table";
-    return { fixed: [], remaining: [`${which} holds damaged nodes: not salvaged (mount -o rescue and grovefs restore read the volume)`] };
+    return { fixed: [], remaining: ["the root tree holds damaged nodes: not salvaged (mount -o rescue and grovefs restore read the volume)"] };
   }
   const freeDamaged = ids.has(treeIdFreeByLba) || ids.has(treeIdFreeByLength);
   let volume;
@@ -82,6 +83,7 @@ export function salvageDamagedTrees(device: BlockDevice, report: FsReport): Salv
       volume.refcounts.rebuild(forest.references, forest.extents);
       fixed.push("the refcount tree holds damaged nodes: rebuilt from the walk's counts");
     }
+    if (ids.has(treeIdSubvolumes)) fixed.push(...volume.subvolumes.salvage(BigInt(Date.now()) * 1_000_000n));
     const names = new Map(volume.subvolumes.list().map((r) => [r.id, r.name]));
     const label = (id: number): string => (names.has(id) ? `subvolume ${JSON.stringify(names.get(id))}` : `tree ${id}`);
     for (const id of store.treeIds()) {

@@ -70,6 +70,59 @@ export class Subvolumes {
     return tree;
   }
 
+  /**
+   * fsck's salvage of a damaged subvolume table: the table is rebuilt from
+   * the records it can still read, and each subvolume tree left without a
+   * record gets one: `default` for the default subvolume's id (writable),
+   * `recovered-ID` for the others, read-only (a clone of it writes). A
+   * recovered record says a snapshot may have been taken at any generation,
+   * so copy-on-write asks the refcounts of every node it shares. Call before
+   * any other tree changes (copy-on-write reads this table). Returns a line
+   * per change.
+   */
+  salvage(nowNs: bigint): string[] {
+    const lost: Array<{ from: Buffer | null; to: Buffer | null }> = [];
+    const table = this.store.rebuildTree(treeIdSubvolumes, this.table().salvageItems(lost));
+    this.tableHandle = table;
+    this.lastSnapshots = null;
+    const done = [`the subvolume table holds damaged nodes: rebuilt from the ${table.meta().count} items it could read`];
+    const known = new Set([...this.list(), ...this.deleting()].map((r) => r.id));
+    const names = new Set(this.list().map((r) => r.name));
+    let highest = defaultSubvolumeId;
+    for (const id of this.store.treeIds()) {
+      if (id < defaultSubvolumeId || id > subvolumeIdMax) continue;
+      highest = Math.max(highest, id);
+      if (known.has(id)) continue;
+      let name = id === defaultSubvolumeId && !names.has(defaultSubvolumeName) ? defaultSubvolumeName : `recovered-${id}`;
+      for (let n = 1; names.has(name); n++) name = `recovered-${id}.${n}`;
+      names.add(name);
+      const record: SubvolumeRecord = {
+        id,
+        parent: 0,
+        generation: this.store.generation,
+        createdNs: nowNs,
+        lastSnapshotGeneration: this.store.generation,
+        readOnly: id !== defaultSubvolumeId,
+        name,
+        progress: Buffer.alloc(0),
+      };
+      table.put(liveKey(name), encodeSubvolume(record));
+      done.push(`tree ${id} had lost its subvolume record: recorded as ${JSON.stringify(name)}${record.readOnly ? " (read-only)" : ""}`);
+    }
+    const counter = table.get(subvolumeCountersKey);
+    let next: number | null = null;
+    try {
+      next = counter === undefined ? null : decodeCounters(counter);
+    } catch {
+      next = null;
+    }
+    if (next === null || next <= highest) {
+      table.put(subvolumeCountersKey, encodeCounters(highest + 1));
+      done.push(`the subvolume id counter was ${next === null ? "lost" : next}: set to ${highest + 1}`);
+    }
+    return done;
+  }
+
   lastSnapshotOf(id: number): number | undefined {
     if (this.lastSnapshots === null) {
       const map = new Map<number, number>();

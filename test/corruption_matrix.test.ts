@@ -268,18 +268,23 @@ function inventory(image: string): Map<string, { paths: Set<string>; sha: string
       }
     }
   };
+  // By subvolume id, not name: a salvaged subvolume table may have renamed a subvolume whose record it lost.
   const g = GroveFs.open(FileDevice.open(image, { readOnly: true }), { readOnly: true });
   try {
-    walk("default", g, "/");
-    walk("snap", g.snapshotView("snap"), "/");
+    for (const sub of g.listSubvolumes()) {
+      if (sub.id === 256) walk("256", g, "/");
+      else if (sub.readOnly) walk(String(sub.id), g.snapshotView(sub.name), "/");
+      else {
+        const other = GroveFs.open(FileDevice.open(image, { readOnly: true }), { readOnly: true, subvolume: sub.name });
+        try {
+          walk(String(sub.id), other, "/");
+        } finally {
+          other.close();
+        }
+      }
+    }
   } finally {
     g.close();
-  }
-  const clone = GroveFs.open(FileDevice.open(image, { readOnly: true }), { readOnly: true, subvolume: "clone" });
-  try {
-    walk("clone", clone, "/");
-  } finally {
-    clone.close();
   }
   return files;
 }
@@ -350,7 +355,7 @@ const nodeKinds: NodeKind[] = [
   { name: "the free-by-LBA tree", pick: (n) => n.owner === treeIdFreeByLba, salvaged: true, keepsEveryFile: true },
   { name: "the free-by-length tree", pick: (n) => n.owner === treeIdFreeByLength, salvaged: true, keepsEveryFile: true },
   { name: "the refcount tree", pick: (n) => n.owner === treeIdRefcounts, salvaged: true, keepsEveryFile: true },
-  { name: "the subvolume table", pick: (n) => n.owner === treeIdSubvolumes },
+  { name: "the subvolume table", pick: (n) => n.owner === treeIdSubvolumes, salvaged: true, keepsEveryFile: true },
   { name: "the default subvolume's inode tree (a leaf)", pick: (n) => n.owner === treeIdDefault && n.level === 0, salvaged: true },
   { name: "the default subvolume's inode tree (an internal node)", pick: (n) => n.owner === treeIdDefault && n.level > 0, salvaged: true },
   { name: "the clone's inode tree", pick: (n) => n.owner === base.cloneId, salvaged: true },

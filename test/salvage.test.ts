@@ -1,8 +1,8 @@
 /**
  * fsck -y on randomly damaged metadata (single metadata), through the
  * library: a seeded volume of files, directories, hard links, a snapshot and
- * a clone; then 1–4 of its reachable nodes (any tree but the root tree and
- * the subvolume table) are overwritten with garbage or have a byte flipped.
+ * a clone; then 1–4 of its reachable nodes (of any tree but the root tree)
+ * are overwritten with garbage or have a byte flipped.
  * The check, salvage, check, repair steps of `grovefs fsck -y` must leave a
  * volume whose checker is clean, on which every file that is left reads back
  * as it was (at one of its paths or in /lost+found), unless the salvage
@@ -21,7 +21,6 @@ import { reachableNodes, seeds, withSeed } from "./helpers.js";
 
 const trials = Number(process.env.GROVE_SALVAGE_TRIALS ?? 4);
 const treeIdRoot = 1;
-const treeIdSubvolumes = 5;
 
 type Inventory = Map<string, { paths: Set<string>; sha: string }>;
 
@@ -41,13 +40,18 @@ function inventory(device: SimDevice): Inventory {
       }
     }
   };
+  // By subvolume id: a salvaged subvolume table names a subvolume whose record it lost "recovered-ID".
   const g = GroveFs.open(device, { readOnly: true });
-  walk("default", g, "/");
-  walk("snap", g.snapshotView("snap"), "/");
+  for (const sub of g.listSubvolumes()) {
+    if (sub.id === 256) walk("256", g, "/");
+    else if (sub.readOnly) walk(String(sub.id), g.snapshotView(sub.name), "/");
+    else {
+      const other = GroveFs.open(device.reopen(), { readOnly: true, subvolume: sub.name });
+      walk(String(sub.id), other, "/");
+      other.close();
+    }
+  }
   g.close();
-  const clone = GroveFs.open(device.reopen(), { readOnly: true, subvolume: "clone" });
-  walk("clone", clone, "/");
-  clone.close();
   return files;
 }
 
@@ -91,7 +95,7 @@ function build(rng: Prng): SimDevice {
 }
 
 function damage(device: SimDevice, rng: Prng): number[] {
-  const nodes = reachableNodes(device, checkFilesystem(device).space.forest).filter((n) => n.owner !== treeIdRoot && n.owner !== treeIdSubvolumes);
+  const nodes = reachableNodes(device, checkFilesystem(device).space.forest).filter((n) => n.owner !== treeIdRoot);
   const victims: number[] = [];
   for (let k = 1 + rng.below(4); k > 0; k--) {
     const node = rng.pick(nodes);
