@@ -20,19 +20,18 @@
  * intended damage is the only one.
  */
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
 import { constants as C } from "node:fs";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { dir as tmpDir, type DirectoryResult } from "tmp-promise";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { GroveFs, checkFilesystem, type FileSystemOps } from "../fs/index.js";
+import { GroveFs, checkFilesystem } from "../fs/index.js";
 import { fsEdges } from "../fs/edges.js";
 import { decodeInode, decodeItems, encodeDirent, encodeInode, encodeItems, inodeKey, orphanKey, PayloadKind } from "../fs/format.js";
 import { FileDevice, blockSizeBytes } from "../kvstore/index.js";
 import { liveKey, openVolume, type Volume } from "../snapshot/index.js";
-import { O_RDWR, expectBytes, pattern, readFile, root, writeFile } from "./fs_helpers.js";
+import { O_RDWR, expectBytes, fileInventory, pattern, readFile, root, writeFile, type FileInventory } from "./fs_helpers.js";
 import { reachableNodes, type NodeInfo } from "./helpers.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -78,7 +77,7 @@ interface Base {
 
 let tmp: DirectoryResult;
 let base: Base;
-let baseFiles: Map<string, { paths: Set<string>; sha: string }>;
+let baseFiles: FileInventory;
 let copies = 0;
 
 function grovefs(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -251,42 +250,8 @@ function expectContentsIntact(image: string): void {
   }
 }
 
-/** Every file of every subvolume, by subvolume and inode: its paths and the sha256 of its bytes. */
-function inventory(image: string): Map<string, { paths: Set<string>; sha: string }> {
-  const files = new Map<string, { paths: Set<string>; sha: string }>();
-  const walk = (name: string, g: FileSystemOps, dir: string): void => {
-    for (const entry of g.readdir(dir)) {
-      if (entry.name === "." || entry.name === "..") continue;
-      const p = dir === "/" ? `/${entry.name}` : `${dir}/${entry.name}`;
-      const st = g.getattr(p);
-      if ((st.mode & C.S_IFMT) === C.S_IFDIR) walk(name, g, p);
-      else if ((st.mode & C.S_IFMT) === C.S_IFREG) {
-        const key = `${name}:${st.ino}`;
-        const known = files.get(key);
-        if (known !== undefined) known.paths.add(p);
-        else files.set(key, { paths: new Set([p]), sha: createHash("sha256").update(readFile(g, p)).digest("hex") });
-      }
-    }
-  };
-  // By subvolume id, not name: a salvaged subvolume table may have renamed a subvolume whose record it lost.
-  const g = GroveFs.open(FileDevice.open(image, { readOnly: true }), { readOnly: true });
-  try {
-    for (const sub of g.listSubvolumes()) {
-      if (sub.id === 256) walk("256", g, "/");
-      else if (sub.readOnly) walk(String(sub.id), g.snapshotView(sub.name), "/");
-      else {
-        const other = GroveFs.open(FileDevice.open(image, { readOnly: true }), { readOnly: true, subvolume: sub.name });
-        try {
-          walk(String(sub.id), other, "/");
-        } finally {
-          other.close();
-        }
-      }
-    }
-  } finally {
-    g.close();
-  }
-  return files;
+function inventory(image: string): FileInventory {
+  return fileInventory((subvolume) => GroveFs.open(FileDevice.open(image, { readOnly: true }), { readOnly: true, subvolume }));
 }
 
 /**

@@ -5,6 +5,7 @@
  */
 import { expect } from "vitest";
 import { constants as C } from "node:fs";
+import { createHash } from "node:crypto";
 import { BlockDevice, GroveError, Prng, SimDevice, blockSizeBytes, checkForest } from "../kvstore/index.js";
 import { Caller, FileSystemOps, GroveFs, GroveFsOptions, checkFilesystem, FsReport } from "../fs/index.js";
 import { openVolume } from "../snapshot/index.js";
@@ -303,4 +304,48 @@ export function compressionCensus(device: BlockDevice): CompressionCensus {
   if (report.problems.length > 0) throw new Error(`compressionCensus: the walk found problems:\n${report.problems.slice(0, 5).join("\n")}`);
   expect(census.extents).toBe(report.compressed.extents);
   return census;
+}
+
+/** Every regular file of a volume, keyed `SUBVOLUME_ID:INO`: its paths and the sha256 of its bytes. */
+export type FileInventory = Map<string, { paths: Set<string>; sha: string }>;
+
+/**
+ * The inventory of every subvolume, by id rather than name (a salvaged
+ * subvolume table renames a subvolume whose record it lost). `open` opens the
+ * volume read-only, serving `subvolume` (the default one when undefined).
+ */
+export function fileInventory(open: (subvolume?: string) => GroveFs): FileInventory {
+  const files: FileInventory = new Map();
+  const walk = (id: number, g: FileSystemOps, dir: string): void => {
+    for (const entry of g.readdir(dir)) {
+      if (entry.name === "." || entry.name === "..") continue;
+      const p = dir === "/" ? `/${entry.name}` : `${dir}/${entry.name}`;
+      const st = g.getattr(p);
+      if ((st.mode & C.S_IFMT) === C.S_IFDIR) walk(id, g, p);
+      else if ((st.mode & C.S_IFMT) === C.S_IFREG) {
+        const key = `${id}:${st.ino}`;
+        const known = files.get(key);
+        if (known !== undefined) known.paths.add(p);
+        else files.set(key, { paths: new Set([p]), sha: createHash("sha256").update(readFile(g, p)).digest("hex") });
+      }
+    }
+  };
+  const g = open();
+  try {
+    for (const sub of g.listSubvolumes()) {
+      if (sub.id === g.subvolumeId) walk(sub.id, g, "/");
+      else if (sub.readOnly) walk(sub.id, g.snapshotView(sub.name), "/");
+      else {
+        const other = open(sub.name);
+        try {
+          walk(sub.id, other, "/");
+        } finally {
+          other.close();
+        }
+      }
+    }
+  } finally {
+    g.close();
+  }
+  return files;
 }

@@ -11,48 +11,17 @@
  * GROVE_SEED=<n> replays one seed; GROVE_SALVAGE_TRIALS=<n> sets the trials
  * per seed (default 4).
  */
-import { createHash } from "node:crypto";
-import { constants as C } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { Prng, SimDevice, blockSizeBytes } from "../kvstore/index.js";
-import { GroveFs, checkFilesystem, repairFilesystem, salvageDamagedTrees, type FileSystemOps } from "../fs/index.js";
-import { O_CREAT, O_RDWR, expectFsClean, readFile, root, writeFile } from "./fs_helpers.js";
+import { GroveFs, checkFilesystem, repairFilesystem, salvageDamagedTrees } from "../fs/index.js";
+import { O_CREAT, O_RDWR, expectFsClean, fileInventory, root, writeFile, type FileInventory } from "./fs_helpers.js";
 import { reachableNodes, seeds, withSeed } from "./helpers.js";
 
 const trials = Number(process.env.GROVE_SALVAGE_TRIALS ?? 4);
 const treeIdRoot = 1;
 
-type Inventory = Map<string, { paths: Set<string>; sha: string }>;
-
-function inventory(device: SimDevice): Inventory {
-  const files: Inventory = new Map();
-  const walk = (name: string, g: FileSystemOps, dir: string): void => {
-    for (const entry of g.readdir(dir)) {
-      if (entry.name === "." || entry.name === "..") continue;
-      const p = dir === "/" ? `/${entry.name}` : `${dir}/${entry.name}`;
-      const st = g.getattr(p);
-      if ((st.mode & C.S_IFMT) === C.S_IFDIR) walk(name, g, p);
-      else if ((st.mode & C.S_IFMT) === C.S_IFREG) {
-        const key = `${name}:${st.ino}`;
-        const known = files.get(key);
-        if (known !== undefined) known.paths.add(p);
-        else files.set(key, { paths: new Set([p]), sha: createHash("sha256").update(readFile(g, p)).digest("hex") });
-      }
-    }
-  };
-  // By subvolume id: a salvaged subvolume table names a subvolume whose record it lost "recovered-ID".
-  const g = GroveFs.open(device, { readOnly: true });
-  for (const sub of g.listSubvolumes()) {
-    if (sub.id === 256) walk("256", g, "/");
-    else if (sub.readOnly) walk(String(sub.id), g.snapshotView(sub.name), "/");
-    else {
-      const other = GroveFs.open(device.reopen(), { readOnly: true, subvolume: sub.name });
-      walk(String(sub.id), other, "/");
-      other.close();
-    }
-  }
-  g.close();
-  return files;
+function inventory(device: SimDevice): FileInventory {
+  return fileInventory((subvolume) => GroveFs.open(device.reopen(), { readOnly: true, subvolume }));
 }
 
 /** A random tree of files (small, inline, multi-extent, sparse), hard links, a snapshot and a diverged clone. */
