@@ -232,7 +232,7 @@ function printSent(summary: send.SendSummary, options: SendCommandOptions): void
   if (options.json === true) out.write(`${JSON.stringify(summary)}\n`);
   else if (options.file !== undefined) {
     const kind = summary.parent === null ? "full" : `incremental from '${summary.parent}'`;
-    out.write(`sent '${summary.snapshot}' (${kind}): ${summary.bytes} bytes, ${summary.records} records, ${summary.dataBytes} bytes of data, ${summary.sharedBytes} shared\n`);
+    out.write(`sent '${summary.snapshot}' (${kind}): ${summary.bytes} bytes, ${summary.records} records, ${summary.dataBytes} bytes of data, ${summary.storedBytes} compressed as stored (${summary.storedDiskBytes} bytes), ${summary.sharedBytes} shared\n`);
   }
 }
 

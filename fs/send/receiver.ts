@@ -206,6 +206,16 @@ class Applier {
         this.regular(record.ino);
         if (record.length > 0) fs.fallocate(record.ino, fallocKeepSize, record.offset, record.length);
         return;
+      case RecordType.Stored:
+        this.regular(record.ino);
+        try {
+          if (record.again === undefined) fs.insertStoredExtent(record.ino, record.offset, record.stored);
+          else fs.shareStoredExtent(record.ino, record.offset, record.stored, record.again.ino, record.again.offset);
+        } catch (error) {
+          if (error instanceof GroveError && error.detail === "EINVAL_stored_extent") throw streamError("stored", `a stored extent of inode ${record.ino} at byte ${record.offset}: ${error.message}`);
+          throw error;
+        }
+        return;
       case RecordType.Share: {
         this.regular(record.ino);
         if (record.fromParent && this.parent === undefined) throw streamError("state", "a share from the parent in a full stream");
