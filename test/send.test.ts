@@ -14,7 +14,7 @@
 import { describe, expect, it } from "vitest";
 import { constants as C } from "node:fs";
 import { createHash } from "node:crypto";
-import { Prng, SimDevice, diffTrees, featureReceivedSnapshots } from "../kvstore/index.js";
+import { Prng, SimDevice, crc32c, diffTrees, featureCompressLz4, featureReceivedSnapshots } from "../kvstore/index.js";
 import { GroveFs, send, type CompressionName, type InodeOps, type Stat } from "../fs/index.js";
 import { decodeExtent, isUnwritten, PayloadKind } from "../fs/format.js";
 import { O_CREAT, O_RDWR, expectFsClean, testClock } from "./fs_helpers.js";
@@ -573,6 +573,26 @@ describe("send and receive", () => {
     closeAndCheck(b.fs, b.device);
   });
 
+  it("a version 2 stream (before stored extents) is still received; a version 2 writer cannot carry a stored extent", () => {
+    const a = fresh();
+    const b = fresh();
+    const work = new Workload(a.fs, new Prng(22));
+    for (let i = 0; i < 40; i++) work.step();
+    a.fs.createSubvolume("old", { readOnly: true });
+    const chunks: Buffer[] = [];
+    const writer = new send.StreamWriter((c) => chunks.push(c), undefined, 2);
+    for (const record of recordsOf(streamOf(a.fs, "old"))) writer.write(record);
+    writer.end();
+    const v2 = Buffer.concat(chunks);
+    expect(v2.readUInt16LE(send.recordHeaderBytes + 8)).toBe(2);
+    send.receiveStream(b.fs, sourceOf(v2));
+    expectSameSnapshot(a.fs, "old", b.fs, "old");
+    const stored = { type: send.RecordType.Stored, ino: 2, offset: 0, stored: { unitBlocks: 2, offset: 0, blocks: 2, data: Buffer.alloc(10), crcs: Buffer.alloc(4) } } as const;
+    expect(() => send.encodeRecord(stored, 2)).toThrow(/no stored extents/);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
   it("refuses an incremental stream whose parent is not there, and a name that is taken", () => {
     const a = fresh();
     const b = fresh();
@@ -643,6 +663,79 @@ describe("damaged streams", () => {
     });
   }, 120_000);
 
+  it("a stored lz4 record that does not hold together (bytes against crcs, length prefix, decompressed length, a reference) is refused and changes nothing", () => {
+    const a = fresh(32768, "lz4");
+    const b = fresh();
+    const text = Buffer.from("compressible text, compressible text. ".repeat(2000)).subarray(0, 65536);
+    for (let i = 0; i < 3; i++) {
+      const { fh } = a.fs.createAt(1, Buffer.from(`f${i}`), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+      a.fs.write(fh, text, text.length, 0);
+      if (i === 1) {
+        a.fs.fsyncAll();
+        a.fs.write(fh, Buffer.alloc(4096, 1), 4096, 8192); // written out over block 2: the extent now holds two slices
+      }
+      a.fs.release(fh);
+    }
+    a.fs.createSubvolume("s", { readOnly: true });
+    const records = recordsOf(streamOf(a.fs, "s"));
+    const stored = records.filter((r) => r.type === send.RecordType.Stored);
+    expect(stored.some((r) => r.again === undefined)).toBe(true);
+    expect(stored.some((r) => r.again !== undefined)).toBe(true);
+    const resealed = (change: (r: Extract<send.StreamRecord, { type: send.RecordType.Stored }>) => void, which: (r: send.StreamRecord) => boolean): Buffer => {
+      const chunks: Buffer[] = [];
+      const writer = new send.StreamWriter((chunk) => chunks.push(chunk));
+      let done = false;
+      for (const record of records) {
+        if (!done && record.type === send.RecordType.Stored && which(record)) {
+          const copy = { ...record, stored: { ...record.stored, data: Buffer.from(record.stored.data), crcs: Buffer.from(record.stored.crcs) } };
+          change(copy);
+          writer.write(copy);
+          done = true;
+        } else writer.write(record);
+      }
+      writer.end();
+      expect(done).toBe(true);
+      return Buffer.concat(chunks);
+    };
+    const first = (r: send.StreamRecord): boolean => r.type === send.RecordType.Stored && r.again === undefined;
+    const again = (r: send.StreamRecord): boolean => r.type === send.RecordType.Stored && r.again !== undefined;
+    const bad: [string, Buffer, RegExp][] = [
+      ["a byte of the compressed data", resealed((r) => (r.stored.data[r.stored.data.length - 1] ^= 0x10), first), /does not match its crc/],
+      ["a crc", resealed((r) => (r.stored.crcs[0] ^= 1), first), /does not match its crc/],
+      ["the unit size", resealed((r) => (r.stored.unitBlocks = 4), first), /unit of 4/],
+      [
+        "the length prefix (crcs resealed too)",
+        resealed((r) => {
+          r.stored.data.writeUInt32LE(r.stored.data.readUInt32LE(0) - 4096, 0);
+          const block = Buffer.alloc(4096);
+          r.stored.data.copy(block, 0, 0, Math.min(4096, r.stored.data.length));
+          r.stored.crcs.writeUInt32LE(crc32c(block), 0);
+        }, first),
+        /length prefix/,
+      ],
+      ["the slice past its unit", resealed((r) => (r.stored.offset = r.stored.unitBlocks), first), /outside a unit/],
+      ["a reference to where no such extent is", resealed((r) => (r.again!.offset += 4096 * 40), again), /holds no such compressed extent/],
+      ["a reference with other crcs", resealed((r) => (r.stored.crcs[0] ^= 1), again), /holds no such compressed extent/],
+    ];
+    const before = names(b.fs);
+    expect(b.fs.store.hasFeature(featureCompressLz4)).toBe(false);
+    for (const [what, bytes, why] of bad) {
+      expect(() => send.receiveStream(b.fs, sourceOf(bytes)), what).toThrow(why);
+      expect(names(b.fs), what).toBe(before);
+      expect(b.fs.partialReceives(), what).toEqual([]);
+    }
+    // The refused receives' hidden subvolumes are gone, their extents freed and uncounted.
+    b.fs.finishDeletions();
+    expect(b.fs.info().compressed.extents).toBe(0);
+    // The same stream whole arrives; the lz4 feature bit is set on a volume that had none, as a compressed write sets it.
+    send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "s")));
+    expect(b.fs.store.hasFeature(featureCompressLz4)).toBe(true);
+    expectSameSnapshot(a.fs, "s", b.fs, "s");
+    expect(b.fs.info().compressed).toEqual(a.fs.info().compressed);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
   it("refuses a wrong version and a foreign stream with their own words", () => {
     const a = fresh();
     const b = fresh();
@@ -662,10 +755,12 @@ describe("damaged streams", () => {
 });
 
 describe("resumable receive", () => {
-  for (const seed of seeds([6, 7])) {
-    it(`seed ${seed}: receives cut at random points, each resumed with its token, end identical; abort frees every block`, () => {
+  const runs = [...seeds([6, 7]).map((seed) => ({ seed, compression: "none" as const })), ...seeds([9]).map((seed) => ({ seed, compression: "lz4" as const }))];
+  for (const { seed, compression } of runs) {
+    const volumes = compression === "none" ? "" : " (--compress lz4 into --compress none)";
+    it(`seed ${seed}${volumes}: receives cut at random points, each resumed with its token, end identical; abort frees every block`, () => {
       withSeed(seed, testFile, () => {
-        const a = fresh();
+        const a = fresh(32768, compression);
         const b = fresh();
         const rng = new Prng(seed);
         const work = new Workload(a.fs, rng);
