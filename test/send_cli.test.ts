@@ -2,14 +2,18 @@
  * grovefs send, receive and diff as a user runs them, between two image
  * files: a pipe, a file, --json, the one-line refusals with their exit
  * status, and a receive killed midway (receive --status shows it, --abort
- * frees its space). Both images are checked with fsck at the end.
+ * frees its space); lz4 data sent as stored (the stream about the compressed
+ * size, grovefs info's compressed figures equal on both sides); fsck on a
+ * volume with received identities but without feature bit 5. Both images
+ * are checked with fsck at the end.
  */
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FileDevice } from "../kvstore/index.js";
+import { FileDevice, featureReceivedSnapshots, readSuperblock } from "../kvstore/index.js";
+import { writeSuperblockCopies } from "../kvstore/superblock_copies.js";
 import { GroveFs } from "../fs/index.js";
 import { bin, expectOneLineError, run, runGrovefs } from "./cli_helpers.js";
 import { O_CREAT, O_RDWR } from "./fs_helpers.js";
@@ -187,6 +191,34 @@ describe("grovefs send of lz4 data", () => {
     for (const image of [c, d]) {
       const check = await runGrovefs(["fsck", image]);
       expect(check.code, check.stdout + check.stderr).toBe(0);
+    }
+  }, 120_000);
+
+  it("fsck finds received-snapshot identities without feature bit 5 (32): -n reports it, -y sets it", async () => {
+    // d.img holds a received snapshot (the test above); a copy has the bit cleared in every superblock copy.
+    const e = path.join(dir, "e.img");
+    fs.copyFileSync(path.join(dir, "d.img"), e);
+    const device = FileDevice.open(e, { lock: true });
+    try {
+      const sb = readSuperblock(device);
+      expect(sb.features & featureReceivedSnapshots).toBe(featureReceivedSnapshots);
+      writeSuperblockCopies(device, { ...sb, features: sb.features & ~featureReceivedSnapshots });
+    } finally {
+      device.close();
+    }
+    const found = await runGrovefs(["fsck", e, "-n"]);
+    expect(found.code, found.stdout + found.stderr).toBe(4);
+    expect(found.stdout).toMatch(/received-snapshot identities exist but the feature that says so is not set/);
+    const fixed = await runGrovefs(["fsck", e, "-y"]);
+    expect(fixed.code, fixed.stdout + fixed.stderr).toBe(1);
+    expect(fixed.stdout).toMatch(/set the feature bit of received-snapshot identities/);
+    const clean = await runGrovefs(["fsck", e]);
+    expect(clean.code, clean.stdout + clean.stderr).toBe(0);
+    const reopened = FileDevice.open(e, { readOnly: true });
+    try {
+      expect(readSuperblock(reopened).features & featureReceivedSnapshots).toBe(featureReceivedSnapshots);
+    } finally {
+      reopened.close();
     }
   }, 120_000);
 });
