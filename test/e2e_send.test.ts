@@ -87,6 +87,12 @@ describe.skipIf(e2eSkipReason !== null)("send from a mount", () => {
       [a.mnt],
     );
     await a.groveOk(["snapshot", "create", a.mnt, "s1"]);
+    // A second mountpoint of the receiving volume (a clone, served by the same daemon): the snapshots show there too.
+    await b.groveOk(["clone", b.mnt, "default", "c1"]);
+    const mnt2 = b.out("mnt2");
+    await fsp.mkdir(mnt2);
+    await b.groveOk(["mount", b.image, mnt2, "--subvol", "c1"]);
+    expect(await sh(`ls -a "$1/.snapshots"`, [mnt2])).toBe(".\n..\n");
     // Another process writes on the receiving mount for the whole receive.
     const writer = b.spawn("sh", ["-c", 'cd "$1"; mkdir -p live; n=0; while :; do head -c 65536 /dev/urandom >> live/log; echo $n > live/n$((n % 50)); n=$((n+1)); sleep 0.01; done', "sh", b.mnt]);
     // Each volume's daemon has its own run directory: the sender's for send, the receiver's for receive.
@@ -110,6 +116,9 @@ describe.skipIf(e2eSkipReason !== null)("send from a mount", () => {
     writer.kill("SIGKILL");
     // The published snapshots show in the mount's /.snapshots, equal to the source's.
     for (const name of ["s1", "s2"]) await expectSameTree(a.in(".snapshots", name), b.in(".snapshots", name));
+    expect(await sh(`ls "$1/.snapshots"`, [mnt2])).toBe("s1\ns2\n");
+    await expectSameTree(a.in(".snapshots", "s2"), `${mnt2}/.snapshots/s2`);
+    await b.groveOk(["umount", mnt2]);
     await b.finish();
     await a.finish();
   }, 240_000);
