@@ -815,6 +815,54 @@ describe("resumable receive", () => {
   }
 });
 
+describe("a receive fed a chunk at a time (a mount daemon's)", () => {
+  it("applies records as they arrive, in chunks of any size, to the same snapshot; a stream that stops early is kept to resume", () => {
+    withSeed(10, testFile, () => {
+      const a = fresh(32768, "lz4");
+      const b = fresh();
+      const rng = new Prng(10);
+      const work = new Workload(a.fs, rng);
+      for (let i = 0; i < 40; i++) work.step();
+      a.fs.createSubvolume("base", { readOnly: true });
+      const bytes = streamOf(a.fs, "base");
+      const push = new send.ReceivePush(b.fs);
+      let at = 0;
+      let done = false;
+      while (at < bytes.length) {
+        const n = 1 + rng.below(rng.chance(0.5) ? 64 : 200_000);
+        push.push(bytes.subarray(at, at + n));
+        at += n;
+        done = push.step(1 + rng.below(5));
+        // Nothing is published before the end record has arrived.
+        if (at < bytes.length) expect(done).toBe(false);
+      }
+      const summary = push.end();
+      expect(summary).toMatchObject({ snapshot: "base", records: recordsOf(bytes).length + 1, bytes: bytes.length });
+      expectSameSnapshot(a.fs, "base", b.fs, "base");
+      for (let i = 0; i < 20; i++) work.step();
+      a.fs.createSubvolume("next", { readOnly: true });
+      const next = streamOf(a.fs, "next", "base");
+      const cut = new send.ReceivePush(b.fs);
+      cut.push(next.subarray(0, Math.floor(next.length / 2)));
+      cut.step(Number.MAX_SAFE_INTEGER);
+      expect(() => cut.end()).toThrow(/cut short/);
+      const [partial] = b.fs.partialReceives();
+      expect(partial).toBeDefined();
+      const token = send.decodeResumeToken(send.resumeTokenOf(b.fs, partial!.name)!);
+      const chunks: Buffer[] = [];
+      send.sendSnapshot(a.fs, "next", (c) => chunks.push(c), { parent: "base", resume: token });
+      const resumed = new send.ReceivePush(b.fs);
+      resumed.push(Buffer.concat(chunks));
+      expect(resumed.step(Number.MAX_SAFE_INTEGER)).toBe(true);
+      resumed.end();
+      expectSameSnapshot(a.fs, "next", b.fs, "next");
+      expect(b.fs.partialReceives()).toEqual([]);
+      closeAndCheck(a.fs, a.device);
+      closeAndCheck(b.fs, b.device);
+    });
+  });
+});
+
 describe("tree diff", () => {
   it("reads only the nodes on the paths to what changed", () => {
     const a = fresh();
