@@ -15,7 +15,7 @@ import { constants as C } from "node:fs";
 import { blockSizeBytes } from "../../kvstore/index.js";
 import { Compression, PayloadKind, decodeExtent, decodeInode, isUnwritten, type Extent, type Inode } from "../format.js";
 import type { GroveFs, SendSource } from "../filesystem.js";
-import { depthOf, findChanges, type Changes, type NameChange } from "./changes.js";
+import { depthOf, findChangesSteps, type Changes, type NameChange } from "./changes.js";
 import { RecordType, StreamWriter, streamError, writeChunkBytesMax, type ResumeToken, type StreamRecord } from "./stream_format.js";
 
 export interface SendOptions {
@@ -82,7 +82,6 @@ export interface SendRun {
 export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => void, options: SendOptions = {}): SendRun {
   const after = fs.sendSource(name);
   const before = options.parent === undefined ? undefined : fs.sendSource(options.parent);
-  const changes = findChanges(before, after);
   const resume = options.resume;
   if (resume !== undefined) {
     const own = after.identity;
@@ -101,10 +100,10 @@ export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => vo
     storedBytes: 0,
     storedDiskBytes: 0,
     sharedBytes: 0,
-    inodes: { created: changes.created.length, changed: changes.changed.length - changes.created.length, deleted: changes.deleted.length },
-    nodesRead: changes.nodesRead,
+    inodes: { created: 0, changed: 0, deleted: 0 },
+    nodesRead: 0,
   };
-  const records = streamRecords(before, after, changes, summary);
+  const records = streamRecords(before, after, summary);
   let done = false;
   const step = (budget: number): boolean => {
     for (let n = 0; n < budget && !done; n++) {
@@ -116,6 +115,8 @@ export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => vo
         done = true;
         break;
       }
+      // A step of the tree comparison, not a record: it counts against the budget all the same.
+      if (next.value === undefined) continue;
       writer.write(next.value);
       options.progress?.(writer.sent);
     }
@@ -124,12 +125,19 @@ export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => vo
   return { step, summary };
 }
 
-/** The stream's records, header first, in the order the format prescribes (the end record is the writer's). */
-function* streamRecords(before: SendSource | undefined, after: SendSource, changes: Changes, summary: SendSummary): Generator<StreamRecord, void> {
+/**
+ * The stream's records, header first, in the order the format prescribes
+ * (the end record is the writer's); undefined after each step of the tree
+ * comparison, which runs after the header, a few nodes a step.
+ */
+function* streamRecords(before: SendSource | undefined, after: SendSource, summary: SendSummary): Generator<StreamRecord | undefined, void> {
   yield {
     type: RecordType.Header,
     header: { name: after.name, identity: after.identity, parent: before?.identity, nextIno: after.nextIno },
   };
+  const changes: Changes = yield* findChangesSteps(before, after);
+  summary.inodes = { created: changes.created.length, changed: changes.changed.length - changes.created.length, deleted: changes.deleted.length };
+  summary.nodesRead = changes.nodesRead;
   for (const ino of changes.created) {
     const inode = after.inodes.load(ino);
     const target = (inode.mode & S_IFMT) === C.S_IFLNK ? after.fs.readlinkIno(ino) : Buffer.alloc(0);
