@@ -11,9 +11,10 @@
  * a cut stream's --status and --abort on the mount. Both images are checked
  * at the end.
  */
+import { spawn } from "node:child_process";
 import * as fsp from "node:fs/promises";
 import { afterEach, describe, expect, it } from "vitest";
-import { E2eVolume, checksums, cliCommand, e2eSkipReason, sh, treeListing } from "./e2e_helpers.js";
+import { E2eVolume, checksums, cliCommand, e2eSkipReason, sh, treeListing, waitFor } from "./e2e_helpers.js";
 import { expectOneLineError } from "./cli_helpers.js";
 
 const volumes: E2eVolume[] = [];
@@ -109,8 +110,25 @@ describe.skipIf(e2eSkipReason !== null)("send from a mount", () => {
     expect(status.interrupted[0]!.token).toMatch(/^grovefs-resume-1\./);
     expect((await b.groveOk(["receive", b.mnt, "--abort"])).stdout).toMatch(/aborted the receive of 's2'/);
     expect((await b.groveOk(["receive", b.mnt, "--status"])).stdout).toMatch(/no interrupted receive/);
+    // A receive whose client goes away midway: --abort is refused while the daemon runs it; once the client is gone,
+    // what arrived is kept hidden, with a token.
+    const stream = await fsp.readFile(a.out("s2.stream"));
+    const [cmd, ...args] = cliCommand();
+    const client = spawn(cmd!, [...args, "receive", b.mnt], { env: b.env, stdio: ["pipe", "ignore", "pipe"] });
+    const exited = new Promise((resolve) => client.on("exit", (code, signal) => resolve(signal ?? code)));
+    await new Promise((resolve) => client.stdin!.write(stream.subarray(0, 100_000), resolve));
+    const running = async (): Promise<boolean> =>
+      (JSON.parse((await b.groveOk(["receive", b.mnt, "--status", "--json"])).stdout) as { interrupted: unknown[] }).interrupted.length === 1;
+    expect(await waitFor(running, 60_000)).toBe(true);
+    expectOneLineError(await b.grove(["receive", b.mnt, "--abort"]), /a receive is running/);
+    client.kill("SIGKILL");
+    expect(await exited).toBe("SIGKILL");
+    expect(await waitFor(async () => (await b.grove(["receive", b.mnt, "--abort"])).code === 0, 60_000)).toBe(true);
+    expect((await b.groveOk(["receive", b.mnt, "--status"])).stdout).toMatch(/no interrupted receive/);
     const incremental = await sh(`${g} receive "$1" -f "$2" --json`, [b.mnt, a.out("s2.stream")], { env: b.env });
     expect(JSON.parse(incremental)).toMatchObject({ snapshot: "s2", parent: "s1" });
+    // A taken name is refused in one line, before the whole stream is sent.
+    expectOneLineError(await b.grove(["receive", b.mnt, "-f", a.out("s2.stream")]), /exists/);
     // The writer got through all of it (the mount kept answering) and is still writing.
     expect(writer.exitCode).toBeNull();
     writer.kill("SIGKILL");
