@@ -24,6 +24,15 @@
  * summary, or the error that stopped it. The daemon writes a few records at
  * a time and lets FUSE requests in between (the live subvolume keeps being
  * served), and waits while the client is not reading.
+ * `{"op":"receive","name"?}` is the other way round (grovefs receive on a
+ * mount): after the request line the client writes the stream in the same
+ * frames, then a frame of length 0, and reads one reply line: the receive's
+ * summary, or the error that stopped it (which may come before the client
+ * has written everything: it then stops). The daemon applies a few records
+ * at a time between FUSE requests, and stops reading the socket while it
+ * holds more than a few MiB it has not applied (backpressure). A client that
+ * goes away midway leaves what arrived hidden, to resume, as a cut pipe does.
+ * `{"op":"receiveState","abort"}` is receive --status (and --abort) on a mount.
  *
  * Why no locking: the daemon runs each request to the end inside one socket
  * callback on the JS thread, and every FUSE handler is synchronous on the same
@@ -71,7 +80,16 @@ export type ControlRequest =
 export type SubvolumeRequest = Exclude<ControlRequest, VolumeRequest>;
 
 /** Requests about the whole served volume rather than its subvolumes: only a mount daemon answers them. */
-export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest | ResizeOp | SendOp;
+export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest | ResizeOp | SendOp | ReceiveOp | ReceiveStateOp;
+
+/** Receive a stream (the client writes it in frames after the request) as snapshot `name` (default: the sent one's). */
+export type ReceiveOp = { op: "receive"; name?: string };
+
+/** The interrupted receives and their tokens; `abort` deletes them. */
+export type ReceiveStateOp = { op: "receiveState"; abort: boolean };
+
+/** A receive's stream as it arrives: the next frame's bytes, "end" after the last frame, "gone" if the client went away first. */
+export type StreamSource = () => Promise<Buffer | "end" | "gone">;
 
 /** Stream snapshot `snapshot` (incremental from `parent`; only what a resume token lacks). */
 export type SendOp = { op: "send"; snapshot: string; parent?: string; resume?: string };
@@ -102,6 +120,10 @@ export interface VolumeControl {
    * has checked the snapshots), before the first chunk. Resolves with the summary.
    */
   send?(request: SendOp, begin: () => void, sink: StreamSink): Promise<unknown>;
+  /** Receives a stream read from `source`. Resolves with the summary. */
+  receive?(request: ReceiveOp, source: StreamSource): Promise<unknown>;
+  /** receive --status / --abort. */
+  receiveState?(request: ReceiveStateOp): unknown;
 }
 
 export type ControlReply =
@@ -174,6 +196,11 @@ export function parseRequest(value: unknown): ControlRequest {
       }
       return { op: "send", snapshot: request.snapshot, parent: request.parent as string | undefined, resume: request.resume as string | undefined };
     }
+    case "receive":
+      if (name !== undefined && typeof name !== "string") throw invalid("name must be a string");
+      return { op: "receive", name };
+    case "receiveState":
+      return { op: "receiveState", abort: request.abort === true };
     default:
       throw invalid(`unknown request ${JSON.stringify(request.op)}`);
   }
@@ -236,7 +263,11 @@ function parseLine(line: string): ControlRequest {
 async function answer(line: string, served: Served): Promise<ControlReply> {
   try {
     const request = parseLine(line);
-    if (request.op === "send") throw invalid("send streams its reply: it is answered by serveConnection");
+    if (request.op === "send" || request.op === "receive") throw invalid(`${request.op} streams: it is answered by serveConnection`);
+    if (request.op === "receiveState") {
+      if (served.volume?.receiveState === undefined) throw invalid("receive --status needs a mount daemon that serves it");
+      return { ok: true, result: served.volume.receiveState(request) };
+    }
     if (request.op === "resize") {
       if (served.volume?.resize === undefined) throw invalid("resize needs a mount daemon that serves it");
       return { ok: true, result: await served.volume.resize(request.size) };
@@ -267,35 +298,111 @@ interface Served {
 }
 
 function serveConnection(socket: net.Socket, served: Served): void {
-  let text = "";
-  socket.setEncoding("utf8");
+  let held: Buffer = Buffer.alloc(0);
   socket.on("error", () => {});
-  socket.on("data", (chunk: string) => {
-    text += chunk;
-    const newline = text.indexOf("\n");
-    if (newline < 0 && text.length <= requestBytesMax) return;
-    const line = newline < 0 || newline > requestBytesMax ? null : text.slice(0, newline);
-    text = "";
+  const onData = (chunk: Buffer): void => {
+    held = held.length === 0 ? chunk : Buffer.concat([held, chunk]);
+    const newline = held.indexOf(0x0a);
+    if (newline < 0 && held.length <= requestBytesMax) return;
+    const line = newline < 0 || newline > requestBytesMax ? null : held.subarray(0, newline).toString("utf8");
+    const rest = newline < 0 ? Buffer.alloc(0) : held.subarray(newline + 1);
+    held = Buffer.alloc(0);
+    socket.off("data", onData);
+    const streaming = line === null ? null : streamingRequestOf(line);
+    if (streaming?.op === "receive") {
+      void streamReceive(socket, streaming, rest, served).then((answered) => {
+        dropRest(socket);
+        socket.end(`${JSON.stringify(answered)}\n`);
+      });
+      return;
+    }
     // The rest of what the client sends is read and dropped, so it never sees a reset.
-    socket.removeAllListeners("data");
-    socket.resume();
-    const send = line === null ? null : sendRequestOf(line);
-    if (send !== null) {
-      void streamSend(socket, send, served).then((answered) => socket.end(`${JSON.stringify(answered)}\n`));
+    dropRest(socket);
+    if (streaming?.op === "send") {
+      void streamSend(socket, streaming, served).then((answered) => socket.end(`${JSON.stringify(answered)}\n`));
       return;
     }
     const reply =
       line === null ? Promise.resolve(errorReply(invalid(`a request is at most ${requestBytesMax} bytes`), served.report)) : answer(line, served);
     void reply.then((answered) => socket.end(`${JSON.stringify(answered)}\n`));
-  });
+  };
+  socket.on("data", onData);
 }
 
-function sendRequestOf(line: string): SendOp | null {
+function dropRest(socket: net.Socket): void {
+  socket.removeAllListeners("data");
+  socket.on("data", () => {});
+  socket.resume();
+}
+
+function streamingRequestOf(line: string): SendOp | ReceiveOp | null {
   try {
     const request = parseLine(line);
-    return request.op === "send" ? request : null;
+    return request.op === "send" || request.op === "receive" ? request : null;
   } catch {
     return null;
+  }
+}
+
+/** Unapplied stream bytes a receive holds before the daemon stops reading its socket. */
+const receiveQueueBytesMax = 8 * 1024 * 1024;
+
+/** A receive's stream from the client's frames (see the protocol above); resolves with the reply line. */
+async function streamReceive(socket: net.Socket, request: ReceiveOp, first: Buffer, served: Served): Promise<ControlReply> {
+  let held: Buffer = first;
+  const frames: Buffer[] = [];
+  let queued = 0;
+  let ended = false;
+  let gone = false;
+  let wake: (() => void) | null = null;
+  const woken = (): void => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  const parse = (): void => {
+    while (!ended && held.length >= 4) {
+      const n = held.readUInt32LE(0);
+      if (n === 0) {
+        ended = true;
+        held = held.subarray(4);
+        break;
+      }
+      if (held.length < 4 + n) break;
+      frames.push(held.subarray(4, 4 + n));
+      queued += n;
+      held = held.subarray(4 + n);
+    }
+    if (queued > receiveQueueBytesMax) socket.pause();
+    woken();
+  };
+  socket.on("data", (chunk: Buffer) => {
+    held = held.length === 0 ? chunk : Buffer.concat([held, chunk]);
+    parse();
+  });
+  socket.on("close", () => {
+    gone = true;
+    woken();
+  });
+  parse();
+  const source: StreamSource = async () => {
+    for (;;) {
+      const frame = frames.shift();
+      if (frame !== undefined) {
+        queued -= frame.length;
+        if (queued <= receiveQueueBytesMax / 2 && !socket.destroyed) socket.resume();
+        return frame;
+      }
+      if (ended) return "end";
+      if (gone) return "gone";
+      await new Promise<void>((resolve) => (wake = resolve));
+    }
+  };
+  try {
+    if (served.volume?.receive === undefined) throw invalid("receive needs a mount daemon that serves it");
+    return { ok: true, result: await served.volume.receive(request, source) };
+  } catch (error) {
+    return errorReply(error, served.report);
   }
 }
 
@@ -582,6 +689,98 @@ export function requestStream(socketPath: string, request: SendOp, daemon: Daemo
       if (reply === null) settle(gone());
       else if (reply.ok) settle(null, reply.result);
       else settle(replyError(reply));
+    });
+  });
+}
+
+/**
+ * Sends a receive request to the daemon on `socketPath` with the stream
+ * read from `input` in frames (see the protocol above), waiting while the
+ * daemon is not reading; resolves with the reply's result, or rejects with
+ * its error (which may come before `input` is all sent: the rest is then
+ * not read). `onBytes` gets the bytes sent so far.
+ */
+export function requestUpload(
+  socketPath: string,
+  request: ReceiveOp,
+  daemon: DaemonName,
+  input: AsyncIterable<Buffer>,
+  onBytes: (bytes: number) => void = () => {},
+): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    let text = "";
+    let connected = false;
+    const socket = net.createConnection(socketPath);
+    const settle = (error: Error | null, result?: unknown): void => {
+      if (settled) return;
+      settled = true;
+      socket.destroy();
+      if (error) reject(error);
+      else resolve(result);
+    };
+    const reply = (): boolean => {
+      const newline = text.indexOf("\n");
+      if (newline < 0) return false;
+      let answered: ControlReply;
+      try {
+        answered = JSON.parse(text.slice(0, newline)) as ControlReply;
+      } catch {
+        settle(new CliError(`the reply of the grovefs process serving ${daemon.shown} is malformed`, "this is a bug; report it"));
+        return true;
+      }
+      if (answered.ok) settle(null, answered.result);
+      else settle(replyError(answered));
+      return true;
+    };
+    const writeFrame = async (chunk: Buffer): Promise<void> => {
+      const header = Buffer.alloc(4);
+      header.writeUInt32LE(chunk.length, 0);
+      socket.write(header);
+      if (chunk.length === 0 || socket.write(chunk)) return;
+      await new Promise<void>((resume) => {
+        const go = (): void => {
+          socket.off("drain", go);
+          socket.off("close", go);
+          resume();
+        };
+        socket.on("drain", go);
+        socket.on("close", go);
+      });
+    };
+    const upload = async (): Promise<void> => {
+      let bytes = 0;
+      for await (const chunk of input) {
+        if (settled || socket.destroyed) return;
+        // Frames of at most 1 MiB, as the daemon's own.
+        for (let at = 0; at < chunk.length && !settled; at += 1024 * 1024) {
+          const piece = chunk.subarray(at, Math.min(chunk.length, at + 1024 * 1024));
+          await writeFrame(piece);
+          bytes += piece.length;
+          onBytes(bytes);
+        }
+      }
+      if (!settled && !socket.destroyed) socket.write(Buffer.alloc(4));
+    };
+    socket.setEncoding("utf8");
+    socket.on("connect", () => {
+      connected = true;
+      socket.write(`${JSON.stringify(request)}\n`);
+      if (daemon.mountpoint !== undefined) fs.statfs(daemon.mountpoint, () => {});
+      upload().catch((error: unknown) => settle(error instanceof Error ? error : new Error(String(error))));
+    });
+    socket.on("error", (error: NodeJS.ErrnoException) => {
+      // A refusal the daemon wrote before it closed wins over the write that then failed.
+      if (reply()) return;
+      settle(connected ? error : connectError(error, socketPath, daemon));
+    });
+    socket.on("data", (chunk: string) => {
+      text += chunk;
+      if (text.length > replyBytesMax) settle(new CliError(`the reply of the grovefs process serving ${daemon.shown} is too long`, "this is a bug; report it"));
+      reply();
+    });
+    socket.on("end", () => {
+      if (!reply()) settle(new CliError(`the grovefs process serving ${daemon.shown} closed the connection without an answer`, "see its log; it may have exited"));
     });
   });
 }

@@ -50,7 +50,7 @@ import {
 import { GroveFs, type GroveFsOptions } from "../fs/index.js";
 import { FileDevice, GroveError, sourceLine } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
-import { serveSend } from "./send_daemon.js";
+import { serveReceive, serveReceiveState, serveSend } from "./send_daemon.js";
 import { printable, sendRequest, startControlServer, type AttachRequest, type ControlServer, type VolumeControl } from "./control.js";
 import { CliError, ReportedError, formatError } from "./errors.js";
 import { imageDeletedWarning, volumeReport } from "./info.js";
@@ -631,6 +631,8 @@ class MountDaemon {
       },
       attach: (request) => this.attachReported(request),
       send: (request, begin, sink) => serveSend(volume, request, begin, sink),
+      receive: (request, source) => serveReceive(volume, request, source),
+      receiveState: (request) => serveReceiveState(volume, request),
       mountpoints: () => {
         const byName = new Map<string, string[]>();
         for (const [mountpoint, mount] of this.mounts) byName.set(mount.volume.subvolumeName, [...(byName.get(mount.volume.subvolumeName) ?? []), mountpoint]);

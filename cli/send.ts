@@ -8,8 +8,9 @@
  * stdin or FILE (fs/send/ does the work). send runs on an unmounted image,
  * or on a mountpoint by asking its daemon (cli/send_daemon.ts), which
  * streams the snapshot over its control socket while it keeps serving the
- * mount. receive needs an unmounted image: a mounted one is refused (its
- * daemon holds it; a second process must never open it read-write). A progress line (bytes, rate) is drawn on stderr only when
+ * mount. receive on a mountpoint sends the stream to its daemon, which
+ * applies it between FUSE requests; an image a daemon holds is refused (a
+ * second process must never open it read-write): receive on its mountpoint. A progress line (bytes, rate) is drawn on stderr only when
  * stderr is a terminal and --json is not given. The summary goes to
  * stdout, or to stderr when stdout carries the stream.
  *
@@ -22,7 +23,7 @@ import { GroveFs, send } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { CliError } from "./errors.js";
 import { controlSocketPath, mountpointOfImage } from "./mount.js";
-import { requestStream } from "./control.js";
+import { requestStream, requestUpload, sendRequest } from "./control.js";
 import { resolveTarget, type Target } from "./target.js";
 
 export interface SendCommandOptions {
@@ -79,8 +80,8 @@ function readerOf(fd: number): send.ByteSource {
 function openImage(target: Target, readOnly: boolean): { device: FileDevice; volume: GroveFs } {
   if (target.kind === "mount") {
     throw new CliError(
-      `${target.shown} is a mount point: receive, diff and receive --status/--abort work on unmounted images only`,
-      "unmount it (grovefs umount) and give the image (grovefs send works on a mount point)",
+      `${target.shown} is a mount point: diff works on unmounted images only`,
+      "unmount it (grovefs umount) and give the image (send and receive work on a mount point)",
     );
   }
   let device: FileDevice;
@@ -91,9 +92,9 @@ function openImage(target: Target, readOnly: boolean): { device: FileDevice; vol
     const mountpoint = mountpointOfImage(target.image);
     throw new CliError(
       mountpoint === null ? `${target.shown} is in use by another grovefs process` : `${target.shown} is mounted at ${mountpoint}`,
-      mountpoint === null || !readOnly
-        ? "unmount it first: receive works on unmounted images only"
-        : `send from the mount point instead: grovefs send ${mountpoint} ...`,
+      mountpoint === null
+        ? "wait for it to end, or stop it"
+        : `use the mount point instead: grovefs ${readOnly ? "send" : "receive"} ${mountpoint} ...`,
     );
   }
   try {
@@ -232,13 +233,14 @@ function printSent(summary: send.SendSummary, options: SendCommandOptions): void
   if (options.json === true) out.write(`${JSON.stringify(summary)}\n`);
   else if (options.file !== undefined) {
     const kind = summary.parent === null ? "full" : `incremental from '${summary.parent}'`;
-    out.write(`sent '${summary.snapshot}' (${kind}): ${summary.bytes} bytes, ${summary.records} records, ${summary.dataBytes} bytes of data, ${summary.sharedBytes} shared\n`);
+    out.write(`sent '${summary.snapshot}' (${kind}): ${summary.bytes} bytes, ${summary.records} records, ${summary.dataBytes} bytes of data, ${summary.storedBytes} compressed as stored (${summary.storedDiskBytes} bytes), ${summary.sharedBytes} shared\n`);
   }
 }
 
-export function receiveCommand(targetArg: string, options: ReceiveCommandOptions): void {
+export async function receiveCommand(targetArg: string, options: ReceiveCommandOptions): Promise<void> {
   const target = resolveTarget(targetArg);
   if (options.status === true || options.abort === true) return receiveState(target, options);
+  if (target.kind === "mount") return printReceived(await receiveIntoMount(target, options), options);
   const image = openImage(target, false);
   let fd = 0;
   let summary: send.ReceiveSummary;
@@ -254,6 +256,10 @@ export function receiveCommand(targetArg: string, options: ReceiveCommandOptions
     if (fd !== 0) fs.closeSync(fd);
     closeImage(image);
   }
+  printReceived(summary, options);
+}
+
+function printReceived(summary: send.ReceiveSummary, options: ReceiveCommandOptions): void {
   if (options.json === true) process.stdout.write(`${JSON.stringify(summary)}\n`);
   else {
     const kind = summary.parent === null ? "full" : `incremental on '${summary.parent}'`;
@@ -261,8 +267,39 @@ export function receiveCommand(targetArg: string, options: ReceiveCommandOptions
   }
 }
 
+/** receive on a mountpoint: the stream goes to the daemon over its control socket, which applies it between FUSE requests (cli/send_daemon.ts). */
+async function receiveIntoMount(target: Target & { kind: "mount" }, options: ReceiveCommandOptions): Promise<send.ReceiveSummary> {
+  if (options.file === undefined && process.stdin.isTTY === true) {
+    throw new CliError("the stream would come from a terminal", "pipe it in (grovefs send ... | grovefs receive ...) or give -f FILE");
+  }
+  const input = options.file === undefined ? process.stdin : fs.createReadStream(options.file, { highWaterMark: 1024 * 1024 });
+  const progress = progressLine(options.json !== true && process.stderr.isTTY === true, "received");
+  const daemon = { shown: target.shown, pid: target.pid, mountpoint: target.mountpoint };
+  try {
+    const summary = await requestUpload(controlSocketPath(target.mountpoint), { op: "receive", name: options.name }, daemon, input as AsyncIterable<Buffer>, progress.update);
+    return summary as send.ReceiveSummary;
+  } catch (error) {
+    throw explain(error, target);
+  } finally {
+    progress.done();
+    if (input !== process.stdin) (input as fs.ReadStream).destroy();
+    else process.stdin.destroy();
+  }
+}
+
 /** --status lists receives that were cut off (their hidden subvolumes); --abort deletes them and frees their space. */
-function receiveState(target: Target, options: ReceiveCommandOptions): void {
+async function receiveState(target: Target, options: ReceiveCommandOptions): Promise<void> {
+  if (target.kind === "mount") {
+    const daemon = { shown: target.shown, pid: target.pid, mountpoint: target.mountpoint };
+    const state = (await sendRequest(controlSocketPath(target.mountpoint), { op: "receiveState", abort: options.abort === true }, daemon)) as {
+      interrupted: { name: string; token: string | null }[];
+    };
+    return printReceiveState(
+      state.interrupted.map((i) => i.name),
+      state.interrupted.map((i) => i.token),
+      options,
+    );
+  }
   const image = openImage(target, options.abort !== true);
   const partial: string[] = [];
   const tokens: (string | null)[] = [];
@@ -278,7 +315,14 @@ function receiveState(target: Target, options: ReceiveCommandOptions): void {
   } finally {
     closeImage(image);
   }
-  const names = partial.map((name) => name.slice(".receiving.".length));
+  printReceiveState(
+    partial.map((name) => name.slice(".receiving.".length)),
+    tokens,
+    options,
+  );
+}
+
+function printReceiveState(names: string[], tokens: (string | null)[], options: ReceiveCommandOptions): void {
   if (options.json === true) {
     const interrupted = names.map((name, i) => ({ name, token: tokens[i] }));
     process.stdout.write(`${JSON.stringify({ interrupted, aborted: options.abort === true ? names : [] })}\n`);

@@ -1,6 +1,7 @@
 /**
- * `grovefs send` on a mountpoint, the daemon's side: the control socket's
- * send request (cli/control.ts) streamed from the served volume.
+ * `grovefs send` and `grovefs receive` on a mountpoint, the daemon's side:
+ * the control socket's send request (cli/control.ts) streamed from the
+ * served volume, and its receive request streamed into it.
  *
  * The send runs in slices of a few records (at most `sliceBytesMax` bytes
  * or `sliceRecordsMax` records each), and after each slice the event loop
@@ -9,9 +10,17 @@
  * (and the parent) are read-only and held (GroveFs.holdSubvolumes) until
  * the send ends, so the live writes between slices never touch what is
  * being read, and a deletion of either is refused meanwhile.
+ *
+ * A receive applies the frames that arrived a slice of records at a time
+ * (`sliceRecordsMax`), the event loop running between slices, into its
+ * hidden subvolume of the served volume (fs/send/receiver.ts ReceivePush);
+ * the published snapshot shows in every mount's /.snapshots (the volume's
+ * change notice). receive --abort on a mount is refused while a receive
+ * runs in the daemon (it would delete what that one is filling).
  */
 import { send, type GroveFs } from "../fs/index.js";
-import type { SendOp, StreamSink } from "./control.js";
+import { GroveError } from "../kvstore/index.js";
+import type { ReceiveOp, ReceiveStateOp, SendOp, StreamSink, StreamSource } from "./control.js";
 
 /** Bytes of stream one slice writes before the event loop runs again. */
 const sliceBytesMax = 1024 * 1024;
@@ -50,4 +59,38 @@ export async function serveSend(volume: GroveFs, request: SendOp, begin: () => v
   } finally {
     release();
   }
+}
+
+/** Receives running in this daemon, per served volume. */
+const receiving = new WeakMap<GroveFs, number>();
+
+export async function serveReceive(volume: GroveFs, request: ReceiveOp, source: StreamSource): Promise<send.ReceiveSummary> {
+  const push = new send.ReceivePush(volume, { name: request.name });
+  receiving.set(volume, (receiving.get(volume) ?? 0) + 1);
+  try {
+    for (;;) {
+      const frame = await source();
+      if (frame === "end" || frame === "gone") return push.end();
+      push.push(frame);
+      for (;;) {
+        const before = push.pending;
+        if (push.step(sliceRecordsMax)) return push.end();
+        if (push.pending === before) break; // the next record has not all arrived
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+    }
+  } finally {
+    receiving.set(volume, receiving.get(volume)! - 1);
+  }
+}
+
+/** receive --status / --abort on a mount: the interrupted receives and their tokens (aborted: deleted, freed by the maintenance tick). */
+export function serveReceiveState(volume: GroveFs, request: ReceiveStateOp): { interrupted: { name: string; token: string | null }[]; aborted: string[] } {
+  if (request.abort && (receiving.get(volume) ?? 0) > 0) {
+    throw new GroveError("EBUSY", "EBUSY_receive_running", "a receive is running on this mount: let it end (or stop its grovefs receive) first");
+  }
+  const interrupted = volume.partialReceives().map((info) => ({ partial: info.name, token: send.resumeTokenOf(volume, info.name) ?? null }));
+  if (request.abort) for (const { partial } of interrupted) volume.abortReceive(partial);
+  const names = interrupted.map(({ partial, token }) => ({ name: partial.slice(send.partialNameFor("").length), token }));
+  return { interrupted: names, aborted: request.abort ? names.map((n) => n.name) : [] };
 }

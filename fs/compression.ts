@@ -12,7 +12,8 @@
  * bad input, and lz4_flex's safe decoder then returns an error, mapped to EIO.
  */
 import lz4 from "lz4-napi";
-import { CorruptionError, blockSizeBytes } from "../kvstore/index.js";
+import { CorruptionError, blockSizeBytes, crc32c } from "../kvstore/index.js";
+import { compressionUnitBlocksMax } from "./constants.js";
 import { Compression, Extent } from "./format.js";
 
 /** Bytes sampled from each block by the incompressibility guess. */
@@ -130,6 +131,56 @@ export function decompressUnit(ino: number, extent: Extent, disk: Buffer): Buffe
   }
   if (unit.length !== unitBytes) bad(`decompresses to ${unit.length} bytes, not ${unitBytes}`);
   return unit;
+}
+
+/**
+ * An lz4 extent as it is stored (a send sends it so, a receive stores it
+ * so): the compressed bytes of a unit of `unitBlocks` blocks, of which a
+ * record holds the `blocks` blocks from `offset` on, with one crc32c per
+ * disk block (the last zero-padded), as the extent record holds them.
+ */
+export interface StoredExtent {
+  unitBlocks: number;
+  offset: number;
+  blocks: number;
+  /** Compressed bytes, without the padding. */
+  data: Buffer;
+  /** One crc32c per disk block, little-endian u32s. */
+  crcs: Buffer;
+}
+
+/**
+ * What `stored` decompresses to, once every field is checked: the unit's
+ * size and slice, the disk blocks' count against the compressed length and
+ * their crcs against the bytes (zero-padded), the length prefix, and the
+ * decompressed length itself (lz4 has no other check); or the first
+ * problem found.
+ */
+export function checkStored(stored: StoredExtent): { unit: Buffer } | { problem: string } {
+  const { unitBlocks, offset, blocks, data, crcs } = stored;
+  if (!Number.isInteger(unitBlocks) || unitBlocks < 2 || unitBlocks > compressionUnitBlocksMax) return { problem: `a unit of ${unitBlocks} blocks` };
+  if (!Number.isInteger(offset) || !Number.isInteger(blocks) || offset < 0 || blocks < 1 || offset + blocks > unitBlocks) {
+    return { problem: `blocks [${offset}, ${offset + blocks}) outside a unit of ${unitBlocks}` };
+  }
+  const diskBlocks = Math.ceil(data.length / blockSizeBytes);
+  if (data.length === 0 || diskBlocks >= unitBlocks) return { problem: `${data.length} compressed bytes for a unit of ${unitBlocks} blocks` };
+  if (crcs.length !== 4 * diskBlocks) return { problem: `${crcs.length / 4} crcs for ${diskBlocks} disk blocks` };
+  const block = Buffer.alloc(blockSizeBytes);
+  for (let k = 0; k < diskBlocks; k++) {
+    block.fill(0);
+    data.copy(block, 0, k * blockSizeBytes, Math.min(data.length, (k + 1) * blockSizeBytes));
+    if (crc32c(block) !== crcs.readUInt32LE(4 * k)) return { problem: `disk block ${k} does not match its crc` };
+  }
+  const unitBytes = unitBlocks * blockSizeBytes;
+  if (data.length < 4 || data.readUInt32LE(0) !== unitBytes) return { problem: "its length prefix is not the unit's size" };
+  let unit: Buffer;
+  try {
+    unit = lz4.uncompressSync(data);
+  } catch (error) {
+    return { problem: `it does not decompress (${(error as Error).message})` };
+  }
+  if (unit.length !== unitBytes) return { problem: `it decompresses to ${unit.length} bytes, not ${unitBytes}` };
+  return { unit };
 }
 
 interface CachedUnit {

@@ -20,7 +20,8 @@
 import { constants as C } from "node:fs";
 import { GroveError, blockSizeBytes, type Store } from "../kvstore/index.js";
 import { fileSizeMaxBytes } from "./constants.js";
-import { PayloadKind } from "./format.js";
+import { Compression, PayloadKind } from "./format.js";
+import { checkStored, type StoredExtent } from "./compression.js";
 import type { CommitPolicy } from "./commit_policy.js";
 import type { FileData } from "./file_data.js";
 import type { FileOps } from "./file_ops.js";
@@ -154,6 +155,105 @@ export class RangeCopy {
       at = stop;
     }
     return Math.max(0, Math.min(dstEnd, (at + shift) * blockSizeBytes) - (first + shift) * blockSizeBytes);
+  }
+
+  /**
+   * Stores `stored` (an lz4 extent as a sender had it on disk) at byte
+   * `offset` (whole blocks) of regular file `ino`, as it was stored: its
+   * compressed bytes and crcs, after checking them and decompressing once
+   * (EINVAL_stored_extent when they do not hold together). The file grows
+   * to cover its blocks (a receive's truncate sets the size after); mtime
+   * and ctime move. Admitted whole before anything changes.
+   */
+  insertStored(ino: number, offset: number, stored: StoredExtent): void {
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset % blockSizeBytes !== 0) {
+      throw new GroveError("EINVAL", "EINVAL_stored_extent", `a stored extent at byte ${offset}, not at a block boundary`);
+    }
+    const checked = checkStored(stored);
+    if ("problem" in checked) throw new GroveError("EINVAL", "EINVAL_stored_extent", `the compressed extent is damaged: ${checked.problem}`);
+    const first = offset / blockSizeBytes;
+    const end = first + stored.blocks;
+    if (end * blockSizeBytes > fileSizeMaxBytes) throw new GroveError("EFBIG", "EFBIG_stored_extent", `files are limited to ${fileSizeMaxBytes} bytes`);
+    let target = this.names.inodeAt(ino);
+    if ((target.mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_stored_extent", "a stored extent needs a regular file");
+    this.policy.checkWritable();
+    // Buffered blocks must not later replace the inserted ones (nor be counted against them).
+    this.policy.writeOutIno(ino);
+    this.policy.makeRoom(Math.max(stored.crcs.length / 4, stored.blocks) + 16);
+    target = this.names.inodeAt(ino);
+    const dropped = this.data.extentCount(target, this.inodes.mapOf(target), first, end);
+    this.data.admitStored(target, stored, dropped);
+    this.policy.mutation(
+      4,
+      () =>
+        this.store.alreadyAdmitted(() => {
+          this.data.insertStored(target, this.inodes.mapOf(target), first, stored, checked.unit);
+          target.size = Math.max(target.size, end * blockSizeBytes);
+          const now = this.clock();
+          target.mtimeNs = now;
+          target.ctimeNs = now;
+          this.inodes.save(target);
+        }),
+      "grow",
+      dropped,
+    );
+    this.policy.afterWrite();
+  }
+
+  /**
+   * Records slice `stored.offset`, `stored.blocks` of an lz4 extent this
+   * filesystem holds already, at file block `srcOffset` of file `srcIno`
+   * (put there by `insertStored`), at byte `offset` of regular file `ino`:
+   * one more reference to that extent, no data written. The extent found
+   * must be lz4 with `stored`'s unit size and crcs (EINVAL_stored_extent
+   * otherwise). The file grows to cover the slice; mtime and ctime move.
+   */
+  shareStored(ino: number, offset: number, stored: StoredExtent, srcIno: number, srcOffset: number): void {
+    for (const n of [offset, srcOffset]) {
+      if (!Number.isSafeInteger(n) || n < 0 || n % blockSizeBytes !== 0) {
+        throw new GroveError("EINVAL", "EINVAL_stored_extent", `a stored extent at byte ${n}, not at a block boundary`);
+      }
+    }
+    const first = offset / blockSizeBytes;
+    const end = first + stored.blocks;
+    if (stored.blocks < 1 || stored.offset < 0 || stored.offset + stored.blocks > stored.unitBlocks) {
+      throw new GroveError("EINVAL", "EINVAL_stored_extent", `blocks [${stored.offset}, ${stored.offset + stored.blocks}) outside a unit of ${stored.unitBlocks}`);
+    }
+    if (end * blockSizeBytes > fileSizeMaxBytes) throw new GroveError("EFBIG", "EFBIG_stored_extent", `files are limited to ${fileSizeMaxBytes} bytes`);
+    for (const at of [ino, srcIno]) {
+      if ((this.names.inodeAt(at).mode & S_IFMT) !== S_IFREG) throw new GroveError("EINVAL", "EINVAL_stored_extent", "a stored extent needs a regular file");
+    }
+    this.policy.checkWritable();
+    this.policy.writeOutIno(ino);
+    this.policy.makeRoom(16);
+    const source = this.names.inodeAt(srcIno);
+    const block = srcOffset / blockSizeBytes;
+    const [found] = this.data.sharedSlices(source, this.inodes.mapOf(source), block, block + 1);
+    const same =
+      found !== undefined &&
+      found.compression === Compression.Lz4 &&
+      found.unitBlocks === stored.unitBlocks &&
+      found.crcs.subarray(0, 4 * found.diskBlocks).equals(stored.crcs);
+    if (!same) throw new GroveError("EINVAL", "EINVAL_stored_extent", `inode ${srcIno} holds no such compressed extent at byte ${srcOffset}`);
+    const target = this.names.inodeAt(ino);
+    const dropped = this.data.extentCount(target, this.inodes.mapOf(target), first, end);
+    const slice = { ...found, fileBlock: first, offset: stored.offset, blocks: stored.blocks, crcs: Buffer.from(found.crcs) };
+    this.data.admitShare(target, 1, dropped);
+    this.policy.mutation(
+      4,
+      () =>
+        this.store.alreadyAdmitted(() => {
+          this.data.share(target, this.inodes.mapOf(target), first, end, [slice], 0);
+          target.size = Math.max(target.size, end * blockSizeBytes);
+          const now = this.clock();
+          target.mtimeNs = now;
+          target.ctimeNs = now;
+          this.inodes.save(target);
+        }),
+      "grow",
+      dropped,
+    );
+    this.policy.afterWrite();
   }
 
   /** Copies `count` bytes through the read and buffered write paths, a MiB at a time; short if the volume fills midway. */

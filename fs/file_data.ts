@@ -58,7 +58,7 @@ import {
   unwrittenExtent,
 } from "./format.js";
 import { BlockRange, FallocateRequest, SeekWhence, fallocateRequest, holeRuns, seekIn } from "./ranges.js";
-import { DecompressedCache, PackedUnit, compressUnit, compressUnitInBackground, decompressUnit } from "./compression.js";
+import { DecompressedCache, PackedUnit, StoredExtent, compressUnit, compressUnitInBackground, decompressUnit } from "./compression.js";
 import type { ItemMap } from "./item_map.js";
 
 /** What `FileData.planFallocate` found to do, admitted: `FileData.fallocate` carries it out. */
@@ -667,7 +667,12 @@ export class FileData {
     return hint;
   }
 
-  /** Writes one compressed unit of `blocks` file blocks from `fileBlock` into the extent at `lba`. */
+  /**
+   * Writes one compressed unit into the extent at `lba`, recorded for
+   * `blocks` file blocks from `fileBlock`: the whole unit, or (a received
+   * extent, `slice`) the part of a unit of `slice.unitBlocks` blocks that
+   * starts `slice.offset` blocks in.
+   */
   private writeCompressed(
     inode: Inode,
     map: ItemMap,
@@ -675,6 +680,7 @@ export class FileData {
     blocks: number,
     lba: number,
     packed: { data: Buffer; diskBlocks: number; compressedBytes: number },
+    slice: { offset: number; unitBlocks: number } = { offset: 0, unitBlocks: blocks },
   ): void {
     const disk: Buffer[] = [];
     const crcs = Buffer.allocUnsafe(4 * packed.diskBlocks);
@@ -689,16 +695,84 @@ export class FileData {
       fileBlock,
       extentLba: lba,
       extentBlocks: packed.diskBlocks,
-      offset: 0,
+      offset: slice.offset,
       lba,
       blocks,
       diskBlocks: packed.diskBlocks,
       compression: Compression.Lz4,
-      unitBlocks: blocks,
+      unitBlocks: slice.unitBlocks,
       compressedBytes: packed.compressedBytes,
       crcs,
     });
-    this.store.countCompressed(1, packed.diskBlocks, blocks);
+    this.store.countCompressed(1, packed.diskBlocks, slice.unitBlocks);
+  }
+
+  /**
+   * An lz4 record's physical extent as it is on disk (a send): its
+   * compressed bytes, every disk block checked against its crc first, and
+   * the crcs it is stored with; the slice is the record's.
+   */
+  readStored(ino: number, extent: Extent): StoredExtent {
+    assert(extent.compression === Compression.Lz4 && !isUnwritten(extent), "a stored read of a compressed extent");
+    const disk = this.readVerified(ino, extent, 0, extent.extentBlocks);
+    return {
+      unitBlocks: extent.unitBlocks,
+      offset: extent.offset,
+      blocks: extent.blocks,
+      data: Buffer.from(disk.subarray(0, extent.compressedBytes)),
+      crcs: Buffer.from(extent.crcs.subarray(0, 4 * extent.diskBlocks)),
+    };
+  }
+
+  /**
+   * Refuses (ENOSPC) an `insertStored` of `stored` over a range holding
+   * `dropped` extents unless it fits: its disk blocks (or its slice raw,
+   * should no free run hold them in one piece), its record, a block for an
+   * inline file's bytes, and the paths.
+   */
+  admitStored(inode: Inode, stored: StoredExtent, dropped: number): void {
+    const inlineBlock = inode.kind === PayloadKind.Bytes && inode.size > 0 ? 1 : 0;
+    const blocks = Math.max(stored.crcs.length / 4, stored.blocks);
+    const metadata = 2 * (1 + dropped) + writeOutPathBlocks;
+    this.space.reserve(this.promisedBlocks() + inlineBlock + blocks + metadata + this.shrinkReserveBlocks(), "grow", dropped);
+  }
+
+  /**
+   * Makes file blocks [fileBlock, fileBlock + stored.blocks) hold `stored`
+   * (checked by the caller; `unit` is what it decompresses to) as it was
+   * stored: a new lz4 extent of the same compressed bytes and crcs, counted
+   * as write-out counts one, the lz4 feature set as write-out sets it. On a
+   * volume too fragmented for its disk blocks in one piece, the slice is
+   * written raw instead, as write-out would. What the range held is dropped
+   * first. Admitted by `admitStored`.
+   */
+  insertStored(inode: Inode, map: ItemMap, fileBlock: number, stored: StoredExtent, unit: Buffer): void {
+    this.leaveInline(inode);
+    const end = fileBlock + stored.blocks;
+    this.punchBlocks(inode, map, fileBlock, end);
+    this.readAhead = null;
+    this.compressedWindow = null;
+    const diskBlocks = stored.crcs.length / 4;
+    const hint = this.hintFor(inode, map, fileBlock);
+    let got = this.space.allocateExtent(diskBlocks, hint);
+    if (got.length === diskBlocks) {
+      const data = Buffer.alloc(diskBlocks * blockSizeBytes);
+      stored.data.copy(data);
+      this.writeCompressed(inode, map, fileBlock, stored.blocks, got.start, { data, diskBlocks, compressedBytes: stored.data.length }, stored);
+      return;
+    }
+    if (got.length > stored.blocks) {
+      this.space.free(got.start + stored.blocks, got.length - stored.blocks);
+      got = { start: got.start, length: stored.blocks };
+    }
+    const buffered = new Map<number, Buffer>();
+    const indices: number[] = [];
+    for (let k = 0; k < stored.blocks; k++) {
+      const from = (stored.offset + k) * blockSizeBytes;
+      buffered.set(fileBlock + k, unit.subarray(from, from + blockSizeBytes));
+      indices.push(fileBlock + k);
+    }
+    this.writeRaw(inode, map, buffered, indices, 0, indices.length, hint, got);
   }
 
   private writeBlocks(lba: number, blocks: Buffer[]): void {

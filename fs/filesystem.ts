@@ -89,6 +89,7 @@ import { FileData } from "./file_data.js";
 import { Handles, type Handle } from "./handles.js";
 import { Xattrs, xattrChunksMax } from "./xattrs.js";
 import { Compression } from "./format.js";
+import type { StoredExtent } from "./compression.js";
 import { fsEdges } from "./edges.js";
 import type { ItemMap } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
@@ -1048,6 +1049,29 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     }
     const source = { names: from.names, inodes: from.inodes, data: from.data };
     return this.copies.copy(source, src.ino, srcOffset, dstIno, dstOffset, length, shareTail);
+  }
+
+  /**
+   * Stores `stored`, an lz4 extent as another volume held it on disk
+   * (FileData.readStored, sent by a send), at byte `offset` of regular file
+   * `ino` as it was stored: no recompression (fs/copy_range.ts). A damaged
+   * one is refused (EINVAL_stored_extent) before anything changes.
+   */
+  insertStoredExtent(ino: number, offset: number, stored: StoredExtent): void {
+    this.policy.checkOpen();
+    this.copies.insertStored(ino, offset, stored);
+  }
+
+  /**
+   * Records another slice (`stored.offset`, `stored.blocks`) of an lz4
+   * extent that file `srcIno` holds at byte `srcOffset` (stored there by
+   * `insertStoredExtent`) at byte `offset` of file `ino`: the extent stays
+   * one, shared. Refused (EINVAL_stored_extent) unless the extent found has
+   * `stored`'s unit size and crcs.
+   */
+  shareStoredExtent(ino: number, offset: number, stored: StoredExtent, srcIno: number, srcOffset: number): void {
+    this.policy.checkOpen();
+    this.copies.shareStored(ino, offset, stored, srcIno, srcOffset);
   }
 
   // ---- extended attributes ----------------------------------------------------

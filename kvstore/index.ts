@@ -25,4 +25,4 @@ export {
 } from "./superblock_copies.js";
 export { type WriteFate } from "./sim_device.js";
 export { checkForest, compressedUsageProblems, type ForestOptions, type ForestReport, type TreeReport, type ItemVisitor, Bitmap } from "./check.js";
-export { diffTrees, type TreeChange, type TreeDiffStats } from "./tree_diff.js";
+export { diffTrees, diffTreesSteps, type TreeChange, type TreeDiffStats } from "./tree_diff.js";

@@ -76,21 +76,48 @@ export interface TreeDiffStats {
  * `after`, in key order. Returns how many nodes it read.
  */
 export function diffTrees(before: Tree, after: Tree, visit: (change: TreeChange) => void): TreeDiffStats {
+  const steps = diffTreesSteps(before, after);
+  for (;;) {
+    const next = steps.next();
+    if (next.done === true) return next.value;
+    if (next.value !== null) visit(next.value);
+  }
+}
+
+/**
+ * `diffTrees` a step at a time (a mount daemon's send runs it between
+ * requests): yields each change, and null after each node it opens, so the
+ * caller can stop after a few nodes read and go on later. Both trees must
+ * stay unchanged until it is done.
+ */
+export function* diffTreesSteps(before: Tree, after: Tree): Generator<TreeChange | null, TreeDiffStats> {
   const a = new Frontier(before);
   const b = new Frontier(after);
   if (before.count > 0 && after.count > 0 && before.rootLba === after.rootLba) return { nodesRead: 0 };
+  const read = (): number => a.nodesRead + b.nodesRead;
+  let seen = 0;
   for (;;) {
+    if (read() !== seen) {
+      seen = read();
+      yield null;
+    }
     const x = a.head();
     const y = b.head();
     if (x === undefined && y === undefined) break;
     if (x === undefined) {
       if (y!.kind === "node") b.open();
-      else visit({ key: y!.key, before: undefined, after: y!.value }), b.drop();
+      else {
+        b.drop();
+        yield { key: y!.key, before: undefined, after: y!.value };
+      }
       continue;
     }
     if (y === undefined) {
       if (x.kind === "node") a.open();
-      else visit({ key: x.key, before: x.value, after: undefined }), a.drop();
+      else {
+        a.drop();
+        yield { key: x.key, before: x.value, after: undefined };
+      }
       continue;
     }
     if (x.kind === "node" && y.kind === "node") {
@@ -115,16 +142,16 @@ export function diffTrees(before: Tree, after: Tree, visit: (change: TreeChange)
     }
     const order = compareBytes(x.key, y.key);
     if (order < 0) {
-      visit({ key: x.key, before: x.value, after: undefined });
       a.drop();
+      yield { key: x.key, before: x.value, after: undefined };
     } else if (order > 0) {
-      visit({ key: y.key, before: undefined, after: y.value });
       b.drop();
+      yield { key: y.key, before: undefined, after: y.value };
     } else {
-      if (!x.value.equals(y.value)) visit({ key: x.key, before: x.value, after: y.value });
       a.drop();
       b.drop();
+      if (!x.value.equals(y.value)) yield { key: x.key, before: x.value, after: y.value };
     }
   }
-  return { nodesRead: a.nodesRead + b.nodesRead };
+  return { nodesRead: read() };
 }

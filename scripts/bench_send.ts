@@ -2,7 +2,7 @@
  * Send/receive benchmark (issue 14), each figure against a baseline from the
  * same run on this machine:
  *
- *   npm run bench:send -- [--files N] [--file-kb K] [--runs R] [--incremental-only] [--keep]
+ *   npm run bench:send -- [--files N] [--file-kb K] [--runs R] [--incremental-only] [--compress lz4] [--keep]
  *
  *   full         `grovefs send A snap | grovefs receive B` of a tree of N
  *                files of K KiB (compressible text), against `cp -a` of the
@@ -19,6 +19,11 @@
  *                (`grovefs --version`), which is the fixed cost the CLI
  *                ratio carries (the tsx loader and the module graph).
  *                --incremental-only skips the full part (and the mounts).
+ *   stored       with --compress lz4 (both volumes made so), each stream's
+ *                size against the compressed data it carries as stored on
+ *                the source (`grovefs info`'s compressed disk bytes of the
+ *                tree it sends; its blocks are padded, the stream's bytes
+ *                not), and how much of the stream is that compressed data.
  *
  * Needs root and /dev/fuse for the cp -a baseline (the mounts). Images live
  * in a fresh directory under the OS temp dir, removed at the end unless
@@ -46,6 +51,8 @@ const fileKb = arg("file-kb", 64);
 const runs = arg("runs", 4);
 const keep = process.argv.includes("--keep");
 const incrementalOnly = process.argv.includes("--incremental-only");
+const compressIndex = process.argv.indexOf("--compress");
+const compress = compressIndex >= 0 ? process.argv[compressIndex + 1]! : "none";
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "grovefs-bench-send-"));
 
 function sh(script: string): string {
@@ -106,11 +113,12 @@ function main(): void {
   const b = path.join(dir, "b.img");
   const treeMb = (files * fileKb) / 1024;
   const sizeMb = Math.max(512, Math.ceil(treeMb * (4 * runs + 8)));
-  grove(`mkfs "${a}" --size ${sizeMb}M`);
-  grove(`mkfs "${b}" --size ${sizeMb}M`);
+  grove(`mkfs "${a}" --size ${sizeMb}M --compress ${compress}`);
+  grove(`mkfs "${b}" --size ${sizeMb}M --compress ${compress}`);
   const dataBytes = writeTree(a, 0, () => true);
   grove(`snapshot create "${a}" s0`);
-  console.log(`tree: ${files} files of ${fileKb} KiB (${(dataBytes / 1e6).toFixed(1)} MB), ${runs} runs each, ABBA`);
+  console.log(`tree: ${files} files of ${fileKb} KiB (${(dataBytes / 1e6).toFixed(1)} MB), ${runs} runs each, ABBA, compression ${compress}`);
+  if (compress !== "none") stored(a, b);
 
   if (!incrementalOnly) full(a, b, dataBytes);
   incrementalPart(a);
@@ -165,10 +173,33 @@ function full(a: string, b: string, dataBytes: number): void {
   const send = median(sendTimes);
   const cp = median(cpTimes);
   console.log(`full     send|receive ${send.toFixed(2)} s (${(dataBytes / 1e6 / send).toFixed(1)} MB/s)   cp -a + sync ${cp.toFixed(2)} s (${(dataBytes / 1e6 / cp).toFixed(1)} MB/s)   ratio ${(send / cp).toFixed(2)} (time, send/cp)`);
-  fullFigures = { fullSendS: send, cpS: cp, fullRatio: send / cp };
+  fullFigures = { ...fullFigures, fullSendS: send, cpS: cp, fullRatio: send / cp };
 }
 
 let fullFigures: Record<string, number> = {};
+
+/** The volume's compressed data on disk (grovefs info --json). */
+function compressedDiskBytes(image: string): number {
+  return (JSON.parse(grove(`info "${image}" --json`)) as { compressed: { diskBytes: number } }).compressed.diskBytes;
+}
+
+/** With --compress: the full stream of s0 against the compressed bytes s0's tree holds on disk (the only data on the volume now). */
+function stored(a: string, b: string): void {
+  const diskBytes = compressedDiskBytes(a);
+  const out = path.join(dir, "stored.stream");
+  let summary = "";
+  const seconds = timed(() => (summary = grove(`send "${a}" s0 -f "${out}" --json`)));
+  const streamBytes = fs.statSync(out).size;
+  // Compressed bytes as they are stored, without the padding to whole blocks (0 before lz4 extents were sent as stored).
+  const storedBytes = (JSON.parse(summary) as { storedDiskBytes?: number }).storedDiskBytes ?? 0;
+  grove(`receive "${b}" -f "${out}" --name stored`);
+  fs.rmSync(out);
+  const received = compressedDiskBytes(b);
+  console.log(
+    `stored   full stream ${streamBytes} bytes for ${diskBytes} compressed bytes on disk (${(streamBytes / diskBytes).toFixed(3)}x; ${storedBytes} of them compressed data, unpadded)   receiver holds ${received} compressed bytes (${(received / diskBytes).toFixed(3)}x)   send ${seconds.toFixed(2)} s`,
+  );
+  fullFigures = { ...fullFigures, storedStreamPerDisk: streamBytes / diskBytes, storedReceivedPerDisk: received / diskBytes };
+}
 
 function incrementalPart(a: string): void {
 

@@ -14,8 +14,8 @@
 import { describe, expect, it } from "vitest";
 import { constants as C } from "node:fs";
 import { createHash } from "node:crypto";
-import { Prng, SimDevice, diffTrees, featureReceivedSnapshots } from "../kvstore/index.js";
-import { GroveFs, send, type InodeOps, type Stat } from "../fs/index.js";
+import { Prng, SimDevice, crc32c, diffTrees, featureCompressLz4, featureReceivedSnapshots } from "../kvstore/index.js";
+import { GroveFs, send, type CompressionName, type InodeOps, type Stat } from "../fs/index.js";
 import { decodeExtent, isUnwritten, PayloadKind } from "../fs/format.js";
 import { O_CREAT, O_RDWR, expectFsClean, testClock } from "./fs_helpers.js";
 import { seeds, withSeed } from "./helpers.js";
@@ -25,9 +25,9 @@ const opsPerSnapshot = Number(process.env.GROVE_SEND_OPS ?? 60);
 const snapshotsPerRun = Number(process.env.GROVE_SEND_SNAPSHOTS ?? 4);
 const testFile = "test/send.test.ts";
 
-function fresh(blocks = 32768): { device: SimDevice; fs: GroveFs } {
+function fresh(blocks = 32768, compression: CompressionName = "none"): { device: SimDevice; fs: GroveFs } {
   let device = new SimDevice(blocks);
-  GroveFs.format(device, { clock: testClock() });
+  GroveFs.format(device, { clock: testClock(), compression });
   device = device.reopen();
   return { device, fs: GroveFs.open(device, { clock: testClock(2_000_000_000_000_000_000n) }) };
 }
@@ -51,6 +51,14 @@ function sourceOf(bytes: Buffer): send.ByteSource {
     at += chunk.length;
     return chunk;
   };
+}
+
+/** A stream's records, the end record left out. */
+function recordsOf(bytes: Buffer): send.StreamRecord[] {
+  const reader = new send.StreamReader(sourceOf(bytes));
+  const records: send.StreamRecord[] = [];
+  for (let record = reader.next(); record.type !== send.RecordType.End; record = reader.next()) records.push(record);
+  return records;
 }
 
 // ---- what a snapshot holds, through the API -------------------------------------------
@@ -296,26 +304,47 @@ function names(fs: GroveFs): string {
 
 // ---- tests ----------------------------------------------------------------------------
 
+/**
+ * The model-based runs: seeds on uncompressed volumes, and seeds whose sender
+ * compresses (lz4 extents go as stored) into a receiver that does not (so
+ * every compressed extent there came as stored, and the compressed figures
+ * must be equal) or does too.
+ */
+const modelRuns: { seed: number; sender: CompressionName; receiver: CompressionName }[] = [
+  ...seeds([1, 2, 3]).map((seed) => ({ seed, sender: "none" as const, receiver: "none" as const })),
+  ...seeds([4, 5]).map((seed) => ({ seed, sender: "lz4" as const, receiver: "none" as const })),
+  ...seeds([8]).map((seed) => ({ seed, sender: "lz4" as const, receiver: "lz4" as const })),
+];
+
 describe("send and receive", () => {
-  for (const seed of seeds([1, 2, 3])) {
-    it(`seed ${seed}: a chain of snapshots, full then incremental, arrives equal`, () => {
+  for (const { seed, sender, receiver } of modelRuns) {
+    const volumes = sender === "none" && receiver === "none" ? "" : ` (--compress ${sender} into --compress ${receiver})`;
+    it(`seed ${seed}${volumes}: a chain of snapshots, full then incremental, arrives equal`, () => {
       withSeed(seed, testFile, () => {
-        const a = fresh();
-        const b = fresh();
+        const a = fresh(32768, sender);
+        const b = fresh(32768, receiver);
         const rng = new Prng(seed);
         const work = new Workload(a.fs, rng);
         let parent: string | undefined;
+        let storedRecords = 0;
         for (let s = 0; s < snapshotsPerRun; s++) {
           for (let i = 0; i < opsPerSnapshot; i++) work.step();
           const name = `s${s}`;
           a.fs.createSubvolume(name, { readOnly: true });
           const bytes = streamOf(a.fs, name, parent);
+          storedRecords += recordsOf(bytes).filter((r) => r.type === send.RecordType.Stored).length;
           const summary = send.receiveStream(b.fs, sourceOf(bytes));
           expect(summary.snapshot).toBe(name);
           expectSameSnapshot(a.fs, name, b.fs, name);
           expect(sharingOf(b.fs, name)).toEqual(sharingOf(a.fs, name));
+          if (sender === "lz4" && receiver === "none") {
+            // Every lz4 extent arrived as stored, each once: the same figures (the live subvolume adds none, it is the last snapshot).
+            expect(b.fs.info().compressed).toEqual(a.fs.info().compressed);
+          }
           parent = name;
         }
+        if (sender === "lz4") expect(storedRecords).toBeGreaterThan(0);
+        else expect(storedRecords).toBe(0);
         // Every earlier snapshot is still equal (the receives did not touch them).
         for (let s = 0; s < snapshotsPerRun; s++) expectSameSnapshot(a.fs, `s${s}`, b.fs, `s${s}`);
         expect(b.fs.partialReceives()).toEqual([]);
@@ -438,7 +467,7 @@ describe("send and receive", () => {
     again.close();
   });
 
-  it("a send in steps (as a mount daemon runs it) writes the same stream, and holds its snapshots from deletion until it ends", () => {
+  it("a send in steps (as a mount daemon runs it) writes the same stream, the tree comparison in steps too, and holds its snapshots from deletion until it ends", () => {
     const a = fresh();
     const fs = a.fs;
     const work = new Workload(fs, new Prng(11));
@@ -451,15 +480,26 @@ describe("send and receive", () => {
     const run = send.startSend(fs, "two", (c) => chunks.push(c), { parent: "one" });
     const release = fs.holdSubvolumes(["two", "one"]);
     let steps = 0;
+    // Steps that wrote nothing: the comparison's (after the header, before the first change is known).
+    let silent = 0;
+    let silentBeforeSecondRecord = 0;
     while (!run.step(1)) {
       steps++;
+      const written = chunks.length;
+      if (written + silent < steps) {
+        silent++;
+        if (written === 1) silentBeforeSecondRecord++;
+      }
       // Between steps the live subvolume changes, and the snapshots cannot go.
       if (steps % 5 === 0) work.step();
       if (steps === 3) for (const name of ["one", "two"]) expect(() => fs.deleteSubvolume(name)).toThrow(/being sent/);
     }
     release();
     expect(Buffer.concat(chunks).equals(whole)).toBe(true);
-    expect(run.summary.records).toBe(steps + 1);
+    expect(silent).toBeGreaterThan(0);
+    expect(silentBeforeSecondRecord).toBe(silent);
+    expect(run.summary.records).toBe(steps + 1 - silent);
+    expect(run.summary.nodesRead).toBeGreaterThan(0);
     fs.deleteSubvolume("one");
     closeAndCheck(a.fs, a.device);
   });
@@ -544,6 +584,26 @@ describe("send and receive", () => {
     closeAndCheck(b.fs, b.device);
   });
 
+  it("a version 2 stream (before stored extents) is still received; a version 2 writer cannot carry a stored extent", () => {
+    const a = fresh();
+    const b = fresh();
+    const work = new Workload(a.fs, new Prng(22));
+    for (let i = 0; i < 40; i++) work.step();
+    a.fs.createSubvolume("old", { readOnly: true });
+    const chunks: Buffer[] = [];
+    const writer = new send.StreamWriter((c) => chunks.push(c), undefined, 2);
+    for (const record of recordsOf(streamOf(a.fs, "old"))) writer.write(record);
+    writer.end();
+    const v2 = Buffer.concat(chunks);
+    expect(v2.readUInt16LE(send.recordHeaderBytes + 8)).toBe(2);
+    send.receiveStream(b.fs, sourceOf(v2));
+    expectSameSnapshot(a.fs, "old", b.fs, "old");
+    const stored = { type: send.RecordType.Stored, ino: 2, offset: 0, stored: { unitBlocks: 2, offset: 0, blocks: 2, data: Buffer.alloc(10), crcs: Buffer.alloc(4) } } as const;
+    expect(() => send.encodeRecord(stored, 2)).toThrow(/no stored extents/);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
   it("refuses an incremental stream whose parent is not there, and a name that is taken", () => {
     const a = fresh();
     const b = fresh();
@@ -614,6 +674,79 @@ describe("damaged streams", () => {
     });
   }, 120_000);
 
+  it("a stored lz4 record that does not hold together (bytes against crcs, length prefix, decompressed length, a reference) is refused and changes nothing", () => {
+    const a = fresh(32768, "lz4");
+    const b = fresh();
+    const text = Buffer.from("compressible text, compressible text. ".repeat(2000)).subarray(0, 65536);
+    for (let i = 0; i < 3; i++) {
+      const { fh } = a.fs.createAt(1, Buffer.from(`f${i}`), C.S_IFREG | 0o644, O_CREAT | O_RDWR, caller);
+      a.fs.write(fh, text, text.length, 0);
+      if (i === 1) {
+        a.fs.fsyncAll();
+        a.fs.write(fh, Buffer.alloc(4096, 1), 4096, 8192); // written out over block 2: the extent now holds two slices
+      }
+      a.fs.release(fh);
+    }
+    a.fs.createSubvolume("s", { readOnly: true });
+    const records = recordsOf(streamOf(a.fs, "s"));
+    const stored = records.filter((r) => r.type === send.RecordType.Stored);
+    expect(stored.some((r) => r.again === undefined)).toBe(true);
+    expect(stored.some((r) => r.again !== undefined)).toBe(true);
+    const resealed = (change: (r: Extract<send.StreamRecord, { type: send.RecordType.Stored }>) => void, which: (r: send.StreamRecord) => boolean): Buffer => {
+      const chunks: Buffer[] = [];
+      const writer = new send.StreamWriter((chunk) => chunks.push(chunk));
+      let done = false;
+      for (const record of records) {
+        if (!done && record.type === send.RecordType.Stored && which(record)) {
+          const copy = { ...record, stored: { ...record.stored, data: Buffer.from(record.stored.data), crcs: Buffer.from(record.stored.crcs) } };
+          change(copy);
+          writer.write(copy);
+          done = true;
+        } else writer.write(record);
+      }
+      writer.end();
+      expect(done).toBe(true);
+      return Buffer.concat(chunks);
+    };
+    const first = (r: send.StreamRecord): boolean => r.type === send.RecordType.Stored && r.again === undefined;
+    const again = (r: send.StreamRecord): boolean => r.type === send.RecordType.Stored && r.again !== undefined;
+    const bad: [string, Buffer, RegExp][] = [
+      ["a byte of the compressed data", resealed((r) => (r.stored.data[r.stored.data.length - 1] ^= 0x10), first), /does not match its crc/],
+      ["a crc", resealed((r) => (r.stored.crcs[0] ^= 1), first), /does not match its crc/],
+      ["the unit size", resealed((r) => (r.stored.unitBlocks = 4), first), /unit of 4/],
+      [
+        "the length prefix (crcs resealed too)",
+        resealed((r) => {
+          r.stored.data.writeUInt32LE(r.stored.data.readUInt32LE(0) - 4096, 0);
+          const block = Buffer.alloc(4096);
+          r.stored.data.copy(block, 0, 0, Math.min(4096, r.stored.data.length));
+          r.stored.crcs.writeUInt32LE(crc32c(block), 0);
+        }, first),
+        /length prefix/,
+      ],
+      ["the slice past its unit", resealed((r) => (r.stored.offset = r.stored.unitBlocks), first), /outside a unit/],
+      ["a reference to where no such extent is", resealed((r) => (r.again!.offset += 4096 * 40), again), /holds no such compressed extent/],
+      ["a reference with other crcs", resealed((r) => (r.stored.crcs[0] ^= 1), again), /holds no such compressed extent/],
+    ];
+    const before = names(b.fs);
+    expect(b.fs.store.hasFeature(featureCompressLz4)).toBe(false);
+    for (const [what, bytes, why] of bad) {
+      expect(() => send.receiveStream(b.fs, sourceOf(bytes)), what).toThrow(why);
+      expect(names(b.fs), what).toBe(before);
+      expect(b.fs.partialReceives(), what).toEqual([]);
+    }
+    // The refused receives' hidden subvolumes are gone, their extents freed and uncounted.
+    b.fs.finishDeletions();
+    expect(b.fs.info().compressed.extents).toBe(0);
+    // The same stream whole arrives; the lz4 feature bit is set on a volume that had none, as a compressed write sets it.
+    send.receiveStream(b.fs, sourceOf(streamOf(a.fs, "s")));
+    expect(b.fs.store.hasFeature(featureCompressLz4)).toBe(true);
+    expectSameSnapshot(a.fs, "s", b.fs, "s");
+    expect(b.fs.info().compressed).toEqual(a.fs.info().compressed);
+    closeAndCheck(a.fs, a.device);
+    closeAndCheck(b.fs, b.device);
+  });
+
   it("refuses a wrong version and a foreign stream with their own words", () => {
     const a = fresh();
     const b = fresh();
@@ -633,10 +766,12 @@ describe("damaged streams", () => {
 });
 
 describe("resumable receive", () => {
-  for (const seed of seeds([6, 7])) {
-    it(`seed ${seed}: receives cut at random points, each resumed with its token, end identical; abort frees every block`, () => {
+  const runs = [...seeds([6, 7]).map((seed) => ({ seed, compression: "none" as const })), ...seeds([9]).map((seed) => ({ seed, compression: "lz4" as const }))];
+  for (const { seed, compression } of runs) {
+    const volumes = compression === "none" ? "" : " (--compress lz4 into --compress none)";
+    it(`seed ${seed}${volumes}: receives cut at random points, each resumed with its token, end identical; abort frees every block`, () => {
       withSeed(seed, testFile, () => {
-        const a = fresh();
+        const a = fresh(32768, compression);
         const b = fresh();
         const rng = new Prng(seed);
         const work = new Workload(a.fs, rng);
@@ -689,6 +824,54 @@ describe("resumable receive", () => {
       });
     }, 120_000);
   }
+});
+
+describe("a receive fed a chunk at a time (a mount daemon's)", () => {
+  it("applies records as they arrive, in chunks of any size, to the same snapshot; a stream that stops early is kept to resume", () => {
+    withSeed(10, testFile, () => {
+      const a = fresh(32768, "lz4");
+      const b = fresh();
+      const rng = new Prng(10);
+      const work = new Workload(a.fs, rng);
+      for (let i = 0; i < 40; i++) work.step();
+      a.fs.createSubvolume("base", { readOnly: true });
+      const bytes = streamOf(a.fs, "base");
+      const push = new send.ReceivePush(b.fs);
+      let at = 0;
+      let done = false;
+      while (at < bytes.length) {
+        const n = 1 + rng.below(rng.chance(0.5) ? 64 : 200_000);
+        push.push(bytes.subarray(at, at + n));
+        at += n;
+        done = push.step(1 + rng.below(5));
+        // Nothing is published before the end record has arrived.
+        if (at < bytes.length) expect(done).toBe(false);
+      }
+      const summary = push.end();
+      expect(summary).toMatchObject({ snapshot: "base", records: recordsOf(bytes).length + 1, bytes: bytes.length });
+      expectSameSnapshot(a.fs, "base", b.fs, "base");
+      for (let i = 0; i < 20; i++) work.step();
+      a.fs.createSubvolume("next", { readOnly: true });
+      const next = streamOf(a.fs, "next", "base");
+      const cut = new send.ReceivePush(b.fs);
+      cut.push(next.subarray(0, Math.floor(next.length / 2)));
+      cut.step(Number.MAX_SAFE_INTEGER);
+      expect(() => cut.end()).toThrow(/cut short/);
+      const [partial] = b.fs.partialReceives();
+      expect(partial).toBeDefined();
+      const token = send.decodeResumeToken(send.resumeTokenOf(b.fs, partial!.name)!);
+      const chunks: Buffer[] = [];
+      send.sendSnapshot(a.fs, "next", (c) => chunks.push(c), { parent: "base", resume: token });
+      const resumed = new send.ReceivePush(b.fs);
+      resumed.push(Buffer.concat(chunks));
+      expect(resumed.step(Number.MAX_SAFE_INTEGER)).toBe(true);
+      resumed.end();
+      expectSameSnapshot(a.fs, "next", b.fs, "next");
+      expect(b.fs.partialReceives()).toEqual([]);
+      closeAndCheck(a.fs, a.device);
+      closeAndCheck(b.fs, b.device);
+    });
+  });
 });
 
 describe("tree diff", () => {

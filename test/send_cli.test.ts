@@ -2,14 +2,18 @@
  * grovefs send, receive and diff as a user runs them, between two image
  * files: a pipe, a file, --json, the one-line refusals with their exit
  * status, and a receive killed midway (receive --status shows it, --abort
- * frees its space). Both images are checked with fsck at the end.
+ * frees its space); lz4 data sent as stored (the stream about the compressed
+ * size, grovefs info's compressed figures equal on both sides); fsck on a
+ * volume with received identities but without feature bit 5. Both images
+ * are checked with fsck at the end.
  */
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FileDevice } from "../kvstore/index.js";
+import { FileDevice, featureReceivedSnapshots, readSuperblock } from "../kvstore/index.js";
+import { writeSuperblockCopies } from "../kvstore/superblock_copies.js";
 import { GroveFs } from "../fs/index.js";
 import { bin, expectOneLineError, run, runGrovefs } from "./cli_helpers.js";
 import { O_CREAT, O_RDWR } from "./fs_helpers.js";
@@ -140,6 +144,81 @@ describe("grovefs send | grovefs receive", () => {
     for (const image of [a, b]) {
       const check = await runGrovefs(["fsck", image]);
       expect(check.code, check.stdout + check.stderr).toBe(0);
+    }
+  }, 120_000);
+});
+
+describe("grovefs send of lz4 data", () => {
+  it("sends lz4 extents as stored: the stream is about the compressed size, and grovefs info's compressed figures are equal on both sides", async () => {
+    const c = path.join(dir, "c.img");
+    const d = path.join(dir, "d.img");
+    expect((await runGrovefs(["mkfs", c, "--size", "64M", "--compress", "lz4"])).code).toBe(0);
+    expect((await runGrovefs(["mkfs", d, "--size", "64M"])).code).toBe(0);
+    let logical = 0;
+    populate(c, (fs) => {
+      for (let i = 0; i < 12; i++) {
+        const line = `line ${i} of compressible text, repeated; `.repeat(40);
+        const data = Buffer.from(line.repeat(Math.ceil((40_000 + i * 9000) / line.length)).slice(0, 40_000 + i * 9000));
+        logical += data.length;
+        const ino = put(fs, 1, `f${i}`, data);
+        if (i === 3) {
+          // A reflink of it, and a partial overwrite inside a compressed unit (its extent then holds two slices).
+          const copy = put(fs, 1, "copy", Buffer.alloc(0));
+          fs.copyFileRange({ ino }, 0, copy, 0, data.length);
+          const fh = fs.openIno(ino, O_RDWR);
+          fs.write(fh, Buffer.alloc(5000, 7), 5000, 20_000);
+          fs.release(fh);
+        }
+      }
+    });
+    expect((await runGrovefs(["snapshot", "create", c, "s"])).code).toBe(0);
+    const stream = path.join(dir, "lz4.stream");
+    const sent = await runGrovefs(["send", c, "s", "-f", stream, "--json"]);
+    expect(sent.code, sent.stderr).toBe(0);
+    const summary = JSON.parse(sent.stdout);
+    const infoOf = async (image: string): Promise<{ compressed: { extents: number; diskBytes: number; logicalBytes: number } }> =>
+      JSON.parse((await runGrovefs(["info", image, "--json"])).stdout);
+    const source = await infoOf(c);
+    expect(source.compressed.extents).toBeGreaterThan(10);
+    expect(summary.storedBytes).toBeGreaterThan(logical / 2);
+    // The compressed bytes as stored (unpadded), plus a few hundred bytes of records per file: far below the logical size.
+    expect(summary.storedDiskBytes).toBeLessThanOrEqual(source.compressed.diskBytes);
+    expect(fs.statSync(stream).size).toBeLessThan(source.compressed.diskBytes + 12 * 1024);
+    expect(fs.statSync(stream).size).toBeLessThan(logical / 4);
+    const got = await runGrovefs(["receive", d, "-f", stream]);
+    expect(got.code, got.stderr).toBe(0);
+    expect((await infoOf(d)).compressed).toEqual(source.compressed);
+    for (const image of [c, d]) {
+      const check = await runGrovefs(["fsck", image]);
+      expect(check.code, check.stdout + check.stderr).toBe(0);
+    }
+  }, 120_000);
+
+  it("fsck finds received-snapshot identities without feature bit 5 (32): -n reports it, -y sets it", async () => {
+    // d.img holds a received snapshot (the test above); a copy has the bit cleared in every superblock copy.
+    const e = path.join(dir, "e.img");
+    fs.copyFileSync(path.join(dir, "d.img"), e);
+    const device = FileDevice.open(e, { lock: true });
+    try {
+      const sb = readSuperblock(device);
+      expect(sb.features & featureReceivedSnapshots).toBe(featureReceivedSnapshots);
+      writeSuperblockCopies(device, { ...sb, features: sb.features & ~featureReceivedSnapshots });
+    } finally {
+      device.close();
+    }
+    const found = await runGrovefs(["fsck", e, "-n"]);
+    expect(found.code, found.stdout + found.stderr).toBe(4);
+    expect(found.stdout).toMatch(/received-snapshot identities exist but the feature that says so is not set/);
+    const fixed = await runGrovefs(["fsck", e, "-y"]);
+    expect(fixed.code, fixed.stdout + fixed.stderr).toBe(1);
+    expect(fixed.stdout).toMatch(/set the feature bit of received-snapshot identities/);
+    const clean = await runGrovefs(["fsck", e]);
+    expect(clean.code, clean.stdout + clean.stderr).toBe(0);
+    const reopened = FileDevice.open(e, { readOnly: true });
+    try {
+      expect(readSuperblock(reopened).features & featureReceivedSnapshots).toBe(featureReceivedSnapshots);
+    } finally {
+      reopened.close();
     }
   }, 120_000);
 });

@@ -13,7 +13,7 @@
  * unlinked file a snapshot caught while it was still open is not sent.
  */
 import { constants as C } from "node:fs";
-import { diffTrees, treeDepthMax } from "../../kvstore/index.js";
+import { diffTreesSteps, treeDepthMax } from "../../kvstore/index.js";
 import { rootIno } from "../constants.js";
 import { decodeDirent, decodeInode, type Inode } from "../format.js";
 import type { SendSource } from "../filesystem.js";
@@ -62,33 +62,63 @@ function isDir(inode: Inode): boolean {
 
 /** Changes from `before` (undefined: an empty volume, a full send) to `after`. */
 export function findChanges(before: SendSource | undefined, after: SendSource): Changes {
+  const steps = findChangesSteps(before, after);
+  for (;;) {
+    const next = steps.next();
+    if (next.done === true) return next.value;
+  }
+}
+
+/** Keys (a full send) or changed items (an incremental one) per step of `findChangesSteps`. */
+const itemsPerStep = 256;
+
+/**
+ * `findChanges` a step at a time (a mount daemon's send runs it between
+ * requests): it yields after each tree node the comparison reads, every
+ * few hundred keys of a full send's listing, and every few changed inodes
+ * it looks at, and returns the changes.
+ */
+export function* findChangesSteps(before: SendSource | undefined, after: SendSource): Generator<undefined, Changes> {
   const touched = new Set<number>();
   let nodesRead = 0;
+  let items = 0;
   if (before === undefined) {
     for (const [key] of after.tree.range({ from: inodeKeyFirst })) {
       const ino = Number(key.readBigUInt64BE(0));
       if (ino >= rootIno) touched.add(ino);
+      if (++items % itemsPerStep === 0) yield undefined;
     }
   } else {
-    nodesRead = diffTrees(before.tree, after.tree, ({ key, before: old, after: now }) => {
+    const diff = diffTreesSteps(before.tree, after.tree);
+    for (;;) {
+      const next = diff.next();
+      if (next.done === true) {
+        nodesRead = next.value.nodesRead;
+        break;
+      }
+      if (next.value === null || ++items % itemsPerStep === 0) yield undefined;
+      if (next.value === null) continue;
+      const { key, before: old, after: now } = next.value;
       const ino = Number(key.readBigUInt64BE(0));
-      if (ino < rootIno) return; // the counters and the orphan list
+      if (ino < rootIno) continue; // the counters and the orphan list
       // A record (8-byte key) or an xattr chunk of the inode.
       if (key.length === 8 && old !== undefined && now !== undefined) {
         const a = decodeInode(ino, old);
         const b = decodeInode(ino, now);
         // An open, unlinked inode is not sent: nothing to do while it stays so.
-        if (a.nlink === 0 && b.nlink === 0) return;
+        if (a.nlink === 0 && b.nlink === 0) continue;
       }
       touched.add(ino);
-    }).nodesRead;
+    }
   }
   const created: number[] = [];
   const deleted: number[] = [];
   const changed: number[] = [];
   const removed: NameChange[] = [];
   const added: NameChange[] = [];
+  let looked = 0;
   for (const ino of [...touched].sort((a, b) => a - b)) {
+    if (++looked % 16 === 0) yield undefined;
     const old = before === undefined ? undefined : inodeAt(before, ino);
     const now = inodeAt(after, ino);
     if (old === undefined && now === undefined) continue;

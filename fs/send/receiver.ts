@@ -24,7 +24,18 @@ import { constants as C } from "node:fs";
 import { GroveError } from "../../kvstore/index.js";
 import { rootIno } from "../constants.js";
 import { receivePartialPrefix, type GroveFs } from "../filesystem.js";
-import { RecordType, StreamReader, encodeResumeToken, streamError, type ByteSource, type StreamHeader, type StreamRecord } from "./stream_format.js";
+import {
+  RecordType,
+  StreamReader,
+  encodeResumeToken,
+  recordCrcBytes,
+  recordHeaderBytes,
+  recordPayloadBytesMax,
+  streamError,
+  type ByteSource,
+  type StreamHeader,
+  type StreamRecord,
+} from "./stream_format.js";
 
 export interface ReceiveOptions {
   /** The snapshot's name here (default: the sent snapshot's). */
@@ -58,7 +69,122 @@ export function partialNameFor(name: string): string {
 /** Reads a stream from `source` into `fs`'s volume as a new read-only snapshot (or resumes one: a stream sent with --resume). */
 export function receiveStream(fs: GroveFs, source: ByteSource, options: ReceiveOptions = {}): ReceiveSummary {
   const reader = new StreamReader(source);
-  const first = reader.next();
+  const run = openReceive(fs, reader, reader.next(), options);
+  for (;;) {
+    let record: StreamRecord;
+    try {
+      record = reader.next();
+    } catch (error) {
+      return run.fail(error);
+    }
+    if (run.apply(record)) return run.summary();
+  }
+}
+
+/**
+ * A receive fed a chunk at a time (a mount daemon's: the stream arrives on
+ * its control socket, and records are applied a few at a time between FUSE
+ * requests). `push` takes bytes; `step` applies up to a number of whole
+ * records that have arrived, true once the end record has verified and the
+ * snapshot is published; `end` says no more bytes come: a stream cut short
+ * (the client went away) is kept, hidden, to resume, as receiveStream keeps it.
+ */
+export class ReceivePush {
+  private readonly chunks: Buffer[] = [];
+  private bufferedBytes = 0;
+  private readonly reader: StreamReader;
+  private run: ReceiveRun | undefined;
+  private done = false;
+  private result: ReceiveSummary | undefined;
+
+  constructor(
+    private readonly fs: GroveFs,
+    private readonly options: ReceiveOptions = {},
+  ) {
+    this.reader = new StreamReader((length) => this.take(length));
+  }
+
+  /** Bytes arrived and not yet applied. */
+  get pending(): number {
+    return this.bufferedBytes;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.bufferedBytes += chunk.length;
+  }
+
+  /** Applies up to `records` whole records that have arrived; true once the snapshot is published. */
+  step(records: number): boolean {
+    for (let n = 0; n < records && !this.done && this.wholeRecordBuffered(); n++) {
+      if (this.run === undefined) {
+        this.run = openReceive(this.fs, this.reader, this.reader.next(), this.options);
+        continue;
+      }
+      let record: StreamRecord;
+      try {
+        record = this.reader.next();
+      } catch (error) {
+        return this.run.fail(error);
+      }
+      if (this.run.apply(record)) {
+        this.done = true;
+        this.result = this.run.summary();
+      }
+    }
+    return this.done;
+  }
+
+  /** No more bytes come: the summary, or the stream's error (cut short: kept to resume). */
+  end(): ReceiveSummary {
+    while (!this.done && this.wholeRecordBuffered()) this.step(Number.MAX_SAFE_INTEGER);
+    if (this.result !== undefined) return this.result;
+    const cut = streamError("truncated", `the stream ends before its end record (after ${this.reader.records} records, ${this.reader.offset} bytes): it was cut short`);
+    if (this.run === undefined) throw cut;
+    return this.run.fail(cut);
+  }
+
+  private wholeRecordBuffered(): boolean {
+    if (this.bufferedBytes < recordHeaderBytes) return false;
+    const head = this.peek(recordHeaderBytes);
+    const length = head.readUInt32LE(4);
+    // An impossible length is the reader's to refuse: let it read the header.
+    if (length > recordPayloadBytesMax) return true;
+    return this.bufferedBytes >= recordHeaderBytes + length + recordCrcBytes;
+  }
+
+  private peek(length: number): Buffer {
+    if (this.chunks[0]!.length < length) {
+      const joined = Buffer.concat(this.chunks);
+      this.chunks.length = 0;
+      this.chunks.push(joined);
+    }
+    return this.chunks[0]!.subarray(0, length);
+  }
+
+  private take(length: number): Buffer {
+    if (this.chunks.length === 0) return Buffer.alloc(0);
+    const first = this.chunks[0]!;
+    const n = Math.min(length, first.length);
+    const out = first.subarray(0, n);
+    if (n === first.length) this.chunks.shift();
+    else this.chunks[0] = first.subarray(n);
+    this.bufferedBytes -= n;
+    return out;
+  }
+}
+
+interface ReceiveRun {
+  /** Applies one record (after the first); true once the end record has verified and the snapshot is published. */
+  apply(record: StreamRecord): boolean;
+  /** The receive failed with `error`: a cut-short stream is kept to resume, anything else thrown away; rethrows it. */
+  fail(error: unknown): never;
+  summary(): ReceiveSummary;
+}
+
+/** Checks the first record against the volume and opens (or reopens, to resume) the hidden subvolume. */
+function openReceive(fs: GroveFs, reader: StreamReader, first: StreamRecord, options: ReceiveOptions): ReceiveRun {
   if (first.type !== RecordType.Header && first.type !== RecordType.Resume) throw streamError("no_header", "the stream does not start with a header");
   const header = first.header;
   const name = options.name ?? header.name;
@@ -89,24 +215,9 @@ export function receiveStream(fs: GroveFs, source: ByteSource, options: ReceiveO
   }
   const save = (): void => fs.saveReceiveProgress(partial, { ...header.identity, progress: reader.progress() });
   let closed = false;
-  try {
-    if (first.type === RecordType.Header) save();
-    const applier = new Applier(target, parent === undefined ? undefined : (fs.snapshotView(parent) as GroveFs), header);
-    for (;;) {
-      const record = reader.next();
-      options.progress?.(reader.offset);
-      if (record.type === RecordType.End) break;
-      applier.apply(record, reader);
-      // In the same transaction as what the record changed: any commit holds both or neither.
-      save();
-    }
-    applier.finish();
-    if (target.nextIno < header.nextIno) target.reserveIno(header.nextIno);
-    target.close();
-    closed = true;
-    fs.publishReceived(partial, name, header.identity);
-  } catch (error) {
+  const fail = (error: unknown): never => {
     if (!closed) {
+      closed = true;
       try {
         target.close();
       } catch {
@@ -117,8 +228,37 @@ export function receiveStream(fs: GroveFs, source: ByteSource, options: ReceiveO
     const resumable = error instanceof GroveError && error.detail === "EINVAL_stream_truncated";
     if (!resumable && !fs.store.isPoisoned && fs.partialReceives().some((s) => s.name === partial)) fs.abortReceive(partial);
     throw error;
+  };
+  let applier: Applier;
+  try {
+    if (first.type === RecordType.Header) save();
+    applier = new Applier(target, parent === undefined ? undefined : (fs.snapshotView(parent) as GroveFs), header);
+  } catch (error) {
+    return fail(error);
   }
-  return { snapshot: name, parent: parent ?? null, records: reader.records, bytes: reader.offset };
+  return {
+    apply: (record) => {
+      try {
+        options.progress?.(reader.offset);
+        if (record.type !== RecordType.End) {
+          applier.apply(record, reader);
+          // In the same transaction as what the record changed: any commit holds both or neither.
+          save();
+          return false;
+        }
+        applier.finish();
+        if (target.nextIno < header.nextIno) target.reserveIno(header.nextIno);
+        target.close();
+        closed = true;
+        fs.publishReceived(partial, name, header.identity);
+        return true;
+      } catch (error) {
+        return fail(error);
+      }
+    },
+    fail,
+    summary: () => ({ snapshot: name, parent: parent ?? null, records: reader.records, bytes: reader.offset }),
+  };
 }
 
 /** The token that resumes the interrupted receive in hidden subvolume `partial`, if it got past its header. */
@@ -205,6 +345,16 @@ class Applier {
       case RecordType.Prealloc:
         this.regular(record.ino);
         if (record.length > 0) fs.fallocate(record.ino, fallocKeepSize, record.offset, record.length);
+        return;
+      case RecordType.Stored:
+        this.regular(record.ino);
+        try {
+          if (record.again === undefined) fs.insertStoredExtent(record.ino, record.offset, record.stored);
+          else fs.shareStoredExtent(record.ino, record.offset, record.stored, record.again.ino, record.again.offset);
+        } catch (error) {
+          if (error instanceof GroveError && error.detail === "EINVAL_stored_extent") throw streamError("stored", `a stored extent of inode ${record.ino} at byte ${record.offset}: ${error.message}`);
+          throw error;
+        }
         return;
       case RecordType.Share: {
         this.regular(record.ino);

@@ -3,7 +3,8 @@
  * stream) as stream records (fs/send/stream_format.ts), in the order the
  * format prescribes.
  *
- * File data goes as written bytes, holes as hole records, and a slice of a
+ * File data goes as written bytes (an lz4 extent as it is stored: its
+ * compressed bytes and crcs, never decompressed), holes as hole records, and a slice of a
  * physical extent already sent in this stream (a reflink, a copy made with
  * copy_file_range, a snapshot's sharing) as a share record, so the receiver
  * shares it too. In an incremental stream an extent record the parent holds
@@ -12,9 +13,9 @@
  */
 import { constants as C } from "node:fs";
 import { blockSizeBytes } from "../../kvstore/index.js";
-import { PayloadKind, decodeExtent, decodeInode, isUnwritten, type Extent, type Inode } from "../format.js";
+import { Compression, PayloadKind, decodeExtent, decodeInode, isUnwritten, type Extent, type Inode } from "../format.js";
 import type { GroveFs, SendSource } from "../filesystem.js";
-import { depthOf, findChanges, type Changes, type NameChange } from "./changes.js";
+import { depthOf, findChangesSteps, type Changes, type NameChange } from "./changes.js";
 import { RecordType, StreamWriter, streamError, writeChunkBytesMax, type ResumeToken, type StreamRecord } from "./stream_format.js";
 
 export interface SendOptions {
@@ -33,6 +34,9 @@ export interface SendSummary {
   bytes: number;
   /** File bytes sent as data. */
   dataBytes: number;
+  /** File bytes sent as lz4 extents as they are stored (their compressed bytes: `storedDiskBytes`). */
+  storedBytes: number;
+  storedDiskBytes: number;
   /** File bytes sent as shares of data already sent or in the parent. */
   sharedBytes: number;
   inodes: { created: number; changed: number; deleted: number };
@@ -78,7 +82,6 @@ export interface SendRun {
 export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => void, options: SendOptions = {}): SendRun {
   const after = fs.sendSource(name);
   const before = options.parent === undefined ? undefined : fs.sendSource(options.parent);
-  const changes = findChanges(before, after);
   const resume = options.resume;
   if (resume !== undefined) {
     const own = after.identity;
@@ -94,11 +97,13 @@ export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => vo
     records: 0,
     bytes: 0,
     dataBytes: 0,
+    storedBytes: 0,
+    storedDiskBytes: 0,
     sharedBytes: 0,
-    inodes: { created: changes.created.length, changed: changes.changed.length - changes.created.length, deleted: changes.deleted.length },
-    nodesRead: changes.nodesRead,
+    inodes: { created: 0, changed: 0, deleted: 0 },
+    nodesRead: 0,
   };
-  const records = streamRecords(before, after, changes, summary);
+  const records = streamRecords(before, after, summary);
   let done = false;
   const step = (budget: number): boolean => {
     for (let n = 0; n < budget && !done; n++) {
@@ -110,6 +115,8 @@ export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => vo
         done = true;
         break;
       }
+      // A step of the tree comparison, not a record: it counts against the budget all the same.
+      if (next.value === undefined) continue;
       writer.write(next.value);
       options.progress?.(writer.sent);
     }
@@ -118,12 +125,19 @@ export function startSend(fs: GroveFs, name: string, sink: (chunk: Buffer) => vo
   return { step, summary };
 }
 
-/** The stream's records, header first, in the order the format prescribes (the end record is the writer's). */
-function* streamRecords(before: SendSource | undefined, after: SendSource, changes: Changes, summary: SendSummary): Generator<StreamRecord, void> {
+/**
+ * The stream's records, header first, in the order the format prescribes
+ * (the end record is the writer's); undefined after each step of the tree
+ * comparison, which runs after the header, a few nodes a step.
+ */
+function* streamRecords(before: SendSource | undefined, after: SendSource, summary: SendSummary): Generator<StreamRecord | undefined, void> {
   yield {
     type: RecordType.Header,
     header: { name: after.name, identity: after.identity, parent: before?.identity, nextIno: after.nextIno },
   };
+  const changes: Changes = yield* findChangesSteps(before, after);
+  summary.inodes = { created: changes.created.length, changed: changes.changed.length - changes.created.length, deleted: changes.deleted.length };
+  summary.nodesRead = changes.nodesRead;
   for (const ino of changes.created) {
     const inode = after.inodes.load(ino);
     const target = (inode.mode & S_IFMT) === C.S_IFLNK ? after.fs.readlinkIno(ino) : Buffer.alloc(0);
@@ -133,6 +147,7 @@ function* streamRecords(before: SendSource | undefined, after: SendSource, chang
   const links = [...changes.added].sort((a, b) => a.parent - b.parent || Buffer.compare(a.name, b.name));
   for (const link of links) yield { type: RecordType.Link, parent: link.parent, child: link.child, name: link.name };
   const sent = new Map<number, SentSlice[]>();
+  const storedSent = new Map<number, StoredAt>();
   if (before !== undefined) {
     for (const ino of changes.changed) {
       const old = before.inodes.tryLoad(ino);
@@ -143,7 +158,7 @@ function* streamRecords(before: SendSource | undefined, after: SendSource, chang
     const inode = after.inodes.load(ino);
     const old = before?.inodes.tryLoad(ino);
     yield* xattrRecords(before, after, ino, old);
-    if ((inode.mode & S_IFMT) === C.S_IFREG) yield* dataRecords(before, after, inode, old, sent, summary);
+    if ((inode.mode & S_IFMT) === C.S_IFREG) yield* dataRecords(before, after, inode, old, sent, storedSent, summary);
   }
   for (const ino of changes.changed) {
     const inode = after.inodes.load(ino);
@@ -224,6 +239,12 @@ function remember(sent: Map<number, SentSlice[]>, extent: Extent, ino: number, f
   sent.set(extent.extentLba, list);
 }
 
+/** Where a stored record of this stream put a physical lz4 extent: a file block of the receiver's file that holds it. */
+interface StoredAt {
+  ino: number;
+  fileBlock: number;
+}
+
 interface Segment {
   fileBlock: number;
   blocks: number;
@@ -269,6 +290,7 @@ function* dataRecords(
   inode: Inode,
   old: Inode | undefined,
   sent: Map<number, SentSlice[]>,
+  storedSent: Map<number, StoredAt>,
   summary: SendSummary,
 ): Generator<StreamRecord, void> {
   const ino = inode.ino;
@@ -311,6 +333,22 @@ function* dataRecords(
           const srcOffset = (from.fileBlock + (extent.offset + (segment.fileBlock - extent.fileBlock) - from.offset)) * blockSizeBytes;
           summary.sharedBytes += n;
           yield { type: RecordType.Share, ino, offset: at, length: whole, srcIno: from.ino, srcOffset, fromParent: from.fromParent };
+        } else if (extent.compression === Compression.Lz4) {
+          // As stored: the extent's compressed bytes and crcs, for this slice of its unit (whole blocks; the truncate comes after).
+          // A slice no sent record holds of an extent sent already (a partial overwrite split it): the same extent again, by reference.
+          const earlier = storedSent.get(extent.extentLba);
+          const slice = { offset: extent.offset + (segment.fileBlock - extent.fileBlock), blocks: segment.blocks };
+          if (earlier !== undefined) {
+            summary.sharedBytes += n;
+            const again = { unitBlocks: extent.unitBlocks, ...slice, data: Buffer.alloc(0), crcs: Buffer.from(extent.crcs.subarray(0, 4 * extent.diskBlocks)) };
+            yield { type: RecordType.Stored, ino, offset: at, stored: again, again: { ino: earlier.ino, offset: earlier.fileBlock * blockSizeBytes } };
+          } else {
+            const stored = { ...after.data.readStored(ino, extent), ...slice };
+            summary.storedBytes += n;
+            summary.storedDiskBytes += stored.data.length;
+            storedSent.set(extent.extentLba, { ino, fileBlock: segment.fileBlock });
+            yield { type: RecordType.Stored, ino, offset: at, stored };
+          }
         } else {
           yield* writeBytes(at, n);
         }

@@ -1,8 +1,9 @@
 /**
  * The send stream: what `grovefs send` writes and `grovefs receive` reads,
  * defined once here (as btrfs's send.h and ZFS's DRR records). Nothing
- * outside this module touches its offsets. Version 2; version 1 streams
- * (no preallocated ranges, attrs without crtime) are still read.
+ * outside this module touches its offsets. Version 3; version 2 streams (no
+ * stored compressed extents) and version 1 streams (nor preallocated
+ * ranges, attrs without crtime) are still read.
  *
  * A stream is a sequence of records: a header first, the end record last.
  * Records name inodes by number and file data by byte offset, never by path
@@ -79,6 +80,29 @@
  *              8   8  byte offset
  *             16   8  length in bytes: preallocated (unwritten) blocks,
  *                     past the size too (fallocate KEEP_SIZE)
+ *   stored     0   8  ino (version 3): an lz4 extent sent as it is stored
+ *              8   8  byte offset (whole blocks) of the slice's first block
+ *             16   1  compression (1: lz4, the only one)
+ *             17   1  blocks of the unit the extent decompresses to (u)
+ *             18   2  the slice: its first block in the unit
+ *             20   2           its blocks
+ *             22   2  disk blocks d the extent takes
+ *             24  4d  crc32c of each disk block as stored (the last one
+ *                     zero-padded to a whole block)
+ *          24+4d   -  the compressed bytes (lz4-napi's block format: the
+ *                     unit's length as u32 LE, then one lz4 block),
+ *                     without the padding: d = ceil(their length / 4096)
+ *             (the receiver checks the crcs against the bytes, the length
+ *             prefix, and decompresses once to check the unit's length,
+ *             before it stores the bytes and crcs as they came)
+ *             flags bit 0: again: the extent went in an earlier stored
+ *             record of this stream (this is another slice of it, which no
+ *             record sent holds); in place of the bytes:
+ *          24+4d   8  ino of a file that holds the extent here
+ *          32+4d   8  byte offset of one of that file's blocks that holds it
+ *             (the receiver finds the extent there, checks its unit size
+ *             and crcs against these, and records this slice of it: the
+ *             extent stays one, shared)
  *   resume     the header's payload, then:
  *           84+m   8  records of the original stream the receiver holds
  *           92+m   8  bytes of the original stream it holds
@@ -92,16 +116,18 @@
  *
  * Order: the header; inode records in ascending ino; unlinks (moves to
  * temporary names and unlinks of files, then rmdirs, deepest first);
- * links; per inode its xattrs, data, its size (truncate), then holes, then
+ * links; per inode its xattrs, data (writes, stored extents, shares), its
+ * size (truncate), then holes, then
  * preallocated ranges; attrs last (so a
  * directory's mtime is set after its entries changed); the end record.
  */
-import { GroveError, crc32c } from "../../kvstore/index.js";
+import { GroveError, blockSizeBytes, crc32c } from "../../kvstore/index.js";
+import type { StoredExtent } from "../compression.js";
 
 export const streamMagic = Buffer.from("GROVSEND", "ascii");
-export const streamVersion = 2;
-/** The versions a receiver reads (a version 1 stream came from an older grovefs). */
-export const streamVersionsRead = [1, 2];
+export const streamVersion = 3;
+/** The versions a receiver reads (versions 1 and 2 came from an older grovefs). */
+export const streamVersionsRead = [1, 2, 3];
 
 const R_TYPE = 0;
 const R_FLAGS = R_TYPE + 2;
@@ -126,6 +152,7 @@ export const enum RecordType {
   Attr = 11,
   Resume = 12,
   Prealloc = 13,
+  Stored = 14,
   End = 15,
 }
 
@@ -133,6 +160,15 @@ export const unlinkFlagKeep = 1;
 export const unlinkFlagRmdir = 2;
 export const shareFlagFromParent = 1;
 export const headerFlagIncremental = 1;
+/** The stored record's compression byte: lz4 (fs/compression.ts). */
+export const storedCompressionLz4 = 1;
+export const storedFlagAgain = 1;
+const S_COMPRESSION = 16;
+const S_UNIT_BLOCKS = S_COMPRESSION + 1;
+const S_OFFSET = S_UNIT_BLOCKS + 1;
+const S_BLOCKS = S_OFFSET + 2;
+const S_DISK_BLOCKS = S_BLOCKS + 2;
+const S_CRCS = S_DISK_BLOCKS + 2;
 
 const H_MAGIC = 0;
 const H_VERSION = H_MAGIC + 8;
@@ -192,6 +228,7 @@ export type StreamRecord =
   | { type: RecordType.Write; ino: number; offset: number; data: Buffer }
   | { type: RecordType.Hole; ino: number; offset: number; length: number }
   | { type: RecordType.Prealloc; ino: number; offset: number; length: number }
+  | { type: RecordType.Stored; ino: number; offset: number; stored: StoredExtent; again?: { ino: number; offset: number } }
   | { type: RecordType.Share; ino: number; offset: number; length: number; srcIno: number; srcOffset: number; fromParent: boolean }
   | { type: RecordType.Truncate; ino: number; size: number }
   | { type: RecordType.Xattr; ino: number; name: string; value: Buffer }
@@ -258,6 +295,20 @@ function payloadOf(record: StreamRecord, streamVersionOut: number): { flags: num
     case RecordType.Prealloc:
       if (streamVersionOut < 2) throw new RangeError("a version 1 stream has no preallocated ranges");
       return { flags: 0, payload: Buffer.concat([u64(record.ino), u64(record.offset), u64(record.length)]) };
+    case RecordType.Stored: {
+      if (streamVersionOut < 3) throw new RangeError("a version 1 or 2 stream has no stored extents");
+      const st = record.stored;
+      const fixed = Buffer.alloc(S_CRCS - S_COMPRESSION);
+      fixed.writeUInt8(storedCompressionLz4, S_COMPRESSION - S_COMPRESSION);
+      fixed.writeUInt8(st.unitBlocks, S_UNIT_BLOCKS - S_COMPRESSION);
+      fixed.writeUInt16LE(st.offset, S_OFFSET - S_COMPRESSION);
+      fixed.writeUInt16LE(st.blocks, S_BLOCKS - S_COMPRESSION);
+      fixed.writeUInt16LE(st.crcs.length / 4, S_DISK_BLOCKS - S_COMPRESSION);
+      if (record.again !== undefined) {
+        return { flags: storedFlagAgain, payload: Buffer.concat([u64(record.ino), u64(record.offset), fixed, st.crcs, u64(record.again.ino), u64(record.again.offset)]) };
+      }
+      return { flags: 0, payload: Buffer.concat([u64(record.ino), u64(record.offset), fixed, st.crcs, st.data]) };
+    }
     case RecordType.Share:
       return {
         flags: record.fromParent ? shareFlagFromParent : 0,
@@ -475,7 +526,7 @@ function decodePayload(type: number, flags: number, p: Buffer, where: string): S
       if (!p.subarray(H_MAGIC, H_MAGIC + 8).equals(streamMagic)) throw streamError("magic", "this is not a grovefs send stream");
       const version = p.readUInt16LE(H_VERSION);
       if (!streamVersionsRead.includes(version)) {
-        throw streamError("version", `the stream is version ${version}; this grovefs reads versions ${streamVersionsRead.join(" and ")}`);
+        throw streamError("version", `the stream is version ${version}; this grovefs reads versions ${streamVersionsRead.slice(0, -1).join(", ")} and ${streamVersionsRead.at(-1)}`);
       }
       const nameLength = p.readUInt16LE(H_NAME_LENGTH);
       exact(H_NAME + nameLength);
@@ -519,6 +570,32 @@ function decodePayload(type: number, flags: number, p: Buffer, where: string): S
       exact(24);
       flagsOnly(0);
       return { type, ino: u(0), offset: u(8), length: u(16) };
+    case RecordType.Stored: {
+      need(S_CRCS);
+      flagsOnly(storedFlagAgain);
+      if (p.readUInt8(S_COMPRESSION) !== storedCompressionLz4) bad(`unknown compression ${p.readUInt8(S_COMPRESSION)}`);
+      const disk = p.readUInt16LE(S_DISK_BLOCKS);
+      const dataAt = S_CRCS + 4 * disk;
+      const slice = { unitBlocks: p.readUInt8(S_UNIT_BLOCKS), offset: p.readUInt16LE(S_OFFSET), blocks: p.readUInt16LE(S_BLOCKS) };
+      if ((flags & storedFlagAgain) !== 0) {
+        exact(dataAt + 16);
+        const crcs = Buffer.from(p.subarray(S_CRCS, dataAt));
+        return { type, ino: u(0), offset: u(8), stored: { ...slice, crcs, data: Buffer.alloc(0) }, again: { ino: u(dataAt), offset: u(dataAt + 8) } };
+      }
+      need(dataAt + 1);
+      const data = Buffer.from(p.subarray(dataAt));
+      if (Math.ceil(data.length / blockSizeBytes) !== disk) bad(`${data.length} compressed bytes in ${disk} disk blocks`);
+      return {
+        type,
+        ino: u(0),
+        offset: u(8),
+        stored: {
+          ...slice,
+          crcs: Buffer.from(p.subarray(S_CRCS, dataAt)),
+          data,
+        },
+      };
+    }
     case RecordType.Share:
       exact(40);
       flagsOnly(shareFlagFromParent);
