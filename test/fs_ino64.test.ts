@@ -16,6 +16,7 @@ import { objectOwnedMax, objectTreeOwner, ownerObject, ownerSubvolume, subvolume
 import { openVolume } from "../snapshot/index.js";
 import { PayloadKind, decodeInode, inodeKey } from "../fs/format.js";
 import { fsEdges } from "../fs/edges.js";
+import { foldIno } from "../fs/fuse_bridge.js";
 import { O_CREAT, O_RDWR, expectBytes, expectErrno, expectFsClean, pattern, readFile, testClock } from "./fs_helpers.js";
 
 const caller = { uid: 0, gid: 0 };
@@ -197,6 +198,17 @@ describe("inode numbers past 2^32", () => {
       expectFsClean(device.reopen());
     });
   }
+
+  it("fold onto 32 bits for fuse-native, never onto 0 or the root's 1", () => {
+    for (const ino of [1, 2, 2 ** 32 - 1]) expect(foldIno(ino)).toBe(ino);
+    expect(foldIno(2 ** 32)).toBe(2);
+    expect(foldIno(2 ** 32 + 2)).toBe(4);
+    for (const ino of [2 ** 32 + 1, 2 * 2 ** 32 - 4, 2 * 2 ** 32 - 3, inoMax]) {
+      const folded = foldIno(ino);
+      expect(folded).toBeGreaterThanOrEqual(2);
+      expect(folded).toBeLessThanOrEqual(2 ** 32 - 1);
+    }
+  });
 
   it("hand out the largest number, then refuse with ENOSPC_inodes (and refuse a counter past it)", () => {
     const { device, fs } = fresh();
