@@ -7,11 +7,12 @@
  * not collide); after a snapshot, changes to those trees copy them without
  * touching the snapshot. The volume gains feature bit 7 only once a number
  * reaches 2^32, keeps its files over a reopen, refuses at the bound with
- * ENOSPC_inodes, and fsck finds it clean.
+ * ENOSPC_inodes, sends and receives them with their numbers, and fsck finds
+ * it clean.
  */
 import { describe, expect, it } from "vitest";
 import { SimDevice, featureWideInodes, readSuperblock } from "../kvstore/index.js";
-import { GroveFs, inoMax } from "../fs/index.js";
+import { GroveFs, inoMax, send } from "../fs/index.js";
 import { objectOwnedMax, objectTreeOwner, ownerObject, ownerSubvolume, subvolumeIdMax } from "../snapshot/index.js";
 import { openVolume } from "../snapshot/index.js";
 import { PayloadKind, decodeInode, inodeKey } from "../fs/format.js";
@@ -198,6 +199,44 @@ describe("inode numbers past 2^32", () => {
       expectFsClean(device.reopen());
     });
   }
+
+  it("send and receive a snapshot with numbers past 2^32 (incremental too): the receiver keeps them and gains the feature bit", () => {
+    const a = fresh();
+    const files = crossBoundary(a.fs, 2 ** 32 - 2);
+    a.fs.createSubvolume("s1", { readOnly: true });
+    const frag = a.fs.open("/big/frag", O_RDWR);
+    const changed = pattern(4096, 77);
+    a.fs.write(frag, changed, changed.length, 8192);
+    a.fs.release(frag);
+    a.fs.unlink("/big/e20");
+    put(a.fs, "/big/later", pattern(20, 8));
+    a.fs.createSubvolume("s2", { readOnly: true });
+    const b = fresh();
+    for (const [name, parent] of [["s1", undefined], ["s2", "s1"]] as const) {
+      const chunks: Buffer[] = [];
+      send.sendSnapshot(a.fs, name, (chunk) => chunks.push(chunk), { parent });
+      const bytes = Buffer.concat(chunks);
+      let at = 0;
+      send.receiveStream(b.fs, (length) => {
+        const chunk = bytes.subarray(at, Math.min(bytes.length, at + length));
+        at += chunk.length;
+        return chunk;
+      });
+    }
+    b.fs.sync();
+    expect(hasWide(b.device)).toBe(true);
+    const s1 = b.fs.snapshotView("s1");
+    expectFiles(s1, files);
+    expect(s1.getattr("/big/frag").ino).toBe(a.fs.snapshotView("s1").getattr("/big/frag").ino);
+    const s2 = b.fs.snapshotView("s2");
+    expect(s2.getattr("/big/later").ino).toBe(a.fs.getattr("/big/later").ino);
+    expect(s2.getattr("/big/later").ino).toBeGreaterThan(2 ** 32);
+    expectBytes(readFile(s2, "/big/frag"), readFile(a.fs, "/big/frag"), "/big/frag in s2");
+    a.fs.close();
+    b.fs.close();
+    expectFsClean(a.device.reopen());
+    expectFsClean(b.device.reopen());
+  });
 
   it("fold onto 32 bits for fuse-native, never onto 0 or the root's 1", () => {
     for (const ino of [1, 2, 2 ** 32 - 1]) expect(foldIno(ino)).toBe(ino);
