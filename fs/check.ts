@@ -40,11 +40,12 @@ import {
   inspectSuperblocks,
   sourceLine,
   featurePreallocated,
+  featureWideInodes,
   type ForestReport,
 } from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
 import { SnapshotReport, checkSnapshots, openVolume } from "../snapshot/index.js";
-import { rootIno, treeIdDefaultSubvolume } from "./constants.js";
+import { inoMax, inoWideFirst, rootIno, treeIdDefaultSubvolume } from "./constants.js";
 import {
   Extent,
   Inode,
@@ -415,6 +416,8 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   const order = [...snapshots.live].sort((a, b) => rank(a) - rank(b) || (rank(a) === 1 ? b.id - a.id : a.id - b.id));
   const found = new Map<number, { list: string[]; damage: string[] }>();
   let walk: FsWalk | null = null;
+  /** The highest inode counter past 2^32 (0: none), which needs feature bit 7. */
+  let wideCounter = 0;
   for (const record of order) {
     const list: string[] = [];
     const carried = incremental && walk !== null && walk.complete && walk.advance(store, record.id);
@@ -428,6 +431,8 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
       list.push(`cannot be walked: ${(error as Error).message}`);
     }
     list.unshift(...w.walkProblems());
+    if (w.counter > inoMax + 1) list.push(`the inode counter ${w.counter} is past the largest inode number ${inoMax}`);
+    if (w.counter > inoWideFirst) wideCounter = Math.max(wideCounter, w.counter);
     const subvolume = record.id === treeIdDefaultSubvolume ? "the default subvolume" : `subvolume ${JSON.stringify(record.name)}`;
     const damage = w.dataDamage().map((d) => dataDamageLine(w.pathOf(d.ino), d.ino, subvolume, d.lbas, d.ranges));
     found.set(record.id, { list, damage });
@@ -441,6 +446,9 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
     const of = found.get(record.id);
     for (const problem of of?.list ?? []) problems.push(prefix + problem);
     problems.push(...(of?.damage ?? []));
+  }
+  if (wideCounter !== 0 && !store.hasFeature(featureWideInodes)) {
+    problems.push(`superblock: an inode counter is at ${wideCounter}, past 2^32, but the feature for wide inode numbers is not set`);
   }
   if (report.preallocatedExtents > 0 && !store.hasFeature(featurePreallocated)) {
     problems.push(`superblock: ${report.preallocatedExtents} unwritten (preallocated) extents exist but the feature that says so is not set`);
@@ -520,6 +528,11 @@ class FsWalk {
   private slices = { ino: -1, byExtent: new Map<number, Array<{ fileBlock: number; from: number; to: number; unwritten: boolean }>>() };
 
   /** Problems found by visiting records, in inode order. */
+  /** The subvolume's inode counter, as its counters record holds it. */
+  get counter(): number {
+    return this.nextIno;
+  }
+
   walkProblems(): string[] {
     const inos = new Set([...this.visitProblems.keys(), ...this.dataProblems.keys()]);
     return [...inos].sort((a, b) => a - b).flatMap((ino) => [...(this.visitProblems.get(ino) ?? []), ...(this.dataProblems.get(ino) ?? [])]);

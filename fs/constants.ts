@@ -8,8 +8,18 @@ export const treeIdDefaultSubvolume = 256;
 /** FUSE's root directory is inode 1. */
 export const rootIno = 1;
 export const firstFreeIno = 2;
-/** fuse-native passes st_ino as 32 bits. */
-export const inoMax = 2 ** 32 - 1;
+/**
+ * The largest inode number (the counter stops at it: ENOSPC_inodes). 2^48 - 1:
+ * numbers are never reused, so this is 2^48 creations (89 years at 100k a
+ * second); the per-inode tree owner ids (snapshot/format.ts) encode numbers
+ * up to 2^52 - 1, and the kernel transport's node ids (fuse/nodes.ts) give
+ * the served subvolume 2^48 of its 2^53 ids and the snapshots' views the rest.
+ * fuse-native passes st_ino as 32 bits: it shows larger numbers folded
+ * (fuse_bridge.ts `foldIno`).
+ */
+export const inoMax = 2 ** 48 - 1;
+/** Inode numbers from here on have wide per-inode tree owners: the volume carries feature bit 7 (featureWideInodes). */
+export const inoWideFirst = 2 ** 32;
 
 /** NAME_MAX. */
 export const nameSizeMaxBytes = 255;

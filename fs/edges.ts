@@ -6,18 +6,20 @@
  * - In a subvolume's inode tree (ids 256 … 2^32): an inode record holding a
  *   spilled map holds that tree's root; the inline items of any inode but a
  *   directory (a file, a long symlink) are extents, each holding its physical extent.
- * - In a per-inode tree (owner subvolume × 2^32 + ino): an extent record holds
+ * - In a per-inode tree (owner `mapOwner(subvolume, ino)`, at or above 2^32): an extent record holds
  *   its physical extent; a directory entry (9 bytes) holds nothing.
  */
 import { constants as C } from "node:fs";
-import type { ItemEdges } from "../kvstore/index.js";
+import { CorruptionError, type ItemEdges } from "../kvstore/index.js";
+import { inoMax } from "./constants.js";
 import { PayloadKind, decodeExtent, decodeInode, decodeItems, direntValueBytes } from "./format.js";
+import { isObjectTree, ownerObject } from "../snapshot/index.js";
 import { mapOwner } from "./item_map.js";
 
 export function fsEdges(treeId: number, key: Buffer, value: Buffer, edges: ItemEdges): void {
-  if (treeId >= 2 ** 32) {
+  if (isObjectTree(treeId)) {
     if (value.length === direntValueBytes) return;
-    const ino = treeId % 2 ** 32;
+    const ino = ownerObject(treeId);
     const extent = decodeExtent(ino, key, value);
     edges.blocks(extent.extentLba, extent.extentBlocks, `inode ${ino} extent at file block ${extent.fileBlock}`, extent.unitBlocks);
     return;
@@ -25,6 +27,7 @@ export function fsEdges(treeId: number, key: Buffer, value: Buffer, edges: ItemE
   if (treeId < 256 || key.length !== 8) return;
   const ino = Number(key.readBigUInt64BE(0));
   if (ino === 0) return;
+  if (ino > inoMax) throw new CorruptionError("EIO_inode", `inode record ${ino} is numbered past the largest inode number ${inoMax}`);
   const inode = decodeInode(ino, value);
   if (inode.kind === PayloadKind.Tree) {
     edges.tree(mapOwner(treeId, ino), { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount });

@@ -88,6 +88,21 @@ export function negativeErrno(op: string, error: unknown): number {
 // ---------------------------------------------------------------------------
 // Conversions between the contract and fuse-native's shapes
 
+const inoFoldSpan = 2 ** 32;
+
+/**
+ * The 32-bit st_ino fuse-native can pass (libfuse 2.9's high-level API, as
+ * the binding converts it): a number at or above 2^32 is folded onto
+ * 2 … 2^32 - 1 (never 0 or the root's 1), where it may equal another
+ * file's. Like the views' numbers (snapshot_dir.ts), a collision confuses
+ * only tools that compare inode numbers (loop and hard-link detection); data
+ * is served by path. The kernel transport shows every number as it is.
+ */
+export function foldIno(ino: number): number {
+  if (ino < inoFoldSpan) return ino;
+  return 2 + ((ino - 2) % (inoFoldSpan - 2));
+}
+
 export function toFuseStat(st: Stat): FuseStat {
   return {
     mode: st.mode,
@@ -96,7 +111,7 @@ export function toFuseStat(st: Stat): FuseStat {
     size: st.size,
     dev: 0,
     nlink: st.nlink,
-    ino: st.ino,
+    ino: foldIno(st.ino),
     rdev: st.rdev,
     blksize: st.blksize,
     blocks: st.blocks,
@@ -136,7 +151,7 @@ function readdirReply(entries: DirEntry[]): [string[], FuseStat[]] {
   }
   for (const entry of entries) {
     names.push(entry.name);
-    stats.push({ mode: entry.type & sIfMt, ino: entry.ino, atime: 0, mtime: 0, ctime: 0 });
+    stats.push({ mode: entry.type & sIfMt, ino: foldIno(entry.ino), atime: 0, mtime: 0, ctime: 0 });
   }
   return [names, stats];
 }

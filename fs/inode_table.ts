@@ -17,9 +17,9 @@
  *   its inode's own map (`mapOf`), so the map is saved with the record.
  */
 import { constants as C } from "node:fs";
-import { GroveError, assert, type Store, type Tree } from "../kvstore/index.js";
+import { GroveError, assert, featureWideInodes, type Store, type Tree } from "../kvstore/index.js";
 import type { Caller } from "./api.js";
-import { firstFreeIno, inoMax, rootIno } from "./constants.js";
+import { firstFreeIno, inoMax, inoWideFirst, rootIno } from "./constants.js";
 import {
   Inode,
   PayloadKind,
@@ -136,6 +136,7 @@ export class InodeTable {
     assert(this.hasFreeIno, "inode numbers are checked before a mutation");
     const inode = newInode(this.nextIno++, mode, caller, this.clock(), this.store.generation);
     this.dirtyCounters = true;
+    this.noteWide();
     if ((dir.mode & S_ISGID) !== 0) inode.gid = dir.gid;
     return inode;
   }
@@ -153,6 +154,12 @@ export class InodeTable {
     if (ino === this.nextIno) return;
     this.nextIno = ino;
     this.dirtyCounters = true;
+    this.noteWide();
+  }
+
+  /** Numbers from 2^32 on may be handed out: their trees' owners are wide, which older code must not read. */
+  private noteWide(): void {
+    if (this.nextIno > inoWideFirst && !this.store.hasFeature(featureWideInodes)) this.store.enableFeature(featureWideInodes);
   }
 
   /** Inode numbers were handed out since the counters record was last saved. */

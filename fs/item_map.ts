@@ -8,12 +8,17 @@
  * the map: the record is always the one place the map's root is found.
  */
 import type { Store, Tree } from "../kvstore/index.js";
+import { objectTreeOwner } from "../snapshot/index.js";
 import { inodeInlineBytesMax } from "./constants.js";
 import { Inode, Item, PayloadKind, decodeItems, encodeItems, encodedItemsBytes } from "./format.js";
 
-/** Detached trees are owned by (subvolume tree, inode): the owner id in their nodes. */
+/**
+ * Detached trees are owned by (subvolume tree, inode): the owner id in their
+ * nodes, one-to-one for every inode number up to inoMax (snapshot/format.ts
+ * `objectTreeOwner`; inode numbers from 2^32 on have the wide form, feature bit 7).
+ */
 export function mapOwner(subvolumeTreeId: number, ino: number): number {
-  return subvolumeTreeId * 2 ** 32 + ino;
+  return objectTreeOwner(subvolumeTreeId, ino);
 }
 
 export class ItemMap {

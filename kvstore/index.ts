@@ -12,7 +12,7 @@ export { Store, ReleasePlan, type StoreOptions, type FormatOptions, treeKey, rea
 export type { SpaceManager, SpaceProvider, NodeSharing, ReservePurpose, ItemEdges, EdgeReader } from "./interfaces.js";
 export { unshared, noEdges } from "./interfaces.js";
 export { ownerMatches } from "./node.js";
-export { type CompressedUsage, featureCheckedPointers, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, featureSuperblockCopies, noCompressedUsage } from "./superblock.js";
+export { type CompressedUsage, featureCheckedPointers, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, featureSuperblockCopies, featureWideInodes, noCompressedUsage } from "./superblock.js";
 export {
   type CopyState,
   type SuperblockReport,

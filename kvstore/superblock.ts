@@ -53,7 +53,11 @@
  * blocks and the start of the volume out of use; set by mkfs); bit 5, the
  * subvolume table may hold received-snapshot identities (snapshot/format.ts,
  * key [0x03][id]: set by the first receive), which older code's checker calls
- * unknown keys. An image without a bit holds no such extent, so
+ * unknown keys; bit 7, inode numbers at or above 2^32 may exist, and the
+ * per-inode trees of those inodes are owned by the wide owner ids of
+ * snapshot/format.ts (`objectTreeOwner`; set when an inode counter first
+ * passes 2^32), which older code would read as another subvolume's trees.
+ * An image without a bit holds no such extent, so
  * older code reads it; code that does not know a bit refuses the image.
  */
 import { crc32c } from "./checksum.js";
@@ -79,9 +83,17 @@ export const featureFsyncLog = 8n;
 export const featureSuperblockCopies = 16n;
 /** The subvolume table may hold received-snapshot identities ([0x03][id], snapshot/format.ts). */
 export const featureReceivedSnapshots = 32n;
+/** Inode numbers may reach 2^32 and beyond: their per-inode trees have wide owner ids (snapshot/format.ts). */
+export const featureWideInodes = 128n;
 /** An image with other incompatible feature bits is refused. */
 export const featuresIncompatKnown =
-  featureCompressLz4 | featurePreallocated | featureCheckedPointers | featureFsyncLog | featureSuperblockCopies | featureReceivedSnapshots;
+  featureCompressLz4 |
+  featurePreallocated |
+  featureCheckedPointers |
+  featureFsyncLog |
+  featureSuperblockCopies |
+  featureReceivedSnapshots |
+  featureWideInodes;
 
 const SLOT_MAGIC = 0;
 const SLOT_CRC = SLOT_MAGIC + 8;

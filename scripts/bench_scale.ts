@@ -5,7 +5,7 @@
  *
  *   npm run bench:scale -- [--files N] [--snapshots N] [--snapshot-files N]
  *                          [--sizes A,B,...] [--shapes tree,flat] [--skip files,snapshots,volume]
- *                          [--no-mount] [--keep] [--seed S]
+ *                          [--no-mount] [--keep] [--seed S] [--fragment N]
  *
  * Defaults: --files 1000000, --snapshots 10000, --snapshot-files 100000. A
  * smoke run: `--files 20000 --snapshots 50 --snapshot-files 2000`.
@@ -42,6 +42,14 @@
  *   volume     A 16 TiB sparse image: mkfs time (CLI), open time, a file
  *              written at 5 TiB (a sparse file larger than 4 TiB) read back,
  *              fsck time and RSS.
+ *   fragment   Only with --fragment N (add --skip files,snapshots,volume to
+ *              run it alone): N one-block files, then every other one deleted,
+ *              so that free space is N/2 one-block holes. Then the
+ *              allocator's in-memory free-extent set (alloc/extent_set.ts,
+ *              loaded whole by FreeSpace at open): its extents, and the heap
+ *              it holds, measured as the heap growth of building the same set
+ *              after a gc (the worker runs with --expose-gc); the open time
+ *              and the worker's peak RSS.
  *
  * The last line is `scale: create=R stat=R unlink=R rss_max_mib=N
  * snapshot_create=R`: per-operation cost at the largest size over the cost at
@@ -59,6 +67,9 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { FileDevice, Prng } from "../kvstore/index.js";
+import { ExtentSet, type FreeSpace } from "../alloc/index.js";
+import { openVolume } from "../snapshot/index.js";
+import { fsEdges } from "../fs/edges.js";
 import { GroveFs, type Caller } from "../fs/index.js";
 import { canDropCaches, dropCaches, findExecutable, median, nowMs } from "./bench_snapshot_tools.js";
 
@@ -81,7 +92,8 @@ const rootIno = 1;
 type WorkerTask =
   | { kind: "files"; image: string; files: number; shape: "tree" | "flat"; seed: number }
   | { kind: "snapshots"; image: string; files: number; snapshots: number; seed: number }
-  | { kind: "volume"; image: string };
+  | { kind: "volume"; image: string }
+  | { kind: "fragment"; image: string; files: number };
 
 interface FilesResult {
   createPerOpUs: number;
@@ -108,6 +120,15 @@ interface SnapshotsResult {
   deleteCount: number;
   deleteMs: number;
   freedMiB: number;
+  rssMaxMiB: number;
+}
+
+interface FragmentResult {
+  files: number;
+  freeExtents: number;
+  freeBlocks: number;
+  setHeapBytes: number;
+  openMs: number;
   rssMaxMiB: number;
 }
 
@@ -361,6 +382,65 @@ function workVolume(task: Extract<WorkerTask, { kind: "volume" }>): VolumeResult
   };
 }
 
+/** N one-block files, every other one deleted; then the allocator's free-extent set, measured. */
+function workFragment(task: Extract<WorkerTask, { kind: "fragment" }>): FragmentResult {
+  GroveFs.format(FileDevice.createImage(task.image, Math.max(4 * GiB, task.files * 16 * KiB)));
+  const grove = GroveFs.open(FileDevice.open(task.image));
+  const flags = C.O_WRONLY | C.O_CREAT | C.O_EXCL;
+  const block = Buffer.alloc(4096, 0x5a);
+  const dirs = Math.ceil(task.files / 1000);
+  for (let d = 0; d < dirs; d++) grove.mkdirAt(rootIno, Buffer.from(`d${d}`), 0o755, owner);
+  const dirIno = (i: number): number => grove.lookup(rootIno, Buffer.from(`d${Math.floor(i / 1000)}`)).ino;
+  let dir = 0;
+  for (let i = 0; i < task.files; i++) {
+    if (i % 1000 === 0) dir = dirIno(i);
+    const { fh } = grove.createAt(dir, Buffer.from(`f${i}`), 0o644, flags, owner);
+    grove.write(fh, block, block.length, 0);
+    grove.release(fh);
+    if (i % maintenanceEvery === 0) grove.maintenance();
+  }
+  grove.sync();
+  for (let i = 0; i < task.files; i += 2) {
+    if (i % 1000 === 0 || i % 1000 === 1) dir = dirIno(i);
+    grove.unlinkAt(dir, Buffer.from(`f${i}`));
+    if (i % maintenanceEvery === 0) grove.maintenance();
+  }
+  grove.sync();
+  grove.sync();
+  grove.close();
+  const t0 = nowMs();
+  const { store, space } = openSpaceOf(task.image);
+  const openMs = nowMs() - t0;
+  const extents = space.targetExtents();
+  store.close();
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) throw new Error("the fragment worker needs --expose-gc");
+  // The heap a second copy of the set adds, with the first built and everything else settled: what one set holds.
+  const build = (): ExtentSet => {
+    const set = new ExtentSet({ bestFit: true });
+    for (const e of extents) set.add(e.start, e.length);
+    return set;
+  };
+  const settled = (): number => {
+    for (let i = 0; i < 3; i++) gc();
+    return process.memoryUsage().heapUsed;
+  };
+  const set = build();
+  const before = settled();
+  const copy = build();
+  const setHeapBytes = settled() - before;
+  // The list the sets were built from, and both sets, stay alive until after the measurement.
+  if (extents.length === 0 || copy.size !== set.size) throw new Error("the free-extent sets differ");
+  const freeBlocks = set.blocks;
+  return { files: task.files, freeExtents: set.size, freeBlocks, setHeapBytes, openMs, rssMaxMiB: rssMaxMiB() };
+}
+
+/** The kvstore and allocator of an image, as a mount opens them (read-only here). */
+function openSpaceOf(image: string): { store: { close(): void }; space: FreeSpace } {
+  const { store, space } = openVolume(FileDevice.open(image, { readOnly: true }), { readOnly: true, edges: fsEdges });
+  return { store, space };
+}
+
 /** Empty files cost their inode record and entry (a few hundred bytes with copy-on-write slack); sparse anyway. */
 function imageBytesForFiles(files: number): number {
   return Math.max(4 * GiB, Math.ceil((files * 2 * KiB) / GiB) * GiB * 4);
@@ -374,13 +454,16 @@ function runWorker(task: WorkerTask): unknown {
       return workSnapshots(task);
     case "volume":
       return workVolume(task);
+    case "fragment":
+      return workFragment(task);
   }
 }
 
 /** Runs a task in a child process (same tsx loader), so its peak RSS is its own. */
 function inChild<T>(task: WorkerTask): Promise<T> {
   return new Promise((resolve, reject) => {
-    const child = fork(scriptPath, ["--worker", JSON.stringify(task)], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    const execArgv = task.kind === "fragment" ? [...process.execArgv, "--expose-gc"] : process.execArgv;
+    const child = fork(scriptPath, ["--worker", JSON.stringify(task)], { stdio: ["ignore", "inherit", "inherit", "ipc"], execArgv });
     let result: T | undefined;
     child.on("message", (message) => {
       result = message as T;
@@ -492,6 +575,8 @@ interface Config {
   mount: boolean;
   keep: boolean;
   seed: number;
+  /** 0: no fragment section. */
+  fragment: number;
 }
 
 function parseConfig(): Config {
@@ -506,6 +591,7 @@ function parseConfig(): Config {
       "no-mount": { type: "boolean", default: false },
       keep: { type: "boolean", default: false },
       seed: { type: "string", default: "1" },
+      fragment: { type: "string" },
       help: { type: "boolean", default: false },
     },
     strict: true,
@@ -513,7 +599,7 @@ function parseConfig(): Config {
   if (values.help) {
     console.log(
       "usage: npm run bench:scale -- [--files N] [--snapshots N] [--snapshot-files N] [--sizes A,B,...] [--shapes tree,flat]\n" +
-        "                              [--skip files,snapshots,volume] [--no-mount] [--keep] [--seed S]\n" +
+        "                              [--skip files,snapshots,volume] [--no-mount] [--keep] [--seed S] [--fragment N]\n" +
         "defaults: --files 1000000 --snapshots 10000 --snapshot-files 100000 --sizes 10000,100000,1000000 (capped at --files)",
     );
     process.exit(0);
@@ -539,6 +625,7 @@ function parseConfig(): Config {
     mount: !values["no-mount"],
     keep: values.keep!,
     seed: int("seed", values.seed, 1, 0),
+    fragment: values.fragment === undefined ? 0 : int("fragment", values.fragment, 0, 1000),
   };
 }
 
@@ -636,6 +723,18 @@ async function benchVolume(dir: string): Promise<VolumeRow> {
   return { ...result, mkfs, fsck, size };
 }
 
+/** The fragment section at N/10 and N files: the free-extent set's size and heap, and how they grow. */
+async function benchFragment(config: Config, dir: string): Promise<FragmentResult[]> {
+  const rows: FragmentResult[] = [];
+  for (const files of [...new Set([Math.max(1000, Math.round(config.fragment / 10)), config.fragment])]) {
+    const image = path.join(dir, `fragment-${files}.img`);
+    log(`fragment: ${files} one-block files, every other one deleted`);
+    rows.push(await inChild<FragmentResult>({ kind: "fragment", image, files }));
+    if (!config.keep) fs.rmSync(image, { force: true });
+  }
+  return rows;
+}
+
 function ratio(at: number, base: number): number {
   return base > 0 ? at / base : NaN;
 }
@@ -648,6 +747,7 @@ async function main(): Promise<void> {
     const files = config.skip.has("files") ? [] : await benchFiles(config, dir);
     const snaps = config.skip.has("snapshots") ? null : await benchSnapshots(config, dir);
     const volume = config.skip.has("volume") ? null : await benchVolume(dir);
+    const fragment = config.fragment === 0 ? [] : await benchFragment(config, dir);
     const rss: number[] = [];
 
     if (files.length > 0) {
@@ -692,6 +792,20 @@ async function main(): Promise<void> {
           `(size ${volume.bigFileSize}), fsck ${f2(volume.fsck.s)} s ${f1(volume.fsck.rssMiB)} MiB (exit ${volume.fsck.status})`,
       );
       rss.push(volume.rssMaxMiB, volume.fsck.rssMiB);
+    }
+
+    if (fragment.length > 0) {
+      console.log("\nfragment (free space after deleting every other one-block file: the allocator's in-memory free-extent set)");
+      console.log("files      free extents  free blocks  set heap MiB  bytes/extent  open ms  worker MiB");
+      for (const r of fragment) {
+        console.log(
+          `${String(r.files).padEnd(10)} ${String(r.freeExtents).padStart(12)}  ${String(r.freeBlocks).padStart(11)}  ${f1(r.setHeapBytes / MiB).padStart(12)}  ${f1(r.setHeapBytes / r.freeExtents).padStart(12)}  ${f1(r.openMs).padStart(7)}  ${f1(r.rssMaxMiB).padStart(10)}`,
+        );
+        rss.push(r.rssMaxMiB);
+      }
+      const lo = fragment[0]!;
+      const hi = fragment[fragment.length - 1]!;
+      console.log(`growth ${hi.files} vs ${lo.files}: set heap ${f2(ratio(hi.setHeapBytes, lo.setHeapBytes))}x for ${f1(hi.files / lo.files)}x the files`);
     }
 
     const tree = files.filter((r) => r.shape === config.shapes[0]);

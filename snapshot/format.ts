@@ -36,7 +36,7 @@
  *       44     n  name (UTF-8)
  *     44+n     p  deletion progress: every key below it has been released
  */
-import { CorruptionError, GroveError } from "../kvstore/index.js";
+import { CorruptionError, GroveError, assert } from "../kvstore/index.js";
 
 export const treeIdRefcounts = 4;
 export const treeIdSubvolumes = 5;
@@ -84,6 +84,58 @@ export function decodeRefcount(lba: number, value: Buffer): RefcountEntry {
 export const subvolumeNameBytesMax = 255;
 export const subvolumeIdMax = 2 ** 20;
 export const subvolumeCountersKey = Buffer.from([0x00]);
+
+// ---- per-object tree owners ------------------------------------------------------
+
+/**
+ * The owner id in the nodes of a per-object tree (a directory's entries, a
+ * file's extents) is one of kvstore's `tree × 2^32 + object` family, whose
+ * ids all stay below 2^53 (JS numbers are exact to there) and match across
+ * subvolumes by `object mod 2^32` (kvstore's ownerMatches):
+ *
+ *   object < 2^32          subvolume × 2^32 + object       (every image; subvolume ≤ subvolumeIdMax = 2^20)
+ *   2^32 ≤ object < 2^52   (subvolumeIdMax + ⌊object / 2^32⌋) × 2^32 + object mod 2^32   (feature bit 7)
+ *
+ * The high word of the first form is a subvolume id (256 … 2^20), that of
+ * the second lies in 2^20 + 1 … 2^21 - 1: the two never meet, and each is
+ * one-to-one, so no two objects' trees share an owner within a subvolume.
+ * A wide owner names no subvolume (its object has one owner in every
+ * subvolume, so nodes shared by a snapshot still match); sharing then
+ * asks `ownerSubvolume`, which answers null, and takes the volume-wide
+ * fast path (refcounts.ts).
+ */
+const objectOwnerWord = 2 ** 32;
+/** The largest object number an owner can encode: ⌊object / 2^32⌋ ≤ 2^20 - 1 keeps the id below 2^53. */
+export const objectOwnedMax = subvolumeIdMax * objectOwnerWord - 1;
+
+export function objectTreeOwner(subvolume: number, object: number): number {
+  assert(Number.isSafeInteger(object), "an object number is an integer");
+  assert(object >= 0, "an object number is not negative");
+  assert(object <= objectOwnedMax, "an object number fits an owner id");
+  assert(subvolume >= 256, "a per-object tree belongs to a subvolume tree");
+  assert(subvolume <= subvolumeIdMax, "a subvolume id fits an owner id");
+  if (object < objectOwnerWord) return subvolume * objectOwnerWord + object;
+  return (subvolumeIdMax + Math.floor(object / objectOwnerWord)) * objectOwnerWord + (object % objectOwnerWord);
+}
+
+/** Whether a tree id is a per-object tree's (kvstore's family at or above 2^32). */
+export function isObjectTree(treeId: number): boolean {
+  return treeId >= objectOwnerWord;
+}
+
+/** The object a per-object tree's owner id names. */
+export function ownerObject(treeId: number): number {
+  const high = Math.floor(treeId / objectOwnerWord);
+  const low = treeId % objectOwnerWord;
+  return high > subvolumeIdMax ? (high - subvolumeIdMax) * objectOwnerWord + low : low;
+}
+
+/** The subvolume a tree id belongs to: itself, a per-object tree's subvolume, or null for a wide owner (which names none). */
+export function ownerSubvolume(treeId: number): number | null {
+  if (!isObjectTree(treeId)) return treeId;
+  const high = Math.floor(treeId / objectOwnerWord);
+  return high > subvolumeIdMax ? null : high;
+}
 const livePrefix = 0x01;
 const deletingPrefix = 0x02;
 const receivedPrefix = 0x03;

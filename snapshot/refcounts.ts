@@ -7,10 +7,13 @@
  * counts changes no count, and the fixpoint converges.
  *
  * Fast path: a node written after its subvolume's last snapshot has one
- * reference, without a lookup (`lastSnapshotOf`).
+ * reference, without a lookup (`lastSnapshotOf`). A wide per-inode tree's
+ * owner names no subvolume (format.ts `ownerSubvolume`): its nodes take the
+ * fast path against the newest snapshot of any subvolume, which is no older
+ * than its own subvolume's.
  */
 import { NodeSharing, Store, Tree, assert, treeIdFirstDynamic } from "../kvstore/index.js";
-import { RefcountEntry, decodeRefcount, encodeRefcount, refcountKey, treeIdRefcounts } from "./format.js";
+import { RefcountEntry, decodeRefcount, encodeRefcount, ownerSubvolume, refcountKey, treeIdRefcounts } from "./format.js";
 
 /** Entries one refcount leaf holds, at least, for the commit's estimate. */
 const entriesPerLeafMin = 100;
@@ -22,8 +25,11 @@ export class Refcounts implements NodeSharing {
 
   constructor(
     private readonly store: () => Store,
-    /** The generation of a subvolume's last snapshot, or undefined if unknown (then every lookup is made). */
-    private readonly lastSnapshotOf: (subvolume: number) => number | undefined,
+    /**
+     * The generation of a subvolume's last snapshot (null: of any subvolume's,
+     * the newest), or undefined if unknown (then every lookup is made).
+     */
+    private readonly lastSnapshotOf: (subvolume: number | null) => number | undefined,
     private readonly onAbort: () => void,
   ) {}
 
@@ -48,8 +54,7 @@ export class Refcounts implements NodeSharing {
 
   isShared(lba: number, generation: number, treeId: number): boolean {
     if (treeId < treeIdFirstDynamic) return false;
-    const subvolume = treeId >= 2 ** 32 ? Math.floor(treeId / 2 ** 32) : treeId;
-    const last = this.lastSnapshotOf(subvolume);
+    const last = this.lastSnapshotOf(ownerSubvolume(treeId));
     if (last !== undefined && generation > last) return false;
     return this.refCount(lba) >= 2;
   }

@@ -48,6 +48,8 @@ export class Subvolumes {
   private tableHandle: Tree | null = null;
   /** Last snapshot generation by subvolume id, from the table (reloaded after an abort). */
   private lastSnapshots: Map<number, number> | null = null;
+  /** The newest of `lastSnapshots` (never lowered by a deletion: a higher bound only costs lookups). */
+  private lastSnapshotAny = 0;
 
   constructor(private readonly store: Store) {}
 
@@ -123,14 +125,18 @@ export class Subvolumes {
     return done;
   }
 
-  lastSnapshotOf(id: number): number | undefined {
+  /** Subvolume `id`'s last snapshot generation; for null, the newest of every subvolume's (a wide per-inode tree's owner names none). */
+  lastSnapshotOf(id: number | null): number | undefined {
     if (this.lastSnapshots === null) {
       const map = new Map<number, number>();
       for (const record of this.list()) map.set(record.id, record.lastSnapshotGeneration);
       for (const record of this.deleting()) map.set(record.id, record.lastSnapshotGeneration);
       this.lastSnapshots = map;
+      let newest = 0;
+      for (const generation of map.values()) newest = Math.max(newest, generation);
+      this.lastSnapshotAny = newest;
     }
-    return this.lastSnapshots.get(id);
+    return id === null ? this.lastSnapshotAny : this.lastSnapshots.get(id);
   }
 
   /** The transaction was discarded: cached records may be gone. */
@@ -198,6 +204,7 @@ export class Subvolumes {
     });
     // Kept up to date rather than dropped: rebuilding it reads every record, once per snapshot taken.
     this.lastSnapshots?.set(id, generation).set(source.id, generation);
+    this.lastSnapshotAny = Math.max(this.lastSnapshotAny, generation);
     return record;
   }
 

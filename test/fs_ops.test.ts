@@ -17,6 +17,7 @@ import {
   type AccessTimes,
   checkFilesystem,
   fileSizeMaxBytes,
+  inoMax,
   linkCountMax,
   renameExchange,
   renameNoReplace,
@@ -1686,10 +1687,10 @@ describe("refusals leave the volume usable", () => {
 
   it("running out of inode numbers is ENOSPC and does not poison the volume", () => {
     withFs((fs) => {
-      // Reach the end of the 32-bit inode space without creating four billion files.
-      (fs as unknown as { inodes: { nextIno: number } }).inodes.nextIno = 2 ** 32 - 1;
+      // Reach the end of the inode space (inoMax, 2^48 - 1) without creating that many files.
+      fs.reserveIno(inoMax);
       fs.mkdir("/last", 0o755, root);
-      expect(fs.inoOf("/last")).toBe(2 ** 32 - 1);
+      expect(fs.inoOf("/last")).toBe(inoMax);
       expectErrno(() => fs.mkdir("/more", 0o755, root), "ENOSPC");
       expectErrno(() => fs.create("/more", 0o644, O_CREAT | O_RDWR, root), "ENOSPC");
       expectErrno(() => fs.symlink("t", "/more", root), "ENOSPC");

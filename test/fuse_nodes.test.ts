@@ -2,13 +2,14 @@
  * The kernel transport's node ids (fs/fuse/nodes.ts): st_ino in a mount, for
  * the served subvolume, /.snapshots and every snapshot's view. The bound
  * issue 16 asks for: no two files of a mount share a node id, whatever the
- * inode numbers (up to grovefs's largest, 2^32 - 1) and however many
- * snapshots the mount meets, and past the documented bound (2^17 - 1 views in
- * one mount's life) the answer is EOVERFLOW, never a wrong file.
+ * inode numbers (up to grovefs's largest, 2^48 - 1, in the served
+ * subvolume; below 2^36 in a view) and however many snapshots the mount
+ * meets, and past the documented bounds (126,975 views in one mount's life)
+ * the answer is EOVERFLOW, never a wrong file.
  */
 import { describe, expect, it } from "vitest";
 import { GroveFs, inoMax, type SubvolumeOps, type SubvolumeRef } from "../fs/index.js";
-import { NodeTable, nodeInoSpan, snapshotDirNode } from "../fs/fuse/nodes.js";
+import { NodeTable, liveNodeSpan, snapshotDirNode, viewNodeSpan, viewSlotsMax } from "../fs/fuse/nodes.js";
 import { SimDevice } from "../kvstore/index.js";
 import { expectErrno, pattern, writeFile } from "./fs_helpers.js";
 
@@ -32,13 +33,13 @@ describe("kernel node ids", () => {
         expect(seen.get(node), `${what} and ${seen.get(node)} share node ${node}`).toBeUndefined();
         seen.set(node, what);
       };
-      for (const ino of [1, 2, 1000, inoMax - 1, inoMax]) note(table.nodeOf(live, ino), `live ${ino}`);
+      for (const ino of [1, 2, 1000, 2 ** 32 - 1, 2 ** 32, 2 ** 36, inoMax - 1, inoMax]) note(table.nodeOf(live, ino), `live ${ino}`);
       note(snapshotDirNode, "/.snapshots");
       for (const name of names) {
         const { node, view } = table.snapshotRoot(name);
         const target = table.target(node);
         expect(target.kind === "view" && target.ino === 1 && target.view === view).toBe(true);
-        for (const ino of [1, 2, 1000, inoMax - 1, inoMax]) {
+        for (const ino of [1, 2, 1000, 2 ** 32 - 1, 2 ** 32, viewNodeSpan - 1]) {
           const n = table.nodeOf(target, ino);
           note(n, `${name} ${ino}`);
           const back = table.target(n);
@@ -57,22 +58,27 @@ describe("kernel node ids", () => {
       const again = table.snapshotRoot("s5").node;
       expect(again).not.toBe(old);
       expect(seen.has(again)).toBe(false);
-      // Beyond the span: refused, not folded onto another file.
-      expectErrno(() => table.nodeOf(live, nodeInoSpan - 1), "EOVERFLOW", "EOVERFLOW_ino");
-      expect(inoMax).toBeLessThan(nodeInoSpan - 1);
+      // Beyond the spans: refused, not folded onto another file.
+      expectErrno(() => table.nodeOf(live, liveNodeSpan), "EOVERFLOW", "EOVERFLOW_ino");
+      expect(inoMax).toBe(liveNodeSpan - 1);
+      expectErrno(() => table.nodeOf(table.target(table.snapshotRoot("s1").node), viewNodeSpan), "EOVERFLOW", "EOVERFLOW_ino");
+      // A node between /.snapshots and the first view, or a view's node 0, names nothing.
+      expectErrno(() => table.target(snapshotDirNode + 1), "ENOENT", "ENOENT_node");
+      expectErrno(() => table.target(snapshotDirNode + viewNodeSpan), "ENOENT", "ENOENT_node");
     } finally {
       g.close();
     }
   });
 
-  it("give every one of 2^17 - 1 snapshots met in one mount its own slot, then EOVERFLOW", () => {
+  it("give every one of 126,975 snapshots met in one mount its own slot, then EOVERFLOW", () => {
     // A unit-test aid: a subvolume table that names any snapshot "sN" with id N, so that the bound on
-    // slots is reached in seconds (making 131,071 real snapshots would take hours).
+    // slots is reached in seconds (making 126,975 real snapshots would take hours).
     const subvolumes = {
       findSubvolume: (name: string): SubvolumeRef | undefined => ({ name, id: 1000 + Number(name.slice(1)), readOnly: true, generation: 1, createdNs: 0n }),
     } as unknown as SubvolumeOps;
     const table = new NodeTable({} as never, subvolumes);
-    const slotsMax = 2 ** 17 - 1;
+    const slotsMax = viewSlotsMax;
+    expect(slotsMax).toBe(126_975);
     let last = 0;
     let ordered = true;
     for (let i = 0; i < slotsMax; i++) {
@@ -81,7 +87,8 @@ describe("kernel node ids", () => {
       last = node;
     }
     expect(ordered, "each slot's root above the one before").toBe(true);
-    expect(Number.isSafeInteger(last + inoMax)).toBe(true);
+    expect(Number.isSafeInteger(last + (viewNodeSpan - 2))).toBe(true);
+    expect(last + (viewNodeSpan - 2)).toBe(Number.MAX_SAFE_INTEGER);
     expectErrno(() => table.snapshotRoot(`s${slotsMax}`), "EOVERFLOW", "EOVERFLOW_view_slots");
   });
 });

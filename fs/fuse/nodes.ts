@@ -5,17 +5,19 @@
  *
  * Node ids are computed, not allocated, so that two names of one inode are
  * one kernel inode (hard links agree at once) and nothing needs to be
- * remembered for a node the kernel forgot:
+ * remembered for a node the kernel forgot. They fill the 2^53 ids a JS
+ * number holds exactly:
  * - an inode `ino` of the served subvolume is node `ino` (the root is 1, as
- *   FUSE_ROOT_ID);
- * - /.snapshots is node `nodeInoSpan - 1`;
+ *   FUSE_ROOT_ID), for every inode number grovefs hands out (below 2^48);
+ * - /.snapshots is node 2^48 (`liveNodeSpan`);
  * - inode `ino` of the snapshot in view slot `s` (1, 2, ... in the order the
- *   mount first met them) is node `s * nodeInoSpan + ino`.
+ *   mount first met them) is node `2^48 + s * 2^36 + ino`.
  * st_ino is the node id, so no two files of the mount share one, and `find`
  * and `du` see no loops between /.snapshots/X and /. The bounds: inode
- * numbers below 2^36 - 1 in every subvolume (grovefs numbers them below 2^32
- * today) and 2^17 - 1 snapshots met in one mount's lifetime; beyond them a
- * lookup answers EOVERFLOW, never a wrong file.
+ * numbers below 2^36 in a snapshot's view (a snapshot taken once the
+ * counter passed 2^36 shows its newer files as EOVERFLOW) and 126,975
+ * snapshots met in one mount's lifetime; beyond them a lookup answers
+ * EOVERFLOW, never a wrong file.
  *
  * Invariants:
  * - A lookup count is raised once for every reply that hands the kernel a
@@ -27,11 +29,20 @@
  */
 import { GroveError } from "../../kvstore/index.js";
 import type { InodeOps, SubvolumeOps, SubvolumeRef } from "../api.js";
-import { rootIno } from "../constants.js";
+import { inoMax, rootIno } from "../constants.js";
 
-export const nodeInoSpan = 2 ** 36;
-const viewSlotsMax = 2 ** 17 - 1;
-export const snapshotDirNode = nodeInoSpan - 1;
+/** The served subvolume's node ids: every inode number up to inoMax is its own node. */
+export const liveNodeSpan = inoMax + 1;
+/** One snapshot view's node ids: its inode numbers below 2^36. */
+export const viewNodeSpan = 2 ** 36;
+/** The views that fit above the served subvolume's ids with every node id below 2^53. */
+export const viewSlotsMax = (2 ** 53 - liveNodeSpan) / viewNodeSpan - 1;
+export const snapshotDirNode = liveNodeSpan;
+
+/** The node id before view slot `slot`'s inode 1. */
+function viewBase(slot: number): number {
+  return liveNodeSpan + slot * viewNodeSpan;
+}
 
 /** A snapshot's read-only view, in its slot. */
 export interface ViewSlot {
@@ -80,18 +91,22 @@ export class NodeTable {
 
   /** The target of `node`; ENOENT for a node that names nothing (any more). */
   target(node: number): NodeTarget {
-    if (node < nodeInoSpan - 1) return { kind: "live", ops: this.live, ino: node };
+    if (node < liveNodeSpan) return { kind: "live", ops: this.live, ino: node };
     if (node === snapshotDirNode && this.subvolumes !== null) return { kind: "snapshots" };
-    const slot = Math.floor(node / nodeInoSpan);
+    const slot = Math.floor((node - liveNodeSpan) / viewNodeSpan);
+    const ino = node - viewBase(slot);
     const view = this.slots[slot - 1];
-    if (view === undefined || view.dead) throw new GroveError("ENOENT", "ENOENT_node", `node ${node} names nothing`);
-    return { kind: "view", view, ops: this.viewOps(view), ino: node - slot * nodeInoSpan };
+    if (view === undefined || view.dead || ino === 0) throw new GroveError("ENOENT", "ENOENT_node", `node ${node} names nothing`);
+    return { kind: "view", view, ops: this.viewOps(view), ino };
   }
 
   /** The node id of inode `ino` as seen from `target`'s subvolume. */
   nodeOf(target: NodeTarget, ino: number): number {
-    if (ino >= nodeInoSpan - 1) throw new GroveError("EOVERFLOW", "EOVERFLOW_ino", `inode ${ino} is beyond the mount's node ids`);
-    if (target.kind === "view") return target.view.slot * nodeInoSpan + ino;
+    if (target.kind === "view") {
+      if (ino >= viewNodeSpan) throw new GroveError("EOVERFLOW", "EOVERFLOW_ino", `inode ${ino} of a snapshot is beyond its view's node ids (2^36)`);
+      return viewBase(target.view.slot) + ino;
+    }
+    if (ino >= liveNodeSpan) throw new GroveError("EOVERFLOW", "EOVERFLOW_ino", `inode ${ino} is beyond the mount's node ids`);
     return ino;
   }
 
@@ -109,7 +124,7 @@ export class NodeTable {
       this.slots.push(view);
       this.slotOfId.set(record.id, view);
     }
-    return { node: view.slot * nodeInoSpan + rootIno, view };
+    return { node: viewBase(view.slot) + rootIno, view };
   }
 
   /** A snapshot is gone: its view goes, and every node of it answers ENOENT from now on. */
