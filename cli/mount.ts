@@ -482,6 +482,8 @@ async function openAndMount(
   }
   for (const note of volume.rescueNotes ?? []) process.stderr.write(`grovefs: rescue: ${note}\n`);
   reportSuperblock(volume);
+  // Duplicate metadata: each damaged node copy read from its twin, and its rewrite, goes to the log.
+  volume.store.onRepair = (note) => process.stderr.write(`grovefs: metadata repair: ${note}\n`);
   try {
     // A snapshot opens read-only whatever was asked: the kernel mount must say so too.
     const readOnly = options.readOnly || volume.readOnly;

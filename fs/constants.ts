@@ -50,3 +50,9 @@ export const dirtyDataBytesMax = 64 * 1024 * 1024;
 export const dirtyNodeBytesMax = 64 * 1024 * 1024;
 /** Open file handles at once. */
 export const openFilesMax = 65536;
+
+/** How many copies of each tree node a volume keeps: "dup" writes two, an eighth of the volume apart (kvstore featureDupMetadata). */
+export type MetadataProfile = "single" | "dup";
+export const metadataProfiles: readonly MetadataProfile[] = ["single", "dup"];
+/** What mkfs makes unless told otherwise. */
+export const metadataProfileDefault: MetadataProfile = "single";

@@ -11,7 +11,7 @@
  */
 import { constants as C } from "node:fs";
 import type { ItemEdges } from "../kvstore/index.js";
-import { PayloadKind, decodeExtent, decodeInode, decodeItems, direntValueBytes } from "./format.js";
+import { PayloadKind, decodeExtent, decodeInode, decodeItems, direntValueBytes, inodeTreeMeta } from "./format.js";
 import { mapOwner } from "./item_map.js";
 
 export function fsEdges(treeId: number, key: Buffer, value: Buffer, edges: ItemEdges): void {
@@ -27,7 +27,7 @@ export function fsEdges(treeId: number, key: Buffer, value: Buffer, edges: ItemE
   if (ino === 0) return;
   const inode = decodeInode(ino, value);
   if (inode.kind === PayloadKind.Tree) {
-    edges.tree(mapOwner(treeId, ino), { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount });
+    edges.tree(mapOwner(treeId, ino), inodeTreeMeta(inode));
   } else if (inode.kind === PayloadKind.Items && (inode.mode & C.S_IFMT) !== C.S_IFDIR) {
     for (const item of decodeItems(ino, inode.payload)) {
       const extent = decodeExtent(ino, item.key, item.value);

@@ -81,6 +81,8 @@ import {
   commitIntervalMaxMs,
   commitIntervalMinMs,
   commitIntervalMs,
+  type MetadataProfile,
+  metadataProfileDefault,
 } from "./constants.js";
 import { Inode, inodeFlagHadXattrs } from "./format.js";
 import { FileData } from "./file_data.js";
@@ -195,6 +197,10 @@ export interface VolumeInfo {
   logicalUsedBytes: number;
   /** Compressed data extents, each counted once however many files and snapshots share it. */
   compressed: { extents: number; diskBytes: number; logicalBytes: number };
+  /** The metadata profile: every tree node written once ("single") or twice ("dup", mkfs --metadata). */
+  metadata: MetadataProfile;
+  /** Since this open: damaged node copies read from their twin, and those rewritten in place so far. */
+  metadataRepairs: { found: number; rewritten: number };
 }
 
 const wallClock = (): bigint => BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
@@ -224,10 +230,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private readonly copies: RangeCopy;
 
   /** Formats `device` with an empty root directory. */
-  static format(device: BlockDevice, options: { label?: string; clock?: () => bigint; compression?: CompressionName } = {}): void {
+  static format(
+    device: BlockDevice,
+    options: { label?: string; clock?: () => bigint; compression?: CompressionName; metadata?: MetadataProfile } = {},
+  ): void {
     const now = (options.clock ?? wallClock)();
     const compression = compressionOf(options.compression ?? "none");
-    const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now, compression });
+    const dupMetadata = (options.metadata ?? metadataProfileDefault) === "dup";
+    const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now, compression, dupMetadata });
     assert(inodes.id === treeIdDefaultSubvolume, "mkfs makes the default subvolume");
     InodeTable.format(inodes, now, store.generation);
     store.commit();
@@ -336,6 +346,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
         diskBytes: compressed.diskBlocks * blockSizeBytes,
         logicalBytes: compressed.logicalBlocks * blockSizeBytes,
       },
+      metadata: this.store.dupMetadata ? "dup" : "single",
+      metadataRepairs: { ...this.store.repairCounters },
     };
   }
 

@@ -145,10 +145,17 @@ export interface ForestReport {
   copyRepairs: CopyRepair[];
 }
 
-/** A node copy at `bad` that fails its checks, and its twin at `good` that passes them. */
+/** A node copy at `bad` that fails its checks, and its twin at `good` that passes them; `problem` is how the report says it. */
 export interface CopyRepair {
   bad: number;
   good: number;
+  problem: string;
+}
+
+/** The walk's problems that a rewrite from a good copy does not fix (a complete walk has none). */
+export function problemsBesideCopies(report: ForestReport): string[] {
+  const repairable = new Set(report.copyRepairs.map((r) => r.problem));
+  return report.problems.filter((p) => !repairable.has(p));
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -490,18 +497,20 @@ class TreeWalker implements ItemEdges {
       return null;
     }
     if (first.reason !== null) {
-      this.problems.push(`${where}: ${first.reason} (its second copy at block ${mirror} is good)`);
-      this.copyRepairs.push({ bad: lba, good: mirror });
+      this.copyProblem(lba, mirror, `${where}: ${first.reason} (its second copy at block ${mirror} is good)`);
       return second.buf;
     }
     if (second.reason !== null) {
-      this.problems.push(`${where}: second copy at block ${mirror}: ${second.reason} (the first copy is good)`);
-      this.copyRepairs.push({ bad: mirror, good: lba });
+      this.copyProblem(mirror, lba, `${where}: second copy at block ${mirror}: ${second.reason} (the first copy is good)`);
     } else if (!first.buf.equals(second.buf)) {
-      this.problems.push(`${where}: second copy at block ${mirror} differs from the first`);
-      this.copyRepairs.push({ bad: mirror, good: lba });
+      this.copyProblem(mirror, lba, `${where}: second copy at block ${mirror} differs from the first`);
     }
     return first.buf;
+  }
+
+  private copyProblem(bad: number, good: number, problem: string): void {
+    this.problems.push(problem);
+    this.copyRepairs.push({ bad, good, problem });
   }
 
   /** One copy's bytes, checked as the node at `expect.lba` (a second copy's header names the first's LBA). */
