@@ -117,7 +117,7 @@ export class FreeSpace implements SpaceManager {
   private constructor(store: Store) {
     this.store = store;
     this.deviceBlocks = store.deviceBlocks;
-    this.growHeadroomBlocks = growHeadroomFor(this.deviceBlocks);
+    this.growHeadroomBlocks = growHeadroomFor(this.deviceBlocks) * store.nodeCopies;
   }
 
   /** Everything past the superblocks and their reserved places is free; the trees are created by the first commit. */
@@ -348,7 +348,7 @@ export class FreeSpace implements SpaceManager {
       this.logChange(blocks, old - blocks);
     }
     this.deviceBlocks = blocks;
-    this.growHeadroomBlocks = growHeadroomFor(blocks);
+    this.growHeadroomBlocks = growHeadroomFor(blocks) * this.store.nodeCopies;
   }
 
   /**
@@ -386,7 +386,7 @@ export class FreeSpace implements SpaceManager {
     }
     // What stays must still record this commit, and leave the headroom that lets deletes run.
     const left = this.avail.blocks - (old - blocks - this.reservedIn(blocks, old));
-    const needed = this.commitReserveBlocks(1) + growHeadroomFor(blocks);
+    const needed = this.commitReserveBlocks(1) + growHeadroomFor(blocks) * this.store.nodeCopies;
     if (left < needed) {
       throw new GroveError(
         "ENOSPC",
@@ -537,7 +537,7 @@ export class FreeSpace implements SpaceManager {
     const splits = Math.ceil((2 * ranges) / treeEntriesPerLeafMin) + 1;
     // A tree may grow a level during the commit.
     const depth = Math.max(this.treeLevel(treeIdFreeByLba), this.treeLevel(treeIdFreeByLength)) + 2;
-    return 2 * (2 * touched + splits + 2 * depth) + 4 * depth;
+    return this.store.nodeCopies * (2 * (2 * touched + splits + 2 * depth) + 4 * depth);
   }
 
   /** Rewrites the tree entries around [lo, hi) to match avail ∪ pending there. */

@@ -839,7 +839,7 @@ export class Store implements NodeStore {
   resize(blocks: number): void {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_resize", "volume is open read-only");
-    assert(!this.hasChanges(), "a resize is a transaction of its own");
+    assert(!this.hasChanges(false), "a resize is a transaction of its own (its commit writes any pending repair)");
     if (!Number.isSafeInteger(blocks) || blocks < deviceBlocksMin || blocks > deviceBlocksMax) {
       throw new GroveError(
         "EINVAL",
@@ -1067,12 +1067,17 @@ export class Store implements NodeStore {
     this.releaseNode(node);
   }
 
-  beginMutation(blocks: number, purpose: ReservePurpose, freedRanges = 0): void {
+  /**
+   * `blocks` are node writes (each takes `nodeCopies` blocks); `otherBlocks`
+   * are blocks counted as they are (file data promised, reserves already in blocks).
+   */
+  beginMutation(blocks: number, purpose: ReservePurpose, freedRanges = 0, otherBlocks = 0): void {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
     assert(this.space !== null, "an allocator is attached before any mutation");
     if (this.committing || this.admittedScope) return;
-    this.space.reserve(this.nodeCopies * blocks + this.commitOverheadBlocks(), this.headroomSpender ? "shrink" : purpose, freedRanges);
+    const needed = this.nodeCopies * blocks + otherBlocks + this.commitOverheadBlocks();
+    this.space.reserve(needed, this.headroomSpender ? "shrink" : purpose, freedRanges);
   }
 
   /**
@@ -1153,8 +1158,10 @@ export class Store implements NodeStore {
     return (this.rootTree.level + 2) * Math.min(this.trees.size + 2, leaves);
   }
 
-  private hasChanges(): boolean {
+  private hasChanges(repairs = true): boolean {
     if (this.cache.dirtyCount > 0 || this.rootTree.metaDirty) return true;
+    // A copy read from its twin is rewritten by the next commit, even one with nothing else to do.
+    if (repairs && this.repairs.size > 0) return true;
     if (this.features !== this.superblock.features) return true;
     if (this.volumeBlocks !== this.superblock.deviceBlocks) return true;
     const c = this.compressed;
