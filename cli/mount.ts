@@ -429,6 +429,8 @@ function filesystemOptions(options: ParsedMountOptions, subvolume: string | unde
   return {
     readOnly,
     subvolume,
+    // Duplicate metadata: each damaged node copy read from its twin, and its rewrite, goes to the log.
+    onMetadataRepair: (note) => process.stderr.write(`grovefs: metadata repair: ${note}\n`),
     ...(options.rescue === true ? { rescue: true } : {}),
     accessTimes: options.accessTimes,
     ...(compression === undefined ? {} : { compression }),
@@ -482,8 +484,6 @@ async function openAndMount(
   }
   for (const note of volume.rescueNotes ?? []) process.stderr.write(`grovefs: rescue: ${note}\n`);
   reportSuperblock(volume);
-  // Duplicate metadata: each damaged node copy read from its twin, and its rewrite, goes to the log.
-  volume.store.onRepair = (note) => process.stderr.write(`grovefs: metadata repair: ${note}\n`);
   try {
     // A snapshot opens read-only whatever was asked: the kernel mount must say so too.
     const readOnly = options.readOnly || volume.readOnly;

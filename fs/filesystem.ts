@@ -144,6 +144,8 @@ function sameIdentity(a: SendIdentity, b: SendIdentity): boolean {
 
 export interface GroveFsOptions {
   readOnly?: boolean;
+  /** Told of every damaged node copy read from its twin, and of its rewrite (duplicate metadata), from the open on. */
+  onMetadataRepair?: (note: string) => void;
   /** The subvolume to serve (default: the one mkfs made). A snapshot is always served read-only. */
   subvolume?: string;
   cacheBytes?: number;
@@ -247,7 +249,13 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   static open(device: BlockDevice, options: GroveFsOptions = {}): GroveFs {
     checkCommitInterval(options.commitIntervalMs);
     const rescue = options.rescue ?? false;
-    const volume = openVolume(device, { readOnly: options.readOnly || rescue, rescue, cacheBytes: options.cacheBytes, edges: fsEdges });
+    const volume = openVolume(device, {
+      readOnly: options.readOnly || rescue,
+      rescue,
+      cacheBytes: options.cacheBytes,
+      edges: fsEdges,
+      ...(options.onMetadataRepair === undefined ? {} : { onRepair: options.onMetadataRepair }),
+    });
     try {
       const record = rescue ? rescueRecord(volume, options.subvolume) : recordToServe(volume, options.subvolume);
       return new GroveFs(new SharedVolume(volume, options.clock ?? wallClock), record, { ...options, readOnly: options.readOnly || rescue }, false);

@@ -115,6 +115,8 @@ export interface StoreOptions {
   rescue?: boolean;
   /** Flush between a superblock slot and its twin (default true; false only for bench_commit's baseline). */
   twinFlush?: boolean;
+  /** Told of every repair of a damaged node copy from its twin (duplicate metadata), from the open on. */
+  onRepair?: (note: string) => void;
 }
 
 export interface FormatOptions extends StoreOptions {
@@ -288,6 +290,7 @@ export class Store implements NodeStore {
     this.edges = options.edges ?? noEdges;
     this.cache = new NodeCache(options.cacheBytes ?? nodeCacheBytesDefault);
     this.dupMetadata = (superblock.features & featureDupMetadata) !== 0n;
+    this.onRepair = options.onRepair ?? null;
   }
 
   /** Blocks one node write takes: 2 with duplicate metadata. */
@@ -1024,7 +1027,11 @@ export class Store implements NodeStore {
     const level = parent.level - 1;
     // The check is looked up only on a miss: a cache hit costs what it did before pointers were checked.
     const cached = this.poisoned === null ? this.cache.get(lba) : undefined;
-    if (cached !== undefined && cached.level === level && ownerMatches(owner, cached.owner)) return cached;
+    if (cached !== undefined && cached.level === level && ownerMatches(owner, cached.owner)) {
+      // A node cached through a path that did not know its second copy learns it here, before anything frees it.
+      if (cached.mirror === 0 && this.dupMetadata) cached.mirror = parent.childMirrorAt(i);
+      return cached;
+    }
     return this.readNode(lba, level, owner, parent.childGenerationAt(i), parent.childCrcAt(i), parent.childMirrorAt(i));
   }
 
@@ -1375,7 +1382,7 @@ export class ReleasePlan {
   /** Drops the references held by one record (a leaf item). */
   item(owner: number, key: Buffer, value: Buffer, depth = 0): void {
     this.store.edges(owner, key, value, {
-      tree: (treeOwner, meta) => this.node(meta.rootLba, meta.level, treeOwner, depth + 1, meta.rootGeneration ?? 0, meta.rootCrc ?? 0, meta.rootMirror ?? 0),
+      tree: (treeOwner, meta) => this.node(meta.rootLba, meta.level, treeOwner, depth + 1, 0, 0, meta.rootMirror ?? 0),
       blocks: (lba, count, _what, logicalBlocks) => this.extent(lba, count, logicalBlocks),
     });
   }
