@@ -11,6 +11,8 @@
  *            place allocations come from;
  *   run      single blocks are handed out from a run taken from avail in one
  *            piece, so the hot path (one CoW = one block) is a pointer bump;
+ *   far run  the same for the second copies of nodes (duplicate metadata),
+ *            kept at least `distanceMin` blocks from the first copy;
  *   pending  freed by this transaction: unusable until this commit is
  *            durable, because the last committed generation may still
  *            reference them (a block both allocated and freed in this
@@ -101,6 +103,10 @@ export class FreeSpace implements SpaceManager {
   private run: Extent | null = null;
   private runNext = 0;
   private runEnd = 0;
+  /** The run second copies of nodes come from (`allocateFar`). */
+  private farRun: Extent | null = null;
+  private farNext = 0;
+  private farEnd = 0;
   /** Inside the commit fixpoint: allocate exactly, with no run left open. */
   private flushing = false;
   /** The volume's size: changed only by `resize`. */
@@ -111,7 +117,7 @@ export class FreeSpace implements SpaceManager {
   private constructor(store: Store) {
     this.store = store;
     this.deviceBlocks = store.deviceBlocks;
-    this.growHeadroomBlocks = growHeadroomFor(this.deviceBlocks);
+    this.growHeadroomBlocks = growHeadroomFor(this.deviceBlocks) * store.nodeCopies;
   }
 
   /** Everything past the superblocks and their reserved places is free; the trees are created by the first commit. */
@@ -186,7 +192,7 @@ export class FreeSpace implements SpaceManager {
   }
 
   usage(): SpaceUsage {
-    const available = this.avail.blocks + (this.runEnd - this.runNext);
+    const available = this.avail.blocks + this.runBlocksLeft();
     const pending = this.pending.blocks + this.freedLogBlocks;
     return {
       totalBlocks: this.deviceBlocks,
@@ -201,6 +207,7 @@ export class FreeSpace implements SpaceManager {
   targetExtents(): Extent[] {
     const lists: Extent[][] = [[...this.avail.extents()], [...this.pending.extents()], coalescePairs(this.freedLog)];
     if (this.runNext < this.runEnd) lists.push([{ start: this.runNext, length: this.runEnd - this.runNext }]);
+    if (this.farNext < this.farEnd) lists.push([{ start: this.farNext, length: this.farEnd - this.farNext }]);
     return lists.reduce(mergeExtents);
   }
 
@@ -230,7 +237,41 @@ export class FreeSpace implements SpaceManager {
   private admission(blocks: number, purpose: ReservePurpose, freedRanges: number): { needed: number; available: number } {
     const needed =
       blocks + this.commitReserveBlocks(freedRanges) + (purpose === "grow" ? this.growHeadroomBlocks : 0);
-    return { needed, available: this.avail.blocks + (this.runEnd - this.runNext) };
+    return { needed, available: this.avail.blocks + this.runBlocksLeft() };
+  }
+
+  private runBlocksLeft(): number {
+    return this.runEnd - this.runNext + (this.farEnd - this.farNext);
+  }
+
+  /**
+   * One block at least `distanceMin` blocks from `awayFrom`: the second copy
+   * of a node (duplicate metadata, ZFS's ditto rule with distanceMin an
+   * eighth of the volume). It is searched for half the volume away, then on
+   * either side. When no free block is that far (a tiny or nearly full
+   * volume), any free block is taken: the second copy then still protects
+   * against damage to one block, only not against damage to a region. That
+   * is the decision: refusing would turn a nearly full volume's last writes
+   * into ENOSPC that reserve() did not predict.
+   */
+  allocateFar(awayFrom: number, distanceMin: number): number {
+    const far = (lba: number): boolean => Math.abs(lba - awayFrom) >= distanceMin;
+    if (!this.flushing && this.farNext < this.farEnd && far(this.farNext)) return this.farNext++;
+    this.closeFarRun();
+    const n = this.deviceBlocks;
+    const hints = [(awayFrom + Math.floor(n / 2)) % n, (awayFrom + distanceMin) % n, Math.max(firstAllocatableLba, awayFrom - distanceMin)];
+    for (const hint of hints) {
+      const extent = this.nearHint(1, Math.max(firstAllocatableLba, hint));
+      if (extent === undefined || !far(extent.start)) continue;
+      if (this.flushing) return this.take(extent.start, 1).start;
+      const holding = this.avail.containing(extent.start)!;
+      const length = Math.min(runBlocksMax, holding.start + holding.length - extent.start);
+      this.farRun = this.take(extent.start, length);
+      this.farNext = extent.start + 1;
+      this.farEnd = extent.start + length;
+      return extent.start;
+    }
+    return this.allocate(1);
   }
 
   allocate(count: number, hint?: number): number {
@@ -256,7 +297,7 @@ export class FreeSpace implements SpaceManager {
     assert(Number.isSafeInteger(count) && count > 0, "allocation of a positive block count");
     const fit = this.pick(count, hint);
     let extent = fit !== undefined ? { start: fit.start, length: count } : this.avail.largest();
-    if (extent === undefined && this.runNext < this.runEnd) {
+    if (extent === undefined && this.runBlocksLeft() > 0) {
       // The node run holds the last free blocks: data may have them (reserve counted them).
       this.closeRun();
       extent = this.avail.largest();
@@ -287,7 +328,7 @@ export class FreeSpace implements SpaceManager {
    * it by the next commit. Call before anything else in the transaction.
    */
   rebuild(free: readonly Extent[], options: { forget?: boolean } = {}): void {
-    assert(this.changedLog.length === 0 && this.freedLog.length === 0 && this.run === null, "a rebuild starts a transaction");
+    assert(this.changedLog.length === 0 && this.freedLog.length === 0 && this.run === null && this.farRun === null, "a rebuild starts a transaction");
     this.avail.clear();
     for (const e of free) this.avail.add(e.start, e.length);
     // Dropping the old trees frees their nodes (pending until the commit); the fixpoint recreates them whole.
@@ -310,7 +351,7 @@ export class FreeSpace implements SpaceManager {
    */
   resize(blocks: number): void {
     assert(this.changedLog.length === 0 && this.freedLog.length === 0, "a resize starts a transaction");
-    assert(this.run === null && this.taken.length === 0 && this.pending.size === 0, "a resize starts a transaction");
+    assert(this.run === null && this.farRun === null && this.taken.length === 0 && this.pending.size === 0, "a resize starts a transaction");
     const old = this.deviceBlocks;
     if (blocks > old) {
       this.addFree(old, blocks, blocks);
@@ -324,7 +365,7 @@ export class FreeSpace implements SpaceManager {
       this.logChange(blocks, old - blocks);
     }
     this.deviceBlocks = blocks;
-    this.growHeadroomBlocks = growHeadroomFor(blocks);
+    this.growHeadroomBlocks = growHeadroomFor(blocks) * this.store.nodeCopies;
   }
 
   /**
@@ -362,7 +403,7 @@ export class FreeSpace implements SpaceManager {
     }
     // What stays must still record this commit, and leave the headroom that lets deletes run.
     const left = this.avail.blocks - (old - blocks - this.reservedIn(blocks, old));
-    const needed = this.commitReserveBlocks(1) + growHeadroomFor(blocks);
+    const needed = this.commitReserveBlocks(1) + growHeadroomFor(blocks) * this.store.nodeCopies;
     if (left < needed) {
       throw new GroveError(
         "ENOSPC",
@@ -453,8 +494,9 @@ export class FreeSpace implements SpaceManager {
     this.runEnd = extent.start + length;
   }
 
-  /** Gives the unused tail of the run back to avail; the run's record keeps only what was used. */
+  /** Gives the unused tails of both runs back to avail; each run's record keeps only what was used. */
   private closeRun(): void {
+    this.closeFarRun();
     if (this.run === null) return;
     if (this.runNext < this.runEnd) {
       this.avail.add(this.runNext, this.runEnd - this.runNext);
@@ -464,6 +506,18 @@ export class FreeSpace implements SpaceManager {
     this.run = null;
     this.runNext = 0;
     this.runEnd = 0;
+  }
+
+  private closeFarRun(): void {
+    if (this.farRun === null) return;
+    if (this.farNext < this.farEnd) {
+      this.avail.add(this.farNext, this.farEnd - this.farNext);
+      this.logChange(this.farNext, this.farEnd - this.farNext);
+    }
+    this.farRun.length = this.farNext - this.farRun.start;
+    this.farRun = null;
+    this.farNext = 0;
+    this.farEnd = 0;
   }
 
   /** Continues the extent holding `hint`, else the first fitting extent shortly after it. */
@@ -500,7 +554,7 @@ export class FreeSpace implements SpaceManager {
     const splits = Math.ceil((2 * ranges) / treeEntriesPerLeafMin) + 1;
     // A tree may grow a level during the commit.
     const depth = Math.max(this.treeLevel(treeIdFreeByLba), this.treeLevel(treeIdFreeByLength)) + 2;
-    return 2 * (2 * touched + splits + 2 * depth) + 4 * depth;
+    return this.store.nodeCopies * (2 * (2 * touched + splits + 2 * depth) + 4 * depth);
   }
 
   /** Rewrites the tree entries around [lo, hi) to match avail ∪ pending there. */

@@ -7,7 +7,9 @@
  * answers with its live figures, uncommitted changes included. Either way it
  * prints the volume's
  * label, uuid, size, default compression, used and free space, generation,
- * tree count and inode count. Used space is shown twice: on disk (physical,
+ * tree count and inode count, the metadata profile (single or dup) and, with
+ * dup, the damaged node copies read from their twin and rewritten (by this
+ * open: for a mount, since it was mounted). Used space is shown twice: on disk (physical,
  * what df shows) and logical (as if compressed data were stored
  * uncompressed), with the compressed data extents counted once each. While
  * another grovefs process that is not a mount daemon holds the image (mkfs,
@@ -15,7 +17,8 @@
  * shown, marked "in use".
  */
 import { GroveFs } from "../fs/index.js";
-import { FileDevice, GroveError, readSuperblock, blockSizeBytes } from "../kvstore/index.js";
+import { FileDevice, GroveError, readSuperblock, blockSizeBytes, featureDupMetadata } from "../kvstore/index.js";
+import { metadataText } from "./mkfs.js";
 import { mountpointOfImage, servingPid } from "./mount.js";
 import { formatSize } from "./size.js";
 import { askDaemon, resolveTarget, type Target } from "./target.js";
@@ -39,6 +42,10 @@ interface Report {
   generation: number;
   /** How new file data is compressed by default (mkfs --compress); a mount may override it. */
   compression: string;
+  /** Tree nodes written once ("single") or twice ("dup"). */
+  metadata: string;
+  /** Damaged node copies read from their twin, and rewritten in place, since the volume was opened (a mount: mounted). */
+  metadataRepairs?: { found: number; rewritten: number };
   /** Physical: blocks allocated on the device. */
   usedBytes?: number;
   /** As if compressed data were stored uncompressed: usedBytes plus what compression saved. */
@@ -80,6 +87,8 @@ export function volumeReport(image: string, volume: GroveFs): Report {
     sizeBytes: info.sizeBytes,
     generation: info.generation,
     compression: info.compression,
+    metadata: info.metadata,
+    metadataRepairs: { ...info.metadataRepairs },
     usedBytes: info.usedBytes,
     logicalUsedBytes: info.logicalUsedBytes,
     compressed: { ...info.compressed },
@@ -116,6 +125,7 @@ function superblockReport(image: string): Report {
       sizeBytes: sb.deviceBlocks * blockSizeBytes,
       generation: sb.generation,
       compression: compressionBySuperblockCode[sb.compression] ?? `unknown (${sb.compression})`,
+      metadata: (sb.features & featureDupMetadata) !== 0n ? "dup" : "single",
     };
   } finally {
     device.close();
@@ -170,6 +180,13 @@ function usageRows(report: Report): [string, string][] {
   return rows;
 }
 
+function repairRows(report: Report): [string, string][] {
+  const repairs = report.metadataRepairs;
+  if (repairs === undefined || report.metadata !== "dup") return [];
+  const since = report.mountpoint === undefined ? "by this read" : "since mounted";
+  return [["repairs", `${repairs.found} damaged node cop${repairs.found === 1 ? "y" : "ies"} read from the twin, ${repairs.rewritten} rewritten (${since})`]];
+}
+
 function text(report: Report): string {
   const rows: [string, string][] = [
     ["image", report.image + (report.inUse ? " (in use by another grovefs process: committed state only)" : "")],
@@ -178,6 +195,8 @@ function text(report: Report): string {
     ["uuid", report.uuid],
     ["size", `${formatSize(report.sizeBytes)} (${report.sizeBytes} bytes)`],
     ["compression", `${report.compression} (the default for new writes)`],
+    ["metadata", metadataText(report.metadata)],
+    ...repairRows(report),
     ...usageRows(report),
   ];
   if (report.imageDeleted !== undefined) rows.unshift(["warning", report.imageDeleted]);

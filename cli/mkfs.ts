@@ -1,6 +1,8 @@
 /**
- * grovefs mkfs IMAGE [--size N] [--label NAME] [--compress lz4|none] [--force]
+ * grovefs mkfs IMAGE [--size N] [--label NAME] [--compress lz4|none] [--metadata single|dup] [--force]
  *
+ * --metadata dup writes every tree node twice, the copies an eighth of the
+ * volume apart, so that a damaged copy is read from (and healed by) its twin.
  * Formats an image file (created sparse when missing) or a block device.
  * --compress sets how new file data is compressed by default (none unless
  * given); a mount overrides it with -o compress=.
@@ -12,7 +14,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { GroveFs } from "../fs/index.js";
+import { GroveFs, metadataProfileDefault, metadataProfiles, type MetadataProfile } from "../fs/index.js";
 import { lockImageFd } from "../kvstore/index.js";
 import { blockSizeBytes, FileDevice, readSuperblock, type BlockDevice } from "../kvstore/index.js";
 import { parseCompression } from "./compression.js";
@@ -23,6 +25,7 @@ export interface MkfsOptions {
   size?: string;
   label?: string;
   compress?: string;
+  metadata?: string;
   force?: boolean;
 }
 
@@ -181,12 +184,26 @@ function targetDevice(image: string, sizeBytes: number | undefined, force: boole
   return limitDevice(device, Math.floor(sizeBytes / blockSizeBytes));
 }
 
+function parseMetadata(name: string): MetadataProfile {
+  const profile = metadataProfiles.find((p) => p === name);
+  if (profile === undefined) {
+    throw new CliError(`unknown metadata profile "${name}"`, `--metadata takes ${metadataProfiles.join(" or ")}`);
+  }
+  return profile;
+}
+
+/** How `info` and mkfs name a metadata profile. */
+export function metadataText(profile: string): string {
+  return profile === "dup" ? "dup (two copies of every tree node)" : `${profile} (one copy of every tree node)`;
+}
+
 export function mkfsCommand(image: string, options: MkfsOptions): void {
   const sizeBytes = options.size === undefined ? undefined : parseSize(options.size);
   const compression = parseCompression(options.compress ?? "none", "--compress", (name) => `--compress ${name}`);
+  const metadata = parseMetadata(options.metadata ?? metadataProfileDefault);
   const device = targetDevice(image, sizeBytes, options.force ?? false);
   try {
-    GroveFs.format(device, { label: options.label, compression });
+    GroveFs.format(device, { label: options.label, compression, metadata });
   } finally {
     device.close();
   }
@@ -199,6 +216,7 @@ export function mkfsCommand(image: string, options: MkfsOptions): void {
       ["size", `${formatSize(info.sizeBytes)} (${info.sizeBytes} bytes)`],
       ["uuid", info.uuid],
       ["compression", `${info.compression}${info.compression === "none" ? "" : " (new file data by default)"}`],
+      ["metadata", metadataText(info.metadata)],
     ];
     process.stdout.write(`formatted ${image} as grovefs\n${rows.map(([key, value]) => `  ${`${key}:`.padEnd(13)}${value}\n`).join("")}`);
   } finally {

@@ -429,6 +429,8 @@ function filesystemOptions(options: ParsedMountOptions, subvolume: string | unde
   return {
     readOnly,
     subvolume,
+    // Duplicate metadata: each damaged node copy read from its twin, and its rewrite, goes to the log.
+    onMetadataRepair: (note) => process.stderr.write(`grovefs: metadata repair: ${note}\n`),
     ...(options.rescue === true ? { rescue: true } : {}),
     accessTimes: options.accessTimes,
     ...(compression === undefined ? {} : { compression }),

@@ -42,6 +42,7 @@ import {
   featurePreallocated,
   featureWideInodes,
   type ForestReport,
+  problemsBesideCopies,
 } from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
 import { SnapshotReport, checkSnapshots, openVolume } from "../snapshot/index.js";
@@ -60,6 +61,7 @@ import {
   decodeItems,
   extentCrc,
   orphanIno,
+  inodeTreeMeta,
 } from "./format.js";
 import { fsEdges } from "./edges.js";
 import { decompressUnit } from "./compression.js";
@@ -385,7 +387,7 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
     rolledBack: null,
     superblockSource: null,
     fixes: [],
-    walkComplete: snapshots.space.forest.problems.length === 0 && edgeProblems.length === 0 && snapshots.space.forest.trees.length > 0,
+    walkComplete: problemsBesideCopies(snapshots.space.forest).length === 0 && edgeProblems.length === 0 && snapshots.space.forest.trees.length > 0,
     snapshots,
     space: snapshots.space,
     inodes: 0,
@@ -650,11 +652,7 @@ class FsWalk {
     if (inode.kind === PayloadKind.Items) {
       for (const item of decodeItems(ino, inode.payload)) this.visitMapItem(ino, item.key, item.value);
     } else if (inode.kind === PayloadKind.Tree) {
-      const map: Tree = this.store!.openDetachedTree(mapOwner(this.subvolumeId, ino), {
-        rootLba: inode.treeRoot,
-        level: inode.treeLevel,
-        count: inode.treeCount,
-      });
+      const map: Tree = this.store!.openDetachedTree(mapOwner(this.subvolumeId, ino), inodeTreeMeta(inode));
       for (const [k, v] of map.range()) this.visitMapItem(ino, k, v);
     }
   }
@@ -907,7 +905,7 @@ class FsWalk {
         if (inode.kind === PayloadKind.Items) {
           for (const item of decodeItems(dir, inode.payload)) if (visit(item.key, item.value)) break;
         } else if (inode.kind === PayloadKind.Tree) {
-          const map = store.openDetachedTree(mapOwner(this.subvolumeId, dir), { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount });
+          const map = store.openDetachedTree(mapOwner(this.subvolumeId, dir), inodeTreeMeta(inode));
           for (const [k, v] of map.range()) if (visit(k, v)) break;
         }
       }

@@ -87,7 +87,7 @@ export class CommitPolicy implements StreamMember {
     if (puts > 0) {
       // Growth must leave room for what buffered writes were promised, and for deletes after it.
       const extra = purpose === "grow" ? this.shrinkReserveBlocks() + this.stream.promisedBlocks() : 0;
-      this.store.beginMutation(puts * this.blocksPerPut() + extra, purpose, freedRanges);
+      this.store.beginMutation(puts * this.blocksPerPut(), purpose, freedRanges, extra);
     }
     try {
       // A shrinking mutation was admitted whole: the tree updates inside it
@@ -104,7 +104,7 @@ export class CommitPolicy implements StreamMember {
    * rmdir and truncate (each a few tree updates) to make room.
    */
   shrinkReserveBlocks(): number {
-    return 4 * this.blocksPerPut();
+    return 4 * this.blocksPerPut() * this.store.nodeCopies;
   }
 
   /**

@@ -63,3 +63,9 @@ export const openFilesMax = 65536;
 
 /** Where fsck -y links the inodes that no entry names (e2fsck's name), in the root of each writable subvolume. */
 export const lostFoundName = "lost+found";
+
+/** How many copies of each tree node a volume keeps: "dup" writes two, an eighth of the volume apart (kvstore featureDupMetadata). */
+export type MetadataProfile = "single" | "dup";
+export const metadataProfiles: readonly MetadataProfile[] = ["single", "dup"];
+/** What mkfs makes unless told otherwise. */
+export const metadataProfileDefault: MetadataProfile = "single";

@@ -12,7 +12,7 @@
 import { constants as C } from "node:fs";
 import { CorruptionError, type ItemEdges } from "../kvstore/index.js";
 import { inoMax } from "./constants.js";
-import { PayloadKind, decodeExtent, decodeInode, decodeItems, direntValueBytes } from "./format.js";
+import { PayloadKind, decodeExtent, decodeInode, decodeItems, direntValueBytes, inodeTreeMeta } from "./format.js";
 import { isObjectTree, ownerObject } from "../snapshot/index.js";
 import { mapOwner } from "./item_map.js";
 
@@ -30,7 +30,7 @@ export function fsEdges(treeId: number, key: Buffer, value: Buffer, edges: ItemE
   if (ino > inoMax) throw new CorruptionError("EIO_inode", `inode record ${ino} is numbered past the largest inode number ${inoMax}`);
   const inode = decodeInode(ino, value);
   if (inode.kind === PayloadKind.Tree) {
-    edges.tree(mapOwner(treeId, ino), { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount });
+    edges.tree(mapOwner(treeId, ino), inodeTreeMeta(inode));
   } else if (inode.kind === PayloadKind.Items && (inode.mode & C.S_IFMT) !== C.S_IFDIR) {
     for (const item of decodeItems(ino, inode.payload)) {
       const extent = decodeExtent(ino, item.key, item.value);

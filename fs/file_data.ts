@@ -906,7 +906,7 @@ export class FileData {
     let fresh = inlineData ? 1 : 0;
     for (const b of zeroed) if (!(buffered?.has(b) ?? false) && !(inlineData && b === 0)) fresh++;
     if (fresh + holes > 0) {
-      this.space.reserve(this.promisedBlocks() + fresh + holes + 2 * records + writeOutPathBlocks + this.shrinkReserveBlocks(), "grow");
+      this.space.reserve(this.promisedBlocks() + fresh + holes + this.store.nodeCopies * (2 * records + writeOutPathBlocks) + this.shrinkReserveBlocks(), "grow");
     }
     for (const [from, to] of zeroes) this.preloadEdges(inode, map, from, to);
     let freedRanges = 0;
@@ -976,7 +976,7 @@ export class FileData {
   admitShare(inode: Inode, records: number, dropped: number): void {
     const inlineBlock = inode.kind === PayloadKind.Bytes && inode.size > 0 ? 1 : 0;
     // A record and a split each, about a leaf's worth of refcounts, and the paths to them.
-    const metadata = 2 * (records + dropped) + writeOutPathBlocks;
+    const metadata = this.store.nodeCopies * (2 * (records + dropped) + writeOutPathBlocks);
     this.space.reserve(this.promisedBlocks() + inlineBlock + metadata + this.shrinkReserveBlocks(), "grow", dropped);
   }
 
@@ -1089,7 +1089,7 @@ export class FileData {
     // Each extent of the write-out may need a record and a split of an old one.
     const extents = Math.ceil((this.bufferedBlocks + fresh) / this.extentBlocksMin()) + this.buffers.size;
     const data = this.bufferedBlocks - this.inPlaceBlocks + fresh - inPlace;
-    this.space.reserve(data + 2 * extents + this.shrinkReserveBlocks(), "grow");
+    this.space.reserve(data + this.store.nodeCopies * 2 * extents + this.shrinkReserveBlocks(), "grow");
   }
 
   /** A block is buffered: `mapped` if an extent (written or not) lies under it, `inPlace` if write-out will write it into one. */

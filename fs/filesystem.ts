@@ -83,6 +83,8 @@ import {
   commitIntervalMaxMs,
   commitIntervalMinMs,
   commitIntervalMs,
+  type MetadataProfile,
+  metadataProfileDefault,
 } from "./constants.js";
 import { Inode, inodeFlagHadXattrs } from "./format.js";
 import { FileData } from "./file_data.js";
@@ -145,6 +147,8 @@ function sameIdentity(a: SendIdentity, b: SendIdentity): boolean {
 
 export interface GroveFsOptions {
   readOnly?: boolean;
+  /** Told of every damaged node copy read from its twin, and of its rewrite (duplicate metadata), from the open on. */
+  onMetadataRepair?: (note: string) => void;
   /** The subvolume to serve (default: the one mkfs made). A snapshot is always served read-only. */
   subvolume?: string;
   cacheBytes?: number;
@@ -198,6 +202,10 @@ export interface VolumeInfo {
   logicalUsedBytes: number;
   /** Compressed data extents, each counted once however many files and snapshots share it. */
   compressed: { extents: number; diskBytes: number; logicalBytes: number };
+  /** The metadata profile: every tree node written once ("single") or twice ("dup", mkfs --metadata). */
+  metadata: MetadataProfile;
+  /** Since this open: damaged node copies read from their twin, and those rewritten in place so far. */
+  metadataRepairs: { found: number; rewritten: number };
 }
 
 const wallClock = (): bigint => BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
@@ -227,10 +235,14 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   private readonly copies: RangeCopy;
 
   /** Formats `device` with an empty root directory. */
-  static format(device: BlockDevice, options: { label?: string; clock?: () => bigint; compression?: CompressionName } = {}): void {
+  static format(
+    device: BlockDevice,
+    options: { label?: string; clock?: () => bigint; compression?: CompressionName; metadata?: MetadataProfile } = {},
+  ): void {
     const now = (options.clock ?? wallClock)();
     const compression = compressionOf(options.compression ?? "none");
-    const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now, compression });
+    const dupMetadata = (options.metadata ?? metadataProfileDefault) === "dup";
+    const { store, defaultTree: inodes } = formatVolume(device, { label: options.label, edges: fsEdges, nowNs: now, compression, dupMetadata });
     assert(inodes.id === treeIdDefaultSubvolume, "mkfs makes the default subvolume");
     InodeTable.format(inodes, now, store.generation);
     store.commit();
@@ -240,7 +252,13 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   static open(device: BlockDevice, options: GroveFsOptions = {}): GroveFs {
     checkCommitInterval(options.commitIntervalMs);
     const rescue = options.rescue ?? false;
-    const volume = openVolume(device, { readOnly: options.readOnly || rescue, rescue, cacheBytes: options.cacheBytes, edges: fsEdges });
+    const volume = openVolume(device, {
+      readOnly: options.readOnly || rescue,
+      rescue,
+      cacheBytes: options.cacheBytes,
+      edges: fsEdges,
+      ...(options.onMetadataRepair === undefined ? {} : { onRepair: options.onMetadataRepair }),
+    });
     try {
       const record = rescue ? rescueRecord(volume, options.subvolume) : recordToServe(volume, options.subvolume);
       return new GroveFs(new SharedVolume(volume, options.clock ?? wallClock), record, { ...options, readOnly: options.readOnly || rescue }, false);
@@ -353,6 +371,8 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
         diskBytes: compressed.diskBlocks * blockSizeBytes,
         logicalBytes: compressed.logicalBlocks * blockSizeBytes,
       },
+      metadata: this.store.dupMetadata ? "dup" : "single",
+      metadataRepairs: { ...this.store.repairCounters },
     };
   }
 

@@ -35,6 +35,9 @@
  *      100     8  tree item count
  *      108     -  payload: inline bytes or items, up to inodeInlineBytesMax
  *
+ * A tree payload (kind tree) is empty, or with duplicate metadata 8 bytes:
+ * the u64 LBA of the tree root's second copy. Older images have none.
+ *
  * Inline items are [key length u16][value length u16][key][value], ascending
  * by key: the same items a directory or extent tree would hold.
  *
@@ -79,7 +82,7 @@
  * In a detached tree, a 9-byte value is a directory entry; an extent value is
  * at least 24 bytes, an unwritten one 28 (the edge reader tells them apart by that).
  */
-import { CorruptionError, blockSizeBytes, readU64LE, writeU64BE, writeU64LE } from "../kvstore/index.js";
+import { CorruptionError, type TreeMeta, blockSizeBytes, readU64LE, writeU64BE, writeU64LE } from "../kvstore/index.js";
 import { compressionUnitBlocksMax, extentBlocksMax, inodeInlineBytesMax, inodeRecordFixedBytes } from "./constants.js";
 
 const I_MODE = 0;
@@ -250,6 +253,27 @@ export function decodeInode(ino: number, value: Buffer, owned = false): Inode {
     treeLevel: value.readUInt8(I_TREE_LEVEL),
     treeCount: readU64LE(value, I_TREE_COUNT),
   };
+}
+
+/** The detached tree (kind tree) an inode's record holds: its root, and the root's second copy if the payload names one. */
+export function inodeTreeMeta(inode: Inode): TreeMeta {
+  const mirror = inode.payload.length === 8 ? readU64LE(inode.payload, 0) : 0;
+  return { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount, rootMirror: mirror };
+}
+
+/** Records tree `meta` as the inode's payload of kind tree. */
+export function setInodeTree(inode: Inode, meta: TreeMeta): void {
+  inode.kind = PayloadKind.Tree;
+  inode.treeRoot = meta.rootLba;
+  inode.treeLevel = meta.level;
+  inode.treeCount = meta.count;
+  const mirror = meta.rootMirror ?? 0;
+  if (mirror === 0) {
+    if (inode.payload.length !== 0) inode.payload = Buffer.alloc(0);
+    return;
+  }
+  if (inode.payload.length !== 8) inode.payload = Buffer.alloc(8);
+  writeU64LE(inode.payload, 0, mirror);
 }
 
 /** A non-negative safe integer as u64 LE (no BigInt: inode records are encoded on every change). */

@@ -10,7 +10,7 @@
 import type { Store, Tree } from "../kvstore/index.js";
 import { objectTreeOwner } from "../snapshot/index.js";
 import { inodeInlineBytesMax } from "./constants.js";
-import { Inode, Item, PayloadKind, decodeItems, encodeItems, encodedItemsBytes } from "./format.js";
+import { Inode, Item, PayloadKind, decodeItems, encodeItems, encodedItemsBytes, inodeTreeMeta, setInodeTree } from "./format.js";
 
 /**
  * Detached trees are owned by (subvolume tree, inode): the owner id in their
@@ -79,8 +79,6 @@ export class ItemMap {
     const tree = this.store.createDetachedTree(this.owner);
     for (const item of items) tree.put(item.key, item.value);
     this.treeHandle = tree;
-    this.inode.kind = PayloadKind.Tree;
-    this.inode.payload = Buffer.alloc(0);
     this.syncMeta();
   }
 
@@ -153,20 +151,14 @@ export class ItemMap {
 
   private tree(): Tree {
     if (this.treeHandle === null) {
-      this.treeHandle = this.store.openDetachedTree(this.owner, {
-        rootLba: this.inode.treeRoot,
-        level: this.inode.treeLevel,
-        count: this.inode.treeCount,
-      });
+      this.treeHandle = this.store.openDetachedTree(this.owner, inodeTreeMeta(this.inode));
     }
     return this.treeHandle;
   }
 
   private syncMeta(): void {
     const tree = this.treeHandle!;
-    this.inode.treeRoot = tree.rootLba;
-    this.inode.treeLevel = tree.level;
-    this.inode.treeCount = tree.count;
+    setInodeTree(this.inode, tree.meta());
   }
 }
 

@@ -10,6 +10,9 @@
  * - reference counts: set to what the walk counted;
  * - link counts: set to the entries found; a file's data block count, to
  *   what its extents hold;
+ * - damaged node copies with a good twin (duplicate metadata): rewritten in
+ *   place from the twin, by the same commit (the committed state reads the
+ *   twin, which is not touched; store.queueRepair);
  * - orphans: an inode nothing names with nlink 0 is listed as an orphan
  *   (the next read-write mount frees it, as after a crash); an orphan key on
  *   an inode that has names, or on none, is removed;
@@ -23,7 +26,7 @@
  * checksum, broken order), data blocks whose checksum fails, and anything found in a volume whose trees could not be walked
  * whole — rebuilding free space from a partial walk would free live blocks.
  */
-import { BlockDevice, GroveError, type Store, compressedUsageProblems, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, firstAllocatableLba } from "../kvstore/index.js";
+import { BlockDevice, GroveError, type Store, blockSizeBytes, compressedUsageProblems, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, firstAllocatableLba } from "../kvstore/index.js";
 import type { Extent } from "../alloc/index.js";
 import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
@@ -108,6 +111,13 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
       fixed.push("superblock: set the feature bit of received-snapshot identities");
     }
     for (const problem of usageProblems) fixed.push(`${problem}: set from the walk`);
+
+    for (const r of forest.copyRepairs) {
+      const good = Buffer.alloc(blockSizeBytes);
+      device.read(r.good, good);
+      store.queueRepair(r.bad, r.good, good, "fsck");
+      fixed.push(`block ${r.bad}: rewritten from its copy at block ${r.good}`);
+    }
 
     for (const m of report.snapshots.refcountMismatches) {
       volume.refcounts.setCount(m.lba, m.blocks, Math.max(1, m.found));

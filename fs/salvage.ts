@@ -29,7 +29,7 @@ import { type Extent, treeIdFreeByLba, treeIdFreeByLength } from "../alloc/index
 import { openVolume, treeIdRefcounts, treeIdSubvolumes } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
 import { fsEdges } from "./edges.js";
-import { PayloadKind, decodeDirent, decodeInode, decodeItems, encodeInode } from "./format.js";
+import { PayloadKind, decodeDirent, decodeInode, decodeItems, encodeInode, inodeTreeMeta, setInodeTree } from "./format.js";
 import { rootIno } from "./constants.js";
 import { mapOwner } from "./item_map.js";
 import { InodeTable } from "./inode_table.js";
@@ -133,7 +133,7 @@ function salvageMaps(store: Store, tree: Tree, damaged: ReadonlySet<number>): st
     const ino = Number(key.readBigUInt64BE(0));
     const inode = decodeInode(ino, value);
     const owner = mapOwner(tree.id, ino);
-    const old = store.openDetachedTree(owner, { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount });
+    const old = store.openDetachedTree(owner, inodeTreeMeta(inode));
     const lost: KeyRange[] = [];
     const items = [...old.salvageItems(lost)];
     const isDir = (inode.mode & C.S_IFMT) === C.S_IFDIR;
@@ -146,10 +146,7 @@ function salvageMaps(store: Store, tree: Tree, damaged: ReadonlySet<number>): st
     } else {
       const map = store.createDetachedTree(owner);
       for (const [k, v] of items) map.put(k, v);
-      const meta = map.meta();
-      inode.treeRoot = meta.rootLba;
-      inode.treeLevel = meta.level;
-      inode.treeCount = meta.count;
+      setInodeTree(inode, map.meta());
     }
     tree.put(key, encodeInode(inode));
     rebuilt.push({ ino, isDir, items: items.length, lost });
@@ -182,7 +179,7 @@ function pathsOf(store: Store, tree: Tree, wanted: ReadonlySet<number>): Map<num
         inode.kind === PayloadKind.Items
           ? decodeItems(dir, inode.payload).map((i): [Buffer, Buffer] => [i.key, i.value])
           : inode.kind === PayloadKind.Tree
-            ? store.openDetachedTree(mapOwner(tree.id, dir), { rootLba: inode.treeRoot, level: inode.treeLevel, count: inode.treeCount }).range()
+            ? store.openDetachedTree(mapOwner(tree.id, dir), inodeTreeMeta(inode)).range()
             : [];
       for (const [name, entry] of entries) {
         const d = decodeDirent(dir, entry);

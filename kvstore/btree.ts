@@ -28,7 +28,7 @@ import { Item, Node, childPointer, emptyKey, itemSize, nodePayloadBytes, nodeUnd
 /** What a tree needs from the store: nodes by LBA, new nodes, and copy-on-write. */
 export interface NodeStore {
   /** The node at `lba`; read from the device, it must be of `generation` with `crc` when `generation` is not 0. */
-  readNode(lba: number, level: number, owner: number, generation?: number, crc?: number): Node;
+  readNode(lba: number, level: number, owner: number, generation?: number, crc?: number, mirror?: number): Node;
   /** Child i of `parent`, checked against parent's pointer when it is read from the device. */
   readChild(parent: Node, i: number, owner: number): Node;
   newNode(level: number, owner: number): Node;
@@ -48,6 +48,8 @@ export interface TreeMeta {
   /** The root's generation and crc, when recorded (a root-tree entry); 0 or absent: unchecked. */
   rootGeneration?: number;
   rootCrc?: number;
+  /** The root's second copy (duplicate metadata); 0 or absent: none. */
+  rootMirror?: number;
 }
 
 interface PathStep {
@@ -66,6 +68,8 @@ export class Tree {
    */
   rootGeneration: number;
   rootCrc: number;
+  /** The root's second copy (0: none), kept current by every change of the root. */
+  rootMirror: number;
   level: number;
   count: number;
   /** Root pointer or count changed since they were last recorded in the root tree. */
@@ -82,6 +86,7 @@ export class Tree {
     this.rootLba = meta.rootLba;
     this.rootGeneration = meta.rootGeneration ?? 0;
     this.rootCrc = meta.rootCrc ?? 0;
+    this.rootMirror = meta.rootMirror ?? 0;
     this.level = meta.level;
     this.count = meta.count;
   }
@@ -93,20 +98,22 @@ export class Tree {
       count: this.count,
       rootGeneration: this.rootGeneration,
       rootCrc: this.rootCrc,
+      rootMirror: this.rootMirror,
     };
   }
 
-  /** The root is now the node at `lba` of `generation` with `crc` (generation 0: not sealed yet, or unchecked). */
-  setRoot(lba: number, generation: number, crc = 0): void {
+  /** The root is now the node at `lba` of `generation` with `crc` (generation 0: not sealed yet, or unchecked), with its second copy at `mirror`. */
+  setRoot(lba: number, generation: number, crc: number, mirror: number): void {
     this.rootLba = lba;
     this.rootGeneration = generation;
     this.rootCrc = crc;
+    this.rootMirror = mirror;
     this.metaDirty = true;
   }
 
   root(): Node {
     if (this.dropped) throw new GroveError("ENOENT", "ENOENT_tree_dropped", `tree ${this.id} was dropped`);
-    return this.store.readNode(this.rootLba, this.level, this.id, this.rootGeneration, this.rootCrc);
+    return this.store.readNode(this.rootLba, this.level, this.id, this.rootGeneration, this.rootCrc, this.rootMirror);
   }
 
   child(node: Node, i: number): Node {
@@ -330,7 +337,7 @@ export class Tree {
     if (copy === step.node) return;
     step.node = copy;
     if (k === 0) {
-      this.setRoot(copy.lba, 0);
+      this.setRoot(copy.lba, 0, 0, copy.mirror);
     } else {
       const parent = path[k - 1]!;
       parent.node.setChildAt(parent.index, copy.lba, copy.generation);
@@ -359,7 +366,7 @@ export class Tree {
         { key: emptyKey, value: childPointer(node.lba, node.generation) },
         { key: separator, value: childPointer(right.lba, right.generation) },
       ]);
-      this.setRoot(root.lba, 0);
+      this.setRoot(root.lba, 0, 0, root.mirror);
       this.level = root.level;
       return;
     }
@@ -438,9 +445,11 @@ export class Tree {
       const child = root.childAt(0);
       const generation = root.childGenerationAt(0);
       const crc = root.childCrcAt(0);
+      // The child itself knows its second copy (a pointer to a child of this transaction does not yet).
+      const mirror = this.child(root, 0).mirror;
       this.store.freeNode(root);
       // A child written in this transaction is not sealed yet: the commit fills its check in.
-      this.setRoot(child, generation === root.generation ? 0 : generation, crc);
+      this.setRoot(child, generation === root.generation ? 0 : generation, crc, mirror);
       this.level = root.level - 1;
     }
   }

@@ -12,11 +12,15 @@
  * misdirected write is reported as such, and that each tree's item count
  * matches its root-tree record. A problem names the tree, the block and the
  * first key of the subtree it was found under.
+ * With duplicate metadata both copies of every node are reachable, and each
+ * must be a valid node matching its pointer, byte for byte the other's. A
+ * damaged copy whose twin is good is a problem listed in `copyRepairs` too:
+ * fsck -y rewrites it from the twin, and the walk goes on with the twin.
  * It returns the set of reachable blocks for the space checker.
  */
 import { blockSizeBytes, treeDepthMax, treeIdRoot } from "./constants.js";
 import type { BlockDevice } from "./device.js";
-import { compareBytes, nodeGeneration, validateNodeBytes, decodeNode, type Node } from "./node.js";
+import { compareBytes, nodeGeneration, validateNodeBytes, decodeNode, type Node, type NodeExpectation } from "./node.js";
 import { decodeMeta, readSuperblock } from "./store.js";
 import { reservedExtents } from "./superblock_copies.js";
 import { type LogReplay, logBlocksInUse, readLog } from "./fsync_log.js";
@@ -146,6 +150,21 @@ export interface ForestReport {
   damagedRoots: Set<number>;
   /** The ids of the walks that met a damaged node: tree ids, or the owners of trees found in records. */
   damagedTrees: Set<number>;
+  /** Damaged node copies whose twin is good (duplicate metadata): rewriting `bad` with `good`'s bytes repairs each. */
+  copyRepairs: CopyRepair[];
+}
+
+/** A node copy at `bad` that fails its checks, and its twin at `good` that passes them; `problem` is how the report says it. */
+export interface CopyRepair {
+  bad: number;
+  good: number;
+  problem: string;
+}
+
+/** The walk's problems that a rewrite from a good copy does not fix (a complete walk has none). */
+export function problemsBesideCopies(report: ForestReport): string[] {
+  const repairable = new Set(report.copyRepairs.map((r) => r.problem));
+  return report.problems.filter((p) => !repairable.has(p));
 }
 
 export type { ItemEdges } from "./interfaces.js";
@@ -187,6 +206,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
       log: null,
       damagedRoots: new Set(),
       damagedTrees: new Set(),
+      copyRepairs: [],
     };
   }
   const committed = sb;
@@ -210,7 +230,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
   const walker = new TreeWalker(device, sb.deviceBlocks, sb.generation, reachable, problems, visitItem);
   const trees: TreeReport[] = [];
   const metas: Array<{ id: number } & TreeMeta> = [];
-  const rootCheck = { generation: sb.rootGeneration, crc: sb.rootCrc };
+  const rootCheck = { generation: sb.rootGeneration, crc: sb.rootCrc, mirror: sb.rootMirror };
   const rootReport = walker.walk(treeIdRoot, sb.rootLba, sb.rootLevel, sb.rootCount, rootCheck, (key, value) => {
     if (key.length !== 8) {
       problems.push(`root tree: key of ${key.length} bytes is not a tree id`);
@@ -225,13 +245,13 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
   });
   trees.push(rootReport);
   for (const meta of metas) {
-    const check = { generation: meta.rootGeneration ?? 0, crc: meta.rootCrc ?? 0 };
+    const check = { generation: meta.rootGeneration ?? 0, crc: meta.rootCrc ?? 0, mirror: meta.rootMirror ?? 0 };
     trees.push(walker.walk(meta.id, meta.rootLba, meta.level, meta.count, check, undefined, options.walkFrom?.(meta.id) ?? null));
   }
   // Trees found in records are walked breadth-first, so nesting never deepens the stack.
   for (let i = 0; i < walker.queued.length; i++) {
     const next = walker.queued[i]!;
-    const check = { generation: next.meta.rootGeneration ?? 0, crc: next.meta.rootCrc ?? 0 };
+    const check = { generation: next.meta.rootGeneration ?? 0, crc: next.meta.rootCrc ?? 0, mirror: next.meta.rootMirror ?? 0 };
     trees.push(walker.walk(next.owner, next.meta.rootLba, next.meta.level, next.meta.count, check));
   }
   for (const lba of logBlocks) {
@@ -255,6 +275,7 @@ export function checkForest(device: BlockDevice, visitItem?: ItemVisitor, option
     log: { ...log, committedGeneration: committed.generation, blocks: logBlocks },
     damagedRoots: walker.damagedRoots,
     damagedTrees: walker.damagedTrees,
+    copyRepairs: walker.copyRepairs,
   };
 }
 
@@ -284,6 +305,8 @@ function usageText(usage: CompressedUsage): string {
 interface PointerCheck {
   generation: number;
   crc: number;
+  /** The node's second copy (0: none). */
+  mirror: number;
 }
 
 /** A key for a problem report: hex, shortened past 24 bytes. */
@@ -297,6 +320,7 @@ class TreeWalker implements ItemEdges {
   readonly references = new Map<number, number>();
   readonly extents = new Map<number, number>();
   readonly compressed: CompressedUsage = { ...noCompressedUsage };
+  readonly copyRepairs: CopyRepair[] = [];
   /** Decompressed blocks of each compressed extent reached, so every record of it must agree. */
   private readonly logical = new Map<number, number>();
   private readonly nodes: Bitmap;
@@ -453,17 +477,8 @@ class TreeWalker implements ItemEdges {
     this.nodes.set(lba);
     this.marked++;
     report.nodes++;
-    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
-    try {
-      this.device.read(lba, buf);
-    } catch (error) {
-      this.problems.push(`${where}: read failed: ${(error as Error).message}`);
-      this.damaged();
-      return;
-    }
-    const reason = validateNodeBytes(buf, { lba, level, owner: id, deviceBlocks: this.deviceBlocks, ...check });
-    if (reason !== null) {
-      this.problems.push(`${where}: ${reason}`);
+    const buf = this.readCopies(id, lba, level, check, where);
+    if (buf === null) {
       this.damaged();
       return;
     }
@@ -489,9 +504,61 @@ class TreeWalker implements ItemEdges {
       const childLo = i === 0 ? lo : Buffer.from(node.keyAt(i));
       const childHi = i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi;
       if (this.from !== null && childHi !== null && compareBytes(childHi, this.from) <= 0) continue;
-      const childCheck = { generation: node.childGenerationAt(i), crc: node.childCrcAt(i) };
+      const childCheck = { generation: node.childGenerationAt(i), crc: node.childCrcAt(i), mirror: node.childMirrorAt(i) };
       this.visit(id, node.childAt(i), level - 1, childLo, childHi, generation, childCheck, report, onItem);
     }
+  }
+
+  /** The node's bytes from a copy that passes every check (null: none does, and why is reported). */
+  private readCopies(id: number, lba: number, level: number, check: PointerCheck, where: string): Buffer | null {
+    const expect = { lba, level, owner: id, deviceBlocks: this.deviceBlocks, generation: check.generation, crc: check.crc };
+    const first = this.readCopy(lba, expect);
+    const mirror = check.mirror;
+    if (mirror === 0) {
+      if (first.reason !== null) this.problems.push(`${where}: ${first.reason}`);
+      return first.reason === null ? first.buf : null;
+    }
+    if (!Number.isSafeInteger(mirror) || mirror < 2 || mirror >= this.deviceBlocks) {
+      this.problems.push(`${where}: second copy's pointer ${mirror} lies outside the volume`);
+      return first.reason === null ? first.buf : null;
+    }
+    if (this.reachable.get(mirror)) {
+      this.problems.push(`${where}: its second copy's block ${mirror} is reachable twice`);
+    } else {
+      this.reachable.set(mirror);
+      this.marked++;
+    }
+    const second = this.readCopy(mirror, expect);
+    if (first.reason !== null && second.reason !== null) {
+      this.problems.push(`${where}: ${first.reason}; its second copy at block ${mirror} too: ${second.reason}`);
+      return null;
+    }
+    if (first.reason !== null) {
+      this.copyProblem(lba, mirror, `${where}: ${first.reason} (its second copy at block ${mirror} is good)`);
+      return second.buf;
+    }
+    if (second.reason !== null) {
+      this.copyProblem(mirror, lba, `${where}: second copy at block ${mirror}: ${second.reason} (the first copy is good)`);
+    } else if (!first.buf.equals(second.buf)) {
+      this.copyProblem(mirror, lba, `${where}: second copy at block ${mirror} differs from the first`);
+    }
+    return first.buf;
+  }
+
+  private copyProblem(bad: number, good: number, problem: string): void {
+    this.problems.push(problem);
+    this.copyRepairs.push({ bad, good, problem });
+  }
+
+  /** One copy's bytes, checked as the node at `expect.lba` (a second copy's header names the first's LBA). */
+  private readCopy(at: number, expect: NodeExpectation): { buf: Buffer; reason: string | null } {
+    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
+    try {
+      this.device.read(at, buf);
+    } catch (error) {
+      return { buf, reason: `read failed: ${(error as Error).message}` };
+    }
+    return { buf, reason: validateNodeBytes(buf, expect) };
   }
 
   private checkBounds(node: Node, lo: Buffer | null, hi: Buffer | null, where: string): void {

@@ -37,7 +37,7 @@
  *      104     8  state: compressed data extents: count
  *      112     8  state: compressed data extents: blocks on disk
  *      120     8  state: compressed data extents: blocks they decompress to
- *      128     8  (zero)
+ *      128     8  state: root tree root's second LBA (0 = none; duplicate metadata)
  *      136  16*n  extents written since the previous durable point:
  *                   u64 LBA, u32 blocks, u32 crc32c of those blocks in order
  *
@@ -85,7 +85,8 @@ const LOG_FEATURES = LOG_ROOT_CRC + 8;
 const LOG_COMPRESSED_EXTENTS = LOG_FEATURES + 8;
 const LOG_COMPRESSED_DISK = LOG_COMPRESSED_EXTENTS + 8;
 const LOG_COMPRESSED_LOGICAL = LOG_COMPRESSED_DISK + 8;
-const LOG_EXTENTS = LOG_COMPRESSED_LOGICAL + 16;
+const LOG_ROOT_MIRROR = LOG_COMPRESSED_LOGICAL + 8;
+const LOG_EXTENTS = LOG_ROOT_MIRROR + 8;
 const EXTENT_LBA = 0;
 const EXTENT_BLOCKS = EXTENT_LBA + 8;
 const EXTENT_CRC = EXTENT_BLOCKS + 4;
@@ -172,6 +173,7 @@ export function encodeLogRecord(record: LogRecord): Buffer {
   buf.writeUInt8(s.rootLevel, LOG_ROOT_LEVEL);
   buf.writeBigUInt64LE(BigInt(s.rootGeneration), LOG_ROOT_GENERATION);
   buf.writeUInt32LE(s.rootCrc >>> 0, LOG_ROOT_CRC);
+  buf.writeBigUInt64LE(BigInt(s.rootMirror), LOG_ROOT_MIRROR);
   buf.writeBigUInt64LE(s.features, LOG_FEATURES);
   buf.writeBigUInt64LE(BigInt(s.compressed.extents), LOG_COMPRESSED_EXTENTS);
   buf.writeBigUInt64LE(BigInt(s.compressed.diskBlocks), LOG_COMPRESSED_DISK);
@@ -214,6 +216,7 @@ export function decodeLogRecord(buf: Buffer, lba: number, sequence: number, base
     rootLevel: buf.readUInt8(LOG_ROOT_LEVEL),
     rootGeneration: Number(buf.readBigUInt64LE(LOG_ROOT_GENERATION)),
     rootCrc: buf.readUInt32LE(LOG_ROOT_CRC),
+    rootMirror: Number(buf.readBigUInt64LE(LOG_ROOT_MIRROR)),
     features: buf.readBigUInt64LE(LOG_FEATURES),
     compressed: {
       extents: Number(buf.readBigUInt64LE(LOG_COMPRESSED_EXTENTS)),
@@ -227,6 +230,7 @@ export function decodeLogRecord(buf: Buffer, lba: number, sequence: number, base
     return { ok: false, reason: `holds features 0x${state.features.toString(16)}` };
   }
   if (state.rootLba < firstAllocatableLba || state.rootLba >= blocks) return { ok: false, reason: `names root ${state.rootLba}` };
+  if (state.rootMirror !== 0 && (state.rootMirror < firstAllocatableLba || state.rootMirror >= blocks)) return { ok: false, reason: `names root copy ${state.rootMirror}` };
   if (state.rootLevel >= treeDepthMax || state.rootGeneration > state.generation) return { ok: false, reason: "names a bad root" };
   if (nextLba < firstAllocatableLba || nextLba >= blocks) return { ok: false, reason: `reserves block ${nextLba}` };
   const extents: number[] = [];

@@ -12,7 +12,7 @@ export { Store, ReleasePlan, type StoreOptions, type FormatOptions, treeKey, rea
 export type { SpaceManager, SpaceProvider, NodeSharing, ReservePurpose, ItemEdges, EdgeReader } from "./interfaces.js";
 export { unshared, noEdges } from "./interfaces.js";
 export { ownerMatches } from "./node.js";
-export { type CompressedUsage, featureCheckedPointers, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, featureSuperblockCopies, featureWideInodes, noCompressedUsage } from "./superblock.js";
+export { type CompressedUsage, featureCheckedPointers, featureCompressLz4, featureDupMetadata, featurePreallocated, featureReceivedSnapshots, featureSuperblockCopies, featureWideInodes, noCompressedUsage } from "./superblock.js";
 export {
   type CopyState,
   type SuperblockReport,
@@ -24,5 +24,5 @@ export {
   twinSlotLbas,
 } from "./superblock_copies.js";
 export { type WriteFate } from "./sim_device.js";
-export { checkForest, compressedUsageProblems, type ForestOptions, type ForestReport, type TreeReport, type ItemVisitor, Bitmap } from "./check.js";
+export { checkForest, compressedUsageProblems, problemsBesideCopies, type CopyRepair, type ForestOptions, type ForestReport, type TreeReport, type ItemVisitor, Bitmap } from "./check.js";
 export { diffTrees, diffTreesSteps, type TreeChange, type TreeDiffStats } from "./tree_diff.js";

@@ -20,6 +20,11 @@ export interface SpaceManager {
   reserve(blocks: number, purpose: ReservePurpose, freedRanges?: number): void;
   /** `count` contiguous blocks, near `hint` when one is given. */
   allocate(count: number, hint?: number): number;
+  /**
+   * One block at least `distanceMin` blocks from `awayFrom` when one is free
+   * (else any): the second copy of a node, with duplicate metadata.
+   */
+  allocateFar(awayFrom: number, distanceMin: number): number;
   /** The running transaction no longer references these blocks. */
   free(lba: number, count: number): void;
   /**

@@ -121,6 +121,13 @@ export class Node {
   referenced = true;
   /** Set once the commit has sealed this node of its transaction (a parent's check may then read its crc). */
   sealed = false;
+  /**
+   * The LBA of this node's second copy (duplicate metadata; 0: none). It is
+   * not in the node's bytes (both copies are byte-identical, with `lba` in
+   * their header): it lives in whatever points at the node, and is set when
+   * the node is allocated or read through such a pointer.
+   */
+  mirror = 0;
 
   constructor(buf: Buffer, lba: number, generation: number, owner: number, level: number, checked = level > 0) {
     this.buf = buf;
@@ -242,12 +249,19 @@ export class Node {
     writeU64LE(this.buf, p + PTR_LBA2, 0);
   }
 
-  /** Records what child i is: its generation and crc, known once it is sealed. */
-  setChildCheckAt(i: number, generation: number, crc: number): void {
+  /** The second LBA child i's pointer records (0: none, or a bare pointer). */
+  childMirrorAt(i: number): number {
+    if (!this.checked) return 0;
+    return readU64LE(this.buf, this.pointerAt(i) + PTR_LBA2);
+  }
+
+  /** Records what child i is: its generation and crc, known once it is sealed, and its second copy. */
+  setChildCheckAt(i: number, generation: number, crc: number, mirror: number): void {
     assert(this.checked, "only a checked pointer records its child's crc");
     const p = this.pointerAt(i);
     writeU64LE(this.buf, p + PTR_GENERATION, generation);
     this.buf.writeUInt32LE(crc, p + PTR_CRC);
+    writeU64LE(this.buf, p + PTR_LBA2, mirror);
   }
 
   /** The crc field of a sealed node's header (a node read from the device, or sealed by this commit). */
@@ -543,6 +557,10 @@ function validateNodeStructure(buf: Buffer, expect: NodeExpectation): string | n
       if (valueLen !== pointerBytes) return `internal item ${i} is not a child pointer`;
       const child = readU64LE(buf, off + itemHeaderBytes + keyLen);
       if (child < 2 || child >= expect.deviceBlocks) return `child pointer ${child} is outside the volume`;
+      if (pointerBytes === checkedChildPointerBytes) {
+        const mirror = readU64LE(buf, off + itemHeaderBytes + keyLen + PTR_LBA2);
+        if (mirror !== 0 && (mirror < 2 || mirror >= expect.deviceBlocks || mirror === child)) return `child pointer ${child}'s second LBA ${mirror} is impossible`;
+      }
       if (i === 0 && keyLen !== 0) return "first key of an internal node is not empty";
     }
     if (previousStart >= 0 && compareInBuffer(buf, previousStart, previousLen, keyStart, keyLen) >= 0) {

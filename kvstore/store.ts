@@ -60,7 +60,7 @@ import {
   noEdges,
   unshared,
 } from "./interfaces.js";
-import { Node, decodeNode, ownerMatches, sealNode } from "./node.js";
+import { Node, NodeExpectation, decodeNode, ownerMatches, sealNode } from "./node.js";
 import { NodeCache } from "./node_cache.js";
 import { WrittenExtents, encodeLogRecord, logExtentsMax, logRecordsMax, readLog } from "./fsync_log.js";
 import {
@@ -72,6 +72,7 @@ import {
   labelSizeMaxBytes,
   noCompressedUsage,
   featureSuperblockCopies,
+  featureDupMetadata,
 } from "./superblock.js";
 import {
   SuperblockReport,
@@ -114,11 +115,15 @@ export interface StoreOptions {
   rescue?: boolean;
   /** Flush between a superblock slot and its twin (default true; false only for bench_commit's baseline). */
   twinFlush?: boolean;
+  /** Told of every repair of a damaged node copy from its twin (duplicate metadata), from the open on. */
+  onRepair?: (note: string) => void;
 }
 
 export interface FormatOptions extends StoreOptions {
   /** Twin and backup superblocks (featureSuperblockCopies); default true. */
   superblockCopies?: boolean;
+  /** Every tree node written twice (featureDupMetadata); default false (single metadata). */
+  dupMetadata?: boolean;
   label?: string;
   uuid?: Buffer;
   /** Default compression of new file data (0 none, 1 lz4). */
@@ -138,6 +143,7 @@ function encodeMeta(meta: TreeMeta): Buffer {
   value.writeUInt8(meta.level, META_LEVEL);
   writeU64LE(value, META_ROOT_GENERATION, meta.rootGeneration ?? 0);
   value.writeUInt32LE((meta.rootCrc ?? 0) >>> 0, META_ROOT_CRC);
+  writeU64LE(value, META_ROOT_LBA2, meta.rootMirror ?? 0);
   return value;
 }
 
@@ -154,8 +160,12 @@ export function decodeMeta(value: Buffer, id: number, deviceBlocks: number): Tre
     level: value.readUInt8(META_LEVEL),
     rootGeneration: checked ? Number(value.readBigUInt64LE(META_ROOT_GENERATION)) : 0,
     rootCrc: checked ? value.readUInt32LE(META_ROOT_CRC) : 0,
+    rootMirror: checked ? Number(value.readBigUInt64LE(META_ROOT_LBA2)) : 0,
   };
   if (meta.rootLba < firstAllocatableLba || meta.rootLba >= deviceBlocks) bad(`root LBA ${meta.rootLba}`);
+  if (meta.rootMirror !== 0 && (meta.rootMirror < firstAllocatableLba || meta.rootMirror >= deviceBlocks || meta.rootMirror === meta.rootLba)) {
+    bad(`second root LBA ${meta.rootMirror}`);
+  }
   if (meta.level >= treeDepthMax) bad(`level ${meta.level}`);
   return meta;
 }
@@ -254,6 +264,14 @@ export class Store implements NodeStore {
   private logWanted = false;
   /** Data extents written since the last durable point, for the next record to list. */
   private readonly written = new WrittenExtents();
+  /** Duplicate metadata (featureDupMetadata): every node is written twice. Fixed at format. */
+  readonly dupMetadata: boolean;
+  /** Damaged node copies read from their twin, by LBA, with the good bytes to write back (`queueRepair`). */
+  private readonly repairs = new Map<number, Buffer>();
+  /** Since open: damaged copies found (read from their twin), and those rewritten by a durable point. */
+  readonly repairCounters = { found: 0, rewritten: 0 };
+  /** Told of every repair, one line each (the fs layer logs them). */
+  onRepair: ((note: string) => void) | null = null;
 
   private constructor(device: BlockDevice, superblock: Superblock, options: StoreOptions) {
     this.device = device;
@@ -271,6 +289,13 @@ export class Store implements NodeStore {
     this.sharing = options.sharing ?? unshared;
     this.edges = options.edges ?? noEdges;
     this.cache = new NodeCache(options.cacheBytes ?? nodeCacheBytesDefault);
+    this.dupMetadata = (superblock.features & featureDupMetadata) !== 0n;
+    this.onRepair = options.onRepair ?? null;
+  }
+
+  /** Blocks one node write takes: 2 with duplicate metadata. */
+  get nodeCopies(): number {
+    return this.dupMetadata ? 2 : 1;
   }
 
   /** Writes an empty forest to `device`, destroying what it held. */
@@ -289,10 +314,11 @@ export class Store implements NodeStore {
       rootLevel: 0,
       rootGeneration: 0,
       rootCrc: 0,
+      rootMirror: 0,
       deviceBlocks: device.blockCount,
       uuid: options.uuid ?? randomBytes(16),
       label,
-      features: ((options.compression ?? 0) !== 0 ? featureCompressLz4 : 0n) | featureCheckedPointers | (copies ? featureSuperblockCopies : 0n),
+      features: ((options.compression ?? 0) !== 0 ? featureCompressLz4 : 0n) | featureCheckedPointers | (copies ? featureSuperblockCopies : 0n) | (options.dupMetadata === true ? featureDupMetadata : 0n),
       compression: options.compression ?? 0,
       compressed: { ...noCompressedUsage },
       reservedStartBlocks: copies ? reservedStartFor(device.blockCount) : 0,
@@ -301,7 +327,7 @@ export class Store implements NodeStore {
     const store = new Store(device, superblock, { ...options, readOnly: false });
     store.space = provider.format(store);
     const root = store.newNode(0, treeIdRoot);
-    store.rootTree = new Tree(store, treeIdRoot, { rootLba: root.lba, level: 0, count: 0 });
+    store.rootTree = new Tree(store, treeIdRoot, { rootLba: root.lba, level: 0, count: 0, rootMirror: root.mirror });
     store.commit();
     // A second generation fills the other slot, so that both are valid from the start.
     store.commit({ force: true });
@@ -362,6 +388,7 @@ export class Store implements NodeStore {
       count: superblock.rootCount,
       rootGeneration: superblock.rootGeneration,
       rootCrc: superblock.rootCrc,
+      rootMirror: superblock.rootMirror,
     });
     store.rootTree.root();
     store.space = provider.open(store);
@@ -479,7 +506,7 @@ export class Store implements NodeStore {
     if (this.hasTree(id)) throw new GroveError("EEXIST", "EEXIST_tree", `tree ${id} already exists`);
     this.beginMutation(1, "grow");
     const root = this.newNode(0, id);
-    const tree = new Tree(this, id, { rootLba: root.lba, level: 0, count: 0 });
+    const tree = new Tree(this, id, { rootLba: root.lba, level: 0, count: 0, rootMirror: root.mirror });
     try {
       this.rootTree.put(treeKey(id), encodeMeta(tree.meta()));
     } catch (error) {
@@ -503,7 +530,7 @@ export class Store implements NodeStore {
     assert(!this.trees.get(id)?.metaDirty, "a rebuilt tree has no changes of its own");
     this.beginMutation(1, "grow");
     const root = this.newNode(0, id);
-    const tree = new Tree(this, id, { rootLba: root.lba, level: 0, count: 0 });
+    const tree = new Tree(this, id, { rootLba: root.lba, level: 0, count: 0, rootMirror: root.mirror });
     this.rootTree.put(treeKey(id), encodeMeta(tree.meta()));
     this.trees.set(id, tree);
     for (const [key, value] of items) tree.put(key, value);
@@ -571,12 +598,14 @@ export class Store implements NodeStore {
     assert(owner !== treeIdRoot, "the root tree is created by format");
     this.beginMutation(1, "grow");
     const root = this.newNode(0, owner);
-    return new Tree(this, owner, { rootLba: root.lba, level: 0, count: 0 });
+    return new Tree(this, owner, { rootLba: root.lba, level: 0, count: 0, rootMirror: root.mirror });
   }
 
   openDetachedTree(owner: number, meta: TreeMeta): Tree {
     this.checkHealthy();
-    if (meta.rootLba < firstAllocatableLba || meta.rootLba >= this.deviceBlocks || meta.level >= treeDepthMax) {
+    const mirror = meta.rootMirror ?? 0;
+    const badMirror = mirror !== 0 && (mirror < firstAllocatableLba || mirror >= this.deviceBlocks || mirror === meta.rootLba);
+    if (meta.rootLba < firstAllocatableLba || meta.rootLba >= this.deviceBlocks || meta.level >= treeDepthMax || badMirror) {
       throw new CorruptionError("EIO_tree_meta", `tree ${owner} has root ${meta.rootLba} at level ${meta.level}`);
     }
     return new Tree(this, owner, meta);
@@ -588,7 +617,7 @@ export class Store implements NodeStore {
    */
   detachedTreeRanges(tree: Tree): number {
     const plan = this.planRelease();
-    plan.node(tree.rootLba, tree.level, tree.id, 0, tree.rootGeneration, tree.rootCrc);
+    plan.node(tree.rootLba, tree.level, tree.id, 0, tree.rootGeneration, tree.rootCrc, tree.rootMirror);
     return plan.ranges();
   }
 
@@ -633,7 +662,7 @@ export class Store implements NodeStore {
   private releaseTree(tree: Tree, unlink: () => void): void {
     assert(!tree.dropped, "a dropped tree is not dropped again");
     const plan = this.planRelease();
-    plan.node(tree.rootLba, tree.level, tree.id, 0, tree.rootGeneration, tree.rootCrc);
+    plan.node(tree.rootLba, tree.level, tree.id, 0, tree.rootGeneration, tree.rootCrc, tree.rootMirror);
     this.applyRelease(plan, unlink);
     tree.dropped = true;
     tree.modCount++;
@@ -667,6 +696,7 @@ export class Store implements NodeStore {
       this.settleTrees();
       if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
       this.writeNodes(this.sealDirtyNodes());
+      this.writeRepairs();
       this.device.flush();
       next = { ...this.durableState(), deviceBlocks: this.volumeBlocks, logHeadLba: this.logHead };
       writeSuperblockCopies(this.device, next, { twinFlush: this.twinFlush });
@@ -706,8 +736,12 @@ export class Store implements NodeStore {
       if (this.cache.dirtyCount > 0) this.features |= featureCheckedPointers;
       const nodes = this.sealDirtyNodes();
       this.writeNodes(nodes);
+      // Rewritten in place, these restore what the committed state holds already: replay need not check them.
+      this.writeRepairs();
       next = this.durableState();
+      // First copies, then second copies: each list is in LBA order, so that adjacent blocks join one extent.
       for (const node of nodes) this.written.add(node.lba, [node.buf]);
+      for (const node of nodes) if (node.mirror !== 0) this.written.add(node.mirror, [node.buf]);
       const extents = this.written.triples();
       assert(extents.length / 3 <= logExtentsMax, "logCanTake bounds the record's extents");
       const record = { base: this.logBase, sequence: this.logChain.length + 1, lba, nextLba, state: next, extents };
@@ -745,6 +779,7 @@ export class Store implements NodeStore {
       rootLevel: this.rootTree.level,
       rootGeneration: root.generation,
       rootCrc: root.crc,
+      rootMirror: this.rootTree.rootMirror,
       features: this.features,
       compressed: { ...this.compressed },
     };
@@ -753,6 +788,7 @@ export class Store implements NodeStore {
   /** The in-memory side of a durable point (a commit or a log record): the running transaction starts afresh. */
   private becameDurable(next: Superblock): void {
     this.superblock = next;
+    this.repairsWritten();
     this.droppedTrees.clear();
     // Each transaction looks for its first run from the start of the volume (see FreeSpace.startRun).
     this.allocHint = firstAllocatableLba;
@@ -775,7 +811,7 @@ export class Store implements NodeStore {
     if (this.logChain.length + 1 >= logRecordsMax) return false;
     if (this.volumeBlocks !== this.superblock.deviceBlocks) return false;
     // The fixpoint adds nodes of its own: leave it a margin.
-    if (this.written.count + this.cache.dirtyCount + 32 > logExtentsMax && !this.dirtyNodesFit()) return false;
+    if (this.written.count + this.nodeCopies * this.cache.dirtyCount + 32 > logExtentsMax && !this.dirtyNodesFit()) return false;
     try {
       this.space!.reserve(1 + this.commitOverheadBlocks(), "shrink");
     } catch (error) {
@@ -787,7 +823,7 @@ export class Store implements NodeStore {
 
   /** The dirty nodes' runs of adjacent blocks, plus the data extents, fit one record with a margin for the fixpoint. */
   private dirtyNodesFit(): boolean {
-    const lbas = this.cache.dirtyNodes().map((n) => n.lba).sort((a, b) => a - b);
+    const lbas = nodeBlocks(this.cache.dirtyNodes()).map((b) => b.lba).sort((a, b) => a - b);
     let runs = 0;
     for (let i = 0; i < lbas.length; i++) if (i === 0 || lbas[i] !== lbas[i - 1]! + 1) runs++;
     return this.written.count + runs + 32 <= logExtentsMax;
@@ -825,7 +861,7 @@ export class Store implements NodeStore {
   resize(blocks: number): void {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_resize", "volume is open read-only");
-    assert(!this.hasChanges(), "a resize is a transaction of its own");
+    assert(!this.hasChanges(false), "a resize is a transaction of its own (its commit writes any pending repair)");
     if (!Number.isSafeInteger(blocks) || blocks < deviceBlocksMin || blocks > deviceBlocksMax) {
       throw new GroveError(
         "EINVAL",
@@ -877,6 +913,7 @@ export class Store implements NodeStore {
       count: sb.rootCount,
       rootGeneration: sb.rootGeneration,
       rootCrc: sb.rootCrc,
+      rootMirror: sb.rootMirror,
     });
     for (const [id, tree] of this.droppedTrees) {
       const recreated = this.trees.get(id);
@@ -909,23 +946,99 @@ export class Store implements NodeStore {
    * (`generation`, `crc`; 0: an older, unchecked pointer). A cached node was
    * checked when it was read, or was written by this store.
    */
-  readNode(lba: number, level: number, owner: number, generation = 0, crc = 0): Node {
+  readNode(lba: number, level: number, owner: number, generation = 0, crc = 0, mirror = 0): Node {
     if (this.poisoned !== null) this.checkHealthy();
     const cached = this.cache.get(lba);
     if (cached !== undefined) {
       if (cached.level !== level || !ownerMatches(owner, cached.owner)) {
         throw new CorruptionError("EIO_pointer", `block ${lba} is not a level-${level} node of tree ${owner}`);
       }
+      if (cached.mirror === 0) cached.mirror = mirror;
       return cached;
     }
     if (!Number.isSafeInteger(lba) || lba < firstAllocatableLba || lba >= this.deviceBlocks) {
       throw new CorruptionError("EIO_pointer", `tree ${owner} points at block ${lba}, outside the volume`);
     }
-    const buf = allocBlock();
-    this.device.read(lba, buf);
-    const node = decodeNode(buf, { lba, level, owner, deviceBlocks: this.deviceBlocks, generation, crc });
+    const expect = { lba, level, owner, deviceBlocks: this.deviceBlocks, generation, crc };
+    let node: Node;
+    try {
+      node = decodeNode(this.readBlock(lba), expect);
+    } catch (error) {
+      if (mirror === 0 || !isDamage(error)) throw error;
+      node = this.readMirror(lba, mirror, expect, error as GroveError);
+    }
+    node.mirror = mirror;
     this.cache.addClean(node);
     return node;
+  }
+
+  private readBlock(lba: number): Buffer {
+    const buf = allocBlock();
+    this.device.read(lba, buf);
+    return buf;
+  }
+
+  /**
+   * The first copy of a node failed its checks (`failure`): the node is read
+   * from its second copy, and the first is queued to be rewritten with the
+   * good bytes, in place, by the next durable point. Both failing is the
+   * first copy's error, as with single metadata.
+   */
+  private readMirror(lba: number, mirror: number, expect: NodeExpectation, failure: GroveError): Node {
+    if (!Number.isSafeInteger(mirror) || mirror < firstAllocatableLba || mirror >= this.deviceBlocks) throw failure;
+    let node: Node;
+    try {
+      node = decodeNode(this.readBlock(mirror), expect);
+    } catch (error) {
+      // Both copies bad: the same error as single metadata gives.
+      if (!isDamage(error)) throw error;
+      throw failure;
+    }
+    this.queueRepair(lba, mirror, node.buf, failure.message);
+    return node;
+  }
+
+  /**
+   * Copy `bad` of a node is damaged and `good` (the node's bytes, from its
+   * other copy at `from`) is not: the next commit or logged fsync writes it
+   * back in place before its flush. That never touches a block the committed
+   * state needs intact (it needs the good copy, which is not written), and
+   * the bad block cannot be reused before then: freed blocks become free
+   * only at that same durable point, when the queue is emptied.
+   */
+  queueRepair(bad: number, from: number, good: Buffer, why: string): void {
+    if (this.repairs.has(bad)) return;
+    this.repairs.set(bad, Buffer.from(good));
+    this.repairCounters.found++;
+    this.repairNotify(`block ${bad} is damaged (${why}); read its copy at block ${from}${this.readOnly ? "" : ", rewriting it"}`);
+  }
+
+  /** Copies read from their twin and waiting for the next durable point to be rewritten. */
+  get pendingRepairs(): number {
+    return this.repairs.size;
+  }
+
+  private writeRepairs(): void {
+    if (this.repairs.size === 0) return;
+    for (const [lba, buf] of this.repairs) this.device.write(lba, buf);
+  }
+
+  /** After the durable point that wrote them: the repairs are done. */
+  private repairsWritten(): void {
+    if (this.repairs.size === 0) return;
+    this.repairCounters.rewritten += this.repairs.size;
+    for (const lba of this.repairs.keys()) this.repairNotify(`block ${lba} rewritten from its copy`);
+    this.repairs.clear();
+  }
+
+  private repairNotify(note: string): void {
+    const listener = this.onRepair;
+    if (listener === null) return;
+    try {
+      listener(note);
+    } catch {
+      // A listener's failure must not fail a read.
+    }
   }
 
   readChild(parent: Node, i: number, owner: number): Node {
@@ -933,12 +1046,17 @@ export class Store implements NodeStore {
     const level = parent.level - 1;
     // The check is looked up only on a miss: a cache hit costs what it did before pointers were checked.
     const cached = this.poisoned === null ? this.cache.get(lba) : undefined;
-    if (cached !== undefined && cached.level === level && ownerMatches(owner, cached.owner)) return cached;
-    return this.readNode(lba, level, owner, parent.childGenerationAt(i), parent.childCrcAt(i));
+    if (cached !== undefined && cached.level === level && ownerMatches(owner, cached.owner)) {
+      // A node cached through a path that did not know its second copy learns it here, before anything frees it.
+      if (cached.mirror === 0 && this.dupMetadata) cached.mirror = parent.childMirrorAt(i);
+      return cached;
+    }
+    return this.readNode(lba, level, owner, parent.childGenerationAt(i), parent.childCrcAt(i), parent.childMirrorAt(i));
   }
 
   newNode(level: number, owner: number): Node {
     const node = Node.empty(this.allocateBlock(), this.generation, owner, level);
+    node.mirror = this.allocateMirror(node.lba);
     this.cache.addDirty(node);
     return node;
   }
@@ -947,6 +1065,7 @@ export class Store implements NodeStore {
     if (node.generation === this.generation) return node;
     const shared = this.sharing.isShared(node.lba, node.generation, treeId);
     const copy = node.copyTo(this.allocateBlock(), this.generation, treeId);
+    copy.mirror = this.allocateMirror(copy.lba);
     this.cache.addDirty(copy);
     if (shared) {
       // The copy is one more parent of every child, and of every block its records point at; the original has one parent fewer.
@@ -963,7 +1082,7 @@ export class Store implements NodeStore {
     } else {
       // Nothing references the original any more (abort rereads it from the device).
       this.cache.remove(node);
-      this.space!.free(node.lba, 1);
+      this.freeNodeBlocks(node);
       node.retire();
     }
     return copy;
@@ -974,12 +1093,17 @@ export class Store implements NodeStore {
     this.releaseNode(node);
   }
 
-  beginMutation(blocks: number, purpose: ReservePurpose, freedRanges = 0): void {
+  /**
+   * `blocks` are node writes (each takes `nodeCopies` blocks); `otherBlocks`
+   * are blocks counted as they are (file data promised, reserves already in blocks).
+   */
+  beginMutation(blocks: number, purpose: ReservePurpose, freedRanges = 0, otherBlocks = 0): void {
     this.checkHealthy();
     if (this.readOnly) throw new GroveError("EROFS", "EROFS_mutation", "volume is open read-only");
     assert(this.space !== null, "an allocator is attached before any mutation");
     if (this.committing || this.admittedScope) return;
-    this.space.reserve(blocks + this.commitOverheadBlocks(), this.headroomSpender ? "shrink" : purpose, freedRanges);
+    const needed = this.nodeCopies * blocks + otherBlocks + this.commitOverheadBlocks();
+    this.space.reserve(needed, this.headroomSpender ? "shrink" : purpose, freedRanges);
   }
 
   /**
@@ -1034,7 +1158,7 @@ export class Store implements NodeStore {
    * brings it back down.
    */
   commitOverheadBlocks(): number {
-    return this.rootTreeCommitBlocks() + this.sharing.commitBlocks();
+    return this.nodeCopies * (this.rootTreeCommitBlocks() + this.sharing.commitBlocks());
   }
 
   poison(cause: unknown): never {
@@ -1060,8 +1184,10 @@ export class Store implements NodeStore {
     return (this.rootTree.level + 2) * Math.min(this.trees.size + 2, leaves);
   }
 
-  private hasChanges(): boolean {
+  private hasChanges(repairs = true): boolean {
     if (this.cache.dirtyCount > 0 || this.rootTree.metaDirty) return true;
+    // A copy read from its twin is rewritten by the next commit, even one with nothing else to do.
+    if (repairs && this.repairs.size > 0) return true;
     if (this.features !== this.superblock.features) return true;
     if (this.volumeBlocks !== this.superblock.deviceBlocks) return true;
     const c = this.compressed;
@@ -1077,10 +1203,22 @@ export class Store implements NodeStore {
     return lba;
   }
 
+  /** The second copy's block for a node at `lba`: an eighth of the volume away (ditto blocks), or 0 with single metadata. */
+  private allocateMirror(lba: number): number {
+    if (!this.dupMetadata) return 0;
+    return this.space!.allocateFar(lba, Math.floor(this.volumeBlocks / 8));
+  }
+
+  /** Frees a node's block and its second copy's: the copy shares the node's life (refcounts are keyed by `lba`). */
+  private freeNodeBlocks(node: Node): void {
+    this.space!.free(node.lba, 1);
+    if (node.mirror !== 0) this.space!.free(node.mirror, 1);
+  }
+
   /** Gives back the block of a node written in this transaction (never shared). */
   private releaseNode(node: Node): void {
     this.cache.remove(node);
-    this.space!.free(node.lba, 1);
+    this.freeNodeBlocks(node);
     node.retire();
   }
 
@@ -1088,6 +1226,7 @@ export class Store implements NodeStore {
     tree.rootLba = meta.rootLba;
     tree.rootGeneration = meta.rootGeneration ?? 0;
     tree.rootCrc = meta.rootCrc ?? 0;
+    tree.rootMirror = meta.rootMirror ?? 0;
     tree.level = meta.level;
     tree.count = meta.count;
     tree.metaDirty = false;
@@ -1150,7 +1289,7 @@ export class Store implements NodeStore {
       const expected = node.childGenerationAt(i);
       if (expected !== 0 && expected !== node.generation) continue;
       const child = this.sealedNode(node.childAt(i), node.level - 1, node.owner);
-      node.setChildCheckAt(i, child.generation, child.sealedCrc);
+      node.setChildCheckAt(i, child.generation, child.sealedCrc, child.mirror);
     }
   }
 
@@ -1165,6 +1304,7 @@ export class Store implements NodeStore {
       const root = this.sealedNode(Number(value.readBigUInt64LE(META_ROOT_LBA)), value.readUInt8(META_LEVEL), id);
       writeU64LE(value, META_ROOT_GENERATION, root.generation);
       value.writeUInt32LE(root.sealedCrc, META_ROOT_CRC);
+      writeU64LE(value, META_ROOT_LBA2, root.mirror);
     }
   }
 
@@ -1178,22 +1318,42 @@ export class Store implements NodeStore {
     return { generation: tree.rootGeneration, crc: tree.rootCrc };
   }
 
-  /** Writes sealed nodes in LBA order, gathering runs of adjacent blocks. */
+  /** Writes sealed nodes, and their second copies, in LBA order, gathering runs of adjacent blocks. */
   private writeNodes(nodes: Node[]): void {
+    const blocks = nodeBlocks(nodes);
     let i = 0;
-    while (i < nodes.length) {
+    while (i < blocks.length) {
       let j = i + 1;
-      while (j < nodes.length && j - i < writeRunBlocksMax && nodes[j]!.lba === nodes[j - 1]!.lba + 1) j++;
+      while (j < blocks.length && j - i < writeRunBlocksMax && blocks[j]!.lba === blocks[j - 1]!.lba + 1) j++;
       if (j - i === 1) {
-        this.device.write(nodes[i]!.lba, nodes[i]!.buf);
+        this.device.write(blocks[i]!.lba, blocks[i]!.buf);
       } else {
         const run: Buffer[] = [];
-        for (let k = i; k < j; k++) run.push(nodes[k]!.buf);
-        this.device.writev(nodes[i]!.lba, run);
+        for (let k = i; k < j; k++) run.push(blocks[k]!.buf);
+        this.device.writev(blocks[i]!.lba, run);
       }
       i = j;
     }
   }
+}
+
+/** The blocks that sealed nodes are written to (each node, and its second copy), by LBA. */
+function nodeBlocks(nodes: Node[]): Array<{ lba: number; buf: Buffer }> {
+  const blocks: Array<{ lba: number; buf: Buffer }> = [];
+  let mirrors = false;
+  for (const node of nodes) {
+    blocks.push({ lba: node.lba, buf: node.buf });
+    if (node.mirror === 0) continue;
+    blocks.push({ lba: node.mirror, buf: node.buf });
+    mirrors = true;
+  }
+  if (mirrors) blocks.sort((a, b) => a.lba - b.lba);
+  return blocks;
+}
+
+/** A read failure that another copy may not share: damage (corruption) or a failed device read. */
+function isDamage(error: unknown): boolean {
+  return error instanceof GroveError && error.code === "EIO";
 }
 
 /**
@@ -1216,26 +1376,32 @@ export class ReleasePlan {
 
   constructor(private readonly store: Store) {}
 
-  /** Drops one reference to the node at `lba`, of tree `owner` at `level` (checked against `generation`, `crc` if known). */
-  node(lba: number, level: number, owner: number, depth = 0, generation = 0, crc = 0): void {
+  /** Drops one reference to the node at `lba`, of tree `owner` at `level` (checked against `generation`, `crc` if known; second copy at `mirror`). */
+  node(lba: number, level: number, owner: number, depth = 0, generation = 0, crc = 0, mirror = 0): void {
     assert(depth <= 2 * treeDepthMax, "release depth is bounded");
     if (this.takeShared(lba)) return;
-    const node = this.store.readNode(lba, level, owner, generation, crc);
+    const node = this.store.readNode(lba, level, owner, generation, crc, mirror);
     this.nodesRead++;
-    this.frees.push([lba, 1]);
+    this.freeNode(node);
     if (node.level > 0) {
-      const children: Array<[number, number, number]> = [];
-      for (let i = 0; i < node.count; i++) children.push([node.childAt(i), node.childGenerationAt(i), node.childCrcAt(i)]);
-      for (const [child, g, c] of children) this.node(child, level - 1, owner, depth + 1, g, c);
+      const children: Array<[number, number, number, number]> = [];
+      for (let i = 0; i < node.count; i++) children.push([node.childAt(i), node.childGenerationAt(i), node.childCrcAt(i), node.childMirrorAt(i)]);
+      for (const [child, g, c, m] of children) this.node(child, level - 1, owner, depth + 1, g, c, m);
       return;
     }
     for (let i = 0; i < node.count; i++) this.item(owner, Buffer.from(node.keyAt(i)), node.copyValue(i), depth);
   }
 
+  /** Frees a node read by the plan (its only reference), with its second copy. */
+  freeNode(node: Node): void {
+    this.frees.push([node.lba, 1]);
+    if (node.mirror !== 0) this.frees.push([node.mirror, 1]);
+  }
+
   /** Drops the references held by one record (a leaf item). */
   item(owner: number, key: Buffer, value: Buffer, depth = 0): void {
     this.store.edges(owner, key, value, {
-      tree: (treeOwner, meta) => this.node(meta.rootLba, meta.level, treeOwner, depth + 1),
+      tree: (treeOwner, meta) => this.node(meta.rootLba, meta.level, treeOwner, depth + 1, 0, 0, meta.rootMirror ?? 0),
       blocks: (lba, count, _what, logicalBlocks) => this.extent(lba, count, logicalBlocks),
     });
   }

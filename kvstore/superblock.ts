@@ -53,7 +53,12 @@
  * blocks and the start of the volume out of use; set by mkfs); bit 5, the
  * subvolume table may hold received-snapshot identities (snapshot/format.ts,
  * key [0x03][id]: set by the first receive), which older code's checker calls
- * unknown keys; bit 7, inode numbers at or above 2^32 may exist, and the
+ * unknown keys; bit 6, duplicate metadata (DUP): every tree node is written
+ * twice, the second copy at least an eighth of the volume away, and every
+ * pointer to a node (child pointers, root-tree records, inode tree roots, and
+ * byte 192 here) records both LBAs (set by mkfs --metadata dup; an image
+ * without it is written with single metadata, as before); bit 7, inode
+ * numbers at or above 2^32 may exist, and the
  * per-inode trees of those inodes are owned by the wide owner ids of
  * snapshot/format.ts (`objectTreeOwner`; set when an inode counter first
  * passes 2^32), which older code would read as another subvolume's trees.
@@ -83,6 +88,8 @@ export const featureFsyncLog = 8n;
 export const featureSuperblockCopies = 16n;
 /** The subvolume table may hold received-snapshot identities ([0x03][id], snapshot/format.ts). */
 export const featureReceivedSnapshots = 32n;
+/** Every tree node is written twice (duplicate metadata); pointers record the second LBA too. */
+export const featureDupMetadata = 64n;
 /** Inode numbers may reach 2^32 and beyond: their per-inode trees have wide owner ids (snapshot/format.ts). */
 export const featureWideInodes = 128n;
 /** An image with other incompatible feature bits is refused. */
@@ -93,6 +100,7 @@ export const featuresIncompatKnown =
   featureFsyncLog |
   featureSuperblockCopies |
   featureReceivedSnapshots |
+  featureDupMetadata |
   featureWideInodes;
 
 const SLOT_MAGIC = 0;
@@ -128,6 +136,8 @@ export interface Superblock {
   /** What the root tree's root must be: its generation (0: unchecked) and crc. */
   rootGeneration: number;
   rootCrc: number;
+  /** The second copy of the root tree's root (0: none, single metadata). */
+  rootMirror: number;
   deviceBlocks: number;
   uuid: Buffer;
   label: string;
@@ -189,7 +199,7 @@ export function encodeSuperblock(sb: Superblock, lba = slotForGeneration(sb.gene
   buf.writeBigUInt64LE(BigInt(sb.compressed.logicalBlocks), SLOT_COMPRESSED_LOGICAL);
   buf.writeBigUInt64LE(BigInt(sb.rootGeneration), SLOT_ROOT_GENERATION);
   buf.writeUInt32LE(sb.rootCrc >>> 0, SLOT_ROOT_CRC);
-  buf.writeBigUInt64LE(0n, SLOT_ROOT_LBA2);
+  buf.writeBigUInt64LE(BigInt(sb.rootMirror), SLOT_ROOT_LBA2);
   if ((sb.features & featureSuperblockCopies) !== 0n) {
     assert(sb.reservedStartBlocks >= superblockCopyLbasMin, "the slots and twins are reserved");
     buf.writeBigUInt64LE(BigInt(lba), SLOT_COPY_LBA);
@@ -239,6 +249,7 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number, lba?: number
     rootLevel: buf.readUInt8(SLOT_ROOT_LEVEL),
     rootGeneration: Number(buf.readBigUInt64LE(SLOT_ROOT_GENERATION)),
     rootCrc: buf.readUInt32LE(SLOT_ROOT_CRC),
+    rootMirror: Number(buf.readBigUInt64LE(SLOT_ROOT_LBA2)),
     deviceBlocks: Number(buf.readBigUInt64LE(SLOT_DEVICE_BLOCKS)),
     uuid: Buffer.from(buf.subarray(SLOT_UUID, SLOT_UUID + 16)),
     label: buf.subarray(SLOT_LABEL, SLOT_END).toString("utf8").replace(/\0+$/, ""),
@@ -270,6 +281,9 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number, lba?: number
   }
   if ((features & featureFsyncLog) !== 0n && (sb.logHeadLba < Math.max(superblockSlotLbas.length, sb.reservedStartBlocks) || sb.logHeadLba >= sb.deviceBlocks)) {
     return { ok: false, reason: `fsync log head ${sb.logHeadLba} is outside the volume` };
+  }
+  if (sb.rootMirror !== 0 && (sb.rootMirror < Math.max(superblockSlotLbas.length, sb.reservedStartBlocks) || sb.rootMirror >= sb.deviceBlocks)) {
+    return { ok: false, reason: `root tree's second LBA ${sb.rootMirror} is outside the volume` };
   }
   if (sb.rootLevel >= treeDepthMax) return { ok: false, reason: `root tree level ${sb.rootLevel} is too deep` };
   if (sb.rootGeneration > sb.generation) {

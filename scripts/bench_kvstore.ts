@@ -3,6 +3,13 @@
  * workload, in the same run.
  *
  *   npm run bench:kvstore -- [--keys N] [--txn N] [--seed S]
+ *   npm run bench:kvstore -- --metadata dup [--keys N] [--txn N] [--seed S]
+ *
+ * With --metadata dup, lmdb is not run: grovefs with duplicate metadata is
+ * measured against grovefs with single metadata, in one run, ABBA (single,
+ * dup, dup, single), and the ratios are dup over single (best of the two
+ * runs of each), ending with the line
+ *   dup vs single: put=R get=R scan=R delete=R
  *
  * Workload (defaults): 1M distinct keys of 16 random bytes from the seeded
  * kvstore Prng, 100-byte values, on real files in a fresh temp directory.
@@ -49,6 +56,8 @@ interface Config {
   keys: number;
   txn: number;
   seed: number;
+  /** "dup": compare duplicate against single metadata instead of grovefs against lmdb. */
+  metadata: "single" | "dup";
 }
 
 function parseConfig(): Config {
@@ -57,6 +66,7 @@ function parseConfig(): Config {
       keys: { type: "string", default: "1000000" },
       txn: { type: "string", default: "10000" },
       seed: { type: "string", default: "1" },
+      metadata: { type: "string", default: "single" },
     },
     strict: true,
   });
@@ -69,6 +79,7 @@ function parseConfig(): Config {
     keys: int("keys", values.keys!, 1),
     txn: int("txn", values.txn!, 1),
     seed: int("seed", values.seed!, 0),
+    metadata: values.metadata === "dup" ? "dup" : values.metadata === "single" ? "single" : fail("args", `--metadata takes single or dup, not "${values.metadata}"`),
   };
 }
 
@@ -151,10 +162,10 @@ function allocatedBytes(file: string): number {
 
 // ---- grovefs ------------------------------------------------------------------
 
-function runGrovefs(w: Workload, dir: string, notes: string[]): Result {
+function runGrovefs(w: Workload, dir: string, notes: string[], dupMetadata = false): Result {
   const image = path.join(dir, "grovefs.img");
   const device = FileDevice.createImage(image, imageBytes);
-  const { store } = formatVolume(device, { cacheBytes: grovefsCacheBytes });
+  const { store } = formatVolume(device, { cacheBytes: grovefsCacheBytes, dupMetadata });
   const s = new Scratch(w);
   const { n, txn } = w;
   try {
@@ -318,9 +329,38 @@ function report(config: Config, grove: Result, lmdb: Result, notes: string[]): v
   console.log(`kvstore vs lmdb: put=${ratio("put")} get=${ratio("get")} scan=${ratio("scan")} delete=${ratio("delete")}`);
 }
 
+/** Duplicate against single metadata, ABBA; each phase's best of two runs. */
+function compareMetadata(config: Config, workload: Workload): void {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "grovefs-bench-"));
+  const runs: Record<"single" | "dup", Result[]> = { single: [], dup: [] };
+  const notes: string[] = [];
+  try {
+    for (const profile of ["single", "dup", "dup", "single"] as const) {
+      runs[profile].push(runGrovefs(workload, dir, notes, profile === "dup"));
+      notes[notes.length - 1] = `${profile}: ${notes[notes.length - 1]}`;
+      fs.rmSync(path.join(dir, "grovefs.img"), { force: true });
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const best = (profile: "single" | "dup", p: Phase): number => Math.max(...runs[profile].map((r) => opsPerSecond(r[p])));
+  console.log(`keys=${config.keys} txn=${config.txn} seed=${config.seed} node=${process.version} (ABBA: single, dup, dup, single; best of two)`);
+  for (const note of notes) console.log(note);
+  for (const p of phases) {
+    const each = (profile: "single" | "dup"): string => runs[profile].map((r) => Math.round(opsPerSecond(r[p])).toLocaleString("en-US")).join(" / ");
+    console.log(`${p.padEnd(6)}  single ${each("single")} ops/s   dup ${each("dup")} ops/s   dup/single ${(best("dup", p) / best("single", p)).toFixed(2)}`);
+  }
+  const ratio = (p: Phase): string => (best("dup", p) / best("single", p)).toFixed(2);
+  console.log(`dup vs single: put=${ratio("put")} get=${ratio("get")} scan=${ratio("scan")} delete=${ratio("delete")}`);
+}
+
 async function main(): Promise<void> {
   const config = parseConfig();
   const workload = makeWorkload(config);
+  if (config.metadata === "dup") {
+    compareMetadata(config, workload);
+    return;
+  }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "grovefs-bench-"));
   const notes: string[] = [];
   let grove: Result;

@@ -322,7 +322,7 @@ export class Subvolumes {
     const tree = this.store.openTree(record.id);
     const walk = new DropWalk(this.store, record.id, record.progress, budget);
     const plan = this.store.planRelease();
-    const done = walk.run(plan, tree.rootLba, tree.level, null, 0, { generation: tree.rootGeneration, crc: tree.rootCrc });
+    const done = walk.run(plan, tree.rootLba, tree.level, null, 0, { generation: tree.rootGeneration, crc: tree.rootCrc, mirror: tree.rootMirror });
     if (done) {
       // The record and the root-tree entry go in the same admitted unit as the last frees.
       this.store.applyRelease(plan, () => {
@@ -354,27 +354,27 @@ class DropWalk {
   ) {}
 
   /** Plans the subtree at `lba`, whose keys lie below `hi` (null: unbounded). True once all of it is planned. */
-  run(plan: ReleasePlan, lba: number, level: number, hi: Buffer | null = null, depth = 0, check = { generation: 0, crc: 0 }): boolean {
+  run(plan: ReleasePlan, lba: number, level: number, hi: Buffer | null = null, depth = 0, check = { generation: 0, crc: 0, mirror: 0 }): boolean {
     assert(depth < treeDepthMax, "the drop's descent is bounded");
     if (this.store.sharing.refCount(lba) >= 2) {
       plan.drops.push(lba);
       this.advance(hi);
       return true;
     }
-    const node = this.store.readNode(lba, level, this.id, check.generation, check.crc);
+    const node = this.store.readNode(lba, level, this.id, check.generation, check.crc, check.mirror);
     plan.nodesRead++;
     if (level === 0) {
       for (let i = 0; i < node.count; i++) {
         const key = Buffer.from(node.keyAt(i));
         if (compareBytes(key, this.progress) >= 0) plan.item(this.id, key, node.copyValue(i));
       }
-      plan.frees.push([lba, 1]);
+      plan.freeNode(node);
       this.advance(hi);
       return true;
     }
-    const children: Array<{ lba: number; hi: Buffer | null; check: { generation: number; crc: number } }> = [];
+    const children: Array<{ lba: number; hi: Buffer | null; check: { generation: number; crc: number; mirror: number } }> = [];
     for (let i = 0; i < node.count; i++) {
-      const check = { generation: node.childGenerationAt(i), crc: node.childCrcAt(i) };
+      const check = { generation: node.childGenerationAt(i), crc: node.childCrcAt(i), mirror: node.childMirrorAt(i) };
       children.push({ lba: node.childAt(i), hi: i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi, check });
     }
     for (let i = 0; i < children.length; i++) {
@@ -383,7 +383,7 @@ class DropWalk {
       if (!this.run(plan, child.lba, level - 1, child.hi, depth + 1, child.check)) return false;
       if (plan.nodesRead >= this.budget && i + 1 < children.length) return false;
     }
-    plan.frees.push([lba, 1]);
+    plan.freeNode(node);
     this.advance(hi);
     return true;
   }

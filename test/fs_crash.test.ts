@@ -27,7 +27,7 @@ import { constants as C } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { GroveError, Prng, SimDevice, SimulatedCrash, crc32c, readDurableSuperblock } from "../kvstore/index.js";
 import { GroveFs, type GroveFsOptions } from "../fs/index.js";
-import { seeds, withSeed } from "./helpers.js";
+import { seeds, testMetadata, withSeed } from "./helpers.js";
 import {
   O_CREAT,
   O_RDONLY,
@@ -104,7 +104,7 @@ const lz4: Variant = {
 /** A formatted, empty volume: the durable image every run starts from. */
 function baseImage(variant: Variant): Map<number, Uint8Array> {
   const device = new SimDevice(deviceBlocks);
-  GroveFs.format(device, { clock: testClock(), compression: variant.compression });
+  GroveFs.format(device, { clock: testClock(), compression: variant.compression, metadata: testMetadata });
   return device.snapshotLive();
 }
 

@@ -12,6 +12,7 @@ import { openVolume } from "../snapshot/index.js";
 import { Compression, Extent, PayloadKind, decodeExtent, decodeInode, decodeItems, direntValueBytes, inodeKey } from "../fs/format.js";
 import { fsEdges } from "../fs/edges.js";
 import { mapOwner } from "../fs/item_map.js";
+import { testMetadata } from "./helpers.js";
 
 export const root: Caller = { uid: 0, gid: 0 };
 export const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND } = C;
@@ -34,7 +35,7 @@ export class FsHarness {
     this.clock = options.clock ?? testClock();
     this.options = { ...options, clock: this.clock };
     this.device = new SimDevice(blocks);
-    GroveFs.format(this.device, { clock: this.clock });
+    GroveFs.format(this.device, { clock: this.clock, metadata: testMetadata });
     this.device = this.device.reopen();
     this.fs = GroveFs.open(this.device, this.options);
   }
@@ -225,7 +226,7 @@ export function compressedHarness(
   const h = new FsHarness(blocks, options);
   h.fs.close();
   const device = new SimDevice(blocks);
-  GroveFs.format(device, { clock: h.clock, compression });
+  GroveFs.format(device, { clock: h.clock, compression, metadata: testMetadata });
   h.device = device.reopen();
   h.fs = GroveFs.open(h.device, h.options);
   return h;

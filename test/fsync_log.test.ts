@@ -29,7 +29,7 @@ import { readLog } from "../kvstore/fsync_log.js";
 import { featureFsyncLog } from "../kvstore/superblock.js";
 import { GroveFs } from "../fs/index.js";
 import { fsckExit, runFsck } from "../cli/fsck.js";
-import { seeds, withSeed } from "./helpers.js";
+import { seeds, testMetadata, withSeed } from "./helpers.js";
 import { O_CREAT, O_RDWR, O_WRONLY, durableImage, expectFsClean, pattern, readFile, root, testClock, writeFile } from "./fs_helpers.js";
 
 const testFile = "test/fsync_log.test.ts";
@@ -40,7 +40,7 @@ const crashPointsPerSeed = Number(process.env.GROVE_FSYNCLOG_POINTS ?? 300);
 /** A small tree, committed, with the log's head already reserved (by a first fsync). */
 function baseImage(): Map<number, Uint8Array> {
   const formatted = new SimDevice(deviceBlocks);
-  GroveFs.format(formatted, { clock: testClock() });
+  GroveFs.format(formatted, { clock: testClock(), metadata: testMetadata });
   const device = formatted.reopen();
   const fs = GroveFs.open(device, { clock: testClock() });
   for (const dir of ["/A", "/B", "/B/empty"]) fs.mkdir(dir, 0o755, root);

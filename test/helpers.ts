@@ -6,6 +6,13 @@ import { expect } from "vitest";
 import { BlockDevice, Store, Tree, blockSizeBytes, type ForestReport } from "../kvstore/index.js";
 import { FreeSpace, checkSpace } from "../alloc/index.js";
 
+/**
+ * GROVE_METADATA=dup runs the randomised suites on volumes with duplicate
+ * metadata (mkfs --metadata dup); unset, they use the default.
+ */
+export const testMetadata: "single" | "dup" | undefined =
+  process.env.GROVE_METADATA === "dup" ? "dup" : process.env.GROVE_METADATA === "single" ? "single" : undefined;
+
 /** Seeds for a randomised suite: GROVE_SEED replays one, otherwise the defaults. */
 export function seeds(defaults: number[]): number[] {
   const replay = process.env.GROVE_SEED;

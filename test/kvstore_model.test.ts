@@ -14,6 +14,7 @@ import {
   expectClean,
   expectForestEquals,
   seeds,
+  testMetadata,
   withSeed,
 } from "./helpers.js";
 
@@ -30,7 +31,7 @@ class Harness {
 
   constructor(readonly prng: Prng) {
     this.device = new SimDevice(65536);
-    this.attach(formatVolume(this.device, { cacheBytes: 2 * 1024 * 1024 }));
+    this.attach(formatVolume(this.device, { cacheBytes: 2 * 1024 * 1024, dupMetadata: testMetadata === "dup" }));
     for (let i = 0; i < 3; i++) this.createTree();
     this.commit();
   }

@@ -21,7 +21,7 @@ import { constants as C } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { Prng, SimDevice } from "../kvstore/index.js";
 import { GroveFs, type FileSystemOps, type GroveFsOptions } from "../fs/index.js";
-import { seeds, withSeed } from "./helpers.js";
+import { seeds, testMetadata, withSeed } from "./helpers.js";
 import {
   O_CREAT,
   O_RDWR,
@@ -83,7 +83,7 @@ class Runner {
     this.rng = new Prng(seed);
     this.lz4 = compression === "lz4";
     this.options = { clock: testClock(), deletionStepNodes: 1 + this.rng.below(6) };
-    GroveFs.format(this.device, { clock: this.options.clock, compression });
+    GroveFs.format(this.device, { clock: this.options.clock, compression, metadata: testMetadata });
     this.device = this.device.reopen();
     this.fs = GroveFs.open(this.device, this.options);
     for (const dir of dirs) this.fs.mkdir(dir, 0o755, caller);

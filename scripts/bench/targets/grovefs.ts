@@ -49,9 +49,18 @@ export function transportSupport(): Promise<TransportSupport> {
   return support;
 }
 
-export async function grovefsMkfs(img: string, imageBytes: number, compress?: "lz4" | "none"): Promise<void> {
+export async function grovefsMkfs(img: string, imageBytes: number, compress?: "lz4" | "none", metadata?: "single" | "dup"): Promise<void> {
   if (!fs.existsSync(grovefsCli)) throw new Error(`${path.relative(repoRoot, grovefsCli)} does not exist`);
-  const argv = [...tsNode, grovefsCli, "mkfs", img, "--size", String(imageBytes), ...(compress ? ["--compress", compress] : [])];
+  const argv = [
+    ...tsNode,
+    grovefsCli,
+    "mkfs",
+    img,
+    "--size",
+    String(imageBytes),
+    ...(compress ? ["--compress", compress] : []),
+    ...(metadata ? ["--metadata", metadata] : []),
+  ];
   await runOk(argv, { timeoutMs: mkfsTimeoutMs });
 }
 
@@ -71,12 +80,13 @@ export function grovefsMount(name: string, dir: string, mountOptions: string[]):
   return Object.assign(mount, { img });
 }
 
-function grovefsTarget(name: string, transport: Transport | null): Target {
+/** `metadata`: mkfs --metadata (unset: mkfs's default), so that single and dup are compared in one sweep. */
+function grovefsTarget(name: string, transport: Transport | null, metadata?: "single" | "dup"): Target {
   let options: string[] = [];
   let note = "";
   return {
     name,
-    describe: () => `grovefs mkfs + mount -f${options.length > 0 ? ` -o ${options.join(",")}` : ""}${note}`,
+    describe: () => `grovefs mkfs${metadata ? ` --metadata ${metadata}` : ""} + mount -f${options.length > 0 ? ` -o ${options.join(",")}` : ""}${note}`,
     prepare: async () => {
       const s = await transportSupport();
       if (transport === null) {
@@ -94,7 +104,7 @@ function grovefsTarget(name: string, transport: Transport | null): Target {
     },
     setup: async (env: TargetEnv, dir: string): Promise<Mounted> => {
       const mount = grovefsMount(name, dir, options);
-      await grovefsMkfs(mount.img, env.imageBytes);
+      await grovefsMkfs(mount.img, env.imageBytes, undefined, metadata);
       try {
         await mount.mount();
       } catch (err) {
@@ -113,3 +123,6 @@ function grovefsTarget(name: string, transport: Transport | null): Target {
 export const grovefs = grovefsTarget("grovefs", null);
 export const grovefsFuseNative = grovefsTarget("grovefs-fuse-native", "fuse-native");
 export const grovefsKernel = grovefsTarget("grovefs-kernel", "kernel");
+/** Not in the default sweep: `--targets grovefs-single,grovefs-dup` measures what duplicate metadata costs. */
+export const grovefsSingle = grovefsTarget("grovefs-single", null, "single");
+export const grovefsDup = grovefsTarget("grovefs-dup", null, "dup");
