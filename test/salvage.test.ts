@@ -1,5 +1,5 @@
 /**
- * fsck -y on randomly damaged metadata (single metadata), through the
+ * fsck -y on randomly damaged metadata, single and duplicate, through the
  * library: a seeded volume of files, directories, hard links, a snapshot and
  * a clone; then 1–4 of its reachable nodes (of any tree but the root tree)
  * are overwritten with garbage or have a byte flipped.
@@ -19,15 +19,17 @@ import { reachableNodes, seeds, withSeed } from "./helpers.js";
 
 const trials = Number(process.env.GROVE_SALVAGE_TRIALS ?? 4);
 const treeIdRoot = 1;
+/** Where a node's header holds its (first copy's) LBA: the layout table in kvstore/node.ts. */
+const nodeLbaOffset = 8;
 
 function inventory(device: SimDevice): FileInventory {
   return fileInventory((subvolume) => GroveFs.open(device.reopen(), { readOnly: true, subvolume }));
 }
 
 /** A random tree of files (small, inline, multi-extent, sparse), hard links, a snapshot and a diverged clone. */
-function build(rng: Prng): SimDevice {
+function build(rng: Prng, metadata: "single" | "dup"): SimDevice {
   let device = new SimDevice(16384);
-  GroveFs.format(device);
+  GroveFs.format(device, { metadata });
   device = device.reopen();
   let g = GroveFs.open(device);
   const dirs = ["/"];
@@ -63,28 +65,47 @@ function build(rng: Prng): SimDevice {
   return device.reopen();
 }
 
+/**
+ * Damages 1–4 random nodes (garbage or a flipped bit). With duplicate
+ * metadata a node is its two copies (a second copy's header names the
+ * first's LBA): half the time one copy is damaged (healed from the other),
+ * else both (salvaged, as with single metadata).
+ */
 function damage(device: SimDevice, rng: Prng): number[] {
-  const nodes = reachableNodes(device, checkFilesystem(device).space.forest).filter((n) => n.owner !== treeIdRoot);
+  const copies = new Map<number, number[]>();
+  const header = Buffer.alloc(blockSizeBytes);
+  for (const node of reachableNodes(device, checkFilesystem(device).space.forest)) {
+    if (node.owner === treeIdRoot) continue;
+    device.read(node.lba, header);
+    const first = Number(header.readBigUInt64LE(nodeLbaOffset));
+    copies.set(first, [...(copies.get(first) ?? []), node.lba]);
+  }
+  const nodes = [...copies.values()];
   const victims: number[] = [];
   for (let k = 1 + rng.below(4); k > 0; k--) {
-    const node = rng.pick(nodes);
-    const block = Buffer.alloc(blockSizeBytes);
-    device.read(node.lba, block);
-    if (rng.chance(0.5)) block.set(rng.bytes(blockSizeBytes));
-    else block[rng.below(blockSizeBytes)]! ^= 1 << rng.below(8);
-    device.write(node.lba, block);
-    victims.push(node.lba);
+    const pair = rng.pick(nodes);
+    for (const lba of pair.length > 1 && rng.chance(0.5) ? [rng.pick(pair)] : pair) {
+      const block = Buffer.alloc(blockSizeBytes);
+      device.read(lba, block);
+      if (rng.chance(0.5)) block.set(rng.bytes(blockSizeBytes));
+      else block[rng.below(blockSizeBytes)]! ^= 1 << rng.below(8);
+      device.write(lba, block);
+      victims.push(lba);
+    }
   }
   device.flush();
   return victims;
 }
 
-describe("salvage of random metadata damage (single metadata)", () => {
-  for (const seed of seeds([1, 2, 3])) {
+describe.each([
+  { metadata: "single" as const, defaults: [1, 2, 3] },
+  { metadata: "dup" as const, defaults: [4, 5] },
+])("salvage of random metadata damage ($metadata metadata)", ({ metadata, defaults }) => {
+  for (const seed of seeds(defaults)) {
     it(`seed ${seed}: fsck -y's steps leave a clean volume on which every file left reads back`, () => {
       withSeed(seed, "test/salvage.test.ts", () => {
         const rng = new Prng(seed);
-        const pristine = build(rng);
+        const pristine = build(rng, metadata);
         const base = inventory(pristine.reopen());
         for (let t = 0; t < trials; t++) {
           let device = pristine.reopen();
