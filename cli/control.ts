@@ -406,29 +406,33 @@ async function streamReceive(socket: net.Socket, request: ReceiveOp, first: Buff
   }
 }
 
+/**
+ * Writes one frame of a streamed op: u32 LE length, then the bytes (length
+ * 0 ends the stream). Returns a promise that resolves once the socket
+ * drains (or closes) when it is backed up, undefined when it need not wait.
+ */
+function writeFrame(socket: net.Socket, chunk: Buffer): Promise<void> | undefined {
+  const header = Buffer.alloc(4);
+  header.writeUInt32LE(chunk.length, 0);
+  socket.write(header);
+  if (chunk.length === 0 || socket.write(chunk)) return undefined;
+  return new Promise<void>((resolve) => {
+    const go = (): void => {
+      socket.off("drain", go);
+      socket.off("close", go);
+      resolve();
+    };
+    socket.on("drain", go);
+    socket.on("close", go);
+  });
+}
+
 /** A send's streamed reply (see the protocol above); resolves with the final reply line. */
 async function streamSend(socket: net.Socket, request: SendOp, served: Served): Promise<ControlReply> {
   let begun = false;
-  const frameHeader = (n: number): Buffer => {
-    const header = Buffer.alloc(4);
-    header.writeUInt32LE(n, 0);
-    return header;
-  };
   const sink: StreamSink = (chunk) => {
     if (socket.destroyed) throw new GroveError("EIO", "EIO_send_client_gone", "the client reading the stream went away");
-    if (chunk.length === 0) return undefined;
-    socket.write(frameHeader(chunk.length));
-    const more = socket.write(chunk);
-    if (more) return undefined;
-    return new Promise<void>((resolve) => {
-      const go = (): void => {
-        socket.off("drain", go);
-        socket.off("close", go);
-        resolve();
-      };
-      socket.on("drain", go);
-      socket.on("close", go);
-    });
+    return chunk.length === 0 ? undefined : writeFrame(socket, chunk);
   };
   const begin = (): void => {
     begun = true;
@@ -441,7 +445,7 @@ async function streamSend(socket: net.Socket, request: SendOp, served: Served): 
   } catch (error) {
     reply = errorReply(error, served.report);
   }
-  if (begun) socket.write(frameHeader(0));
+  if (begun) void writeFrame(socket, Buffer.alloc(0));
   return reply;
 }
 
@@ -733,21 +737,6 @@ export function requestUpload(
       else settle(replyError(answered));
       return true;
     };
-    const writeFrame = async (chunk: Buffer): Promise<void> => {
-      const header = Buffer.alloc(4);
-      header.writeUInt32LE(chunk.length, 0);
-      socket.write(header);
-      if (chunk.length === 0 || socket.write(chunk)) return;
-      await new Promise<void>((resume) => {
-        const go = (): void => {
-          socket.off("drain", go);
-          socket.off("close", go);
-          resume();
-        };
-        socket.on("drain", go);
-        socket.on("close", go);
-      });
-    };
     const upload = async (): Promise<void> => {
       let bytes = 0;
       for await (const chunk of input) {
@@ -755,7 +744,7 @@ export function requestUpload(
         // Frames of at most 1 MiB, as the daemon's own.
         for (let at = 0; at < chunk.length && !settled; at += 1024 * 1024) {
           const piece = chunk.subarray(at, Math.min(chunk.length, at + 1024 * 1024));
-          await writeFrame(piece);
+          await writeFrame(socket, piece);
           bytes += piece.length;
           onBytes(bytes);
         }

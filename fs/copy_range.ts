@@ -20,7 +20,7 @@
 import { constants as C } from "node:fs";
 import { GroveError, blockSizeBytes, type Store } from "../kvstore/index.js";
 import { fileSizeMaxBytes } from "./constants.js";
-import { Compression, PayloadKind } from "./format.js";
+import { Compression, type Inode, PayloadKind } from "./format.js";
 import { checkStored, type StoredExtent } from "./compression.js";
 import type { CommitPolicy } from "./commit_policy.js";
 import type { FileData } from "./file_data.js";
@@ -183,21 +183,7 @@ export class RangeCopy {
     target = this.names.inodeAt(ino);
     const dropped = this.data.extentCount(target, this.inodes.mapOf(target), first, end);
     this.data.admitStored(target, stored, dropped);
-    this.policy.mutation(
-      4,
-      () =>
-        this.store.alreadyAdmitted(() => {
-          this.data.insertStored(target, this.inodes.mapOf(target), first, stored, checked.unit);
-          target.size = Math.max(target.size, end * blockSizeBytes);
-          const now = this.clock();
-          target.mtimeNs = now;
-          target.ctimeNs = now;
-          this.inodes.save(target);
-        }),
-      "grow",
-      dropped,
-    );
-    this.policy.afterWrite();
+    this.changeFile(target, end, dropped, () => this.data.insertStored(target, this.inodes.mapOf(target), first, stored, checked.unit));
   }
 
   /**
@@ -239,11 +225,16 @@ export class RangeCopy {
     const dropped = this.data.extentCount(target, this.inodes.mapOf(target), first, end);
     const slice = { ...found, fileBlock: first, offset: stored.offset, blocks: stored.blocks, crcs: Buffer.from(found.crcs) };
     this.data.admitShare(target, 1, dropped);
+    this.changeFile(target, end, dropped, () => this.data.share(target, this.inodes.mapOf(target), first, end, [slice], 0));
+  }
+
+  /** Runs `apply` on `target` as one admitted mutation, then grows it to `end` blocks and moves mtime and ctime. */
+  private changeFile(target: Inode, end: number, dropped: number, apply: () => void): void {
     this.policy.mutation(
       4,
       () =>
         this.store.alreadyAdmitted(() => {
-          this.data.share(target, this.inodes.mapOf(target), first, end, [slice], 0);
+          apply();
           target.size = Math.max(target.size, end * blockSizeBytes);
           const now = this.clock();
           target.mtimeNs = now;
