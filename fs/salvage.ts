@@ -86,10 +86,16 @@ export function salvageDamagedTrees(device: BlockDevice, report: FsReport): Salv
     if (ids.has(treeIdSubvolumes)) fixed.push(...volume.subvolumes.salvage(BigInt(Date.now()) * 1_000_000n));
     const names = new Map(volume.subvolumes.list().map((r) => [r.id, r.name]));
     const label = (id: number): string => (names.has(id) ? `subvolume ${JSON.stringify(names.get(id))}` : `tree ${id}`);
+    // A tree being deleted has released the keys below its progress key (their blocks may be reused): it is not read whole.
+    const deleting = new Set(volume.subvolumes.deleting().map((r) => r.id));
     for (const id of store.treeIds()) {
       if (id < treeIdFirstDynamic) continue;
       const meta = store.openTree(id).meta();
       if (!damaged.has(meta.rootLba)) continue;
+      if (deleting.has(id)) {
+        remaining.push(`tree ${id}, a subvolume being deleted, holds damaged nodes: not salvaged`);
+        continue;
+      }
       const lost: KeyRange[] = [];
       const tree = store.rebuildTree(id, store.openTree(id).salvageItems(lost));
       fixed.push(`${label(id)}: rebuilt its inode tree from the ${tree.meta().count} records it could read; lost ${lost.map(inodeRange).join(", ")}`);
