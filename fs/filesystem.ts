@@ -101,6 +101,8 @@ import { Namespace, checkRenameFlags, type Slot } from "./namespace.js";
 import { FileOps, withoutSetIdBits, type AccessTimes } from "./file_ops.js";
 import { RangeCopy } from "./copy_range.js";
 import { resizeVolume, type ResizeRequest, type ResizeResult } from "./resize.js";
+import { VolumeScrub } from "./scrub.js";
+import type { ScrubPosition } from "../kvstore/index.js";
 
 export { splitPath } from "./namespace.js";
 
@@ -342,6 +344,16 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
   /** Opened with `rescue`: what could not be read and was skipped; null otherwise. */
   get rescueNotes(): readonly string[] | null {
     return this.store.rescueNotes;
+  }
+
+  /**
+   * A scrub pass over the whole volume (fs/scrub.ts), resumed after `from`;
+   * the caller steps it. Damaged node copies it finds are rewritten by the
+   * next commit.
+   */
+  scrub(from: ScrubPosition | null = null): VolumeScrub {
+    this.policy.checkOpen();
+    return new VolumeScrub(this.store, this.volume.subvolumes, from);
   }
 
   info(): VolumeInfo {

@@ -9,6 +9,7 @@ export { mountGrove, defaultTransport, transportNames, type Transport, type Moun
 export { parseResizeRequest, type ResizeRequest, type ResizeResult } from "./resize.js";
 export { repairFilesystem, replayFsyncLog, type RepairResult } from "./repair.js";
 export { salvageDamagedTrees, type SalvageResult } from "./salvage.js";
+export { VolumeScrub, damagedDataBlocks, type ScrubSummary } from "./scrub.js";
 export { fuseDevicePath } from "./fuse/kernel_mount.js";
 export { receivePartialPrefix, type SendSource } from "./filesystem.js";
 export * as send from "./send/index.js";

@@ -172,7 +172,7 @@ function salvageMaps(store: Store, tree: Tree, damaged: ReadonlySet<number>): st
  * the subvolume's directories; an inode whose chain cannot be followed to
  * the root is left out. For messages only: what cannot be read is skipped.
  */
-function pathsOf(store: Store, tree: Tree, wanted: ReadonlySet<number>): Map<number, string> {
+export function pathsOf(store: Store, tree: Tree, wanted: ReadonlySet<number>): Map<number, string> {
   const nameOf = new Map<number, { dir: number; name: string }>();
   for (const [key, value] of tree.range()) {
     if (key.length !== 8) continue;

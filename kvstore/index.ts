@@ -25,4 +25,5 @@ export {
 } from "./superblock_copies.js";
 export { type WriteFate } from "./sim_device.js";
 export { checkForest, compressedUsageProblems, problemsBesideCopies, type CopyRepair, type ForestOptions, type ForestReport, type TreeReport, type ItemVisitor, Bitmap } from "./check.js";
+export { ScrubPass, scrubStepBlocks, type ScrubCounters, type ScrubHooks, type ScrubPosition } from "./scrub.js";
 export { diffTrees, diffTreesSteps, type TreeChange, type TreeDiffStats } from "./tree_diff.js";

@@ -420,6 +420,11 @@ export class Store implements NodeStore {
     return this.superblock.generation;
   }
 
+  /** The durable state (the committed superblock, or the last fsync log record's): a new object at each durable point. */
+  get durableSuperblock(): Readonly<Superblock> {
+    return this.superblock;
+  }
+
   /** The volume's size in blocks (the device may hold more). */
   get deviceBlocks(): number {
     return this.volumeBlocks;
