@@ -80,7 +80,10 @@ export type ControlRequest =
 export type SubvolumeRequest = Exclude<ControlRequest, VolumeRequest>;
 
 /** Requests about the whole served volume rather than its subvolumes: only a mount daemon answers them. */
-export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest | ResizeOp | SendOp | ReceiveOp | ReceiveStateOp;
+export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest | ResizeOp | SendOp | ReceiveOp | ReceiveStateOp | ScrubOp;
+
+/** Start a background scrub at `rate` MiB/s, show the running or last one, or cancel it (cli/scrub.ts). */
+export type ScrubOp = { op: "scrub"; action: "start" | "status" | "cancel"; rate?: number };
 
 /** Receive a stream (the client writes it in frames after the request) as snapshot `name` (default: the sent one's). */
 export type ReceiveOp = { op: "receive"; name?: string };
@@ -124,6 +127,8 @@ export interface VolumeControl {
   receive?(request: ReceiveOp, source: StreamSource): Promise<unknown>;
   /** receive --status / --abort. */
   receiveState?(request: ReceiveStateOp): unknown;
+  /** grovefs scrub on a mount: start, status, cancel. */
+  scrub?(request: ScrubOp): unknown;
 }
 
 export type ControlReply =
@@ -201,6 +206,12 @@ export function parseRequest(value: unknown): ControlRequest {
       return { op: "receive", name };
     case "receiveState":
       return { op: "receiveState", abort: request.abort === true };
+    case "scrub": {
+      const action = request.action;
+      if (action !== "start" && action !== "status" && action !== "cancel") throw invalid("scrub: action is start, status or cancel");
+      if (request.rate !== undefined && typeof request.rate !== "number") throw invalid("scrub: rate is a number");
+      return { op: "scrub", action, rate: request.rate as number | undefined };
+    }
     default:
       throw invalid(`unknown request ${JSON.stringify(request.op)}`);
   }
@@ -267,6 +278,10 @@ async function answer(line: string, served: Served): Promise<ControlReply> {
     if (request.op === "receiveState") {
       if (served.volume?.receiveState === undefined) throw invalid("receive --status needs a mount daemon that serves it");
       return { ok: true, result: served.volume.receiveState(request) };
+    }
+    if (request.op === "scrub") {
+      if (served.volume?.scrub === undefined) throw invalid("scrub needs a mount daemon that serves it");
+      return { ok: true, result: await served.volume.scrub(request) };
     }
     if (request.op === "resize") {
       if (served.volume?.resize === undefined) throw invalid("resize needs a mount daemon that serves it");

@@ -92,14 +92,17 @@ const redrawIntervalMs = 100;
 const barWidth = 30;
 
 /** A one-line bar on stderr, redrawn with a carriage return and cleared at the end. */
-class ProgressBar {
+export class ProgressBar {
   private phase = "";
   private done = 0;
   private total = 0;
   private lastDrawMs = 0;
   private drawnWidth = 0;
 
-  constructor(private readonly stream: NodeJS.WriteStream | null) {}
+  constructor(
+    private readonly stream: NodeJS.WriteStream | null,
+    private readonly command = "fsck",
+  ) {}
 
   start(phase: string, total: number): void {
     this.phase = phase;
@@ -132,9 +135,9 @@ class ProgressBar {
       // The total is an estimate (blocks in use): the last percent waits for the end.
       const fraction = Math.min(0.99, this.done / this.total);
       const filled = Math.round(fraction * barWidth);
-      line = `fsck: ${this.phase} [${"#".repeat(filled)}${"-".repeat(barWidth - filled)}] ${Math.floor(fraction * 100)}%`;
+      line = `${this.command}: ${this.phase} [${"#".repeat(filled)}${"-".repeat(barWidth - filled)}] ${Math.floor(fraction * 100)}%`;
     } else {
-      line = `fsck: ${this.phase}…`;
+      line = `${this.command}: ${this.phase}…`;
     }
     const pad = Math.max(0, this.drawnWidth - line.length);
     this.stream.write(`\r${line}${" ".repeat(pad)}`);

@@ -29,6 +29,7 @@ import { resizeCommand } from "./resize.js";
 import { restoreCommand, type RestoreOptions } from "./restore.js";
 import { diffCommand, receiveCommand, sendCommand, type ReceiveCommandOptions, type SendCommandOptions } from "./send.js";
 import { syncCommand } from "./sync.js";
+import { scrubCommand, scrubRateDefault, type ScrubCommandOptions } from "./scrub.js";
 import { umountCommand } from "./umount.js";
 
 const usageExitCode = 2;
@@ -110,6 +111,29 @@ export function buildProgram(): Command {
     .argument("<target>", "an image file or block device, or the mount point of a running grovefs mount")
     .option("--json", "print JSON")
     .action((target: string, options: { json?: boolean }) => infoCommand(target, options));
+
+  oneLineErrors(program.command("scrub"))
+    .description(
+      "read every node copy and data block and verify its checksum, rewriting damaged node copies from their twin; " +
+        "on a mount it runs in the daemon, in the background (scrub status, scrub cancel); exit 0 clean, 1 corrected, 4 uncorrected, 8 error",
+    )
+    .usage("[options] TARGET | status TARGET | cancel TARGET")
+    .argument("<target>", "an image file or block device, or the mount point of a running grovefs mount (or: status, cancel)")
+    .argument("[target2]", "after status or cancel: the TARGET")
+    .option("--rate <mib>", `on a mount: read at most this many MiB/s (default ${scrubRateDefault}; 0: unbounded)`)
+    .option("--background", "on a mount: start it and return; grovefs scrub status TARGET shows its progress")
+    .option("--json", "print the summary as JSON")
+    .option("--progress", "show a progress bar on stderr (the default when stderr is a terminal, without --json)")
+    .exitOverride(usageExit(fsckExit.operational))
+    .action(async (first: string, second: string | undefined, options: ScrubCommandOptions) => {
+      const action = second !== undefined && (first === "status" || first === "cancel") ? first : "start";
+      if (second !== undefined && action === "start") {
+        process.stderr.write(`grovefs: scrub takes one TARGET (or status TARGET, cancel TARGET), not '${first} ${second}' — see grovefs scrub --help\n`);
+        commandExitCode = fsckExit.operational;
+        return;
+      }
+      commandExitCode = await scrubCommand(action, second ?? first, options);
+    });
 
   oneLineErrors(program.command("sync"))
     .description("commit a mounted volume: returns once everything written to it before is durable (sync(1) does not reach grovefs)")

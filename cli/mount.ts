@@ -51,6 +51,7 @@ import { GroveFs, type GroveFsOptions } from "../fs/index.js";
 import { FileDevice, GroveError, sourceLine } from "../kvstore/index.js";
 import { compressionNames, parseCompression, type CompressionName } from "./compression.js";
 import { serveReceive, serveReceiveState, serveSend } from "./send_daemon.js";
+import { DaemonScrub } from "./scrub.js";
 import { printable, sendRequest, startControlServer, type AttachRequest, type ControlServer, type VolumeControl } from "./control.js";
 import { CliError, ReportedError, formatError } from "./errors.js";
 import { imageDeletedWarning, volumeReport } from "./info.js";
@@ -554,6 +555,8 @@ class MountDaemon {
 
   /** Once the image file is found deleted (link count 0), said once in the log, and again at unmount. */
   private imageDeleted = false;
+  /** The volume's scrub (one per daemon: every mount serves the same volume); made by the first mount. */
+  private scrubber: DaemonScrub | null = null;
 
   constructor(
     private readonly image: string,
@@ -591,6 +594,11 @@ class MountDaemon {
     }
     this.mounts.set(mountpoint, { handle, volume, control });
     writePidRecord({ pid: process.pid, image: this.image, mountpoint });
+    if (this.scrubber === null) {
+      this.scrubber = new DaemonScrub(volume, this.image);
+      // A scrub cut off by the last unmount (or a killed daemon) goes on.
+      this.scrubber.resumeInterrupted();
+    }
     handle.closed.then(
       () => this.gone(mountpoint),
       (error: unknown) => {
@@ -611,6 +619,7 @@ class MountDaemon {
     removePidRecord(mountpoint);
     this.mounts.delete(mountpoint);
     if (this.mounts.size > 0) return;
+    this.scrubber?.stop();
     if (this.failure === null) this.settle.resolve();
     else this.settle.reject(this.failure);
   }
@@ -635,6 +644,11 @@ class MountDaemon {
       send: (request, begin, sink) => serveSend(volume, request, begin, sink),
       receive: (request, source) => serveReceive(volume, request, source),
       receiveState: (request) => serveReceiveState(volume, request),
+      // A scrub reads the committed state: what the kernel holds dirty is committed first.
+      scrub: async (request) => {
+        if (request.action === "start") await this.flushKernels();
+        return this.scrubber!.handle(request);
+      },
       mountpoints: () => {
         const byName = new Map<string, string[]>();
         for (const [mountpoint, mount] of this.mounts) byName.set(mount.volume.subvolumeName, [...(byName.get(mount.volume.subvolumeName) ?? []), mountpoint]);

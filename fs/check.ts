@@ -34,7 +34,6 @@ import {
   Tree,
   blockSizeBytes,
   compressedUsageProblems,
-  crc32c,
   diffTrees,
   featureSuperblockCopies,
   inspectSuperblocks,
@@ -59,12 +58,11 @@ import {
   decodeInode,
   inodeKey,
   decodeItems,
-  extentCrc,
   orphanIno,
   inodeTreeMeta,
 } from "./format.js";
 import { fsEdges } from "./edges.js";
-import { decompressUnit } from "./compression.js";
+import { damagedDataBlocks } from "./scrub.js";
 import { mapOwner } from "./item_map.js";
 
 /** A problem the repair can fix in one subvolume's inode tree (see repair.ts). */
@@ -730,7 +728,7 @@ class FsWalk {
     // Reported once, for the first file found naming it (a snapshot's or clone's record shares the blocks).
     if (this.verified.has(slice)) return;
     this.verified.add(slice);
-    const bad = this.damagedBlocks(ino, extent, compressed);
+    const bad = this.damagedBlocks(ino, extent);
     if (bad.length === 0) return;
     // A damaged compressed unit loses the whole record; an uncompressed block loses its own 4 KiB.
     const blocks = compressed ? [...Array(extent.blocks).keys()] : bad;
@@ -741,26 +739,10 @@ class FsWalk {
   }
 
   /** Which blocks of the slice fail their checksum; a unit that passes but does not decompress is a problem of its own. */
-  private damagedBlocks(ino: number, extent: Extent, compressed: boolean): number[] {
-    const data = Buffer.allocUnsafe(extent.diskBlocks * blockSizeBytes);
-    try {
-      this.device.read(extent.lba, data);
-    } catch (error) {
-      this.dataProblem(ino, `inode ${ino}: reading data blocks ${extent.lba}+${extent.diskBlocks} failed: ${(error as Error).message}`);
-      return [];
-    }
-    const bad: number[] = [];
-    for (let i = 0; i < extent.diskBlocks; i++) {
-      if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extentCrc(extent, i)) bad.push(i);
-    }
-    if (!compressed || bad.length > 0) return bad;
-    try {
-      decompressUnit(ino, extent, data);
-    } catch (error) {
-      if (!(error instanceof GroveError)) throw error;
-      this.dataProblem(ino, error.message);
-    }
-    return [];
+  private damagedBlocks(ino: number, extent: Extent): number[] {
+    const { bad, problem } = damagedDataBlocks(this.device, ino, extent);
+    if (problem !== null) this.dataProblem(ino, problem);
+    return bad;
   }
 
   /** Files whose data fails its checksum: the blocks, and the damaged byte ranges (merged, in file order). */

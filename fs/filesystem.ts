@@ -351,6 +351,11 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
    * the caller steps it. Damaged node copies it finds are rewritten by the
    * next commit.
    */
+  /** Closed (unmounted): nothing more may be asked of it. */
+  get isClosed(): boolean {
+    return this.policy.isClosed;
+  }
+
   scrub(from: ScrubPosition | null = null): VolumeScrub {
     this.policy.checkOpen();
     return new VolumeScrub(this.store, this.volume.subvolumes, from);

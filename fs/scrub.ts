@@ -21,18 +21,28 @@ const firstSubvolumeTree = 256;
 
 /**
  * Which blocks of an extent record's slice fail their checksum (indices into
- * its blocks on disk). A compressed unit that passes its checksums but does
- * not decompress is thrown as a GroveError. A read error is thrown as it is.
+ * its blocks on disk), and what else is wrong: a read error, or a compressed
+ * unit that passes its checksums but does not decompress.
  */
-export function damagedDataBlocks(device: BlockDevice, ino: number, extent: Extent): number[] {
+export function damagedDataBlocks(device: BlockDevice, ino: number, extent: Extent): { bad: number[]; problem: string | null } {
   const data = Buffer.allocUnsafe(extent.diskBlocks * blockSizeBytes);
-  device.read(extent.lba, data);
+  try {
+    device.read(extent.lba, data);
+  } catch (error) {
+    return { bad: [], problem: `inode ${ino}: reading data blocks ${extent.lba}+${extent.diskBlocks} failed: ${(error as Error).message}` };
+  }
   const bad: number[] = [];
   for (let i = 0; i < extent.diskBlocks; i++) {
     if (crc32c(data.subarray(i * blockSizeBytes, (i + 1) * blockSizeBytes)) !== extentCrc(extent, i)) bad.push(i);
   }
-  if (bad.length === 0 && extent.compression !== Compression.None) decompressUnit(ino, extent, data);
-  return bad;
+  if (bad.length > 0 || extent.compression === Compression.None) return { bad, problem: null };
+  try {
+    decompressUnit(ino, extent, data);
+  } catch (error) {
+    if (!(error instanceof GroveError)) throw error;
+    return { bad, problem: error.message };
+  }
+  return { bad, problem: null };
 }
 
 /** Damaged data of one file found by a pass. */
@@ -118,13 +128,10 @@ export class VolumeScrub {
     if (!pass.claimData(extent.lba, extent.diskBlocks)) return;
     pass.readData(extent.diskBlocks);
     const compressed = extent.compression !== Compression.None;
-    let bad: number[];
-    try {
-      bad = damagedDataBlocks(this.store.device, ino, extent);
-    } catch (error) {
-      const what = error instanceof GroveError ? error.message : `reading data blocks ${extent.lba}+${extent.diskBlocks} failed: ${(error as Error).message}`;
-      this.damageOf(subvolume, ino).other.push(what);
-      pass.reportData(`inode ${ino} of subvolume ${subvolume}: ${what}`);
+    const { bad, problem } = damagedDataBlocks(this.store.device, ino, extent);
+    if (problem !== null) {
+      this.damageOf(subvolume, ino).other.push(problem);
+      pass.reportData(`subvolume ${subvolume}: ${problem}`);
       return;
     }
     if (bad.length === 0) return;

@@ -267,7 +267,7 @@ export class E2eVolume {
    * tmp dir (GROVEFS_RUN_DIR), not to /run/grovefs.
    */
   get env(): NodeJS.ProcessEnv {
-    return { ...process.env, GROVEFS_RUN_DIR: this.out("run") };
+    return { ...process.env, GROVEFS_RUN_DIR: this.out("run"), GROVEFS_STATE_DIR: this.out("state") };
   }
 
   /** `grovefs ARGS...` with this volume's environment; never throws for a non-zero exit. */
