@@ -21,9 +21,8 @@
 import { GroveFs, type ResizeRequest, type ResizeResult } from "../fs/index.js";
 import { FileDevice, GroveError } from "../kvstore/index.js";
 import { CliError } from "./errors.js";
-import { mountpointOfImage, servingPid } from "./mount.js";
 import { formatSize, parseSize } from "./size.js";
-import { askDaemon, resolveTarget, type Target } from "./target.js";
+import { askDaemon, daemonTarget, resolveTarget, type Target } from "./target.js";
 
 const sizeHint = "give SIZE (e.g. 8G), +SIZE to grow by it, -SIZE to shrink by it, or max";
 
@@ -40,14 +39,6 @@ export function parseResizeSize(text: string): ResizeRequest {
   }
   if (sign === 0) return { to: bytes };
   return { by: sign * bytes };
-}
-
-/** A mount to ask: TARGET's mountpoint, or the mountpoint of the image a daemon serves; null for an image to open here. */
-function daemonTarget(target: Target): (Target & { kind: "mount" }) | null {
-  if (target.kind === "mount") return target;
-  const mountpoint = mountpointOfImage(target.image);
-  const pid = mountpoint === null ? null : servingPid(mountpoint);
-  return mountpoint !== null && pid !== null ? { kind: "mount", mountpoint, shown: mountpoint, pid } : null;
 }
 
 function onImage(target: Target & { kind: "image" }, request: ResizeRequest): ResizeResult {

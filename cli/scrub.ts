@@ -32,9 +32,8 @@ import { FileDevice, GroveError, blockSizeBytes, readSuperblock, type ScrubPosit
 import { ProgressBar, fsckExit } from "./fsck.js";
 import { CliError, formatError } from "./errors.js";
 import { formatSize } from "./size.js";
-import { askDaemon, resolveTarget, type Target } from "./target.js";
+import { askDaemon, daemonTarget, resolveTarget, type Target } from "./target.js";
 import type { ScrubOp } from "./control.js";
-import { mountpointOfImage, servingPid } from "./mount.js";
 
 /** The daemon's default rate, MiB/s. */
 export const scrubRateDefault = 64;
@@ -326,19 +325,11 @@ function parseRate(text: string | undefined): number | undefined {
   return rate;
 }
 
-/** A mount to ask: TARGET's mountpoint, or the mountpoint of the image a daemon serves; null for an image to scrub here. */
-function daemonOf(target: Target): (Target & { kind: "mount" }) | null {
-  if (target.kind === "mount") return target;
-  const mountpoint = mountpointOfImage(target.image);
-  const pid = mountpoint === null ? null : servingPid(mountpoint);
-  return mountpoint !== null && pid !== null ? { kind: "mount", mountpoint, shown: target.shown, pid } : null;
-}
-
 export async function scrubCommand(action: "start" | "status" | "cancel", targetArg: string, options: ScrubCommandOptions): Promise<number> {
   try {
     const rate = parseRate(options.rate);
     const target = resolveTarget(targetArg);
-    const daemon = daemonOf(target);
+    const daemon = daemonTarget(target);
     if (daemon === null) {
       if (action !== "start") return imageStatus(action, target as Target & { kind: "image" }, options);
       return scrubImage(target as Target & { kind: "image" }, options);

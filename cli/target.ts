@@ -12,7 +12,7 @@ import * as path from "node:path";
 import { canonicalMountpoint, findMount, groveFsType } from "../fs/index.js";
 import { sendRequest, type ControlRequest } from "./control.js";
 import { CliError } from "./errors.js";
-import { controlSocketPath, servingPid } from "./mount.js";
+import { controlSocketPath, mountpointOfImage, servingPid } from "./mount.js";
 
 export type Target =
   | { kind: "image"; image: string; shown: string }
@@ -55,4 +55,12 @@ export function resolveTarget(arg: string): Target {
 /** Sends `request` to the daemon serving `target`. */
 export function askDaemon(target: Target & { kind: "mount" }, request: ControlRequest): Promise<unknown> {
   return sendRequest(controlSocketPath(target.mountpoint), request, { shown: target.shown, pid: target.pid, mountpoint: target.mountpoint });
+}
+
+/** A mount to ask: TARGET's mountpoint, or the mountpoint of the image a daemon serves; null for an image to open here. */
+export function daemonTarget(target: Target): (Target & { kind: "mount" }) | null {
+  if (target.kind === "mount") return target;
+  const mountpoint = mountpointOfImage(target.image);
+  const pid = mountpoint === null ? null : servingPid(mountpoint);
+  return mountpoint !== null && pid !== null ? { kind: "mount", mountpoint, shown: mountpoint, pid } : null;
 }

@@ -6,11 +6,10 @@
  * counters, the repairs are written by the next commit, and fsck is then
  * clean; damaged again while unmounted, fsck -y corrects it (1), then 0.
  */
-import * as fs from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { checkFilesystem } from "../fs/index.js";
 import { FileDevice, Prng, blockSizeBytes } from "../kvstore/index.js";
-import { E2eVolume, checksums, e2eSkipReason, sh } from "./e2e_helpers.js";
+import { E2eVolume, checksums, e2eSkipReason, sh, overwriteBlock } from "./e2e_helpers.js";
 import { reachableNodes } from "./helpers.js";
 
 const nodeLbaOffset = 8;
@@ -31,16 +30,6 @@ function inodeTreeFirstCopies(image: string): number[] {
       .map((n) => n.lba);
   } finally {
     device.close();
-  }
-}
-
-function overwrite(image: string, lba: number, data: Buffer): void {
-  const fd = fs.openSync(image, "r+");
-  try {
-    fs.writeSync(fd, data, 0, data.length, lba * blockSizeBytes);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
   }
 }
 
@@ -65,7 +54,7 @@ describe.skipIf(e2eSkipReason !== null)("duplicate metadata through the CLI and 
     const damaged = inodeTreeFirstCopies(v.image);
     expect(damaged.length).toBeGreaterThan(1);
     const prng = new Prng(12);
-    for (const lba of damaged) overwrite(v.image, lba, prng.bytes(blockSizeBytes));
+    for (const lba of damaged) overwriteBlock(v.image, lba, prng.bytes(blockSizeBytes));
     const check = await v.grove(["fsck", "-n", v.image]);
     expect(check.code, check.stdout + check.stderr).toBe(4);
     expect(check.stdout).toMatch(/its second copy at block \d+ is good/);
@@ -86,7 +75,7 @@ describe.skipIf(e2eSkipReason !== null)("duplicate metadata through the CLI and 
 
     // Unmounted: fsck -y rewrites damaged copies from their twins (exit 1), and the next fsck is clean (0).
     const again = inodeTreeFirstCopies(v.image);
-    for (const lba of again) overwrite(v.image, lba, Buffer.alloc(blockSizeBytes, 0x33));
+    for (const lba of again) overwriteBlock(v.image, lba, Buffer.alloc(blockSizeBytes, 0x33));
     const repair = await v.grove(["fsck", "-y", v.image]);
     expect(repair.code, repair.stdout + repair.stderr).toBe(1);
     expect(repair.stdout).toMatch(new RegExp(`block ${again[0]}: rewritten from its copy at block \\d+`));

@@ -481,3 +481,14 @@ export class ContentGenerator {
     }
   }
 }
+
+/** Writes `data` over block `lba` of the image file, durably: damage made under grovefs's feet. */
+export function overwriteBlock(image: string, lba: number, data: Buffer): void {
+  const fd = fs.openSync(image, "r+");
+  try {
+    fs.writeSync(fd, data, 0, data.length, lba * 4096);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -14,7 +14,7 @@ import * as fs from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { checkFilesystem } from "../fs/index.js";
 import { FileDevice, blockSizeBytes } from "../kvstore/index.js";
-import { E2eVolume, checksums, e2eSkipReason, sh, shRun } from "./e2e_helpers.js";
+import { E2eVolume, checksums, e2eSkipReason, sh, shRun, overwriteBlock } from "./e2e_helpers.js";
 import { fileExtents } from "./fs_helpers.js";
 import { reachableNodes } from "./helpers.js";
 
@@ -36,16 +36,6 @@ function perInodeSecondCopies(image: string): number[] {
       .map((n) => n.lba);
   } finally {
     device.close();
-  }
-}
-
-function overwrite(image: string, lba: number, data: Buffer): void {
-  const fd = fs.openSync(image, "r+");
-  try {
-    fs.writeSync(fd, data, 0, data.length, lba * blockSizeBytes);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
   }
 }
 
@@ -74,7 +64,7 @@ describe.skipIf(e2eSkipReason !== null)("grovefs scrub through the CLI and the k
     await v.groveOk(["sync", v.mnt]);
     const damaged = perInodeSecondCopies(v.image);
     expect(damaged.length).toBeGreaterThan(1);
-    for (const lba of damaged) overwrite(v.image, lba, Buffer.alloc(blockSizeBytes, 0x5a));
+    for (const lba of damaged) overwriteBlock(v.image, lba, Buffer.alloc(blockSizeBytes, 0x5a));
     const before = await checksums(v.in("d"));
 
     const writer = shRun(`for i in $(seq 1 150); do head -c 5000 /dev/urandom > "$1/w/n$i"; cat "$1/d/f$i" > /dev/null; done`, [v.mnt]);
@@ -111,7 +101,7 @@ describe.skipIf(e2eSkipReason !== null)("grovefs scrub through the CLI and the k
     fs.readSync(fd, block, 0, blockSizeBytes, lba * blockSizeBytes);
     fs.closeSync(fd);
     block[17]! ^= 0x01;
-    overwrite(v.image, lba, block);
+    overwriteBlock(v.image, lba, block);
 
     await v.mount();
     const scrub = await v.grove(["scrub", "--rate", "0", v.mnt]);
@@ -158,7 +148,7 @@ describe.skipIf(e2eSkipReason !== null)("grovefs scrub through the CLI and the k
     await sh(`mkdir -p "$1/d" && for i in $(seq 1 300); do echo "x$i" > "$1/d/f$i"; done`, [v.mnt]);
     await v.umount();
     const damaged = perInodeSecondCopies(v.image);
-    for (const lba of damaged) overwrite(v.image, lba, Buffer.alloc(blockSizeBytes, 0x11));
+    for (const lba of damaged) overwriteBlock(v.image, lba, Buffer.alloc(blockSizeBytes, 0x11));
     const first = await v.grove(["scrub", "--json", v.image]);
     expect(first.code, first.stdout + first.stderr).toBe(1);
     const summary = JSON.parse(first.stdout) as Record;

@@ -8,10 +8,9 @@
  *   have been rolled back and exits 4, with -n and with -y; mount's log says so.
  * The messages for a truncated or deleted image are in e2e_messages.test.ts.
  */
-import * as fs from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { FileDevice, Prng, blockSizeBytes, inspectSuperblocks } from "../kvstore/index.js";
-import { E2eVolume, checksums, e2eSkipReason, sh } from "./e2e_helpers.js";
+import { E2eVolume, checksums, e2eSkipReason, sh, overwriteBlock } from "./e2e_helpers.js";
 
 async function filledVolume(): Promise<{ v: E2eVolume; before: Map<string, string> }> {
   const v = await E2eVolume.mounted("superblock", "128M");
@@ -23,16 +22,6 @@ async function filledVolume(): Promise<{ v: E2eVolume; before: Map<string, strin
   const before = await checksums(v.mnt);
   await v.umount();
   return { v, before };
-}
-
-function overwrite(image: string, lba: number, data: Buffer): void {
-  const fd = fs.openSync(image, "r+");
-  try {
-    fs.writeSync(fd, data, 0, data.length, lba * blockSizeBytes);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 function inspect(image: string) {
@@ -54,7 +43,7 @@ describe.skipIf(e2eSkipReason !== null)("superblock copies through the CLI and t
   it("the first MiB overwritten: mounted from the backup with everything intact; fsck -y restores the primaries", async () => {
     const { v, before } = await filledVolume();
     volume = v;
-    overwrite(v.image, 0, new Prng(5).bytes(1024 * 1024));
+    overwriteBlock(v.image, 0, new Prng(5).bytes(1024 * 1024));
 
     const check = await v.grove(["fsck", "-n", v.image]);
     expect(check.code, check.stdout + check.stderr).toBe(4);
@@ -83,7 +72,7 @@ describe.skipIf(e2eSkipReason !== null)("superblock copies through the CLI and t
     const newest = inspect(v.image);
     const lost = newest.copies.filter((c) => c.superblock?.generation === newest.superblock.generation);
     expect(lost.map((c) => c.lba)).toEqual([newest.superblock.generation % 2, 2 + (newest.superblock.generation % 2), 16384]);
-    for (const c of lost) overwrite(v.image, c.lba, Buffer.alloc(blockSizeBytes));
+    for (const c of lost) overwriteBlock(v.image, c.lba, Buffer.alloc(blockSizeBytes));
 
     const check = await v.grove(["fsck", "-n", v.image]);
     expect(check.code, check.stdout + check.stderr).toBe(4);
