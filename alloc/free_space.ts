@@ -597,15 +597,13 @@ export class FreeSpace implements SpaceManager {
   /** Tree entries that overlap or touch [lo, hi). */
   private treeTouching(lo: number, hi: number): Extent[] {
     const out: Extent[] = [];
-    const cursor = this.byLba().cursor();
-    let ok = cursor.seekLE(freeByLbaKey(lo)) || cursor.first();
-    while (ok) {
-      const start = readU64BE(cursor.key(), 0);
-      if (start > hi) break;
-      const length = readU64LE(cursor.value(), 0);
+    this.byLba().scanFromLE(freeByLbaKey(lo), (key, value) => {
+      const start = readU64BE(key, 0);
+      if (start > hi) return false;
+      const length = readU64LE(value, 0);
       if (start + length >= lo) out.push({ start, length });
-      ok = cursor.next();
-    }
+      return true;
+    });
     return out;
   }
 }

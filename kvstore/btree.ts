@@ -214,6 +214,63 @@ export class Tree {
     return new Cursor(this);
   }
 
+  /**
+   * Read-only and copy-free: from the last key <= `key` (the first key when
+   * none is), forward, until `visit` returns false. The key and value given
+   * are views into the node, valid only during the call; the tree must not
+   * change during the scan. The free-space trees' window reads use it.
+   */
+  scanFromLE(key: Uint8Array, visit: (key: Buffer, value: Buffer) => boolean): void {
+    const path: PathStep[] = [];
+    let node = this.root();
+    while (node.level > 0) {
+      assert(path.length < treeDepthMax, "descent is bounded by the depth limit");
+      const index = node.childIndex(key);
+      path.push({ node, index });
+      node = this.child(node, index);
+    }
+    let i = node.lowerBound(key);
+    if (i >= node.count || node.compareAt(i, key) !== 0) i--;
+    if (i < 0) {
+      // Separators may lie below a leaf's first key after deletes: the last key <= `key` can be in the leaf before.
+      const before = this.neighbourLeaf(path, false);
+      if (before === undefined) i = 0;
+      else {
+        node = before;
+        i = node.count - 1;
+      }
+    }
+    for (;;) {
+      for (; i < node.count; i++) if (!visit(node.keyAt(i), node.valueAt(i))) return;
+      const after = this.neighbourLeaf(path, true);
+      if (after === undefined) return;
+      node = after;
+      i = 0;
+    }
+  }
+
+  /** The leaf after (or before) the one below `path` (its internal steps), updating `path` to lead to it; undefined at the edge. */
+  private neighbourLeaf(path: PathStep[], forward: boolean): Node | undefined {
+    let k = path.length - 1;
+    for (; k >= 0; k--) {
+      const step = path[k]!;
+      const index = step.index + (forward ? 1 : -1);
+      if (index >= 0 && index < step.node.count) {
+        step.index = index;
+        break;
+      }
+    }
+    if (k < 0) return undefined;
+    path.length = k + 1;
+    let node = this.child(path[k]!.node, path[k]!.index);
+    while (node.level > 0) {
+      const index = forward ? 0 : node.count - 1;
+      path.push({ node, index });
+      node = this.child(node, index);
+    }
+    return node;
+  }
+
   /** Iterates [from, to) forward, or (to, from] backward when `reverse`; copies of keys and values. */
   *range(options: { from?: Uint8Array; to?: Uint8Array; reverse?: boolean } = {}): Generator<[Buffer, Buffer]> {
     const cursor = this.cursor();

@@ -148,6 +148,17 @@ class Harness {
     let ok = forward ? cursor.seek(Buffer.from(from, "hex")) : cursor.seekLE(Buffer.from(from, "hex"));
     let index = forward ? sorted.findIndex((k) => k >= from) : findLastIndex(sorted, (k) => k <= from);
     if (index === -1) index = forward ? sorted.length : -1;
+    if (!forward) {
+      // scanFromLE: the same start (the first key when none is <= from), forward, views of up to 40 items.
+      const seen: string[] = [];
+      tree.scanFromLE(Buffer.from(from, "hex"), (key, value) => {
+        expect(value.equals(model.get(key.toString("hex"))!)).toBe(true);
+        seen.push(key.toString("hex"));
+        return seen.length < 40;
+      });
+      const start = Math.max(index, 0);
+      expect(seen).toEqual(sorted.slice(start, start + 40));
+    }
     for (let stepCount = 0; stepCount < 40; stepCount++) {
       const expected = sorted[index];
       expect(ok).toBe(expected !== undefined);
