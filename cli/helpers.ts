@@ -25,8 +25,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { CliError } from "./errors.js";
+import { packageRoot } from "./package_root.js";
 
 export interface HelperOptions {
   prefix?: string;
@@ -126,7 +126,7 @@ function script(kind: HelperKind, createdDirs: readonly string[], node: string, 
 
 /** This copy's bin/grovefs.mjs, by its real path. */
 function groveBin(): string {
-  return fs.realpathSync(fileURLToPath(new URL("../bin/grovefs.mjs", import.meta.url)));
+  return fs.realpathSync(path.join(packageRoot(), "bin", "grovefs.mjs"));
 }
 
 type Found = { state: "absent" } | { state: "ours"; createdDirs: string[] } | { state: "foreign" };

@@ -10,8 +10,10 @@
  * error (a missing argument, an unknown flag).
  */
 import { Command, CommanderError } from "commander";
-import { createRequire } from "node:module";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { debugDetail, formatError } from "./errors.js";
+import { packageRoot } from "./package_root.js";
 import { fsckCommand, fsckExit, type FsckOptions } from "./fsck.js";
 import { infoCommand } from "./info.js";
 import { mkfsCommand, type MkfsOptions } from "./mkfs.js";
@@ -65,7 +67,7 @@ function oneLineErrors(command: Command): Command {
 
 function version(): string {
   try {
-    return (createRequire(import.meta.url)("../package.json") as { version: string }).version;
+    return (JSON.parse(fs.readFileSync(path.join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
   } catch {
     return "unknown";
   }
