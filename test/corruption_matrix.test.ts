@@ -106,7 +106,8 @@ async function fsck(image: string, mode: "-n" | "-y"): Promise<FsckJson> {
 
 function buildBase(image: string): Base {
   let device = FileDevice.createImage(image, imageBytes);
-  GroveFs.format(device, { label: "matrix" });
+  // Single metadata: the matrix is damage with no second copy to heal from (dup_metadata.test.ts has the dup side).
+  GroveFs.format(device, { label: "matrix", metadata: "single" });
   device = FileDevice.open(image);
   let g = GroveFs.open(device);
   g.mkdir("/dir", 0o755, root);

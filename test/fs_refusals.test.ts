@@ -11,9 +11,9 @@ import { GroveFs, checkFilesystem } from "../fs/index.js";
 const root = { uid: 0, gid: 0 };
 const MiB = 1 << 20;
 
-function freshFs(blocks: number): { fs: GroveFs; dev: SimDevice } {
+function freshFs(blocks: number, metadata?: "single" | "dup"): { fs: GroveFs; dev: SimDevice } {
   const formatted = new SimDevice(blocks);
-  GroveFs.format(formatted);
+  GroveFs.format(formatted, { metadata });
   const dev = formatted.reopen();
   return { fs: GroveFs.open(dev), dev };
 }
@@ -65,7 +65,8 @@ describe("refusals that must not lose acknowledged data", () => {
   });
 
   it("a corrupt extent tree makes unlink EIO without poisoning the volume", () => {
-    let { fs, dev } = freshFs(16384);
+    // Single metadata: a corrupt node with no second copy (dup would heal it).
+    let { fs, dev } = freshFs(16384, "single");
     let fh = fs.create("/bad", 0o644, C.O_CREAT | C.O_WRONLY, root);
     fs.write(fh, Buffer.alloc(256 * 4096, 3), 256 * 4096, 0);
     fs.release(fh);

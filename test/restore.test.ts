@@ -47,7 +47,8 @@ let copies = 0;
 
 function buildBase(image: string): Base {
   let device = FileDevice.createImage(image, imageBytes);
-  GroveFs.format(device, { label: "restore" });
+  // Single metadata: restore is for damage no second copy heals.
+  GroveFs.format(device, { label: "restore", metadata: "single" });
   device = FileDevice.open(image);
   const g = GroveFs.open(device);
   const files = new Map<string, Buffer>();
