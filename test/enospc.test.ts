@@ -89,10 +89,10 @@ describe("ENOSPC", () => {
 });
 
 /** A freshly formatted GroveFs on a simulated device of `blocks` 4 KiB blocks. */
-function freshFs(blocks: number): { device: SimDevice; fs: GroveFs } {
+function freshFs(blocks: number, metadata?: "single" | "dup"): { device: SimDevice; fs: GroveFs } {
   let device = new SimDevice(blocks);
   const clock = testClock();
-  GroveFs.format(device, { clock });
+  GroveFs.format(device, { clock, metadata });
   device = device.reopen();
   return { device, fs: GroveFs.open(device, { clock }) };
 }
@@ -171,7 +171,8 @@ describe("a full volume always takes deletes, then writes", () => {
     () => {
       const { device, fs } = freshFs(7168);
       const paths = fill(fs, () => 100);
-      expect(paths.length).toBeGreaterThan(50_000);
+      // Small files live in the tree nodes: duplicate metadata holds half as many.
+      expect(paths.length).toBeGreaterThan(50_000 / fs.store.nodeCopies);
       const generation = fs.store.committedGeneration;
       for (let i = 0; i < paths.length; i += 2) accepted(fs, `unlink ${paths[i]}`, () => fs.unlink(paths[i]!));
       // The deletes committed on their own when they needed what they had freed, and rarely.
@@ -274,7 +275,7 @@ describe("a full volume always takes deletes, then writes", () => {
     () => {
       const { device, fs } = freshFs(4096);
       const paths = fill(fs, () => 100);
-      expect(paths.length).toBeGreaterThan(30_000);
+      expect(paths.length).toBeGreaterThan(30_000 / fs.store.nodeCopies);
       fs.createSubvolume("full", { readOnly: true });
       // The snapshot shares every node: an unlink frees nothing and copies a path. The reserve pays for some;
       // the rest is refused up front, changing nothing, and the volume stays usable.
@@ -308,7 +309,8 @@ describe("a full volume always takes deletes, then writes", () => {
   it(
     "8 MiB of 100-byte files, a snapshot at half full: what was written after it is always deleted, the snapshot's files stay intact",
     () => {
-      const { device, fs } = freshFs(2048);
+      // Single metadata: on 8 MiB with dup, the shared unlinks spend all that the deletes freed, and no new file fits (see the note of issue 12).
+      const { device, fs } = freshFs(2048, "single");
       const before: string[] = [];
       fs.mkdir("/old", 0o755, root);
       for (let i = 0; i < 6000; i++) {
