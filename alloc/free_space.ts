@@ -247,8 +247,10 @@ export class FreeSpace implements SpaceManager {
   /**
    * One block at least `distanceMin` blocks from `awayFrom`: the second copy
    * of a node (duplicate metadata, ZFS's ditto rule with distanceMin an
-   * eighth of the volume). It is searched for half the volume away, then on
-   * either side. When no free block is that far (a tiny or nearly full
+   * eighth of the volume). It is searched for just past that distance (so
+   * that the copies stay packed and a shrink over the free tail still can),
+   * then half the volume away, then before the node. When no free block is
+   * that far (a tiny or nearly full
    * volume), any free block is taken: the second copy then still protects
    * against damage to one block, only not against damage to a region. That
    * is the decision: refusing would turn a nearly full volume's last writes
@@ -259,7 +261,7 @@ export class FreeSpace implements SpaceManager {
     if (!this.flushing && this.farNext < this.farEnd && far(this.farNext)) return this.farNext++;
     this.closeFarRun();
     const n = this.deviceBlocks;
-    const hints = [(awayFrom + Math.floor(n / 2)) % n, (awayFrom + distanceMin) % n, Math.max(firstAllocatableLba, awayFrom - distanceMin)];
+    const hints = [(awayFrom + distanceMin) % n, (awayFrom + Math.floor(n / 2)) % n, Math.max(firstAllocatableLba, awayFrom - distanceMin)];
     for (const hint of hints) {
       const extent = this.nearHint(1, Math.max(firstAllocatableLba, hint));
       if (extent === undefined || !far(extent.start)) continue;

@@ -85,7 +85,7 @@ export function buildProgram(): Command {
     .option("-s, --size <size>", "size in bytes or with K, M, G, T (powers of 1024); creates or resizes an image file")
     .option("-L, --label <name>", "volume label (up to 64 bytes)")
     .option("--compress <algorithm>", "compress new file data by default: lz4 or none (the default); mount -o compress= overrides it")
-    .option("--metadata <profile>", "tree nodes: dup (two copies, an eighth of the volume apart; damaged copies heal from their twin) or single")
+    .option("--metadata <profile>", "tree nodes: dup (the default: two copies, an eighth of the volume apart; damaged copies heal from their twin) or single (one copy: more small files fit, and a shrink can go further)")
     .option("-F, --force", "overwrite an existing filesystem or data")
     .action((image: string, options: MkfsOptions) => mkfsCommand(image, options));
 

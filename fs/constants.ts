@@ -68,4 +68,4 @@ export const lostFoundName = "lost+found";
 export type MetadataProfile = "single" | "dup";
 export const metadataProfiles: readonly MetadataProfile[] = ["single", "dup"];
 /** What mkfs makes unless told otherwise. */
-export const metadataProfileDefault: MetadataProfile = "single";
+export const metadataProfileDefault: MetadataProfile = "dup";

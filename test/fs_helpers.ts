@@ -222,11 +222,12 @@ export function compressedHarness(
   compression: NonNullable<GroveFsOptions["compression"]> = "lz4",
   blocks = 16384,
   options: GroveFsOptions = {},
+  metadata: "single" | "dup" | undefined = testMetadata,
 ): FsHarness {
   const h = new FsHarness(blocks, options);
   h.fs.close();
   const device = new SimDevice(blocks);
-  GroveFs.format(device, { clock: h.clock, compression, metadata: testMetadata });
+  GroveFs.format(device, { clock: h.clock, compression, metadata });
   h.device = device.reopen();
   h.fs = GroveFs.open(h.device, h.options);
   return h;
