@@ -64,7 +64,8 @@ export function formatError(error: unknown): string {
   if (error instanceof CliError) return `grovefs: ${error.message} — ${error.hint}`;
   if (error instanceof TruncatedImageError) {
     const image = error.path ?? "IMAGE";
-    return `grovefs: ${oneLine(error.message)} — if the file was cut, truncate -s ${error.volumeBytes} ${image} restores its size`;
+    const copies = error.dupMetadata ? `, then grovefs fsck -y ${image} rewrites the second metadata copies that were past the cut` : "";
+    return `grovefs: ${oneLine(error.message)} — if the file was cut, truncate -s ${error.volumeBytes} ${image} restores its size${copies}`;
   }
   if (error instanceof GroveError) {
     const hint = hintsByDetail[error.detail] ?? hintsByCode[error.code] ?? "see grovefs --help";

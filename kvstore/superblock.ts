@@ -213,13 +213,21 @@ export function encodeSuperblock(sb: Superblock, lba = slotForGeneration(sb.gene
   return buf;
 }
 
+/** A whole superblock of a volume longer than the device it was read from. */
+export interface TruncatedSuperblock {
+  generation: number;
+  volumeBlocks: number;
+  /** The volume writes two copies of each node: some second copies lie past the cut. */
+  dupMetadata: boolean;
+}
+
 /**
  * An invalid slot is a reason. `truncated` is set when the slot is valid in
  * every way but names more blocks than the device has: the image was cut.
  */
 export type SlotDecode =
   | { ok: true; superblock: Superblock }
-  | { ok: false; reason: string; truncated?: { generation: number; volumeBlocks: number } };
+  | { ok: false; reason: string; truncated?: TruncatedSuperblock };
 
 /**
  * Decodes one slot; an invalid slot is a reason, not an exception, so the
@@ -294,7 +302,7 @@ export function decodeSuperblock(buf: Buffer, deviceBlocks: number, lba?: number
     return {
       ok: false,
       reason: `volume is ${sb.deviceBlocks} blocks but the device has only ${deviceBlocks} (truncated image?)`,
-      truncated: { generation: sb.generation, volumeBlocks: sb.deviceBlocks },
+      truncated: { generation: sb.generation, volumeBlocks: sb.deviceBlocks, dupMetadata: (sb.features & featureDupMetadata) !== 0n },
     };
   }
   return { ok: true, superblock: sb };

@@ -45,6 +45,7 @@ import { blockSizeBytes, firstAllocatableLba, superblockSlotLbas } from "./const
 import { CorruptionError } from "./errors.js";
 import {
   Superblock,
+  TruncatedSuperblock,
   decodeSuperblock,
   encodeSuperblock,
   featureSuperblockCopies,
@@ -89,6 +90,8 @@ export class TruncatedImageError extends CorruptionError {
     readonly imageBytes: number,
     readonly volumeBytes: number,
     path?: string,
+    /** Duplicate metadata: once the size is restored, the second copies that were past the cut are zeros for fsck -y to rewrite. */
+    readonly dupMetadata = false,
   ) {
     super(
       "EIO_truncated_image",
@@ -156,7 +159,7 @@ export function wipeSuperblockCopies(device: BlockDevice): void {
   device.flush();
 }
 
-function readCopy(device: BlockDevice, lba: number, role: CopyRole): CopyState & { truncated?: { generation: number; volumeBlocks: number } } {
+function readCopy(device: BlockDevice, lba: number, role: CopyRole): CopyState & { truncated?: TruncatedSuperblock } {
   const buf = Buffer.allocUnsafe(blockSizeBytes);
   device.read(lba, buf);
   // The slots of an older image do not record their LBA; every other copy must.
@@ -190,14 +193,19 @@ export function inspectSuperblocks(device: BlockDevice): SuperblockReport {
     if (copy.superblock !== null && (best === null || copy.superblock.generation > best.superblock!.generation)) best = copy;
   }
   // A whole copy newer than every valid one that only lacks blocks: the image was cut, not damaged.
-  let truncated: { generation: number; volumeBlocks: number } | undefined;
+  let truncated: TruncatedSuperblock | undefined;
   for (const copy of copies) {
     if (copy.truncated !== undefined && (truncated === undefined || copy.truncated.generation > truncated.generation)) truncated = copy.truncated;
   }
   if (truncated !== undefined && (best === null || truncated.generation > best.superblock!.generation)) {
     // An image file's device knows its path, for the hint (duck-typed: BlockDevice has none).
     const path = (device as { path?: unknown }).path;
-    throw new TruncatedImageError(device.blockCount * blockSizeBytes, truncated.volumeBlocks * blockSizeBytes, typeof path === "string" ? path : undefined);
+    throw new TruncatedImageError(
+      device.blockCount * blockSizeBytes,
+      truncated.volumeBlocks * blockSizeBytes,
+      typeof path === "string" ? path : undefined,
+      truncated.dupMetadata,
+    );
   }
   if (best === null) {
     const reasons = copies.filter((c) => c.role === "slot" || c.reason !== "no grovefs magic").map((c) => `LBA ${c.lba}: ${c.reason}`);
