@@ -82,8 +82,8 @@ export type SubvolumeRequest = Exclude<ControlRequest, VolumeRequest>;
 /** Requests about the whole served volume rather than its subvolumes: only a mount daemon answers them. */
 export type VolumeRequest = { op: "sync" } | { op: "info" } | AttachRequest | ResizeOp | SendOp | ReceiveOp | ReceiveStateOp | ScrubOp;
 
-/** Start a background scrub at `rate` MiB/s, show the running or last one, or cancel it (cli/scrub.ts). */
-export type ScrubOp = { op: "scrub"; action: "start" | "status" | "cancel"; rate?: number };
+/** Start a background scrub at `rate` MiB/s (`readonly`: report only), show the running or last one, or cancel it (cli/scrub.ts). */
+export type ScrubOp = { op: "scrub"; action: "start" | "status" | "cancel"; rate?: number; readonly?: boolean };
 
 /** Receive a stream (the client writes it in frames after the request) as snapshot `name` (default: the sent one's). */
 export type ReceiveOp = { op: "receive"; name?: string };
@@ -210,7 +210,8 @@ export function parseRequest(value: unknown): ControlRequest {
       const action = request.action;
       if (action !== "start" && action !== "status" && action !== "cancel") throw invalid("scrub: action is start, status or cancel");
       if (request.rate !== undefined && typeof request.rate !== "number") throw invalid("scrub: rate is a number");
-      return { op: "scrub", action, rate: request.rate as number | undefined };
+      if (request.readonly !== undefined && typeof request.readonly !== "boolean") throw invalid("scrub: readonly is a boolean");
+      return { op: "scrub", action, rate: request.rate as number | undefined, readonly: request.readonly === true };
     }
     default:
       throw invalid(`unknown request ${JSON.stringify(request.op)}`);

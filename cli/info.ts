@@ -9,7 +9,8 @@
  * label, uuid, size, default compression, used and free space, generation,
  * tree count and inode count, the metadata profile (single or dup) and, with
  * dup, the damaged node copies read from their twin and rewritten (by this
- * open: for a mount, since it was mounted). Used space is shown twice: on disk (physical,
+ * open: for a mount, since it was mounted), and the last scrub (a mount
+ * daemon's running one, or the state file's). Used space is shown twice: on disk (physical,
  * what df shows) and logical (as if compressed data were stored
  * uncompressed), with the compressed data extents counted once each. While
  * another grovefs process that is not a mount daemon holds the image (mkfs,
@@ -20,6 +21,7 @@ import { GroveFs } from "../fs/index.js";
 import { FileDevice, GroveError, readSuperblock, blockSizeBytes, featureDupMetadata } from "../kvstore/index.js";
 import { metadataText } from "./mkfs.js";
 import { mountpointOfImage, servingPid } from "./mount.js";
+import { readScrubRecord, scrubSummaryLine, type ScrubRecord } from "./scrub.js";
 import { formatSize } from "./size.js";
 import { askDaemon, resolveTarget, type Target } from "./target.js";
 
@@ -63,6 +65,8 @@ interface Report {
   pendingDeletions?: number;
   /** Set by a mount daemon whose image file was deleted while mounted (its link count is 0). */
   imageDeleted?: string;
+  /** The last scrub of the volume (running, from its daemon; else the state file's), null when none is recorded. */
+  scrub?: ScrubRecord | null;
 }
 
 function fullReport(image: string, device: FileDevice): Report {
@@ -133,7 +137,9 @@ function superblockReport(image: string): Report {
 }
 
 async function daemonReport(target: Target & { kind: "mount" }): Promise<Report> {
-  return { ...(await askDaemon(target, { op: "info" })) as Report, mountpoint: target.mountpoint };
+  const report = (await askDaemon(target, { op: "info" })) as Report;
+  const scrub = (await askDaemon(target, { op: "scrub", action: "status" })) as ScrubRecord | null;
+  return { ...report, mountpoint: target.mountpoint, scrub };
 }
 
 async function readReport(target: Target): Promise<Report> {
@@ -149,11 +155,13 @@ async function readReport(target: Target): Promise<Report> {
     if (mountpoint !== null && pid !== null) return daemonReport({ kind: "mount", mountpoint, shown: mountpoint, pid });
     return superblockReport(image);
   }
+  let report: Report;
   try {
-    return fullReport(image, device);
+    report = fullReport(image, device);
   } finally {
     device.close();
   }
+  return { ...report, scrub: readScrubRecord(report.uuid) };
 }
 
 /** "2.58x": how many times larger `logical` is than `disk`. */
@@ -197,6 +205,7 @@ function text(report: Report): string {
     ["compression", `${report.compression} (the default for new writes)`],
     ["metadata", metadataText(report.metadata)],
     ...repairRows(report),
+    ...(report.scrub === undefined ? [] : ([["scrub", scrubSummaryLine(report.scrub)]] as [string, string][])),
     ...usageRows(report),
   ];
   if (report.imageDeleted !== undefined) rows.unshift(["warning", report.imageDeleted]);

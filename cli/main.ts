@@ -122,6 +122,7 @@ export function buildProgram(): Command {
     .usage("[options] TARGET | status TARGET | cancel TARGET")
     .argument("<target>", "an image file or block device, or the mount point of a running grovefs mount (or: status, cancel)")
     .argument("[target2]", "after status or cancel: the TARGET")
+    .option("-r, --readonly", "check only: report damaged copies and rewrite nothing (an image opens read-only; a read-only mount allows no other scrub)")
     .option("--rate <mib>", `on a mount: read at most this many MiB/s (default ${scrubRateDefault}; 0: unbounded)`)
     .option("--background", "on a mount: start it and return; grovefs scrub status TARGET shows its progress")
     .option("--json", "print the summary as JSON")

@@ -1,5 +1,5 @@
 /**
- * grovefs scrub TARGET [--rate MIB] [--background] [--json]
+ * grovefs scrub TARGET [--readonly] [--rate MIB] [--background] [--json]
  * grovefs scrub status TARGET [--json]
  * grovefs scrub cancel TARGET
  *
@@ -20,8 +20,14 @@
  *   volume unmounted (or a daemon killed) mid-scrub resumes where it was at
  *   its next read-write mount. `scrub status` shows it, live or last.
  *
+ * `--readonly` (btrfs scrub -r) reads and checks the same, and rewrites
+ * nothing: a damaged copy with a good twin is reported as correctable. It
+ * opens an image read-only (a shared lock, beside fsck -n or a read-only
+ * mount), and it is the only scrub a read-only mount runs.
+ *
  * Exit codes follow fsck's: 0 clean, 1 damage found and all of it corrected,
- * 4 damage left uncorrected, 8 operational error. `status` and `cancel` exit
+ * 4 damage left uncorrected (correctable copies a read-only scrub left
+ * included), 8 operational error. `status` and `cancel` exit
  * 0, or 8.
  */
 import * as fs from "node:fs";
@@ -57,6 +63,8 @@ export interface ScrubRecord {
   ended?: string;
   /** MiB/s (0: unbounded). */
   rate: number;
+  /** A read-only scrub: it rewrote nothing (absent in records of older versions: false). */
+  readonly?: boolean;
   /** Bytes in use on the volume when it began: what the percentage is of (an estimate). */
   totalBytes: number;
   /** Where the next slice resumes (null: from the start). */
@@ -68,6 +76,8 @@ export interface ScrubRecord {
   copies: number;
   dataBlocks: number;
   corrected: number;
+  /** Damaged copies with a good twin that a read-only scrub left (absent in records of older versions: 0). */
+  correctable?: number;
   uncorrected: number;
   restarts: number;
   findings: string[];
@@ -76,6 +86,7 @@ export interface ScrubRecord {
 }
 
 export interface ScrubCommandOptions {
+  readonly?: boolean;
   rate?: string;
   background?: boolean;
   json?: boolean;
@@ -114,8 +125,8 @@ function writeScrubRecord(record: ScrubRecord): void {
   fs.renameSync(temporary, file);
 }
 
-function exitCodeOf(record: { corrected: number; uncorrected: number }): number {
-  if (record.uncorrected > 0) return fsckExit.uncorrected;
+function exitCodeOf(record: { corrected: number; correctable?: number; uncorrected: number }): number {
+  if (record.uncorrected > 0 || (record.correctable ?? 0) > 0) return fsckExit.uncorrected;
   return record.corrected > 0 ? fsckExit.corrected : fsckExit.clean;
 }
 
@@ -157,7 +168,7 @@ export class DaemonScrub {
   /** At mount: a scrub that was running when the volume was last unmounted goes on from its position. */
   resumeInterrupted(): void {
     const record = this.record;
-    if (record === null || record.state !== "running" || this.volume.readOnly) return;
+    if (record === null || record.state !== "running" || (this.volume.readOnly && record.readonly !== true)) return;
     this.begin({ ...record, resumed: record.resumed + 1 }, record.position);
   }
 
@@ -169,13 +180,18 @@ export class DaemonScrub {
       return this.snapshot();
     }
     if (this.scrub !== null) throw new GroveError("EBUSY", "EBUSY_scrub_running", "a scrub is running already (grovefs scrub status shows it; grovefs scrub cancel stops it)");
-    if (this.volume.readOnly) {
-      throw new GroveError("EROFS", "EROFS_scrub", "the volume is mounted read-only, so damaged copies could not be rewritten; scrub the unmounted image, or mount it read-write");
+    const readonly = request.readonly === true;
+    if (this.volume.readOnly && !readonly) {
+      throw new GroveError(
+        "EROFS",
+        "EROFS_scrub",
+        "the volume is mounted read-only, so damaged copies could not be rewritten; grovefs scrub --readonly reports them, or mount it read-write",
+      );
     }
     const rate = request.rate ?? scrubRateDefault;
     if (!Number.isFinite(rate) || rate < 0) throw new GroveError("EINVAL", "EINVAL_scrub_rate", `--rate ${rate}: give MiB/s, 0 or more`);
     // The pass reads the committed state: everything written before the request is in it.
-    this.volume.sync();
+    if (!this.volume.readOnly) this.volume.sync();
     const info = this.volume.info();
     this.begin(
       {
@@ -184,6 +200,7 @@ export class DaemonScrub {
         state: "running",
         started: new Date().toISOString(),
         rate,
+        readonly,
         totalBytes: info.usedBytes,
         position: null,
         resumed: 0,
@@ -192,6 +209,7 @@ export class DaemonScrub {
         copies: 0,
         dataBlocks: 0,
         corrected: 0,
+        correctable: 0,
         uncorrected: 0,
         restarts: 0,
         findings: [],
@@ -213,7 +231,7 @@ export class DaemonScrub {
   private begin(record: ScrubRecord, from: ScrubPosition | null): void {
     this.base = record;
     this.record = record;
-    this.scrub = this.volume.scrub(from);
+    this.scrub = this.volume.scrub(from, record.readonly !== true);
     this.correctedSynced = 0;
     this.tokens = 0;
     this.lastTickMs = performance.now();
@@ -248,7 +266,7 @@ export class DaemonScrub {
         this.correctedSynced = scrub.pass.counters.corrected;
       }
       if (done) {
-        this.volume.sync();
+        if (scrub.pass.repair) this.volume.sync();
         this.finish("finished");
       } else if (performance.now() - this.lastSaveMs >= saveIntervalMs) {
         this.update();
@@ -275,6 +293,7 @@ export class DaemonScrub {
       copies: base.copies + summary.copies,
       dataBlocks: base.dataBlocks + summary.dataBlocks,
       corrected: base.corrected + summary.corrected,
+      correctable: (base.correctable ?? 0) + summary.correctable,
       uncorrected: base.uncorrected + summary.uncorrected,
       restarts: base.restarts + summary.restarts,
       findings: keep(base.findings, summary.findings),
@@ -340,7 +359,7 @@ export async function scrubCommand(action: "start" | "status" | "cancel", target
       print(record, targetArg, options, action);
       return 0;
     }
-    let record = await ask({ op: "scrub", action: "start", rate });
+    let record = await ask({ op: "scrub", action: "start", rate, readonly: options.readonly === true });
     if (options.background === true) {
       if (options.json === true) process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
       else process.stdout.write(`grovefs: scrub of ${targetArg} started in the background at ${rateText(record!.rate)}; grovefs scrub status ${targetArg} shows its progress\n`);
@@ -382,21 +401,25 @@ function imageStatus(action: "status" | "cancel", target: Target & { kind: "imag
 }
 
 function scrubImage(target: Target & { kind: "image" }, options: ScrubCommandOptions): number {
+  const readOnly = options.readonly === true;
   let device: FileDevice;
   try {
-    device = FileDevice.open(target.image, { lock: true });
+    device = FileDevice.open(target.image, { lock: true, readOnly });
   } catch (error) {
     if (error instanceof GroveError && error.detail === "EBUSY_image_locked") {
-      throw new CliError(`${target.shown} is in use by another grovefs process`, "wait for it to finish; a mounted image is scrubbed through its mount point");
+      throw new CliError(
+        `${target.shown} is in use by another grovefs process`,
+        readOnly ? "wait for it to finish; a mounted image is scrubbed through its mount point" : "wait for it to finish; a mounted image is scrubbed through its mount point; --readonly runs beside fsck -n or a read-only mount",
+      );
     }
     throw error;
   }
   const started = new Date();
   let record: ScrubRecord;
   try {
-    const volume = GroveFs.open(device);
+    const volume = GroveFs.open(device, { readOnly });
     try {
-      const scrub = volume.scrub();
+      const scrub = volume.scrub(null, !readOnly);
       const bar = new ProgressBar(showProgress(options) ? process.stderr : null, "scrub");
       bar.start("reading", volume.info().usedBytes);
       let read = 0;
@@ -406,9 +429,9 @@ function scrubImage(target: Target & { kind: "image" }, options: ScrubCommandOpt
       }
       bar.clear();
       const summary = scrub.summary();
-      volume.sync();
+      if (!readOnly) volume.sync();
       // Copies the open's own reads found damaged (and queued) count as corrected too.
-      const corrected = Math.max(summary.corrected, volume.store.repairCounters.rewritten);
+      const corrected = readOnly ? 0 : Math.max(summary.corrected, volume.store.repairCounters.rewritten);
       record = {
         uuid: volume.store.uuid.toString("hex"),
         image: target.image,
@@ -416,6 +439,7 @@ function scrubImage(target: Target & { kind: "image" }, options: ScrubCommandOpt
         started: started.toISOString(),
         ended: new Date().toISOString(),
         rate: 0,
+        readonly: readOnly,
         totalBytes: 0,
         position: null,
         resumed: 0,
@@ -458,27 +482,55 @@ export function formatScrubText(r: ScrubRecord, shown: string, action: "start" |
   const endMs = r.ended === undefined ? Date.now() : Date.parse(r.ended);
   const seconds = Math.max(0.001, (endMs - Date.parse(r.started)) / 1000);
   const read = `${formatSize(r.bytesRead)} read (${r.nodes} nodes, ${r.copies} copies; ${r.dataBlocks} data blocks)`;
+  const kind = r.readonly === true ? "read-only scrub" : "scrub";
   if (r.state === "running") {
     const percent = r.totalBytes > 0 ? ` ${Math.min(99, Math.floor((100 * r.bytesRead) / r.totalBytes))}%,` : "";
-    lines.push(`${shown}: scrub running since ${r.started},${percent} ${read}, at ${rateText(r.rate)}${r.resumed > 0 ? `, resumed ${r.resumed} time${r.resumed === 1 ? "" : "s"}` : ""}`);
+    lines.push(`${shown}: ${kind} running since ${r.started},${percent} ${read}, at ${rateText(r.rate)}${r.resumed > 0 ? `, resumed ${r.resumed} time${r.resumed === 1 ? "" : "s"}` : ""}`);
   } else {
-    lines.push(`${shown}: scrub ${r.state} at ${r.ended ?? "?"}: ${read} in ${seconds.toFixed(1)} s (${formatSize(r.bytesRead / seconds)}/s)`);
+    lines.push(`${shown}: ${kind} ${r.state} at ${r.ended ?? "?"}: ${read} in ${seconds.toFixed(1)} s (${formatSize(r.bytesRead / seconds)}/s)`);
   }
   if (r.error !== undefined) lines.push(`error: ${r.error}`);
   if (action !== "status" || r.state !== "running") {
-    for (const finding of r.findings) lines.push(`${/rewritten from its copy/.test(finding) ? "corrected" : "uncorrected"}: ${finding}`);
+    for (const finding of r.findings) lines.push(`${findingKind(finding)}: ${finding}`);
     for (const file of r.damagedFiles) lines.push(`damaged file: ${file}`);
   }
-  const corrected = `${r.corrected} damaged node cop${r.corrected === 1 ? "y" : "ies"} corrected`;
+  const correctable = r.correctable ?? 0;
+  const copies = (n: number): string => `${n} damaged node cop${n === 1 ? "y" : "ies"}`;
+  const parts: string[] = [];
+  if (r.corrected > 0 || (r.uncorrected === 0 && correctable === 0)) parts.push(`${copies(r.corrected)} corrected`);
+  if (correctable > 0) parts.push(`${copies(correctable)} with a good twin left as they are (read-only)`);
+  if (r.uncorrected > 0) parts.push(`${r.uncorrected} problem${r.uncorrected === 1 ? "" : "s"} left uncorrected`);
+  if (r.corrected === 0 && r.uncorrected === 0 && correctable === 0) lines.push(`${shown}: no damage found`);
+  else lines.push(`${shown}: ${parts.join("; ")}`);
+  if (correctable > 0) lines.push(`grovefs scrub ${shown} (without --readonly, on the image or a read-write mount) rewrites them from their twins`);
   if (r.uncorrected > 0) {
-    lines.push(`${shown}: ${corrected}; ${r.uncorrected} problem${r.uncorrected === 1 ? "" : "s"} left uncorrected`);
     lines.push(
       r.damagedFiles.length > 0
         ? "a damaged data block has one copy: restore the damaged files from a backup or a snapshot, or delete them"
         : `a node with no good copy: unmount, then grovefs fsck -n IMAGE says what is lost and fsck -y salvages the rest`,
     );
-  } else {
-    lines.push(`${shown}: ${r.corrected > 0 ? corrected : "no damage found"}`);
   }
   return `${lines.join("\n")}\n`;
+}
+
+function findingKind(finding: string): string {
+  if (/rewritten from its copy/.test(finding)) return "corrected";
+  if (/not rewritten \(read-only\)/.test(finding)) return "correctable";
+  return "uncorrected";
+}
+
+/** The last scrub in one line, for grovefs info: what it found and when (null: none recorded for this volume). */
+export function scrubSummaryLine(r: ScrubRecord | null): string {
+  if (r === null) return "none recorded (grovefs scrub TARGET runs one)";
+  const kind = r.readonly === true ? "read-only, " : "";
+  if (r.state === "running") {
+    const percent = r.totalBytes > 0 ? `${Math.min(99, Math.floor((100 * r.bytesRead) / r.totalBytes))}%, ` : "";
+    return `running (${kind}${percent}${formatSize(r.bytesRead)} read) since ${r.started}`;
+  }
+  const found: string[] = [];
+  if (r.corrected > 0) found.push(`${r.corrected} corrected`);
+  if ((r.correctable ?? 0) > 0) found.push(`${r.correctable} correctable`);
+  if (r.uncorrected > 0) found.push(`${r.uncorrected} uncorrected`);
+  const result = found.length === 0 ? "no damage found" : found.join(", ");
+  return `${r.state} at ${r.ended ?? "?"} (${kind}${formatSize(r.bytesRead)} read): ${result}${r.error === undefined ? "" : `; ${r.error}`}`;
 }

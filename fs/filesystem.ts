@@ -346,19 +346,23 @@ export class GroveFs implements FileSystemOps, InodeOps, SubvolumeOps {
     return this.store.rescueNotes;
   }
 
-  /**
-   * A scrub pass over the whole volume (fs/scrub.ts), resumed after `from`;
-   * the caller steps it. Damaged node copies it finds are rewritten by the
-   * next commit.
-   */
   /** Closed (unmounted): nothing more may be asked of it. */
   get isClosed(): boolean {
     return this.policy.isClosed;
   }
 
-  scrub(from: ScrubPosition | null = null): VolumeScrub {
+  /**
+   * A scrub pass over the whole volume (fs/scrub.ts), resumed after `from`;
+   * the caller steps it. Damaged node copies it finds are rewritten by the
+   * next commit, unless `repair` is false (a read-only pass, which only
+   * reports them; a read-only volume allows no other).
+   */
+  scrub(from: ScrubPosition | null = null, repair = true): VolumeScrub {
     this.policy.checkOpen();
-    return new VolumeScrub(this.store, this.volume.subvolumes, from);
+    if (repair && this.readOnly) {
+      throw new GroveError("EROFS", "EROFS_scrub", "the volume is read-only, so damaged copies could not be rewritten; scrub it with --readonly, or read-write");
+    }
+    return new VolumeScrub(this.store, this.volume.subvolumes, from, repair);
   }
 
   info(): VolumeInfo {

@@ -75,6 +75,8 @@ export class VolumeScrub {
     private readonly store: Store,
     private readonly subvolumes: Subvolumes,
     from: ScrubPosition | null = null,
+    /** False: a read-only pass (kvstore's ScrubPass.repair). */
+    repair = true,
   ) {
     let deleting: { state: unknown; ids: Set<number> } | null = null;
     this.pass = new ScrubPass(
@@ -91,6 +93,7 @@ export class VolumeScrub {
         item: (treeId, key, value, top, pass) => this.item(treeId, key, value, top, pass),
       },
       from,
+      repair,
     );
   }
 

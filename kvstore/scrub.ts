@@ -3,8 +3,9 @@
  * from the device (never the cache), checks each against what its pointer
  * expects (checksum, header, generation, crc), and queues a damaged copy
  * whose twin is good to be rewritten from it (`Store.queueRepair`: the next
- * durable point writes it back in place). The layers above verify data
- * blocks through `ScrubHooks.item`.
+ * durable point writes it back in place), unless the pass is read-only
+ * (`repair` false: it only counts them, as `correctable`). The layers above
+ * verify data blocks through `ScrubHooks.item`.
  *
  * A pass runs in steps, so that a mounted volume keeps serving between
  * them. The durable state's blocks stay intact until the next durable point
@@ -41,6 +42,8 @@ export interface ScrubCounters {
   bytesRead: number;
   /** Damaged node copies queued to be rewritten from their twin. */
   corrected: number;
+  /** Damaged node copies with a good twin that a read-only pass left as they are (a pass that repairs corrects them). */
+  correctable: number;
   /** Damage left as it is: nodes with no good copy, data blocks that fail their checksum. */
   uncorrected: number;
   /** Walks begun again from a newer durable state. */
@@ -67,14 +70,14 @@ interface Check {
 }
 
 export class ScrubPass {
-  readonly counters: ScrubCounters = { nodes: 0, copies: 0, dataBlocks: 0, bytesRead: 0, corrected: 0, uncorrected: 0, restarts: 0 };
+  readonly counters: ScrubCounters = { nodes: 0, copies: 0, dataBlocks: 0, bytesRead: 0, corrected: 0, correctable: 0, uncorrected: 0, restarts: 0 };
   /** One line per damage found, in the order found. */
   readonly findings: string[] = [];
   position: ScrubPosition | null;
   done = false;
   private readonly verified = new Map<number, number>();
   private dataSeen: Bitmap;
-    private walk: Generator<void, void> | null = null;
+  private walk: Generator<void, void> | null = null;
   private walkState: Superblock | null = null;
   private budget = 0;
 
@@ -82,6 +85,8 @@ export class ScrubPass {
     readonly store: Store,
     private readonly hooks: ScrubHooks = {},
     from: ScrubPosition | null = null,
+    /** False: a read-only pass, which reports damaged copies with a good twin and rewrites nothing. */
+    readonly repair = true,
   ) {
     this.position = from;
     this.dataSeen = new Bitmap(store.deviceBlocks);
@@ -283,6 +288,11 @@ export class ScrubPass {
   }
 
   private corrected(bad: number, good: number, bytes: Buffer, problem: string): void {
+    if (!this.repair) {
+      this.counters.correctable++;
+      this.findings.push(`${problem}: its copy at block ${good} is good; not rewritten (read-only)`);
+      return;
+    }
     this.counters.corrected++;
     this.findings.push(`${problem}: rewritten from its copy at block ${good}`);
     this.store.queueRepair(bad, good, bytes, problem);

@@ -8,8 +8,14 @@
  * - a damaged data block: exit 4, the file named by path;
  * - a slow background scrub cut off by an unmount resumes at the next mount
  *   and finishes (`scrub status` shows it, on the image and on the mount);
- * - an unmounted image: scrub corrects (1), then is clean (0); refusals exit 8.
+ * - an unmounted image: scrub corrects (1), then is clean (0); refusals exit 8;
+ * - --readonly: on an image and on a read-only mount it reports damaged
+ *   copies as correctable (4) and changes no byte of the image; a plain
+ *   scrub of the read-only mount is refused (8) and names --readonly; then a
+ *   plain scrub of the image corrects them (1); `grovefs info` shows the
+ *   last scrub, on the image and on the mount.
  */
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { checkFilesystem } from "../fs/index.js";
@@ -41,7 +47,9 @@ function perInodeSecondCopies(image: string): number[] {
 
 interface Record {
   state: string;
+  readonly?: boolean;
   corrected: number;
+  correctable?: number;
   uncorrected: number;
   resumed: number;
   bytesRead: number;
@@ -168,5 +176,60 @@ describe.skipIf(e2eSkipReason !== null)("grovefs scrub through the CLI and the k
     const cancel = await v.grove(["scrub", "cancel", v.image]);
     expect(cancel.code).toBe(8);
     expect(cancel.stderr).toMatch(/not mounted/);
+  });
+
+  it("--readonly reports damaged copies (4) and writes nothing, on an image and on a read-only mount; info shows the last scrub", async () => {
+    const v = await E2eVolume.create("scrub-readonly");
+    volume = v;
+    await v.mkfs("64M", ["--metadata", "dup"]);
+    const never = await v.groveOk(["info", v.image]);
+    expect(never.stdout).toMatch(/^scrub: +none recorded/m);
+    await v.mount();
+    await sh(`mkdir -p "$1/d" && for i in $(seq 1 300); do echo "x$i" > "$1/d/f$i"; done`, [v.mnt]);
+    await v.umount();
+    const damaged = perInodeSecondCopies(v.image);
+    expect(damaged.length).toBeGreaterThan(0);
+    for (const lba of damaged) overwriteBlock(v.image, lba, Buffer.alloc(blockSizeBytes, 0x22));
+    const digest = (): string => createHash("sha256").update(fs.readFileSync(v.image)).digest("hex");
+    const before = digest();
+
+    const image = await v.grove(["scrub", "--readonly", "--json", v.image]);
+    expect(image.code, image.stdout + image.stderr).toBe(4);
+    const summary = JSON.parse(image.stdout) as Record;
+    expect(summary.readonly).toBe(true);
+    expect(summary.correctable).toBe(damaged.length);
+    expect(summary.corrected).toBe(0);
+    expect(summary.uncorrected).toBe(0);
+    expect(digest()).toBe(before);
+    const shown = await v.grove(["scrub", "-r", v.image]);
+    expect(shown.code).toBe(4);
+    expect(shown.stdout).toMatch(/^correctable: tree \d+, block \d+.*not rewritten \(read-only\)$/m);
+    expect(shown.stdout).toMatch(new RegExp(`${damaged.length} damaged node cop(y|ies) with a good twin left as they are \\(read-only\\)`));
+    expect(shown.stdout).toMatch(/without --readonly.* rewrites them from their twins/);
+    expect(digest()).toBe(before);
+    const info = await v.groveOk(["info", v.image]);
+    expect(info.stdout).toMatch(new RegExp(`^scrub: +finished at \\S+ \\(read-only, .* read\\): ${damaged.length} correctable$`, "m"));
+
+    await v.mount(["-o", "ro"]);
+    const refused = await v.grove(["scrub", v.mnt]);
+    expect(refused.code).toBe(8);
+    expect(refused.stderr.trim().split("\n")).toHaveLength(1);
+    expect(refused.stderr).toMatch(/mounted read-only.*grovefs scrub --readonly reports them/);
+    const mounted = await v.grove(["scrub", "--readonly", "--rate", "0", v.mnt]);
+    expect(mounted.code, mounted.stdout + mounted.stderr).toBe(4);
+    expect(mounted.stdout).toMatch(/read-only scrub finished at/);
+    expect(mounted.stdout).toMatch(/with a good twin left as they are/);
+    const live = JSON.parse((await v.groveOk(["info", "--json", v.mnt])).stdout) as { scrub: Record };
+    expect(live.scrub.readonly).toBe(true);
+    expect(live.scrub.correctable).toBe(damaged.length);
+    await v.umount();
+    expect(digest()).toBe(before);
+
+    const fixed = await v.grove(["scrub", v.image]);
+    expect(fixed.code, fixed.stdout + fixed.stderr).toBe(1);
+    expect((await v.grove(["scrub", "--readonly", v.image])).code).toBe(0);
+    const after = await v.groveOk(["info", v.image]);
+    expect(after.stdout).toMatch(/^scrub: +finished at \S+ \(read-only, .* read\): no damage found$/m);
+    expect(v.check().space.forest.copyRepairs).toEqual([]);
   });
 });
