@@ -116,6 +116,8 @@ export interface FsReport {
   dataBlocks: number;
   /** Unwritten (preallocated) extent records seen, over every live subvolume. */
   preallocatedExtents: number;
+  /** The highest inode counter past 2^32 of any live subvolume (0: none), which needs feature bit 7. */
+  wideInodeCounter: number;
   subvolumes: number;
 }
 
@@ -392,6 +394,7 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
     directories: 0,
     dataBlocks: 0,
     preallocatedExtents: 0,
+    wideInodeCounter: 0,
     subvolumes: snapshots.live.length,
   };
   for (const blocks of snapshots.space.forest.extents.values()) report.dataBlocks += blocks;
@@ -416,8 +419,6 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   const order = [...snapshots.live].sort((a, b) => rank(a) - rank(b) || (rank(a) === 1 ? b.id - a.id : a.id - b.id));
   const found = new Map<number, { list: string[]; damage: string[] }>();
   let walk: FsWalk | null = null;
-  /** The highest inode counter past 2^32 (0: none), which needs feature bit 7. */
-  let wideCounter = 0;
   for (const record of order) {
     const list: string[] = [];
     const carried = incremental && walk !== null && walk.complete && walk.advance(store, record.id);
@@ -432,7 +433,7 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
     }
     list.unshift(...w.walkProblems());
     if (w.counter > inoMax + 1) list.push(`the inode counter ${w.counter} is past the largest inode number ${inoMax}`);
-    if (w.counter > inoWideFirst) wideCounter = Math.max(wideCounter, w.counter);
+    if (w.counter > inoWideFirst) report.wideInodeCounter = Math.max(report.wideInodeCounter, w.counter);
     const subvolume = record.id === treeIdDefaultSubvolume ? "the default subvolume" : `subvolume ${JSON.stringify(record.name)}`;
     const damage = w.dataDamage().map((d) => dataDamageLine(w.pathOf(d.ino), d.ino, subvolume, d.lbas, d.ranges));
     found.set(record.id, { list, damage });
@@ -447,8 +448,8 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
     for (const problem of of?.list ?? []) problems.push(prefix + problem);
     problems.push(...(of?.damage ?? []));
   }
-  if (wideCounter !== 0 && !store.hasFeature(featureWideInodes)) {
-    problems.push(`superblock: an inode counter is at ${wideCounter}, past 2^32, but the feature for wide inode numbers is not set`);
+  if (report.wideInodeCounter !== 0 && !store.hasFeature(featureWideInodes)) {
+    problems.push(`superblock: an inode counter is at ${report.wideInodeCounter}, past 2^32, but the feature for wide inode numbers is not set`);
   }
   if (report.preallocatedExtents > 0 && !store.hasFeature(featurePreallocated)) {
     problems.push(`superblock: ${report.preallocatedExtents} unwritten (preallocated) extents exist but the feature that says so is not set`);

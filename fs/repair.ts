@@ -26,7 +26,7 @@
  * checksum, broken order), data blocks whose checksum fails, and anything found in a volume whose trees could not be walked
  * whole — rebuilding free space from a partial walk would free live blocks.
  */
-import { BlockDevice, GroveError, type Store, blockSizeBytes, compressedUsageProblems, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, firstAllocatableLba } from "../kvstore/index.js";
+import { BlockDevice, GroveError, type Store, blockSizeBytes, compressedUsageProblems, featureCompressLz4, featurePreallocated, featureReceivedSnapshots, featureWideInodes, firstAllocatableLba } from "../kvstore/index.js";
 import type { Extent } from "../alloc/index.js";
 import { openVolume } from "../snapshot/index.js";
 import type { FsReport } from "./check.js";
@@ -105,6 +105,10 @@ export function repairFilesystem(device: BlockDevice, report: FsReport): RepairR
     if (report.preallocatedExtents > 0 && !store.hasFeature(featurePreallocated)) {
       store.enableFeature(featurePreallocated);
       fixed.push("superblock: set the feature bit of unwritten (preallocated) extents");
+    }
+    if (report.wideInodeCounter !== 0 && !store.hasFeature(featureWideInodes)) {
+      store.enableFeature(featureWideInodes);
+      fixed.push("superblock: set the feature bit of inode numbers past 2^32");
     }
     if (report.snapshots.receivedRecords > 0 && !store.hasFeature(featureReceivedSnapshots)) {
       store.enableFeature(featureReceivedSnapshots);

@@ -12,7 +12,8 @@
  */
 import { describe, expect, it } from "vitest";
 import { SimDevice, featureWideInodes, readSuperblock } from "../kvstore/index.js";
-import { GroveFs, inoMax, send } from "../fs/index.js";
+import { writeSuperblockCopies } from "../kvstore/superblock_copies.js";
+import { GroveFs, checkFilesystem, inoMax, repairFilesystem, send } from "../fs/index.js";
 import { objectOwnedMax, objectTreeOwner, ownerObject, ownerSubvolume, subvolumeIdMax } from "../snapshot/index.js";
 import { openVolume } from "../snapshot/index.js";
 import { PayloadKind, decodeInode, inodeKey } from "../fs/format.js";
@@ -236,6 +237,29 @@ describe("inode numbers past 2^32", () => {
     b.fs.close();
     expectFsClean(a.device.reopen());
     expectFsClean(b.device.reopen());
+  });
+
+  it("a counter past 2^32 without feature bit 7 is found by the checker and the bit set by repair, every file intact", () => {
+    const { device, fs } = fresh();
+    fs.reserveIno(2 ** 32 + 5);
+    const data = pattern(5000, 3);
+    const ino = put(fs, "/wide", data);
+    expect(ino).toBeGreaterThan(2 ** 32);
+    fs.close();
+    const sb = readSuperblock(device.reopen());
+    expect(sb.features & featureWideInodes).toBe(featureWideInodes);
+    const damaged = device.reopen();
+    writeSuperblockCopies(damaged, { ...sb, features: sb.features & ~featureWideInodes });
+    const report = checkFilesystem(damaged);
+    expect(report.problems).toEqual([expect.stringMatching(/^superblock: an inode counter is at \d+, past 2\^32, but the feature for wide inode numbers is not set$/)]);
+    expect(repairFilesystem(damaged, report).fixed).toContain("superblock: set the feature bit of inode numbers past 2^32");
+    const repaired = damaged.reopen();
+    expect(readSuperblock(repaired).features & featureWideInodes).toBe(featureWideInodes);
+    expectFsClean(repaired);
+    const again = GroveFs.open(repaired.reopen(), { clock: testClock() });
+    expectBytes(readFile(again, "/wide"), data);
+    expect(again.getattr("/wide").ino).toBe(ino);
+    again.close();
   });
 
   it("fold onto 32 bits for fuse-native, never onto 0 or the root's 1", () => {
