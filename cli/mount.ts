@@ -618,7 +618,15 @@ class MountDaemon {
     mount.control?.close();
     removePidRecord(mountpoint);
     this.mounts.delete(mountpoint);
-    if (this.mounts.size > 0) return;
+    if (this.mounts.size > 0) {
+      // The scrub reads through one mount's view of the volume: when that mount goes, another takes it on
+      // (a read-write one if there is one: a read-only view runs only a read-only scrub).
+      if (this.scrubber?.scrubsThrough(mount.volume) === true) {
+        const rest = [...this.mounts.values()];
+        this.scrubber = this.scrubber.handOver((rest.find((m) => !m.volume.readOnly) ?? rest[0]!).volume);
+      }
+      return;
+    }
     this.scrubber?.stop();
     if (this.failure === null) this.settle.resolve();
     else this.settle.reject(this.failure);

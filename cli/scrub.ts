@@ -166,10 +166,27 @@ export class DaemonScrub {
   }
 
   /** At mount: a scrub that was running when the volume was last unmounted goes on from its position. */
-  resumeInterrupted(): void {
+  resumeInterrupted(counted = true): void {
     const record = this.record;
     if (record === null || record.state !== "running" || (this.volume.readOnly && record.readonly !== true)) return;
-    this.begin({ ...record, resumed: record.resumed + 1 }, record.position);
+    this.begin({ ...record, resumed: record.resumed + (counted ? 1 : 0) }, record.position);
+  }
+
+  /** Whether it reads through `volume` (one mount's view of the daemon's volume). */
+  scrubsThrough(volume: GroveFs): boolean {
+    return this.volume === volume;
+  }
+
+  /**
+   * The mount it read through is gone while others of the daemon stay: the
+   * scrub goes on through `volume` (another mount's view of the same store),
+   * from its saved position, not counted as a resume.
+   */
+  handOver(volume: GroveFs): DaemonScrub {
+    this.stop();
+    const next = new DaemonScrub(volume, this.image);
+    next.resumeInterrupted(false);
+    return next;
   }
 
   handle(request: ScrubRequest): ScrubRecord | null {

@@ -5,7 +5,9 @@
  * volume and one commit stream. Real mounts through the kernel, the real
  * CLI, everything in the mounts touched from child processes only.
  *
- * Time budget: about 30 s on an idle machine.
+ * A scrub running when the first mount goes on through the one left.
+ *
+ * Time budget: about 45 s on an idle machine.
  */
 import * as fsp from "node:fs/promises";
 import { afterEach, describe, expect, it } from "vitest";
@@ -180,6 +182,34 @@ describe.skipIf(e2eSkipReason !== null)("e2e: several subvolumes mounted at once
       expect(await checksums(mnt2)).toEqual(sums2);
       await umountAt(v, mnt2);
       await v.finish();
+    },
+    timeout,
+  );
+
+  it(
+    "a scrub going when the first mount is unmounted goes on through the other mount, and finishes there",
+    async () => {
+      const { v, mnts } = await mounted("multiscrub", ["mnt2"]);
+      const [mnt2] = mnts as [string];
+      await v.groveOk(["clone", v.mnt, "default", "c1"]);
+      await mountAt(v, mnt2, ["--subvol", "c1"]);
+      await sh(`mkdir -p "$1/d" && for i in $(seq 1 200); do head -c 6000 /dev/urandom > "$1/d/f$i"; done`, [v.mnt]);
+      // About 50 blocks a second: the pass takes several seconds.
+      await v.groveOk(["scrub", "--rate", "0.2", "--background", v.mnt]);
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      await umountAt(v, v.mnt);
+      type Status = { state: string; resumed: number; bytesRead: number; uncorrected: number };
+      const status = async (): Promise<Status> => JSON.parse((await v.groveOk(["scrub", "status", "--json", mnt2])).stdout) as Status;
+      const after = await status();
+      expect(after.state).toBe("running");
+      let record = after;
+      expect(await waitFor(async () => (record = await status()).state !== "running", 90_000), "the scrub finished through mnt2").toBe(true);
+      expect(record.state).toBe("finished");
+      expect(record.resumed, "a hand-over is not a resume").toBe(0);
+      expect(record.uncorrected).toBe(0);
+      expect(record.bytesRead).toBeGreaterThan(after.bytesRead);
+      await umountAt(v, mnt2);
+      v.check();
     },
     timeout,
   );
