@@ -138,8 +138,12 @@ function superblockReport(image: string): Report {
 
 async function daemonReport(target: Target & { kind: "mount" }): Promise<Report> {
   const report = (await askDaemon(target, { op: "info" })) as Report;
-  const scrub = (await askDaemon(target, { op: "scrub", action: "status" })) as ScrubRecord | null;
-  return { ...report, mountpoint: target.mountpoint, scrub };
+  // A daemon that cannot say (one started by an older grovefs) leaves the line out; the rest still shows.
+  const scrub = await (askDaemon(target, { op: "scrub", action: "status" }) as Promise<ScrubRecord | null>).then(
+    (record) => ({ scrub: record }),
+    () => ({}),
+  );
+  return { ...report, mountpoint: target.mountpoint, ...scrub };
 }
 
 async function readReport(target: Target): Promise<Report> {
