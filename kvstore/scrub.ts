@@ -17,6 +17,9 @@
  * subtree is done; and subtrees verified already (by LBA and the crc their
  * pointer records) are skipped, so a snapshot's shared nodes are read once.
  * What changed behind the position was written since the pass began.
+ *
+ * An internal node's children (both copies) are read ahead in LBA order,
+ * each run of adjacent blocks in one request, before the walk visits them.
  */
 import { blockSizeBytes, treeDepthMax, treeIdRoot } from "./constants.js";
 import { Bitmap } from "./check.js";
@@ -63,6 +66,9 @@ export const scrubStepBlocks = 256;
 /** Verified subtrees remembered before the set is dropped (it is only a saving: memory stays bounded). */
 const verifiedMax = 1 << 20;
 
+/** The longest run of adjacent child blocks read ahead in one request. */
+const aheadRunMax = 64;
+
 interface Check {
   generation: number;
   crc: number;
@@ -76,6 +82,8 @@ export class ScrubPass {
   position: ScrubPosition | null;
   done = false;
   private readonly verified = new Map<number, number>();
+  /** Child blocks of the node being walked, read ahead in runs of adjacent LBAs: LBA → its bytes. */
+  private readonly ahead = new Map<number, Buffer>();
   private dataSeen: Bitmap;
   private walk: Generator<void, void> | null = null;
   private walkState: Superblock | null = null;
@@ -99,6 +107,8 @@ export class ScrubPass {
     if (this.walk !== null && this.walkState !== durable) {
       this.walk = null;
       this.counters.restarts++;
+      // Read from the old durable state, whose freed blocks may be reused from now on.
+      this.ahead.clear();
     }
     if (this.walk === null) {
       this.walkState = durable;
@@ -210,6 +220,7 @@ export class ScrubPass {
           if (this.budget <= 0) yield;
         }
       } else {
+        const ahead = this.readAhead(node, after, hi);
         for (let i = 0; i < node.count; i++) {
           const childHi = i + 1 < node.count ? node.keyAt(i + 1) : hi;
           if (after !== null && childHi !== null && compareBytes(childHi, after) <= 0) continue;
@@ -217,6 +228,8 @@ export class ScrubPass {
           const childCheck = { generation: node.childGenerationAt(i), crc: node.childCrcAt(i), mirror: node.childMirrorAt(i) };
           yield* this.visit(id, node.childAt(i), level - 1, childCheck, childLo, childHi === null ? null : Buffer.from(childHi), top, after, onRootItem);
         }
+        // What a child skipped (verified already) did not take.
+        for (const lba of ahead) this.ahead.delete(lba);
       }
     }
     if (check.crc !== 0) {
@@ -275,16 +288,62 @@ export class ScrubPass {
   }
 
   private readCopy(at: number, expect: NodeExpectation): { buf: Buffer; reason: string | null } {
-    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
     this.counters.copies++;
-    this.counters.bytesRead += buf.length;
+    this.counters.bytesRead += blockSizeBytes;
     this.budget--;
+    const early = this.ahead.get(at);
+    if (early !== undefined) {
+      this.ahead.delete(at);
+      return { buf: early, reason: validateNodeBytes(early, expect) };
+    }
+    const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
     try {
       this.store.device.read(at, buf);
     } catch (error) {
       return { buf, reason: `read failed: ${(error as Error).message}` };
     }
     return { buf, reason: validateNodeBytes(buf, expect) };
+  }
+
+  /**
+   * Reads the copies of `node`'s children that the walk will visit, in LBA
+   * order, each run of adjacent blocks in one request (after a sequential
+   * write most siblings are adjacent); returns the LBAs read. A run that
+   * fails to read is left to the walk's own reads, which name the block.
+   */
+  private readAhead(node: ReturnType<typeof decodeNode>, after: Buffer | null, hi: Buffer | null): number[] {
+    const wanted: number[] = [];
+    for (let i = 0; i < node.count; i++) {
+      const childHi = i + 1 < node.count ? node.keyAt(i + 1) : hi;
+      if (after !== null && childHi !== null && compareBytes(childHi, after) <= 0) continue;
+      const lba = node.childAt(i);
+      const crc = node.childCrcAt(i);
+      if (crc !== 0 && this.verified.get(lba) === crc) continue;
+      for (const at of [lba, node.childMirrorAt(i)]) {
+        if (Number.isSafeInteger(at) && at >= 2 && at < this.store.deviceBlocks && !this.ahead.has(at)) wanted.push(at);
+      }
+    }
+    wanted.sort((a, b) => a - b);
+    const read: number[] = [];
+    for (let i = 0; i < wanted.length; ) {
+      let j = i + 1;
+      while (j < wanted.length && j - i < aheadRunMax && wanted[j] === wanted[j - 1]! + 1) j++;
+      // A lone block gains nothing from being read early.
+      if (j - i > 1) {
+        const run = Buffer.allocUnsafeSlow((j - i) * blockSizeBytes);
+        try {
+          this.store.device.read(wanted[i]!, run);
+          for (let k = i; k < j; k++) {
+            this.ahead.set(wanted[k]!, run.subarray((k - i) * blockSizeBytes, (k - i + 1) * blockSizeBytes));
+            read.push(wanted[k]!);
+          }
+        } catch {
+          // the walk reads these one by one, and reports the one that fails
+        }
+      }
+      i = j;
+    }
+    return read;
   }
 
   private corrected(bad: number, good: number, bytes: Buffer, problem: string): void {
