@@ -25,6 +25,7 @@ import { decodeMeta, readSuperblock } from "./store.js";
 import { reservedExtents } from "./superblock_copies.js";
 import { type LogReplay, logBlocksInUse, readLog } from "./fsync_log.js";
 import { GroveError } from "./errors.js";
+import { ReadAhead } from "./read_ahead.js";
 import type { TreeMeta } from "./btree.js";
 import type { ItemEdges } from "./interfaces.js";
 import { type CompressedUsage, featureCompressLz4, noCompressedUsage } from "./superblock.js";
@@ -336,6 +337,8 @@ class TreeWalker implements ItemEdges {
   private damagedNodes = 0;
   /** Nodes whose subtree holds a damaged node, so a tree that shares one is damaged too. */
   private readonly damagedSubtrees = new Set<number>();
+  /** Child blocks of the nodes being walked, read ahead in runs of adjacent LBAs (the walk is synchronous: nothing changes them). */
+  private readonly ahead: ReadAhead;
 
   constructor(
     private readonly device: BlockDevice,
@@ -346,6 +349,7 @@ class TreeWalker implements ItemEdges {
     private readonly visitItem?: ItemVisitor,
   ) {
     this.nodes = new Bitmap(deviceBlocks);
+    this.ahead = new ReadAhead(device, deviceBlocks);
   }
 
   private referenceAgain(lba: number): void {
@@ -500,6 +504,14 @@ class TreeWalker implements ItemEdges {
       return;
     }
     if (node.count === 0) this.problems.push(`${where}: internal node has no children`);
+    const wanted: number[] = [];
+    for (let i = 0; i < node.count; i++) {
+      const childHi = i + 1 < node.count ? node.keyAt(i + 1) : hi;
+      if (this.from !== null && childHi !== null && compareBytes(childHi, this.from) <= 0) continue;
+      // A child walked already (a shared subtree) is not read again.
+      if (!this.nodes.get(node.childAt(i))) wanted.push(node.childAt(i), node.childMirrorAt(i));
+    }
+    const ahead = this.ahead.fill(wanted);
     for (let i = 0; i < node.count; i++) {
       const childLo = i === 0 ? lo : Buffer.from(node.keyAt(i));
       const childHi = i + 1 < node.count ? Buffer.from(node.keyAt(i + 1)) : hi;
@@ -507,6 +519,7 @@ class TreeWalker implements ItemEdges {
       const childCheck = { generation: node.childGenerationAt(i), crc: node.childCrcAt(i), mirror: node.childMirrorAt(i) };
       this.visit(id, node.childAt(i), level - 1, childLo, childHi, generation, childCheck, report, onItem);
     }
+    this.ahead.drop(ahead);
   }
 
   /** The node's bytes from a copy that passes every check (null: none does, and why is reported). */
@@ -552,6 +565,8 @@ class TreeWalker implements ItemEdges {
 
   /** One copy's bytes, checked as the node at `expect.lba` (a second copy's header names the first's LBA). */
   private readCopy(at: number, expect: NodeExpectation): { buf: Buffer; reason: string | null } {
+    const early = this.ahead.take(at);
+    if (early !== undefined) return { buf: early, reason: validateNodeBytes(early, expect) };
     const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
     try {
       this.device.read(at, buf);

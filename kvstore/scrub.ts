@@ -24,6 +24,7 @@
 import { blockSizeBytes, treeDepthMax, treeIdRoot } from "./constants.js";
 import { Bitmap } from "./check.js";
 import { GroveError } from "./errors.js";
+import { ReadAhead } from "./read_ahead.js";
 import { type ItemEdges } from "./interfaces.js";
 import { compareBytes, decodeNode, validateNodeBytes, type NodeExpectation } from "./node.js";
 import { decodeMeta, type Store } from "./store.js";
@@ -66,8 +67,6 @@ export const scrubStepBlocks = 256;
 /** Verified subtrees remembered before the set is dropped (it is only a saving: memory stays bounded). */
 const verifiedMax = 1 << 20;
 
-/** The longest run of adjacent child blocks read ahead in one request. */
-const aheadRunMax = 64;
 
 interface Check {
   generation: number;
@@ -82,8 +81,8 @@ export class ScrubPass {
   position: ScrubPosition | null;
   done = false;
   private readonly verified = new Map<number, number>();
-  /** Child blocks of the node being walked, read ahead in runs of adjacent LBAs: LBA → its bytes. */
-  private readonly ahead = new Map<number, Buffer>();
+  /** Child blocks of the nodes being walked, read ahead in runs of adjacent LBAs. */
+  private readonly ahead: ReadAhead;
   private dataSeen: Bitmap;
   private walk: Generator<void, void> | null = null;
   private walkState: Superblock | null = null;
@@ -98,6 +97,7 @@ export class ScrubPass {
   ) {
     this.position = from;
     this.dataSeen = new Bitmap(store.deviceBlocks);
+    this.ahead = new ReadAhead(store.device, store.deviceBlocks);
   }
 
   /** Reads about `blocks` blocks; returns whether the pass is done. */
@@ -229,7 +229,7 @@ export class ScrubPass {
           yield* this.visit(id, node.childAt(i), level - 1, childCheck, childLo, childHi === null ? null : Buffer.from(childHi), top, after, onRootItem);
         }
         // What a child skipped (verified already) did not take.
-        for (const lba of ahead) this.ahead.delete(lba);
+        this.ahead.drop(ahead);
       }
     }
     if (check.crc !== 0) {
@@ -291,11 +291,8 @@ export class ScrubPass {
     this.counters.copies++;
     this.counters.bytesRead += blockSizeBytes;
     this.budget--;
-    const early = this.ahead.get(at);
-    if (early !== undefined) {
-      this.ahead.delete(at);
-      return { buf: early, reason: validateNodeBytes(early, expect) };
-    }
+    const early = this.ahead.take(at);
+    if (early !== undefined) return { buf: early, reason: validateNodeBytes(early, expect) };
     const buf = Buffer.allocUnsafeSlow(blockSizeBytes);
     try {
       this.store.device.read(at, buf);
@@ -305,12 +302,7 @@ export class ScrubPass {
     return { buf, reason: validateNodeBytes(buf, expect) };
   }
 
-  /**
-   * Reads the copies of `node`'s children that the walk will visit, in LBA
-   * order, each run of adjacent blocks in one request (after a sequential
-   * write most siblings are adjacent); returns the LBAs read. A run that
-   * fails to read is left to the walk's own reads, which name the block.
-   */
+  /** Reads ahead the copies of `node`'s children that the walk will visit; returns the LBAs read. */
   private readAhead(node: ReturnType<typeof decodeNode>, after: Buffer | null, hi: Buffer | null): number[] {
     const wanted: number[] = [];
     for (let i = 0; i < node.count; i++) {
@@ -319,31 +311,9 @@ export class ScrubPass {
       const lba = node.childAt(i);
       const crc = node.childCrcAt(i);
       if (crc !== 0 && this.verified.get(lba) === crc) continue;
-      for (const at of [lba, node.childMirrorAt(i)]) {
-        if (Number.isSafeInteger(at) && at >= 2 && at < this.store.deviceBlocks && !this.ahead.has(at)) wanted.push(at);
-      }
+      wanted.push(lba, node.childMirrorAt(i));
     }
-    wanted.sort((a, b) => a - b);
-    const read: number[] = [];
-    for (let i = 0; i < wanted.length; ) {
-      let j = i + 1;
-      while (j < wanted.length && j - i < aheadRunMax && wanted[j] === wanted[j - 1]! + 1) j++;
-      // A lone block gains nothing from being read early.
-      if (j - i > 1) {
-        const run = Buffer.allocUnsafeSlow((j - i) * blockSizeBytes);
-        try {
-          this.store.device.read(wanted[i]!, run);
-          for (let k = i; k < j; k++) {
-            this.ahead.set(wanted[k]!, run.subarray((k - i) * blockSizeBytes, (k - i + 1) * blockSizeBytes));
-            read.push(wanted[k]!);
-          }
-        } catch {
-          // the walk reads these one by one, and reports the one that fails
-        }
-      }
-      i = j;
-    }
-    return read;
+    return this.ahead.fill(wanted);
   }
 
   private corrected(bad: number, good: number, bytes: Buffer, problem: string): void {

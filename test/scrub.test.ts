@@ -12,7 +12,8 @@
  *   before it began.
  * - A subvolume being deleted is skipped: the nodes its deletion released are
  *   free, and overwritten here, as a reuse would.
- * - Read-ahead: an internal node's children come in runs of adjacent blocks.
+ * - Read-ahead (scrub and the checker): an internal node's children come in
+ *   runs of adjacent blocks.
  * - A damaged data block: named with its path, subvolume and bytes, as uncorrected.
  * - Single metadata: a damaged node is uncorrected, and named.
  * - A pass resumed from its position reads only what lies after it.
@@ -20,7 +21,7 @@
  * GROVE_SEED=<n> replays one seed; GROVE_SCRUB_TRIALS=<n> sets the trials per seed (default 3).
  */
 import { describe, expect, it } from "vitest";
-import { Prng, SimDevice, blockSizeBytes } from "../kvstore/index.js";
+import { Prng, SimDevice, blockSizeBytes, checkForest } from "../kvstore/index.js";
 import { GroveFs, checkFilesystem } from "../fs/index.js";
 import { O_CREAT, O_RDWR, expectFsClean, fileExtents, fileInventory, root, writeFile, type FileInventory } from "./fs_helpers.js";
 import { reachableNodes, seeds, withSeed } from "./helpers.js";
@@ -229,7 +230,7 @@ describe("scrub", () => {
     expectFsClean(device);
   });
 
-  it("reads an internal node's children ahead in runs of adjacent blocks: fewer requests than node copies, the same findings", () => {
+  it("scrub and the checker read an internal node's children ahead in runs of adjacent blocks: fewer requests than node copies, the same findings", () => {
     // Small files only: their data lives in the nodes, so every request is for nodes.
     let device = new SimDevice(16384);
     GroveFs.format(device, { metadata: "dup" });
@@ -259,6 +260,18 @@ describe("scrub", () => {
     expect(summary.uncorrected).toBe(0);
     expect(summary.dataBlocks).toBe(0);
     expect(requests, `${requests} requests for ${summary.copies} node copies`).toBeLessThan(summary.copies / 4);
+
+    // The tree checker (fsck) reads ahead the same way.
+    const checked = device.reopen();
+    let checkerRequests = 0;
+    const checkedRead = checked.read.bind(checked);
+    checked.read = (lba: number, buf: Uint8Array): void => {
+      checkerRequests++;
+      checkedRead(lba, buf);
+    };
+    const forest = checkForest(checked);
+    expect(forest.copyRepairs.length).toBe(victims.length);
+    expect(checkerRequests, `the checker: ${checkerRequests} requests for ${summary.copies} node copies`).toBeLessThan(summary.copies / 4);
   });
 
   it("a damaged data block is uncorrected, named by path, subvolume and byte range", () => {
