@@ -45,7 +45,7 @@ import {
 } from "../kvstore/index.js";
 import type { SpaceReport } from "../alloc/index.js";
 import { SnapshotReport, checkSnapshots, openVolume } from "../snapshot/index.js";
-import { inoMax, inoWideFirst, rootIno, treeIdDefaultSubvolume } from "./constants.js";
+import { checkNodeCacheBytes, inoMax, inoWideFirst, rootIno, treeIdDefaultSubvolume } from "./constants.js";
 import {
   Extent,
   Inode,
@@ -123,90 +123,128 @@ export interface FsReport {
 
 /**
  * What the walk keeps of each inode, in typed arrays by slot: a few numbers,
- * not the decoded record (whose payload can be kilobytes), so the logical
- * pass over a million files holds tens of MiB, not hundreds. A removed
- * inode's slot is dead (its number -1) until `compact`; slots are never
- * reused, so a new slot starts zeroed.
+ * not the decoded record (whose payload can be kilobytes), and no map from
+ * inode number to slot (a million-entry Map costs tens of MiB on its own).
+ * A whole walk visits the inode tree in key order, so slots [0, sorted) are
+ * in ascending inode number and found by binary search; only inodes added
+ * out of order (visited again by `advance`) are in a map. A removed inode's
+ * slot is dead until `compact`, which puts every slot back in order. 53
+ * bytes an inode: a million files hold about 50 MiB.
  */
 class InodeFacts {
-  private slotOf = new Map<number, number>();
+  private sorted = 0;
+  private later = new Map<number, number>();
+  private inos = new Float64Array(0);
+  private deadSlots = new Uint8Array(0);
   private small = new Uint32Array(0);
   private large = new Float64Array(0);
-  private inos: number[] = [];
+  private used = 0;
   private dead = 0;
 
   /** Live inodes. */
   get size(): number {
-    return this.inos.length - this.dead;
+    return this.used - this.dead;
   }
 
   /** Slots, live and dead: iterate below it and skip `!live(slot)`. */
   get slots(): number {
-    return this.inos.length;
+    return this.used;
   }
 
   live(slot: number): boolean {
-    return this.inos[slot]! >= 0;
+    return this.deadSlots[slot] === 0;
+  }
+
+  /** Makes room for `more` inodes at once (the walk knows the tree's item count: no growth by doubling). */
+  reserve(more: number): void {
+    if (this.used + more > this.inos.length) this.resize(this.used + more);
   }
 
   /** Adds inode `inode`; returns its slot. */
   add(inode: Inode): number {
-    const slot = this.inos.length;
-    if ((slot + 1) * smallFields > this.small.length) this.resize(Math.max(1024, 2 * slot));
-    this.inos.push(inode.ino);
-    this.slotOf.set(inode.ino, slot);
+    const slot = this.used;
+    if (slot === this.inos.length) this.resize(Math.max(1024, Math.ceil(slot * 1.5)));
+    this.used++;
+    const ino = inode.ino;
+    this.inos[slot] = ino;
+    if (this.later.size === 0 && this.sorted === slot && (slot === 0 || ino > this.inos[slot - 1]!)) this.sorted++;
+    else this.later.set(ino, slot);
     this.setSmall(slot, F.mode, inode.mode);
     this.setSmall(slot, F.nlink, inode.nlink);
     this.setSmall(slot, F.flags, inode.flags);
-    this.setLarge(slot, L.size, inode.size);
-    this.setLarge(slot, L.blocks, inode.blocks);
     this.setLarge(slot, L.parent, inode.parent);
     return slot;
   }
 
   /** Forgets inode `ino` (its record changed or went). */
   remove(ino: number): void {
-    const slot = this.slotOf.get(ino);
+    const slot = this.slot(ino);
     if (slot === undefined) return;
-    this.slotOf.delete(ino);
-    this.inos[slot] = -1;
+    if (this.later.get(ino) === slot) this.later.delete(ino);
+    this.deadSlots[slot] = 1;
     this.dead++;
   }
 
-  /** Drops dead slots once they outnumber the live ones. */
+  /** Drops dead slots once they outnumber the live ones, and puts the slots back in inode order. */
   compact(): void {
     if (this.dead < 1024 || this.dead < this.size) return;
-    const old = { small: this.small, large: this.large, inos: this.inos };
+    const old = { small: this.small, large: this.large, inos: this.inos, deadSlots: this.deadSlots, sorted: this.sorted };
+    const later = [...this.later.values()].sort((a, b) => old.inos[a]! - old.inos[b]!);
     const live = this.size;
-    this.inos = [];
-    this.slotOf = new Map();
+    this.inos = new Float64Array(0);
+    this.deadSlots = new Uint8Array(0);
     this.small = new Uint32Array(0);
     this.large = new Float64Array(0);
-    this.dead = 0;
     this.resize(Math.max(1024, live));
-    for (let from = 0; from < old.inos.length; from++) {
-      const ino = old.inos[from]!;
-      if (ino < 0) continue;
-      const to = this.inos.length;
-      if ((to + 1) * smallFields > this.small.length) this.resize(2 * to);
-      this.inos.push(ino);
-      this.slotOf.set(ino, to);
+    let to = 0;
+    const move = (from: number): void => {
+      this.inos[to] = old.inos[from]!;
       this.small.set(old.small.subarray(from * smallFields, (from + 1) * smallFields), to * smallFields);
       this.large.set(old.large.subarray(from * largeFields, (from + 1) * largeFields), to * largeFields);
+      to++;
+    };
+    // Merge the live sorted slots with the later ones (sorted above); no inode is live in both.
+    let a = 0;
+    let b = 0;
+    while (a < old.sorted || b < later.length) {
+      if (a < old.sorted && old.deadSlots[a] !== 0) {
+        a++;
+        continue;
+      }
+      if (b >= later.length || (a < old.sorted && old.inos[a]! < old.inos[later[b]!]!)) move(a++);
+      else move(later[b++]!);
     }
+    this.used = to;
+    this.sorted = to;
+    this.dead = 0;
+    this.later = new Map();
   }
 
+  /** Moves the arrays to room for `capacity` slots (the first `capacity` slots kept). */
   private resize(capacity: number): void {
-    const small = new Uint32Array(capacity * smallFields);
-    small.set(this.small.subarray(0, Math.min(this.small.length, small.length)));
-    this.small = small;
-    const large = new Float64Array(capacity * largeFields);
-    large.set(this.large.subarray(0, Math.min(this.large.length, large.length)));
-    this.large = large;
+    const moved = <T extends Float64Array | Uint32Array | Uint8Array>(from: T, to: T): T => {
+      to.set(from.subarray(0, Math.min(from.length, to.length)));
+      return to;
+    };
+    this.inos = moved(this.inos, new Float64Array(capacity));
+    this.deadSlots = moved(this.deadSlots, new Uint8Array(capacity));
+    this.small = moved(this.small, new Uint32Array(capacity * smallFields));
+    this.large = moved(this.large, new Float64Array(capacity * largeFields));
   }
 
   slot(ino: number): number | undefined {
-    return this.slotOf.get(ino);
+    if (this.later.size > 0) {
+      const slot = this.later.get(ino);
+      if (slot !== undefined) return slot;
+    }
+    let lo = 0;
+    let hi = this.sorted;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.inos[mid]! < ino) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < this.sorted && this.inos[lo] === ino && this.deadSlots[lo] === 0 ? lo : undefined;
   }
 
   ino(slot: number): number {
@@ -248,19 +286,16 @@ const enum F {
   preallocated,
 }
 const smallFields = 7;
-/** Facts that can pass 2^32: the record's size, blocks and parent; the walk's sums. */
+/**
+ * Facts that can pass 2^32: the record's parent, and the directory of the
+ * first entry naming it. (What concerns one inode alone, such as its blocks
+ * against its extents, is checked as it is visited and kept as its problems.)
+ */
 const enum L {
-  size,
-  blocks,
   parent,
-  /** The directory of the first entry naming this directory. */
   firstParent,
-  extentBlocks,
-  extentEnd,
-  /** The end of the last written (not unwritten) extent. */
-  dataEnd,
 }
-const largeFields = 7;
+const largeFields = 2;
 
 /**
  * Every directory entry of one subvolume, without its name (found again for
@@ -404,7 +439,7 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   let store: Store;
   try {
     // The caller owns the device: this store is never closed, only dropped.
-    store = openVolume(device, { readOnly: true, edges: fsEdges }).store;
+    store = openVolume(device, { readOnly: true, edges: fsEdges, cacheBytes: checkNodeCacheBytes }).store;
   } catch (error) {
     problems.push(`cannot open the volume for the logical check: ${(error as Error).message}`);
     return report;
@@ -419,13 +454,14 @@ export function checkFilesystem(device: BlockDevice, options: CheckOptions = {})
   const order = [...snapshots.live].sort((a, b) => rank(a) - rank(b) || (rank(a) === 1 ? b.id - a.id : a.id - b.id));
   const found = new Map<number, { list: string[]; damage: string[] }>();
   let walk: FsWalk | null = null;
+  const treeItems = new Map(snapshots.space.forest.trees.map((t) => [t.id, t.items]));
   for (const record of order) {
     const list: string[] = [];
     const carried = incremental && walk !== null && walk.complete && walk.advance(store, record.id);
     if (!carried) walk = new FsWalk(device, verifyData, verified, record.id, snapshots.space.forest.generation);
     const w = walk!;
     try {
-      if (!carried) w.run(store);
+      if (!carried) w.run(store, treeItems.get(record.id) ?? 0);
       w.finish(list);
     } catch (error) {
       w.complete = false;
@@ -490,6 +526,12 @@ class TooManyChanges extends Error {}
 class FsWalk {
   /** Problems found by visiting records, by inode (0: the counters record). */
   private readonly visitProblems = new Map<number, string[]>();
+  /** Fixes found by visiting records, by inode (carried over with the problems). */
+  private readonly visitFixes = new Map<number, InodeFix[]>();
+  /** The inode being visited: where its last extent ends, where its last written one ends, the blocks its extents hold. */
+  private extentEnd = 0;
+  private dataEnd = 0;
+  private extentBlocks = 0;
   /**
    * Damaged data found by this subvolume's visits, by inode: not carried over,
    * as data shared with the next subvolume is verified once (`verified`) and
@@ -549,10 +591,13 @@ class FsWalk {
     this.problem(ino, message, this.dataProblems);
   }
 
-  run(store: Store): void {
+  /** Walks the subvolume whole; `items` (what the tree checker counted in it) sizes the facts once. */
+  run(store: Store, items: number): void {
     this.store = store;
     this.complete = false;
-    for (const [key, value] of store.openTree(this.subvolumeId).range()) this.visit(key, value);
+    const tree = store.openTree(this.subvolumeId);
+    this.facts.reserve(Math.min(items, tree.count));
+    for (const [key, value] of tree.range()) this.visit(key, value);
     this.complete = true;
   }
 
@@ -640,6 +685,7 @@ class FsWalk {
     this.facts.remove(ino);
     this.entries.removeDir(ino);
     this.visitProblems.delete(ino);
+    this.visitFixes.delete(ino);
     this.dataProblems.delete(ino);
     this.damaged.delete(ino);
   }
@@ -647,29 +693,42 @@ class FsWalk {
   /** Checks one inode record and its map (names or extents, inline or in a tree of its own). */
   private visitInode(ino: number, value: Buffer): void {
     const inode = decodeInode(ino, value);
-    this.facts.add(inode);
+    const slot = this.facts.add(inode);
+    this.extentEnd = 0;
+    this.dataEnd = 0;
+    this.extentBlocks = 0;
     if (inode.kind === PayloadKind.Items) {
-      for (const item of decodeItems(ino, inode.payload)) this.visitMapItem(ino, item.key, item.value);
+      for (const item of decodeItems(ino, inode.payload)) this.visitMapItem(ino, slot, item.key, item.value);
     } else if (inode.kind === PayloadKind.Tree) {
       const map: Tree = this.store!.openDetachedTree(mapOwner(this.subvolumeId, ino), inodeTreeMeta(inode));
-      for (const [k, v] of map.range()) this.visitMapItem(ino, k, v);
+      for (const [k, v] of map.range()) this.visitMapItem(ino, slot, k, v);
+    }
+    if (this.facts.isDir(slot)) return;
+    if (inode.blocks !== this.extentBlocks) {
+      this.problem(ino, `inode ${ino}: records ${inode.blocks} data blocks, but its extents hold ${this.extentBlocks}`);
+      const fixes = this.visitFixes.get(ino);
+      const fix: InodeFix = { subvolume: this.subvolumeId, ino, kind: "blocks", nlink: this.extentBlocks };
+      if (fixes === undefined) this.visitFixes.set(ino, [fix]);
+      else fixes.push(fix);
+    }
+    if (this.dataEnd > Math.ceil(inode.size / blockSizeBytes)) {
+      this.problem(ino, `inode ${ino}: a written extent lies past the end of the file (size ${inode.size})`);
     }
   }
 
-  private visitMapItem(ino: number, key: Buffer, value: Buffer): void {
+  private visitMapItem(ino: number, slot: number, key: Buffer, value: Buffer): void {
     const facts = this.facts;
-    const slot = facts.slot(ino)!;
     if (facts.isDir(slot)) {
       const entry = decodeDirent(ino, value);
       this.entries.push(ino, entry.ino, entry.type);
       return;
     }
     const extent = decodeExtent(ino, key, value);
-    if (extent.fileBlock < facts.large_(slot, L.extentEnd)) {
+    if (extent.fileBlock < this.extentEnd) {
       this.problem(ino, `inode ${ino}: extent at file block ${extent.fileBlock} overlaps the one before`);
     }
-    facts.setLarge(slot, L.extentEnd, extent.fileBlock + extent.blocks);
-    facts.setLarge(slot, L.extentBlocks, facts.large_(slot, L.extentBlocks) + extent.blocks);
+    this.extentEnd = extent.fileBlock + extent.blocks;
+    this.extentBlocks += extent.blocks;
     this.noteSlice(ino, extent);
     if (extent.preallocatedIn !== undefined) {
       facts.setSmall(slot, F.preallocated, facts.small_(slot, F.preallocated) + 1);
@@ -681,7 +740,7 @@ class FsWalk {
       }
       return;
     }
-    facts.setLarge(slot, L.dataEnd, facts.large_(slot, L.extentEnd));
+    this.dataEnd = this.extentEnd;
     if (this.verifyData) this.verifyExtent(ino, extent);
   }
 
@@ -804,7 +863,8 @@ class FsWalk {
     const entries = this.entries;
     facts.compact();
     entries.compact();
-    this.fixes = [];
+    // A fix found by a visit may be carried over from the subvolume before: it is this one's now.
+    this.fixes = [...this.visitFixes.values()].flat().map((fix) => ({ ...fix, subvolume: this.subvolumeId }));
     this.directories = 0;
     this.preallocatedExtents = 0;
     for (let slot = 0; slot < facts.slots; slot++) {
@@ -939,15 +999,6 @@ class FsWalk {
       // A file that still counts links lost its names to damage: it goes to lost+found (as e2fsck does), not away. One with
       // nlink 0 was being deleted (its orphan key lost): it is listed as an orphan, so the next read-write mount frees it.
       this.fix(ino, nlink > 0 ? "lostFound" : "addOrphanKey");
-    }
-    const blocks = facts.large_(slot, L.blocks);
-    const extentBlocks = facts.large_(slot, L.extentBlocks);
-    if (blocks !== extentBlocks) {
-      problems.push(`${where}: records ${blocks} data blocks, but its extents hold ${extentBlocks}`);
-      this.fix(ino, "blocks", extentBlocks);
-    }
-    if (facts.large_(slot, L.dataEnd) > Math.ceil(facts.large_(slot, L.size) / blockSizeBytes)) {
-      problems.push(`${where}: a written extent lies past the end of the file (size ${facts.large_(slot, L.size)})`);
     }
   }
 }

@@ -60,6 +60,12 @@ export const dirtyDataBytesMax = 64 * 1024 * 1024;
 export const dirtyNodeBytesMax = 64 * 1024 * 1024;
 /** Open file handles at once. */
 export const openFilesMax = 65536;
+/**
+ * fsck's logical pass walks each tree in key order, one path at a time, and
+ * diffs snapshots against each other: it needs few nodes cached, and the
+ * mount's 64 MiB would be a quarter of fsck's memory goal (issue 16).
+ */
+export const checkNodeCacheBytes = 16 * 1024 * 1024;
 
 /** Where fsck -y links the inodes that no entry names (e2fsck's name), in the root of each writable subvolume. */
 export const lostFoundName = "lost+found";
