@@ -526,8 +526,8 @@ class TooManyChanges extends Error {}
 class FsWalk {
   /** Problems found by visiting records, by inode (0: the counters record). */
   private readonly visitProblems = new Map<number, string[]>();
-  /** Fixes found by visiting records, by inode (carried over with the problems). */
-  private readonly visitFixes = new Map<number, InodeFix[]>();
+  /** Files whose record's blocks disagree with their extents, found by the visit: the extents' blocks (carried over with the problems). */
+  private readonly blocksFixes = new Map<number, number>();
   /** The inode being visited: where its last extent ends, where its last written one ends, the blocks its extents hold. */
   private extentEnd = 0;
   private dataEnd = 0;
@@ -685,7 +685,7 @@ class FsWalk {
     this.facts.remove(ino);
     this.entries.removeDir(ino);
     this.visitProblems.delete(ino);
-    this.visitFixes.delete(ino);
+    this.blocksFixes.delete(ino);
     this.dataProblems.delete(ino);
     this.damaged.delete(ino);
   }
@@ -706,10 +706,7 @@ class FsWalk {
     if (this.facts.isDir(slot)) return;
     if (inode.blocks !== this.extentBlocks) {
       this.problem(ino, `inode ${ino}: records ${inode.blocks} data blocks, but its extents hold ${this.extentBlocks}`);
-      const fixes = this.visitFixes.get(ino);
-      const fix: InodeFix = { subvolume: this.subvolumeId, ino, kind: "blocks", nlink: this.extentBlocks };
-      if (fixes === undefined) this.visitFixes.set(ino, [fix]);
-      else fixes.push(fix);
+      this.blocksFixes.set(ino, this.extentBlocks);
     }
     if (this.dataEnd > Math.ceil(inode.size / blockSizeBytes)) {
       this.problem(ino, `inode ${ino}: a written extent lies past the end of the file (size ${inode.size})`);
@@ -863,8 +860,8 @@ class FsWalk {
     const entries = this.entries;
     facts.compact();
     entries.compact();
-    // A fix found by a visit may be carried over from the subvolume before: it is this one's now.
-    this.fixes = [...this.visitFixes.values()].flat().map((fix) => ({ ...fix, subvolume: this.subvolumeId }));
+    this.fixes = [];
+    for (const [ino, blocks] of this.blocksFixes) this.fix(ino, "blocks", blocks);
     this.directories = 0;
     this.preallocatedExtents = 0;
     for (let slot = 0; slot < facts.slots; slot++) {
