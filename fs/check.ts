@@ -122,22 +122,54 @@ export interface FsReport {
 }
 
 /**
+ * A column of whole numbers in [0, 2^53): four bytes each until one passes
+ * 2^32 (an inode number on a volume with wide inode numbers), then eight.
+ */
+class NumberColumn {
+  private values: Uint32Array | Float64Array;
+
+  constructor(capacity: number) {
+    this.values = new Uint32Array(capacity);
+  }
+
+  get capacity(): number {
+    return this.values.length;
+  }
+
+  get(i: number): number {
+    return this.values[i]!;
+  }
+
+  set(i: number, value: number): void {
+    if (value > 0xffff_ffff && this.values instanceof Uint32Array) this.values = Float64Array.from(this.values);
+    this.values[i] = value;
+  }
+
+  /** Room for `capacity` numbers, the first `capacity` kept. */
+  resize(capacity: number): void {
+    const to = this.values instanceof Uint32Array ? new Uint32Array(capacity) : new Float64Array(capacity);
+    to.set(this.values.subarray(0, Math.min(this.values.length, capacity)));
+    this.values = to;
+  }
+}
+
+/**
  * What the walk keeps of each inode, in typed arrays by slot: a few numbers,
  * not the decoded record (whose payload can be kilobytes), and no map from
  * inode number to slot (a million-entry Map costs tens of MiB on its own).
  * A whole walk visits the inode tree in key order, so slots [0, sorted) are
  * in ascending inode number and found by binary search; only inodes added
  * out of order (visited again by `advance`) are in a map. A removed inode's
- * slot is dead until `compact`, which puts every slot back in order. 53
- * bytes an inode: a million files hold about 50 MiB.
+ * slot is dead until `compact`, which puts every slot back in order. 29
+ * bytes an inode (below 2^32): a million files hold about 28 MiB.
  */
 class InodeFacts {
   private sorted = 0;
   private later = new Map<number, number>();
-  private inos = new Float64Array(0);
+  private inos = new NumberColumn(0);
   private deadSlots = new Uint8Array(0);
   private small = new Uint32Array(0);
-  private large = new Float64Array(0);
+  private parents = new NumberColumn(0);
   private used = 0;
   private dead = 0;
 
@@ -157,22 +189,22 @@ class InodeFacts {
 
   /** Makes room for `more` inodes at once (the walk knows the tree's item count: no growth by doubling). */
   reserve(more: number): void {
-    if (this.used + more > this.inos.length) this.resize(this.used + more);
+    if (this.used + more > this.inos.capacity) this.resize(this.used + more);
   }
 
   /** Adds inode `inode`; returns its slot. */
   add(inode: Inode): number {
     const slot = this.used;
-    if (slot === this.inos.length) this.resize(Math.max(1024, Math.ceil(slot * 1.5)));
+    if (slot === this.inos.capacity) this.resize(Math.max(1024, Math.ceil(slot * 1.5)));
     this.used++;
     const ino = inode.ino;
-    this.inos[slot] = ino;
-    if (this.later.size === 0 && this.sorted === slot && (slot === 0 || ino > this.inos[slot - 1]!)) this.sorted++;
+    this.inos.set(slot, ino);
+    if (this.later.size === 0 && this.sorted === slot && (slot === 0 || ino > this.inos.get(slot - 1))) this.sorted++;
     else this.later.set(ino, slot);
     this.setSmall(slot, F.mode, inode.mode);
     this.setSmall(slot, F.nlink, inode.nlink);
     this.setSmall(slot, F.flags, inode.flags);
-    this.setLarge(slot, L.parent, inode.parent);
+    this.parents.set(slot, inode.parent);
     return slot;
   }
 
@@ -188,19 +220,19 @@ class InodeFacts {
   /** Drops dead slots once they outnumber the live ones, and puts the slots back in inode order. */
   compact(): void {
     if (this.dead < 1024 || this.dead < this.size) return;
-    const old = { small: this.small, large: this.large, inos: this.inos, deadSlots: this.deadSlots, sorted: this.sorted };
-    const later = [...this.later.values()].sort((a, b) => old.inos[a]! - old.inos[b]!);
+    const old = { small: this.small, parents: this.parents, inos: this.inos, deadSlots: this.deadSlots, sorted: this.sorted };
+    const later = [...this.later.values()].sort((a, b) => old.inos.get(a) - old.inos.get(b));
     const live = this.size;
-    this.inos = new Float64Array(0);
+    this.inos = new NumberColumn(0);
     this.deadSlots = new Uint8Array(0);
     this.small = new Uint32Array(0);
-    this.large = new Float64Array(0);
+    this.parents = new NumberColumn(0);
     this.resize(Math.max(1024, live));
     let to = 0;
     const move = (from: number): void => {
-      this.inos[to] = old.inos[from]!;
+      this.inos.set(to, old.inos.get(from));
       this.small.set(old.small.subarray(from * smallFields, (from + 1) * smallFields), to * smallFields);
-      this.large.set(old.large.subarray(from * largeFields, (from + 1) * largeFields), to * largeFields);
+      this.parents.set(to, old.parents.get(from));
       to++;
     };
     // Merge the live sorted slots with the later ones (sorted above); no inode is live in both.
@@ -211,7 +243,7 @@ class InodeFacts {
         a++;
         continue;
       }
-      if (b >= later.length || (a < old.sorted && old.inos[a]! < old.inos[later[b]!]!)) move(a++);
+      if (b >= later.length || (a < old.sorted && old.inos.get(a) < old.inos.get(later[b]!))) move(a++);
       else move(later[b++]!);
     }
     this.used = to;
@@ -222,14 +254,10 @@ class InodeFacts {
 
   /** Moves the arrays to room for `capacity` slots (the first `capacity` slots kept). */
   private resize(capacity: number): void {
-    const moved = <T extends Float64Array | Uint32Array | Uint8Array>(from: T, to: T): T => {
-      to.set(from.subarray(0, Math.min(from.length, to.length)));
-      return to;
-    };
-    this.inos = moved(this.inos, new Float64Array(capacity));
-    this.deadSlots = moved(this.deadSlots, new Uint8Array(capacity));
-    this.small = moved(this.small, new Uint32Array(capacity * smallFields));
-    this.large = moved(this.large, new Float64Array(capacity * largeFields));
+    this.inos.resize(capacity);
+    this.deadSlots = grown(this.deadSlots, capacity);
+    this.small = grown(this.small, capacity * smallFields);
+    this.parents.resize(capacity);
   }
 
   slot(ino: number): number | undefined {
@@ -241,14 +269,19 @@ class InodeFacts {
     let hi = this.sorted;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (this.inos[mid]! < ino) lo = mid + 1;
+      if (this.inos.get(mid) < ino) lo = mid + 1;
       else hi = mid;
     }
-    return lo < this.sorted && this.inos[lo] === ino && this.deadSlots[lo] === 0 ? lo : undefined;
+    return lo < this.sorted && this.inos.get(lo) === ino && this.deadSlots[lo] === 0 ? lo : undefined;
   }
 
   ino(slot: number): number {
-    return this.inos[slot]!;
+    return this.inos.get(slot);
+  }
+
+  /** The record's parent field. */
+  parent(slot: number): number {
+    return this.parents.get(slot);
   }
 
   small_(slot: number, field: F): number {
@@ -259,118 +292,131 @@ class InodeFacts {
     this.small[slot * smallFields + field] = value;
   }
 
-  large_(slot: number, field: L): number {
-    return this.large[slot * largeFields + field]!;
-  }
-
-  setLarge(slot: number, field: L, value: number): void {
-    this.large[slot * largeFields + field] = value;
-  }
-
   isDir(slot: number): boolean {
     return (this.small_(slot, F.mode) & C.S_IFMT) === C.S_IFDIR;
   }
 }
 
-/** u32 facts: the record's mode, nlink, flags; the walk's counts. */
+/**
+ * u32 facts: the record's mode, nlink, flags; the walk's counts. (What
+ * concerns one inode alone, such as its blocks against its extents, is
+ * checked as it is visited and kept as its problems.)
+ */
 const enum F {
   mode,
   nlink,
   flags,
-  /** Entries naming this inode. */
+  /** Entries naming this inode (for a directory: its parents; one is right). */
   names,
-  subdirs,
-  /** Entries naming this directory (one is right). */
-  parents,
-  /** Unwritten (preallocated) extent records of this file. */
-  preallocated,
+  /**
+   * A directory's subdirectories, counted by `finish`; a file's unwritten
+   * (preallocated) extent records, counted by the visit.
+   */
+  subdirsOrPreallocated,
 }
-const smallFields = 7;
-/**
- * Facts that can pass 2^32: the record's parent, and the directory of the
- * first entry naming it. (What concerns one inode alone, such as its blocks
- * against its extents, is checked as it is visited and kept as its problems.)
- */
-const enum L {
-  parent,
-  firstParent,
-}
-const largeFields = 2;
+const smallFields = 5;
 
 /**
  * Every directory entry of one subvolume, without its name (found again for
- * the few that are reported). A directory's entries are pushed together, so
- * each directory owns one run; a changed directory's run is killed (its dir
- * set to -1) and its entries pushed again.
+ * the few that are reported): the target inode and type, five bytes (below
+ * 2^32). A directory's entries are pushed together, as one run; each run
+ * costs nine bytes more (where it starts, its directory, whether it is
+ * live). A changed directory's run is killed and its entries pushed again.
  */
 class EntryList {
-  private dirs = new Float64Array(1024);
-  private inos = new Float64Array(1024);
+  private inos = new NumberColumn(1024);
   private types = new Uint8Array(1024);
-  private runs = new Map<number, { start: number; end: number }>();
+  private runStarts = new Uint32Array(64);
+  private runDirs = new NumberColumn(64);
+  private runKilled = new Uint8Array(64);
+  private runs = 0;
+  /** Each directory's run: built at the first kill (the incremental walk), else never needed. */
+  private runOf: Map<number, number> | null = null;
   private dead = 0;
   length = 0;
 
   push(dir: number, ino: number, type: number): void {
-    if (this.length === this.dirs.length) this.resize(this.dirs.length * 2);
-    this.dirs[this.length] = dir;
-    this.inos[this.length] = ino;
+    const last = this.runs - 1;
+    if (last < 0 || this.runKilled[last] !== 0 || this.runDirs.get(last) !== dir) this.startRun(dir);
+    if (this.length === this.types.length) {
+      this.inos.resize(this.length * 2);
+      this.types = grown(this.types, this.length * 2);
+    }
+    this.inos.set(this.length, ino);
     this.types[this.length] = type;
-    const run = this.runs.get(dir);
-    if (run !== undefined && run.end === this.length) run.end++;
-    else this.runs.set(dir, { start: this.length, end: this.length + 1 });
     this.length++;
   }
 
-  /** Kills the entries of directory `dir`. */
+  private startRun(dir: number): void {
+    if (this.runs === this.runStarts.length) {
+      this.runStarts = grown(this.runStarts, this.runs * 2);
+      this.runDirs.resize(this.runs * 2);
+      this.runKilled = grown(this.runKilled, this.runs * 2);
+    }
+    this.runStarts[this.runs] = this.length;
+    this.runDirs.set(this.runs, dir);
+    this.runKilled[this.runs] = 0;
+    this.runOf?.set(dir, this.runs);
+    this.runs++;
+  }
+
+  private runEnd(run: number): number {
+    return run + 1 < this.runs ? this.runStarts[run + 1]! : this.length;
+  }
+
+  /** Kills the entries of directory `dir` (it has at most one run: a directory is visited once until it is unvisited). */
   removeDir(dir: number): void {
-    const run = this.runs.get(dir);
+    if (this.runOf === null) {
+      this.runOf = new Map();
+      for (let run = 0; run < this.runs; run++) if (this.runKilled[run] === 0) this.runOf.set(this.runDirs.get(run), run);
+    }
+    const run = this.runOf.get(dir);
     if (run === undefined) return;
-    this.runs.delete(dir);
-    for (let i = run.start; i < run.end; i++) this.dirs[i] = -1;
-    this.dead += run.end - run.start;
+    this.runOf.delete(dir);
+    this.runKilled[run] = 1;
+    this.dead += this.runEnd(run) - this.runStarts[run]!;
   }
 
   compact(): void {
     if (this.dead < 4096 || this.dead < this.length - this.dead) return;
     let to = 0;
-    this.runs = new Map();
-    for (let from = 0; from < this.length; from++) {
-      const dir = this.dirs[from]!;
-      if (dir < 0) continue;
-      this.dirs[to] = dir;
-      this.inos[to] = this.inos[from]!;
-      this.types[to] = this.types[from]!;
-      const run = this.runs.get(dir);
-      if (run !== undefined && run.end === to) run.end++;
-      else this.runs.set(dir, { start: to, end: to + 1 });
-      to++;
+    let runsTo = 0;
+    for (let run = 0; run < this.runs; run++) {
+      if (this.runKilled[run] !== 0) continue;
+      const start = this.runStarts[run]!;
+      const end = this.runEnd(run);
+      this.runStarts[runsTo] = to;
+      this.runDirs.set(runsTo, this.runDirs.get(run));
+      this.runKilled[runsTo] = 0;
+      runsTo++;
+      for (let from = start; from < end; from++) {
+        this.inos.set(to, this.inos.get(from));
+        this.types[to] = this.types[from]!;
+        to++;
+      }
     }
     this.length = to;
+    this.runs = runsTo;
     this.dead = 0;
+    this.runOf = null;
   }
 
-  private resize(capacity: number): void {
-    const grow = <T extends Float64Array | Uint8Array>(a: T, make: (n: number) => T): T => {
-      const b = make(capacity);
-      b.set(a.subarray(0, Math.min(a.length, capacity)));
-      return b;
-    };
-    this.dirs = grow(this.dirs, (n) => new Float64Array(n));
-    this.inos = grow(this.inos, (n) => new Float64Array(n));
-    this.types = grow(this.types, (n) => new Uint8Array(n));
+  /** Calls `visit` with each live entry: its directory, target inode and type. */
+  forEach(visit: (dir: number, ino: number, type: number) => void): void {
+    for (let run = 0; run < this.runs; run++) {
+      if (this.runKilled[run] !== 0) continue;
+      const dir = this.runDirs.get(run);
+      const end = this.runEnd(run);
+      for (let i = this.runStarts[run]!; i < end; i++) visit(dir, this.inos.get(i), this.types[i]!);
+    }
   }
+}
 
-  /** -1 for a killed entry. */
-  dir(i: number): number {
-    return this.dirs[i]!;
-  }
-  ino(i: number): number {
-    return this.inos[i]!;
-  }
-  type(i: number): number {
-    return this.types[i]!;
-  }
+/** A copy of `from` with room for `capacity` (the first `capacity` kept). */
+function grown<T extends Uint32Array | Uint8Array>(from: T, capacity: number): T {
+  const to = new (from.constructor as new (n: number) => T)(capacity);
+  to.set(from.subarray(0, Math.min(from.length, capacity)));
+  return to;
 }
 
 function hasSuperblockCopies(sb: { features: bigint }): boolean {
@@ -541,6 +587,8 @@ class FsWalk {
    */
   private dataProblems = new Map<number, string[]>();
   private damaged = new Map<number, { lbas: number[]; ranges: Array<{ from: number; to: number }> }>();
+  /** Set by `finish`: directories named by an entry in another directory than their record's parent field, and that directory. */
+  private livesElsewhere = new Map<number, number>();
   /** `parentIndex`'s map, for the subvolume the facts are of (dropped when they move on). */
   private parents: Map<number, number> | null = null;
   fixes: InodeFix[] = [];
@@ -728,7 +776,7 @@ class FsWalk {
     this.extentBlocks += extent.blocks;
     this.noteSlice(ino, extent);
     if (extent.preallocatedIn !== undefined) {
-      facts.setSmall(slot, F.preallocated, facts.small_(slot, F.preallocated) + 1);
+      facts.setSmall(slot, F.subdirsOrPreallocated, facts.small_(slot, F.subdirsOrPreallocated) + 1);
       if (extent.preallocatedIn > this.generation) {
         this.problem(
           ino,
@@ -826,13 +874,10 @@ class FsWalk {
   private parentIndex(): Map<number, number> {
     if (this.parents !== null) return this.parents;
     const parents = new Map<number, number>();
-    for (let i = 0; i < this.entries.length; i++) {
-      const dir = this.entries.dir(i);
-      if (dir < 0) continue;
-      const ino = this.entries.ino(i);
+    this.entries.forEach((dir, ino) => {
       const seen = parents.get(ino);
       if (seen === undefined || dir < seen) parents.set(ino, dir);
-    }
+    });
     this.parents = parents;
     return parents;
   }
@@ -867,11 +912,12 @@ class FsWalk {
     for (let slot = 0; slot < facts.slots; slot++) {
       if (!facts.live(slot)) continue;
       facts.setSmall(slot, F.names, 0);
-      facts.setSmall(slot, F.subdirs, 0);
-      facts.setSmall(slot, F.parents, 0);
-      facts.setLarge(slot, L.firstParent, 0);
-      if (facts.isDir(slot)) this.directories++;
-      this.preallocatedExtents += facts.small_(slot, F.preallocated);
+      if (facts.isDir(slot)) {
+        this.directories++;
+        facts.setSmall(slot, F.subdirsOrPreallocated, 0);
+      } else {
+        this.preallocatedExtents += facts.small_(slot, F.subdirsOrPreallocated);
+      }
     }
     for (const [ino] of [...this.xattrChunks].sort((a, b) => a[0] - b[0])) {
       const owner = facts.slot(ino);
@@ -879,10 +925,9 @@ class FsWalk {
       else if ((facts.small_(owner, F.flags) & 1) === 0) problems.push(`inode ${ino} has extended attributes but not the flag that says so`);
     }
     const danglingNames = new Map<string, Buffer[]>();
-    for (let i = 0; i < entries.length; i++) {
-      const dir = entries.dir(i);
-      if (dir < 0) continue;
-      const ino = entries.ino(i);
+    // A directory whose first (and, if all is well, only) entry is not in the directory its record names.
+    this.livesElsewhere = new Map();
+    entries.forEach((dir, ino, type) => {
       const target = facts.slot(ino);
       if (target === undefined) {
         // Hard links: a directory may hold several names of the missing inode; each entry takes the next one.
@@ -892,20 +937,19 @@ class FsWalk {
         const name = names.shift();
         problems.push(`${this.entryWhere(dir, ino, name)}: names inode ${ino}, which does not exist`);
         if (name !== undefined) this.fixes.push({ subvolume: this.subvolumeId, ino, kind: "dropEntry", dir, name });
-        continue;
+        return;
       }
-      facts.setSmall(target, F.names, facts.small_(target, F.names) + 1);
-      if (entries.type(i) !== facts.small_(target, F.mode) >>> 12) {
-        problems.push(`${this.entryWhere(dir, ino)}: type ${entries.type(i)} does not match the inode's mode`);
+      const names = facts.small_(target, F.names);
+      facts.setSmall(target, F.names, names + 1);
+      if (type !== facts.small_(target, F.mode) >>> 12) {
+        problems.push(`${this.entryWhere(dir, ino)}: type ${type} does not match the inode's mode`);
       }
       if (facts.isDir(target)) {
-        const parents = facts.small_(target, F.parents);
-        if (parents === 0) facts.setLarge(target, L.firstParent, dir);
-        facts.setSmall(target, F.parents, parents + 1);
+        if (names === 0 && dir !== facts.parent(target)) this.livesElsewhere.set(ino, dir);
         const parent = facts.slot(dir);
-        if (parent !== undefined) facts.setSmall(parent, F.subdirs, facts.small_(parent, F.subdirs) + 1);
+        if (parent !== undefined && facts.isDir(parent)) facts.setSmall(parent, F.subdirsOrPreallocated, facts.small_(parent, F.subdirsOrPreallocated) + 1);
       }
-    }
+    });
     if (facts.slot(rootIno) === undefined) problems.push("the root directory is missing");
     for (let slot = 0; slot < facts.slots; slot++) if (facts.live(slot)) this.checkInode(slot, problems);
     for (const ino of [...this.orphans].sort((a, b) => a - b)) {
@@ -967,13 +1011,13 @@ class FsWalk {
     const where = `inode ${ino}`;
     if (ino >= this.nextIno && ino !== rootIno) problems.push(`${where}: number is not below the counter ${this.nextIno}`);
     if (facts.isDir(slot)) {
-      const expected = 2 + facts.small_(slot, F.subdirs);
+      const expected = 2 + facts.small_(slot, F.subdirsOrPreallocated);
       if (nlink !== expected) {
         problems.push(`${where}: nlink ${nlink}, but ${expected} links exist`);
         this.fix(ino, "nlink", expected);
       }
-      const parents = facts.small_(slot, F.parents);
-      const parent = facts.large_(slot, L.parent);
+      const parents = names;
+      const parent = facts.parent(slot);
       if (ino === rootIno) {
         if (parents !== 0 || parent !== rootIno) problems.push(`${where}: the root has a parent`);
       } else if (parents === 0) {
@@ -981,8 +1025,8 @@ class FsWalk {
         this.fix(ino, "lostFound");
       } else if (parents !== 1) {
         problems.push(`${where}: directory is named by ${parents} entries`);
-      } else if (facts.large_(slot, L.firstParent) !== parent) {
-        problems.push(`${where}: parent field ${parent} but it lives in ${facts.large_(slot, L.firstParent)}`);
+      } else if (this.livesElsewhere.has(ino)) {
+        problems.push(`${where}: parent field ${parent} but it lives in ${this.livesElsewhere.get(ino)}`);
       }
       return;
     }

@@ -231,4 +231,45 @@ describe("fsck's incremental logical pass", () => {
     expect(full.problems.length).toBeGreaterThan(1);
     expect(incr).toEqual(full);
   }, 120_000);
+
+  it("the counts that share a field (a directory's subdirectories, a file's unwritten extents) and a directory's parent field are reported exactly, in a snapshot too", () => {
+    const formatted = new SimDevice(4096);
+    GroveFs.format(formatted, {});
+    let device = formatted.reopen();
+    const g = GroveFs.open(device);
+    for (const dir of ["/p", "/p/c1", "/p/c2", "/q"]) g.mkdir(dir, 0o755, root);
+    writeFile(g, "/p/file", pattern(100, 1));
+    g.fallocate(g.inoOf("/p/file"), 0, 0, 3 * 4096);
+    const c2 = g.inoOf("/p/c2");
+    const q = g.inoOf("/q");
+    const p = g.inoOf("/p");
+    g.createSubvolume("snap", { readOnly: true });
+    g.close();
+    device = device.reopen();
+    const clean = checkFilesystem(device);
+    expect(clean.problems).toEqual([]);
+    expect(clean.preallocatedExtents).toBeGreaterThan(0);
+    const prealloc = clean.preallocatedExtents;
+    // Both subvolumes: c2's record says it lives in /q; /p's nlink is one too many.
+    for (const id of [256, clean.snapshots.live.find((r) => r.name === "snap")!.id]) {
+      const v = openVolume(device, { edges: fsEdges });
+      const tree = v.store.openTree(id);
+      const edit = (ino: number, change: (inode: ReturnType<typeof decodeInode>) => void): void => {
+        const inode = decodeInode(ino, tree.get(inodeKey(ino))!);
+        change(inode);
+        tree.put(inodeKey(ino), encodeInode(inode));
+      };
+      edit(c2, (inode) => (inode.parent = q));
+      edit(p, (inode) => (inode.nlink += 1));
+      v.store.commit({ force: true });
+      v.store.close();
+      device = device.reopen();
+    }
+    for (const incremental of [true, false]) {
+      const report = checkFilesystem(device, { incremental });
+      const expected = [`inode ${p}: nlink 5, but 4 links exist`, `inode ${c2}: parent field ${q} but it lives in ${p}`];
+      expect([...report.problems].sort()).toEqual([...expected, ...expected.map((e) => `subvolume "snap": ${e}`)].sort());
+      expect(report.preallocatedExtents).toBe(prealloc);
+    }
+  });
 });
