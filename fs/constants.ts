@@ -65,7 +65,7 @@ export const openFilesMax = 65536;
  * diffs snapshots against each other: it needs few nodes cached, and the
  * mount's 64 MiB would be a quarter of fsck's memory goal (issue 16).
  */
-export const checkNodeCacheBytes = 16 * 1024 * 1024;
+export const checkNodeCacheBytes = 8 * 1024 * 1024;
 
 /** Where fsck -y links the inodes that no entry names (e2fsck's name), in the root of each writable subvolume. */
 export const lostFoundName = "lost+found";
