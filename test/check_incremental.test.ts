@@ -76,6 +76,14 @@ function workload(g: GroveFs, rng: Prng, live: string[], dirs: string[], serial:
   }
 }
 
+/** A formatted volume of `blocks` blocks, reopened, and a GroveFs on it. */
+function freshVolume(blocks: number): { device: SimDevice; g: GroveFs } {
+  const formatted = new SimDevice(blocks);
+  GroveFs.format(formatted, {});
+  const device = formatted.reopen();
+  return { device, g: GroveFs.open(device) };
+}
+
 /** Logical damage in subvolume tree `id`: one of several kinds, chosen by `rng`. */
 /** Returns what it did and the device to go on with (the volume closed its own). */
 function damage(device: SimDevice, id: number, rng: Prng): { what: string; device: SimDevice } {
@@ -139,10 +147,9 @@ describe("fsck's incremental logical pass", () => {
     it(`seed ${seed}: finds what the whole walk finds, over snapshots, clones and damage in some of them`, () => {
       withSeed(seed, "test/check_incremental.test.ts", () => {
         const rng = new Prng(seed);
-        const formatted = new SimDevice(16384);
-        GroveFs.format(formatted, {});
-        let device = formatted.reopen();
-        const g = GroveFs.open(device);
+        const fresh = freshVolume(16384);
+        let device = fresh.device;
+        const g = fresh.g;
         const live: string[] = [];
         const dirs = ["", "/a", "/b"];
         g.mkdir("/a", 0o755, root);
@@ -198,10 +205,9 @@ describe("fsck's incremental logical pass", () => {
   }
 
   it("a snapshot whose every inode changed since the one before: carried over, compacted, and agreeing with the whole walk", () => {
-    const formatted = new SimDevice(16384);
-    GroveFs.format(formatted, {});
-    let device = formatted.reopen();
-    const g = GroveFs.open(device);
+    const fresh = freshVolume(16384);
+    let device = fresh.device;
+    const g = fresh.g;
     const files = 1100;
     for (let i = 0; i < files; i++) writeFile(g, `/f${i}`, pattern(1 + (i % 200), i));
     // Small directories, for the damage that needs one.
@@ -233,10 +239,9 @@ describe("fsck's incremental logical pass", () => {
   }, 120_000);
 
   it("the counts that share a field (a directory's subdirectories, a file's unwritten extents) and a directory's parent field are reported exactly, in a snapshot too", () => {
-    const formatted = new SimDevice(4096);
-    GroveFs.format(formatted, {});
-    let device = formatted.reopen();
-    const g = GroveFs.open(device);
+    const fresh = freshVolume(4096);
+    let device = fresh.device;
+    const g = fresh.g;
     for (const dir of ["/p", "/p/c1", "/p/c2", "/q"]) g.mkdir(dir, 0o755, root);
     writeFile(g, "/p/file", pattern(100, 1));
     g.fallocate(g.inoOf("/p/file"), 0, 0, 3 * 4096);
