@@ -147,9 +147,7 @@ class NumberColumn {
 
   /** Room for `capacity` numbers, the first `capacity` kept. */
   resize(capacity: number): void {
-    const to = this.values instanceof Uint32Array ? new Uint32Array(capacity) : new Float64Array(capacity);
-    to.set(this.values.subarray(0, Math.min(this.values.length, capacity)));
-    this.values = to;
+    this.values = grown(this.values, capacity);
   }
 }
 
@@ -333,7 +331,7 @@ class EntryList {
   /** Each directory's run: built at the first kill (the incremental walk), else never needed. */
   private runOf: Map<number, number> | null = null;
   private dead = 0;
-  length = 0;
+  private length = 0;
 
   push(dir: number, ino: number, type: number): void {
     const last = this.runs - 1;
@@ -413,7 +411,7 @@ class EntryList {
 }
 
 /** A copy of `from` with room for `capacity` (the first `capacity` kept). */
-function grown<T extends Uint32Array | Uint8Array>(from: T, capacity: number): T {
+function grown<T extends Uint8Array | Uint32Array | Float64Array>(from: T, capacity: number): T {
   const to = new (from.constructor as new (n: number) => T)(capacity);
   to.set(from.subarray(0, Math.min(from.length, capacity)));
   return to;
@@ -1018,6 +1016,7 @@ class FsWalk {
       }
       const parents = names;
       const parent = facts.parent(slot);
+      const home = this.livesElsewhere.get(ino);
       if (ino === rootIno) {
         if (parents !== 0 || parent !== rootIno) problems.push(`${where}: the root has a parent`);
       } else if (parents === 0) {
@@ -1025,8 +1024,8 @@ class FsWalk {
         this.fix(ino, "lostFound");
       } else if (parents !== 1) {
         problems.push(`${where}: directory is named by ${parents} entries`);
-      } else if (this.livesElsewhere.has(ino)) {
-        problems.push(`${where}: parent field ${parent} but it lives in ${this.livesElsewhere.get(ino)}`);
+      } else if (home !== undefined) {
+        problems.push(`${where}: parent field ${parent} but it lives in ${home}`);
       }
       return;
     }
